@@ -1,0 +1,299 @@
+//! Wire types of both HTTP APIs, shared by the Safe and its clients.
+//!
+//! Types that carry a secret hold it in [`SecretValue`], so `{:?}` never shows it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretValue;
+
+/// `GET /workload/v1/secrets` (VSecM): `created`/`updated` are RFC 3339 times
+/// wrapped in literal double quotes, as VSecM's Go SDK expects.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VsecmFetch {
+    /// What the workload sees.
+    pub data: SecretValue,
+    /// `"\"<RFC3339>\""`.
+    pub created: String,
+    /// `"\"<RFC3339>\""`.
+    pub updated: String,
+}
+
+/// `POST /sentinel/v1/secrets` (VSecM upsert or encrypt-only).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VsecmUpsert {
+    /// Target workloads (secret names); `null` with `encrypt` means encrypt-only.
+    #[serde(default)]
+    pub workloads: Option<Vec<String>>,
+    /// Kubernetes namespaces; empty means `["default"]`.
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    /// The value (or a `safe -e` ciphertext when `encrypt` and workloads are set).
+    #[serde(default)]
+    pub value: SecretValue,
+    /// Go template, empty for none.
+    #[serde(default)]
+    pub template: String,
+    /// `json`, `yaml` or `raw`.
+    #[serde(default)]
+    pub format: String,
+    /// See the type docs.
+    #[serde(default)]
+    pub encrypt: bool,
+    /// `now` or RFC 3339.
+    #[serde(default)]
+    pub not_before: String,
+    /// `never` or RFC 3339.
+    #[serde(default)]
+    pub expires: String,
+}
+
+/// `DELETE /sentinel/v1/secrets`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VsecmDelete {
+    /// Secrets to delete.
+    pub workloads: Vec<String>,
+}
+
+/// One row of `GET /sentinel/v1/secrets`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VsecmListItem {
+    /// Secret name.
+    pub name: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339 (`9999-12-31T23:59:59Z` for never).
+    pub expires_after: String,
+    /// With `reveal=true`: base64 age ciphertext of the raw value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// `GET /sentinel/v1/secrets`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VsecmList {
+    /// The secrets.
+    pub secrets: Vec<VsecmListItem>,
+    /// With `reveal=true`: `age`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+/// `POST /sentinel/v1/keys`: the root key in three parts.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VsecmKeys {
+    /// `AGE-SECRET-KEY-1…`.
+    pub age_secret_key: SecretValue,
+    /// `age1…`.
+    pub age_public_key: String,
+    /// 64 hex characters.
+    pub aes_cipher_key: SecretValue,
+}
+
+/// `GET /sentinel/v1/keystone`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Keystone {
+    /// `ready` or `pending`.
+    pub status: String,
+}
+
+/// `PUT /v1/secrets/{name}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    /// The raw value.
+    pub value: SecretValue,
+    /// Kubernetes namespaces (default `["default"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    /// Go template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// `json` (default), `yaml` or `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `now` (default) or RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// `never` (default) or RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after: Option<String>,
+    /// Check-and-set: the version expected to be current (0: must not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cas: Option<u64>,
+}
+
+/// A secret's metadata (no value).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// Name.
+    pub name: String,
+    /// Current version number.
+    pub version: u64,
+    /// Changes so far (increases on every change).
+    pub revision: u64,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+    /// RFC 3339 time of the soft delete, if deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<String>,
+    /// Namespaces of the current version.
+    pub namespaces: Vec<String>,
+    /// Template of the current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Format of the current version.
+    pub format: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub expires_after: String,
+    /// Versions kept.
+    pub versions_kept: usize,
+}
+
+/// `GET /v1/secrets`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretList {
+    /// All secrets, by name.
+    pub secrets: Vec<SecretInfo>,
+}
+
+/// `GET /v1/secrets/{name}`: one version with its raw value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretRead {
+    /// Metadata of the secret.
+    #[serde(flatten)]
+    pub info: SecretInfo,
+    /// The version returned.
+    pub read_version: u64,
+    /// Its raw value.
+    pub value: SecretValue,
+    /// What the workload receives (current version only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<SecretValue>,
+}
+
+/// One row of a secret's history.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// RFC 3339.
+    pub created: String,
+    /// Whether its value was destroyed.
+    pub destroyed: bool,
+    /// Whether it is the current version.
+    pub current: bool,
+}
+
+/// `GET /v1/secrets/{name}/versions`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct History {
+    /// Secret name.
+    pub name: String,
+    /// Oldest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// `POST /v1/secrets/{name}/rollback`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The version to make current again.
+    pub version: u64,
+}
+
+/// `GET /v1/workload/secret`: the caller's own secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkloadSecret {
+    /// Secret name.
+    pub name: String,
+    /// Current version.
+    pub version: u64,
+    /// Revision (changes on every write, delete, undelete).
+    pub revision: u64,
+    /// What the workload sees.
+    pub data: SecretValue,
+    /// RFC 3339.
+    pub updated: String,
+}
+
+/// `POST /v1/encrypt`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptRequest {
+    /// The value to encrypt.
+    pub value: SecretValue,
+}
+
+/// The answer to `POST /v1/encrypt`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EncryptResponse {
+    /// Base64 age ciphertext, the format of VSecM's `safe -e`.
+    pub ciphertext: String,
+}
+
+/// `POST /v1/unseal`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unseal {
+    /// The root key text (three lines).
+    pub root_key: SecretValue,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether the Safe waits for its root key.
+    pub sealed: bool,
+    /// Secrets held.
+    pub secrets: usize,
+    /// Id of the root key in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Aegis version.
+    pub version: String,
+}
+
+/// `POST /v1/admin/rotate-root-key`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Rotated {
+    /// Id of the new root key.
+    pub key_id: String,
+    /// Records re-sealed.
+    pub records: usize,
+}
+
+/// Every error answer of the Safe.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_secret_carriers_shows_no_value() {
+        let up: VsecmUpsert =
+            serde_json::from_str(r#"{"workloads":null,"value":"TOPSECRET","encrypt":true}"#).unwrap();
+        let keys: VsecmKeys =
+            serde_json::from_str(r#"{"ageSecretKey":"TOPSECRET","agePublicKey":"age1x","aesCipherKey":"TOPSECRET"}"#)
+                .unwrap();
+        for s in [format!("{up:?}"), format!("{keys:?}")] {
+            assert!(!s.contains("TOPSECRET"), "{s}");
+        }
+        assert!(up.workloads.is_none() && up.encrypt);
+    }
+}

@@ -1,0 +1,42 @@
+//! Aegis cryptography.
+//!
+//! - [`RootKey`]: VSecM's three-part root key (age X25519 identity, its
+//!   recipient, and a 256-bit key), generated from the OS random source.
+//! - [`Keyring`]: record keys derived from root keys with HKDF-SHA256, and the
+//!   record envelope: XChaCha20-Poly1305 with the secret's name, revision and
+//!   key id bound as associated data.
+//! - VSecM-compatible "encrypt for git" ciphertexts (age, base64).
+
+mod record;
+mod root;
+
+pub use record::{Keyring, RecordHeader};
+pub use root::{KeyId, RootKey};
+
+/// Everything that can go wrong in this crate. Messages never contain key
+/// material or plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The root key text is malformed.
+    #[error("invalid root key: {0}")]
+    InvalidRootKey(&'static str),
+    /// A record could not be decrypted (wrong key, tampered, or truncated).
+    #[error("record for '{name}' could not be decrypted: {why}")]
+    Record {
+        /// The secret the record claims to hold.
+        name: String,
+        /// What failed.
+        why: &'static str,
+    },
+    /// A record was written under a root key that is not loaded.
+    #[error("record for '{name}' was sealed under root key {key_id}, which is not loaded: wrong root key? Give the Safe the root key its data was written with")]
+    UnknownKey {
+        /// The secret.
+        name: String,
+        /// The key id in the record header.
+        key_id: KeyId,
+    },
+    /// A VSecM-style encrypted value could not be decrypted.
+    #[error("encrypted value could not be decrypted: {0}; it must be the base64 output of `safe -e` under this Safe's root key")]
+    Ciphertext(&'static str),
+}

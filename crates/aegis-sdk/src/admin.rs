@@ -1,0 +1,124 @@
+//! Admin (Sentinel) calls: both the native API and VSecM's.
+
+use aegis_core::api::{
+    EncryptRequest, EncryptResponse, History, Keystone, PutSecret, Rollback, Rotated, SecretInfo, SecretList,
+    SecretRead, Status, Unseal, VsecmDelete, VsecmKeys, VsecmList, VsecmUpsert,
+};
+use aegis_core::secret::SecretValue;
+use reqwest::Method;
+
+use crate::{Client, ClientError};
+
+/// Percent-encodes a secret name for a path segment.
+fn seg(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+const NONE: Option<&()> = None;
+
+impl Client {
+    /// Writes a new version.
+    pub async fn put(&self, name: &str, req: &PutSecret) -> Result<SecretInfo, ClientError> {
+        self.call(Method::PUT, &format!("/v1/secrets/{}", seg(name)), Some(req)).await
+    }
+
+    /// Reads the latest or a given version.
+    pub async fn get(&self, name: &str, version: Option<u64>) -> Result<SecretRead, ClientError> {
+        let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        self.call(Method::GET, &format!("/v1/secrets/{}{q}", seg(name)), NONE).await
+    }
+
+    /// Lists secrets (with soft-deleted ones if asked).
+    pub async fn list(&self, deleted: bool) -> Result<SecretList, ClientError> {
+        self.call(Method::GET, &format!("/v1/secrets?deleted={deleted}"), NONE).await
+    }
+
+    /// Soft-deletes.
+    pub async fn delete(&self, name: &str) -> Result<SecretInfo, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/secrets/{}", seg(name)), NONE).await
+    }
+
+    /// Undoes a soft delete.
+    pub async fn undelete(&self, name: &str) -> Result<SecretInfo, ClientError> {
+        self.call(Method::POST, &format!("/v1/secrets/{}/undelete", seg(name)), NONE).await
+    }
+
+    /// Destroys one version.
+    pub async fn destroy(&self, name: &str, version: u64) -> Result<SecretInfo, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/secrets/{}/versions/{version}", seg(name)), NONE).await
+    }
+
+    /// Makes an earlier version current again.
+    pub async fn rollback(&self, name: &str, version: u64) -> Result<SecretInfo, ClientError> {
+        self.call(Method::POST, &format!("/v1/secrets/{}/rollback", seg(name)), Some(&Rollback { version })).await
+    }
+
+    /// Version history.
+    pub async fn history(&self, name: &str) -> Result<History, ClientError> {
+        self.call(Method::GET, &format!("/v1/secrets/{}/versions", seg(name)), NONE).await
+    }
+
+    /// Encrypts a value for git.
+    pub async fn encrypt(&self, value: SecretValue) -> Result<String, ClientError> {
+        let r: EncryptResponse = self.call(Method::POST, "/v1/encrypt", Some(&EncryptRequest { value })).await?;
+        Ok(r.ciphertext)
+    }
+
+    /// Unseals with the root key text.
+    pub async fn unseal(&self, root_key: SecretValue) -> Result<Status, ClientError> {
+        self.call(Method::POST, "/v1/unseal", Some(&Unseal { root_key })).await
+    }
+
+    /// Status of the Safe.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.call(Method::GET, "/v1/status", NONE).await
+    }
+
+    /// Rotates the root key.
+    pub async fn rotate_root_key(&self) -> Result<Rotated, ClientError> {
+        self.call(Method::POST, "/v1/admin/rotate-root-key", NONE).await
+    }
+
+    /// VSecM upsert (or encrypt-only): returns the body (`OK`… or the ciphertext).
+    pub async fn vsecm_upsert(&self, req: &VsecmUpsert) -> Result<String, ClientError> {
+        self.call_text(Method::POST, "/sentinel/v1/secrets", Some(req)).await
+    }
+
+    /// VSecM delete.
+    pub async fn vsecm_delete(&self, workloads: Vec<String>) -> Result<String, ClientError> {
+        self.call_text(Method::DELETE, "/sentinel/v1/secrets", Some(&VsecmDelete { workloads })).await
+    }
+
+    /// VSecM list, as VSecM's CLI asks for it (the query percent-encoded into the path).
+    pub async fn vsecm_list(&self, reveal: bool) -> Result<VsecmList, ClientError> {
+        let path = if reveal { "/sentinel/v1/secrets%3Freveal=true" } else { "/sentinel/v1/secrets" };
+        self.call(Method::GET, path, NONE).await
+    }
+
+    /// VSecM root key input.
+    pub async fn vsecm_keys(&self, keys: &VsecmKeys) -> Result<String, ClientError> {
+        self.call_text(Method::POST, "/sentinel/v1/keys", Some(keys)).await
+    }
+
+    /// VSecM keystone status.
+    pub async fn keystone(&self) -> Result<Keystone, ClientError> {
+        self.call(Method::GET, "/sentinel/v1/keystone", NONE).await
+    }
+
+    /// VSecM workload fetch: the raw `data` string, or `None` on 404.
+    pub async fn vsecm_fetch(&self) -> Result<Option<aegis_core::api::VsecmFetch>, ClientError> {
+        match self.call(Method::GET, "/workload/v1/secrets", NONE).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Aegis client SDK.
+//!
+//! A workload fetches its own secret; an admin (the Sentinel role) manages
+//! secrets. The identity comes from the SPIFFE Workload API or SVID files, and
+//! the Safe is authenticated by its SPIFFE ID, never by host name.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), aegis_sdk::ClientError> {
+//! // Settings from AEGIS_SAFE_URL / VSECM_SAFE_ENDPOINT_URL, AEGIS_SVID_* or SPIFFE_ENDPOINT_SOCKET.
+//! let settings = aegis_sdk::Settings::from_lookup(|k| std::env::var(k).ok())?;
+//! let client = aegis_sdk::Client::connect(&settings).await?;
+//! if let Some(secret) = client.fetch().await? {
+//!     println!("version {} ({} bytes)", secret.version, secret.data.len());
+//! }
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_core::api::{ErrorBody, WorkloadSecret};
+use aegis_core::roles::RoleRules;
+use aegis_identity::{client_config, IdentitySource};
+pub use reqwest::Method;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use settings::Settings;
+
+/// Why a call failed. Messages say what to do; none contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Settings are missing or malformed.
+    #[error("{0}")]
+    Config(String),
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] aegis_identity::IdentityError),
+    /// The Safe could not be reached or the TLS handshake failed.
+    #[error("cannot reach the Safe at {url}: {reason}; check the URL, that the Safe runs, and that both sides trust the same SPIFFE bundle")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The Safe answered with an error.
+    #[error("the Safe refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The Safe's message.
+        message: String,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from the Safe: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status for `Refused`, else `None`.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A connection pool to one Safe, authenticated with one SPIFFE identity.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    source: Arc<dyn IdentitySource>,
+}
+
+impl Client {
+    /// Starts the identity source named in `settings` and builds a client.
+    pub async fn connect(settings: &Settings) -> Result<Self, ClientError> {
+        let source = aegis_identity::start_source(&settings.identity).await?;
+        Self::with_source(source, settings)
+    }
+
+    /// A client over an already started identity source.
+    pub fn with_source(source: Arc<dyn IdentitySource>, settings: &Settings) -> Result<Self, ClientError> {
+        let roles = settings.roles.clone();
+        let tls = client_config(source.clone(), Arc::new(move |id| roles.is_safe(id)))?;
+        let mut builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(settings.timeout)
+            .connect_timeout(Duration::from_secs(10));
+        if settings.new_connection_per_request {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let http = builder.build().map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { http, base: settings.url.trim_end_matches('/').to_owned(), source })
+    }
+
+    /// The identity this client presents.
+    pub fn spiffe_id(&self) -> String {
+        self.source.current().spiffe_id().to_string()
+    }
+
+    /// The caller's own secret (workload role), or `None` if none is registered.
+    pub async fn fetch(&self) -> Result<Option<WorkloadSecret>, ClientError> {
+        match self.call::<(), WorkloadSecret>(Method::GET, "/v1/workload/secret", None).await {
+            Ok(s) => Ok(Some(s)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends raw bytes and returns the status and body text, for debugging and tests.
+    pub async fn raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(u16, String), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .request(method, &url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        Ok((status, text))
+    }
+
+    pub(crate) async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, bytes::Bytes), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        Ok((status, bytes))
+    }
+
+    /// Sends a request and decodes a JSON answer; error answers become [`ClientError::Refused`].
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            return Err(refused(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{} at line {} column {}", kind(&e), e.line(), e.column())))
+    }
+
+    /// Sends a request and returns the answer as text.
+    pub(crate) async fn call_text<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<String, ClientError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            return Err(refused(status, &bytes));
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|_| ClientError::Decode("the answer is not UTF-8".to_owned()))
+    }
+}
+
+fn kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Eof => "truncated JSON",
+        _ => "JSON of an unexpected shape",
+    }
+}
+
+fn refused(status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_owned());
+    ClientError::Refused { status: status.as_u16(), message }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Role rules used to recognise the Safe (from the same variables the Safe reads).
+pub fn roles_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<RoleRules, ClientError> {
+    RoleRules::from_lookup(lookup).map_err(|e| ClientError::Config(e.to_string()))
+}

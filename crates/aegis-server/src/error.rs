@@ -1,0 +1,140 @@
+//! The one place where internal errors become HTTP answers.
+//!
+//! Callers get a status and a short message saying what to do; internal
+//! details (paths, OS errors) go to the log only.
+
+use aegis_core::api::ErrorBody;
+use aegis_core::secret::OpError;
+use aegis_store::StoreError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// Any status with a message for the caller.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 503: no root key loaded yet.
+    pub fn sealed() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Safe is sealed: no root key is loaded. An admin unseals it with `safe -i` \
+             (three lines on standard input) or `aegis unseal --root-key-file FILE`",
+        )
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<aegis_core::InvalidInput> for ApiError {
+    fn from(e: aegis_core::InvalidInput) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Op(OpError::VersionMismatch { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::Op(OpError::NoSuchVersion { .. }) | StoreError::NotFound(_) => Self::not_found(e.to_string()),
+            StoreError::Op(OpError::Destroyed { .. }) => Self::new(StatusCode::GONE, e.to_string()),
+            StoreError::Op(OpError::WrongState { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::Template { .. } => Self::bad_request(e.to_string()),
+            StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            StoreError::Io { name, .. } => {
+                tracing::error!(secret = %name, error = %e, "storage failure");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("could not store '{name}' durably (disk full or I/O error); nothing was changed, retry later"),
+                )
+            }
+            StoreError::Crypto(aegis_crypto::CryptoError::UnknownKey { .. }) => Self::bad_request(e.to_string()),
+            StoreError::Open { .. } | StoreError::Crypto(_) => {
+                tracing::error!(error = %e, "internal storage error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the Safe's log")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+/// Turns a JSON parse error into a message that never echoes the input.
+pub fn json_error(e: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let at = format!("line {} column {}", e.line(), e.column());
+    let msg = match e.classify() {
+        Category::Syntax => format!("malformed JSON at {at}; send a JSON object"),
+        Category::Eof => "the JSON body ends early; send a complete JSON object".to_owned(),
+        Category::Data => {
+            // Field names are safe to repeat; values are not.
+            let text = e.to_string();
+            let field = text
+                .strip_prefix("missing field `")
+                .or_else(|| text.strip_prefix("unknown field `"))
+                .and_then(|r| r.split('`').next())
+                .map(|f| format!(" (field '{f}')"))
+                .unwrap_or_default();
+            format!("the JSON body does not have the expected fields or types at {at}{field}; see /v1/openapi.yaml")
+        }
+        Category::Io => "could not read the request body".to_owned(),
+    };
+    ApiError::bad_request(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            n: u64,
+        }
+        let e = serde_json::from_str::<T>(r#"{"n":"SECRETVALUE"}"#).unwrap_err();
+        let m = json_error(&e).message().to_owned();
+        assert!(!m.contains("SECRETVALUE") && m.contains("expected fields"), "{m}");
+        let e = serde_json::from_str::<T>(r#"{"#).unwrap_err();
+        assert!(json_error(&e).message().contains("ends early"));
+        let e = serde_json::from_str::<T>(r#"{}"#).unwrap_err();
+        assert!(json_error(&e).message().contains("field 'n'"));
+    }
+}

@@ -1,0 +1,78 @@
+//! Request body parsing with clear, value-free errors.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+use aegis_core::secret::SecretMeta;
+use aegis_core::timefmt::parse_time;
+use aegis_core::transform::Format;
+
+use crate::error::{json_error, ApiError};
+
+/// The request body, or 413 with the limit named.
+pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    b.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"),
+            )
+        } else {
+            ApiError::bad_request("could not read the request body")
+        }
+    })
+}
+
+/// Parses a JSON body.
+pub fn json<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+    let bytes = body(b, limit)?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| json_error(&e))
+}
+
+/// Validates a Kubernetes namespace name (an RFC 1123 label).
+fn namespace(ns: &str) -> Result<String, ApiError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 63
+        && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if ok {
+        Ok(ns.to_owned())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid namespace '{}': use 1 to 63 lower-case letters, digits or '-', not starting or ending with '-'",
+            ns.escape_debug()
+        )))
+    }
+}
+
+/// Builds delivery metadata from the optional fields both APIs accept.
+pub fn meta(
+    namespaces: Option<&[String]>,
+    template: Option<&str>,
+    format: Option<&str>,
+    not_before: Option<&str>,
+    expires: Option<&str>,
+) -> Result<SecretMeta, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut m = SecretMeta::defaults(now);
+    if let Some(list) = namespaces.filter(|l| !l.is_empty()) {
+        m.namespaces = list.iter().map(|n| namespace(n.trim())).collect::<Result<_, _>>()?;
+    }
+    m.template = template.map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+    if let Some(f) = format {
+        m.format = Format::parse_lenient(f);
+    }
+    m.not_before = parse_time("notBefore", not_before.unwrap_or("now"), now)?;
+    m.expires_after = parse_time("expires", expires.unwrap_or("never"), now)?;
+    if m.expires_after <= m.not_before {
+        return Err(ApiError::bad_request("expires must be later than notBefore"));
+    }
+    Ok(m)
+}

@@ -1,0 +1,67 @@
+//! Prometheus metrics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route template.
+    pub route: &'static str,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// The Safe's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency in seconds.
+    pub latency: Histogram,
+    /// TLS handshakes refused (untrusted or malformed client certificates, timeouts).
+    pub handshake_failures: Counter,
+    /// Secrets held.
+    pub secrets: Gauge,
+    /// 1 while sealed.
+    pub sealed: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aegis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]);
+        let handshake_failures = Counter::default();
+        let secrets = Gauge::default();
+        let sealed = Gauge::default();
+        sealed.set(1);
+        registry.register("requests", "Requests by route and status", requests.clone());
+        registry.register("request_duration_seconds", "Request latency", latency.clone());
+        registry.register("tls_handshake_failures", "Refused TLS handshakes", handshake_failures.clone());
+        registry.register("secrets", "Secrets held in memory", secrets.clone());
+        registry.register("sealed", "1 while the Safe waits for its root key", sealed.clone());
+        Self { registry, requests, latency, handshake_failures, secrets, sealed }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

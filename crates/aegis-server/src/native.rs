@@ -1,0 +1,263 @@
+//! The native JSON API under `/v1` (documented in `openapi.yaml`).
+
+use std::sync::Arc;
+
+use aegis_core::api::{
+    EncryptRequest, EncryptResponse, History, PutSecret, Rollback, Rotated, SecretInfo, SecretList, SecretRead,
+    Status, Unseal, VersionInfo, WorkloadSecret,
+};
+use aegis_core::secret::SecretDoc;
+use aegis_core::timefmt::rfc3339;
+use aegis_core::SecretName;
+use aegis_crypto::{Keyring, RootKey};
+use aegis_store::{Entry, Mutation};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract;
+use crate::state::AppState;
+use crate::vsecm::deliverable;
+
+type St = State<Arc<AppState>>;
+type Who = Extension<Arc<Caller>>;
+type Body = Result<Bytes, BytesRejection>;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// Metadata of a secret for listings.
+pub fn info(doc: &SecretDoc) -> SecretInfo {
+    let current = doc.version(doc.current);
+    let meta = current.map(|v| &v.meta);
+    SecretInfo {
+        name: doc.name.to_string(),
+        version: doc.current,
+        revision: doc.revision,
+        created: rfc3339(doc.created),
+        updated: rfc3339(doc.updated),
+        deleted: doc.deleted.map(rfc3339),
+        namespaces: meta.map(|m| m.namespaces.clone()).unwrap_or_default(),
+        template: meta.and_then(|m| m.template.clone()),
+        format: meta.map_or("json", |m| m.format.as_str()).to_owned(),
+        not_before: meta.map(|m| rfc3339(m.not_before)).unwrap_or_default(),
+        expires_after: meta.map(|m| rfc3339(m.expires_after)).unwrap_or_default(),
+        versions_kept: doc.versions.len(),
+    }
+}
+
+fn name(raw: &str) -> Result<SecretName, ApiError> {
+    Ok(SecretName::parse(raw)?)
+}
+
+fn existing(s: &AppState, n: &SecretName) -> Result<Arc<Entry>, ApiError> {
+    s.store()?
+        .get(n)
+        .ok_or_else(|| ApiError::not_found(format!("secret '{n}' does not exist; `aegis list` shows the secrets")))
+}
+
+/// `PUT /v1/secrets/{name}`.
+pub async fn put(State(s): St, Extension(c): Who, Path(raw): Path<String>, b: Body) -> Result<Json<SecretInfo>, ApiError> {
+    c.require_sentinel()?;
+    let n = name(&raw)?;
+    let req: PutSecret = extract::json(b, s.settings.max_body_bytes)?;
+    let store = s.store()?;
+    if req.value.is_empty() {
+        return Err(ApiError::bad_request("the secret value is empty; provide a value"));
+    }
+    let meta = extract::meta(
+        req.namespaces.as_deref(),
+        req.template.as_deref(),
+        req.format.as_deref(),
+        req.not_before.as_deref(),
+        req.expires_after.as_deref(),
+    )?;
+    if let Some(f) = req.format.as_deref() {
+        if !matches!(f.to_ascii_lowercase().as_str(), "json" | "yaml" | "raw") {
+            return Err(ApiError::bad_request(format!("unknown format '{}': use json, yaml or raw", f.escape_debug())));
+        }
+    }
+    let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas }).await?;
+    s.metrics.secrets.set(store.len() as i64);
+    Ok(Json(info(&e.doc)))
+}
+
+/// Query of `GET /v1/secrets/{name}`.
+#[derive(Deserialize)]
+pub struct VersionQuery {
+    version: Option<u64>,
+}
+
+/// `GET /v1/secrets/{name}[?version=N]`: a version with its raw value.
+pub async fn get(
+    State(s): St,
+    Extension(c): Who,
+    Path(raw): Path<String>,
+    q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SecretRead>, ApiError> {
+    c.require_sentinel()?;
+    let n = name(&raw)?;
+    let Query(q) = q.map_err(|_| ApiError::bad_request("version must be a positive whole number"))?;
+    let e = existing(&s, &n)?;
+    if e.doc.deleted.is_some() && q.version.is_none() {
+        return Err(ApiError::not_found(format!("secret '{n}' is deleted; `aegis undelete {n}` restores it")));
+    }
+    let number = q.version.unwrap_or(e.doc.current);
+    let v = e.doc.version(number).ok_or_else(|| {
+        ApiError::not_found(format!("secret '{n}' has no version {number}; `aegis history {n}` lists the versions kept"))
+    })?;
+    let value = v.value.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::GONE, format!("version {number} of secret '{n}' was destroyed"))
+    })?;
+    let data = (number == e.doc.current).then(|| e.workload_value().cloned()).flatten();
+    Ok(Json(SecretRead { info: info(&e.doc), read_version: number, value, data }))
+}
+
+/// Query of `GET /v1/secrets`.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `GET /v1/secrets[?deleted=true]`.
+pub async fn list(
+    State(s): St,
+    Extension(c): Who,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SecretList>, ApiError> {
+    c.require_sentinel()?;
+    let Query(q) = q.map_err(|_| ApiError::bad_request("deleted must be true or false"))?;
+    let store = s.store()?;
+    let secrets = store.list().iter().filter(|e| q.deleted || e.doc.deleted.is_none()).map(|e| info(&e.doc)).collect();
+    Ok(Json(SecretList { secrets }))
+}
+
+async fn mutate(s: &AppState, c: &Caller, raw: &str, m: Mutation) -> Result<Json<SecretInfo>, ApiError> {
+    c.require_sentinel()?;
+    let n = name(raw)?;
+    let store = s.store()?;
+    let e = store.apply(n, m).await?;
+    Ok(Json(info(&e.doc)))
+}
+
+/// `DELETE /v1/secrets/{name}`: soft delete.
+pub async fn delete(State(s): St, Extension(c): Who, Path(raw): Path<String>) -> Result<Json<SecretInfo>, ApiError> {
+    mutate(&s, &c, &raw, Mutation::Delete).await
+}
+
+/// `POST /v1/secrets/{name}/undelete`.
+pub async fn undelete(State(s): St, Extension(c): Who, Path(raw): Path<String>) -> Result<Json<SecretInfo>, ApiError> {
+    mutate(&s, &c, &raw, Mutation::Undelete).await
+}
+
+/// `DELETE /v1/secrets/{name}/versions/{version}`: destroys one version's value.
+pub async fn destroy(
+    State(s): St,
+    Extension(c): Who,
+    Path((raw, version)): Path<(String, String)>,
+) -> Result<Json<SecretInfo>, ApiError> {
+    let v = version
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("version '{}' is not a positive whole number", version.escape_debug())))?;
+    mutate(&s, &c, &raw, Mutation::Destroy(v)).await
+}
+
+/// `POST /v1/secrets/{name}/rollback`.
+pub async fn rollback(State(s): St, Extension(c): Who, Path(raw): Path<String>, b: Body) -> Result<Json<SecretInfo>, ApiError> {
+    c.require_sentinel()?;
+    let req: Rollback = extract::json(b, s.settings.max_body_bytes)?;
+    mutate(&s, &c, &raw, Mutation::Rollback(req.version)).await
+}
+
+/// `GET /v1/secrets/{name}/versions`.
+pub async fn history(State(s): St, Extension(c): Who, Path(raw): Path<String>) -> Result<Json<History>, ApiError> {
+    c.require_sentinel()?;
+    let n = name(&raw)?;
+    let e = existing(&s, &n)?;
+    let versions = e
+        .doc
+        .versions
+        .iter()
+        .map(|v| VersionInfo {
+            version: v.number,
+            created: rfc3339(v.created),
+            destroyed: v.value.is_none(),
+            current: v.number == e.doc.current,
+        })
+        .collect();
+    Ok(Json(History { name: n.to_string(), versions }))
+}
+
+/// `GET /v1/workload/secret`: the calling workload's own secret.
+pub async fn workload(State(s): St, Extension(c): Who) -> Result<Json<WorkloadSecret>, ApiError> {
+    let w = c.require_workload()?;
+    let store = s.store()?;
+    let none = || ApiError::not_found(format!("no secret is registered for workload '{w}'"));
+    let n = w.secret_name().map_err(|_| none())?;
+    let e = store.get(&n).ok_or_else(none)?;
+    let data = deliverable(&e, OffsetDateTime::now_utc()).ok_or_else(none)?.clone();
+    Ok(Json(WorkloadSecret {
+        name: n.to_string(),
+        version: e.doc.current,
+        revision: e.doc.revision,
+        data,
+        updated: rfc3339(e.doc.updated),
+    }))
+}
+
+/// `POST /v1/encrypt`: a ciphertext for git, as `safe -e` makes.
+pub async fn encrypt(State(s): St, Extension(c): Who, b: Body) -> Result<Json<EncryptResponse>, ApiError> {
+    c.require_sentinel()?;
+    let req: EncryptRequest = extract::json(b, s.settings.max_body_bytes)?;
+    let store = s.store()?;
+    let ciphertext = store
+        .keyring()
+        .current()
+        .encrypt_for_git(req.value.expose().as_bytes())
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption failed; see the Safe's log"))?;
+    Ok(Json(EncryptResponse { ciphertext }))
+}
+
+/// `POST /v1/unseal`.
+pub async fn unseal(State(s): St, Extension(c): Who, b: Body) -> Result<Json<Status>, ApiError> {
+    c.require_sentinel()?;
+    let req: Unseal = extract::json(b, s.settings.max_body_bytes)?;
+    let key = RootKey::parse(req.root_key.expose()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    s.unseal(Keyring::new(Arc::new(key))).await?;
+    Ok(Json(status_of(&s)))
+}
+
+fn status_of(s: &AppState) -> Status {
+    let store = s.store().ok();
+    Status {
+        sealed: store.is_none(),
+        secrets: store.as_ref().map_or(0, |st| st.len()),
+        key_id: store.map(|st| st.keyring().current().id().to_string()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// `GET /v1/status`.
+pub async fn status(State(s): St, Extension(c): Who) -> Result<Json<Status>, ApiError> {
+    c.require_sentinel()?;
+    Ok(Json(status_of(&s)))
+}
+
+/// `POST /v1/admin/rotate-root-key`.
+pub async fn rotate(State(s): St, Extension(c): Who) -> Result<Json<Rotated>, ApiError> {
+    c.require_sentinel()?;
+    Ok(Json(s.rotate_root_key().await?))
+}
+
+/// `GET /v1/openapi.yaml`.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}

@@ -1,0 +1,273 @@
+//! Start-up and the mTLS accept loop.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_crypto::Keyring;
+use aegis_identity::{peer_spiffe_id, IdentitySource};
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::metrics::RequestLabels;
+use crate::state::{AppState, RootKeyMode, Settings};
+use crate::{health, rootkey, route_label, router};
+
+/// Why the Safe could not start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Safe's own SVID is not a Safe identity.
+    #[error("this Safe's SPIFFE ID {0} does not match VSECM_SPIFFEID_PREFIX_SAFE; give the Safe an SVID with the Safe's SPIFFE ID or fix the rule")]
+    NotSafe(String),
+    /// The data directory is unusable.
+    #[error(transparent)]
+    Store(#[from] aegis_store::StoreError),
+    /// The root key file is unusable.
+    #[error(transparent)]
+    KeyFile(#[from] rootkey::KeyFileError),
+    /// Loading with the root key failed.
+    #[error("could not load the secrets: {0}")]
+    Load(String),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Identity(#[from] aegis_identity::IdentityError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick a free port")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started Safe.
+pub struct Running {
+    /// Shared state.
+    pub state: Arc<AppState>,
+    /// Bound mTLS address.
+    pub addr: SocketAddr,
+    /// Bound health address.
+    pub health_addr: SocketAddr,
+    /// The accept loops; they run until aborted.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn load_root_key(state: &AppState) -> Result<(), StartError> {
+    let RootKeyMode::File(path) = &state.settings.root_key else {
+        tracing::warn!("root key mode is manual: the Safe is sealed until an admin provides the root key");
+        return Ok(());
+    };
+    let (key, created) = rootkey::load_or_create(path)?;
+    if created {
+        tracing::info!(path = %path.display(), key_id = %key.id(), "generated a new root key");
+    }
+    let next = rootkey::read(&rootkey::next_path(path))?;
+    let mut ring = Keyring::new(key);
+    if let Some(n) = &next {
+        ring = ring.with_older(n.clone());
+    }
+    state.unseal(ring).await.map_err(|e| StartError::Load(e.message().to_owned()))?;
+    if let Some(n) = next {
+        tracing::warn!("finishing a root key rotation that was interrupted");
+        let store = state.store().map_err(|e| StartError::Load(e.message().to_owned()))?;
+        store.rotate(Keyring::new(n)).await?;
+        rootkey::promote_next(path)?;
+    }
+    Ok(())
+}
+
+/// Checks the identity, loads the root key (or stays sealed), binds both ports and starts serving.
+pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Result<Running, StartError> {
+    let me = identity.current();
+    if !settings.roles.is_safe(me.spiffe_id()) {
+        return Err(StartError::NotSafe(me.spiffe_id().to_string()));
+    }
+    let state = AppState::new(settings)?;
+    load_root_key(&state).await?;
+    let tls = Arc::new(aegis_identity::server_config(identity)?);
+    let listener = bind(state.settings.listen).await?;
+    let health_listener = bind(state.settings.health_listen).await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: state.settings.listen, source })?;
+    let health_addr = health_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: state.settings.health_listen, source })?;
+    let health_app = health::router(state.clone());
+    let tasks = vec![
+        tokio::spawn(serve(listener, tls, state.clone())),
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(health_listener, health_app).await {
+                tracing::error!(error = %e, "health server stopped");
+            }
+        }),
+    ];
+    tracing::info!(%addr, %health_addr, spiffe_id = %me.spiffe_id(), "Safe listening");
+    Ok(Running { state, addr, health_addr, tasks })
+}
+
+/// Accepts mTLS connections until the listener fails for good.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<AppState>) {
+    let app = router(state.clone());
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Usually too many open files: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(tcp, peer, acceptor.clone(), app.clone(), state.clone()));
+    }
+}
+
+async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, app: Router, state: Arc<AppState>) {
+    let deadline = state.settings.handshake_timeout;
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            state.metrics.handshake_failures.inc();
+            tracing::info!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            state.metrics.handshake_failures.inc();
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let id = tls.get_ref().1.peer_certificates().and_then(|chain| peer_spiffe_id(chain).ok());
+    let Some(id) = id else {
+        tracing::info!(%peer, "client certificate has no usable SPIFFE ID");
+        return;
+    };
+    let caller = Arc::new(Caller { role: state.settings.roles.classify(&id), id });
+    let svc = hyper::service::service_fn(move |req| handle(req, caller.clone(), app.clone(), state.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    caller: Arc<Caller>,
+    app: Router,
+    state: Arc<AppState>,
+) -> Result<Response<Body>, Infallible> {
+    normalize(req.uri_mut());
+    let route = route_label(req.uri().path());
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", caller = %caller.id, %method, route);
+    let start = Instant::now();
+    req.extensions_mut().insert(caller);
+    let resp = match tokio::time::timeout(state.settings.request_timeout, app.oneshot(req.map(Body::new)))
+        .instrument(span.clone())
+        .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long; send the whole body promptly")
+            .into_response(),
+    };
+    let status = resp.status().as_u16();
+    let latency = start.elapsed();
+    state.metrics.requests.get_or_create(&RequestLabels { route, status }).inc();
+    state.metrics.latency.observe(latency.as_secs_f64());
+    let _enter = span.enter();
+    let micros = latency.as_micros() as u64;
+    if status >= 400 {
+        tracing::info!(status, latency_us = micros, "request refused");
+    } else {
+        tracing::debug!(status, latency_us = micros, "request served");
+    }
+    Ok(resp)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-decodes the path (VSecM's CLI sends `/sentinel/v1/secrets%3Freveal=true`).
+fn normalize(uri: &mut Uri) {
+    let path = uri.path();
+    if !path.contains('%') {
+        return;
+    }
+    let Some(decoded) = percent_decode(path) else { return };
+    let (p, extra) = match decoded.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (decoded.clone(), None),
+    };
+    let query = match (uri.query(), extra) {
+        (Some(a), Some(b)) => Some(format!("{a}&{b}")),
+        (a, b) => a.map(str::to_owned).or(b),
+    };
+    let pq = match query {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    };
+    if let Ok(new) = Uri::builder().path_and_query(pq).build() {
+        *uri = new;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_vsecm_encoded_query() {
+        let mut u: Uri = "/sentinel/v1/secrets%3Freveal=true".parse().unwrap();
+        normalize(&mut u);
+        assert_eq!(u.path(), "/sentinel/v1/secrets");
+        assert_eq!(u.query(), Some("reveal=true"));
+        let mut u: Uri = "/v1/secrets/k8s%3Adb".parse().unwrap();
+        normalize(&mut u);
+        assert_eq!(u.path(), "/v1/secrets/k8s:db");
+        let mut u: Uri = "/v1/secrets/bad%2".parse().unwrap();
+        normalize(&mut u);
+        assert_eq!(u.path(), "/v1/secrets/bad%2");
+    }
+}

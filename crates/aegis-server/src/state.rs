@@ -1,0 +1,133 @@
+//! What every request can reach: settings, role rules, the store (absent
+//! while sealed) and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_core::api::Rotated;
+use aegis_core::roles::RoleRules;
+use aegis_crypto::{Keyring, RootKey};
+use aegis_store::{Backend, DirBackend, LoadReport, Store, StoreOptions};
+use arc_swap::ArcSwapOption;
+use axum::http::StatusCode;
+use tokio::sync::Mutex;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::rootkey;
+
+/// Where the root key comes from.
+#[derive(Debug, Clone)]
+pub enum RootKeyMode {
+    /// A file, generated on first start.
+    File(PathBuf),
+    /// Memory only: the Safe starts sealed and an admin provides the key.
+    Manual,
+}
+
+/// Everything the Safe is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// mTLS API address.
+    pub listen: SocketAddr,
+    /// Plain health/metrics address.
+    pub health_listen: SocketAddr,
+    /// Directory of sealed records.
+    pub data_dir: PathBuf,
+    /// Root key source.
+    pub root_key: RootKeyMode,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Versions kept per secret.
+    pub max_versions: usize,
+    /// Longest time a request may take, including reading its body.
+    pub request_timeout: Duration,
+    /// Longest time a TLS handshake or request head may take.
+    pub handshake_timeout: Duration,
+    /// Role rules.
+    pub roles: RoleRules,
+}
+
+/// Shared state of the Safe.
+pub struct AppState {
+    /// The settings.
+    pub settings: Settings,
+    store: ArcSwapOption<Store>,
+    backend: Arc<DirBackend>,
+    unseal_lock: Mutex<()>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// A sealed state over the data directory.
+    pub fn new(settings: Settings) -> Result<Arc<Self>, aegis_store::StoreError> {
+        let backend = Arc::new(DirBackend::open(&settings.data_dir)?);
+        Ok(Arc::new(Self {
+            settings,
+            store: ArcSwapOption::empty(),
+            backend,
+            unseal_lock: Mutex::new(()),
+            metrics: Metrics::new(),
+        }))
+    }
+
+    /// The store, or 503 while sealed.
+    pub fn store(&self) -> Result<Arc<Store>, ApiError> {
+        self.store.load_full().ok_or_else(ApiError::sealed)
+    }
+
+    /// Whether a root key is loaded.
+    pub fn is_sealed(&self) -> bool {
+        self.store.load().is_none()
+    }
+
+    /// Loads the store with `keyring`. Returns `false` if already unsealed with the same key.
+    pub async fn unseal(&self, keyring: Keyring) -> Result<(bool, LoadReport), ApiError> {
+        let _guard = self.unseal_lock.lock().await;
+        if let Some(store) = self.store.load_full() {
+            return if store.keyring().current().id() == keyring.current().id() {
+                Ok((false, LoadReport::default()))
+            } else {
+                Err(ApiError::new(StatusCode::CONFLICT, "the Safe is already unsealed with another root key"))
+            };
+        }
+        let opts = StoreOptions { max_versions: self.settings.max_versions, ..StoreOptions::default() };
+        let backend: Arc<dyn Backend> = self.backend.clone();
+        let (store, report) = Store::open(backend, keyring, opts).await?;
+        if !report.quarantined.is_empty() {
+            tracing::error!(count = report.quarantined.len(), "some records could not be opened and were quarantined");
+        }
+        self.metrics.secrets.set(store.len() as i64);
+        self.store.store(Some(Arc::new(store)));
+        self.metrics.sealed.set(0);
+        tracing::info!(secrets = report.loaded, "Safe unsealed");
+        Ok((true, report))
+    }
+
+    /// Generates a new root key and re-seals every record under it.
+    pub async fn rotate_root_key(&self) -> Result<Rotated, ApiError> {
+        let RootKeyMode::File(path) = &self.settings.root_key else {
+            return Err(ApiError::bad_request(
+                "root key rotation needs the root key in a file (--root-key-file); in manual mode, \
+                 export the secrets and restart with a new key",
+            ));
+        };
+        let _guard = self.unseal_lock.lock().await;
+        let store = self.store()?;
+        let new = Arc::new(RootKey::generate());
+        let next = rootkey::next_path(path);
+        rootkey::write(&next, &new).map_err(internal)?;
+        let records = store.rotate(Keyring::new(new.clone())).await?;
+        rootkey::promote_next(path).map_err(internal)?;
+        tracing::info!(key_id = %new.id(), records, "root key rotated");
+        Ok(Rotated { key_id: new.id().to_string(), records })
+    }
+}
+
+fn internal(e: rootkey::KeyFileError) -> ApiError {
+    tracing::error!(error = %e, "root key file");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not write the root key file; see the Safe's log")
+}

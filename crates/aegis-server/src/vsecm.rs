@@ -1,0 +1,186 @@
+//! The VSecM-compatible API (see VSECM-COMPAT.md).
+
+use std::sync::Arc;
+
+use aegis_core::api::{Keystone, VsecmDelete, VsecmKeys, VsecmList, VsecmListItem, VsecmUpsert};
+use aegis_core::secret::SecretValue;
+use aegis_core::timefmt::rfc3339;
+use aegis_core::{SecretName, KEYSTONE};
+use aegis_crypto::{Keyring, RootKey};
+use aegis_store::{Entry, Mutation, StoreError};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract;
+use crate::state::AppState;
+
+type St = State<Arc<AppState>>;
+type Who = Extension<Arc<Caller>>;
+
+/// Whether a live entry is inside its validity window now.
+pub fn deliverable(entry: &Entry, now: OffsetDateTime) -> Option<&SecretValue> {
+    let (v, _) = entry.doc.live()?;
+    if now < v.meta.not_before || now > v.meta.expires_after {
+        return None;
+    }
+    entry.workload_value()
+}
+
+#[derive(Serialize)]
+struct FetchOut<'a> {
+    data: &'a str,
+    created: String,
+    updated: String,
+}
+
+/// `GET /workload/v1/secrets`: the caller's own secret; 404 with an empty body if none.
+pub async fn fetch(State(s): St, Extension(c): Who) -> Result<Response, ApiError> {
+    let name = c.require_workload()?;
+    let store = s.store()?;
+    let Ok(secret) = name.secret_name() else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let Some(entry) = store.get(&secret) else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let Some(value) = deliverable(&entry, OffsetDateTime::now_utc()) else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let out = FetchOut {
+        data: value.expose(),
+        created: format!("\"{}\"", rfc3339(entry.doc.created)),
+        updated: format!("\"{}\"", rfc3339(entry.doc.updated)),
+    };
+    let body = serde_json::to_vec(&out).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Query of the list endpoint.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    reveal: Option<String>,
+}
+
+/// `GET /sentinel/v1/secrets[?reveal=true]`.
+pub async fn list(State(s): St, Extension(c): Who, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<VsecmList>, ApiError> {
+    c.require_sentinel()?;
+    let store = s.store()?;
+    let reveal = q.ok().and_then(|Query(q)| q.reveal).is_some_and(|r| r == "true");
+    let keyring = store.keyring();
+    let mut secrets = Vec::new();
+    for e in store.list() {
+        let Some((v, raw)) = e.doc.live() else { continue };
+        let value = if reveal {
+            Some(keyring.current().encrypt_for_git(raw.expose().as_bytes()).map_err(|e| {
+                tracing::error!(error = %e, "encrypting for reveal");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption failed; see the Safe's log")
+            })?)
+        } else {
+            None
+        };
+        secrets.push(VsecmListItem {
+            name: e.doc.name.to_string(),
+            created: rfc3339(e.doc.created),
+            updated: rfc3339(e.doc.updated),
+            not_before: rfc3339(v.meta.not_before),
+            expires_after: rfc3339(v.meta.expires_after),
+            value,
+        });
+    }
+    Ok(Json(VsecmList { secrets, algorithm: reveal.then(|| "age".to_owned()) }))
+}
+
+/// `POST /sentinel/v1/secrets`: upsert, or encrypt-only.
+pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    c.require_sentinel()?;
+    let req: VsecmUpsert = extract::json(b, s.settings.max_body_bytes)?;
+    let store = s.store()?;
+    let workloads = req.workloads.clone().unwrap_or_default();
+    if workloads.is_empty() {
+        if req.encrypt {
+            let ct = store.keyring().current().encrypt_for_git(req.value.expose().as_bytes()).map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption failed; see the Safe's log")
+            })?;
+            return Ok(ct.into_response());
+        }
+        return Err(ApiError::bad_request("no workloads given: name at least one (safe -w NAME)"));
+    }
+    let names = workloads.iter().map(|w| SecretName::parse(w.trim())).collect::<Result<Vec<_>, _>>()?;
+    let value = if req.encrypt { decrypt_value(store.keyring().current(), &req.value)? } else { req.value };
+    if value.is_empty() {
+        return Err(ApiError::bad_request("the secret value is empty; provide one (safe -s VALUE)"));
+    }
+    let meta = extract::meta(
+        req.namespaces.as_deref(),
+        Some(&req.template),
+        Some(&req.format),
+        Some(&req.not_before),
+        Some(&req.expires),
+    )?;
+    let writes = names.into_iter().map(|name| {
+        store.apply(name, Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None })
+    });
+    let results = futures::future::join_all(writes).await;
+    let mut ok = String::new();
+    for r in results {
+        r?;
+        ok.push_str("OK");
+    }
+    s.metrics.secrets.set(store.len() as i64);
+    Ok(ok.into_response())
+}
+
+fn decrypt_value(key: &RootKey, ct: &SecretValue) -> Result<SecretValue, ApiError> {
+    let plain = key.decrypt_from_git(ct.expose()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let text = std::str::from_utf8(&plain)
+        .map_err(|_| ApiError::bad_request("the decrypted value is not UTF-8 text"))?;
+    Ok(SecretValue::new(text))
+}
+
+/// `DELETE /sentinel/v1/secrets`: soft-deletes each named secret (missing ones are fine).
+pub async fn delete(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    c.require_sentinel()?;
+    let req: VsecmDelete = extract::json(b, s.settings.max_body_bytes)?;
+    let store = s.store()?;
+    if req.workloads.is_empty() {
+        return Err(ApiError::bad_request("no workloads given: name the secrets to delete (safe -d -w NAME)"));
+    }
+    let names = req.workloads.iter().map(|w| SecretName::parse(w.trim())).collect::<Result<Vec<_>, _>>()?;
+    for name in names {
+        match store.apply(name, Mutation::Delete).await {
+            Ok(_) | Err(StoreError::NotFound(_)) | Err(StoreError::Op(aegis_core::secret::OpError::WrongState { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok("OK".into_response())
+}
+
+/// `POST /sentinel/v1/keys`: provides the root key to a sealed Safe.
+pub async fn keys(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    c.require_sentinel()?;
+    let req: VsecmKeys = extract::json(b, s.settings.max_body_bytes)?;
+    let key = RootKey::from_parts(req.age_secret_key.expose(), &req.age_public_key, req.aes_cipher_key.expose())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    s.unseal(Keyring::new(Arc::new(key))).await?;
+    Ok("OK".into_response())
+}
+
+/// `GET /sentinel/v1/keystone`.
+pub async fn keystone(State(s): St, Extension(c): Who) -> Result<Json<Keystone>, ApiError> {
+    c.require_sentinel()?;
+    let store = s.store()?;
+    let ready = SecretName::parse(KEYSTONE)
+        .ok()
+        .and_then(|n| store.get(&n))
+        .is_some_and(|e| e.doc.live().is_some());
+    Ok(Json(Keystone { status: if ready { "ready" } else { "pending" }.to_owned() }))
+}

@@ -1,0 +1,22 @@
+//! Where sealed records live.
+
+use crate::StoreError;
+
+/// A durable home for sealed records, one per secret name.
+///
+/// Methods block; the store calls them from blocking threads.
+pub trait Backend: Send + Sync + 'static {
+    /// Every record, as (secret name, sealed bytes). Unreadable entries are
+    /// reported in the second list as (name or file, reason) instead of failing the load.
+    fn load_all(&self) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, String)>), StoreError>;
+
+    /// Writes the records durably and atomically per record: when this returns
+    /// `Ok` for a record, it survives a crash; when it fails, the previous record is intact.
+    fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>>;
+
+    /// Moves a record that cannot be opened out of the way, keeping its bytes for inspection.
+    fn quarantine(&self, name: &str, reason: &str) -> Result<(), StoreError>;
+
+    /// A short description for logs (e.g. the directory path).
+    fn describe(&self) -> String;
+}

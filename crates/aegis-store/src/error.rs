@@ -1,0 +1,47 @@
+//! Storage errors.
+
+use aegis_core::secret::OpError;
+use aegis_crypto::CryptoError;
+
+/// Why a storage operation failed. Messages name the secret or file, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operation is not allowed in the secret's current state.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The secret does not exist.
+    #[error("secret '{0}' does not exist")]
+    NotFound(String),
+    /// The template does not parse.
+    #[error("template of secret '{name}' is invalid: {why}")]
+    Template {
+        /// The secret.
+        name: String,
+        /// The parser's reason.
+        why: String,
+    },
+    /// Reading or writing the backing store failed; nothing was changed.
+    #[error("could not persist '{name}': {source}; the previous version is intact")]
+    Io {
+        /// The secret (or file) concerned.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening the backing store failed.
+    #[error("cannot use data directory {path}: {source}")]
+    Open {
+        /// The directory.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encryption failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The writer task has stopped (the Safe is shutting down).
+    #[error("the store is shutting down; retry against a running Safe")]
+    Closed,
+}

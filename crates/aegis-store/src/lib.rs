@@ -1,0 +1,21 @@
+//! Aegis storage: secrets in memory, made durable (encrypted) before a write
+//! is acknowledged.
+//!
+//! [`Store`] holds every secret in memory for reads and funnels every change
+//! through one writer task. The writer takes whatever changes are queued,
+//! applies them in order, seals each touched secret with the [`Keyring`] and
+//! persists the batch with one group commit through a [`Backend`]; only then
+//! are the changes visible to readers and acknowledged to writers.
+//!
+//! [`Keyring`]: aegis_crypto::Keyring
+
+mod backend;
+mod dir;
+mod error;
+mod store;
+mod writer;
+
+pub use backend::Backend;
+pub use dir::DirBackend;
+pub use error::StoreError;
+pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Store, StoreOptions};

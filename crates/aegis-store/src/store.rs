@@ -1,0 +1,200 @@
+//! The in-memory view of all secrets and the public store API.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue, DEFAULT_MAX_VERSIONS};
+use aegis_core::SecretName;
+use aegis_crypto::Keyring;
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::writer::{self, Job};
+use crate::{Backend, StoreError};
+
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Versions kept per secret (default 10).
+    pub max_versions: usize,
+    /// Most changes committed in one group commit (default 512).
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512 }
+    }
+}
+
+/// What a workload receives, computed once per write.
+#[derive(Debug, Clone)]
+pub enum Data {
+    /// The transformation left the raw value unchanged (saves a copy).
+    Same,
+    /// The transformed value.
+    Transformed(SecretValue),
+}
+
+/// One secret as readers see it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The secret with its history.
+    pub doc: SecretDoc,
+    /// The workload's view of the current version.
+    pub data: Data,
+}
+
+impl Entry {
+    pub(crate) fn new(doc: SecretDoc) -> Self {
+        let data = match doc.live() {
+            Some((v, value)) => {
+                let out = aegis_core::transform::transform(value.expose(), v.meta.template.as_deref(), v.meta.format);
+                if out == value.expose() {
+                    Data::Same
+                } else {
+                    Data::Transformed(SecretValue::new(out))
+                }
+            }
+            None => Data::Same,
+        };
+        Self { doc, data }
+    }
+
+    /// The value a workload receives: the current version transformed, if the secret is live.
+    pub fn workload_value(&self) -> Option<&SecretValue> {
+        let (_, raw) = self.doc.live()?;
+        Some(match &self.data {
+            Data::Same => raw,
+            Data::Transformed(v) => v,
+        })
+    }
+}
+
+/// A change to one secret.
+#[derive(Debug)]
+pub enum Mutation {
+    /// Write a new version; `cas` is the expected current version (0: must not exist).
+    Put {
+        /// The raw value.
+        value: SecretValue,
+        /// Delivery metadata.
+        meta: SecretMeta,
+        /// Check-and-set.
+        cas: Option<u64>,
+    },
+    /// Soft delete.
+    Delete,
+    /// Undo a soft delete.
+    Undelete,
+    /// Destroy one version's value.
+    Destroy(u64),
+    /// Write an earlier version again as the newest.
+    Rollback(u64),
+}
+
+/// A record that could not be loaded and was moved aside.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// The secret name (or file name when even that is unreadable).
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of loading the store at start-up.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Secrets loaded.
+    pub loaded: usize,
+    /// Records that failed and were quarantined.
+    pub quarantined: Vec<Quarantined>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) map: RwLock<HashMap<SecretName, Arc<Entry>>>,
+    pub(crate) keyring: ArcSwap<Keyring>,
+    pub(crate) seq: watch::Sender<u64>,
+    pub(crate) opts: StoreOptions,
+}
+
+impl Shared {
+    pub(crate) fn get(&self, name: &SecretName) -> Option<Arc<Entry>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+}
+
+/// All secrets, in memory, durably persisted. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Loads every record from `backend`, quarantining those that fail, and starts the writer.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        keyring: Keyring,
+        opts: StoreOptions,
+    ) -> Result<(Self, LoadReport), StoreError> {
+        let (map, report) = writer::load(backend.clone(), keyring.clone()).await?;
+        let (seq, _) = watch::channel(0);
+        let shared = Arc::new(Shared { map: RwLock::new(map), keyring: ArcSwap::from_pointee(keyring), seq, opts });
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer::run(shared.clone(), backend, rx));
+        Ok((Self { shared, tx }, report))
+    }
+
+    /// One secret (live or soft-deleted).
+    pub fn get(&self, name: &SecretName) -> Option<Arc<Entry>> {
+        self.shared.get(name)
+    }
+
+    /// All secrets, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<_> = self.shared.map.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        all.sort_by(|a, b| a.doc.name.cmp(&b.doc.name));
+        all
+    }
+
+    /// Number of secrets held.
+    pub fn len(&self) -> usize {
+        self.shared.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies a change; returns once it is durable and visible.
+    pub async fn apply(&self, name: SecretName, mutation: Mutation) -> Result<Arc<Entry>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Mutate { name, mutation, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Re-seals every record under `keyring`'s current key; returns how many.
+    /// Reads go on meanwhile; writes wait for the rotation to finish.
+    pub async fn rotate(&self, keyring: Keyring) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Rotate { keyring, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The keyring in use.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.shared.keyring.load_full()
+    }
+
+    /// A counter that increases after every committed batch (for watchers).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.seq.subscribe()
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &StoreOptions {
+        &self.shared.opts
+    }
+}

@@ -1,0 +1,243 @@
+//! The single writer: group commits and start-up loading.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use aegis_core::secret::SecretDoc;
+use aegis_core::SecretName;
+use aegis_crypto::Keyring;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::store::{Entry, LoadReport, Mutation, Quarantined, Shared};
+use crate::{Backend, StoreError};
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) enum Job {
+    Mutate { name: SecretName, mutation: Mutation, reply: Reply<Arc<Entry>> },
+    Rotate { keyring: Keyring, reply: Reply<usize> },
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Rotate { keyring, reply } => {
+                    commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                    let _ = reply.send(rotate(&shared, &backend, keyring).await);
+                }
+                Job::Mutate { name, mutation, reply } => batch.push((name, mutation, reply)),
+            }
+            if batch.len() < shared.opts.max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit(&shared, &backend, batch).await;
+    }
+}
+
+fn apply_one(base: Option<SecretDoc>, name: &SecretName, m: Mutation, max: usize) -> Result<SecretDoc, StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let missing = || StoreError::NotFound(name.to_string());
+    let mut doc = match (base, &m) {
+        (Some(d), _) => d,
+        (None, Mutation::Put { .. }) => SecretDoc::empty(name.clone(), now),
+        (None, _) => return Err(missing()),
+    };
+    match m {
+        Mutation::Put { value, meta, cas } => {
+            if let Some(t) = meta.template.as_deref() {
+                aegis_core::transform::validate_template(t)
+                    .map_err(|e| StoreError::Template { name: name.to_string(), why: e.to_string() })?;
+            }
+            doc.put(value, meta, cas, now, max)?;
+        }
+        Mutation::Delete => doc.soft_delete(now)?,
+        Mutation::Undelete => doc.undelete(now)?,
+        Mutation::Destroy(v) => doc.destroy(v, now)?,
+        Mutation::Rollback(v) => {
+            doc.rollback(v, now, max)?;
+        }
+    }
+    Ok(doc)
+}
+
+fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
+    let plain = Zeroizing::new(serde_json::to_vec(doc).map_err(|e| StoreError::Io {
+        name: doc.name.to_string(),
+        source: io::Error::other(format!("serialisation failed: {e}")),
+    })?);
+    Ok(keyring.seal(doc.name.as_str(), doc.revision, &plain)?)
+}
+
+fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
+    match e {
+        StoreError::Io { source, .. } => StoreError::Io { name: name.to_string(), source: io::Error::new(source.kind(), source.to_string()) },
+        other => StoreError::Io { name: name.to_string(), source: io::Error::other(other.to_string()) },
+    }
+}
+
+async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretName, Mutation, Reply<Arc<Entry>>)>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut work: HashMap<SecretName, SecretDoc> = HashMap::new();
+    let mut waiting = Vec::with_capacity(jobs.len());
+    for (name, m, reply) in jobs {
+        let base = work.get(&name).cloned().or_else(|| shared.get(&name).map(|e| e.doc.clone()));
+        match apply_one(base, &name, m, shared.opts.max_versions) {
+            Ok(doc) => {
+                work.insert(name.clone(), doc);
+                waiting.push((name, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    let outcome = persist(shared, backend, work).await;
+    let mut committed = false;
+    {
+        let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
+        for (name, r) in &outcome {
+            if let Ok(entry) = r {
+                map.insert(name.clone(), entry.clone());
+                committed = true;
+            }
+        }
+    }
+    if committed {
+        shared.seq.send_modify(|n| *n += 1);
+    }
+    for (name, reply) in waiting {
+        let r = match outcome.get(&name) {
+            Some(Ok(entry)) => Ok(entry.clone()),
+            Some(Err(e)) => Err(copy_err(e, &name)),
+            None => Err(StoreError::Closed),
+        };
+        let _ = reply.send(r);
+    }
+}
+
+type Outcome = HashMap<SecretName, Result<Arc<Entry>, StoreError>>;
+
+async fn persist(shared: &Shared, backend: &Arc<dyn Backend>, work: HashMap<SecretName, SecretDoc>) -> Outcome {
+    let keyring = shared.keyring.load_full();
+    let mut outcome = HashMap::new();
+    let mut docs = Vec::new();
+    let mut records = Vec::new();
+    for (name, doc) in work {
+        match seal(&keyring, &doc) {
+            Ok(bytes) => {
+                records.push((name.to_string(), bytes));
+                docs.push((name, doc));
+            }
+            Err(e) => {
+                outcome.insert(name, Err(e));
+            }
+        }
+    }
+    let b = backend.clone();
+    let results = match tokio::task::spawn_blocking(move || b.write_batch(&records)).await {
+        Ok(r) => r,
+        Err(_) => docs.iter().map(|_| Err(StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })).collect(),
+    };
+    for ((name, doc), r) in docs.into_iter().zip(results) {
+        let r = r.map(|()| Arc::new(Entry::new(doc)));
+        if let Err(e) = &r {
+            tracing::error!(secret = %name, error = %e, "write failed; previous version kept");
+        }
+        outcome.insert(name, r);
+    }
+    outcome
+}
+
+async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -> Result<usize, StoreError> {
+    let docs: Vec<SecretDoc> = shared.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.doc.clone()).collect();
+    let total = docs.len();
+    for chunk in docs.chunks(1024) {
+        let records = chunk
+            .iter()
+            .map(|d| Ok((d.name.to_string(), seal(&keyring, d)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let b = backend.clone();
+        let results = tokio::task::spawn_blocking(move || b.write_batch(&records))
+            .await
+            .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+    }
+    shared.keyring.store(Arc::new(keyring));
+    tracing::info!(records = total, "root key rotated; every record re-sealed");
+    Ok(total)
+}
+
+/// Loads and opens every record, in parallel; failures are quarantined and reported.
+pub(crate) async fn load(
+    backend: Arc<dyn Backend>,
+    keyring: Keyring,
+) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
+    tokio::task::spawn_blocking(move || load_blocking(backend.as_ref(), &keyring))
+        .await
+        .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
+}
+
+fn open_record(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<Entry, String> {
+    let parsed = SecretName::parse(name).map_err(|e| e.to_string())?;
+    let (header, plain) = keyring.open(name, bytes).map_err(|e| e.to_string())?;
+    let doc: SecretDoc = serde_json::from_slice(&plain).map_err(|e| format!("record content is not a secret document: {e}"))?;
+    if doc.name != parsed || doc.revision != header.revision {
+        return Err("record content does not match its name or revision".to_owned());
+    }
+    Ok(Entry::new(doc))
+}
+
+fn load_blocking(backend: &dyn Backend, keyring: &Keyring) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
+    let (records, unreadable) = backend.load_all()?;
+    // A record under a key that is not loaded means the wrong root key was
+    // given: refuse to start rather than quarantine good records.
+    for (name, bytes) in &records {
+        if let Ok(h) = Keyring::header(name, bytes) {
+            if !keyring.knows(h.key_id) {
+                return Err(aegis_crypto::CryptoError::UnknownKey { name: name.clone(), key_id: h.key_id }.into());
+            }
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
+    let chunk = records.len().div_ceil(threads).max(1);
+    let opened: Vec<(String, Result<Entry, String>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|(n, b)| (n.clone(), open_record(keyring, n, b))).collect::<Vec<_>>()))
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut map = HashMap::with_capacity(opened.len());
+    let mut report = LoadReport::default();
+    for (name, r) in opened {
+        match r {
+            Ok(entry) => {
+                map.insert(entry.doc.name.clone(), Arc::new(entry));
+            }
+            Err(reason) => {
+                tracing::error!(secret = %name, %reason, "record cannot be opened; moved to quarantine");
+                if let Err(e) = backend.quarantine(&name, &reason) {
+                    tracing::error!(secret = %name, error = %e, "could not quarantine record");
+                }
+                report.quarantined.push(Quarantined { name, reason });
+            }
+        }
+    }
+    for (name, reason) in unreadable {
+        tracing::error!(file = %name, %reason, "record cannot be read");
+        report.quarantined.push(Quarantined { name, reason });
+    }
+    report.loaded = map.len();
+    Ok((map, report))
+}

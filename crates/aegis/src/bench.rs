@@ -1,0 +1,263 @@
+//! `aegis bench`: a load generator anyone can run against a Safe.
+//!
+//! - `fetch`: workload fetches (`GET /workload/v1/secrets`) over kept-alive
+//!   mTLS connections, or a new connection per fetch (as VSecM's SDK does).
+//! - `write`: durable writes by concurrent admin writers.
+//! - `startup`: builds a data directory of N secrets, starts `aegis server`
+//!   on it, and reports the time to ready and resident memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_core::api::PutSecret;
+use aegis_core::secret::SecretValue;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::cli::settings;
+use crate::exit::{CliError, FAILURE};
+
+/// `aegis bench` arguments.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Fetch the caller's secret as fast as possible (run with a workload identity).
+    Fetch {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Open a new mTLS connection for every fetch.
+        #[arg(long)]
+        new_connection: bool,
+    },
+    /// Write secrets from concurrent writers (run with the admin identity).
+    Write {
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 32)]
+        writers: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+    },
+    /// Start-up time and memory with N stored secrets (starts its own Safe).
+    Startup {
+        /// Secrets to store.
+        #[arg(long, default_value_t = 100_000)]
+        secrets: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Scratch directory (created; reused if it already holds the same data set).
+        #[arg(long)]
+        work_dir: PathBuf,
+    },
+}
+
+/// One benchmark's figures.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// What ran.
+    pub name: String,
+    /// Successful operations.
+    pub ok: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Operations per second.
+    pub per_second: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+fn report(name: String, mut lat_us: Vec<u32>, errors: u64, elapsed: Duration) -> Report {
+    lat_us.sort_unstable();
+    let pct = |p: f64| {
+        if lat_us.is_empty() {
+            0.0
+        } else {
+            let i = ((lat_us.len() as f64 * p) as usize).min(lat_us.len() - 1);
+            f64::from(lat_us[i]) / 1000.0
+        }
+    };
+    Report {
+        name,
+        ok: lat_us.len() as u64,
+        errors,
+        per_second: lat_us.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat_us.last().map_or(0.0, |v| f64::from(*v) / 1000.0),
+    }
+}
+
+fn print(r: &impl Serialize) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string_pretty(r).map_err(|e| CliError::new(FAILURE, e.to_string()))?);
+    Ok(())
+}
+
+/// Runs a benchmark and prints its report as JSON.
+pub async fn run(a: BenchArgs) -> Result<(), CliError> {
+    match a.cmd {
+        BenchCmd::Fetch { connections, seconds, new_connection } => {
+            print(&fetch(connections, Duration::from_secs(seconds), new_connection).await?)
+        }
+        BenchCmd::Write { writers, seconds, size } => print(&write(writers, Duration::from_secs(seconds), size).await?),
+        BenchCmd::Startup { secrets, size, work_dir } => print(&crate::bench_startup::run(secrets, size, &work_dir).await?),
+    }
+}
+
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    tls: TlsConnector,
+}
+
+async fn target() -> Result<Target, CliError> {
+    let s = settings()?;
+    let source = aegis_identity::start_source(&s.identity).await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+    let roles = s.roles.clone();
+    let cfg = aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id)))
+        .map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+    let hostport = s.url.trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let addr = tokio::net::lookup_host(&hostport)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| CliError::new(FAILURE, format!("cannot resolve {hostport}")))?;
+    let host = hostport.rsplit_once(':').map_or(hostport.clone(), |(h, _)| h.to_owned());
+    Ok(Target { addr, host, tls: TlsConnector::from(Arc::new(cfg)) })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(t: &Target) -> Result<Sender, String> {
+    let tcp = TcpStream::connect(t.addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
+    let tls = t.tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn one_fetch(sender: &mut Sender, host: &str) -> Result<(), String> {
+    let req = hyper::Request::get("/workload/v1/secrets")
+        .header(hyper::header::HOST, host)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> Result<Report, CliError> {
+    let t = Arc::new(target().await?);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..connections.max(1))
+        .map(|_| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let mut sender: Option<Sender> = None;
+                while start.elapsed() < dur {
+                    let t0 = Instant::now();
+                    if new_conn || sender.is_none() {
+                        sender = connect(&t).await.ok();
+                    }
+                    let r = match sender.as_mut() {
+                        Some(s) => one_fetch(s, &t.host).await,
+                        None => Err("connect failed".to_owned()),
+                    };
+                    match r {
+                        Ok(()) => lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                        Err(_) => {
+                            errors += 1;
+                            sender = None;
+                        }
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+        all.extend(l);
+        errors += e;
+    }
+    let mode = if new_conn { "new connection per fetch" } else { "kept-alive connections" };
+    Ok(report(format!("fetch, {connections} connections, {mode}"), all, errors, start.elapsed()))
+}
+
+async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, CliError> {
+    let client = crate::cli::client().await?;
+    let value = "x".repeat(size.max(1));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers.max(1))
+        .map(|w| {
+            let (c, v) = (client.clone(), value.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let mut i = 0u64;
+                while start.elapsed() < dur {
+                    let req = PutSecret {
+                        value: SecretValue::new(v.clone()),
+                        namespaces: None,
+                        template: None,
+                        format: None,
+                        not_before: None,
+                        expires_after: None,
+                        cas: None,
+                    };
+                    let t0 = Instant::now();
+                    match c.put(&format!("bench-{w}-{}", i % 64), &req).await {
+                        Ok(_) => lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                        Err(_) => errors += 1,
+                    }
+                    i += 1;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+        all.extend(l);
+        errors += e;
+    }
+    Ok(report(format!("durable writes, {writers} writers, {size}-byte values"), all, errors, start.elapsed()))
+}

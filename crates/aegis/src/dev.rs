@@ -1,0 +1,141 @@
+//! `aegis dev`: a Safe with a throw-away local CA, for one machine.
+//!
+//! Layout of the data directory:
+//! `ca/` (the dev CA), `svid/<name>/` (issued SVIDs), `root.key`, `data/`
+//! (encrypted records), `env` (exports for the admin), `safe-url`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_core::roles::RoleRules;
+use aegis_core::SpiffeId;
+use aegis_identity::devca::DevCa;
+use aegis_identity::{FileSource, SvidPaths, FILE_POLL_INTERVAL};
+use clap::{Args, Subcommand};
+
+use crate::exit::{CliError, CONFIG};
+use crate::server::{ServerArgs, settings};
+
+/// `aegis dev` arguments.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the dev CA, SVIDs, root key and records live.
+    #[arg(long, global = true, env = "AEGIS_DEV_DATA_DIR", default_value = "./.aegis-dev")]
+    data_dir: PathBuf,
+    /// Trust domain of the dev CA.
+    #[arg(long, global = true, env = "SPIFFE_TRUST_DOMAIN", default_value = "vsecm.com")]
+    trust_domain: String,
+    /// mTLS API address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Health and metrics address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    health_listen: SocketAddr,
+    #[command(subcommand)]
+    cmd: Option<DevCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCmd {
+    /// Issue an SVID for a workload and print the `export` lines that act as it.
+    Svid {
+        /// Workload name (VSecM scheme: spiffe://TD/workload/NAME/ns/NS/sa/NAME/n/NAME-0).
+        #[arg(long)]
+        workload: String,
+        /// Namespace in the SPIFFE ID.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Use this exact SPIFFE ID instead.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24 * 7)]
+        ttl_hours: u64,
+        /// Directory to write svid.pem, svid.key and bundle.pem (default DATA_DIR/svid/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+const DEV_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn cfg_err(e: impl std::fmt::Display) -> CliError {
+    CliError::new(CONFIG, e.to_string())
+}
+
+fn abs(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+fn quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+fn issue(ca: &DevCa, id: &str, ttl: Duration, dir: &Path) -> Result<SvidPaths, CliError> {
+    let id = SpiffeId::parse(id).map_err(cfg_err)?;
+    ca.issue(&id, ttl).map_err(cfg_err)?.write_files(dir).map_err(cfg_err)
+}
+
+fn exports(url: &str, td: &str, p: &SvidPaths) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "export AEGIS_SAFE_URL={url}");
+    let _ = writeln!(s, "export VSECM_SAFE_ENDPOINT_URL={url}/");
+    let _ = writeln!(s, "export SPIFFE_TRUST_DOMAIN={td}");
+    let _ = writeln!(s, "export AEGIS_SVID_CERT={}", quote(&abs(&p.cert)));
+    let _ = writeln!(s, "export AEGIS_SVID_KEY={}", quote(&abs(&p.key)));
+    let _ = writeln!(s, "export AEGIS_SVID_BUNDLE={}", quote(&abs(&p.bundle)));
+    s
+}
+
+/// `aegis dev` and `aegis dev svid`.
+pub async fn run(a: DevArgs) -> Result<(), CliError> {
+    let ca = DevCa::load_or_create(&a.data_dir.join("ca"), &a.trust_domain).map_err(cfg_err)?;
+    if let Some(DevCmd::Svid { workload, namespace, spiffe_id, ttl_hours, out }) = a.cmd {
+        let id = spiffe_id.unwrap_or_else(|| RoleRules::dev_spiffe_id(&a.trust_domain, &workload, &namespace));
+        let dir = out.unwrap_or_else(|| a.data_dir.join("svid").join(&workload));
+        let paths = issue(&ca, &id, Duration::from_secs(ttl_hours.max(1) * 3600), &dir)?;
+        let url = std::fs::read_to_string(a.data_dir.join("safe-url")).unwrap_or_else(|_| format!("https://{}", a.listen));
+        print!("# acts as {id}\n{}", exports(url.trim(), &a.trust_domain, &paths));
+        return Ok(());
+    }
+    let td = a.trust_domain.as_str();
+    let safe = issue(&ca, &RoleRules::dev_spiffe_id(td, "vsecm-safe", "vsecm-system"), DEV_TTL, &a.data_dir.join("svid/vsecm-safe"))?;
+    let sentinel_id = RoleRules::dev_spiffe_id(td, "vsecm-sentinel", "vsecm-system");
+    let sentinel = issue(&ca, &sentinel_id, DEV_TTL, &a.data_dir.join("svid/vsecm-sentinel"))?;
+    let url = format!("https://{}", a.listen);
+    let env = format!(
+        "# Source this file to act as the Aegis admin (Sentinel, {sentinel_id}).\n# Development identity from a throw-away local CA: never use it in production.\n{}",
+        exports(&url, td, &sentinel)
+    );
+    std::fs::write(a.data_dir.join("env"), env).map_err(cfg_err)?;
+    std::fs::write(a.data_dir.join("safe-url"), &url).map_err(cfg_err)?;
+    let server = ServerArgs {
+        listen: Some(a.listen),
+        health_listen: a.health_listen,
+        data_dir: a.data_dir.join("data"),
+        root_key_file: Some(a.data_dir.join("root.key")),
+        manual_root_key: false,
+        max_body_bytes: 1024 * 1024,
+        max_versions: 10,
+        request_timeout_ms: 30_000,
+        handshake_timeout_ms: 10_000,
+        svid_cert: None,
+        svid_key: None,
+        svid_bundle: None,
+        spiffe_endpoint_socket: String::new(),
+    };
+    let mut s = settings(&server)?;
+    s.roles = RoleRules::from_lookup(|k| (k == "SPIFFE_TRUST_DOMAIN").then(|| td.to_owned())).map_err(cfg_err)?;
+    let identity = FileSource::start(safe, FILE_POLL_INTERVAL).await.map_err(cfg_err)?;
+    eprintln!(
+        "aegis dev: development Safe (throw-away CA in {}; not for production)\n  in another terminal: source {}\n  then: aegis put billing --value s3cret && aegis list\n  a workload identity: aegis dev svid --workload billing --data-dir {}",
+        a.data_dir.join("ca").display(),
+        a.data_dir.join("env").display(),
+        a.data_dir.display()
+    );
+    let identity: Arc<dyn aegis_identity::IdentitySource> = identity;
+    crate::server::serve(s, identity).await
+}

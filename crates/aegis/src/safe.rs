@@ -1,0 +1,121 @@
+//! `safe`: VSecM's Sentinel command with its flags and messages.
+//!
+//! Unlike VSecM's, it exits non-zero (with the Safe's message) on failure.
+
+use aegis_core::api::{VsecmKeys, VsecmUpsert};
+use aegis_core::secret::SecretValue;
+use clap::Parser;
+
+use crate::cli::{client, read_stdin};
+use crate::exit::{CliError, FAILURE};
+
+/// VSecM-compatible Sentinel command.
+#[derive(Parser, Debug)]
+#[command(name = "safe", about = "Register, delete, list and encrypt secrets (VSecM-compatible)", disable_version_flag = true)]
+struct SafeArgs {
+    /// Workload (secret) name; repeatable.
+    #[arg(short = 'w', long = "workload")]
+    workload: Vec<String>,
+    /// The secret value; `gen:PATTERN` generates one.
+    #[arg(short = 's', long = "secret")]
+    secret: Option<String>,
+    /// Kubernetes namespace; repeatable (default: default).
+    #[arg(short = 'n', long = "namespace")]
+    namespace: Vec<String>,
+    /// Go template.
+    #[arg(short = 't', long = "template")]
+    template: Option<String>,
+    /// json, yaml (or raw).
+    #[arg(short = 'f', long = "format")]
+    format: Option<String>,
+    /// Encrypt (with -s and no -w), or the value is encrypted (with -w), or encrypted export (with -l).
+    #[arg(short = 'e', long = "encrypt")]
+    encrypt: bool,
+    /// Delete the workloads' secrets.
+    #[arg(short = 'd', long = "delete")]
+    delete: bool,
+    /// List secrets.
+    #[arg(short = 'l', long = "list")]
+    list: bool,
+    /// Root key: three newline-separated parts (`-` reads standard input).
+    #[arg(short = 'i', long = "input-keys")]
+    input_keys: Option<String>,
+    /// Not before: now or RFC 3339.
+    #[arg(short = 'N', long = "nbf", default_value = "now")]
+    nbf: String,
+    /// Expires: never or RFC 3339.
+    #[arg(short = 'E', long = "exp", default_value = "never")]
+    exp: String,
+}
+
+fn fail(msg: &str) -> CliError {
+    CliError::new(FAILURE, msg)
+}
+
+/// Expands `gen:` patterns with the OS random source.
+pub fn expand_value(value: &str) -> Result<SecretValue, CliError> {
+    match value.strip_prefix("gen:") {
+        Some(pattern) => aegis_core::generate::expand(pattern, &mut rand::rngs::OsRng)
+            .map(SecretValue::new)
+            .map_err(|e| CliError::new(FAILURE, format!("bad gen: pattern: {e}"))),
+        None => Ok(SecretValue::new(value)),
+    }
+}
+
+async fn input_keys(keys: String) -> Result<(), CliError> {
+    let text = if keys == "-" { read_stdin("root key")? } else { SecretValue::new(keys) };
+    let parts: Vec<&str> = text.expose().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let [secret, public, aes] = parts.as_slice() else {
+        return Err(fail("the root key must be three lines: the age secret key, the age public key and 64 hex characters"));
+    };
+    let keys = VsecmKeys {
+        age_secret_key: SecretValue::new(*secret),
+        age_public_key: (*public).to_owned(),
+        aes_cipher_key: SecretValue::new(*aes),
+    };
+    println!("{}", client().await?.vsecm_keys(&keys).await?);
+    Ok(())
+}
+
+/// Runs `safe` with VSecM's arguments (`args[0]` is the program name).
+pub async fn run(args: &[String]) -> Result<(), CliError> {
+    let a = match SafeArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return if code == 0 { Ok(()) } else { Err(CliError::new(2, "see `safe --help`")) };
+        }
+    };
+    if let Some(keys) = a.input_keys {
+        return input_keys(keys).await;
+    }
+    if a.list {
+        let list = client().await?.vsecm_list(a.encrypt).await?;
+        let s = serde_json::to_string_pretty(&list).map_err(|e| fail(&e.to_string()))?;
+        println!("{s}");
+        return Ok(());
+    }
+    if a.workload.is_empty() && !a.encrypt {
+        return Err(fail("Please provide a workload name."));
+    }
+    if a.delete {
+        println!("{}", client().await?.vsecm_delete(a.workload).await?);
+        return Ok(());
+    }
+    let Some(secret) = a.secret else {
+        return Err(fail("Please provide a secret."));
+    };
+    let req = VsecmUpsert {
+        workloads: (!a.workload.is_empty()).then_some(a.workload),
+        namespaces: Some(if a.namespace.is_empty() { vec!["default".to_owned()] } else { a.namespace }),
+        value: expand_value(&secret)?,
+        template: a.template.unwrap_or_default(),
+        format: a.format.unwrap_or_default(),
+        encrypt: a.encrypt,
+        not_before: a.nbf,
+        expires: a.exp,
+    };
+    println!("{}", client().await?.vsecm_upsert(&req).await?);
+    Ok(())
+}

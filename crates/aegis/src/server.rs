@@ -1,0 +1,134 @@
+//! `aegis server`: the Safe.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_core::roles::RoleRules;
+use aegis_identity::{IdentityConfig, IdentitySource};
+use aegis_server::{RootKeyMode, Settings};
+use clap::Args;
+
+use crate::exit::{CliError, CONFIG, FAILURE};
+
+/// Settings of the Safe; every flag also reads an environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// mTLS API address (default: 0.0.0.0 and the port of VSECM_SAFE_TLS_PORT, i.e. 8443).
+    #[arg(long, env = "AEGIS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Health, readiness and metrics address (plain HTTP).
+    #[arg(long, env = "AEGIS_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    pub health_listen: SocketAddr,
+    /// Directory of encrypted records.
+    #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
+    pub data_dir: PathBuf,
+    /// Keep the root key in this file (generated on first start).
+    #[arg(long, env = "AEGIS_ROOT_KEY_FILE", conflicts_with = "manual_root_key")]
+    pub root_key_file: Option<PathBuf>,
+    /// Keep the root key in memory only: start sealed until an admin runs `safe -i` or `aegis unseal`.
+    #[arg(long, env = "AEGIS_MANUAL_ROOT_KEY")]
+    pub manual_root_key: bool,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "AEGIS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Versions kept per secret.
+    #[arg(long, env = "AEGIS_MAX_VERSIONS", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_versions: u16,
+    /// Longest a request may take, in milliseconds (slow clients are cut off).
+    #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Longest a TLS handshake or request head may take, in milliseconds.
+    #[arg(long, env = "AEGIS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// SVID certificate file (with AEGIS_SVID_KEY and AEGIS_SVID_BUNDLE; else the Workload API).
+    #[arg(long, env = "AEGIS_SVID_CERT")]
+    pub svid_cert: Option<PathBuf>,
+    /// SVID private key file.
+    #[arg(long, env = "AEGIS_SVID_KEY")]
+    pub svid_key: Option<PathBuf>,
+    /// Trust bundle file.
+    #[arg(long, env = "AEGIS_SVID_BUNDLE")]
+    pub svid_bundle: Option<PathBuf>,
+    /// SPIFFE Workload API socket.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///spire-agent-socket/spire-agent.sock")]
+    pub spiffe_endpoint_socket: String,
+}
+
+fn default_listen() -> Result<SocketAddr, CliError> {
+    let port = std::env::var("VSECM_SAFE_TLS_PORT").unwrap_or_else(|_| ":8443".to_owned());
+    let port = port.trim_start_matches(':');
+    format!("0.0.0.0:{port}")
+        .parse()
+        .map_err(|_| CliError::new(CONFIG, format!("VSECM_SAFE_TLS_PORT must look like ':8443', not '{port}'")))
+}
+
+/// Reads the role rules from the environment.
+pub fn roles() -> Result<RoleRules, CliError> {
+    RoleRules::from_lookup(|k| std::env::var(k).ok()).map_err(|e| CliError::new(CONFIG, e.to_string()))
+}
+
+/// Builds the Safe's settings.
+pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
+    let root_key = match (&a.root_key_file, a.manual_root_key) {
+        (Some(p), _) => RootKeyMode::File(p.clone()),
+        (None, true) => RootKeyMode::Manual,
+        (None, false) => {
+            return Err(CliError::new(
+                CONFIG,
+                "choose where the root key lives: --root-key-file PATH (AEGIS_ROOT_KEY_FILE) or --manual-root-key",
+            ))
+        }
+    };
+    Ok(Settings {
+        listen: match a.listen {
+            Some(l) => l,
+            None => default_listen()?,
+        },
+        health_listen: a.health_listen,
+        data_dir: a.data_dir.clone(),
+        root_key,
+        max_body_bytes: a.max_body_bytes,
+        max_versions: usize::from(a.max_versions),
+        request_timeout: Duration::from_millis(a.request_timeout_ms),
+        handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+        roles: roles()?,
+    })
+}
+
+/// Starts the Safe with `identity` and serves until interrupted.
+pub async fn serve(settings: Settings, identity: Arc<dyn IdentitySource>) -> Result<(), CliError> {
+    let running = aegis_server::start(settings, identity).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+    eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    for t in running.tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `aegis server`.
+pub async fn run(a: ServerArgs) -> Result<(), CliError> {
+    let settings = settings(&a)?;
+    let cfg = IdentityConfig::from_settings(a.svid_cert, a.svid_key, a.svid_bundle, &a.spiffe_endpoint_socket)
+        .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+    let identity = aegis_identity::start_source(&cfg).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+    serve(settings, identity).await.map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
+}

@@ -1,0 +1,175 @@
+//! End to end through both CLIs and both APIs against a real `aegis dev`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn native_cli_put_get_list_delete_undelete_history_rollback_destroy() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let info: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["put", "billing", "--value", "v1", "-o", "json"]))).unwrap();
+    assert_eq!(info["version"], 1);
+    ok(safe.aegis(&admin, &["put", "billing", "--value", "v2"]));
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "v2");
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing", "--version", "1"])).trim(), "v1");
+    let list: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["list", "-o", "json"]))).unwrap();
+    assert_eq!(list["secrets"][0]["name"], "billing");
+    assert_eq!(list["secrets"][0]["version"], 2);
+
+    ok(safe.aegis(&admin, &["delete", "billing"]));
+    fails(safe.aegis(&admin, &["get", "billing"]), 3, "is deleted");
+    assert!(ok(safe.aegis(&admin, &["list"])).contains("no secrets"));
+    assert!(ok(safe.aegis(&admin, &["list", "--deleted"])).contains("billing"));
+    ok(safe.aegis(&admin, &["undelete", "billing"]));
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "v2");
+
+    ok(safe.aegis(&admin, &["rollback", "billing", "1"]));
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "v1");
+    let h: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["history", "billing", "-o", "json"]))).unwrap();
+    let versions: Vec<u64> = h["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(h["versions"][2]["current"], true);
+
+    ok(safe.aegis(&admin, &["destroy", "billing", "2"]));
+    fails(safe.aegis(&admin, &["get", "billing", "--version", "2"]), 6, "destroyed");
+    fails(safe.aegis(&admin, &["rollback", "billing", "2"]), 6, "destroyed");
+    fails(safe.aegis(&admin, &["get", "billing", "--version", "9"]), 3, "no version 9");
+    fails(safe.aegis(&admin, &["put", "billing", "--value", "x", "--cas", "1"]), 6, "is at version 3, not 1");
+    ok(safe.aegis(&admin, &["put", "billing", "--value", "v4", "--cas", "3"]));
+
+    // The workload sees its own secret through `aegis fetch`.
+    let billing = safe.workload_env("billing");
+    assert_eq!(ok(safe.aegis(&billing, &["fetch"])).trim(), "v4");
+    let other = safe.workload_env("payroll");
+    fails(safe.aegis(&other, &["fetch"]), 3, "no secret is registered");
+}
+
+#[test]
+fn version_history_is_bounded_to_ten() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    for i in 1..=12 {
+        ok(safe.aegis(&admin, &["put", "app", "--value", &format!("v{i}")]));
+    }
+    let h: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["history", "app", "-o", "json"]))).unwrap();
+    let arr = h["versions"].as_array().unwrap();
+    assert_eq!(arr.len(), 10);
+    assert_eq!(arr[0]["version"], 3);
+    fails(safe.aegis(&admin, &["get", "app", "--version", "1"]), 3, "no version 1");
+}
+
+#[test]
+fn safe_cli_register_list_encrypt_delete_and_messages() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    fails(safe.safe(&admin, &["-s", "x"]), 1, "Please provide a workload name.");
+    fails(safe.safe(&admin, &["-w", "billing"]), 1, "Please provide a secret.");
+    assert_eq!(ok(safe.safe(&admin, &["-w", "billing", "-s", r#"{"username":"admin","password":"VSecMRocks!"}"#, "-f", "yaml"])).trim(), "OK");
+    let billing = safe.workload_env("billing");
+    assert_eq!(ok(safe.aegis(&billing, &["fetch"])).trim(), "password: VSecMRocks!\nusername: admin");
+
+    // Encrypt-only, then register the ciphertext with -e.
+    let ct = ok(safe.safe(&admin, &["-s", "from-git", "-e"])).trim().to_owned();
+    assert!(!ct.contains("from-git") && ct.len() > 40, "{ct}");
+    assert_eq!(ok(safe.safe(&admin, &["-w", "gitops", "-s", &ct, "-e"])).trim(), "OK");
+    assert_eq!(ok(safe.aegis(&admin, &["get", "gitops"])).trim(), "from-git");
+    fails(safe.safe(&admin, &["-w", "gitops", "-s", "not-a-ciphertext", "-e"]), 1, "safe -e");
+
+    // gen: patterns are expanded by the CLI with the OS random source.
+    ok(safe.safe(&admin, &["-w", "generated", "-s", "gen:tok-[a-z0-9]{12}"]));
+    let v = ok(safe.aegis(&admin, &["get", "generated"])).trim().to_owned();
+    assert!(v.starts_with("tok-") && v.len() == 16, "{v}");
+
+    let list: Value = serde_json::from_str(&ok(safe.safe(&admin, &["-l"]))).unwrap();
+    let names: Vec<&str> = list["secrets"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["billing", "generated", "gitops"]);
+    assert_eq!(list["secrets"][0]["expiresAfter"], "9999-12-31T23:59:59Z");
+    let enc: Value = serde_json::from_str(&ok(safe.safe(&admin, &["-l", "-e"]))).unwrap();
+    assert_eq!(enc["algorithm"], "age");
+    let revealed = enc["secrets"][0]["value"].as_str().unwrap();
+    assert!(!revealed.contains("VSecMRocks"));
+
+    assert_eq!(ok(safe.safe(&admin, &["-d", "-w", "billing"])).trim(), "OK");
+    fails(safe.aegis(&billing, &["fetch"]), 3, "no secret");
+    // A workload may not use the Sentinel command.
+    fails(safe.safe(&billing, &["-w", "billing", "-s", "x"]), 1, "not the Sentinel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vsecm_api_wire_format() {
+    let safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let work = safe.client(&safe.workload_env("billing")).await;
+    assert!(work.vsecm_fetch().await.unwrap().is_none(), "404 means no secret");
+    let (status, body) = work.raw(aegis_sdk::Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
+    assert_eq!((status, body.as_str()), (404, ""));
+
+    let up = br#"{"workloads":["billing","k8s:db"],"namespaces":null,"value":"{\"a\":\"b\"}","template":"","format":"json","encrypt":false,"notBefore":"now","expires":"never"}"#;
+    let (status, body) = admin.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", up.to_vec()).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "OKOK"));
+    let (status, body) = work.raw(aegis_sdk::Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"], r#"{"a":"b"}"#);
+    let created = v["created"].as_str().unwrap();
+    assert!(created.starts_with('"') && created.ends_with("Z\"") && created.len() == 22, "{created}");
+
+    // VSecM's CLI sends the query percent-encoded in the path.
+    let (status, body) = admin.raw(aegis_sdk::Method::GET, "/sentinel/v1/secrets%3Freveal=true", vec![]).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"algorithm\":\"age\""), "{body}");
+    assert_eq!(admin.keystone().await.unwrap().status, "pending");
+    let up = br#"{"workloads":["vsecm-keystone"],"value":"done","encrypt":false}"#;
+    admin.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", up.to_vec()).await.unwrap();
+    assert_eq!(admin.keystone().await.unwrap().status, "ready");
+    let (status, _) = admin
+        .raw(aegis_sdk::Method::DELETE, "/sentinel/v1/secrets", br#"{"workloads":["billing"]}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(work.vsecm_fetch().await.unwrap().is_none());
+}
+
+#[test]
+fn restart_reads_back_and_health_endpoints() {
+    let mut safe = Safe::dev();
+    let admin = safe.admin_env();
+    ok(safe.aegis(&admin, &["put", "persist", "--value", "survives-restart"]));
+    ok(safe.aegis(&admin, &["delete", "persist"]));
+    ok(safe.aegis(&admin, &["undelete", "persist"]));
+    safe.restart();
+    safe.wait_ready();
+    assert_eq!(ok(safe.aegis(&admin, &["get", "persist"])).trim(), "survives-restart");
+    let h: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["history", "persist", "-o", "json"]))).unwrap();
+    assert_eq!(h["versions"].as_array().unwrap().len(), 1);
+    let metrics = http_ok(safe.health, "/metrics").unwrap();
+    assert!(metrics.contains("aegis_secrets 1"), "{metrics}");
+    assert!(metrics.contains("aegis_requests_total"), "{metrics}");
+}
+
+#[test]
+fn root_key_rotation_re_encrypts_and_survives_restart() {
+    let mut safe = Safe::dev();
+    let admin = safe.admin_env();
+    for i in 0..20 {
+        ok(safe.aegis(&admin, &["put", &format!("s{i}"), "--value", &format!("value-{i}")]));
+    }
+    let key_before = std::fs::read(safe.data_dir().join("root.key")).unwrap();
+    let rec = safe.data_dir().join("data").join("s3.rec");
+    let rec_before = std::fs::read(&rec).unwrap();
+    let r: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["rotate-root-key", "-o", "json"]))).unwrap();
+    assert_eq!(r["records"], 20);
+    assert_ne!(std::fs::read(safe.data_dir().join("root.key")).unwrap(), key_before);
+    let rec_after = std::fs::read(&rec).unwrap();
+    assert_ne!(rec_before[5..13], rec_after[5..13], "key id in the record header must change");
+    assert_eq!(ok(safe.aegis(&admin, &["get", "s3"])).trim(), "value-3");
+    safe.restart();
+    safe.wait_ready();
+    for i in 0..20 {
+        assert_eq!(ok(safe.aegis(&admin, &["get", &format!("s{i}")])).trim(), format!("value-{i}"));
+    }
+    assert!(!safe.log_text().contains("quarantine"), "{}", safe.log_text());
+}

@@ -1,0 +1,265 @@
+//! Shared harness: starts the real `aegis` binary and talks to it over real mTLS.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
+pub const SAFE: &str = env!("CARGO_BIN_EXE_safe");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A command with a clean environment plus `env`.
+pub fn cmd(bin: &str, env: &HashMap<String, String>) -> Command {
+    let mut c = Command::new(bin);
+    c.env_clear();
+    for k in ["PATH", "HOME", "TMPDIR"] {
+        if let Ok(v) = std::env::var(k) {
+            c.env(k, v);
+        }
+    }
+    c.envs(env);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Parses `export K='V'` lines.
+pub fn parse_exports(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+pub fn http_ok(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.starts_with("HTTP/1.0 200").then_some(buf)
+}
+
+/// A running `aegis dev` (or `aegis server`) process with its data directory.
+pub struct Safe {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub health: u16,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub extra_env: HashMap<String, String>,
+    pub args: Vec<String>,
+    starts: usize,
+}
+
+impl Safe {
+    /// `aegis dev` on free ports with the most verbose logs.
+    pub fn dev() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self {
+            log: dir.path().join("safe.log"),
+            dir,
+            port: free_port(),
+            health: free_port(),
+            child: None,
+            extra_env: HashMap::new(),
+            args: Vec::new(),
+            starts: 0,
+        };
+        let (p, h) = (s.port, s.health);
+        s.args = vec![
+            "dev".into(),
+            "--data-dir".into(),
+            s.data_dir().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{p}"),
+            "--health-listen".into(),
+            format!("127.0.0.1:{h}"),
+        ];
+        s.start();
+        s.wait_ready();
+        s
+    }
+
+    /// `aegis server --manual-root-key` with dev-CA SVID files: starts sealed.
+    pub fn server_manual() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, health) = (free_port(), free_port());
+        let data = dir.path().join("dev");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("safe-url"), format!("https://127.0.0.1:{port}")).unwrap();
+        let issue = |w: &str| {
+            let out = cmd(AEGIS, &HashMap::new())
+                .args(["dev", "svid", "--workload", w, "--namespace", "vsecm-system", "--data-dir"])
+                .arg(&data)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let safe_env = parse_exports(&issue("vsecm-safe"));
+        fs::write(data.join("env"), issue("vsecm-sentinel")).unwrap();
+        let mut s = Self {
+            log: dir.path().join("safe.log"),
+            dir,
+            port,
+            health,
+            child: None,
+            extra_env: HashMap::new(),
+            args: vec![
+                "server".into(),
+                "--manual-root-key".into(),
+                "--data-dir".into(),
+                data.join("data").display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--health-listen".into(),
+                format!("127.0.0.1:{health}"),
+                "--svid-cert".into(),
+                safe_env["AEGIS_SVID_CERT"].clone(),
+                "--svid-key".into(),
+                safe_env["AEGIS_SVID_KEY"].clone(),
+                "--svid-bundle".into(),
+                safe_env["AEGIS_SVID_BUNDLE"].clone(),
+                "--handshake-timeout-ms".into(),
+                "1000".into(),
+            ],
+            starts: 0,
+        };
+        s.start();
+        s.wait_up();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("dev")
+    }
+
+    pub fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "trace".to_owned())]);
+        env.extend(self.extra_env.clone());
+        let child = cmd(AEGIS, &env).args(&self.args).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// Waits until /healthz answers (the process is up).
+    pub fn wait_up(&mut self) {
+        let t = Instant::now();
+        while http_ok(self.health, "/healthz").is_none() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the Safe exited ({status}); log:\n{}", self.log_text());
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "Safe not up; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until /readyz answers 200 (unsealed).
+    pub fn wait_ready(&mut self) {
+        self.wait_up();
+        let t = Instant::now();
+        while http_ok(self.health, "/readyz").is_none() {
+            assert!(t.elapsed() < Duration::from_secs(60), "Safe not ready; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+        self.wait_up();
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The admin environment `aegis dev` wrote.
+    pub fn admin_env(&self) -> HashMap<String, String> {
+        parse_exports(&fs::read_to_string(self.data_dir().join("env")).unwrap())
+    }
+
+    /// Issues a workload SVID with `aegis dev svid` and returns its environment.
+    pub fn workload_env(&self, workload: &str) -> HashMap<String, String> {
+        let out = cmd(AEGIS, &HashMap::new())
+            .args(["dev", "svid", "--workload", workload, "--data-dir"])
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        parse_exports(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn aegis(&self, env: &HashMap<String, String>, args: &[&str]) -> Output {
+        cmd(AEGIS, env).args(args).output().unwrap()
+    }
+
+    pub fn safe(&self, env: &HashMap<String, String>, args: &[&str]) -> Output {
+        cmd(SAFE, env).args(args).output().unwrap()
+    }
+
+    pub async fn client(&self, env: &HashMap<String, String>) -> aegis_sdk::Client {
+        let settings = aegis_sdk::Settings::from_lookup(|k| env.get(k).cloned()).unwrap();
+        aegis_sdk::Client::connect(&settings).await.unwrap()
+    }
+}
+
+impl Drop for Safe {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "command failed ({:?}):\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+/// Asserts failure with `code` and that stderr contains `msg`.
+pub fn fails(o: Output, code: i32, msg: &str) {
+    assert_eq!(o.status.code(), Some(code), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains(msg), "expected {msg:?} in stderr: {}", stderr(&o));
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
