@@ -286,8 +286,7 @@ mod tests {
 
     #[test]
     fn debug_of_secret_carriers_shows_no_value() {
-        let up: VsecmUpsert =
-            serde_json::from_str(r#"{"workloads":null,"value":"TOPSECRET","encrypt":true}"#).unwrap();
+        let up: VsecmUpsert = serde_json::from_str(r#"{"workloads":null,"value":"TOPSECRET","encrypt":true}"#).unwrap();
         let keys: VsecmKeys =
             serde_json::from_str(r#"{"ageSecretKey":"TOPSECRET","agePublicKey":"age1x","aesCipherKey":"TOPSECRET"}"#)
                 .unwrap();

@@ -15,10 +15,7 @@ pub struct InvalidInput {
 impl InvalidInput {
     /// A new error: `what` is the kind of value ("secret name"), `why` the rule broken.
     pub fn new(what: &'static str, why: impl Into<String>) -> Self {
-        Self {
-            what,
-            why: why.into(),
-        }
+        Self { what, why: why.into() }
     }
 
     /// The kind of value that was rejected.

@@ -47,7 +47,9 @@ fn class(spec: &str, start: usize) -> Result<Vec<char>, GenError> {
                 out.extend(SYMBOLS.chars());
                 i += 2;
             }
-            ('\\', other, _) => return Err(err(format!("unknown escape \\{}", other.copied().unwrap_or(' ')), start + i)),
+            ('\\', other, _) => {
+                return Err(err(format!("unknown escape \\{}", other.copied().unwrap_or(' ')), start + i))
+            }
             (lo, Some('-'), Some(&hi)) => {
                 if lo > hi {
                     return Err(err(format!("range {lo}-{hi} is backwards"), start + i));
@@ -150,7 +152,8 @@ mod tests {
     #[test]
     fn inclusive_range_reaches_both_ends() {
         let mut r = rng();
-        let lens: std::collections::HashSet<usize> = (0..200).map(|_| expand("[a]{1,3}", &mut r).unwrap().len()).collect();
+        let lens: std::collections::HashSet<usize> =
+            (0..200).map(|_| expand("[a]{1,3}", &mut r).unwrap().len()).collect();
         assert_eq!(lens, [1, 2, 3].into_iter().collect());
     }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod error;
 pub mod generate;
+/// The Sentinel init-command file format.
 pub mod initcmd;
 pub mod name;
 pub mod roles;

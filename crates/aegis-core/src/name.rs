@@ -15,10 +15,7 @@ fn check_name(what: &'static str, s: &str) -> Result<(), InvalidInput> {
         return Err(bad("must not be empty"));
     }
     if s.len() > MAX_NAME_LEN {
-        return Err(bad(&format!(
-            "is {} bytes long; the limit is {MAX_NAME_LEN}",
-            s.len()
-        )));
+        return Err(bad(&format!("is {} bytes long; the limit is {MAX_NAME_LEN}", s.len())));
     }
     if s.contains('/') || s.contains('\\') {
         return Err(bad("must not contain '/' or '\\'"));
@@ -58,10 +55,7 @@ impl SecretName {
         check_name("secret name", s)?;
         for prefix in ["k8s:", "raw:"] {
             if s.len() == prefix.len() && s == prefix {
-                return Err(InvalidInput::new(
-                    "secret name",
-                    format!("'{prefix}' needs a name after it"),
-                ));
+                return Err(InvalidInput::new("secret name", format!("'{prefix}' needs a name after it")));
             }
         }
         Ok(Self(s.to_owned()))

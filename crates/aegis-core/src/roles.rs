@@ -122,10 +122,7 @@ impl RoleRules {
             InvalidInput::new("VSECM_WORKLOAD_NAME_REGEXP", format!("is not a valid regular expression: {e}"))
         })?;
         if workload_name.captures_len() < 2 {
-            return Err(InvalidInput::new(
-                "VSECM_WORKLOAD_NAME_REGEXP",
-                "needs a capture group for the workload name",
-            ));
+            return Err(InvalidInput::new("VSECM_WORKLOAD_NAME_REGEXP", "needs a capture group for the workload name"));
         }
         Ok(Self {
             safe: rule("VSECM_SPIFFEID_PREFIX_SAFE")?,

@@ -311,10 +311,7 @@ mod tests {
         assert_eq!(d.versions.len(), 10);
         assert_eq!(d.versions[0].number, 6);
         assert_eq!(d.live().unwrap().1.expose(), "v14");
-        assert!(matches!(
-            d.rollback(1, OffsetDateTime::now_utc(), 10),
-            Err(OpError::NoSuchVersion { version: 1, .. })
-        ));
+        assert!(matches!(d.rollback(1, OffsetDateTime::now_utc(), 10), Err(OpError::NoSuchVersion { version: 1, .. })));
         assert_eq!(d.rollback(7, OffsetDateTime::now_utc(), 10).unwrap(), 16);
         assert_eq!(d.live().unwrap().1.expose(), "v6");
     }

@@ -26,9 +26,7 @@ impl SpiffeId {
         if s.len() > MAX_LEN {
             return Err(bad("is longer than 2048 bytes"));
         }
-        let rest = s
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| bad("must start with spiffe://"))?;
+        let rest = s.strip_prefix(SCHEME).ok_or_else(|| bad("must start with spiffe://"))?;
         let (td, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -36,10 +34,7 @@ impl SpiffeId {
         if td.is_empty() {
             return Err(bad("has an empty trust domain"));
         }
-        if !td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-        {
+        if !td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
             return Err(bad("trust domain may hold only a-z, 0-9, '.', '-' and '_'"));
         }
         if !path.is_empty() {
@@ -47,18 +42,12 @@ impl SpiffeId {
                 if seg.is_empty() || seg == "." || seg == ".." {
                     return Err(bad("path segments must be non-empty and not '.' or '..'"));
                 }
-                if !seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-                {
+                if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
                     return Err(bad("path may hold only letters, digits, '.', '-', '_' and '/'"));
                 }
             }
         }
-        Ok(Self {
-            text: s.to_owned(),
-            td_end: SCHEME.len() + td.len(),
-        })
+        Ok(Self { text: s.to_owned(), td_end: SCHEME.len() + td.len() })
     }
 
     /// The trust domain name, e.g. `vsecm.com`.
@@ -102,8 +91,7 @@ mod tests {
 
     #[test]
     fn parses_vsecm_ids() {
-        let id = SpiffeId::parse("spiffe://vsecm.com/workload/billing/ns/default/sa/billing/n/pod-1")
-            .unwrap();
+        let id = SpiffeId::parse("spiffe://vsecm.com/workload/billing/ns/default/sa/billing/n/pod-1").unwrap();
         assert_eq!(id.trust_domain(), "vsecm.com");
         assert_eq!(id.path(), "/workload/billing/ns/default/sa/billing/n/pod-1");
     }

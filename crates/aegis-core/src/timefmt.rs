@@ -8,7 +8,10 @@ use crate::error::InvalidInput;
 /// VSecM's "never": 9999-12-31T23:59:59Z.
 pub fn never() -> OffsetDateTime {
     match Date::from_calendar_date(9999, Month::December, 31) {
-        Ok(d) => PrimitiveDateTime::new(d, Time::MAX).assume_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        Ok(d) => PrimitiveDateTime::new(d, Time::MAX)
+            .assume_utc()
+            .replace_nanosecond(0)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         Err(_) => OffsetDateTime::UNIX_EPOCH,
     }
 }

@@ -99,9 +99,7 @@ pub fn validate_template(template: &str) -> Result<(), TemplateError> {
         return Ok(());
     }
     let mut parsed = gtmpl::Template::default();
-    parsed.parse(template).map_err(|e| TemplateError {
-        reason: e.to_string(),
-    })
+    parsed.parse(template).map_err(|e| TemplateError { reason: e.to_string() })
 }
 
 /// Computes what a workload sees for `value` under `template` and `format`,
@@ -109,9 +107,7 @@ pub fn validate_template(template: &str) -> Result<(), TemplateError> {
 /// failure falls back to the (trimmed) value, as VSecM does.
 pub fn transform(value: &str, template: Option<&str>, format: Format) -> String {
     let value = value.trim();
-    let rendered = template
-        .filter(|t| !t.is_empty())
-        .and_then(|t| apply_template(value, t));
+    let rendered = template.filter(|t| !t.is_empty()).and_then(|t| apply_template(value, t));
     let result = rendered.as_deref().unwrap_or(value);
     match format {
         Format::Json if parse_object(result).is_some() => result.to_owned(),
@@ -155,14 +151,8 @@ fn to_template_value(json: serde_json::Value) -> gtmpl::Value {
         J::Bool(b) => gtmpl::Value::Bool(b),
         J::Number(n) => template_number(&n),
         J::String(s) => gtmpl::Value::String(s),
-        J::Array(items) => {
-            gtmpl::Value::Array(items.into_iter().map(to_template_value).collect())
-        }
-        J::Object(map) => gtmpl::Value::Map(
-            map.into_iter()
-                .map(|(k, v)| (k, to_template_value(v)))
-                .collect(),
-        ),
+        J::Array(items) => gtmpl::Value::Array(items.into_iter().map(to_template_value).collect()),
+        J::Object(map) => gtmpl::Value::Map(map.into_iter().map(|(k, v)| (k, to_template_value(v))).collect()),
     }
 }
 
@@ -197,11 +187,7 @@ fn drop_missing(rendered: String) -> String {
     if let Ok(OrderedObject(members)) = serde_json::from_str::<OrderedObject>(&rendered) {
         return drop_missing_members(members).unwrap_or(rendered);
     }
-    rendered
-        .split(',')
-        .filter(|segment| !is_missing_segment(segment))
-        .collect::<Vec<_>>()
-        .join(",")
+    rendered.split(',').filter(|segment| !is_missing_segment(segment)).collect::<Vec<_>>().join(",")
 }
 
 /// Whether a `key:value` segment holds a missing value.
@@ -219,10 +205,7 @@ fn is_missing_segment(segment: &str) -> bool {
 /// missing (so the caller keeps the template's own formatting).
 fn drop_missing_members(members: Vec<(String, serde_json::Value)>) -> Option<String> {
     let before = members.len();
-    let kept: Vec<_> = members
-        .into_iter()
-        .filter(|(_, v)| v.as_str() != Some(NO_VALUE))
-        .collect();
+    let kept: Vec<_> = members.into_iter().filter(|(_, v)| v.as_str() != Some(NO_VALUE)).collect();
     if kept.len() == before {
         return None;
     }
@@ -287,13 +270,7 @@ mod yaml {
         if map.is_empty() {
             return "{}".to_owned();
         }
-        let mut emitter = Emitter {
-            out: String::new(),
-            column: 0,
-            indent: -1,
-            indention: true,
-            whitespace: true,
-        };
+        let mut emitter = Emitter { out: String::new(), column: 0, indent: -1, indention: true, whitespace: true };
         emitter.mapping(map, false);
         emitter.out
     }
@@ -423,10 +400,7 @@ mod yaml {
 
         fn write_indent(&mut self) {
             let indent = usize::try_from(self.indent).unwrap_or(0);
-            if !self.indention
-                || self.column > indent
-                || (self.column == indent && !self.whitespace)
-            {
+            if !self.indention || self.column > indent || (self.column == indent && !self.whitespace) {
                 self.put_break();
             }
             while self.column < indent {
@@ -570,12 +544,7 @@ mod yaml {
 
     fn analyze(s: &str) -> Analysis {
         if s.is_empty() {
-            return Analysis {
-                multiline: false,
-                plain: true,
-                single_quoted: true,
-                block: false,
-            };
+            return Analysis { multiline: false, plain: true, single_quoted: true, block: false };
         }
         let chars: Vec<char> = s.chars().collect();
         let spaces = SpaceFlags::of(&chars);
@@ -641,10 +610,7 @@ mod yaml {
             let followed_by_ws = chars.get(i + 1).is_none_or(|&n| n == ' ' || n == '\t');
             let found = match c {
                 '#' if i == 0 || preceded_by_ws => true,
-                ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%'
-                | '@' | '`'
-                    if i == 0 =>
-                {
+                ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%' | '@' | '`' if i == 0 => {
                     true
                 }
                 '?' if i == 0 => followed_by_ws,
@@ -671,8 +637,7 @@ mod yaml {
     /// libyaml's printable set: no C0/C1 controls (but `\n`), DEL, surrogates,
     /// U+FEFF, U+FFFE/F, nor anything beyond the Basic Multilingual Plane.
     fn is_printable(c: char) -> bool {
-        matches!(c, '\n' | ' '..='~' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
-            && c != '\u{FEFF}'
+        matches!(c, '\n' | ' '..='~' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}') && c != '\u{FEFF}'
     }
 
     /// The escape sequence (after the backslash) for `c` in double quotes.
@@ -757,9 +722,8 @@ fn resolves_to_string(s: &str) -> bool {
 /// yaml.v3's `resolve` with no tag: true when `s` is not a string.
 fn resolves_to_other(s: &str) -> bool {
     const SPECIAL: [&str; 23] = [
-        "", "~", "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE",
-        ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "-.inf", "-.Inf", "-.INF", "+.inf",
-        "+.Inf", "+.INF",
+        "", "~", "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE", ".nan", ".NaN", ".NAN",
+        ".inf", ".Inf", ".INF", "-.inf", "-.Inf", "-.INF", "+.inf", "+.Inf", "+.INF",
     ];
     // The first character decides whether yaml.v3 looks further at all.
     let hint = s.chars().next();
@@ -775,9 +739,7 @@ fn resolves_to_other(s: &str) -> bool {
     }
     match hint {
         Some('.') => is_go_float(s),
-        Some(c) if c == '+' || c == '-' || c.is_ascii_digit() => {
-            is_timestamp(s) || is_number(&s.replace('_', ""))
-        }
+        Some(c) if c == '+' || c == '-' || c.is_ascii_digit() => is_timestamp(s) || is_number(&s.replace('_', "")),
         _ => false,
     }
 }
@@ -786,8 +748,7 @@ fn resolves_to_other(s: &str) -> bool {
 fn is_old_bool(s: &str) -> bool {
     matches!(
         s,
-        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "n" | "N" | "no" | "No" | "NO"
-            | "off" | "Off" | "OFF"
+        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF"
     )
 }
 
@@ -801,8 +762,8 @@ fn is_base60_float(s: &str) -> bool {
     };
     let mut parts = body.split(':');
     let head = parts.next().unwrap_or("");
-    let head_ok = head.starts_with(|c: char| c.is_ascii_digit())
-        && head.chars().all(|c| c.is_ascii_digit() || c == '_');
+    let head_ok =
+        head.starts_with(|c: char| c.is_ascii_digit()) && head.chars().all(|c| c.is_ascii_digit() || c == '_');
     let mut sixties = parts.peekable();
     head_ok
         && sixties.peek().is_some()
@@ -820,9 +781,7 @@ fn is_base60_float(s: &str) -> bool {
 /// literals (`0x`, `0o`, `0b`, leading-zero octal) within 64 bits, or
 /// `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?` within float range.
 fn is_number(s: &str) -> bool {
-    is_go_int(s)
-        || (is_yaml_float_syntax(s) && s.parse::<f64>().is_ok_and(f64::is_finite))
-        || is_prefixed_int(s)
+    is_go_int(s) || (is_yaml_float_syntax(s) && s.parse::<f64>().is_ok_and(f64::is_finite)) || is_prefixed_int(s)
 }
 
 /// Go's `strconv.ParseInt(s, 0, 64)` or `ParseUint(s, 0, 64)` succeeds.
@@ -899,10 +858,7 @@ fn is_yaml_float_syntax(s: &str) -> bool {
 fn is_go_float(s: &str) -> bool {
     let b = s.as_bytes();
     let underscores_ok = b.iter().enumerate().all(|(i, &c)| {
-        c != b'_'
-            || (i > 0
-                && b[i - 1].is_ascii_digit()
-                && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        c != b'_' || (i > 0 && b[i - 1].is_ascii_digit() && b.get(i + 1).is_some_and(u8::is_ascii_digit))
     });
     let s = s.replace('_', "");
     underscores_ok && is_yaml_float_syntax(&s) && s.parse::<f64>().is_ok_and(f64::is_finite)
@@ -944,8 +900,7 @@ fn small_number(s: &str, max_len: usize) -> Option<u32> {
 
 fn is_date(s: &str) -> bool {
     let mut parts = s.split('-');
-    let (Some(y), Some(m), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(y), Some(m), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return false;
     };
     if y.len() != 4 {
@@ -1043,11 +998,7 @@ fn yaml_key_less(a: &str, b: &str) -> bool {
 fn digit_run_less(ar: &[char], br: &[char], i: usize) -> bool {
     let (mut an, mut bn) = (0i64, 0i64);
     if ar[i] == '0' || br[i] == '0' {
-        let nonzero_before = ar[..i]
-            .iter()
-            .rev()
-            .take_while(|c| c.is_ascii_digit())
-            .any(|&c| c != '0');
+        let nonzero_before = ar[..i].iter().rev().take_while(|c| c.is_ascii_digit()).any(|&c| c != '0');
         if nonzero_before {
             (an, bn) = (1, 1);
         }
@@ -1086,36 +1037,24 @@ mod tests {
 
     #[test]
     fn known_yaml_without_template() {
-        assert_eq!(
-            transform(CREDS, None, Format::Yaml),
-            "password: VSecMRocks!\nusername: admin"
-        );
+        assert_eq!(transform(CREDS, None, Format::Yaml), "password: VSecMRocks!\nusername: admin");
     }
 
     #[test]
     fn known_json_with_template() {
-        assert_eq!(
-            transform(CREDS, Some(TEMPLATE), Format::Json),
-            r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#
-        );
+        assert_eq!(transform(CREDS, Some(TEMPLATE), Format::Json), r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#);
     }
 
     #[test]
     fn known_yaml_with_template() {
-        assert_eq!(
-            transform(CREDS, Some(TEMPLATE), Format::Yaml),
-            "PWD: VSecMRocks!\nUSR: admin"
-        );
+        assert_eq!(transform(CREDS, Some(TEMPLATE), Format::Yaml), "PWD: VSecMRocks!\nUSR: admin");
     }
 
     #[test]
     fn known_yaml_quotes_leading_star() {
         let value = r#"{"username": "*root*", "password": "*CasHC0w*"}"#;
         let template = r#"{"USERNAME":"{{.username}}", "PASSWORD":"{{.password}}"}"#;
-        assert_eq!(
-            transform(value, Some(template), Format::Yaml),
-            "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'"
-        );
+        assert_eq!(transform(value, Some(template), Format::Yaml), "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'");
     }
 
     #[test]
@@ -1230,14 +1169,8 @@ mod tests {
     #[test]
     fn missing_keys_in_text_output_drop_their_segment() {
         let value = r#"{"u":"admin"}"#;
-        assert_eq!(
-            transform(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw),
-            "USER: admin"
-        );
-        assert_eq!(
-            transform(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw),
-            r#"USER:"admin""#
-        );
+        assert_eq!(transform(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin");
+        assert_eq!(transform(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw), r#"USER:"admin""#);
     }
 
     #[test]
@@ -1267,10 +1200,7 @@ mod tests {
     fn raw_format_returns_the_result_untouched() {
         assert_eq!(transform(CREDS, None, Format::Raw), CREDS);
         let template = "user={{.username}}\npass={{.password}}";
-        assert_eq!(
-            transform(CREDS, Some(template), Format::Raw),
-            "user=admin\npass=VSecMRocks!"
-        );
+        assert_eq!(transform(CREDS, Some(template), Format::Raw), "user=admin\npass=VSecMRocks!");
     }
 
     #[test]
@@ -1278,10 +1208,7 @@ mod tests {
         let value = r#"{"port":5432,"id":12345678,"ratio":1.5,"on":true,"tags":["a"],"db":{"host":"h"}}"#;
         let template = "{{.port}} {{.id}} {{.ratio}} {{.on}} {{index .tags 0}} {{.db.host}}";
         assert_eq!(transform(value, Some(template), Format::Raw), "5432 12345678 1.5 true a h");
-        assert_eq!(
-            transform(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw),
-            "pg"
-        );
+        assert_eq!(transform(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
     }
 
     #[test]
@@ -1371,17 +1298,53 @@ mod tests {
     #[test]
     fn yaml_scalars_that_read_as_other_types_are_quoted() {
         let quoted = [
-            "true", "FALSE", "yes", "No", "on", "OFF", "y", "null", "~", "", "123", "-1",
-            "+1", "1.5", ".5", "1e3", "0x1F", "0o17", "0b101", "017", "1_000", ".inf",
-            "-.inf", ".nan", "1:20", "190:20:30", "2024-01-02", "2024-1-2 3:4:5",
+            "true",
+            "FALSE",
+            "yes",
+            "No",
+            "on",
+            "OFF",
+            "y",
+            "null",
+            "~",
+            "",
+            "123",
+            "-1",
+            "+1",
+            "1.5",
+            ".5",
+            "1e3",
+            "0x1F",
+            "0o17",
+            "0b101",
+            "017",
+            "1_000",
+            ".inf",
+            "-.inf",
+            ".nan",
+            "1:20",
+            "190:20:30",
+            "2024-01-02",
+            "2024-1-2 3:4:5",
             "2024-01-02T03:04:05.123+01:00",
         ];
         for s in quoted {
             assert!(!resolves_to_string(s), "{s:?} should be quoted");
         }
         let plain = [
-            "admin", "yess", "0x", "1.2.3", "2024-02-30", "2024-01-02T03:04:05", "1:60",
-            "12:3a", "--", "<<", "0xZZ", "1e", "0x10000000000000000",
+            "admin",
+            "yess",
+            "0x",
+            "1.2.3",
+            "2024-02-30",
+            "2024-01-02T03:04:05",
+            "1:60",
+            "12:3a",
+            "--",
+            "<<",
+            "0xZZ",
+            "1e",
+            "0x10000000000000000",
         ];
         for s in plain {
             assert!(resolves_to_string(s), "{s:?} should be plain");
@@ -1391,17 +1354,13 @@ mod tests {
     #[test]
     fn yaml_key_order_is_natural() {
         let keys = vec!["b", "a10", "a2", "a", "10", "9", "B", "_x"];
-        assert_eq!(
-            yaml_key_order(keys),
-            vec!["_x", "9", "10", "B", "a", "a2", "a10", "b"]
-        );
+        assert_eq!(yaml_key_order(keys), vec!["_x", "9", "10", "B", "a", "a2", "a10", "b"]);
     }
 
     #[test]
     fn yaml_sort_never_panics_on_odd_keys() {
-        let keys: Vec<String> = (0..200)
-            .map(|i| format!("{}{}", ["0", "00", "a0", "_", "é", "1_"][i % 6], i * 7919 % 101))
-            .collect();
+        let keys: Vec<String> =
+            (0..200).map(|i| format!("{}{}", ["0", "00", "a0", "_", "é", "1_"][i % 6], i * 7919 % 101)).collect();
         let sorted = yaml_key_order(keys.iter().map(String::as_str).collect());
         assert_eq!(sorted.len(), keys.len());
     }

@@ -120,12 +120,12 @@ impl Keyring {
         let cipher = XChaCha20Poly1305::new(key.record_key().into());
         let nonce = XNonce::from_slice(&data[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
         let ad = aad(&data[..HEADER_LEN], name);
-        let pt = cipher
-            .decrypt(nonce, Payload { msg: &data[HEADER_LEN + NONCE_LEN..], aad: &ad })
-            .map_err(|_| CryptoError::Record {
+        let pt = cipher.decrypt(nonce, Payload { msg: &data[HEADER_LEN + NONCE_LEN..], aad: &ad }).map_err(|_| {
+            CryptoError::Record {
                 name: name.to_owned(),
                 why: "authentication failed (tampered, renamed, or sealed under another key)",
-            })?;
+            }
+        })?;
         Ok((header, Zeroizing::new(pt)))
     }
 }

@@ -99,12 +99,7 @@ impl RootKey {
     /// VSecM's text form. Handle with care: this is the key itself.
     pub fn to_text(&self) -> Zeroizing<String> {
         let secret = self.age_identity.to_string();
-        Zeroizing::new(format!(
-            "{}\n{}\n{}\n",
-            secret.expose_secret(),
-            self.age_recipient,
-            hex::encode(&self.aes[..])
-        ))
+        Zeroizing::new(format!("{}\n{}\n{}\n", secret.expose_secret(), self.age_recipient, hex::encode(&self.aes[..])))
     }
 
     /// The key's public identifier.

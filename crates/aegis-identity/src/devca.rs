@@ -12,8 +12,8 @@ use std::time::Duration;
 use aegis_core::SpiffeId;
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -48,10 +48,7 @@ impl DevCa {
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => Self::load(dir, trust_domain),
             (false, false) => Self::create(dir, trust_domain),
-            _ => Err(dev_ca_error(
-                dir,
-                "only one of ca.crt and ca.key exists; delete the directory to start a new CA",
-            )),
+            _ => Err(dev_ca_error(dir, "only one of ca.crt and ca.key exists; delete the directory to start a new CA")),
         }
     }
 
@@ -83,11 +80,8 @@ impl DevCa {
             return Err(issue_error(spiffe_id, "not_after must be after not_before"));
         }
         let params = leaf_params(spiffe_id, not_before, not_after)?;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| issue_error(spiffe_id, e))?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| issue_error(spiffe_id, e))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| issue_error(spiffe_id, e))?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(|e| issue_error(spiffe_id, e))?;
         Ok(IssuedSvid {
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),
@@ -106,10 +100,7 @@ impl DevCa {
             return Err(issue_error(spiffe_id, why));
         }
         if spiffe_id.path().is_empty() {
-            return Err(issue_error(
-                spiffe_id,
-                "an SVID needs a path after the trust domain",
-            ));
+            return Err(issue_error(spiffe_id, "an SVID needs a path after the trust domain"));
         }
         Ok(())
     }
@@ -119,52 +110,32 @@ impl DevCa {
             .map_err(|e| dev_ca_error(dir, format!("cannot generate a key: {e}")))?;
         let now = OffsetDateTime::now_utc();
         let params = ca_params(trust_domain, now - BACKDATE, now + CA_VALIDITY)?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| dev_ca_error(dir, format!("cannot sign the CA certificate: {e}")))?;
+        let cert =
+            params.self_signed(&key).map_err(|e| dev_ca_error(dir, format!("cannot sign the CA certificate: {e}")))?;
         create_dir(dir)?;
         let key_pem = Zeroizing::new(key.serialize_pem());
         // Key first: a crash in between leaves a key without certificate,
         // which load_or_create reports instead of silently using.
         write_atomic(&dir.join(CA_KEY_FILE), key_pem.as_bytes(), Access::Private)?;
-        write_atomic(
-            &dir.join(CA_CERT_FILE),
-            cert.pem().as_bytes(),
-            Access::Public,
-        )?;
+        write_atomic(&dir.join(CA_CERT_FILE), cert.pem().as_bytes(), Access::Public)?;
         tracing::info!(dir = %dir.display(), trust_domain, "created a development CA (not for production)");
-        Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Self { trust_domain: trust_domain.to_owned(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     fn load(dir: &Path, trust_domain: &str) -> Result<Self, IdentityError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        let cert_pem =
-            fs::read_to_string(&cert_path).map_err(|e| IdentityError::read(&cert_path, e))?;
-        let key_pem = Zeroizing::new(
-            fs::read_to_string(&key_path).map_err(|e| IdentityError::read(&key_path, e))?,
-        );
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            IdentityError::Key {
-                reason: e.to_string(),
-            }
-            .in_file(&key_path)
-        })?;
+        let cert_pem = fs::read_to_string(&cert_path).map_err(|e| IdentityError::read(&cert_path, e))?;
+        let key_pem = Zeroizing::new(fs::read_to_string(&key_path).map_err(|e| IdentityError::read(&key_path, e))?);
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| IdentityError::Key { reason: e.to_string() }.in_file(&key_path))?;
         check_stored_ca(dir, &cert_pem, &key, trust_domain)?;
         // Issued certificates need only the CA's name, key usages and key;
         // rcgen encodes the name deterministically, so rebuilding the
         // parameters reproduces the issuer name stored in ca.crt.
         let now = OffsetDateTime::now_utc();
         let params = ca_params(trust_domain, now, now + CA_VALIDITY)?;
-        Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            cert_pem,
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Self { trust_domain: trust_domain.to_owned(), cert_pem, issuer: Issuer::new(params, key) })
     }
 }
 
@@ -196,11 +167,7 @@ impl IssuedSvid {
     /// each atomically (temporary file and rename), creating `dir` if needed.
     pub fn write_files(&self, dir: &Path) -> Result<SvidPaths, IdentityError> {
         create_dir(dir)?;
-        let paths = SvidPaths {
-            cert: dir.join("svid.pem"),
-            key: dir.join("svid.key"),
-            bundle: dir.join("bundle.pem"),
-        };
+        let paths = SvidPaths { cert: dir.join("svid.pem"), key: dir.join("svid.key"), bundle: dir.join("bundle.pem") };
         write_atomic(&paths.key, self.key_pem.as_bytes(), Access::Private)?;
         write_atomic(&paths.cert, self.cert_pem.as_bytes(), Access::Public)?;
         write_atomic(&paths.bundle, self.bundle_pem.as_bytes(), Access::Public)?;
@@ -209,11 +176,7 @@ impl IssuedSvid {
 
     /// Parses this SVID into the form the TLS configs use.
     pub fn to_material(&self) -> Result<SvidMaterial, IdentityError> {
-        SvidMaterial::from_pem(
-            self.cert_pem.as_bytes(),
-            self.key_pem.as_bytes(),
-            self.bundle_pem.as_bytes(),
-        )
+        SvidMaterial::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes(), self.bundle_pem.as_bytes())
     }
 }
 
@@ -228,28 +191,17 @@ impl fmt::Debug for IssuedSvid {
 }
 
 fn check_trust_domain(trust_domain: &str) -> Result<(), IdentityError> {
-    let invalid = |source| IdentityError::InvalidTrustDomain {
-        value: trust_domain.to_owned(),
-        source,
-    };
+    let invalid = |source| IdentityError::InvalidTrustDomain { value: trust_domain.to_owned(), source };
     let id = SpiffeId::parse(&format!("spiffe://{trust_domain}")).map_err(invalid)?;
     if !id.path().is_empty() {
-        return Err(invalid(aegis_core::InvalidInput::new(
-            "trust domain",
-            "must not contain '/'",
-        )));
+        return Err(invalid(aegis_core::InvalidInput::new("trust domain", "must not contain '/'")));
     }
     Ok(())
 }
 
 /// Verifies that `ca.crt` is our CA for `trust_domain`, unexpired, and
 /// belongs to `key`; a stale or foreign CA must not be reused silently.
-fn check_stored_ca(
-    dir: &Path,
-    cert_pem: &str,
-    key: &KeyPair,
-    trust_domain: &str,
-) -> Result<(), IdentityError> {
+fn check_stored_ca(dir: &Path, cert_pem: &str, key: &KeyPair, trust_domain: &str) -> Result<(), IdentityError> {
     let cert_path = dir.join(CA_CERT_FILE);
     let ders = crate::material::parse_certs(cert_pem.as_bytes(), "development CA certificate")
         .map_err(|e| e.in_file(&cert_path))?;
@@ -260,16 +212,11 @@ fn check_stored_ca(
     let expected_uri = format!("spiffe://{trust_domain}");
     let uris = x509::uri_sans(&cert).map_err(|e| e.in_file(&cert_path))?;
     if uris != [expected_uri.as_str()] {
-        let why = format!(
-            "it is for {uris:?}, not {expected_uri}; use another directory or delete this one"
-        );
+        let why = format!("it is for {uris:?}, not {expected_uri}; use another directory or delete this one");
         return Err(dev_ca_error(dir, why));
     }
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(dev_ca_error(
-            dir,
-            "ca.key does not belong to ca.crt; delete the directory to start a new CA",
-        ));
+        return Err(dev_ca_error(dir, "ca.key does not belong to ca.crt; delete the directory to start a new CA"));
     }
     let not_after = cert.validity().not_after.to_datetime();
     if not_after <= OffsetDateTime::now_utc() {
@@ -289,11 +236,7 @@ fn ca_params(
     name.push(DnType::CommonName, CA_COMMON_NAME);
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
     params.not_before = not_before;
     params.not_after = not_after;
@@ -307,17 +250,11 @@ fn leaf_params(
 ) -> Result<CertificateParams, IdentityError> {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
-    name.push(
-        DnType::OrganizationName,
-        "Aegis development (not for production)",
-    );
+    name.push(DnType::OrganizationName, "Aegis development (not for production)");
     params.distinguished_name = name;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.subject_alt_names = vec![uri_san(spiffe_id.as_str())?];
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before;
@@ -326,25 +263,17 @@ fn leaf_params(
 }
 
 fn uri_san(uri: &str) -> Result<SanType, IdentityError> {
-    let ia5 = Ia5String::try_from(uri).map_err(|e| IdentityError::Issue {
-        spiffe_id: uri.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let ia5 = Ia5String::try_from(uri)
+        .map_err(|e| IdentityError::Issue { spiffe_id: uri.to_owned(), reason: e.to_string() })?;
     Ok(SanType::URI(ia5))
 }
 
 fn issue_error(spiffe_id: &SpiffeId, reason: impl fmt::Display) -> IdentityError {
-    IdentityError::Issue {
-        spiffe_id: spiffe_id.to_string(),
-        reason: reason.to_string(),
-    }
+    IdentityError::Issue { spiffe_id: spiffe_id.to_string(), reason: reason.to_string() }
 }
 
 fn dev_ca_error(dir: &Path, reason: impl Into<String>) -> IdentityError {
-    IdentityError::DevCa {
-        dir: dir.to_owned(),
-        reason: reason.into(),
-    }
+    IdentityError::DevCa { dir: dir.to_owned(), reason: reason.into() }
 }
 
 #[cfg(test)]
@@ -363,9 +292,7 @@ mod tests {
         let again = DevCa::load_or_create(dir.path(), "example.org").unwrap();
         assert_eq!(first.bundle_pem(), again.bundle_pem());
         assert_eq!(again.trust_domain(), "example.org");
-        assert!(first
-            .bundle_pem()
-            .starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(first.bundle_pem().starts_with("-----BEGIN CERTIFICATE-----"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -384,8 +311,7 @@ mod tests {
         assert_eq!(cn.as_str().unwrap(), CA_COMMON_NAME);
         assert!(cert.is_ca());
         assert_eq!(x509::uri_sans(&cert).unwrap(), ["spiffe://example.org"]);
-        let life =
-            cert.validity().not_after.to_datetime() - cert.validity().not_before.to_datetime();
+        let life = cert.validity().not_after.to_datetime() - cert.validity().not_before.to_datetime();
         assert!(life >= time::Duration::days(365));
     }
 
@@ -406,10 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for td in ["", "Upper.org", "a/b", "spiffe://x"] {
             let err = DevCa::load_or_create(dir.path(), td).unwrap_err();
-            assert!(
-                matches!(err, IdentityError::InvalidTrustDomain { .. }),
-                "{td}: {err}"
-            );
+            assert!(matches!(err, IdentityError::InvalidTrustDomain { .. }), "{td}: {err}");
         }
     }
 
@@ -420,22 +343,16 @@ mod tests {
         let ttl = Duration::from_secs(60);
         assert!(ca.issue(&id("spiffe://other.org/a"), ttl).is_err());
         assert!(ca.issue(&id("spiffe://example.org"), ttl).is_err());
-        assert!(ca
-            .issue(&id("spiffe://example.org/a"), Duration::MAX)
-            .is_err());
+        assert!(ca.issue(&id("spiffe://example.org/a"), Duration::MAX).is_err());
         let now = OffsetDateTime::now_utc();
-        assert!(ca
-            .issue_with_validity(&id("spiffe://example.org/a"), now, now)
-            .is_err());
+        assert!(ca.issue_with_validity(&id("spiffe://example.org/a"), now, now).is_err());
     }
 
     #[test]
     fn issued_leaf_has_svid_shape() {
         let dir = tempfile::tempdir().unwrap();
         let ca = DevCa::load_or_create(dir.path(), "example.org").unwrap();
-        let svid = ca
-            .issue(&id("spiffe://example.org/w/a"), Duration::from_secs(60))
-            .unwrap();
+        let svid = ca.issue(&id("spiffe://example.org/w/a"), Duration::from_secs(60)).unwrap();
         let der = crate::material::parse_certs(svid.cert_pem.as_bytes(), "x").unwrap();
         let cert = x509::parse(&der[0], "x").unwrap();
         assert!(!cert.is_ca());
@@ -451,9 +368,7 @@ mod tests {
     fn writes_svid_files_with_private_key_mode() {
         let dir = tempfile::tempdir().unwrap();
         let ca = DevCa::load_or_create(&dir.path().join("ca"), "example.org").unwrap();
-        let svid = ca
-            .issue(&id("spiffe://example.org/a"), Duration::from_secs(60))
-            .unwrap();
+        let svid = ca.issue(&id("spiffe://example.org/a"), Duration::from_secs(60)).unwrap();
         let paths = svid.write_files(&dir.path().join("svid")).unwrap();
         assert_eq!(fs::read_to_string(&paths.cert).unwrap(), svid.cert_pem);
         assert_eq!(fs::read_to_string(&paths.key).unwrap(), svid.key_pem());

@@ -167,23 +167,14 @@ pub enum IdentityError {
 impl IdentityError {
     /// Attributes this error to `path`.
     pub(crate) fn in_file(self, path: &Path) -> Self {
-        Self::InFile {
-            path: path.to_owned(),
-            source: Box::new(self),
-        }
+        Self::InFile { path: path.to_owned(), source: Box::new(self) }
     }
 
     pub(crate) fn read(path: &Path, source: io::Error) -> Self {
-        Self::Read {
-            path: path.to_owned(),
-            source,
-        }
+        Self::Read { path: path.to_owned(), source }
     }
 
     pub(crate) fn write(path: &Path, source: io::Error) -> Self {
-        Self::Write {
-            path: path.to_owned(),
-            source,
-        }
+        Self::Write { path: path.to_owned(), source }
     }
 }

@@ -47,15 +47,8 @@ impl FileSource {
         let material = load(&paths).await?;
         info!(spiffe_id = %material.spiffe_id(), not_after = %material.not_after(),
               cert = %paths.cert.display(), "loaded SVID files");
-        let source = Arc::new(Self {
-            paths,
-            material: ArcSwap::from_pointee(material),
-        });
-        tokio::spawn(watch(
-            Arc::downgrade(&source),
-            stamps,
-            interval.max(MIN_INTERVAL),
-        ));
+        let source = Arc::new(Self { paths, material: ArcSwap::from_pointee(material) });
+        tokio::spawn(watch(Arc::downgrade(&source), stamps, interval.max(MIN_INTERVAL)));
         Ok(source)
     }
 
@@ -115,11 +108,7 @@ struct Stamp {
 
 impl Stamps {
     async fn of(paths: &SvidPaths) -> Self {
-        Self([
-            stamp(&paths.cert).await,
-            stamp(&paths.key).await,
-            stamp(&paths.bundle).await,
-        ])
+        Self([stamp(&paths.cert).await, stamp(&paths.key).await, stamp(&paths.bundle).await])
     }
 }
 
@@ -130,11 +119,7 @@ async fn stamp(path: &Path) -> Option<Stamp> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Some(Stamp {
-        modified: meta.modified().ok()?,
-        len: meta.len(),
-        inode,
-    })
+    Some(Stamp { modified: meta.modified().ok()?, len: meta.len(), inode })
 }
 
 /// Reads and parses the three files, naming the offending file in errors.
@@ -153,7 +138,5 @@ async fn load(paths: &SvidPaths) -> Result<SvidMaterial, IdentityError> {
 }
 
 async fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|e| IdentityError::read(path, e))
+    tokio::fs::read(path).await.map_err(|e| IdentityError::read(path, e))
 }

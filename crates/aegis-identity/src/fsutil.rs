@@ -23,9 +23,7 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), IdentityError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| IdentityError::write(dir, e))
+    builder.create(dir).map_err(|e| IdentityError::write(dir, e))
 }
 
 /// Writes `data` to `path` via a temporary file in the same directory,
@@ -45,10 +43,7 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], access: Access) -> Result<(
 fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
+    let name = path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
@@ -56,14 +51,7 @@ fn write_new(tmp: &Path, data: &[u8], access: Access) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(
-        &mut options,
-        if access == Access::Private {
-            0o600
-        } else {
-            0o644
-        },
-    );
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if access == Access::Private { 0o600 } else { 0o644 });
     #[cfg(not(unix))]
     let _ = access;
     let mut file = options.open(tmp)?;

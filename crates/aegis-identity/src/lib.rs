@@ -81,12 +81,8 @@ impl IdentityConfig {
         endpoint: &str,
     ) -> Result<Self, IdentityError> {
         match (cert, key, bundle) {
-            (Some(cert), Some(key), Some(bundle)) => {
-                Ok(Self::Files(SvidPaths { cert, key, bundle }))
-            }
-            (None, None, None) => Ok(Self::WorkloadApi {
-                endpoint: endpoint.to_owned(),
-            }),
+            (Some(cert), Some(key), Some(bundle)) => Ok(Self::Files(SvidPaths { cert, key, bundle })),
+            (None, None, None) => Ok(Self::WorkloadApi { endpoint: endpoint.to_owned() }),
             _ => Err(IdentityError::Config(
                 "SVID certificate, key and bundle files must be given together, \
                  or none of them to use the SPIFFE Workload API"
@@ -99,12 +95,8 @@ impl IdentityConfig {
 /// Starts the source `cfg` names, with [`FILE_POLL_INTERVAL`] or [`WORKLOAD_API_TIMEOUT`].
 pub async fn start_source(cfg: &IdentityConfig) -> Result<Arc<dyn IdentitySource>, IdentityError> {
     Ok(match cfg {
-        IdentityConfig::Files(paths) => {
-            FileSource::start(paths.clone(), FILE_POLL_INTERVAL).await?
-        }
-        IdentityConfig::WorkloadApi { endpoint } => {
-            WorkloadApiSource::start(endpoint, WORKLOAD_API_TIMEOUT).await?
-        }
+        IdentityConfig::Files(paths) => FileSource::start(paths.clone(), FILE_POLL_INTERVAL).await?,
+        IdentityConfig::WorkloadApi { endpoint } => WorkloadApiSource::start(endpoint, WORKLOAD_API_TIMEOUT).await?,
     })
 }
 
@@ -117,15 +109,10 @@ mod tests {
     fn settings_pick_files_only_when_complete() {
         let p = |s: &str| Some(PathBuf::from(s));
         let ep = "unix:///tmp/agent.sock";
-        assert!(matches!(
-            IdentityConfig::from_settings(p("c"), p("k"), p("b"), ep),
-            Ok(IdentityConfig::Files(_))
-        ));
+        assert!(matches!(IdentityConfig::from_settings(p("c"), p("k"), p("b"), ep), Ok(IdentityConfig::Files(_))));
         assert_eq!(
             IdentityConfig::from_settings(None, None, None, ep).unwrap(),
-            IdentityConfig::WorkloadApi {
-                endpoint: ep.to_owned()
-            }
+            IdentityConfig::WorkloadApi { endpoint: ep.to_owned() }
         );
         assert!(IdentityConfig::from_settings(p("c"), None, p("b"), ep).is_err());
     }

@@ -36,11 +36,7 @@ impl SvidMaterial {
     ///
     /// Requires exactly one `spiffe://` URI SAN in the leaf and a key that
     /// matches it. Expired certificates are accepted here; peers reject them.
-    pub fn from_pem(
-        cert_chain_pem: &[u8],
-        key_pem: &[u8],
-        bundle_pem: &[u8],
-    ) -> Result<Self, IdentityError> {
+    pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> Result<Self, IdentityError> {
         let chain = parse_certs(cert_chain_pem, "certificate chain")?;
         let bundle = parse_bundle(bundle_pem)?;
         // Parsed last: from_der zeroizes it, and nothing may fail in between.
@@ -56,14 +52,10 @@ impl SvidMaterial {
         bundle: Vec<CertificateDer<'static>>,
     ) -> Result<Self, IdentityError> {
         let key = Zeroizing::new(key);
-        let leaf = cert_chain.first().ok_or(IdentityError::NoCertificate {
-            what: "certificate chain",
-        })?;
+        let leaf = cert_chain.first().ok_or(IdentityError::NoCertificate { what: "certificate chain" })?;
         let info = leaf_info(leaf, "leaf certificate")?;
         check_bundle(&bundle)?;
-        let signer = any_supported_type(&key).map_err(|e| IdentityError::Key {
-            reason: e.to_string(),
-        })?;
+        let signer = any_supported_type(&key).map_err(|e| IdentityError::Key { reason: e.to_string() })?;
         let certified = CertifiedKey::new(cert_chain, signer);
         check_key_matches(&certified, &info.spiffe_id)?;
         Ok(Self {
@@ -118,16 +110,10 @@ impl fmt::Debug for SvidMaterial {
 }
 
 /// Every `CERTIFICATE` block of `pem` (other blocks are skipped); at least one.
-pub(crate) fn parse_certs(
-    pem: &[u8],
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+pub(crate) fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| IdentityError::Pem {
-            what,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| IdentityError::Pem { what, reason: e.to_string() })?;
     if certs.is_empty() {
         return Err(IdentityError::NoCertificate { what });
     }
@@ -136,9 +122,7 @@ pub(crate) fn parse_certs(
 
 /// The first private key block of `pem`.
 pub(crate) fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, IdentityError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| IdentityError::Key {
-        reason: e.to_string(),
-    })
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| IdentityError::Key { reason: e.to_string() })
 }
 
 /// The CA certificates of a trust bundle, each usable as a trust anchor.
@@ -152,15 +136,11 @@ pub(crate) fn parse_bundle(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, I
 /// bundle fails at load time rather than in every later handshake.
 fn check_bundle(bundle: &[CertificateDer<'static>]) -> Result<(), IdentityError> {
     if bundle.is_empty() {
-        return Err(IdentityError::NoCertificate {
-            what: "trust bundle",
-        });
+        return Err(IdentityError::NoCertificate { what: "trust bundle" });
     }
     for cert in bundle {
-        webpki::anchor_from_trusted_cert(cert).map_err(|e| IdentityError::Certificate {
-            what: "trust bundle certificate",
-            reason: e.to_string(),
-        })?;
+        webpki::anchor_from_trusted_cert(cert)
+            .map_err(|e| IdentityError::Certificate { what: "trust bundle certificate", reason: e.to_string() })?;
     }
     Ok(())
 }
@@ -171,14 +151,9 @@ fn check_key_matches(certified: &CertifiedKey, spiffe_id: &SpiffeId) -> Result<(
         // half; the handshake signature check still catches a mismatch.
         Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(()),
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            Err(IdentityError::KeyMismatch {
-                spiffe_id: spiffe_id.clone(),
-            })
+            Err(IdentityError::KeyMismatch { spiffe_id: spiffe_id.clone() })
         }
-        Err(e) => Err(IdentityError::Certificate {
-            what: "leaf certificate",
-            reason: e.to_string(),
-        }),
+        Err(e) => Err(IdentityError::Certificate { what: "leaf certificate", reason: e.to_string() }),
     }
 }
 
@@ -203,9 +178,7 @@ mod tests {
     #[test]
     fn parses_issued_svid() {
         let (_dir, ca) = ca();
-        let svid = ca
-            .issue(&id("spiffe://example.org/w/a"), Duration::from_secs(3600))
-            .unwrap();
+        let svid = ca.issue(&id("spiffe://example.org/w/a"), Duration::from_secs(3600)).unwrap();
         let m = svid.to_material().unwrap();
         assert_eq!(m.spiffe_id().as_str(), "spiffe://example.org/w/a");
         assert_eq!(m.cert_chain().len(), 1);
@@ -220,12 +193,8 @@ mod tests {
         let a = ca.issue(&id("spiffe://example.org/a"), Duration::from_secs(60));
         let b = ca.issue(&id("spiffe://example.org/b"), Duration::from_secs(60));
         let (a, b) = (a.unwrap(), b.unwrap());
-        let err = SvidMaterial::from_pem(
-            a.cert_pem.as_bytes(),
-            b.key_pem().as_bytes(),
-            a.bundle_pem.as_bytes(),
-        )
-        .unwrap_err();
+        let err =
+            SvidMaterial::from_pem(a.cert_pem.as_bytes(), b.key_pem().as_bytes(), a.bundle_pem.as_bytes()).unwrap_err();
         assert!(matches!(err, IdentityError::KeyMismatch { .. }), "{err}");
         assert!(err.to_string().contains("spiffe://example.org/a"));
     }
@@ -233,34 +202,17 @@ mod tests {
     #[test]
     fn rejects_missing_parts() {
         let (_dir, ca) = ca();
-        let a = ca
-            .issue(&id("spiffe://example.org/a"), Duration::from_secs(60))
-            .unwrap();
-        let (cert, key, bundle) = (
-            a.cert_pem.as_bytes(),
-            a.key_pem().as_bytes(),
-            a.bundle_pem.as_bytes(),
-        );
-        assert!(matches!(
-            SvidMaterial::from_pem(b"", key, bundle),
-            Err(IdentityError::NoCertificate { .. })
-        ));
-        assert!(matches!(
-            SvidMaterial::from_pem(cert, b"nope", bundle),
-            Err(IdentityError::Key { .. })
-        ));
-        assert!(matches!(
-            SvidMaterial::from_pem(cert, key, b"garbage"),
-            Err(IdentityError::NoCertificate { .. })
-        ));
+        let a = ca.issue(&id("spiffe://example.org/a"), Duration::from_secs(60)).unwrap();
+        let (cert, key, bundle) = (a.cert_pem.as_bytes(), a.key_pem().as_bytes(), a.bundle_pem.as_bytes());
+        assert!(matches!(SvidMaterial::from_pem(b"", key, bundle), Err(IdentityError::NoCertificate { .. })));
+        assert!(matches!(SvidMaterial::from_pem(cert, b"nope", bundle), Err(IdentityError::Key { .. })));
+        assert!(matches!(SvidMaterial::from_pem(cert, key, b"garbage"), Err(IdentityError::NoCertificate { .. })));
     }
 
     #[test]
     fn debug_shows_no_key_material() {
         let (_dir, ca) = ca();
-        let svid = ca
-            .issue(&id("spiffe://example.org/a"), Duration::from_secs(60))
-            .unwrap();
+        let svid = ca.issue(&id("spiffe://example.org/a"), Duration::from_secs(60)).unwrap();
         let m = svid.to_material().unwrap();
         let shown = format!("{m:?} {svid:?} {ca:?}");
         assert!(shown.contains("spiffe://example.org/a"));

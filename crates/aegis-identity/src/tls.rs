@@ -58,8 +58,7 @@ pub fn client_config(
     authorize_server: AuthorizeServer,
 ) -> Result<ClientConfig, IdentityError> {
     let provider = provider();
-    let verifier =
-        SpiffeServerVerifier::new(Arc::clone(&source), authorize_server, Arc::clone(&provider));
+    let verifier = SpiffeServerVerifier::new(Arc::clone(&source), authorize_server, Arc::clone(&provider));
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)?
         .dangerous()
@@ -79,9 +78,7 @@ impl SvidResolver {
 
 impl fmt::Debug for SvidResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SvidResolver")
-            .field(self.0.current().spiffe_id())
-            .finish()
+        f.debug_tuple("SvidResolver").field(self.0.current().spiffe_id()).finish()
     }
 }
 
@@ -92,11 +89,7 @@ impl ResolvesServerCert for SvidResolver {
 }
 
 impl ResolvesClientCert for SvidResolver {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
     }
 

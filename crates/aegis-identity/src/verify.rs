@@ -11,10 +11,7 @@ use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::debug;
 
@@ -31,9 +28,7 @@ struct PerBundle<T> {
 
 impl<T: Clone> PerBundle<T> {
     fn new() -> Self {
-        Self {
-            slot: ArcSwapOption::empty(),
-        }
+        Self { slot: ArcSwapOption::empty() }
     }
 
     fn get(
@@ -49,8 +44,7 @@ impl<T: Clone> PerBundle<T> {
             }
         }
         let built = build(bundle)?;
-        self.slot
-            .store(Some(Arc::new((Arc::clone(bundle), built.clone()))));
+        self.slot.store(Some(Arc::new((Arc::clone(bundle), built.clone()))));
         Ok(built)
     }
 }
@@ -64,17 +58,11 @@ fn root_store(bundle: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, 
 }
 
 /// The peer's SPIFFE ID, required to be in the trust domain of `own`.
-fn peer_in_own_domain(
-    end_entity: &CertificateDer<'_>,
-    own: &SvidMaterial,
-) -> Result<SpiffeId, rustls::Error> {
+fn peer_in_own_domain(end_entity: &CertificateDer<'_>, own: &SvidMaterial) -> Result<SpiffeId, rustls::Error> {
     let peer = peer_spiffe_id(slice::from_ref(end_entity)).map_err(reject)?;
     let expected = own.spiffe_id().trust_domain();
     if peer.trust_domain() != expected {
-        return Err(reject(IdentityError::ForeignTrustDomain {
-            peer,
-            expected: expected.to_owned(),
-        }));
+        return Err(reject(IdentityError::ForeignTrustDomain { peer, expected: expected.to_owned() }));
     }
     Ok(peer)
 }
@@ -93,17 +81,10 @@ pub(crate) struct SpiffeClientVerifier {
 
 impl SpiffeClientVerifier {
     pub(crate) fn new(source: Arc<dyn IdentitySource>, provider: Arc<CryptoProvider>) -> Self {
-        Self {
-            source,
-            provider,
-            webpki: PerBundle::new(),
-        }
+        Self { source, provider, webpki: PerBundle::new() }
     }
 
-    fn build(
-        &self,
-        bundle: &[CertificateDer<'static>],
-    ) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+    fn build(&self, bundle: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
         WebPkiClientVerifier::builder_with_provider(root_store(bundle)?, Arc::clone(&self.provider))
             .build()
             .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))
@@ -150,12 +131,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -164,18 +140,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -194,12 +163,7 @@ impl SpiffeServerVerifier {
         authorize: AuthorizeServer,
         provider: Arc<CryptoProvider>,
     ) -> Self {
-        Self {
-            source,
-            authorize,
-            provider,
-            roots: PerBundle::new(),
-        }
+        Self { source, authorize, provider, roots: PerBundle::new() }
     }
 }
 
@@ -238,12 +202,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -252,17 +211,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -28,10 +28,7 @@ impl WorkloadApiSource {
     /// Connects to `endpoint` (e.g. `unix:///tmp/agent.sock`) and waits up to
     /// `timeout` for the first SVID.
     pub async fn start(endpoint: &str, timeout: Duration) -> Result<Arc<Self>, IdentityError> {
-        let failed = |reason: String| IdentityError::WorkloadApi {
-            endpoint: endpoint.to_owned(),
-            reason,
-        };
+        let failed = |reason: String| IdentityError::WorkloadApi { endpoint: endpoint.to_owned(), reason };
         let x509 = X509Source::builder()
             .endpoint(endpoint)
             .initial_sync_timeout(timeout)
@@ -43,11 +40,7 @@ impl WorkloadApiSource {
         let material = material_of(&x509).map_err(|e| failed(e.to_string()))?;
         info!(endpoint, spiffe_id = %material.spiffe_id(), not_after = %material.not_after(),
               "got SVID from the Workload API");
-        let source = Arc::new(Self {
-            endpoint: endpoint.to_owned(),
-            x509,
-            material: ArcSwap::from_pointee(material),
-        });
+        let source = Arc::new(Self { endpoint: endpoint.to_owned(), x509, material: ArcSwap::from_pointee(material) });
         tokio::spawn(follow(Arc::downgrade(&source), updates));
         Ok(source)
     }
@@ -101,16 +94,8 @@ fn material_of(x509: &X509Source) -> Result<SvidMaterial, IdentityError> {
         .bundle_set()
         .get(trust_domain)
         .ok_or_else(|| unusable(format!("the agent sent no bundle for {trust_domain}")))?;
-    let chain = svid
-        .cert_chain()
-        .iter()
-        .map(|c| der(c.as_bytes()))
-        .collect();
-    let bundle = bundle
-        .authorities()
-        .iter()
-        .map(|c| der(c.as_bytes()))
-        .collect();
+    let chain = svid.cert_chain().iter().map(|c| der(c.as_bytes())).collect();
+    let bundle = bundle.authorities().iter().map(|c| der(c.as_bytes())).collect();
     let key = PrivatePkcs8KeyDer::from(svid.private_key().as_bytes().to_vec());
     SvidMaterial::from_der(chain, PrivateKeyDer::Pkcs8(key), bundle)
 }

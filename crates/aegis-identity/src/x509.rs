@@ -21,35 +21,23 @@ pub(crate) struct LeafInfo {
 /// This does not verify the chain: call it only on chains rustls has verified,
 /// e.g. `ServerConnection::peer_certificates()` after the handshake.
 pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, IdentityError> {
-    let leaf = chain.first().ok_or_else(|| IdentityError::NotAnSvid {
-        reason: "the peer presented no certificate".to_owned(),
-    })?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| IdentityError::NotAnSvid { reason: "the peer presented no certificate".to_owned() })?;
     Ok(leaf_info(leaf, "peer certificate")?.spiffe_id)
 }
 
 /// Parses the leaf and extracts its SPIFFE ID and expiry.
-pub(crate) fn leaf_info(
-    der: &CertificateDer<'_>,
-    what: &'static str,
-) -> Result<LeafInfo, IdentityError> {
+pub(crate) fn leaf_info(der: &CertificateDer<'_>, what: &'static str) -> Result<LeafInfo, IdentityError> {
     let cert = parse(der, what)?;
-    Ok(LeafInfo {
-        spiffe_id: svid_id(&cert)?,
-        not_after: cert.validity().not_after.to_datetime(),
-    })
+    Ok(LeafInfo { spiffe_id: svid_id(&cert)?, not_after: cert.validity().not_after.to_datetime() })
 }
 
 /// Parses one DER certificate, naming `what` in the error.
-pub(crate) fn parse<'a>(
-    der: &'a CertificateDer<'_>,
-    what: &'static str,
-) -> Result<X509Certificate<'a>, IdentityError> {
+pub(crate) fn parse<'a>(der: &'a CertificateDer<'_>, what: &'static str) -> Result<X509Certificate<'a>, IdentityError> {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, cert)| cert)
-        .map_err(|e| IdentityError::Certificate {
-            what,
-            reason: e.to_string(),
-        })
+        .map_err(|e| IdentityError::Certificate { what, reason: e.to_string() })
 }
 
 /// The URI SANs of a certificate (any scheme).
@@ -80,9 +68,7 @@ fn svid_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, IdentityError> {
     };
     let id = SpiffeId::parse(uri).map_err(|e| not_svid(format!("URI SAN {uri:?}: {e}")))?;
     if id.path().is_empty() {
-        return Err(not_svid(format!(
-            "{id} names a trust domain, not a workload"
-        )));
+        return Err(not_svid(format!("{id} names a trust domain, not a workload")));
     }
     Ok(id)
 }
@@ -134,10 +120,7 @@ mod tests {
         for sans in cases {
             let der = cert_with_sans(sans.clone());
             let err = peer_spiffe_id(&[der]).unwrap_err();
-            assert!(
-                matches!(err, IdentityError::NotAnSvid { .. }),
-                "{sans:?}: {err}"
-            );
+            assert!(matches!(err, IdentityError::NotAnSvid { .. }), "{sans:?}: {err}");
         }
     }
 
@@ -145,9 +128,6 @@ mod tests {
     fn rejects_empty_chain_and_garbage() {
         assert!(peer_spiffe_id(&[]).is_err());
         let junk = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x01, 0xff]);
-        assert!(matches!(
-            peer_spiffe_id(&[junk]),
-            Err(IdentityError::Certificate { .. })
-        ));
+        assert!(matches!(peer_spiffe_id(&[junk]), Err(IdentityError::Certificate { .. })));
     }
 }

@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use aegis_identity::devca::DevCa;
 use aegis_identity::{
-    client_config, peer_spiffe_id, server_config, AuthorizeServer, IdentityError, SpiffeId,
-    StaticSource, SvidMaterial,
+    client_config, peer_spiffe_id, server_config, AuthorizeServer, IdentityError, SpiffeId, StaticSource, SvidMaterial,
 };
 use rustls::pki_types::ServerName;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-const SAFE: &str =
-    "spiffe://example.org/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/safe-0";
+const SAFE: &str = "spiffe://example.org/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/safe-0";
 const BILLING: &str = "spiffe://example.org/workload/billing/ns/default/sa/billing/n/billing-0";
 
 fn id(s: &str) -> SpiffeId {
@@ -35,24 +33,14 @@ fn ca(trust_domain: &str) -> Ca {
 }
 
 fn svid(ca: &Ca, spiffe_id: &str) -> Arc<SvidMaterial> {
-    let issued = ca
-        .ca
-        .issue(&id(spiffe_id), Duration::from_secs(3600))
-        .unwrap();
+    let issued = ca.ca.issue(&id(spiffe_id), Duration::from_secs(3600)).unwrap();
     Arc::new(issued.to_material().unwrap())
 }
 
 /// An SVID from `issuer` that trusts `trusted` (so it accepts that CA's server).
 fn svid_trusting(issuer: &Ca, spiffe_id: &str, trusted: &str) -> Arc<SvidMaterial> {
-    let issued = issuer
-        .ca
-        .issue(&id(spiffe_id), Duration::from_secs(3600))
-        .unwrap();
-    let m = SvidMaterial::from_pem(
-        issued.cert_pem.as_bytes(),
-        issued.key_pem().as_bytes(),
-        trusted.as_bytes(),
-    );
+    let issued = issuer.ca.issue(&id(spiffe_id), Duration::from_secs(3600)).unwrap();
+    let m = SvidMaterial::from_pem(issued.cert_pem.as_bytes(), issued.key_pem().as_bytes(), trusted.as_bytes());
     Arc::new(m.unwrap())
 }
 
@@ -70,9 +58,7 @@ async fn handshake(server_svid: Arc<SvidMaterial>, client: rustls::ClientConfig)
     let server = server_config(Arc::new(StaticSource(server_svid))).unwrap();
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let serve = async move {
-        let mut tls = TlsAcceptor::from(Arc::new(server))
-            .accept(server_io)
-            .await?;
+        let mut tls = TlsAcceptor::from(Arc::new(server)).accept(server_io).await?;
         let peer = peer_id(tls.get_ref().1.peer_certificates())?;
         tls.write_all(b"ok").await?;
         tls.shutdown().await?;
@@ -80,9 +66,7 @@ async fn handshake(server_svid: Arc<SvidMaterial>, client: rustls::ClientConfig)
     };
     let connect = async move {
         let name = ServerName::try_from("safe.invalid").unwrap();
-        let mut tls = TlsConnector::from(Arc::new(client))
-            .connect(name, client_io)
-            .await?;
+        let mut tls = TlsConnector::from(Arc::new(client)).connect(name, client_io).await?;
         let peer = peer_id(tls.get_ref().1.peer_certificates())?;
         // In TLS 1.3 the client finishes before the server has judged its
         // certificate: reading proves the server accepted it.
@@ -94,9 +78,7 @@ async fn handshake(server_svid: Arc<SvidMaterial>, client: rustls::ClientConfig)
         Ok(peer)
     };
     let both = async { tokio::join!(serve, connect) };
-    let (server, client) = tokio::time::timeout(Duration::from_secs(10), both)
-        .await
-        .unwrap();
+    let (server, client) = tokio::time::timeout(Duration::from_secs(10), both).await.unwrap();
     Outcome { server, client }
 }
 
@@ -110,9 +92,7 @@ fn client(svid: Arc<SvidMaterial>, authorize: AuthorizeServer) -> rustls::Client
 
 /// The rustls error behind an I/O error from tokio-rustls.
 fn tls_error(err: &std::io::Error) -> &rustls::Error {
-    err.get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-        .unwrap_or_else(|| panic!("not a TLS error: {err}"))
+    err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).unwrap_or_else(|| panic!("not a TLS error: {err}"))
 }
 
 fn certificate_error(err: &std::io::Error) -> &rustls::CertificateError {
@@ -156,10 +136,7 @@ async fn mutual_tls_reports_both_spiffe_ids_and_negotiates_h2() {
 async fn alpn_is_offered_by_the_server() {
     let ca = ca("example.org");
     let cfg = server_config(Arc::new(StaticSource(svid(&ca, SAFE)))).unwrap();
-    assert_eq!(
-        cfg.alpn_protocols,
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    );
+    assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
 }
 
 #[tokio::test]
@@ -178,10 +155,7 @@ async fn expired_client_certificate_is_refused() {
     let ca = ca("example.org");
     let now = OffsetDateTime::now_utc();
     let hour = time::Duration::hours(1);
-    let issued = ca
-        .ca
-        .issue_with_validity(&id(BILLING), now - 2 * hour, now - hour)
-        .unwrap();
+    let issued = ca.ca.issue_with_validity(&id(BILLING), now - 2 * hour, now - hour).unwrap();
     let expired = Arc::new(issued.to_material().unwrap());
     let out = handshake(svid(&ca, SAFE), client(expired, safe_only())).await;
     let err = out.server.unwrap_err();
@@ -198,36 +172,25 @@ async fn expired_client_certificate_is_refused() {
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let ca = ca("example.org");
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+        .with_no_client_auth();
     let out = handshake(svid(&ca, SAFE), cfg).await;
     let err = out.server.unwrap_err();
-    assert!(
-        matches!(tls_error(&err), rustls::Error::NoCertificatesPresented),
-        "{err}"
-    );
+    assert!(matches!(tls_error(&err), rustls::Error::NoCertificatesPresented), "{err}");
     assert!(out.client.is_err());
 }
 
 #[tokio::test]
 async fn server_failing_authorization_is_refused_by_the_client() {
     let ca = ca("example.org");
-    let impostor = svid(
-        &ca,
-        "spiffe://example.org/workload/impostor/ns/default/sa/x/n/x-0",
-    );
+    let impostor = svid(&ca, "spiffe://example.org/workload/impostor/ns/default/sa/x/n/x-0");
     let out = handshake(impostor, client(svid(&ca, BILLING), safe_only())).await;
     let err = out.client.unwrap_err();
-    assert!(
-        matches!(identity_error(&err), IdentityError::UnauthorizedServer(_)),
-        "{err}"
-    );
+    assert!(matches!(identity_error(&err), IdentityError::UnauthorizedServer(_)), "{err}");
     assert!(err.to_string().contains("impostor"));
     assert!(out.server.is_err());
 }
@@ -236,11 +199,7 @@ async fn server_failing_authorization_is_refused_by_the_client() {
 async fn client_from_another_trust_domain_is_refused() {
     let ours = ca("example.org");
     let other = ca("other.org");
-    let stranger = svid_trusting(
-        &other,
-        "spiffe://other.org/workload/billing",
-        &ours.ca.bundle_pem(),
-    );
+    let stranger = svid_trusting(&other, "spiffe://other.org/workload/billing", &ours.ca.bundle_pem());
     let out = handshake(svid(&ours, SAFE), client(stranger, safe_only())).await;
     let err = out.server.unwrap_err();
     assert_not_our_ca(&err);
@@ -254,20 +213,10 @@ async fn trusted_chain_from_a_foreign_trust_domain_is_refused() {
     let other = ca("other.org");
     let both = format!("{}{}", ours.ca.bundle_pem(), other.ca.bundle_pem());
     let server = svid_trusting(&ours, SAFE, &both);
-    let stranger = svid_trusting(
-        &other,
-        "spiffe://other.org/workload/billing",
-        &ours.ca.bundle_pem(),
-    );
+    let stranger = svid_trusting(&other, "spiffe://other.org/workload/billing", &ours.ca.bundle_pem());
     let out = handshake(server, client(stranger, safe_only())).await;
     let err = out.server.unwrap_err();
-    assert!(
-        matches!(
-            identity_error(&err),
-            IdentityError::ForeignTrustDomain { .. }
-        ),
-        "{err}"
-    );
+    assert!(matches!(identity_error(&err), IdentityError::ForeignTrustDomain { .. }), "{err}");
     assert!(out.client.is_err());
 }
 
@@ -330,9 +279,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -358,23 +305,14 @@ async fn rotation_applies_to_the_next_handshake() {
 
     assert!(run(&server, old_client()).await.is_ok());
     assert!(run(&server, new_client()).await.is_err());
-    source.0.store(svid(
-        &new_ca,
-        "spiffe://example.org/workload/vsecm-safe/n/safe-1",
-    ));
+    source.0.store(svid(&new_ca, "spiffe://example.org/workload/vsecm-safe/n/safe-1"));
     assert!(run(&server, old_client()).await.is_err());
     let seen = run(&server, new_client()).await.unwrap();
-    assert_eq!(
-        seen.as_str(),
-        "spiffe://example.org/workload/vsecm-safe/n/safe-1"
-    );
+    assert_eq!(seen.as_str(), "spiffe://example.org/workload/vsecm-safe/n/safe-1");
 }
 
 /// Handshake against a shared server config; the server's ID as the client saw it.
-async fn run(
-    server: &Arc<rustls::ServerConfig>,
-    client: rustls::ClientConfig,
-) -> std::io::Result<SpiffeId> {
+async fn run(server: &Arc<rustls::ServerConfig>, client: rustls::ClientConfig) -> std::io::Result<SpiffeId> {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let acceptor = TlsAcceptor::from(Arc::clone(server));
     let serve = async move {
@@ -384,17 +322,13 @@ async fn run(
     };
     let connect = async move {
         let name = ServerName::try_from("safe.invalid").unwrap();
-        let mut tls = TlsConnector::from(Arc::new(client))
-            .connect(name, client_io)
-            .await?;
+        let mut tls = TlsConnector::from(Arc::new(client)).connect(name, client_io).await?;
         let mut buf = Vec::new();
         tls.read_to_end(&mut buf).await?;
         peer_id(tls.get_ref().1.peer_certificates())
     };
     let both = async { tokio::join!(serve, connect) };
-    let (served, seen) = tokio::time::timeout(Duration::from_secs(10), both)
-        .await
-        .unwrap();
+    let (served, seen) = tokio::time::timeout(Duration::from_secs(10), both).await.unwrap();
     served?;
     seen
 }
@@ -405,20 +339,15 @@ async fn tls12_client_with_svid_is_served() {
     use rustls::pki_types::pem::PemObject;
     let ca = ca("example.org");
     let issued = ca.ca.issue(&id(BILLING), Duration::from_secs(60)).unwrap();
-    let chain = vec![
-        rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap(),
-    ];
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
-    .with_client_auth_cert(chain, key)
-    .unwrap();
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
     let out = handshake(svid(&ca, SAFE), cfg).await;
     assert_eq!(out.server.unwrap().as_str(), BILLING);
     assert_eq!(out.client.unwrap().as_str(), SAFE);

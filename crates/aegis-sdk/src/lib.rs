@@ -144,7 +144,8 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
         Ok((status, bytes))
     }
 
@@ -159,11 +160,17 @@ impl Client {
         if !status.is_success() {
             return Err(refused(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{} at line {} column {}", kind(&e), e.line(), e.column())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode(format!("{} at line {} column {}", kind(&e), e.line(), e.column())))
     }
 
     /// Sends a request and returns the answer as text.
-    pub(crate) async fn call_text<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<String, ClientError> {
+    pub(crate) async fn call_text<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<String, ClientError> {
         let (status, bytes) = self.send(method, path, body).await?;
         if !status.is_success() {
             return Err(refused(status, &bytes));

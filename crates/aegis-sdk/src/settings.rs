@@ -32,7 +32,8 @@ impl Settings {
     /// Reads the settings through `lookup`, usually `|k| std::env::var(k).ok()`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ClientError> {
         let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
-        let url = get("AEGIS_SAFE_URL").or_else(|| get("VSECM_SAFE_ENDPOINT_URL")).unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let url =
+            get("AEGIS_SAFE_URL").or_else(|| get("VSECM_SAFE_ENDPOINT_URL")).unwrap_or_else(|| DEFAULT_URL.to_owned());
         if !url.starts_with("https://") {
             return Err(ClientError::Config(format!(
                 "the Safe URL '{url}' must start with https:// (set AEGIS_SAFE_URL)"
@@ -47,7 +48,9 @@ impl Settings {
         )?;
         let timeout_ms = match get("AEGIS_CLIENT_TIMEOUT_MS") {
             Some(v) => v.trim().parse::<u64>().map_err(|_| {
-                ClientError::Config(format!("AEGIS_CLIENT_TIMEOUT_MS must be a whole number of milliseconds, not '{v}'"))
+                ClientError::Config(format!(
+                    "AEGIS_CLIENT_TIMEOUT_MS must be a whole number of milliseconds, not '{v}'"
+                ))
             })?,
             None => 30_000,
         };

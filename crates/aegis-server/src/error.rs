@@ -77,7 +77,9 @@ impl From<StoreError> for ApiError {
                 tracing::error!(secret = %name, error = %e, "storage failure");
                 Self::new(
                     StatusCode::INSUFFICIENT_STORAGE,
-                    format!("could not store '{name}' durably (disk full or I/O error); nothing was changed, retry later"),
+                    format!(
+                        "could not store '{name}' durably (disk full or I/O error); nothing was changed, retry later"
+                    ),
                 )
             }
             StoreError::Crypto(aegis_crypto::CryptoError::UnknownKey { .. }) => Self::bad_request(e.to_string()),

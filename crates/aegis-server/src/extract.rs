@@ -18,7 +18,9 @@ pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Api
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"),
+                format!(
+                    "request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"
+                ),
             )
         } else {
             ApiError::bad_request("could not read the request body")
@@ -69,8 +71,12 @@ pub fn meta(
     if let Some(f) = format {
         m.format = Format::parse_lenient(f);
     }
-    m.not_before = parse_time("notBefore", not_before.unwrap_or("now"), now)?;
-    m.expires_after = parse_time("expires", expires.unwrap_or("never"), now)?;
+    let given = |v: Option<&str>, default: &'static str| match v.map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_owned(),
+        _ => default.to_owned(),
+    };
+    m.not_before = parse_time("notBefore", &given(not_before, "now"), now)?;
+    m.expires_after = parse_time("expires", &given(expires, "never"), now)?;
     if m.expires_after <= m.not_before {
         return Err(ApiError::bad_request("expires must be later than notBefore"));
     }

@@ -48,9 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/status", get(native::status))
         .route("/v1/admin/rotate-root-key", post(native::rotate))
         .route("/v1/openapi.yaml", get(native::openapi))
-        .fallback(|| async {
-            error::ApiError::not_found("no such endpoint; the API is described at /v1/openapi.yaml")
-        })
+        .fallback(|| async { error::ApiError::not_found("no such endpoint; the API is described at /v1/openapi.yaml") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

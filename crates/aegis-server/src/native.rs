@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use aegis_core::api::{
-    EncryptRequest, EncryptResponse, History, PutSecret, Rollback, Rotated, SecretInfo, SecretList, SecretRead,
-    Status, Unseal, VersionInfo, WorkloadSecret,
+    EncryptRequest, EncryptResponse, History, PutSecret, Rollback, Rotated, SecretInfo, SecretList, SecretRead, Status,
+    Unseal, VersionInfo, WorkloadSecret,
 };
 use aegis_core::secret::SecretDoc;
 use aegis_core::timefmt::rfc3339;
@@ -64,7 +64,12 @@ fn existing(s: &AppState, n: &SecretName) -> Result<Arc<Entry>, ApiError> {
 }
 
 /// `PUT /v1/secrets/{name}`.
-pub async fn put(State(s): St, Extension(c): Who, Path(raw): Path<String>, b: Body) -> Result<Json<SecretInfo>, ApiError> {
+pub async fn put(
+    State(s): St,
+    Extension(c): Who,
+    Path(raw): Path<String>,
+    b: Body,
+) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
     let n = name(&raw)?;
     let req: PutSecret = extract::json(b, s.settings.max_body_bytes)?;
@@ -111,11 +116,14 @@ pub async fn get(
     }
     let number = q.version.unwrap_or(e.doc.current);
     let v = e.doc.version(number).ok_or_else(|| {
-        ApiError::not_found(format!("secret '{n}' has no version {number}; `aegis history {n}` lists the versions kept"))
+        ApiError::not_found(format!(
+            "secret '{n}' has no version {number}; `aegis history {n}` lists the versions kept"
+        ))
     })?;
-    let value = v.value.clone().ok_or_else(|| {
-        ApiError::new(StatusCode::GONE, format!("version {number} of secret '{n}' was destroyed"))
-    })?;
+    let value = v
+        .value
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::GONE, format!("version {number} of secret '{n}' was destroyed")))?;
     let data = (number == e.doc.current).then(|| e.workload_value().cloned()).flatten();
     Ok(Json(SecretRead { info: info(&e.doc), read_version: number, value, data }))
 }
@@ -164,14 +172,19 @@ pub async fn destroy(
     Extension(c): Who,
     Path((raw, version)): Path<(String, String)>,
 ) -> Result<Json<SecretInfo>, ApiError> {
-    let v = version
-        .parse::<u64>()
-        .map_err(|_| ApiError::bad_request(format!("version '{}' is not a positive whole number", version.escape_debug())))?;
+    let v = version.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!("version '{}' is not a positive whole number", version.escape_debug()))
+    })?;
     mutate(&s, &c, &raw, Mutation::Destroy(v)).await
 }
 
 /// `POST /v1/secrets/{name}/rollback`.
-pub async fn rollback(State(s): St, Extension(c): Who, Path(raw): Path<String>, b: Body) -> Result<Json<SecretInfo>, ApiError> {
+pub async fn rollback(
+    State(s): St,
+    Extension(c): Who,
+    Path(raw): Path<String>,
+    b: Body,
+) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
     let req: Rollback = extract::json(b, s.settings.max_body_bytes)?;
     mutate(&s, &c, &raw, Mutation::Rollback(req.version)).await

@@ -25,7 +25,9 @@ pub enum KeyFileError {
         source: std::io::Error,
     },
     /// The content is not a root key.
-    #[error("root key file {path}: {source}; restore it from your backup (without it the secrets cannot be decrypted)")]
+    #[error(
+        "root key file {path}: {source}; restore it from your backup (without it the secrets cannot be decrypted)"
+    )]
     Invalid {
         /// The file.
         path: String,

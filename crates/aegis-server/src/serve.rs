@@ -142,7 +142,13 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state:
     }
 }
 
-async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, app: Router, state: Arc<AppState>) {
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    state: Arc<AppState>,
+) {
     let deadline = state.settings.handshake_timeout;
     let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,

@@ -59,7 +59,8 @@ pub async fn fetch(State(s): St, Extension(c): Who) -> Result<Response, ApiError
         created: format!("\"{}\"", rfc3339(entry.doc.created)),
         updated: format!("\"{}\"", rfc3339(entry.doc.updated)),
     };
-    let body = serde_json::to_vec(&out).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))?;
+    let body =
+        serde_json::to_vec(&out).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -71,7 +72,11 @@ pub struct ListQuery {
 }
 
 /// `GET /sentinel/v1/secrets[?reveal=true]`.
-pub async fn list(State(s): St, Extension(c): Who, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<VsecmList>, ApiError> {
+pub async fn list(
+    State(s): St,
+    Extension(c): Who,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<VsecmList>, ApiError> {
     c.require_sentinel()?;
     let store = s.store()?;
     let reveal = q.ok().and_then(|Query(q)| q.reveal).is_some_and(|r| r == "true");
@@ -126,9 +131,9 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         Some(&req.not_before),
         Some(&req.expires),
     )?;
-    let writes = names.into_iter().map(|name| {
-        store.apply(name, Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None })
-    });
+    let writes = names
+        .into_iter()
+        .map(|name| store.apply(name, Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None }));
     let results = futures::future::join_all(writes).await;
     let mut ok = String::new();
     for r in results {
@@ -141,8 +146,8 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
 
 fn decrypt_value(key: &RootKey, ct: &SecretValue) -> Result<SecretValue, ApiError> {
     let plain = key.decrypt_from_git(ct.expose()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let text = std::str::from_utf8(&plain)
-        .map_err(|_| ApiError::bad_request("the decrypted value is not UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(&plain).map_err(|_| ApiError::bad_request("the decrypted value is not UTF-8 text"))?;
     Ok(SecretValue::new(text))
 }
 
@@ -157,7 +162,9 @@ pub async fn delete(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let names = req.workloads.iter().map(|w| SecretName::parse(w.trim())).collect::<Result<Vec<_>, _>>()?;
     for name in names {
         match store.apply(name, Mutation::Delete).await {
-            Ok(_) | Err(StoreError::NotFound(_)) | Err(StoreError::Op(aegis_core::secret::OpError::WrongState { .. })) => {}
+            Ok(_)
+            | Err(StoreError::NotFound(_))
+            | Err(StoreError::Op(aegis_core::secret::OpError::WrongState { .. })) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -178,9 +185,6 @@ pub async fn keys(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejecti
 pub async fn keystone(State(s): St, Extension(c): Who) -> Result<Json<Keystone>, ApiError> {
     c.require_sentinel()?;
     let store = s.store()?;
-    let ready = SecretName::parse(KEYSTONE)
-        .ok()
-        .and_then(|n| store.get(&n))
-        .is_some_and(|e| e.doc.live().is_some());
+    let ready = SecretName::parse(KEYSTONE).ok().and_then(|n| store.get(&n)).is_some_and(|e| e.doc.live().is_some());
     Ok(Json(Keystone { status: if ready { "ready" } else { "pending" }.to_owned() }))
 }

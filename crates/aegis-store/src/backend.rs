@@ -2,13 +2,18 @@
 
 use crate::StoreError;
 
+/// Records as (secret name, sealed bytes).
+pub type Records = Vec<(String, Vec<u8>)>;
+/// Entries that could not be read, as (name or file, reason).
+pub type Unreadable = Vec<(String, String)>;
+
 /// A durable home for sealed records, one per secret name.
 ///
 /// Methods block; the store calls them from blocking threads.
 pub trait Backend: Send + Sync + 'static {
     /// Every record, as (secret name, sealed bytes). Unreadable entries are
     /// reported in the second list as (name or file, reason) instead of failing the load.
-    fn load_all(&self) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, String)>), StoreError>;
+    fn load_all(&self) -> Result<(Records, Unreadable), StoreError>;
 
     /// Writes the records durably and atomically per record: when this returns
     /// `Ok` for a record, it survives a crash; when it fails, the previous record is intact.

@@ -11,6 +11,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::backend::{Records, Unreadable};
 use crate::{Backend, StoreError};
 
 const EXT: &str = ".rec";
@@ -103,7 +104,7 @@ fn io_err(name: &str, source: io::Error) -> StoreError {
 }
 
 impl Backend for DirBackend {
-    fn load_all(&self) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, String)>), StoreError> {
+    fn load_all(&self) -> Result<(Records, Unreadable), StoreError> {
         let open_err = |source| StoreError::Open { path: self.dir.display().to_string(), source };
         let mut files = Vec::new();
         let mut bad = Vec::new();
@@ -243,6 +244,10 @@ mod tests {
         fs::write(b.record_path("a").join("x"), b"").unwrap();
         let r = b.write_batch(&[("a".to_owned(), b"v2".to_vec())]);
         assert!(r[0].is_err());
-        assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(TMP_PREFIX)));
+        assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TMP_PREFIX)));
     }
 }

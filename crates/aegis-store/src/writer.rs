@@ -77,7 +77,9 @@ fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
 
 fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
     match e {
-        StoreError::Io { source, .. } => StoreError::Io { name: name.to_string(), source: io::Error::new(source.kind(), source.to_string()) },
+        StoreError::Io { source, .. } => {
+            StoreError::Io { name: name.to_string(), source: io::Error::new(source.kind(), source.to_string()) }
+        }
         other => StoreError::Io { name: name.to_string(), source: io::Error::other(other.to_string()) },
     }
 }
@@ -145,7 +147,10 @@ async fn persist(shared: &Shared, backend: &Arc<dyn Backend>, work: HashMap<Secr
     let b = backend.clone();
     let results = match tokio::task::spawn_blocking(move || b.write_batch(&records)).await {
         Ok(r) => r,
-        Err(_) => docs.iter().map(|_| Err(StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })).collect(),
+        Err(_) => docs
+            .iter()
+            .map(|_| Err(StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") }))
+            .collect(),
     };
     for ((name, doc), r) in docs.into_iter().zip(results) {
         let r = r.map(|()| Arc::new(Entry::new(doc)));
@@ -158,7 +163,8 @@ async fn persist(shared: &Shared, backend: &Arc<dyn Backend>, work: HashMap<Secr
 }
 
 async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -> Result<usize, StoreError> {
-    let docs: Vec<SecretDoc> = shared.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.doc.clone()).collect();
+    let docs: Vec<SecretDoc> =
+        shared.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.doc.clone()).collect();
     let total = docs.len();
     for chunk in docs.chunks(1024) {
         let records = chunk
@@ -191,14 +197,18 @@ pub(crate) async fn load(
 fn open_record(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<Entry, String> {
     let parsed = SecretName::parse(name).map_err(|e| e.to_string())?;
     let (header, plain) = keyring.open(name, bytes).map_err(|e| e.to_string())?;
-    let doc: SecretDoc = serde_json::from_slice(&plain).map_err(|e| format!("record content is not a secret document: {e}"))?;
+    let doc: SecretDoc =
+        serde_json::from_slice(&plain).map_err(|e| format!("record content is not a secret document: {e}"))?;
     if doc.name != parsed || doc.revision != header.revision {
         return Err("record content does not match its name or revision".to_owned());
     }
     Ok(Entry::new(doc))
 }
 
-fn load_blocking(backend: &dyn Backend, keyring: &Keyring) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
+fn load_blocking(
+    backend: &dyn Backend,
+    keyring: &Keyring,
+) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
     let (records, unreadable) = backend.load_all()?;
     // A record under a key that is not loaded means the wrong root key was
     // given: refuse to start rather than quarantine good records.
@@ -214,7 +224,9 @@ fn load_blocking(backend: &dyn Backend, keyring: &Keyring) -> Result<(HashMap<Se
     let opened: Vec<(String, Result<Entry, String>)> = std::thread::scope(|s| {
         let hs: Vec<_> = records
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|(n, b)| (n.clone(), open_record(keyring, n, b))).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || part.iter().map(|(n, b)| (n.clone(), open_record(keyring, n, b))).collect::<Vec<_>>())
+            })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });

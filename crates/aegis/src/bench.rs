@@ -123,7 +123,9 @@ pub async fn run(a: BenchArgs) -> Result<(), CliError> {
             print(&fetch(connections, Duration::from_secs(seconds), new_connection).await?)
         }
         BenchCmd::Write { writers, seconds, size } => print(&write(writers, Duration::from_secs(seconds), size).await?),
-        BenchCmd::Startup { secrets, size, work_dir } => print(&crate::bench_startup::run(secrets, size, &work_dir).await?),
+        BenchCmd::Startup { secrets, size, work_dir } => {
+            print(&crate::bench_startup::run(secrets, size, &work_dir).await?)
+        }
     }
 }
 
@@ -156,9 +158,8 @@ async fn connect(t: &Target) -> Result<Sender, String> {
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
     let tls = t.tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(sender)
 }

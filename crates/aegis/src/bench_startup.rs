@@ -104,7 +104,14 @@ async fn start_and_measure(work: &Path, data: &Path) -> Result<(u128, f64), CliE
         .arg(data.join("data"))
         .arg("--root-key-file")
         .arg(data.join("root.key"))
-        .args([&"--svid-cert".into(), &paths.cert, &"--svid-key".into(), &paths.key, &"--svid-bundle".into(), &paths.bundle])
+        .args([
+            &"--svid-cert".into(),
+            &paths.cert,
+            &"--svid-key".into(),
+            &paths.key,
+            &"--svid-bundle".into(),
+            &paths.bundle,
+        ])
         .env("AEGIS_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true)

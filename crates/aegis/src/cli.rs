@@ -13,7 +13,12 @@ use crate::exit::{CliError, CONFIG};
 
 /// Aegis: a Kubernetes-native secrets store, wire-compatible with VMware Secrets Manager.
 #[derive(Parser, Debug)]
-#[command(name = "aegis", version, about, after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 forbidden, 5 sealed, 6 conflict, 7 unreachable, 64 bad configuration.")]
+#[command(
+    name = "aegis",
+    version,
+    about,
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 forbidden, 5 sealed, 6 conflict, 7 unreachable, 64 bad configuration."
+)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -253,12 +258,13 @@ async fn admin(cmd: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Unseal { root_key_file } => {
-            let key = match root_key_file {
-                Some(p) => SecretValue::new(std::fs::read_to_string(&p).map_err(|e| {
-                    CliError::new(CONFIG, format!("cannot read root key file {}: {e}", p.display()))
-                })?),
-                None => read_stdin("root key")?,
-            };
+            let key =
+                match root_key_file {
+                    Some(p) => SecretValue::new(std::fs::read_to_string(&p).map_err(|e| {
+                        CliError::new(CONFIG, format!("cannot read root key file {}: {e}", p.display()))
+                    })?),
+                    None => read_stdin("root key")?,
+                };
             let s = c.unseal(key).await?;
             println!("unsealed: {} secrets, root key {}", s.secrets, s.key_id.unwrap_or_default());
             Ok(())
@@ -269,7 +275,12 @@ async fn admin(cmd: Command) -> Result<(), CliError> {
                 return print_json(&s);
             }
             let state = if s.sealed { "sealed" } else { "unsealed" };
-            println!("{state}; {} secrets; root key {}; aegis {}", s.secrets, s.key_id.unwrap_or_else(|| "-".into()), s.version);
+            println!(
+                "{state}; {} secrets; root key {}; aegis {}",
+                s.secrets,
+                s.key_id.unwrap_or_else(|| "-".into()),
+                s.version
+            );
             Ok(())
         }
         Command::RotateRootKey(out) => {

@@ -17,7 +17,7 @@ use aegis_identity::{FileSource, SvidPaths, FILE_POLL_INTERVAL};
 use clap::{Args, Subcommand};
 
 use crate::exit::{CliError, CONFIG};
-use crate::server::{ServerArgs, settings};
+use crate::server::{settings, ServerArgs};
 
 /// `aegis dev` arguments.
 #[derive(Args, Debug)]
@@ -97,12 +97,18 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         let id = spiffe_id.unwrap_or_else(|| RoleRules::dev_spiffe_id(&a.trust_domain, &workload, &namespace));
         let dir = out.unwrap_or_else(|| a.data_dir.join("svid").join(&workload));
         let paths = issue(&ca, &id, Duration::from_secs(ttl_hours.max(1) * 3600), &dir)?;
-        let url = std::fs::read_to_string(a.data_dir.join("safe-url")).unwrap_or_else(|_| format!("https://{}", a.listen));
+        let url =
+            std::fs::read_to_string(a.data_dir.join("safe-url")).unwrap_or_else(|_| format!("https://{}", a.listen));
         print!("# acts as {id}\n{}", exports(url.trim(), &a.trust_domain, &paths));
         return Ok(());
     }
     let td = a.trust_domain.as_str();
-    let safe = issue(&ca, &RoleRules::dev_spiffe_id(td, "vsecm-safe", "vsecm-system"), DEV_TTL, &a.data_dir.join("svid/vsecm-safe"))?;
+    let safe = issue(
+        &ca,
+        &RoleRules::dev_spiffe_id(td, "vsecm-safe", "vsecm-system"),
+        DEV_TTL,
+        &a.data_dir.join("svid/vsecm-safe"),
+    )?;
     let sentinel_id = RoleRules::dev_spiffe_id(td, "vsecm-sentinel", "vsecm-system");
     let sentinel = issue(&ca, &sentinel_id, DEV_TTL, &a.data_dir.join("svid/vsecm-sentinel"))?;
     let url = format!("https://{}", a.listen);

@@ -11,7 +11,11 @@ use crate::exit::{CliError, FAILURE};
 
 /// VSecM-compatible Sentinel command.
 #[derive(Parser, Debug)]
-#[command(name = "safe", about = "Register, delete, list and encrypt secrets (VSecM-compatible)", disable_version_flag = true)]
+#[command(
+    name = "safe",
+    about = "Register, delete, list and encrypt secrets (VSecM-compatible)",
+    disable_version_flag = true
+)]
 struct SafeArgs {
     /// Workload (secret) name; repeatable.
     #[arg(short = 'w', long = "workload")]
@@ -66,7 +70,9 @@ async fn input_keys(keys: String) -> Result<(), CliError> {
     let text = if keys == "-" { read_stdin("root key")? } else { SecretValue::new(keys) };
     let parts: Vec<&str> = text.expose().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let [secret, public, aes] = parts.as_slice() else {
-        return Err(fail("the root key must be three lines: the age secret key, the age public key and 64 hex characters"));
+        return Err(fail(
+            "the root key must be three lines: the age secret key, the age public key and 64 hex characters",
+        ));
     };
     let keys = VsecmKeys {
         age_secret_key: SecretValue::new(*secret),

@@ -10,7 +10,8 @@ use serde_json::Value;
 fn native_cli_put_get_list_delete_undelete_history_rollback_destroy() {
     let safe = Safe::dev();
     let admin = safe.admin_env();
-    let info: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["put", "billing", "--value", "v1", "-o", "json"]))).unwrap();
+    let info: Value =
+        serde_json::from_str(&ok(safe.aegis(&admin, &["put", "billing", "--value", "v1", "-o", "json"]))).unwrap();
     assert_eq!(info["version"], 1);
     ok(safe.aegis(&admin, &["put", "billing", "--value", "v2"]));
     assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "v2");
@@ -67,7 +68,12 @@ fn safe_cli_register_list_encrypt_delete_and_messages() {
     let admin = safe.admin_env();
     fails(safe.safe(&admin, &["-s", "x"]), 1, "Please provide a workload name.");
     fails(safe.safe(&admin, &["-w", "billing"]), 1, "Please provide a secret.");
-    assert_eq!(ok(safe.safe(&admin, &["-w", "billing", "-s", r#"{"username":"admin","password":"VSecMRocks!"}"#, "-f", "yaml"])).trim(), "OK");
+    assert_eq!(
+        ok(safe
+            .safe(&admin, &["-w", "billing", "-s", r#"{"username":"admin","password":"VSecMRocks!"}"#, "-f", "yaml"]))
+        .trim(),
+        "OK"
+    );
     let billing = safe.workload_env("billing");
     assert_eq!(ok(safe.aegis(&billing, &["fetch"])).trim(), "password: VSecMRocks!\nusername: admin");
 
@@ -95,7 +101,7 @@ fn safe_cli_register_list_encrypt_delete_and_messages() {
     assert_eq!(ok(safe.safe(&admin, &["-d", "-w", "billing"])).trim(), "OK");
     fails(safe.aegis(&billing, &["fetch"]), 3, "no secret");
     // A workload may not use the Sentinel command.
-    fails(safe.safe(&billing, &["-w", "billing", "-s", "x"]), 1, "not the Sentinel");
+    fails(safe.safe(&billing, &["-w", "billing", "-s", "x"]), 4, "not the Sentinel");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +129,8 @@ async fn vsecm_api_wire_format() {
     assert!(body.contains("\"algorithm\":\"age\""), "{body}");
     assert_eq!(admin.keystone().await.unwrap().status, "pending");
     let up = br#"{"workloads":["vsecm-keystone"],"value":"done","encrypt":false}"#;
-    admin.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", up.to_vec()).await.unwrap();
+    let (status, body) = admin.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", up.to_vec()).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "OK"), "fields VSecM may omit take their defaults");
     assert_eq!(admin.keystone().await.unwrap().status, "ready");
     let (status, _) = admin
         .raw(aegis_sdk::Method::DELETE, "/sentinel/v1/secrets", br#"{"workloads":["billing"]}"#.to_vec())

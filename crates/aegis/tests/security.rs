@@ -12,7 +12,13 @@ use aegis_sdk::Method;
 use common::*;
 use time::OffsetDateTime;
 
-fn env_for(safe: &Safe, ca: &DevCa, id: &str, valid: Option<(OffsetDateTime, OffsetDateTime)>, dir: &str) -> HashMap<String, String> {
+fn env_for(
+    safe: &Safe,
+    ca: &DevCa,
+    id: &str,
+    valid: Option<(OffsetDateTime, OffsetDateTime)>,
+    dir: &str,
+) -> HashMap<String, String> {
     let id = SpiffeId::parse(id).unwrap();
     let svid = match valid {
         Some((nb, na)) => ca.issue_with_validity(&id, nb, na).unwrap(),
@@ -56,11 +62,18 @@ fn authorization_matrix() {
     fails(safe.aegis(&rogue, &["fetch"]), 7, "cannot reach the Safe");
     // Another trust domain, even with the Safe's bundle copied in.
     let other_ca = DevCa::load_or_create(&safe.dir.path().join("other-ca"), "other.org").unwrap();
-    let other = env_for(&safe, &other_ca, "spiffe://other.org/workload/billing/ns/default/sa/billing/n/x", None, "other");
+    let other =
+        env_for(&safe, &other_ca, "spiffe://other.org/workload/billing/ns/default/sa/billing/n/x", None, "other");
     fails(safe.aegis(&other, &["fetch"]), 7, "cannot reach the Safe");
     // Expired certificate from the right CA.
     let now = OffsetDateTime::now_utc();
-    let expired = env_for(&safe, &own_ca, &wl("billing"), Some((now - time::Duration::days(2), now - time::Duration::days(1))), "expired");
+    let expired = env_for(
+        &safe,
+        &own_ca,
+        &wl("billing"),
+        Some((now - time::Duration::days(2), now - time::Duration::days(1))),
+        "expired",
+    );
     fails(safe.aegis(&expired, &["fetch"]), 7, "cannot reach the Safe");
     // A Safe impostor: the client refuses a server whose SPIFFE ID is not the Safe's.
     let mut impostor_env = billing.clone();
@@ -93,7 +106,13 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         (Method::PUT, "/v1/secrets/keep".into(), br#"{"value":"x","format":"xml"}"#.to_vec(), 400, "unknown format"),
         (Method::PUT, "/v1/secrets/keep".into(), br#"{"value":"x","template":"{{.a"}"#.to_vec(), 400, "template"),
         (Method::PUT, "/v1/secrets/keep".into(), br#"{"value":"x","not_before":"soon"}"#.to_vec(), 400, "RFC 3339"),
-        (Method::PUT, "/v1/secrets/keep".into(), br#"{"value":"x","namespaces":["Bad NS"]}"#.to_vec(), 400, "invalid namespace"),
+        (
+            Method::PUT,
+            "/v1/secrets/keep".into(),
+            br#"{"value":"x","namespaces":["Bad NS"]}"#.to_vec(),
+            400,
+            "invalid namespace",
+        ),
         (Method::PUT, "/v1/secrets/keep".into(), br#"{"value":"x","cas":7}"#.to_vec(), 409, "not 7"),
         (Method::GET, "/v1/secrets/keep?version=99".into(), vec![], 404, "no version 99"),
         (Method::GET, "/v1/secrets/keep?version=abc".into(), vec![], 400, "whole number"),
@@ -102,9 +121,27 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         (Method::POST, "/v1/secrets/keep/rollback".into(), br#"{"version":5}"#.to_vec(), 404, "no version 5"),
         (Method::POST, "/v1/secrets/keep/undelete".into(), vec![], 409, "is not deleted"),
         (Method::GET, "/v1/nothing-here".into(), vec![], 404, "no such endpoint"),
-        (Method::POST, "/sentinel/v1/secrets".into(), br#"{"workloads":null,"value":"x"}"#.to_vec(), 400, "no workloads"),
-        (Method::POST, "/sentinel/v1/secrets".into(), br#"{"workloads":["../x"],"value":"x"}"#.to_vec(), 400, "invalid secret name"),
-        (Method::POST, "/sentinel/v1/keys".into(), br#"{"ageSecretKey":"x","agePublicKey":"y","aesCipherKey":"z"}"#.to_vec(), 400, "age secret key"),
+        (
+            Method::POST,
+            "/sentinel/v1/secrets".into(),
+            br#"{"workloads":null,"value":"x"}"#.to_vec(),
+            400,
+            "no workloads",
+        ),
+        (
+            Method::POST,
+            "/sentinel/v1/secrets".into(),
+            br#"{"workloads":["../x"],"value":"x"}"#.to_vec(),
+            400,
+            "invalid secret name",
+        ),
+        (
+            Method::POST,
+            "/sentinel/v1/keys".into(),
+            br#"{"ageSecretKey":"x","agePublicKey":"y","aesCipherKey":"z"}"#.to_vec(),
+            400,
+            "age secret key",
+        ),
     ];
     for (m, path, body, status, msg) in cases {
         let (s, text) = admin.raw(m.clone(), &path, body).await.unwrap();
@@ -181,7 +218,12 @@ fn slow_clients_are_cut_off() {
 fn no_plaintext_on_disk_or_in_logs() {
     let mut safe = Safe::dev();
     let admin = safe.admin_env();
-    let values = ["PLAINTEXT-CANARY-native-7f3a", "PLAINTEXT-CANARY-safe-91bc", "PLAINTEXT-CANARY-git-55d0", "PLAINTEXT-CANARY-tmpl-2e61"];
+    let values = [
+        "PLAINTEXT-CANARY-native-7f3a",
+        "PLAINTEXT-CANARY-safe-91bc",
+        "PLAINTEXT-CANARY-git-55d0",
+        "PLAINTEXT-CANARY-tmpl-2e61",
+    ];
     ok(safe.aegis(&admin, &["put", "native", "--value", values[0]]));
     ok(safe.safe(&admin, &["-w", "viasafe", "-s", values[1]]));
     let ct = ok(safe.safe(&admin, &["-s", values[2], "-e"])).trim().to_owned();
