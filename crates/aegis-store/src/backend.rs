@@ -2,8 +2,6 @@
 
 use crate::StoreError;
 
-/// Records as (secret name, sealed bytes).
-pub type Records = Vec<(String, Vec<u8>)>;
 /// Entries that could not be read, as (name or file, reason).
 pub type Unreadable = Vec<(String, String)>;
 
@@ -11,9 +9,12 @@ pub type Unreadable = Vec<(String, String)>;
 ///
 /// Methods block; the store calls them from blocking threads.
 pub trait Backend: Send + Sync + 'static {
-    /// Every record, as (secret name, sealed bytes). Unreadable entries are
-    /// reported in the second list as (name or file, reason) instead of failing the load.
-    fn load_all(&self) -> Result<(Records, Unreadable), StoreError>;
+    /// The names of every record. Entries whose name cannot be decoded are
+    /// reported in the second list as (file, reason) instead of failing the load.
+    fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError>;
+
+    /// One record's sealed bytes.
+    fn read(&self, name: &str) -> Result<Vec<u8>, StoreError>;
 
     /// Writes the records durably and atomically per record: when this returns
     /// `Ok` for a record, it survives a crash; when it fails, the previous record is intact.

@@ -11,7 +11,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{Records, Unreadable};
+use crate::backend::Unreadable;
 use crate::{Backend, StoreError};
 
 const EXT: &str = ".rec";
@@ -104,23 +104,25 @@ fn io_err(name: &str, source: io::Error) -> StoreError {
 }
 
 impl Backend for DirBackend {
-    fn load_all(&self) -> Result<(Records, Unreadable), StoreError> {
+    fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError> {
         let open_err = |source| StoreError::Open { path: self.dir.display().to_string(), source };
-        let mut files = Vec::new();
+        let mut names = Vec::new();
         let mut bad = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(open_err)? {
-            let entry = entry.map_err(open_err)?;
-            let file = entry.file_name().to_string_lossy().into_owned();
+            let file = entry.map_err(open_err)?.file_name().to_string_lossy().into_owned();
             if !file.ends_with(EXT) {
                 continue;
             }
             match decode(&file) {
-                Some(name) => files.push((name, entry.path())),
+                Some(name) => names.push(name),
                 None => bad.push((file, "file name is not a valid encoded secret name".to_owned())),
             }
         }
-        let records = read_parallel(files, &mut bad);
-        Ok((records, bad))
+        Ok((names, bad))
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        fs::read(self.record_path(name)).map_err(|e| io_err(name, e))
     }
 
     fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
@@ -174,27 +176,6 @@ impl Backend for DirBackend {
     }
 }
 
-/// Reads files on all cores: start-up with 100,000 secrets is dominated by this.
-fn read_parallel(files: Vec<(String, PathBuf)>, bad: &mut Vec<(String, String)>) -> Vec<(String, Vec<u8>)> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1) * 2;
-    let chunk = files.len().div_ceil(threads).max(1);
-    let parts: Vec<Vec<(String, io::Result<Vec<u8>>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|(n, p)| (n.clone(), fs::read(p))).collect::<Vec<_>>()))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    let mut out = Vec::with_capacity(files.len());
-    for (name, r) in parts.into_iter().flatten() {
-        match r {
-            Ok(bytes) => out.push((name, bytes)),
-            Err(e) => bad.push((name, format!("cannot read record: {e}"))),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,12 +195,13 @@ mod tests {
         let b = DirBackend::open(tmp.path()).unwrap();
         let recs = vec![("a".to_owned(), b"one".to_vec()), ("k8s:b".to_owned(), b"two".to_vec())];
         assert!(b.write_batch(&recs).iter().all(Result::is_ok));
-        let (mut loaded, bad) = b.load_all().unwrap();
-        loaded.sort();
-        assert_eq!(loaded, vec![("a".to_owned(), b"one".to_vec()), ("k8s:b".to_owned(), b"two".to_vec())]);
+        let (mut names, bad) = b.list().unwrap();
+        names.sort();
+        assert_eq!(names, vec!["a".to_owned(), "k8s:b".to_owned()]);
         assert!(bad.is_empty());
+        assert_eq!(b.read("k8s:b").unwrap(), b"two".to_vec());
         b.quarantine("a", "test").unwrap();
-        assert_eq!(b.load_all().unwrap().0.len(), 1);
+        assert_eq!(b.list().unwrap().0.len(), 1);
         assert!(tmp.path().join("quarantine").read_dir().unwrap().count() == 2);
         let mode = fs::metadata(b.record_path("k8s:b")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

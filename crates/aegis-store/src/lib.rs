@@ -15,7 +15,7 @@ mod error;
 mod store;
 mod writer;
 
-pub use backend::{Backend, Records, Unreadable};
+pub use backend::{Backend, Unreadable};
 pub use dir::DirBackend;
 pub use error::StoreError;
 pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Store, StoreOptions};

@@ -194,42 +194,57 @@ pub(crate) async fn load(
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
 }
 
-fn open_record(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<Entry, String> {
-    let parsed = SecretName::parse(name).map_err(|e| e.to_string())?;
-    let (header, plain) = keyring.open(name, bytes).map_err(|e| e.to_string())?;
-    let doc: SecretDoc =
-        serde_json::from_slice(&plain).map_err(|e| format!("record content is not a secret document: {e}"))?;
+enum LoadFailure {
+    /// Sealed under a key that is not loaded: the wrong root key was given.
+    UnknownKey(StoreError),
+    /// Corrupt, tampered or unreadable: quarantine it.
+    Bad(String),
+}
+
+fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str) -> Result<Entry, LoadFailure> {
+    let bytes = backend.read(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
+    let parsed = SecretName::parse(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
+    if let Ok(h) = Keyring::header(name, &bytes) {
+        if !keyring.knows(h.key_id) {
+            let e = aegis_crypto::CryptoError::UnknownKey { name: name.to_owned(), key_id: h.key_id };
+            return Err(LoadFailure::UnknownKey(e.into()));
+        }
+    }
+    let (header, plain) = keyring.open(name, &bytes).map_err(|e| LoadFailure::Bad(e.to_string()))?;
+    drop(bytes);
+    let doc: SecretDoc = serde_json::from_slice(&plain)
+        .map_err(|e| LoadFailure::Bad(format!("record content is not a secret document: {e}")))?;
     if doc.name != parsed || doc.revision != header.revision {
-        return Err("record content does not match its name or revision".to_owned());
+        return Err(LoadFailure::Bad("record content does not match its name or revision".to_owned()));
     }
     Ok(Entry::new(doc))
 }
 
+/// Reads, opens and parses records on all cores, one at a time per thread, so
+/// the sealed bytes of 100,000 records are never all in memory at once.
 fn load_blocking(
     backend: &dyn Backend,
     keyring: &Keyring,
 ) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
-    let (records, unreadable) = backend.load_all()?;
-    // A record under a key that is not loaded means the wrong root key was
-    // given: refuse to start rather than quarantine good records.
-    for (name, bytes) in &records {
-        if let Ok(h) = Keyring::header(name, bytes) {
-            if !keyring.knows(h.key_id) {
-                return Err(aegis_crypto::CryptoError::UnknownKey { name: name.clone(), key_id: h.key_id }.into());
-            }
-        }
-    }
+    let (names, unreadable) = backend.list()?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
-    let chunk = records.len().div_ceil(threads).max(1);
-    let opened: Vec<(String, Result<Entry, String>)> = std::thread::scope(|s| {
-        let hs: Vec<_> = records
+    let chunk = names.len().div_ceil(threads).max(1);
+    let opened: Vec<(String, Result<Entry, LoadFailure>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = names
             .chunks(chunk)
             .map(|part| {
-                s.spawn(move || part.iter().map(|(n, b)| (n.clone(), open_record(keyring, n, b))).collect::<Vec<_>>())
+                s.spawn(move || part.iter().map(|n| (n.clone(), open_record(backend, keyring, n))).collect::<Vec<_>>())
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
+    // A wrong root key must stop the load before anything is quarantined.
+    if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(LoadFailure::UnknownKey(_)))) {
+        if let Some((_, Err(LoadFailure::UnknownKey(e)))) = opened.into_iter().nth(pos) {
+            return Err(e);
+        }
+        return Err(StoreError::Closed);
+    }
     let mut map = HashMap::with_capacity(opened.len());
     let mut report = LoadReport::default();
     for (name, r) in opened {
@@ -237,7 +252,8 @@ fn load_blocking(
             Ok(entry) => {
                 map.insert(entry.doc.name.clone(), Arc::new(entry));
             }
-            Err(reason) => {
+            Err(LoadFailure::UnknownKey(_)) => {}
+            Err(LoadFailure::Bad(reason)) => {
                 tracing::error!(secret = %name, %reason, "record cannot be opened; moved to quarantine");
                 if let Err(e) = backend.quarantine(&name, &reason) {
                     tracing::error!(secret = %name, error = %e, "could not quarantine record");

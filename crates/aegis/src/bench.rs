@@ -135,12 +135,16 @@ struct Target {
     tls: TlsConnector,
 }
 
-async fn target() -> Result<Target, CliError> {
+async fn target(full_handshakes: bool) -> Result<Target, CliError> {
     let s = settings()?;
     let source = aegis_identity::start_source(&s.identity).await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
     let roles = s.roles.clone();
-    let cfg = aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id)))
+    let mut cfg = aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id)))
         .map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+    if full_handshakes {
+        // Every connection pays a full handshake with both certificate chains verified.
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     let hostport = s.url.trim_start_matches("https://").trim_end_matches('/').to_owned();
     let addr = tokio::net::lookup_host(&hostport)
         .await
@@ -180,7 +184,7 @@ async fn one_fetch(sender: &mut Sender, host: &str) -> Result<(), String> {
 }
 
 async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> Result<Report, CliError> {
-    let t = Arc::new(target().await?);
+    let t = Arc::new(target(new_conn).await?);
     let start = Instant::now();
     let tasks: Vec<_> = (0..connections.max(1))
         .map(|_| {
