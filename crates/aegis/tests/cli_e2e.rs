@@ -180,3 +180,28 @@ fn root_key_rotation_re_encrypts_and_survives_restart() {
     }
     assert!(!safe.log_text().contains("quarantine"), "{}", safe.log_text());
 }
+
+#[test]
+fn a_corrupt_record_is_quarantined_by_name_and_the_rest_loads() {
+    let mut safe = Safe::dev();
+    let admin = safe.admin_env();
+    ok(safe.aegis(&admin, &["put", "good", "--value", "fine"]));
+    ok(safe.aegis(&admin, &["put", "broken", "--value", "will-be-damaged"]));
+    safe.kill9();
+    let rec = safe.data_dir().join("data").join("broken.rec");
+    let mut bytes = std::fs::read(&rec).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&rec, bytes).unwrap();
+    safe.start();
+    safe.wait_ready();
+    assert_eq!(ok(safe.aegis(&admin, &["get", "good"])).trim(), "fine");
+    fails(safe.aegis(&admin, &["get", "broken"]), 3, "does not exist");
+    let log = safe.log_text();
+    assert!(log.contains("moved to quarantine") && log.contains("broken"), "{log}");
+    let q = safe.data_dir().join("data").join("quarantine");
+    let names: Vec<String> =
+        std::fs::read_dir(&q).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.starts_with("broken.rec.") && !n.ends_with(".reason")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".reason")), "{names:?}");
+}
