@@ -7,8 +7,9 @@
 //!    a JSON object, the template runs with that object as `.`; if parsing or
 //!    running it fails, the trimmed value is kept.
 //! 2. Fields the template could not fill come out as `<no value>` (Go's text
-//!    for a missing map key, which `gtmpl` reproduces) and are dropped; see
-//!    [`drop_missing`] for exactly how.
+//!    for a missing map key, which `gtmpl` reproduces) and are dropped: from
+//!    a JSON object result, the members whose value is `<no value>`; from any
+//!    other text, the comma-separated `key:<no value>` segments.
 //! 3. `json`: the result if it is a JSON object, else the trimmed value.
 //!    `yaml`: a JSON object result becomes YAML as Go's `gopkg.in/yaml.v3`
 //!    writes it, anything else is returned as is. `raw`: the result as is.
@@ -25,6 +26,13 @@
 //!   string; Aegis keeps such segments.
 //! - The YAML document does not end with the line break yaml.v3 adds after
 //!   the last line; line breaks that belong to a value are kept.
+//!
+//! Templates run on `gtmpl`, a Rust port of Go's `text/template`. It differs
+//! from Go in places (its `printf` follows Rust's formatting; arrays and maps
+//! print in Rust's debug form), and it hangs, panics or overflows the stack
+//! on some inputs, so a few constructs are refused (see
+//! [`validate_template`]). A stored template that is refused, fails or makes
+//! the engine panic leaves the value untouched.
 //!
 //! The intermediate copies of the value made here (parsed JSON, template
 //! engine values) are not zeroized; the caller owns the returned `String`.
@@ -84,6 +92,10 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
+    fn new(reason: String) -> Self {
+        TemplateError { reason }
+    }
+
     /// The parser's explanation of what is wrong.
     pub fn reason(&self) -> &str {
         &self.reason
@@ -93,13 +105,168 @@ impl TemplateError {
 /// Checks that `template` parses, so a bad template is refused when a secret
 /// is written instead of being silently ignored when it is read.
 ///
-/// An empty template is valid and means "no template".
+/// An empty template is valid and means "no template". Besides syntax
+/// errors, three things Go accepts are refused because the template engine
+/// (`gtmpl`) cannot run them safely: named templates (`define`, `block`,
+/// `template`, which can recurse until the stack overflows), line breaks
+/// inside an action, and non-ASCII characters inside an action outside
+/// quoted strings.
 pub fn validate_template(template: &str) -> Result<(), TemplateError> {
     if template.is_empty() {
         return Ok(());
     }
-    let mut parsed = gtmpl::Template::default();
-    parsed.parse(template).map_err(|e| TemplateError { reason: e.to_string() })
+    parse_template(template).map(drop)
+}
+
+/// Parses a template, keeping `gtmpl` away from the inputs that hang it or
+/// crash the process: it loops forever (and grows memory) when the text ends
+/// inside an action, panics on non-ASCII text in an action, and overflows
+/// the stack on recursive named templates.
+fn parse_template(template: &str) -> Result<gtmpl::Template, TemplateError> {
+    check_actions(template)?;
+    // A trailing comment closes an action left open by a case check_actions
+    // misjudged, so the lexer always ends; it renders nothing otherwise.
+    let guarded = format!("{template}{{{{/* */}}}}");
+    // A last line of defence: a gtmpl panic we did not foresee becomes an
+    // error instead of taking the caller down.
+    std::panic::catch_unwind(move || {
+        let mut parsed = gtmpl::Template::default();
+        parsed.parse(guarded).map(|()| parsed).map_err(|e| TemplateError::new(e.to_string()))
+    })
+    .map_err(|_| TemplateError::new("the template engine failed on this template".to_owned()))?
+}
+
+/// Runs a parsed template; `None` when it fails (or the engine panics).
+fn render(parsed: &gtmpl::Template, data: gtmpl::Value) -> Option<String> {
+    let context = gtmpl::Context::from(data);
+    let run = std::panic::AssertUnwindSafe(|| parsed.render(&context).ok());
+    std::panic::catch_unwind(run).ok()?
+}
+
+/// Walks the actions (`{{ ... }}`) the way `gtmpl`'s lexer does and refuses
+/// the ones it cannot handle; syntax is left to the parser.
+fn check_actions(template: &str) -> Result<(), TemplateError> {
+    let mut offset = 0;
+    while let Some(found) = template[offset..].find("{{") {
+        let start = offset + found;
+        let at = template[..start].chars().count() + 1;
+        let mut body = &template[start + 2..];
+        if let Some(trimmed) = body.strip_prefix("- ") {
+            // gtmpl miscounts the bytes to trim after a multi-byte character.
+            let before = template[offset..start].trim_end();
+            if before.chars().next_back().is_some_and(|c| !c.is_ascii()) {
+                return Err(TemplateError::new(format!(
+                    "a {{{{- trim marker right after a non-ASCII character is not supported (the action at character {at})"
+                )));
+            }
+            body = trimmed;
+        }
+        let len =
+            action_len(body).map_err(|why| TemplateError::new(format!("{why} in the action at character {at}")))?;
+        check_keyword(body).map_err(|why| TemplateError::new(format!("{why} (the action at character {at})")))?;
+        offset = template.len() - body.len() + len;
+    }
+    Ok(())
+}
+
+/// The length of an action's body up to and including its closing `}}`.
+fn action_len(body: &str) -> Result<usize, &'static str> {
+    if let Some(comment) = body.strip_prefix("/*") {
+        let end = comment.find("*/").ok_or("unclosed comment")? + 4;
+        let rest = &body[end..];
+        return match (rest.starts_with("}}"), rest.starts_with(" -}}")) {
+            (true, _) => Ok(end + 2),
+            (_, true) => Ok(end + 4),
+            _ => Err("comment end before closing delimiter"),
+        };
+    }
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if body[i..].starts_with("}}") {
+            return Ok(i + 2);
+        }
+        match c {
+            '"' | '\'' => skip_quoted(&mut chars, c)?,
+            '`' => {
+                // gtmpl decodes escapes in raw strings too, unlike Go, and
+                // panics on some; a raw string has no use for them here.
+                let (_, end) = chars.find(|&(_, q)| q == '`' || q == '\\').ok_or("unterminated raw quoted string")?;
+                if end == '\\' {
+                    return Err("backslash in a raw string");
+                }
+            }
+            '\r' | '\n' => return Err("line break (actions must be on one line)"),
+            c if !c.is_ascii() => return Err("non-ASCII character outside a quoted string"),
+            _ => {}
+        }
+    }
+    Err("unclosed action (no matching }})")
+}
+
+/// Skips a quoted string or character constant where `gtmpl`'s lexer ends
+/// it, then checks its escapes the way `gtmpl` will decode them.
+fn skip_quoted(chars: &mut std::str::CharIndices<'_>, quote: char) -> Result<(), &'static str> {
+    let mut content = String::new();
+    let mut escaped = false;
+    loop {
+        let c = chars.next().map(|(_, c)| c);
+        match c {
+            // gtmpl's rule: a backslash escapes the next character, except
+            // another backslash.
+            Some('\\') => {
+                content.push('\\');
+                escaped = true;
+                continue;
+            }
+            None | Some('\n') => return Err("unterminated quoted string"),
+            Some(c) if c == quote && !escaped => {
+                check_escapes(&content)?;
+                return check_printf_sizes(&content);
+            }
+            Some(c) => content.push(c),
+        }
+        escaped = false;
+    }
+}
+
+/// Allows only the escapes `gtmpl` decodes without panicking or looping:
+/// `\b \f \n \r \t \' \" \\`, `\xHH`, `\uHHHH` and `\UHHHHHHHH`.
+fn check_escapes(content: &str) -> Result<(), &'static str> {
+    let mut rest = content;
+    while let Some(i) = rest.find('\\') {
+        let after = &rest[i + 1..];
+        let hex = |n: usize| after.get(1..=n).is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+        let len = match after.chars().next() {
+            Some('b' | 'f' | 'n' | 'r' | 't' | '\'' | '"' | '\\') => 1,
+            Some('x') if hex(2) => 3,
+            Some('u') if hex(4) => 5,
+            Some('U') if hex(8) => 9,
+            _ => return Err("unsupported escape sequence in a quoted string"),
+        };
+        rest = &after[len..];
+    }
+    Ok(())
+}
+
+/// Refuses printf widths and precisions of 10000 or more: gtmpl allocates
+/// them (or panics), and no secret needs them.
+fn check_printf_sizes(content: &str) -> Result<(), &'static str> {
+    for (i, _) in content.match_indices('%') {
+        let spec = content[i + 1..].split(|c: char| !"+-# 0123456789.[]*".contains(c)).next().unwrap_or("");
+        if spec.split(|c: char| !c.is_ascii_digit()).any(|run| run.len() > 4) {
+            return Err("printf width or precision too large");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses named templates: `{{template "" .}}` alone recurses forever.
+fn check_keyword(body: &str) -> Result<(), &'static str> {
+    let word: String = body.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    match word.as_str() {
+        "define" | "block" | "template" => Err("named templates (define, block, template) are not supported"),
+        _ => Ok(()),
+    }
 }
 
 /// Computes what a workload sees for `value` under `template` and `format`,
@@ -133,10 +300,9 @@ fn parse_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>
 /// it is not, or when the template does not parse or fails to run.
 fn apply_template(value: &str, template: &str) -> Option<String> {
     let object = parse_object(value)?;
-    let mut parsed = gtmpl::Template::default();
-    parsed.parse(template).ok()?;
+    let parsed = parse_template(template).ok()?;
     let data = to_template_value(serde_json::Value::Object(object));
-    let rendered = parsed.render(&gtmpl::Context::from(data)).ok()?;
+    let rendered = render(&parsed, data)?;
     Some(drop_missing(rendered))
 }
 
@@ -1105,6 +1271,58 @@ mod tests {
             assert!(shown.starts_with("invalid template: "), "{shown}");
             assert!(shown.contains(err.reason()), "{shown}");
             assert!(shown.contains("{{.username}}"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn validate_refuses_what_the_engine_cannot_run_safely() {
+        let cases = [
+            ("{{.a ", "unclosed action"),
+            ("x {{| ", "unclosed action"),
+            ("{{/* c", "unclosed comment"),
+            ("{{define \"t\"}}{{template \"t\" .}}{{end}}{{template \"t\" .}}", "named templates"),
+            ("{{template \"\" .}}", "named templates"),
+            ("{{- block \"b\" .}}x{{end}}", "named templates"),
+            ("{{.\u{e9}}}", "non-ASCII"),
+            ("caf\u{e9} {{- .a}}", "trim marker"),
+            ("{{.a\n}}", "line break"),
+            ("{{`\\`}}", "raw string"),
+            ("{{\"\\x4\"}}", "escape"),
+            ("{{\"\\\u{e9}\"}}", "escape"),
+            ("{{'\\q'}}", "escape"),
+            ("{{printf \"%99999d\" 1}}", "printf"),
+            ("{{printf \"%.123456f\" 1.5}}", "printf"),
+        ];
+        for (template, why) in cases {
+            let err = validate_template(template).unwrap_err();
+            assert!(err.reason().contains(why), "{template:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn engine_limits_keep_ordinary_templates_working() {
+        let value = r#"{"a":"x","n":5}"#;
+        let cases = [
+            ("{{/* note */}}{{.a}}", "x"),
+            ("{{- .a -}} ", "x"),
+            ("caf\u{e9} {{.a}}", "caf\u{e9} x"),
+            ("{{printf \"%d-%s-\u{e9}\" .n .a}}", "5-x-\u{e9}"),
+            ("{{\"\\u00e9\\t\\\"\"}}", "\u{e9}\t\""),
+            ("{{`raw`}}", "raw"),
+            ("{{if .a}}yes{{end}}", "yes"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(validate_template(template), Ok(()), "{template:?}");
+            assert_eq!(transform(value, Some(template), Format::Raw), want, "{template:?}");
+        }
+    }
+
+    #[test]
+    fn unsafe_stored_templates_leave_the_value_untouched() {
+        // Stored before validation existed (e.g. imported from VSecM).
+        let value = r#"{"a":"x"}"#;
+        for template in ["{{.a ", "{{template \"\" .}}", "{{printf \"%999999999d\" 1}}"] {
+            assert_eq!(transform(value, Some(template), Format::Raw), value, "{template:?}");
         }
     }
 
