@@ -227,6 +227,17 @@ pub struct WorkloadSecret {
     pub updated: String,
 }
 
+/// `GET /v1/workload/watch?revision=N`: answers as soon as the caller's
+/// secret is at another revision than `N`, or when the wait ends.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The secret's current revision (0 if it never existed).
+    pub revision: u64,
+    /// The secret as the workload sees it; `None` if it does not exist, is
+    /// deleted, or is outside its validity window.
+    pub secret: Option<WorkloadSecret>,
+}
+
 /// `POST /v1/encrypt`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,6 +17,7 @@
 
 mod admin;
 mod settings;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use settings::Settings;
+pub use watch::{WatchOptions, WatchUpdate};
 
 /// Why a call failed. Messages say what to do; none contains a secret value.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +76,8 @@ impl ClientError {
 /// A connection pool to one Safe, authenticated with one SPIFFE identity.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
     source: Arc<dyn IdentitySource>,
 }
 

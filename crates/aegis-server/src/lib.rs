@@ -18,6 +18,7 @@ pub mod rootkey;
 pub mod serve;
 pub mod state;
 pub mod vsecm;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/secrets/{name}/versions", get(native::history))
         .route("/v1/secrets/{name}/versions/{version}", delete(native::destroy))
         .route("/v1/workload/secret", get(native::workload))
+        .route("/v1/workload/watch", get(watch::watch))
         .route("/v1/encrypt", post(native::encrypt))
         .route("/v1/unseal", post(native::unseal))
         .route("/v1/status", get(native::status))
@@ -55,7 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// A route label for metrics and logs (templates, never secret names).
 pub fn route_label(path: &str) -> &'static str {
-    const FIXED: [&str; 10] = [
+    const FIXED: [&str; 11] = [
+        "/v1/workload/watch",
         "/workload/v1/secrets",
         "/sentinel/v1/secrets",
         "/sentinel/v1/keys",

@@ -10,7 +10,7 @@ use aegis_core::secret::SecretDoc;
 use aegis_core::timefmt::rfc3339;
 use aegis_core::SecretName;
 use aegis_crypto::{Keyring, RootKey};
-use aegis_store::{Entry, Mutation};
+use aegis_store::{Entry, Mutation, Store};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -209,21 +209,27 @@ pub async fn history(State(s): St, Extension(c): Who, Path(raw): Path<String>) -
     Ok(Json(History { name: n.to_string(), versions }))
 }
 
+/// The caller's secret as a workload sees it now: its revision (0 if it never
+/// existed) and the secret if it is live and inside its validity window.
+pub fn workload_view(store: &Store, name: &SecretName) -> (u64, Option<WorkloadSecret>) {
+    let Some(e) = store.get(name) else { return (0, None) };
+    let secret = deliverable(&e, OffsetDateTime::now_utc()).map(|data| WorkloadSecret {
+        name: name.to_string(),
+        version: e.doc.current,
+        revision: e.doc.revision,
+        data: data.clone(),
+        updated: rfc3339(e.doc.updated),
+    });
+    (e.doc.revision, secret)
+}
+
 /// `GET /v1/workload/secret`: the calling workload's own secret.
 pub async fn workload(State(s): St, Extension(c): Who) -> Result<Json<WorkloadSecret>, ApiError> {
     let w = c.require_workload()?;
     let store = s.store()?;
     let none = || ApiError::not_found(format!("no secret is registered for workload '{w}'"));
     let n = w.secret_name().map_err(|_| none())?;
-    let e = store.get(&n).ok_or_else(none)?;
-    let data = deliverable(&e, OffsetDateTime::now_utc()).ok_or_else(none)?.clone();
-    Ok(Json(WorkloadSecret {
-        name: n.to_string(),
-        version: e.doc.current,
-        revision: e.doc.revision,
-        data,
-        updated: rfc3339(e.doc.updated),
-    }))
+    workload_view(&store, &n).1.map(Json).ok_or_else(none)
 }
 
 /// `POST /v1/encrypt`: a ciphertext for git, as `safe -e` makes.

@@ -1,0 +1,64 @@
+//! Push: `GET /v1/workload/watch?revision=N[&wait_ms=T]`.
+//!
+//! A long poll: the answer comes as soon as the caller's secret is at another
+//! revision than `N` (written, deleted, undeleted…), or when the wait ends
+//! with the unchanged state. An idle watcher is one parked task waiting on the
+//! store's commit counter: no CPU, a few hundred bytes plus its connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_core::api::WatchEvent;
+use axum::extract::{Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::native::workload_view;
+use crate::state::AppState;
+
+/// Longest wait a watcher may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Wait when none is given.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(25);
+
+/// Query of the watch endpoint.
+#[derive(Deserialize)]
+pub struct WatchQuery {
+    #[serde(default)]
+    revision: u64,
+    wait_ms: Option<u64>,
+}
+
+/// `GET /v1/workload/watch`.
+pub async fn watch(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Arc<Caller>>,
+    q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<WatchEvent>, ApiError> {
+    let w = c.require_workload()?;
+    let Query(q) = q.map_err(|_| ApiError::bad_request("revision and wait_ms must be whole numbers"))?;
+    let store = s.store()?;
+    let name = w.secret_name()?;
+    // Leave room under the request deadline so the answer is never a timeout.
+    let cap = s.settings.request_timeout.saturating_sub(Duration::from_secs(1)).min(MAX_WAIT);
+    let wait = q.wait_ms.map_or(DEFAULT_WAIT, Duration::from_millis).min(cap);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut commits = store.subscribe();
+    loop {
+        commits.borrow_and_update();
+        let (revision, secret) = workload_view(&store, &name);
+        if revision != q.revision {
+            return Ok(Json(WatchEvent { revision, secret }));
+        }
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return Err(ApiError::sealed());
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok(Json(WatchEvent { revision, secret })),
+        }
+    }
+}
