@@ -190,9 +190,13 @@ fn kind(e: &serde_json::Error) -> &'static str {
 }
 
 fn refused(status: StatusCode, body: &[u8]) -> ClientError {
-    let message = serde_json::from_slice::<ErrorBody>(body)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_owned());
+    // JSON from the native API; plain text from the VSecM fetch route.
+    let message = serde_json::from_slice::<ErrorBody>(body).map(|b| b.error).unwrap_or_else(|_| {
+        match std::str::from_utf8(body).map(str::trim) {
+            Ok(text) if !text.is_empty() && text.len() < 2048 => text.to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_owned(),
+        }
+    });
     ClientError::Refused { status: status.as_u16(), message }
 }
 

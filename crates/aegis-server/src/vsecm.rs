@@ -42,7 +42,19 @@ struct FetchOut<'a> {
 }
 
 /// `GET /workload/v1/secrets`: the caller's own secret; 404 with an empty body if none.
-pub async fn fetch(State(s): St, Extension(c): Who) -> Result<Response, ApiError> {
+///
+/// Errors on this route are plain text, not JSON: VSecM's Go SDK decodes any
+/// non-404 body as a secret, so a JSON error would read as an empty secret.
+pub async fn fetch(st: St, who: Who) -> Response {
+    match fetch_inner(st, who).await {
+        Ok(r) => r,
+        Err(e) => {
+            (e.status(), [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], e.message().to_owned()).into_response()
+        }
+    }
+}
+
+async fn fetch_inner(State(s): St, Extension(c): Who) -> Result<Response, ApiError> {
     let name = c.require_workload()?;
     let store = s.store()?;
     let Ok(secret) = name.secret_name() else {

@@ -57,6 +57,22 @@ enum BenchCmd {
         #[arg(long, default_value_t = 256)]
         size: usize,
     },
+    /// Time from an acknowledged write to a sidecar's file holding it (run as the admin,
+    /// with `aegis sidecar --path FILE` running as the workload that owns SECRET).
+    Propagation {
+        /// Updates to time.
+        #[arg(long, default_value_t = 1000)]
+        updates: usize,
+        /// The sidecar's file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The secret the sidecar's workload reads.
+        #[arg(long, default_value = "billing")]
+        secret: String,
+    },
+    /// Many idle watchers: memory and CPU of the Safe, and time to notify all of
+    /// them of one change (run as the workload; the admin identity comes from files).
+    Watchers(crate::bench_watch::WatchersArgs),
     /// Start-up time and memory with N stored secrets (starts its own Safe).
     Startup {
         /// Secrets to store.
@@ -123,19 +139,21 @@ pub async fn run(a: BenchArgs) -> Result<(), CliError> {
             print(&fetch(connections, Duration::from_secs(seconds), new_connection).await?)
         }
         BenchCmd::Write { writers, seconds, size } => print(&write(writers, Duration::from_secs(seconds), size).await?),
+        BenchCmd::Propagation { updates, file, secret } => print(&propagation(updates, &file, &secret).await?),
+        BenchCmd::Watchers(a) => print(&crate::bench_watch::run(a).await?),
         BenchCmd::Startup { secrets, size, work_dir } => {
             print(&crate::bench_startup::run(secrets, size, &work_dir).await?)
         }
     }
 }
 
-struct Target {
-    addr: SocketAddr,
-    host: String,
-    tls: TlsConnector,
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) host: String,
+    pub(crate) tls: TlsConnector,
 }
 
-async fn target(full_handshakes: bool) -> Result<Target, CliError> {
+pub(crate) async fn target(full_handshakes: bool) -> Result<Target, CliError> {
     let s = settings()?;
     let source = aegis_identity::start_source(&s.identity).await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
     let roles = s.roles.clone();
@@ -237,15 +255,7 @@ async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, Cli
                 let mut errors = 0u64;
                 let mut i = 0u64;
                 while start.elapsed() < dur {
-                    let req = PutSecret {
-                        value: SecretValue::new(v.clone()),
-                        namespaces: None,
-                        template: None,
-                        format: None,
-                        not_before: None,
-                        expires_after: None,
-                        cas: None,
-                    };
+                    let req = put_req(v.clone());
                     let t0 = Instant::now();
                     match c.put(&format!("bench-{w}-{}", i % 64), &req).await {
                         Ok(_) => lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
@@ -265,4 +275,48 @@ async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, Cli
         errors += e;
     }
     Ok(report(format!("durable writes, {writers} writers, {size}-byte values"), all, errors, start.elapsed()))
+}
+
+fn put_req(value: String) -> PutSecret {
+    PutSecret {
+        value: SecretValue::new(value),
+        namespaces: None,
+        template: None,
+        format: None,
+        not_before: None,
+        expires_after: None,
+        cas: None,
+    }
+}
+
+/// Polls the file until it holds `want` (a 100 µs poll: finer than the figures measured).
+fn wait_for_file(file: &std::path::Path, want: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::fs::read(file).is_ok_and(|b| b == want.as_bytes()) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    None
+}
+
+async fn propagation(updates: usize, file: &std::path::Path, secret: &str) -> Result<Report, CliError> {
+    let client = crate::cli::client().await?;
+    let mut lat = Vec::with_capacity(updates);
+    let mut errors = 0;
+    let started = Instant::now();
+    for i in 0..updates {
+        let value = format!("propagation-{i}-{}", started.elapsed().as_nanos());
+        client.put(secret, &put_req(value.clone())).await?;
+        let f = file.to_owned();
+        let seen = tokio::task::spawn_blocking(move || wait_for_file(&f, &value, Duration::from_secs(10)))
+            .await
+            .map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+        match seen {
+            Some(d) => lat.push(d.as_micros().min(u128::from(u32::MAX)) as u32),
+            None => errors += 1,
+        }
+    }
+    Ok(report(format!("propagation to a sidecar file, {updates} updates"), lat, errors, started.elapsed()))
 }

@@ -97,6 +97,14 @@ enum Command {
     RotateRootKey(Out),
     /// Load generator: measure fetches, writes and start-up.
     Bench(crate::bench::BenchArgs),
+    /// Keep a file up to date with the workload's secret (VSecM sidecar).
+    Sidecar(crate::sidecar::SidecarArgs),
+    /// Wait until the workload's secret exists (VSecM init container).
+    Init(crate::initc::InitArgs),
+    /// Run a command with the workload's secret in its environment.
+    Run(crate::runner::RunArgs),
+    /// Sentinel tasks: apply the init-command file.
+    Sentinel(crate::sentinel::SentinelArgs),
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +197,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Server(a) => crate::server::run(a).await,
         Command::Bench(a) => crate::bench::run(a).await,
         Command::Fetch(out) => crate::workload::fetch(out.output).await,
+        Command::Sidecar(a) => crate::sidecar::run(a).await,
+        Command::Init(a) => crate::initc::run(a).await,
+        Command::Run(a) => crate::runner::run(a).await,
+        Command::Sentinel(a) => crate::sentinel::run(a).await,
         cmd => admin(cmd).await,
     }
 }
@@ -291,6 +303,13 @@ async fn admin(cmd: Command) -> Result<(), CliError> {
             println!("root key rotated: new key {}, {} records re-encrypted", r.key_id, r.records);
             Ok(())
         }
-        Command::Dev(_) | Command::Server(_) | Command::Bench(_) | Command::Fetch(_) => Ok(()),
+        Command::Dev(_)
+        | Command::Server(_)
+        | Command::Bench(_)
+        | Command::Fetch(_)
+        | Command::Sidecar(_)
+        | Command::Init(_)
+        | Command::Run(_)
+        | Command::Sentinel(_) => Ok(()),
     }
 }

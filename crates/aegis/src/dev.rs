@@ -126,7 +126,10 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         manual_root_key: false,
         max_body_bytes: 1024 * 1024,
         max_versions: 10,
-        request_timeout_ms: 30_000,
+        request_timeout_ms: std::env::var("AEGIS_REQUEST_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000),
         handshake_timeout_ms: 10_000,
         svid_cert: None,
         svid_key: None,

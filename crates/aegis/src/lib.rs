@@ -7,11 +7,20 @@
 
 pub mod bench;
 mod bench_startup;
+mod bench_watch;
 pub mod cli;
+pub mod delivery;
 pub mod dev;
 pub mod exit;
+pub mod filewrite;
+pub mod initc;
+pub mod runner;
 pub mod safe;
+pub mod sentinel;
 pub mod server;
+pub mod sidecar;
+pub mod signals;
+pub mod split;
 pub mod workload;
 
 /// Sets up `tracing` from `AEGIS_LOG` (default `info`) and `AEGIS_LOG_FORMAT` (`text` or `json`), on stderr.

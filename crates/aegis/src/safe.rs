@@ -6,6 +6,8 @@ use aegis_core::api::{VsecmKeys, VsecmUpsert};
 use aegis_core::secret::SecretValue;
 use clap::Parser;
 
+use aegis_sdk::Client;
+
 use crate::cli::{client, read_stdin};
 use crate::exit::{CliError, FAILURE};
 
@@ -58,7 +60,7 @@ fn fail(msg: &str) -> CliError {
 
 /// Expands `gen:` patterns with the OS random source.
 pub fn expand_value(value: &str) -> Result<SecretValue, CliError> {
-    match value.strip_prefix("gen:") {
+    match aegis_core::generate::pattern_of(value) {
         Some(pattern) => aegis_core::generate::expand(pattern, &mut rand::rngs::OsRng)
             .map(SecretValue::new)
             .map_err(|e| CliError::new(FAILURE, format!("bad gen: pattern: {e}"))),
@@ -66,8 +68,32 @@ pub fn expand_value(value: &str) -> Result<SecretValue, CliError> {
     }
 }
 
-async fn input_keys(keys: String) -> Result<(), CliError> {
-    let text = if keys == "-" { read_stdin("root key")? } else { SecretValue::new(keys) };
+/// One Sentinel action, from `safe` flags or an init-command block.
+#[derive(Debug, Default)]
+pub struct Action {
+    /// Secret names.
+    pub workloads: Vec<String>,
+    /// Value (`gen:` expanded here).
+    pub secret: Option<SecretValue>,
+    /// Namespaces.
+    pub namespaces: Vec<String>,
+    /// Template.
+    pub template: Option<String>,
+    /// Format.
+    pub format: Option<String>,
+    /// Encrypt-only, or the value is a ciphertext.
+    pub encrypt: bool,
+    /// Delete the workloads' secrets.
+    pub delete: bool,
+    /// Root key text (three lines).
+    pub input_keys: Option<SecretValue>,
+    /// Not before.
+    pub not_before: Option<String>,
+    /// Expires.
+    pub expires: Option<String>,
+}
+
+async fn input_keys(client: &Client, text: &SecretValue) -> Result<String, CliError> {
     let parts: Vec<&str> = text.expose().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let [secret, public, aes] = parts.as_slice() else {
         return Err(fail(
@@ -79,8 +105,34 @@ async fn input_keys(keys: String) -> Result<(), CliError> {
         age_public_key: (*public).to_owned(),
         aes_cipher_key: SecretValue::new(*aes),
     };
-    println!("{}", client().await?.vsecm_keys(&keys).await?);
-    Ok(())
+    Ok(client.vsecm_keys(&keys).await?)
+}
+
+/// Carries out an action as VSecM's Sentinel would; returns the Safe's answer.
+pub async fn execute(client: &Client, a: Action) -> Result<String, CliError> {
+    if let Some(keys) = &a.input_keys {
+        return input_keys(client, keys).await;
+    }
+    if a.workloads.is_empty() && !a.encrypt {
+        return Err(fail("Please provide a workload name."));
+    }
+    if a.delete {
+        return Ok(client.vsecm_delete(a.workloads).await?);
+    }
+    let Some(secret) = a.secret else {
+        return Err(fail("Please provide a secret."));
+    };
+    let req = VsecmUpsert {
+        workloads: (!a.workloads.is_empty()).then_some(a.workloads),
+        namespaces: Some(if a.namespaces.is_empty() { vec!["default".to_owned()] } else { a.namespaces }),
+        value: expand_value(secret.expose())?,
+        template: a.template.unwrap_or_default(),
+        format: a.format.unwrap_or_default(),
+        encrypt: a.encrypt,
+        not_before: a.not_before.unwrap_or_else(|| "now".to_owned()),
+        expires: a.expires.unwrap_or_else(|| "never".to_owned()),
+    };
+    Ok(client.vsecm_upsert(&req).await?)
 }
 
 /// Runs `safe` with VSecM's arguments (`args[0]` is the program name).
@@ -88,40 +140,40 @@ pub async fn run(args: &[String]) -> Result<(), CliError> {
     let a = match SafeArgs::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            let usage = e.use_stderr();
             let _ = e.print();
-            return if code == 0 { Ok(()) } else { Err(CliError::new(2, "see `safe --help`")) };
+            return if usage { Err(CliError::new(2, "see `safe --help`")) } else { Ok(()) };
         }
     };
-    if let Some(keys) = a.input_keys {
-        return input_keys(keys).await;
-    }
     if a.list {
         let list = client().await?.vsecm_list(a.encrypt).await?;
         let s = serde_json::to_string_pretty(&list).map_err(|e| fail(&e.to_string()))?;
         println!("{s}");
         return Ok(());
     }
-    if a.workload.is_empty() && !a.encrypt {
+    let input_keys = match a.input_keys {
+        Some(k) if k == "-" => Some(read_stdin("root key")?),
+        Some(k) => Some(SecretValue::new(k)),
+        None => None,
+    };
+    if input_keys.is_none() && a.workload.is_empty() && !a.encrypt {
         return Err(fail("Please provide a workload name."));
     }
-    if a.delete {
-        println!("{}", client().await?.vsecm_delete(a.workload).await?);
-        return Ok(());
-    }
-    let Some(secret) = a.secret else {
+    if input_keys.is_none() && !a.delete && a.secret.is_none() {
         return Err(fail("Please provide a secret."));
-    };
-    let req = VsecmUpsert {
-        workloads: (!a.workload.is_empty()).then_some(a.workload),
-        namespaces: Some(if a.namespace.is_empty() { vec!["default".to_owned()] } else { a.namespace }),
-        value: expand_value(&secret)?,
-        template: a.template.unwrap_or_default(),
-        format: a.format.unwrap_or_default(),
+    }
+    let action = Action {
+        workloads: a.workload,
+        secret: a.secret.map(SecretValue::new),
+        namespaces: a.namespace,
+        template: a.template,
+        format: a.format,
         encrypt: a.encrypt,
-        not_before: a.nbf,
-        expires: a.exp,
+        delete: a.delete,
+        input_keys,
+        not_before: Some(a.nbf),
+        expires: Some(a.exp),
     };
-    println!("{}", client().await?.vsecm_upsert(&req).await?);
+    println!("{}", execute(&client().await?, action).await?);
     Ok(())
 }

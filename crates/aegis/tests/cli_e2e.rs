@@ -112,6 +112,12 @@ async fn vsecm_api_wire_format() {
     assert!(work.vsecm_fetch().await.unwrap().is_none(), "404 means no secret");
     let (status, body) = work.raw(aegis_sdk::Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
     assert_eq!((status, body.as_str()), (404, ""));
+    // Errors on VSecM's fetch route are plain text: VSecM's Go SDK would decode a JSON
+    // error body as an empty secret instead of failing.
+    let (status, body) = admin.raw(aegis_sdk::Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("is not a workload"), "{body}");
+    assert!(serde_json::from_str::<Value>(&body).is_err(), "must not be JSON: {body}");
 
     let up = br#"{"workloads":["billing","k8s:db"],"namespaces":null,"value":"{\"a\":\"b\"}","template":"","format":"json","encrypt":false,"notBefore":"now","expires":"never"}"#;
     let (status, body) = admin.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", up.to_vec()).await.unwrap();

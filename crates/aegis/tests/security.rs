@@ -173,6 +173,12 @@ async fn sealed_start_and_unseal() {
     let (s, text) = client.raw(Method::GET, "/sentinel/v1/secrets", vec![]).await.unwrap();
     assert_eq!(s, 503, "{text}");
     assert!(text.contains("safe -i"), "{text}");
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    let (s, text) = workload.raw(Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
+    assert_eq!(s, 503, "{text}");
+    assert!(text.contains("sealed") && serde_json::from_str::<serde_json::Value>(&text).is_err(), "{text}");
+    let e = workload.vsecm_fetch().await.unwrap_err().to_string();
+    assert!(e.contains("sealed"), "{e}");
 
     let key = aegis_crypto::RootKey::generate();
     let key_text = key.to_text();

@@ -11,8 +11,21 @@ use std::time::{Duration, Instant};
 pub const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
 pub const SAFE: &str = env!("CARGO_BIN_EXE_safe");
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection of a parallel test can take it between this check and
+/// the Safe's bind. Each call hands out a new port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A command with a clean environment plus `env`.

@@ -1,0 +1,102 @@
+//! `aegis sentinel init`: applies VSecM's Sentinel init-command file once.
+//!
+//! The whole file is parsed before anything is sent, so a syntax error
+//! (reported with its line) changes nothing. Blocks run in order; the first
+//! block the Safe refuses stops the run with its line number, and the keystone
+//! is written only after every block succeeded, so a failed run is retried at
+//! the next start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aegis_core::initcmd::{self, Step};
+use aegis_core::secret::SecretValue;
+use aegis_core::KEYSTONE;
+use aegis_sdk::Client;
+use clap::{Args, Subcommand};
+
+use crate::cli::client;
+use crate::exit::{CliError, CONFIG};
+use crate::safe::{execute, Action};
+
+/// `aegis sentinel` arguments.
+#[derive(Args, Debug)]
+pub struct SentinelArgs {
+    #[command(subcommand)]
+    cmd: SentinelCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum SentinelCmd {
+    /// Apply the init-command file unless the keystone secret says it was done.
+    Init {
+        /// The init-command file.
+        #[arg(long, env = "VSECM_SENTINEL_INIT_COMMAND_PATH", default_value = "/opt/vsecm-sentinel/init/data")]
+        file: PathBuf,
+        /// Apply even if the keystone is ready.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn action_of(c: initcmd::Command) -> Action {
+    Action {
+        workloads: c.workloads.clone(),
+        secret: c.secret.as_deref().map(SecretValue::new),
+        namespaces: c.namespaces.clone(),
+        template: c.template.clone(),
+        format: c.format.clone(),
+        encrypt: c.encrypt,
+        delete: c.delete,
+        input_keys: c.input_keys.as_deref().map(SecretValue::new),
+        not_before: c.not_before.clone(),
+        expires: c.expires.clone(),
+    }
+}
+
+async fn apply(client: &Client, steps: Vec<Step>) -> Result<usize, CliError> {
+    let mut applied = 0;
+    for step in steps {
+        match step {
+            Step::Sleep { ms, line } => {
+                tracing::info!(line, ms, "init commands: sleeping");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Step::Apply(cmd) => {
+                let line = cmd.line;
+                execute(client, action_of(cmd)).await.map_err(|e| {
+                    CliError::new(e.code, format!("init commands, block at line {line}: {}", e.message))
+                })?;
+                tracing::info!(line, "init commands: block applied");
+                applied += 1;
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Runs `aegis sentinel …`.
+pub async fn run(a: SentinelArgs) -> Result<(), CliError> {
+    let SentinelCmd::Init { file, force } = a.cmd;
+    let c = client().await?;
+    if !force && c.keystone().await?.status == "ready" {
+        eprintln!("the keystone secret exists: init commands were already applied; nothing to do (--force re-applies)");
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        CliError::new(
+            CONFIG,
+            format!("cannot read the init-command file {}: {e} (set VSECM_SENTINEL_INIT_COMMAND_PATH)", file.display()),
+        )
+    })?;
+    let steps = initcmd::parse(&text).map_err(|e| CliError::new(CONFIG, format!("{}: {e}", file.display())))?;
+    let applied = apply(&c, steps).await?;
+    let keystone = Action {
+        workloads: vec![KEYSTONE.to_owned()],
+        secret: Some(SecretValue::new("initialized")),
+        ..Action::default()
+    };
+    execute(&c, keystone).await?;
+    eprintln!("init commands applied: {applied} blocks; keystone written");
+    Ok(())
+}

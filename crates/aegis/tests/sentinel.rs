@@ -1,0 +1,125 @@
+//! The Sentinel init-command runner and the watch API against a real `aegis dev`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const INIT: &str = r#"
+w:k8s:db-credentials
+n:payments,billing
+s:gen:{"username":"admin-[a-z0-9]{6}","password":"[a-zA-Z0-9]{12}"}
+t:{"DB_USER":"{{.username}}","DB_PASS":"{{.password}}"}
+--
+sleep:100
+--
+w:billing
+s:initial
+--
+exit
+w:never
+s:applied
+--
+"#;
+
+#[test]
+fn init_commands_apply_once_and_write_the_keystone() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let file = safe.dir.path().join("init");
+    std::fs::write(&file, INIT).unwrap();
+    let out = safe.aegis(&admin, &["sentinel", "init", "--file", file.to_str().unwrap()]);
+    assert!(stderr(&out).contains("2 blocks"), "{}", stderr(&out));
+    ok(out);
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "initial");
+    let raw: Value = serde_json::from_str(ok(safe.aegis(&admin, &["get", "k8s:db-credentials"])).trim()).unwrap();
+    let user = raw["username"].as_str().unwrap().to_owned();
+    assert!(user.starts_with("admin-") && user.len() == 12, "{user}");
+    assert_eq!(raw["password"].as_str().unwrap().len(), 12);
+    let read: Value =
+        serde_json::from_str(&ok(safe.aegis(&admin, &["get", "k8s:db-credentials", "-o", "json"]))).unwrap();
+    let data: Value = serde_json::from_str(read["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["DB_USER"], user.as_str());
+    assert_eq!(read["namespaces"], serde_json::json!(["payments", "billing"]));
+    fails(safe.aegis(&admin, &["get", "never"]), 3, "does not exist");
+    assert!(ok(safe.aegis(&admin, &["get", "vsecm-keystone"])).contains("initialized"));
+
+    // A second start does nothing: the generated password is not regenerated.
+    let again = safe.aegis(&admin, &["sentinel", "init", "--file", file.to_str().unwrap()]);
+    assert!(stderr(&again).contains("already applied"), "{}", stderr(&again));
+    ok(again);
+    let raw2: Value = serde_json::from_str(ok(safe.aegis(&admin, &["get", "k8s:db-credentials"])).trim()).unwrap();
+    assert_eq!(raw2["username"], user.as_str());
+}
+
+#[test]
+fn init_command_errors_name_the_line_and_apply_nothing() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let file = safe.dir.path().join("bad");
+    std::fs::write(&file, "w:billing\ns:SECRET-IN-FILE\n--\nw:x\nq:oops\n--\n").unwrap();
+    let out = safe.aegis(&admin, &["sentinel", "init", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 5"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("SECRET-IN-FILE"));
+    fails(safe.aegis(&admin, &["get", "billing"]), 3, "does not exist");
+
+    // A block the Safe refuses stops the run at its line, before the keystone.
+    std::fs::write(&file, "w:first\ns:ok\n--\nw:second\ns:{\"a\":1}\nt:{{.a\n--\n").unwrap();
+    let out = safe.aegis(&admin, &["sentinel", "init", "--file", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("block at line 4") && stderr(&out).contains("template"), "{}", stderr(&out));
+    assert_eq!(ok(safe.aegis(&admin, &["get", "first"])).trim(), "ok");
+    fails(safe.aegis(&admin, &["get", "vsecm-keystone"]), 3, "does not exist");
+    fails(
+        safe.aegis(&admin, &["sentinel", "init", "--file", "/nonexistent/init"]),
+        64,
+        "VSECM_SENTINEL_INIT_COMMAND_PATH",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_answers_on_own_changes_only() {
+    let safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let work = safe.client(&safe.workload_env("billing")).await;
+    let first = work.watch_once(u64::MAX, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((first.revision, first.secret.is_none()), (0, true));
+
+    let w = work.clone();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        (w.watch_once(0, Duration::from_secs(20)).await.unwrap(), t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let put = |v: &str| aegis_core::api::PutSecret {
+        value: aegis_core::secret::SecretValue::new(v),
+        namespaces: None,
+        template: None,
+        format: None,
+        not_before: None,
+        expires_after: None,
+        cas: None,
+    };
+    admin.put("payroll", &put("not yours")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "another workload's change must not answer the watch");
+    admin.put("billing", &put("yours")).await.unwrap();
+    let (ev, took) = waiter.await.unwrap();
+    assert_eq!(ev.secret.unwrap().data.expose(), "yours");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // An unchanged secret: the watch ends after the wait with the same revision.
+    let t = Instant::now();
+    let same = work.watch_once(ev.revision, Duration::from_millis(400)).await.unwrap();
+    assert_eq!(same.revision, ev.revision);
+    assert!(t.elapsed() >= Duration::from_millis(350));
+    // Delete: the watch reports no secret.
+    admin.delete("billing").await.unwrap();
+    let gone = work.watch_once(ev.revision, Duration::from_secs(5)).await.unwrap();
+    assert!(gone.secret.is_none() && gone.revision > ev.revision);
+    // Admins are not workloads.
+    assert_eq!(admin.watch_once(0, Duration::from_millis(10)).await.unwrap_err().status(), Some(403));
+}
