@@ -46,7 +46,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn new(doc: SecretDoc) -> Self {
+    pub(crate) fn new(mut doc: SecretDoc) -> Self {
+        // Deserialising and pushing grow the history vector to 4 slots or more;
+        // held for every secret, the spare slots would cost ~450 bytes each.
+        doc.versions.shrink_to_fit();
         let data = match doc.live() {
             Some((v, value)) => {
                 let out = aegis_core::transform::transform(value.expose(), v.meta.template.as_deref(), v.meta.format);
