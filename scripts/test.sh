@@ -17,6 +17,15 @@ for tool in cargo rustc; do
 done
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE and VSecM's Go client (install Go >= 1.26.6)" >&2; exit 1; }
+
+echo "== SPIRE (built once from the Go module proxy, cached in $cache/spire)"
+AEGIS_SPIRE_BIN_DIR="$(scripts/build-spire.sh | tail -n1)"
+export AEGIS_SPIRE_BIN_DIR
+echo "   $AEGIS_SPIRE_BIN_DIR"
+echo "== VSecM's Go client (github.com/spiffe/vsecm-sdk-go v0.5.1, cached in $cache/vsecm-client)"
+scripts/build-vsecm-client.sh | tail -n1
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

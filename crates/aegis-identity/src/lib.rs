@@ -33,7 +33,7 @@ pub use file_source::{FileSource, SvidPaths};
 pub use material::SvidMaterial;
 pub use tls::{client_config, server_config, AuthorizeServer};
 pub use workload_api::WorkloadApiSource;
-pub use x509::peer_spiffe_id;
+pub use x509::{peer_not_after, peer_spiffe_id};
 
 /// Where the current SVID and bundle come from; implementations update in the background.
 pub trait IdentitySource: Send + Sync + 'static {

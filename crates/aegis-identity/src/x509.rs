@@ -27,6 +27,14 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Identity
     Ok(leaf_info(leaf, "peer certificate")?.spiffe_id)
 }
 
+/// Expiry of a verified peer's leaf certificate.
+pub fn peer_not_after(chain: &[CertificateDer<'_>]) -> Result<OffsetDateTime, IdentityError> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| IdentityError::NotAnSvid { reason: "the peer presented no certificate".to_owned() })?;
+    Ok(leaf_info(leaf, "peer certificate")?.not_after)
+}
+
 /// Parses the leaf and extracts its SPIFFE ID and expiry.
 pub(crate) fn leaf_info(der: &CertificateDer<'_>, what: &'static str) -> Result<LeafInfo, IdentityError> {
     let cert = parse(der, what)?;

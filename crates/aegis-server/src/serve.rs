@@ -173,8 +173,23 @@ async fn connection(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let not_after = tls.get_ref().1.peer_certificates().and_then(|c| aegis_identity::peer_not_after(c).ok());
+    let left = not_after
+        .map(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
+        .unwrap_or(Duration::ZERO);
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = tokio::time::sleep(left) => {
+            tracing::info!(%peer, "the client's SVID expired: closing its connection");
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build tools/vsecm-client (VSecM's own Go SDK, github.com/spiffe/vsecm-sdk-go v0.5.1,
+# wrapped in a tiny CLI) with the local Go toolchain and the Go module proxy, and cache
+# the binary outside the clone.
+#
+#   scripts/build-vsecm-client.sh              build (or reuse) the binary; prints its path
+#   scripts/build-vsecm-client.sh --print-path print the binary's path without building
+#
+# Layout (under ${AEGIS_CACHE_DIR:-$HOME/.cache/aegis}/vsecm-client/):
+#   bin/vsecm-client                 the binary
+#   bin/vsecm-client.source-hash     hash of the sources and Go version it was built from
+#   gopath/, gomodcache/, gocache/   Go's caches for this build (never in the clone)
+#
+# The last line on stdout is the binary's path; progress goes to stderr. The build is
+# skipped when the cached binary was built from the same sources (go.mod, go.sum,
+# *.go) with the same Go version. Dependencies are exactly those in go.mod/go.sum
+# (-mod=readonly): a missing or mismatching checksum fails the build.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+src="$here/../tools/vsecm-client"
+cache_root="${AEGIS_CACHE_DIR:-$HOME/.cache/aegis}"
+dir="$cache_root/vsecm-client"
+bin="$dir/bin/vsecm-client"
+want_sdk="github.com/spiffe/vsecm-sdk-go v0.5.1"
+
+die() {
+    echo "build-vsecm-client: error: $*" >&2
+    exit 1
+}
+log() { echo "build-vsecm-client: $*" >&2; }
+
+case "${1:-}" in
+    --print-path)
+        echo "$bin"
+        exit 0
+        ;;
+    "") ;;
+    -h | --help)
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown argument '$1' (use --print-path or no argument)" ;;
+esac
+
+[[ -f "$src/go.mod" && -f "$src/go.sum" && -f "$src/main.go" ]] ||
+    die "the sources are missing: expected go.mod, go.sum and main.go in $src"
+command -v go >/dev/null ||
+    die "the Go toolchain is not installed (need Go >= 1.23.2, the 'go' line of the SDK's go.mod); install Go and re-run"
+command -v sha256sum >/dev/null || die "sha256sum not found (coreutils)"
+
+src="$(cd "$src" && pwd)"
+go_version="$(GOTOOLCHAIN=local go version)" || die "'go version' failed"
+hash="$(
+    {
+        echo "$go_version"
+        echo "build-vsecm-client v1"
+        cd "$src"
+        for f in go.mod go.sum $(ls -- *.go | LC_ALL=C sort); do
+            echo "== $f"
+            cat -- "$f"
+        done
+    } | sha256sum | cut -d' ' -f1
+)"
+
+if [[ -x "$bin" && -f "$bin.source-hash" && "$(cat "$bin.source-hash")" == "$hash" ]]; then
+    log "using cached $bin (sources unchanged)"
+    echo "$bin"
+    exit 0
+fi
+
+mkdir -p "$dir/bin"
+export GOPATH="$dir/gopath"
+export GOMODCACHE="$dir/gomodcache"
+export GOCACHE="$dir/gocache"
+# Build with the installed toolchain only: never fetch another one.
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+# -mod=readonly: go.mod and go.sum are the pins; never rewrite them. Every module is
+# checked against go.sum, so the checksum database is not consulted.
+export GOFLAGS="-mod=readonly -modcacherw -trimpath -buildvcs=false"
+# GOPROXY is taken from the environment (default: the Go module proxy).
+
+staging="$bin.tmp.$$"
+trap 'rm -f "$staging"' EXIT
+log "building $src with $go_version (first build downloads the SDK and its dependencies)"
+start=$(date +%s)
+if ! (cd "$src" && go build -o "$staging" .); then
+    die "go build of $src failed (see the Go output above). The client needs $want_sdk and its dependencies from the Go module proxy (GOPROXY=$(go env GOPROXY))."
+fi
+[[ -x "$staging" ]] || die "go build did not produce $staging"
+got="$("$staging" version)" || die "the built client does not run: '$staging version' failed"
+[[ "$got" == "$want_sdk" ]] || die "the built client reports '$got', expected '$want_sdk'"
+mv -f "$staging" "$bin"
+trap - EXIT
+echo "$hash" >"$bin.source-hash"
+log "built $bin ($got) in $(($(date +%s) - start))s"
+echo "$bin"
