@@ -129,6 +129,13 @@ pub struct PutSecret {
     pub cas: Option<u64>,
 }
 
+impl PutSecret {
+    /// A write of `value` with every option at its default.
+    pub fn new(value: SecretValue) -> Self {
+        Self { value, namespaces: None, template: None, format: None, not_before: None, expires_after: None, cas: None }
+    }
+}
+
 /// A secret's metadata (no value).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretInfo {

@@ -278,15 +278,7 @@ async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, Cli
 }
 
 fn put_req(value: String) -> PutSecret {
-    PutSecret {
-        value: SecretValue::new(value),
-        namespaces: None,
-        template: None,
-        format: None,
-        not_before: None,
-        expires_after: None,
-        cas: None,
-    }
+    PutSecret::new(SecretValue::new(value))
 }
 
 /// Polls the file until it holds `want` (a 100 µs poll: finer than the figures measured).

@@ -79,7 +79,8 @@ async fn ready(port: u16) -> bool {
     buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200")
 }
 
-fn rss_mb(pid: u32) -> f64 {
+/// Resident memory of a process in MB, from /proc (0 if unreadable).
+pub(crate) fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

@@ -62,15 +62,6 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::new(FAILURE, e.to_string())
 }
 
-fn proc_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// User plus system CPU time of a process, in clock ticks (1/100 s on Linux).
 fn proc_cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -113,7 +104,7 @@ pub async fn run(a: WatchersArgs) -> Result<WatchersReport, CliError> {
         bundle: a.admin_bundle,
     });
     let admin = aegis_sdk::Client::connect(&admin_settings).await?;
-    let rss_before = proc_rss_mb(a.safe_pid);
+    let rss_before = crate::bench_startup::rss_mb(a.safe_pid);
     let mut handles = Vec::with_capacity(a.count);
     for chunk in (0..a.count).collect::<Vec<_>>().chunks(256) {
         let opened = futures::future::join_all(chunk.iter().map(|_| open_watch(&t, revision))).await;
@@ -122,26 +113,13 @@ pub async fn run(a: WatchersArgs) -> Result<WatchersReport, CliError> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_with = proc_rss_mb(a.safe_pid);
+    let rss_with = crate::bench_startup::rss_mb(a.safe_pid);
     let cpu0 = proc_cpu_ticks(a.safe_pid);
     tokio::time::sleep(Duration::from_secs(a.idle_seconds)).await;
     let idle_cpu = (proc_cpu_ticks(a.safe_pid) - cpu0) as f64 / a.idle_seconds as f64;
     let value = format!("watchers-{}", Instant::now().elapsed().as_nanos());
     let t0 = Instant::now();
-    admin
-        .put(
-            &a.secret,
-            &aegis_core::api::PutSecret {
-                value: aegis_core::secret::SecretValue::new(value),
-                namespaces: None,
-                template: None,
-                format: None,
-                not_before: None,
-                expires_after: None,
-                cas: None,
-            },
-        )
-        .await?;
+    admin.put(&a.secret, &aegis_core::api::PutSecret::new(aegis_core::secret::SecretValue::new(value))).await?;
     let mut times = Vec::with_capacity(handles.len());
     for h in handles {
         if let Ok(Some(at)) = h.await {

@@ -24,15 +24,7 @@ async fn kill9_during_writes_keeps_every_acknowledged_write() {
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
             for i in 1u64.. {
-                let req = PutSecret {
-                    value: SecretValue::new(format!("{i}:{}", "p".repeat(200))),
-                    namespaces: None,
-                    template: None,
-                    format: None,
-                    not_before: None,
-                    expires_after: None,
-                    cas: None,
-                };
+                let req = PutSecret::new(SecretValue::new(format!("{i}:{}", "p".repeat(200))));
                 if client.put(&format!("writer-{w}"), &req).await.is_err() {
                     return;
                 }

@@ -94,15 +94,7 @@ async fn watch_answers_on_own_changes_only() {
         (w.watch_once(0, Duration::from_secs(20)).await.unwrap(), t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let put = |v: &str| aegis_core::api::PutSecret {
-        value: aegis_core::secret::SecretValue::new(v),
-        namespaces: None,
-        template: None,
-        format: None,
-        not_before: None,
-        expires_after: None,
-        cas: None,
-    };
+    let put = |v: &str| aegis_core::api::PutSecret::new(aegis_core::secret::SecretValue::new(v));
     admin.put("payroll", &put("not yours")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "another workload's change must not answer the watch");
