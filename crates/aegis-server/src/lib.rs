@@ -19,6 +19,7 @@ pub mod serve;
 pub mod state;
 pub mod vsecm;
 pub mod watch;
+mod watchconn;
 
 use std::sync::Arc;
 

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +21,13 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use aegis_core::roles::Role;
+
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::state::{AppState, RootKeyMode, Settings};
+use crate::watchconn::Prefixed;
 use crate::{health, rootkey, route_label, router};
 
 /// Why the Safe could not start. Each message says what to fix.
@@ -150,7 +154,8 @@ async fn connection(
     state: Arc<AppState>,
 ) {
     let deadline = state.settings.handshake_timeout;
-    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+    // Boxed: the handshake state is freed once done instead of sizing the connection task.
+    let tls = match tokio::time::timeout(deadline, Box::pin(acceptor.accept(tcp))).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             state.metrics.handshake_failures.inc();
@@ -169,15 +174,52 @@ async fn connection(
         return;
     };
     let caller = Arc::new(Caller { role: state.settings.roles.classify(&id), id });
-    let svc = hyper::service::service_fn(move |req| handle(req, caller.clone(), app.clone(), state.clone()));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let not_after = tls.get_ref().1.peer_certificates().and_then(|c| aegis_identity::peer_not_after(c).ok());
     let left = not_after
         .map(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
         .unwrap_or(Duration::ZERO);
-    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    let expiry = tokio::time::sleep(left);
+    tokio::pin!(expiry);
+    let mut tls = tls;
+    let mut prefix = Vec::new();
+    // Workloads' long polls are served without hyper (see watchconn); anything else goes on below.
+    if matches!(caller.role, Role::Workload(_)) {
+        let phase = crate::watchconn::serve(&mut tls, &mut prefix, &state, &caller);
+        tokio::select! {
+            r = phase => match r {
+                Ok(crate::watchconn::Phase::Handoff) => {}
+                Ok(crate::watchconn::Phase::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "watch connection ended with an error");
+                    return;
+                }
+            },
+            () = &mut expiry => {
+                tracing::info!(%peer, "the client's SVID expired: closing its connection");
+                return;
+            }
+        }
+    }
+    // Boxed: a connection waiting in a watch should not carry hyper's state inline.
+    Box::pin(serve_hyper(Prefixed::new(prefix, tls), peer, caller, app, state, expiry)).await;
+}
+
+async fn serve_hyper<S>(
+    io: Prefixed<S>,
+    peer: SocketAddr,
+    caller: Arc<Caller>,
+    app: Router,
+    state: Arc<AppState>,
+    mut expiry: Pin<&mut tokio::time::Sleep>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = state.settings.handshake_timeout;
+    let svc = hyper::service::service_fn(move |req| handle(req, caller.clone(), app.clone(), state.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -185,7 +227,7 @@ async fn connection(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
-        _ = tokio::time::sleep(left) => {
+        () = &mut expiry => {
             tracing::info!(%peer, "the client's SVID expired: closing its connection");
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

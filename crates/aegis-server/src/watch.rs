@@ -27,8 +27,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(25);
 #[derive(Deserialize)]
 pub struct WatchQuery {
     #[serde(default)]
-    revision: u64,
-    wait_ms: Option<u64>,
+    pub(crate) revision: u64,
+    pub(crate) wait_ms: Option<u64>,
 }
 
 /// `GET /v1/workload/watch`.
@@ -37,8 +37,24 @@ pub async fn watch(
     Extension(c): Extension<Arc<Caller>>,
     q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WatchEvent>, ApiError> {
+    let Query(q) = q.map_err(|_| bad_query())?;
+    next_event(&s, &c, q).await.map(Json)
+}
+
+fn bad_query() -> ApiError {
+    ApiError::bad_request("revision and wait_ms must be whole numbers")
+}
+
+/// Parses the query of a watch request.
+pub fn parse_query(query: Option<&str>) -> Result<WatchQuery, ApiError> {
+    let uri = format!("/?{}", query.unwrap_or(""));
+    let uri: axum::http::Uri = uri.parse().map_err(|_| bad_query())?;
+    Query::<WatchQuery>::try_from_uri(&uri).map(|Query(q)| q).map_err(|_| bad_query())
+}
+
+/// Waits until the caller's secret is at another revision than asked, or the wait ends.
+pub async fn next_event(s: &AppState, c: &Caller, q: WatchQuery) -> Result<WatchEvent, ApiError> {
     let w = c.require_workload()?;
-    let Query(q) = q.map_err(|_| ApiError::bad_request("revision and wait_ms must be whole numbers"))?;
     let store = s.store()?;
     let name = w.secret_name()?;
     // Leave room under the request deadline so the answer is never a timeout.
@@ -50,7 +66,7 @@ pub async fn watch(
         commits.borrow_and_update();
         let (revision, secret) = workload_view(&store, &name);
         if revision != q.revision {
-            return Ok(Json(WatchEvent { revision, secret }));
+            return Ok(WatchEvent { revision, secret });
         }
         tokio::select! {
             changed = commits.changed() => {
@@ -58,7 +74,7 @@ pub async fn watch(
                     return Err(ApiError::sealed());
                 }
             }
-            () = tokio::time::sleep_until(deadline) => return Ok(Json(WatchEvent { revision, secret })),
+            () = tokio::time::sleep_until(deadline) => return Ok(WatchEvent { revision, secret }),
         }
     }
 }

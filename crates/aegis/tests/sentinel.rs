@@ -108,6 +108,11 @@ async fn watch_answers_on_own_changes_only() {
     let same = work.watch_once(ev.revision, Duration::from_millis(400)).await.unwrap();
     assert_eq!(same.revision, ev.revision);
     assert!(t.elapsed() >= Duration::from_millis(350));
+    // On the same kept-alive connection, other requests still work after watches.
+    assert_eq!(work.fetch().await.unwrap().unwrap().data.expose(), "yours");
+    assert_eq!(work.vsecm_fetch().await.unwrap().unwrap().data.expose(), "yours");
+    let again = work.watch_once(0, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.revision, ev.revision);
     // Delete: the watch reports no secret.
     admin.delete("billing").await.unwrap();
     let gone = work.watch_once(ev.revision, Duration::from_secs(5)).await.unwrap();
