@@ -184,18 +184,11 @@ async fn connection(
     let mut prefix = Vec::new();
     // Workloads' long polls are served without hyper (see watchconn); anything else goes on below.
     if matches!(caller.role, Role::Workload(_)) {
-        let phase = crate::watchconn::serve(&mut tls, &mut prefix, &state, &caller);
-        tokio::select! {
-            r = phase => match r {
-                Ok(crate::watchconn::Phase::Handoff) => {}
-                Ok(crate::watchconn::Phase::Closed) => return,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "watch connection ended with an error");
-                    return;
-                }
-            },
-            () = &mut expiry => {
-                tracing::info!(%peer, "the client's SVID expired: closing its connection");
+        match crate::watchconn::serve(&mut tls, &mut prefix, &state, &caller, expiry.as_mut()).await {
+            Ok(crate::watchconn::Phase::Handoff) => {}
+            Ok(crate::watchconn::Phase::Closed) => return,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "watch connection ended with an error");
                 return;
             }
         }

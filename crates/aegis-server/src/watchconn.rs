@@ -143,10 +143,20 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     state: &AppState,
     caller: &Caller,
+    mut expiry: Pin<&mut tokio::time::Sleep>,
 ) -> io::Result<Phase> {
     let mut first = true;
     loop {
-        let head = read_head(io, buf, state.settings.handshake_timeout, first).await?;
+        // Between requests the client's SVID expiry closes the connection; a
+        // request already read is answered first (with `connection: close`),
+        // as hyper's graceful shutdown does, so no client sees a cut-off answer.
+        let head = tokio::select! {
+            h = read_head(io, buf, state.settings.handshake_timeout, first) => h?,
+            () = &mut expiry => {
+                tracing::info!(caller = %caller.id, "the client's SVID expired: closing its connection");
+                return Ok(Phase::Closed);
+            }
+        };
         first = false;
         let req = match head {
             None => return Ok(Phase::Closed),
@@ -162,15 +172,17 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let start = Instant::now();
         let (status, body) = answer(state, caller, &req).await;
+        let close = req.close || expiry.is_elapsed();
         let span = tracing::info_span!("request", caller = %caller.id, method = "GET", route = ROUTE);
-        io.write_all(&response(status, &body, req.close)).await?;
+        io.write_all(&response(status, &body, close)).await?;
         io.flush().await?;
         let latency = start.elapsed();
         state.metrics.requests.get_or_create(&RequestLabels { route: ROUTE, status: status.as_u16() }).inc();
         state.metrics.latency.observe(latency.as_secs_f64());
         let _enter = span.enter();
         tracing::debug!(status = status.as_u16(), latency_us = latency.as_micros() as u64, "watch answered");
-        if req.close {
+        if close {
+            let _ = io.shutdown().await;
             return Ok(Phase::Closed);
         }
     }
