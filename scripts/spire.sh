@@ -68,7 +68,8 @@ env_get() {
 free_port() {
     local p
     for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 40000))
+        # 10000-19999: below the ephemeral range and apart from the ports the Rust tests use.
+        p=$((10000 + RANDOM % 10000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0

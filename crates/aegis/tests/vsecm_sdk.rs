@@ -46,30 +46,12 @@ const TEMPLATE: &str = r#"{"USR":"{{.username}}", "PWD":"{{.password}}"}"#;
 fn vsecm_client() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let bin = match std::env::var("AEGIS_VSECM_CLIENT") {
-            Ok(b) if !b.trim().is_empty() => PathBuf::from(b),
-            _ => {
-                let script = repo_root().join("scripts/build-vsecm-client.sh");
-                eprintln!("vsecm-client: running {} (builds the Go client once if not cached)", script.display());
-                let t = Instant::now();
-                let out = Command::new("bash")
-                    .arg(&script)
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-                assert!(
-                    out.status.success(),
-                    "the VSecM Go client is missing and {} failed ({}); these tests need it: run \
-                     scripts/build-vsecm-client.sh (needs Go >= 1.23 and the Go module proxy) or set \
-                     AEGIS_VSECM_CLIENT to a built tools/vsecm-client binary",
-                    script.display(),
-                    out.status
-                );
-                eprintln!("vsecm-client: ready after {:.1}s", t.elapsed().as_secs_f64());
-                PathBuf::from(stdout(&out).lines().last().unwrap_or_default().trim())
-            }
-        };
+        let bin = env_or_build(
+            "AEGIS_VSECM_CLIENT",
+            "scripts/build-vsecm-client.sh",
+            "the VSecM Go client is missing; these tests need it: run scripts/build-vsecm-client.sh \
+             (needs Go >= 1.23 and the Go module proxy) or set AEGIS_VSECM_CLIENT to a built tools/vsecm-client binary",
+        );
         assert!(
             bin.is_file(),
             "the VSecM Go client {} does not exist (run scripts/build-vsecm-client.sh or fix AEGIS_VSECM_CLIENT)",
