@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# HOME may be unset in CI; the cache then lives under the user's home from passwd.
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 cache="${AEGIS_CACHE_DIR:-$HOME/.cache/aegis}"
 mkdir -p "$cache"
+export AEGIS_CACHE_DIR="$cache"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 export CARGO_TERM_COLOR=never
 
