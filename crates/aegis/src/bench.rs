@@ -128,7 +128,7 @@ fn report(name: String, mut lat_us: Vec<u32>, errors: u64, elapsed: Duration) ->
 }
 
 fn print(r: &impl Serialize) -> Result<(), CliError> {
-    println!("{}", serde_json::to_string_pretty(r).map_err(|e| CliError::new(FAILURE, e.to_string()))?);
+    println!("{}", serde_json::to_string_pretty(r).map_err(CliError::failure)?);
     Ok(())
 }
 
@@ -155,10 +155,10 @@ pub(crate) struct Target {
 
 pub(crate) async fn target(full_handshakes: bool) -> Result<Target, CliError> {
     let s = settings()?;
-    let source = aegis_identity::start_source(&s.identity).await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+    let source = aegis_identity::start_source(&s.identity).await.map_err(CliError::failure)?;
     let roles = s.roles.clone();
-    let mut cfg = aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id)))
-        .map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+    let mut cfg =
+        aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id))).map_err(CliError::failure)?;
     if full_handshakes {
         // Every connection pays a full handshake with both certificate chains verified.
         cfg.resumption = rustls::client::Resumption::disabled();
@@ -235,7 +235,7 @@ async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> Result<Repo
     let mut all = Vec::new();
     let mut errors = 0;
     for task in tasks {
-        let (l, e) = task.await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+        let (l, e) = task.await.map_err(CliError::failure)?;
         all.extend(l);
         errors += e;
     }
@@ -270,7 +270,7 @@ async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, Cli
     let mut all = Vec::new();
     let mut errors = 0;
     for task in tasks {
-        let (l, e) = task.await.map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+        let (l, e) = task.await.map_err(CliError::failure)?;
         all.extend(l);
         errors += e;
     }
@@ -304,7 +304,7 @@ async fn propagation(updates: usize, file: &std::path::Path, secret: &str) -> Re
         let f = file.to_owned();
         let seen = tokio::task::spawn_blocking(move || wait_for_file(&f, &value, Duration::from_secs(10)))
             .await
-            .map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+            .map_err(CliError::failure)?;
         match seen {
             Some(d) => lat.push(d.as_micros().min(u128::from(u32::MAX)) as u32),
             None => errors += 1,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::exit::{CliError, FAILURE};
+use crate::exit::CliError;
 
 /// Start-up figures.
 #[derive(Debug, Serialize)]
@@ -32,10 +32,6 @@ pub struct StartupReport {
     pub idle_rss_mb: f64,
 }
 
-fn err(e: impl std::fmt::Display) -> CliError {
-    CliError::new(FAILURE, e.to_string())
-}
-
 fn populate(dir: &Path, n: usize, size: usize) -> Result<(), CliError> {
     let marker = dir.join(format!("populated-{n}-{size}"));
     if marker.exists() {
@@ -43,30 +39,35 @@ fn populate(dir: &Path, n: usize, size: usize) -> Result<(), CliError> {
     }
     let _ = std::fs::remove_dir_all(dir);
     let key = Arc::new(RootKey::generate());
-    aegis_server::rootkey::write(&dir.join("root.key"), &key).map_err(err)?;
+    aegis_server::rootkey::write(&dir.join("root.key"), &key).map_err(CliError::failure)?;
     let ring = Keyring::new(key);
-    let backend = DirBackend::open(&dir.join("data")).map_err(err)?;
+    let backend = DirBackend::open(&dir.join("data")).map_err(CliError::failure)?;
     let now = OffsetDateTime::now_utc();
     let value: String = "v".repeat(size);
     for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
         let mut records = Vec::with_capacity(chunk.len());
         for i in chunk {
-            let name = SecretName::parse(&format!("secret-{i:06}")).map_err(err)?;
+            let name = SecretName::parse(&format!("secret-{i:06}")).map_err(CliError::failure)?;
             let mut doc = SecretDoc::empty(name.clone(), now);
             doc.put(SecretValue::new(value.clone()), SecretMeta::defaults(now), None, now, DEFAULT_MAX_VERSIONS)
-                .map_err(err)?;
-            let plain = serde_json::to_vec(&doc).map_err(err)?;
-            records.push((name.to_string(), ring.seal(name.as_str(), doc.revision, &plain).map_err(err)?));
+                .map_err(CliError::failure)?;
+            let plain = serde_json::to_vec(&doc).map_err(CliError::failure)?;
+            records
+                .push((name.to_string(), ring.seal(name.as_str(), doc.revision, &plain).map_err(CliError::failure)?));
         }
         if let Some(e) = backend.write_batch(&records).into_iter().find_map(Result::err) {
-            return Err(err(e));
+            return Err(CliError::failure(e));
         }
     }
-    std::fs::write(marker, b"").map_err(err)
+    std::fs::write(marker, b"").map_err(CliError::failure)
 }
 
 fn free_port() -> Result<u16, CliError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?.local_addr().map_err(err)?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(CliError::failure)?
+        .local_addr()
+        .map_err(CliError::failure)?
+        .port())
 }
 
 async fn ready(port: u16) -> bool {
@@ -91,12 +92,16 @@ pub(crate) fn rss_mb(pid: u32) -> f64 {
 
 async fn start_and_measure(work: &Path, data: &Path) -> Result<(u128, f64), CliError> {
     let svid = work.join("svid");
-    let ca = aegis_identity::devca::DevCa::load_or_create(&work.join("ca"), "vsecm.com").map_err(err)?;
+    let ca = aegis_identity::devca::DevCa::load_or_create(&work.join("ca"), "vsecm.com").map_err(CliError::failure)?;
     let id = SpiffeId::parse(&aegis_core::roles::RoleRules::dev_spiffe_id("vsecm.com", "vsecm-safe", "vsecm-system"))
-        .map_err(err)?;
-    let paths = ca.issue(&id, Duration::from_secs(3600)).map_err(err)?.write_files(&svid).map_err(err)?;
+        .map_err(CliError::failure)?;
+    let paths = ca
+        .issue(&id, Duration::from_secs(3600))
+        .map_err(CliError::failure)?
+        .write_files(&svid)
+        .map_err(CliError::failure)?;
     let (port, health) = (free_port()?, free_port()?);
-    let exe = std::env::current_exe().map_err(err)?;
+    let exe = std::env::current_exe().map_err(CliError::failure)?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(exe)
         .arg("server")
@@ -117,11 +122,11 @@ async fn start_and_measure(work: &Path, data: &Path) -> Result<(u128, f64), CliE
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(err)?;
+        .map_err(CliError::failure)?;
     let pid = child.id().unwrap_or(0);
     while !ready(health).await {
-        if started.elapsed() > Duration::from_secs(120) || child.try_wait().map_err(err)?.is_some() {
-            return Err(err("the Safe did not become ready within 120 s (or exited); see its log above"));
+        if started.elapsed() > Duration::from_secs(120) || child.try_wait().map_err(CliError::failure)?.is_some() {
+            return Err(CliError::failure("the Safe did not become ready within 120 s (or exited); see its log above"));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -134,7 +139,7 @@ async fn start_and_measure(work: &Path, data: &Path) -> Result<(u128, f64), CliE
 
 /// Runs the start-up benchmark.
 pub async fn run(n: usize, size: usize, work: &Path) -> Result<StartupReport, CliError> {
-    std::fs::create_dir_all(work).map_err(err)?;
+    std::fs::create_dir_all(work).map_err(CliError::failure)?;
     let full = work.join("full");
     let empty = work.join("empty");
     populate(&full, n, size)?;

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use serde::Serialize;
 
 use crate::bench::{target, Target};
-use crate::exit::{CliError, FAILURE};
+use crate::exit::CliError;
 
 /// Arguments of `aegis bench watchers`.
 #[derive(Args, Debug)]
@@ -56,10 +56,6 @@ pub struct WatchersReport {
     pub first_notified_ms: f64,
     /// From the admin's write being sent to the last watcher notified, ms.
     pub all_notified_ms: f64,
-}
-
-fn err(e: impl std::fmt::Display) -> CliError {
-    CliError::new(FAILURE, e.to_string())
 }
 
 /// User plus system CPU time of a process, in clock ticks (1/100 s on Linux).
@@ -109,7 +105,7 @@ pub async fn run(a: WatchersArgs) -> Result<WatchersReport, CliError> {
     for chunk in (0..a.count).collect::<Vec<_>>().chunks(256) {
         let opened = futures::future::join_all(chunk.iter().map(|_| open_watch(&t, revision))).await;
         for h in opened {
-            handles.push(h.map_err(|e| err(format!("could not open watcher {}: {e}", handles.len())))?);
+            handles.push(h.map_err(|e| CliError::failure(format!("could not open watcher {}: {e}", handles.len())))?);
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -33,6 +33,11 @@ impl CliError {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }
+
+    /// An error with the general failure code (1) and `e`'s message.
+    pub fn failure(e: impl std::fmt::Display) -> Self {
+        Self::new(FAILURE, e.to_string())
+    }
 }
 
 impl From<ClientError> for CliError {

@@ -64,8 +64,7 @@ pub async fn run(a: InitArgs) -> Result<(), CliError> {
     };
     info!(version = secret.version, revision = secret.revision, bytes = secret.data.len(), "the secret is there");
     if let Some(path) = &a.path {
-        filewrite::sync(path, secret.data.expose().as_bytes(), a.mode)
-            .map_err(|e| CliError::new(FAILURE, e.to_string()))?;
+        filewrite::sync(path, secret.data.expose().as_bytes(), a.mode).map_err(CliError::failure)?;
         info!(path = %path.display(), bytes = secret.data.len(), "secrets file written");
     }
     drop(secret);

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::cli::client;
 use crate::delivery::{object_entries, watch_options};
-use crate::exit::{CliError, FAILURE};
+use crate::exit::CliError;
 use crate::filewrite::{self, FileError, FileMode};
 use crate::signals::{parse_pid, parse_signal, read_pid_file};
 use crate::split::SplitDir;
@@ -67,7 +67,7 @@ pub async fn run(a: SidecarArgs) -> Result<(), CliError> {
     let client = client().await?;
     if a.once {
         let secret = client.fetch().await?;
-        if targets.apply(secret.as_ref()).map_err(|e| CliError::new(FAILURE, e.to_string()))? {
+        if targets.apply(secret.as_ref()).map_err(CliError::failure)? {
             hook.fire().await;
         }
         return Ok(());
