@@ -73,14 +73,9 @@ impl From<StoreError> for ApiError {
             StoreError::Op(OpError::WrongState { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Template { .. } => Self::bad_request(e.to_string()),
             StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            StoreError::Io { name, .. } => {
+            StoreError::Io { name, source } => {
                 tracing::error!(secret = %name, error = %e, "storage failure");
-                Self::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!(
-                        "could not store '{name}' durably (disk full or I/O error); nothing was changed, retry later"
-                    ),
-                )
+                io_answer(name, source)
             }
             StoreError::Crypto(aegis_crypto::CryptoError::UnknownKey { .. }) => Self::bad_request(e.to_string()),
             StoreError::Open { .. } | StoreError::Crypto(_) => {
@@ -88,6 +83,26 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the Safe's log")
             }
         }
+    }
+}
+
+/// What a failed write tells the caller, by the operating system's reason.
+fn io_answer(name: &str, source: &std::io::Error) -> ApiError {
+    use nix::errno::Errno;
+    let code = source.raw_os_error().map(Errno::from_raw);
+    match code {
+        Some(Errno::EMFILE | Errno::ENFILE) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not store '{name}': the Safe has too many open files; nothing was changed, retry later"),
+        ),
+        Some(Errno::ENOSPC | Errno::EDQUOT) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("could not store '{name}': the disk is full; nothing was changed, free space and retry"),
+        ),
+        _ => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not store '{name}' durably (I/O error; see the Safe's log); nothing was changed"),
+        ),
     }
 }
 
@@ -123,6 +138,19 @@ pub fn json_error(e: &serde_json::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_errors_name_their_real_cause() {
+        let io = |code: i32| StoreError::Io { name: "billing".into(), source: std::io::Error::from_raw_os_error(code) };
+        let e = ApiError::from(io(nix::errno::Errno::EMFILE as i32));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.message().contains("too many open files") && !e.message().contains("disk"), "{}", e.message());
+        let e = ApiError::from(io(nix::errno::Errno::ENOSPC as i32));
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(e.message().contains("disk is full"));
+        let e = ApiError::from(io(nix::errno::Errno::EIO as i32));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn json_errors_never_echo_values() {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 mod extract;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod rootkey;

@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::limits::RefusalLabels;
+
 /// Labels of a request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -28,6 +30,14 @@ pub struct Metrics {
     pub handshake_failures: Counter,
     /// Secrets held.
     pub secrets: Gauge,
+    /// Client connections held now.
+    pub connections_open: Gauge,
+    /// Connections refused by a limit, by the limit.
+    pub connections_refused: Family<RefusalLabels, Counter>,
+    /// Connections closed for being idle.
+    pub connections_idle_closed: Counter,
+    /// Failed accepts (usually too many open files).
+    pub accept_errors: Counter,
     /// 1 while sealed.
     pub sealed: Gauge,
 }
@@ -40,14 +50,37 @@ impl Metrics {
         let latency = Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]);
         let handshake_failures = Counter::default();
         let secrets = Gauge::default();
+        let connections_open = Gauge::default();
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
+        let connections_idle_closed = Counter::default();
+        let accept_errors = Counter::default();
         let sealed = Gauge::default();
         sealed.set(1);
         registry.register("requests", "Requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency", latency.clone());
         registry.register("tls_handshake_failures", "Refused TLS handshakes", handshake_failures.clone());
         registry.register("secrets", "Secrets held in memory", secrets.clone());
+        registry.register("connections_open", "Client connections held", connections_open.clone());
+        registry.register("connections_refused", "Connections refused by a limit", connections_refused.clone());
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed for being idle",
+            connections_idle_closed.clone(),
+        );
+        registry.register("accept_errors", "Failed accepts (e.g. too many open files)", accept_errors.clone());
         registry.register("sealed", "1 while the Safe waits for its root key", sealed.clone());
-        Self { registry, requests, latency, handshake_failures, secrets, sealed }
+        Self {
+            registry,
+            requests,
+            latency,
+            handshake_failures,
+            secrets,
+            connections_open,
+            connections_refused,
+            connections_idle_closed,
+            accept_errors,
+            sealed,
+        }
     }
 
     /// The text exposition format.

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,11 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use aegis_core::roles::Role;
+use aegis_core::SpiffeId;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
 use crate::state::{AppState, RootKeyMode, Settings};
 use crate::watchconn::Prefixed;
@@ -105,7 +108,19 @@ pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Res
     if !settings.roles.is_safe(me.spiffe_id()) {
         return Err(StartError::NotSafe(me.spiffe_id().to_string()));
     }
+    let (fd_soft, fd_hard) = crate::limits::raise_fd_limit();
     let state = AppState::new(settings)?;
+    let l = state.gate.limits();
+    tracing::info!(
+        fd_soft,
+        fd_hard,
+        max_connections = l.max_connections,
+        max_handshakes = l.max_handshakes,
+        sentinel_reserve = l.sentinel_reserve,
+        per_identity = l.per_identity,
+        idle_timeout_ms = state.settings.idle_timeout.as_millis() as u64,
+        "connection limits"
+    );
     load_root_key(&state).await?;
     let tls = Arc::new(aegis_identity::server_config(identity)?);
     let listener = bind(state.settings.listen).await?;
@@ -127,44 +142,90 @@ pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Res
     Ok(Running { state, addr, health_addr, tasks })
 }
 
+/// The shortest and longest pause after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
+
+/// Repeated events that are logged at most once a second, with a count.
+struct Noisy {
+    accept: LogLimiter,
+    handshake: LogLimiter,
+    refused: LogLimiter,
+}
+
+impl Noisy {
+    fn new() -> Self {
+        let every = Duration::from_secs(1);
+        Self { accept: LogLimiter::new(every), handshake: LogLimiter::new(every), refused: LogLimiter::new(every) }
+    }
+}
+
 /// Accepts mTLS connections until the listener fails for good.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<AppState>) {
     let app = router(state.clone());
     let acceptor = TlsAcceptor::from(tls);
+    let noisy = Arc::new(Noisy::new());
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                backoff = ACCEPT_BACKOFF.0;
+                c
+            }
             Err(e) => {
                 // Usually too many open files: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                state.metrics.accept_errors.inc();
+                if let Some(skipped) = noisy.accept.hit() {
+                    tracing::warn!(error = %e, skipped, "accept failed; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+        let slots = match state.gate.accept() {
+            Ok(s) => s,
+            Err(why) => {
+                // Cheapest refusal: close before any TLS work.
+                refused(&state, &noisy, why, peer, None);
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(tcp, peer, acceptor.clone(), app.clone(), state.clone()));
+        tokio::spawn(connection(tcp, peer, slots, acceptor.clone(), app.clone(), state.clone(), noisy.clone()));
+    }
+}
+
+fn refused(state: &AppState, noisy: &Noisy, why: Refusal, peer: SocketAddr, id: Option<&SpiffeId>) {
+    state.metrics.connections_refused.get_or_create(&RefusalLabels { reason: why }).inc();
+    if let Some(skipped) = noisy.refused.hit() {
+        let id = id.map(ToString::to_string).unwrap_or_default();
+        tracing::warn!(%peer, spiffe_id = %id, reason = ?why, skipped, "connection refused by a limit");
     }
 }
 
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    (_slot, handshake): (Slot, HandshakeSlot),
     acceptor: TlsAcceptor,
     app: Router,
     state: Arc<AppState>,
+    noisy: Arc<Noisy>,
 ) {
     let deadline = state.settings.handshake_timeout;
     // Boxed: the handshake state is freed once done instead of sizing the connection task.
-    let tls = match tokio::time::timeout(deadline, Box::pin(acceptor.accept(tcp))).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
+    let failure = match tokio::time::timeout(deadline, Box::pin(acceptor.accept(tcp))).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("TLS handshake timed out".to_owned()),
+    };
+    let tls = match failure {
+        Ok(t) => t,
+        Err(error) => {
             state.metrics.handshake_failures.inc();
-            tracing::info!(%peer, error = %e, "TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            state.metrics.handshake_failures.inc();
-            tracing::info!(%peer, "TLS handshake timed out");
+            if let Some(skipped) = noisy.handshake.hit() {
+                tracing::info!(%peer, %error, skipped, "TLS handshake refused");
+            }
             return;
         }
     };
@@ -174,6 +235,16 @@ async fn connection(
         return;
     };
     let caller = Arc::new(Caller { role: state.settings.roles.classify(&id), id });
+    let _identity = match state.gate.admit(&caller.role, caller.id.as_str()) {
+        Ok(s) => s,
+        Err(why) => {
+            refused(&state, &noisy, why, peer, Some(&caller.id));
+            // Still holding the handshake slot: refusals are bounded like handshakes.
+            refuse_politely(tls, why.explain(state.gate.limits()), deadline).await;
+            return;
+        }
+    };
+    drop(handshake);
     let not_after = tls.get_ref().1.peer_certificates().and_then(|c| aegis_identity::peer_not_after(c).ok());
     let left = not_after
         .map(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
@@ -197,6 +268,68 @@ async fn connection(
     Box::pin(serve_hyper(Prefixed::new(prefix, tls), peer, caller, app, state, expiry)).await;
 }
 
+/// Answers the first request on a refused connection with 503 and the reason, then closes it.
+async fn refuse_politely<S>(io: S, message: String, deadline: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let mut resp = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message.clone()).into_response();
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(false).timer(TokioTimer::new()).header_read_timeout(deadline);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let _ = tokio::time::timeout(deadline, conn).await;
+}
+
+/// When a hyper connection last finished a request, and whether one is in flight.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when the last request ended; `u64::MAX` before the first.
+    last_done_ms: AtomicU64,
+}
+
+/// Marks a request in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// When the connection counts as idle if nothing starts before then; `None` while a request is in flight.
+    /// Before its first request a connection gets `first`, afterwards `idle`.
+    fn idle_at(&self, first: Duration, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(match self.last_done_ms.load(Ordering::Acquire) {
+            u64::MAX => self.started + first,
+            ms => self.started + Duration::from_millis(ms) + idle,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.0.last_done_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn serve_hyper<S>(
     io: Prefixed<S>,
     peer: SocketAddr,
@@ -208,22 +341,51 @@ async fn serve_hyper<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let deadline = state.settings.handshake_timeout;
-    let svc = hyper::service::service_fn(move |req| handle(req, caller.clone(), app.clone(), state.clone()));
+    let (first, idle) = (deadline, state.settings.idle_timeout);
+    let activity = Activity::new();
+    let svc = {
+        let (state, activity) = (state.clone(), activity.clone());
+        hyper::service::service_fn(move |req| {
+            let busy = activity.begin();
+            let reply = handle(req, caller.clone(), app.clone(), state.clone());
+            async move {
+                let r = reply.await;
+                drop(busy);
+                r
+            }
+        })
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+    // A closing connection gets as long as a request may take to finish what is in flight.
+    let grace = state.settings.request_timeout;
+    loop {
+        let wake = activity.idle_at(first, idle).unwrap_or_else(|| Instant::now() + idle);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
             }
-        }
-        () = &mut expiry => {
-            tracing::info!(%peer, "the client's SVID expired: closing its connection");
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            () = &mut expiry => {
+                tracing::info!(%peer, "the client's SVID expired: closing its connection");
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(grace, conn.as_mut()).await;
+                return;
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                if activity.idle_at(first, idle).is_some_and(|at| at <= Instant::now()) {
+                    state.metrics.connections_idle_closed.inc();
+                    tracing::debug!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, conn.as_mut()).await;
+                    return;
+                }
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use tokio::sync::Mutex;
 
 use crate::error::ApiError;
+use crate::limits::{ConnLimitSettings, Gate};
 use crate::metrics::Metrics;
 use crate::rootkey;
 
@@ -44,8 +45,13 @@ pub struct Settings {
     pub max_versions: usize,
     /// Longest time a request may take, including reading its body.
     pub request_timeout: Duration,
-    /// Longest time a TLS handshake or request head may take.
+    /// Longest time a TLS handshake or request head may take; also how long a
+    /// new connection may wait before its first request.
     pub handshake_timeout: Duration,
+    /// Longest time a connection may sit with no request in flight.
+    pub idle_timeout: Duration,
+    /// Connection limits (unset ones follow the file descriptor limit).
+    pub conn_limits: ConnLimitSettings,
     /// Role rules.
     pub roles: RoleRules,
 }
@@ -59,13 +65,17 @@ pub struct AppState {
     unseal_lock: Mutex<()>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Connection limits and counts.
+    pub gate: Arc<Gate>,
 }
 
 impl AppState {
     /// A sealed state over the data directory.
     pub fn new(settings: Settings) -> Result<Arc<Self>, aegis_store::StoreError> {
         let backend = Arc::new(DirBackend::open(&settings.data_dir)?);
+        let gate = Gate::new(settings.conn_limits.resolve(crate::limits::fd_soft_limit()));
         Ok(Arc::new(Self {
+            gate,
             settings,
             store: ArcSwapOption::empty(),
             backend,

@@ -42,6 +42,8 @@ struct WatchRequest {
 
 enum Head {
     Incomplete,
+    /// No request began within the idle deadline.
+    Idle,
     Watch(usize, WatchRequest),
     Other,
 }
@@ -74,15 +76,16 @@ fn classify(buf: &[u8]) -> Head {
 }
 
 /// Reads until a request head is complete. `Ok(None)`: the peer closed cleanly between requests.
-/// The first request of a connection must start within `head_timeout` too, so a
-/// client that connects and sends nothing is cut off.
+/// A request must begin within `wait` (`Head::Idle` otherwise) and its head
+/// must then be complete within `head_timeout`.
 async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut Vec<u8>,
     head_timeout: Duration,
-    first: bool,
+    wait: Duration,
 ) -> io::Result<Option<Head>> {
-    let mut started: Option<Instant> = first.then(Instant::now);
+    let waiting = Instant::now();
+    let mut started: Option<Instant> = None;
     loop {
         if !buf.is_empty() {
             match classify(buf) {
@@ -94,9 +97,11 @@ async fn read_head<S: AsyncRead + Unpin>(
         // Read straight into the buffer's spare room: nothing is held while idle.
         buf.reserve(1024);
         let before = buf.len();
-        // Idle keep-alive waits have no limit; once a head has begun it must finish in time.
         let n = match started {
-            None => io.read_buf(buf).await?,
+            None => match tokio::time::timeout(wait.saturating_sub(waiting.elapsed()), io.read_buf(buf)).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(Some(Head::Idle)),
+            },
             Some(t) => {
                 let left = head_timeout.saturating_sub(t.elapsed());
                 tokio::time::timeout(left, io.read_buf(buf))
@@ -145,21 +150,28 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     caller: &Caller,
     mut expiry: Pin<&mut tokio::time::Sleep>,
 ) -> io::Result<Phase> {
-    let mut first = true;
+    let mut wait = state.settings.handshake_timeout;
     loop {
         // Between requests the client's SVID expiry closes the connection; a
         // request already read is answered first (with `connection: close`),
         // as hyper's graceful shutdown does, so no client sees a cut-off answer.
         let head = tokio::select! {
-            h = read_head(io, buf, state.settings.handshake_timeout, first) => h?,
+            h = read_head(io, buf, state.settings.handshake_timeout, wait) => h?,
             () = &mut expiry => {
                 tracing::info!(caller = %caller.id, "the client's SVID expired: closing its connection");
                 return Ok(Phase::Closed);
             }
         };
-        first = false;
+        // The first request must come within the handshake deadline, later ones within the idle deadline.
+        wait = state.settings.idle_timeout;
         let req = match head {
             None => return Ok(Phase::Closed),
+            Some(Head::Idle) => {
+                state.metrics.connections_idle_closed.inc();
+                tracing::debug!(caller = %caller.id, "closing an idle connection");
+                let _ = io.shutdown().await;
+                return Ok(Phase::Closed);
+            }
             Some(Head::Watch(len, req)) => {
                 buf.drain(..len);
                 if buf.is_empty() {

@@ -149,10 +149,10 @@ impl Backend for DirBackend {
             })
             .collect();
         if let Err(e) = self.sync_dir() {
-            let kind = e.kind();
+            tracing::error!(error = %e, "directory fsync failed");
             for (r, (name, _)) in results.iter_mut().zip(records) {
                 if r.is_ok() {
-                    *r = Err(io_err(name, io::Error::new(kind, format!("directory fsync failed: {e}"))));
+                    *r = Err(io_err(name, crate::writer::copy_io(&e)));
                 }
             }
         }

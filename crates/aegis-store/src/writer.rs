@@ -77,10 +77,16 @@ fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
 
 fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
     match e {
-        StoreError::Io { source, .. } => {
-            StoreError::Io { name: name.to_string(), source: io::Error::new(source.kind(), source.to_string()) }
-        }
+        StoreError::Io { source, .. } => StoreError::Io { name: name.to_string(), source: copy_io(source) },
         other => StoreError::Io { name: name.to_string(), source: io::Error::other(other.to_string()) },
+    }
+}
+
+/// A copy of an I/O error that keeps the OS error code, which decides the answer.
+pub(crate) fn copy_io(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 

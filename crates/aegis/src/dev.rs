@@ -34,6 +34,9 @@ pub struct DevArgs {
     /// Health and metrics address.
     #[arg(long, default_value = "127.0.0.1:8081")]
     health_listen: SocketAddr,
+    /// Connection limits and idle deadline of the dev Safe.
+    #[command(flatten)]
+    limits: crate::server::LimitArgs,
     #[command(subcommand)]
     cmd: Option<DevCmd>,
 }
@@ -131,6 +134,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30_000),
         handshake_timeout_ms: 10_000,
+        limits: a.limits.clone(),
         svid_cert: None,
         svid_key: None,
         svid_bundle: None,

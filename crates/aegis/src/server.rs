@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aegis_core::roles::RoleRules;
 use aegis_identity::{IdentityConfig, IdentitySource};
+use aegis_server::limits::ConnLimitSettings;
 use aegis_server::{RootKeyMode, Settings};
 use clap::Args;
 
@@ -42,6 +43,9 @@ pub struct ServerArgs {
     /// Longest a TLS handshake or request head may take, in milliseconds.
     #[arg(long, env = "AEGIS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
+    /// Connection limits and idle deadline.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// SVID certificate file (with AEGIS_SVID_KEY and AEGIS_SVID_BUNDLE; else the Workload API).
     #[arg(long, env = "AEGIS_SVID_CERT")]
     pub svid_cert: Option<PathBuf>,
@@ -54,6 +58,38 @@ pub struct ServerArgs {
     /// SPIFFE Workload API socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///spire-agent-socket/spire-agent.sock")]
     pub spiffe_endpoint_socket: String,
+}
+
+/// How many connections the Safe holds and for how long (unset limits follow the descriptor limit).
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Close a connection that has had no request in flight for this long, in milliseconds.
+    #[arg(long, env = "AEGIS_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub idle_timeout_ms: u64,
+    /// Connections held at once (default: the file descriptor limit less a reserve, at most 65536).
+    #[arg(long, env = "AEGIS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(4..))]
+    pub max_connections: Option<u64>,
+    /// TLS handshakes in progress at once (default: 1024, at most a quarter of the connections).
+    #[arg(long, env = "AEGIS_MAX_HANDSHAKES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_handshakes: Option<u64>,
+    /// Connections kept for the Sentinel alone (default: 64, at most a quarter of the connections).
+    #[arg(long, env = "AEGIS_SENTINEL_RESERVE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sentinel_reserve: Option<u64>,
+    /// Connections one SPIFFE ID other than the Sentinel's may hold (default: 256, at most a quarter of the workloads' pool).
+    #[arg(long, env = "AEGIS_MAX_CONNECTIONS_PER_IDENTITY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_identity: Option<u64>,
+}
+
+impl LimitArgs {
+    fn conn_limits(&self) -> ConnLimitSettings {
+        let n = |v: Option<u64>| v.map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+        ConnLimitSettings {
+            max_connections: n(self.max_connections),
+            max_handshakes: n(self.max_handshakes),
+            sentinel_reserve: n(self.sentinel_reserve),
+            per_identity: n(self.max_connections_per_identity),
+        }
+    }
 }
 
 fn default_listen() -> Result<SocketAddr, CliError> {
@@ -93,6 +129,8 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         max_versions: usize::from(a.max_versions),
         request_timeout: Duration::from_millis(a.request_timeout_ms),
         handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(a.limits.idle_timeout_ms),
+        conn_limits: a.limits.conn_limits(),
         roles: roles()?,
     })
 }

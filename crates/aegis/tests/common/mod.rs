@@ -70,12 +70,19 @@ pub struct Safe {
     pub log: PathBuf,
     pub extra_env: HashMap<String, String>,
     pub args: Vec<String>,
+    /// Soft and hard file descriptor limit of the Safe process (set with prlimit).
+    pub fd_limit: Option<u64>,
     starts: usize,
 }
 
 impl Safe {
     /// `aegis dev` on free ports with the most verbose logs.
     pub fn dev() -> Self {
+        Self::dev_with(&[], None)
+    }
+
+    /// `aegis dev` with extra flags and, if given, a file descriptor limit.
+    pub fn dev_with(extra: &[&str], fd_limit: Option<u64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self {
             log: dir.path().join("safe.log"),
@@ -85,6 +92,7 @@ impl Safe {
             child: None,
             extra_env: HashMap::new(),
             args: Vec::new(),
+            fd_limit,
             starts: 0,
         };
         let (p, h) = (s.port, s.health);
@@ -97,6 +105,7 @@ impl Safe {
             "--health-listen".into(),
             format!("127.0.0.1:{h}"),
         ];
+        s.args.extend(extra.iter().map(|a| a.to_string()));
         s.start();
         s.wait_ready();
         s
@@ -145,6 +154,7 @@ impl Safe {
                 "--handshake-timeout-ms".into(),
                 "1000".into(),
             ],
+            fd_limit: None,
             starts: 0,
         };
         s.start();
@@ -160,7 +170,15 @@ impl Safe {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "trace".to_owned())]);
         env.extend(self.extra_env.clone());
-        let child = cmd(AEGIS, &env).args(&self.args).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let mut command = match self.fd_limit {
+            Some(n) => {
+                let mut c = cmd("prlimit", &env);
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(AEGIS);
+                c
+            }
+            None => cmd(AEGIS, &env),
+        };
+        let child = command.args(&self.args).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         self.starts += 1;
     }
@@ -238,6 +256,37 @@ impl Drop for Safe {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The Safe's Prometheus metrics.
+pub fn metrics(safe: &Safe) -> String {
+    http_ok(safe.health, "/metrics").expect("metrics answer")
+}
+
+/// The value of one metric line that starts with `prefix`, or 0.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+/// A raw mTLS connection to the Safe as the identity in `env` (SVID files).
+pub async fn tls_connect(
+    env: &HashMap<String, String>,
+    port: u16,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use std::sync::Arc;
+    let read = |k: &str| fs::read(&env[k]).unwrap();
+    let material = aegis_identity::SvidMaterial::from_pem(
+        &read("AEGIS_SVID_CERT"),
+        &read("AEGIS_SVID_KEY"),
+        &read("AEGIS_SVID_BUNDLE"),
+    )
+    .unwrap();
+    let source = Arc::new(aegis_identity::StaticSource(Arc::new(material)));
+    let roles = aegis_core::roles::RoleRules::vsecm_defaults();
+    let cfg = aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id))).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
 }
 
 pub fn stdout(o: &Output) -> String {
