@@ -14,6 +14,7 @@ mod extract;
 pub mod health;
 pub mod metrics;
 pub mod native;
+pub mod path;
 pub mod rootkey;
 pub mod serve;
 pub mod state;
