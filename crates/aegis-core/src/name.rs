@@ -1,22 +1,85 @@
 //! Names of secrets and workloads.
+//!
+//! The rule (see "Secret names" in docs/SECURITY.md): 1 to [`MAX_NAME_LEN`]
+//! bytes of ASCII letters, digits, `.`, `-` and `_` (the characters of a
+//! SPIFFE path segment; Kubernetes names are a subset), after an optional
+//! `k8s:` or `raw:` prefix. Not `.`, no `..`. Nothing is trimmed or rewritten:
+//! a name that breaks the rule is refused with the character at fault.
+//!
+//! Names stored by older versions, which allowed more, are still loaded
+//! ([`SecretName::parse_stored`]) so no secret vanishes on upgrade.
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::InvalidInput;
 
 /// The longest secret or workload name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 253;
 
-fn check_name(what: &'static str, s: &str) -> Result<(), InvalidInput> {
-    let bad = |why: &str| InvalidInput::new(what, why.to_owned());
+/// The prefixes with a meaning (VSecM's): the only place a `:` may appear.
+pub const NAME_PREFIXES: [&str; 2] = ["k8s:", "raw:"];
+
+/// What a name may hold, for error messages.
+const ALLOWED: &str =
+    "a name may hold only ASCII letters, digits, '.', '-' and '_', after an optional 'k8s:' or 'raw:' prefix";
+
+/// Whether `c` may appear in a name (after its prefix).
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+}
+
+fn check_len(what: &'static str, s: &str) -> Result<(), InvalidInput> {
     if s.is_empty() {
-        return Err(bad("must not be empty"));
+        return Err(InvalidInput::new(what, "must not be empty"));
     }
     if s.len() > MAX_NAME_LEN {
-        return Err(bad(&format!("is {} bytes long; the limit is {MAX_NAME_LEN}", s.len())));
+        return Err(InvalidInput::new(what, format!("is {} bytes long; the limit is {MAX_NAME_LEN}", s.len())));
     }
+    Ok(())
+}
+
+/// The current rule, for names that are created or addressed.
+fn check_name(what: &'static str, s: &str) -> Result<(), InvalidInput> {
+    let bad = |why: String| InvalidInput::new(what, why);
+    check_len(what, s)?;
+    if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return Err(bad(format!(
+            "'{}' starts or ends with whitespace; names are never trimmed: remove it",
+            s.escape_debug()
+        )));
+    }
+    let body = NAME_PREFIXES.iter().find_map(|p| s.strip_prefix(p)).unwrap_or(s);
+    if body.is_empty() {
+        return Err(bad(format!("'{s}' needs a name after it")));
+    }
+    let start = s.len() - body.len();
+    if let Some((i, c)) = body.char_indices().find(|(_, c)| !is_name_char(*c)) {
+        let at = start + i;
+        return Err(bad(if c == ':' {
+            format!(
+                "':' at byte {at} of '{}' is not allowed: ':' may appear only in a 'k8s:' or 'raw:' prefix",
+                s.escape_debug()
+            )
+        } else {
+            format!(
+                "character {c:?} (U+{:04X}) at byte {at} of '{}' is not allowed; {ALLOWED}",
+                u32::from(c),
+                s.escape_debug()
+            )
+        }));
+    }
+    if body == "." || body.contains("..") {
+        return Err(bad(format!("'{s}' must not be '.' or contain '..'")));
+    }
+    Ok(())
+}
+
+/// The rule of older versions: what may already be stored.
+fn check_stored(what: &'static str, s: &str) -> Result<(), InvalidInput> {
+    let bad = |why: &str| InvalidInput::new(what, why.to_owned());
+    check_len(what, s)?;
     if s.contains('/') || s.contains('\\') {
         return Err(bad("must not contain '/' or '\\'"));
     }
@@ -26,13 +89,16 @@ fn check_name(what: &'static str, s: &str) -> Result<(), InvalidInput> {
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(bad("must not contain spaces or control characters"));
     }
+    if NAME_PREFIXES.contains(&s) {
+        return Err(bad(&format!("'{s}' needs a name after it")));
+    }
     Ok(())
 }
 
 /// The name of a secret: also the workload name it belongs to, unless it
 /// carries a `k8s:` or `raw:` prefix.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct SecretName(String);
 
 /// What kind of secret a name denotes (VSecM's special prefixes).
@@ -50,15 +116,25 @@ pub enum SecretKind {
 pub const KEYSTONE: &str = "vsecm-keystone";
 
 impl SecretName {
-    /// Parses a secret name: 1 to 253 bytes, no `/`, `\`, `..`, spaces or control characters.
+    /// Parses a secret name under the current rule (see the module docs).
+    /// Every name that may be created; the error names the character at fault.
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
         check_name("secret name", s)?;
-        for prefix in ["k8s:", "raw:"] {
-            if s.len() == prefix.len() && s == prefix {
-                return Err(InvalidInput::new("secret name", format!("'{prefix}' needs a name after it")));
-            }
-        }
         Ok(Self(s.to_owned()))
+    }
+
+    /// Parses a name that older versions may have stored: 1 to 253 bytes, no
+    /// `/`, `\`, `..`, spaces or control characters. Use it only for names read
+    /// back from storage or to reach a secret that already exists, never to
+    /// create one.
+    pub fn parse_stored(s: &str) -> Result<Self, InvalidInput> {
+        check_stored("secret name", s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Why this (stored) name breaks the current rule, if it does.
+    pub fn current_rule_violation(&self) -> Option<InvalidInput> {
+        check_name("secret name", &self.0).err()
     }
 
     /// The name as text.
@@ -90,6 +166,16 @@ impl TryFrom<String> for SecretName {
     }
 }
 
+/// Deserialising reads stored documents, so it accepts what older versions
+/// stored ([`SecretName::parse_stored`]); requests parse names with
+/// [`SecretName::parse`].
+impl<'de> Deserialize<'de> for SecretName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse_stored(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<SecretName> for String {
     fn from(n: SecretName) -> String {
         n.0
@@ -113,7 +199,7 @@ impl fmt::Debug for SecretName {
 pub struct WorkloadName(String);
 
 impl WorkloadName {
-    /// Parses a workload name with the same rules as a secret name.
+    /// Parses a workload name with the same rule as a secret name.
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
         check_name("workload name", s)?;
         Ok(Self(s.to_owned()))
@@ -148,9 +234,24 @@ mod tests {
 
     #[test]
     fn accepts_vsecm_names() {
-        for ok in ["billing", "k8s:db-credentials", "raw:token", KEYSTONE, "a.b_c-d"] {
+        for ok in [
+            "billing",
+            "k8s:db-credentials",
+            "raw:token",
+            KEYSTONE,
+            "a.b_c-d",
+            "Billing2",
+            "-starts-with-dash",
+            "_x",
+            ".hidden",
+            "raw:k8s",
+            "k8s",
+        ] {
             assert!(SecretName::parse(ok).is_ok(), "{ok}");
+            assert!(WorkloadName::parse(ok).is_ok(), "{ok}");
         }
+        let longest = "a".repeat(MAX_NAME_LEN);
+        assert!(SecretName::parse(&longest).is_ok());
         assert_eq!(SecretName::parse("k8s:db").unwrap().kind(), SecretKind::Kubernetes);
         assert_eq!(SecretName::parse("raw:x").unwrap().kind(), SecretKind::Raw);
         assert_eq!(SecretName::parse("app").unwrap().kind(), SecretKind::Workload);
@@ -162,16 +263,63 @@ mod tests {
         for (bad, why) in [
             ("", "empty"),
             (long.as_str(), "limit"),
-            ("a/b", "'/'"),
-            ("a\\b", "'/'"),
-            ("..", "'..'"),
-            ("a..b", "'..'"),
-            ("a\nb", "control"),
-            ("a b", "spaces"),
-            ("k8s:", "needs a name"),
+            ("a/b", "'/' (U+002F) at byte 1"),
+            ("a\\b", "'\\\\' (U+005C)"),
+            (".", "must not be '.'"),
+            ("..", "contain '..'"),
+            ("a..b", "contain '..'"),
+            ("k8s:..", "contain '..'"),
+            ("a\nb", "U+000A"),
+            ("a b", "' ' (U+0020) at byte 1"),
+            ("a?b", "'?' (U+003F) at byte 1"),
+            ("a%41", "'%' (U+0025) at byte 1"),
+            ("a#b", "U+0023"),
+            ("a@b", "U+0040"),
+            ("a+b", "U+002B"),
+            ("a=b", "U+003D"),
+            ("caf\u{e9}", "'\u{e9}' (U+00E9) at byte 3"),
+            ("b\u{456}lling", "U+0456"),
+            ("a:b", "':' may appear only in a 'k8s:' or 'raw:' prefix"),
+            ("k8s:a:b", "':' at byte 5"),
+            ("K8S:x", "':' at byte 3"),
+            (":x", "':' at byte 0"),
+            ("k8s:", "needs a name after it"),
+            ("raw:", "needs a name after it"),
+            (" billing", "never trimmed"),
+            ("billing ", "never trimmed"),
+            ("billing\t", "never trimmed"),
         ] {
             let err = SecretName::parse(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(err.starts_with("invalid secret name: "), "{bad:?}: {err}");
+        }
+        let err = SecretName::parse("a?b").unwrap_err().to_string();
+        assert!(err.contains("ASCII letters, digits, '.', '-' and '_'"), "{err}");
+    }
+
+    #[test]
+    fn stored_names_of_older_versions_still_parse_and_are_flagged() {
+        for old in ["a?b", "a%41", "caf\u{e9}", "a:b", "x@y", "."] {
+            let n = SecretName::parse_stored(old).unwrap();
+            assert!(n.current_rule_violation().is_some(), "{old}");
+            let n: SecretName = serde_json::from_str(&serde_json::to_string(old).unwrap()).unwrap();
+            assert_eq!(n.as_str(), old);
+        }
+        assert!(SecretName::parse("billing").unwrap().current_rule_violation().is_none());
+        for never in ["a/b", "a b", "..", "a\nb", "", "k8s:"] {
+            assert!(SecretName::parse_stored(never).is_err(), "{never:?}");
+            assert!(serde_json::from_str::<SecretName>(&serde_json::to_string(never).unwrap()).is_err(), "{never:?}");
+        }
+    }
+
+    #[test]
+    fn current_rule_is_narrower_than_the_stored_rule() {
+        // Every name that may be created can also be loaded again.
+        for c in (0u8..=127).map(char::from) {
+            let s = format!("a{c}b");
+            if SecretName::parse(&s).is_ok() {
+                assert!(SecretName::parse_stored(&s).is_ok(), "{s:?}");
+            }
         }
     }
 }

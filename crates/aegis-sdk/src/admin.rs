@@ -5,21 +5,17 @@ use aegis_core::api::{
     SecretRead, Status, Unseal, VsecmDelete, VsecmKeys, VsecmList, VsecmUpsert,
 };
 use aegis_core::secret::SecretValue;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::Method;
 
 use crate::{Client, ClientError};
 
-/// Percent-encodes a secret name for a path segment.
+/// What a path segment keeps as it is: RFC 3986's unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encodes a secret name as one path segment (the Safe decodes it once).
 fn seg(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(name, SEGMENT).to_string()
 }
 
 const NONE: Option<&()> = None;
@@ -119,6 +115,31 @@ impl Client {
             Ok(v) => Ok(Some(v)),
             Err(ClientError::Refused { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::seg;
+
+    #[test]
+    fn names_become_one_segment() {
+        for (name, want) in [
+            ("billing", "billing"),
+            ("k8s:db-credentials", "k8s%3Adb-credentials"),
+            ("a.b_c-d~", "a.b_c-d~"),
+            ("a?b", "a%3Fb"),
+            ("a%41", "a%2541"),
+            ("a/b", "a%2Fb"),
+            (" billing", "%20billing"),
+            ("caf\u{e9}", "caf%C3%A9"),
+        ] {
+            assert_eq!(seg(name), want, "{name}");
+            let encoded = seg(name);
+            let back = percent_encoding::percent_decode_str(&encoded).decode_utf8().unwrap();
+            assert_eq!(back, name);
         }
     }
 }

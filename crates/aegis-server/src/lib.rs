@@ -15,6 +15,7 @@ pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod native;
+pub mod path;
 pub mod rootkey;
 pub mod serve;
 pub mod state;

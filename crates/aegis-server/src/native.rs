@@ -13,7 +13,7 @@ use aegis_crypto::{Keyring, RootKey};
 use aegis_store::{Entry, Mutation, Store};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract;
+use crate::path::Segments;
 use crate::state::AppState;
 use crate::vsecm::deliverable;
 
@@ -53,8 +54,21 @@ pub fn info(doc: &SecretDoc) -> SecretInfo {
     }
 }
 
+/// A name that may be written: the current rule only.
 fn name(raw: &str) -> Result<SecretName, ApiError> {
     Ok(SecretName::parse(raw)?)
+}
+
+/// A name that addresses a secret: the current rule, or a name an older
+/// version stored that exists (so it can still be read and deleted).
+pub(crate) fn address(s: &AppState, raw: &str) -> Result<SecretName, ApiError> {
+    match SecretName::parse(raw) {
+        Ok(n) => Ok(n),
+        Err(e) => match SecretName::parse_stored(raw) {
+            Ok(old) if s.store()?.get(&old).is_some() => Ok(old),
+            _ => Err(e.into()),
+        },
+    }
 }
 
 fn existing(s: &AppState, n: &SecretName) -> Result<Arc<Entry>, ApiError> {
@@ -64,14 +78,9 @@ fn existing(s: &AppState, n: &SecretName) -> Result<Arc<Entry>, ApiError> {
 }
 
 /// `PUT /v1/secrets/{name}`.
-pub async fn put(
-    State(s): St,
-    Extension(c): Who,
-    Path(raw): Path<String>,
-    b: Body,
-) -> Result<Json<SecretInfo>, ApiError> {
+pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
-    let n = name(&raw)?;
+    let n = name(&p.name)?;
     let req: PutSecret = extract::json(b, s.settings.max_body_bytes)?;
     let store = s.store()?;
     if req.value.is_empty() {
@@ -104,11 +113,11 @@ pub struct VersionQuery {
 pub async fn get(
     State(s): St,
     Extension(c): Who,
-    Path(raw): Path<String>,
+    p: Segments,
     q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SecretRead>, ApiError> {
     c.require_sentinel()?;
-    let n = name(&raw)?;
+    let n = address(&s, &p.name)?;
     let Query(q) = q.map_err(|_| ApiError::bad_request("version must be a positive whole number"))?;
     let e = existing(&s, &n)?;
     if e.doc.deleted.is_some() && q.version.is_none() {
@@ -150,50 +159,42 @@ pub async fn list(
 
 async fn mutate(s: &AppState, c: &Caller, raw: &str, m: Mutation) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
-    let n = name(raw)?;
+    let n = address(s, raw)?;
     let store = s.store()?;
     let e = store.apply(n, m).await?;
     Ok(Json(info(&e.doc)))
 }
 
 /// `DELETE /v1/secrets/{name}`: soft delete.
-pub async fn delete(State(s): St, Extension(c): Who, Path(raw): Path<String>) -> Result<Json<SecretInfo>, ApiError> {
-    mutate(&s, &c, &raw, Mutation::Delete).await
+pub async fn delete(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<SecretInfo>, ApiError> {
+    mutate(&s, &c, &p.name, Mutation::Delete).await
 }
 
 /// `POST /v1/secrets/{name}/undelete`.
-pub async fn undelete(State(s): St, Extension(c): Who, Path(raw): Path<String>) -> Result<Json<SecretInfo>, ApiError> {
-    mutate(&s, &c, &raw, Mutation::Undelete).await
+pub async fn undelete(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<SecretInfo>, ApiError> {
+    mutate(&s, &c, &p.name, Mutation::Undelete).await
 }
 
 /// `DELETE /v1/secrets/{name}/versions/{version}`: destroys one version's value.
-pub async fn destroy(
-    State(s): St,
-    Extension(c): Who,
-    Path((raw, version)): Path<(String, String)>,
-) -> Result<Json<SecretInfo>, ApiError> {
+pub async fn destroy(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<SecretInfo>, ApiError> {
+    let version = p.version.unwrap_or_default();
     let v = version.parse::<u64>().map_err(|_| {
         ApiError::bad_request(format!("version '{}' is not a positive whole number", version.escape_debug()))
     })?;
-    mutate(&s, &c, &raw, Mutation::Destroy(v)).await
+    mutate(&s, &c, &p.name, Mutation::Destroy(v)).await
 }
 
 /// `POST /v1/secrets/{name}/rollback`.
-pub async fn rollback(
-    State(s): St,
-    Extension(c): Who,
-    Path(raw): Path<String>,
-    b: Body,
-) -> Result<Json<SecretInfo>, ApiError> {
+pub async fn rollback(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
     let req: Rollback = extract::json(b, s.settings.max_body_bytes)?;
-    mutate(&s, &c, &raw, Mutation::Rollback(req.version)).await
+    mutate(&s, &c, &p.name, Mutation::Rollback(req.version)).await
 }
 
 /// `GET /v1/secrets/{name}/versions`.
-pub async fn history(State(s): St, Extension(c): Who, Path(raw): Path<String>) -> Result<Json<History>, ApiError> {
+pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<History>, ApiError> {
     c.require_sentinel()?;
-    let n = name(&raw)?;
+    let n = address(&s, &p.name)?;
     let e = existing(&s, &n)?;
     let versions = e
         .doc

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aegis_crypto::Keyring;
 use aegis_identity::{peer_spiffe_id, IdentitySource};
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode, Uri};
+use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
@@ -396,7 +396,7 @@ async fn handle(
     app: Router,
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
-    normalize(req.uri_mut());
+    crate::path::vsecm_encoded_query(req.uri_mut());
     let route = route_label(req.uri().path());
     let method = req.method().clone();
     let span = tracing::info_span!("request", caller = %caller.id, %method, route);
@@ -423,69 +423,4 @@ async fn handle(
         tracing::debug!(status, latency_us = micros, "request served");
     }
     Ok(resp)
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Percent-decodes the path (VSecM's CLI sends `/sentinel/v1/secrets%3Freveal=true`).
-fn normalize(uri: &mut Uri) {
-    let path = uri.path();
-    if !path.contains('%') {
-        return;
-    }
-    let Some(decoded) = percent_decode(path) else { return };
-    let (p, extra) = match decoded.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (decoded.clone(), None),
-    };
-    let query = match (uri.query(), extra) {
-        (Some(a), Some(b)) => Some(format!("{a}&{b}")),
-        (a, b) => a.map(str::to_owned).or(b),
-    };
-    let pq = match query {
-        Some(q) => format!("{p}?{q}"),
-        None => p,
-    };
-    if let Ok(new) = Uri::builder().path_and_query(pq).build() {
-        *uri = new;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalizes_vsecm_encoded_query() {
-        let mut u: Uri = "/sentinel/v1/secrets%3Freveal=true".parse().unwrap();
-        normalize(&mut u);
-        assert_eq!(u.path(), "/sentinel/v1/secrets");
-        assert_eq!(u.query(), Some("reveal=true"));
-        let mut u: Uri = "/v1/secrets/k8s%3Adb".parse().unwrap();
-        normalize(&mut u);
-        assert_eq!(u.path(), "/v1/secrets/k8s:db");
-        let mut u: Uri = "/v1/secrets/bad%2".parse().unwrap();
-        normalize(&mut u);
-        assert_eq!(u.path(), "/v1/secrets/bad%2");
-    }
 }

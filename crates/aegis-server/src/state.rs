@@ -110,6 +110,12 @@ impl AppState {
         if !report.quarantined.is_empty() {
             tracing::error!(count = report.quarantined.len(), "some records could not be opened and were quarantined");
         }
+        if !report.legacy_names.is_empty() {
+            tracing::warn!(
+                count = report.legacy_names.len(),
+                "some secrets have names the current rule refuses (see docs/SECURITY.md, \"Secret names\"); rename them"
+            );
+        }
         self.metrics.secrets.set(store.len() as i64);
         self.store.store(Some(Arc::new(store)));
         self.metrics.sealed.set(0);

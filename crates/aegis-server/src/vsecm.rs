@@ -131,7 +131,8 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         }
         return Err(ApiError::bad_request("no workloads given: name at least one (safe -w NAME)"));
     }
-    let names = workloads.iter().map(|w| SecretName::parse(w.trim())).collect::<Result<Vec<_>, _>>()?;
+    // Never trimmed or rewritten: a name the rule refuses is refused.
+    let names = workloads.iter().map(|w| SecretName::parse(w)).collect::<Result<Vec<_>, _>>()?;
     let value = if req.encrypt { decrypt_value(store.keyring().current(), &req.value)? } else { req.value };
     if value.is_empty() {
         return Err(ApiError::bad_request("the secret value is empty; provide one (safe -s VALUE)"));
@@ -171,7 +172,7 @@ pub async fn delete(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     if req.workloads.is_empty() {
         return Err(ApiError::bad_request("no workloads given: name the secrets to delete (safe -d -w NAME)"));
     }
-    let names = req.workloads.iter().map(|w| SecretName::parse(w.trim())).collect::<Result<Vec<_>, _>>()?;
+    let names = req.workloads.iter().map(|w| crate::native::address(&s, w)).collect::<Result<Vec<_>, _>>()?;
     for name in names {
         match store.apply(name, Mutation::Delete).await {
             Ok(_)

@@ -112,6 +112,9 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Records that failed and were quarantined.
     pub quarantined: Vec<Quarantined>,
+    /// Secrets loaded whose names the current name rule refuses (stored by
+    /// an older version): readable and deletable, but they take no new value.
+    pub legacy_names: Vec<String>,
 }
 
 pub(crate) struct Shared {

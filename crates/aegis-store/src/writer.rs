@@ -209,7 +209,8 @@ enum LoadFailure {
 
 fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str) -> Result<Entry, LoadFailure> {
     let bytes = backend.read(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
-    let parsed = SecretName::parse(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
+    // Names older versions stored are loaded even where the current rule refuses them.
+    let parsed = SecretName::parse_stored(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
     if let Ok(h) = Keyring::header(name, &bytes) {
         if !keyring.knows(h.key_id) {
             let e = aegis_crypto::CryptoError::UnknownKey { name: name.to_owned(), key_id: h.key_id };
@@ -256,6 +257,15 @@ fn load_blocking(
     for (name, r) in opened {
         match r {
             Ok(entry) => {
+                if let Some(why) = entry.doc.name.current_rule_violation() {
+                    tracing::warn!(
+                        secret = %name,
+                        reason = %why,
+                        "stored secret name breaks the current name rule: it is loaded and can still be read and deleted, \
+                         but takes no new value; copy it to an allowed name and delete this one"
+                    );
+                    report.legacy_names.push(name.clone());
+                }
                 map.insert(entry.doc.name.clone(), Arc::new(entry));
             }
             Err(LoadFailure::UnknownKey(_)) => {}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use aegis_core::api::{PutSecret, SecretInfo};
 use aegis_core::secret::SecretValue;
+use aegis_core::SecretName;
 use aegis_sdk::{Client, Settings};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -127,7 +128,9 @@ struct NameVersion {
 
 #[derive(Args, Debug)]
 struct PutArgs {
-    /// Secret name (a workload's name, or k8s:NAME, raw:NAME).
+    /// Secret name (a workload's name, or k8s:NAME, raw:NAME): ASCII letters,
+    /// digits, '.', '-' and '_' after the optional prefix; put `--` before a
+    /// name that starts with '-'.
     name: String,
     /// The value; omit to read it from standard input (keeps it out of shell history).
     #[arg(long)]
@@ -209,6 +212,8 @@ async fn admin(cmd: Command) -> Result<(), CliError> {
     let c = client().await?;
     match cmd {
         Command::Put(a) => {
+            // The Safe's rule, checked before the value is read or sent.
+            SecretName::parse(&a.name).map_err(CliError::failure)?;
             let value = match a.value {
                 Some(v) => SecretValue::new(v),
                 None => read_stdin("secret value")?,
