@@ -30,6 +30,8 @@ pub struct Metrics {
     pub secrets: Gauge,
     /// 1 while sealed.
     pub sealed: Gauge,
+    /// Transformations found over the template budget since start.
+    pub transform_failures: Gauge,
 }
 
 impl Metrics {
@@ -42,12 +44,18 @@ impl Metrics {
         let secrets = Gauge::default();
         let sealed = Gauge::default();
         sealed.set(1);
+        let transform_failures = Gauge::default();
         registry.register("requests", "Requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency", latency.clone());
         registry.register("tls_handshake_failures", "Refused TLS handshakes", handshake_failures.clone());
         registry.register("secrets", "Secrets held in memory", secrets.clone());
         registry.register("sealed", "1 while the Safe waits for its root key", sealed.clone());
-        Self { registry, requests, latency, handshake_failures, secrets, sealed }
+        registry.register(
+            "transform_failures",
+            "Stored templates found over the template budget since start (those secrets are served as errors)",
+            transform_failures.clone(),
+        );
+        Self { registry, requests, latency, handshake_failures, secrets, sealed, transform_failures }
     }
 
     /// The text exposition format.
