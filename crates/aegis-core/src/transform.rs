@@ -34,12 +34,25 @@
 //! [`validate_template`]). A stored template that is refused, fails or makes
 //! the engine panic leaves the value untouched.
 //!
+//! Every render runs within a [`Budget`]: output size, steps (actions, range
+//! iterations, function calls) and time, plus the fixed bounds on nesting
+//! ([`MAX_NESTING`]), `printf` widths ([`MAX_PRINTF_SIZE`]) and data
+//! references per action ([`MAX_ACTION_REFERENCES`]). A template over its
+//! budget is an error, never a fallback to the value: see [`transform`].
+//!
 //! The intermediate copies of the value made here (parsed JSON, template
 //! engine values) are not zeroized; the caller owns the returned `String`.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod budget;
+
+pub use budget::{
+    Budget, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STEPS, DEFAULT_MAX_TIME, DEFAULT_MAX_TIME_MS, MAX_ACTION_REFERENCES,
+    MAX_NESTING, MAX_PRINTF_SIZE,
+};
 
 /// The text Go's `text/template` (and `gtmpl`) prints for a missing value.
 const NO_VALUE: &str = "<no value>";
@@ -84,73 +97,238 @@ impl fmt::Display for Format {
     }
 }
 
-/// A template that Go's `text/template` syntax (as `gtmpl` parses it) rejects.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid template: {reason}; the template uses Go text/template syntax, e.g. {{{{.username}}}}")]
+/// A template that is refused: Go's `text/template` syntax (as `gtmpl`
+/// parses it) rejects it, the engine cannot run it safely, or it is over its
+/// [`Budget`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateError {
     reason: String,
+    over_budget: bool,
 }
 
 impl TemplateError {
     fn new(reason: String) -> Self {
-        TemplateError { reason }
+        TemplateError { reason, over_budget: false }
     }
 
-    /// The parser's explanation of what is wrong.
+    fn budget(reason: String) -> Self {
+        TemplateError { reason, over_budget: true }
+    }
+
+    /// The explanation of what is wrong (never a value).
     pub fn reason(&self) -> &str {
         &self.reason
     }
+
+    /// Whether the template exceeds a bound of its budget (output, steps,
+    /// time, nesting, printf size, references per action) rather than being
+    /// malformed.
+    pub fn is_over_budget(&self) -> bool {
+        self.over_budget
+    }
 }
 
-/// Checks that `template` parses, so a bad template is refused when a secret
-/// is written instead of being silently ignored when it is read.
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.over_budget {
+            write!(f, "template over budget: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid template: {}; the template uses Go text/template syntax, e.g. {{{{.username}}}}",
+                self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+/// Checks that `template` parses and stays inside the static bounds of its
+/// budget, so a bad template is refused when a secret is written instead of
+/// being silently ignored when it is read. Whether it runs within the budget
+/// depends on the value: [`transform`] tells.
 ///
 /// An empty template is valid and means "no template". Besides syntax
-/// errors, three things Go accepts are refused because the template engine
-/// (`gtmpl`) cannot run them safely: named templates (`define`, `block`,
+/// errors, these are refused: named templates (`define`, `block`,
 /// `template`, which can recurse until the stack overflows), line breaks
-/// inside an action, and non-ASCII characters inside an action outside
-/// quoted strings.
+/// inside an action, non-ASCII characters inside an action outside quoted
+/// strings, nesting deeper than [`MAX_NESTING`], more than
+/// [`MAX_ACTION_REFERENCES`] data references in one action and `printf`
+/// widths or precisions above [`MAX_PRINTF_SIZE`].
 pub fn validate_template(template: &str) -> Result<(), TemplateError> {
     if template.is_empty() {
         return Ok(());
     }
-    parse_template(template).map(drop)
+    let scanned = check_actions(template)?;
+    with_stack(scanned.depth, || parse_template(&scanned).map(drop))?
 }
 
-/// Parses a template, keeping `gtmpl` away from the inputs that hang it or
-/// crash the process: it loops forever (and grows memory) when the text ends
-/// inside an action, panics on non-ASCII text in an action, and overflows
-/// the stack on recursive named templates.
-fn parse_template(template: &str) -> Result<gtmpl::Template, TemplateError> {
-    check_actions(template)?;
+/// A template after the lexical checks: rewritten with a step before each
+/// action, and how deep it nests.
+struct Scanned {
+    text: String,
+    depth: usize,
+}
+
+/// Nesting up to this depth is parsed and run on the caller's thread; deeper
+/// templates (up to [`MAX_NESTING`]) on a thread with [`DEEP_STACK_BYTES`].
+const INLINE_NESTING: usize = 12;
+
+/// The stack of the thread that parses and runs deeply nested templates.
+const DEEP_STACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Runs `f` here, or on a thread with a stack known to be large enough for
+/// `depth` levels of `gtmpl`'s recursion.
+fn with_stack<T: Send>(depth: usize, f: impl FnOnce() -> T + Send) -> Result<T, TemplateError> {
+    if depth <= INLINE_NESTING {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("aegis-template".to_owned())
+            .stack_size(DEEP_STACK_BYTES)
+            .spawn_scoped(s, f)
+            .ok()
+            .and_then(|h| h.join().ok())
+            .ok_or_else(|| TemplateError::budget("no thread could be started to run the template".to_owned()))
+    })
+}
+
+/// Parses a checked template, keeping `gtmpl` away from the inputs that hang
+/// it or crash the process: it loops forever (and grows memory) when the text
+/// ends inside an action, panics on non-ASCII text in an action, and
+/// overflows the stack on recursive named templates or deep nesting.
+fn parse_template(scanned: &Scanned) -> Result<gtmpl::Template, TemplateError> {
     // A trailing comment closes an action left open by a case check_actions
     // misjudged, so the lexer always ends; it renders nothing otherwise.
-    let guarded = format!("{template}{{{{/* */}}}}");
+    let guarded = format!("{}{{{{/* */}}}}", scanned.text);
     // A last line of defence: a gtmpl panic we did not foresee becomes an
     // error instead of taking the caller down.
+    let _quiet = quiet::Quiet::enter();
     std::panic::catch_unwind(move || {
         let mut parsed = gtmpl::Template::default();
-        parsed.parse(guarded).map(|()| parsed).map_err(|e| TemplateError::new(e.to_string()))
+        parsed.add_funcs(budget::FUNCS);
+        parsed.parse(guarded).map(|()| parsed).map_err(|e| TemplateError::new(strip_step(&e.to_string())))
     })
     .map_err(|_| TemplateError::new("the template engine failed on this template".to_owned()))?
 }
 
-/// Runs a parsed template; `None` when it fails (or the engine panics).
-fn render(parsed: &gtmpl::Template, data: gtmpl::Value) -> Option<String> {
-    let context = gtmpl::Context::from(data);
-    let run = std::panic::AssertUnwindSafe(|| parsed.render(&context).ok());
-    std::panic::catch_unwind(run).ok()?
+/// Parse errors quote the text around the error, which now holds the step calls.
+fn strip_step(message: &str) -> String {
+    message
+        .replace(&format!("{{{{{STEP}}}}}", STEP = budget::STEP_FUNC), "")
+        .replace(&format!("{{{{- {STEP}}}}}", STEP = budget::STEP_FUNC), "")
 }
 
-/// Walks the actions (`{{ ... }}`) the way `gtmpl`'s lexer does and refuses
-/// the ones it cannot handle; syntax is left to the parser.
-fn check_actions(template: &str) -> Result<(), TemplateError> {
+/// A writer that fails once `limit` bytes are written, which stops `gtmpl`.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len().saturating_add(buf.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("template output limit reached"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a parsed template within `budget`: `Ok(None)` when it fails (or the
+/// engine panics), an error when it exceeds the budget.
+fn render(parsed: &gtmpl::Template, data: gtmpl::Value, budget: &Budget) -> Result<Option<String>, TemplateError> {
+    let context = gtmpl::Context::from(data);
+    let meter = budget::Metered::start(*budget);
+    let mut out = Capped { out: Vec::new(), limit: budget.max_output_bytes, over: false };
+    let ran = {
+        let _quiet = quiet::Quiet::enter();
+        let run = std::panic::AssertUnwindSafe(|| parsed.execute(&mut out, &context).is_ok());
+        std::panic::catch_unwind(run)
+    };
+    if let Some(why) = meter.exceeded() {
+        return Err(TemplateError::budget(why));
+    }
+    if out.over {
+        return Err(TemplateError::budget(budget.output_exceeded()));
+    }
+    Ok(match ran {
+        Ok(true) => String::from_utf8(out.out).ok(),
+        _ => None,
+    })
+}
+
+/// A quiet panic hook for the template engine: a panic inside `gtmpl` is
+/// caught (and the template treated as failing), so the default hook's
+/// message, and with `RUST_BACKTRACE` set its backtrace, would only be noise
+/// (and the message could quote template data). While a template is parsed
+/// or run on a thread, a panic there prints one line with the engine's source
+/// location and nothing else; every other panic goes to the hook that was
+/// installed before, unchanged.
+mod quiet {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    static INSTALL: Once = Once::new();
+
+    /// Marks this thread as running the template engine until dropped.
+    pub(super) struct Quiet(bool);
+
+    impl Quiet {
+        pub(super) fn enter() -> Self {
+            INSTALL.call_once(|| {
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    if ACTIVE.with(Cell::get) {
+                        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                        eprintln!("aegis: the template engine panicked{at}; the template is treated as failing");
+                    } else {
+                        previous(info);
+                    }
+                }));
+            });
+            Quiet(ACTIVE.with(|a| a.replace(true)))
+        }
+    }
+
+    impl Drop for Quiet {
+        fn drop(&mut self) {
+            ACTIVE.with(|a| a.set(self.0));
+        }
+    }
+}
+
+/// Walks the actions (`{{ ... }}`) the way `gtmpl`'s lexer does, refuses the
+/// ones it cannot handle and the ones over the static bounds (nesting,
+/// references, printf sizes), and puts a step before each action; syntax is
+/// left to the parser.
+fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
+    let mut text = String::with_capacity(template.len() + template.len() / 2);
+    // The nesting each open block adds: 1, plus 1 per `else if` of its chain.
+    let mut blocks: Vec<usize> = Vec::new();
+    let mut open = 0usize;
+    let mut deepest = 0usize;
     let mut offset = 0;
+    // Characters before `offset`, counted as the walk goes (not from the
+    // start for every action, which is quadratic in the template's length).
+    let mut counted = 0usize;
     while let Some(found) = template[offset..].find("{{") {
         let start = offset + found;
-        let at = template[..start].chars().count() + 1;
+        let at = counted + template[offset..start].chars().count() + 1;
         let mut body = &template[start + 2..];
+        let mut trim = false;
         if let Some(trimmed) = body.strip_prefix("- ") {
             // gtmpl miscounts the bytes to trim after a multi-byte character.
             let before = template[offset..start].trim_end();
@@ -160,52 +338,148 @@ fn check_actions(template: &str) -> Result<(), TemplateError> {
                 )));
             }
             body = trimmed;
+            trim = true;
         }
-        let len =
-            action_len(body).map_err(|why| TemplateError::new(format!("{why} in the action at character {at}")))?;
+        let action = action_len(body, at)?;
         check_keyword(body).map_err(|why| TemplateError::new(format!("{why} (the action at character {at})")))?;
-        offset = template.len() - body.len() + len;
+        if action.references > MAX_ACTION_REFERENCES {
+            return Err(TemplateError::budget(format!(
+                "the action at character {at} refers to data {} times, more than the limit of {MAX_ACTION_REFERENCES} \
+                 (template references per action); split it into several actions",
+                action.references
+            )));
+        }
+        let (word, next) = keywords(body);
+        let mut closes = 0;
+        match word {
+            "if" | "with" | "range" => {
+                blocks.push(1);
+                open += 1;
+            }
+            "else" if next == "if" => {
+                if let Some(chain) = blocks.last_mut() {
+                    *chain += 1;
+                    open += 1;
+                }
+            }
+            "end" => closes = blocks.pop().unwrap_or(0),
+            _ => {}
+        }
+        let depth = open + action.parens;
+        if depth > MAX_NESTING {
+            return Err(TemplateError::budget(format!(
+                "blocks (if, with, range, else if) and parentheses nest {depth} deep at character {at}, deeper than \
+                 the limit of {MAX_NESTING} (template nesting depth); flatten the template"
+            )));
+        }
+        deepest = deepest.max(depth);
+        open -= closes;
+        let end = template.len() - body.len() + action.len;
+        counted = at - 1 + template[start..end].chars().count();
+        text.push_str(&template[offset..start]);
+        if action.comment {
+            text.push_str(&template[start..end]);
+        } else if trim {
+            text.push_str("{{- ");
+            text.push_str(budget::STEP_FUNC);
+            text.push_str("}}{{");
+            text.push_str(&template[template.len() - body.len()..end]);
+        } else {
+            text.push_str("{{");
+            text.push_str(budget::STEP_FUNC);
+            text.push_str("}}");
+            text.push_str(&template[start..end]);
+        }
+        offset = end;
     }
-    Ok(())
+    text.push_str(&template[offset..]);
+    Ok(Scanned { text, depth: deepest })
 }
 
-/// The length of an action's body up to and including its closing `}}`.
-fn action_len(body: &str) -> Result<usize, &'static str> {
+/// The first two words of an action, e.g. `("else", "if")`.
+fn keywords(body: &str) -> (&str, &str) {
+    let word = |s: &str| -> (usize, usize) {
+        let s_trim = s.trim_start();
+        let skip = s.len() - s_trim.len();
+        let len = s_trim.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s_trim.len());
+        (skip, len)
+    };
+    let (skip, len) = word(body);
+    let first = &body[skip..skip + len];
+    let rest = &body[skip + len..];
+    let (skip2, len2) = word(rest);
+    (first, &rest[skip2..skip2 + len2])
+}
+
+/// What [`action_len`] found in one action.
+struct Action {
+    /// Length of the body up to and including the closing `}}`.
+    len: usize,
+    /// Deepest nesting of parentheses.
+    parens: usize,
+    /// Data references (`.` and `$`) outside quoted strings.
+    references: usize,
+    /// Whether it is a comment.
+    comment: bool,
+}
+
+/// Scans an action's body up to and including its closing `}}`.
+fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
+    let syntax = |why: &str| TemplateError::new(format!("{why} in the action at character {at}"));
     if let Some(comment) = body.strip_prefix("/*") {
-        let end = comment.find("*/").ok_or("unclosed comment")? + 4;
+        let end = comment.find("*/").ok_or_else(|| syntax("unclosed comment"))? + 4;
         let rest = &body[end..];
-        return match (rest.starts_with("}}"), rest.starts_with(" -}}")) {
-            (true, _) => Ok(end + 2),
-            (_, true) => Ok(end + 4),
-            _ => Err("comment end before closing delimiter"),
+        let len = match (rest.starts_with("}}"), rest.starts_with(" -}}")) {
+            (true, _) => end + 2,
+            (_, true) => end + 4,
+            _ => return Err(syntax("comment end before closing delimiter")),
         };
+        return Ok(Action { len, parens: 0, references: 0, comment: true });
     }
+    let (mut parens, mut deepest, mut references) = (0usize, 0usize, 0usize);
     let mut chars = body.char_indices();
     while let Some((i, c)) = chars.next() {
         if body[i..].starts_with("}}") {
-            return Ok(i + 2);
+            return Ok(Action { len: i + 2, parens: deepest, references, comment: false });
         }
         match c {
-            '"' | '\'' => skip_quoted(&mut chars, c)?,
+            '"' | '\'' => skip_quoted(&mut chars, c).map_err(|e| match e {
+                Quoted::Syntax(why) => syntax(why),
+                Quoted::Budget(why) => TemplateError::budget(format!("{why} in the action at character {at}")),
+            })?,
             '`' => {
                 // gtmpl decodes escapes in raw strings too, unlike Go, and
                 // panics on some; a raw string has no use for them here.
-                let (_, end) = chars.find(|&(_, q)| q == '`' || q == '\\').ok_or("unterminated raw quoted string")?;
+                let (_, end) = chars
+                    .find(|&(_, q)| q == '`' || q == '\\')
+                    .ok_or_else(|| syntax("unterminated raw quoted string"))?;
                 if end == '\\' {
-                    return Err("backslash in a raw string");
+                    return Err(syntax("backslash in a raw string"));
                 }
             }
-            '\r' | '\n' => return Err("line break (actions must be on one line)"),
-            c if !c.is_ascii() => return Err("non-ASCII character outside a quoted string"),
+            '(' => {
+                parens += 1;
+                deepest = deepest.max(parens);
+            }
+            ')' => parens = parens.saturating_sub(1),
+            '.' | '$' => references += 1,
+            '\r' | '\n' => return Err(syntax("line break (actions must be on one line)")),
+            c if !c.is_ascii() => return Err(syntax("non-ASCII character outside a quoted string")),
             _ => {}
         }
     }
-    Err("unclosed action (no matching }})")
+    Err(syntax("unclosed action (no matching }})"))
+}
+
+/// Why a quoted string is refused.
+enum Quoted {
+    Syntax(&'static str),
+    Budget(String),
 }
 
 /// Skips a quoted string or character constant where `gtmpl`'s lexer ends
 /// it, then checks its escapes the way `gtmpl` will decode them.
-fn skip_quoted(chars: &mut std::str::CharIndices<'_>, quote: char) -> Result<(), &'static str> {
+fn skip_quoted(chars: &mut std::str::CharIndices<'_>, quote: char) -> Result<(), Quoted> {
     let mut content = String::new();
     let mut escaped = false;
     loop {
@@ -218,10 +492,10 @@ fn skip_quoted(chars: &mut std::str::CharIndices<'_>, quote: char) -> Result<(),
                 escaped = true;
                 continue;
             }
-            None | Some('\n') => return Err("unterminated quoted string"),
+            None | Some('\n') => return Err(Quoted::Syntax("unterminated quoted string")),
             Some(c) if c == quote && !escaped => {
-                check_escapes(&content)?;
-                return check_printf_sizes(&content);
+                check_escapes(&content).map_err(Quoted::Syntax)?;
+                return check_printf_sizes(&content).map_err(Quoted::Budget);
             }
             Some(c) => content.push(c),
         }
@@ -248,13 +522,20 @@ fn check_escapes(content: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Refuses printf widths and precisions of 10000 or more: gtmpl allocates
-/// them (or panics), and no secret needs them.
-fn check_printf_sizes(content: &str) -> Result<(), &'static str> {
+/// Refuses literal printf widths and precisions above [`MAX_PRINTF_SIZE`] in
+/// any quoted string that could be a format: gtmpl allocates them (or
+/// panics), and no secret needs them. Widths given with `*` are checked when
+/// `printf` runs.
+fn check_printf_sizes(content: &str) -> Result<(), String> {
     for (i, _) in content.match_indices('%') {
         let spec = content[i + 1..].split(|c: char| !"+-# 0123456789.[]*".contains(c)).next().unwrap_or("");
-        if spec.split(|c: char| !c.is_ascii_digit()).any(|run| run.len() > 4) {
-            return Err("printf width or precision too large");
+        for run in spec.split(|c: char| !c.is_ascii_digit()).filter(|r| !r.is_empty()) {
+            let n = run.bytes().fold(0u128, |n, d| n.saturating_mul(10).saturating_add(u128::from(d - b'0')));
+            if n > MAX_PRINTF_SIZE as u128 {
+                return Err(format!(
+                    "printf width or precision {run} is larger than the limit of {MAX_PRINTF_SIZE} (template printf limit)"
+                ));
+            }
         }
     }
     Ok(())
@@ -262,21 +543,33 @@ fn check_printf_sizes(content: &str) -> Result<(), &'static str> {
 
 /// Refuses named templates: `{{template "" .}}` alone recurses forever.
 fn check_keyword(body: &str) -> Result<(), &'static str> {
-    let word: String = body.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-    match word.as_str() {
+    match keywords(body).0 {
         "define" | "block" | "template" => Err("named templates (define, block, template) are not supported"),
         _ => Ok(()),
     }
 }
 
 /// Computes what a workload sees for `value` under `template` and `format`,
-/// exactly as described in the module documentation. Never fails: every
-/// failure falls back to the (trimmed) value, as VSecM does.
-pub fn transform(value: &str, template: Option<&str>, format: Format) -> String {
+/// exactly as described in the module documentation, within `budget`.
+///
+/// Within the budget this never fails: when the template does not parse or
+/// fails to run, the (trimmed) value is used, as VSecM does. A template over
+/// its budget (see [`Budget`] and [`validate_template`]) is an error: its
+/// output is unknown, and serving the raw value instead could hand out
+/// fields the template was meant to leave out.
+pub fn transform(
+    value: &str,
+    template: Option<&str>,
+    format: Format,
+    budget: &Budget,
+) -> Result<String, TemplateError> {
     let value = value.trim();
-    let rendered = template.filter(|t| !t.is_empty()).and_then(|t| apply_template(value, t));
+    let rendered = match template.filter(|t| !t.is_empty()) {
+        Some(t) => apply_template(value, t, budget)?,
+        None => None,
+    };
     let result = rendered.as_deref().unwrap_or(value);
-    match format {
+    Ok(match format {
         Format::Json if parse_object(result).is_some() => result.to_owned(),
         Format::Json => value.to_owned(),
         Format::Yaml => match parse_object(result) {
@@ -284,7 +577,7 @@ pub fn transform(value: &str, template: Option<&str>, format: Format) -> String 
             None => result.to_owned(),
         },
         Format::Raw => result.to_owned(),
-    }
+    })
 }
 
 /// Parses `text` as a JSON object; anything else (arrays, strings, invalid
@@ -297,13 +590,21 @@ fn parse_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>
 }
 
 /// Runs `template` over `value` when the value is a JSON object; `None` when
-/// it is not, or when the template does not parse or fails to run.
-fn apply_template(value: &str, template: &str) -> Option<String> {
-    let object = parse_object(value)?;
-    let parsed = parse_template(template).ok()?;
+/// it is not, or when the template does not parse or fails to run; an error
+/// when it is over `budget`.
+fn apply_template(value: &str, template: &str, budget: &Budget) -> Result<Option<String>, TemplateError> {
+    let Some(object) = parse_object(value) else { return Ok(None) };
+    let scanned = match check_actions(template) {
+        Ok(scanned) => scanned,
+        Err(e) if e.is_over_budget() => return Err(e),
+        Err(_) => return Ok(None),
+    };
     let data = to_template_value(serde_json::Value::Object(object));
-    let rendered = render(&parsed, data)?;
-    Some(drop_missing(rendered))
+    let rendered = with_stack(scanned.depth, || match parse_template(&scanned) {
+        Ok(parsed) => render(&parsed, data, budget),
+        Err(_) => Ok(None),
+    })??;
+    Ok(rendered.map(drop_missing))
 }
 
 /// Converts parsed JSON into the template engine's values.
@@ -1191,6 +1492,11 @@ fn digit_run_less(ar: &[char], br: &[char], i: usize) -> bool {
 mod tests {
     use super::*;
 
+    /// The transformation under the default budget, which these inputs fit.
+    fn tf(value: &str, template: Option<&str>, format: Format) -> String {
+        transform(value, template, format, &Budget::default()).unwrap()
+    }
+
     const CREDS: &str = r#"{"username": "admin", "password": "VSecMRocks!"}"#;
     const TEMPLATE: &str = r#"{"USR":"{{.username}}", "PWD":"{{.password}}"}"#;
 
@@ -1198,37 +1504,37 @@ mod tests {
 
     #[test]
     fn known_json_without_template_is_the_value_verbatim() {
-        assert_eq!(transform(CREDS, None, Format::Json), CREDS);
+        assert_eq!(tf(CREDS, None, Format::Json), CREDS);
     }
 
     #[test]
     fn known_yaml_without_template() {
-        assert_eq!(transform(CREDS, None, Format::Yaml), "password: VSecMRocks!\nusername: admin");
+        assert_eq!(tf(CREDS, None, Format::Yaml), "password: VSecMRocks!\nusername: admin");
     }
 
     #[test]
     fn known_json_with_template() {
-        assert_eq!(transform(CREDS, Some(TEMPLATE), Format::Json), r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#);
+        assert_eq!(tf(CREDS, Some(TEMPLATE), Format::Json), r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#);
     }
 
     #[test]
     fn known_yaml_with_template() {
-        assert_eq!(transform(CREDS, Some(TEMPLATE), Format::Yaml), "PWD: VSecMRocks!\nUSR: admin");
+        assert_eq!(tf(CREDS, Some(TEMPLATE), Format::Yaml), "PWD: VSecMRocks!\nUSR: admin");
     }
 
     #[test]
     fn known_yaml_quotes_leading_star() {
         let value = r#"{"username": "*root*", "password": "*CasHC0w*"}"#;
         let template = r#"{"USERNAME":"{{.username}}", "PASSWORD":"{{.password}}"}"#;
-        assert_eq!(transform(value, Some(template), Format::Yaml), "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'");
+        assert_eq!(tf(value, Some(template), Format::Yaml), "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'");
     }
 
     #[test]
     fn known_invalid_json_is_the_value_verbatim() {
         let value = "not json: {";
         for template in [None, Some(TEMPLATE), Some("{{.x}}")] {
-            assert_eq!(transform(value, template, Format::Json), value);
-            assert_eq!(transform(value, template, Format::Yaml), value);
+            assert_eq!(tf(value, template, Format::Json), value);
+            assert_eq!(tf(value, template, Format::Yaml), value);
         }
     }
 
@@ -1313,7 +1619,7 @@ mod tests {
         ];
         for (template, want) in cases {
             assert_eq!(validate_template(template), Ok(()), "{template:?}");
-            assert_eq!(transform(value, Some(template), Format::Raw), want, "{template:?}");
+            assert_eq!(tf(value, Some(template), Format::Raw), want, "{template:?}");
         }
     }
 
@@ -1321,28 +1627,208 @@ mod tests {
     fn unsafe_stored_templates_leave_the_value_untouched() {
         // Stored before validation existed (e.g. imported from VSecM).
         let value = r#"{"a":"x"}"#;
-        for template in ["{{.a ", "{{template \"\" .}}", "{{printf \"%999999999d\" 1}}"] {
-            assert_eq!(transform(value, Some(template), Format::Raw), value, "{template:?}");
+        for template in ["{{.a ", "{{template \"\" .}}"] {
+            assert_eq!(tf(value, Some(template), Format::Raw), value, "{template:?}");
+        }
+        // Over budget is an error, not the raw value.
+        let err = transform(value, Some("{{printf \"%999999999d\" 1}}"), Format::Raw, &Budget::default()).unwrap_err();
+        assert!(err.is_over_budget() && err.reason().contains("printf"), "{err}");
+    }
+
+    // Budgets (F2) and nesting (F4).
+
+    fn over(value: &str, template: &str, budget: &Budget) -> TemplateError {
+        let err = transform(value, Some(template), Format::Raw, budget).unwrap_err();
+        assert!(err.is_over_budget(), "{err}");
+        assert!(err.to_string().starts_with("template over budget: "), "{err}");
+        err
+    }
+
+    fn big_array(n: usize) -> String {
+        let items = vec!["1"; n].join(",");
+        format!(r#"{{"a":[{items}],"m":{{"k":"v"}}}}"#)
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let value = big_array(20_000);
+        let template = format!("{{{{range .a}}}}{}{{{{end}}}}", "x".repeat(100_000));
+        let started = std::time::Instant::now();
+        let err = over(&value, &template, &Budget::default());
+        assert!(err.reason().contains("output is larger than the limit of 1048576 bytes"), "{err}");
+        assert!(err.reason().contains("AEGIS_TEMPLATE_MAX_OUTPUT_BYTES"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Exactly at the limit is fine.
+        let small = Budget { max_output_bytes: 6, ..Budget::default() };
+        assert_eq!(transform(r#"{"a":"abcdef"}"#, Some("{{.a}}"), Format::Raw, &small).unwrap(), "abcdef");
+        over(r#"{"a":"abcdefg"}"#, "{{.a}}", &small);
+    }
+
+    #[test]
+    fn steps_are_bounded() {
+        let value = big_array(20_000);
+        let started = std::time::Instant::now();
+        let err = over(&value, "{{range .a}}{{range $.a}}{{end}}{{end}}", &Budget::default());
+        assert!(err.reason().contains("more than 100000 steps"), "{err}");
+        assert!(err.reason().contains("AEGIS_TEMPLATE_MAX_STEPS"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Iterations count even with an empty body, and function calls count.
+        let tight = Budget { max_steps: 100, ..Budget::default() };
+        over(&big_array(200), "{{range .a}}{{end}}", &tight);
+        over(&big_array(10), &"{{len .a}}".repeat(60), &tight);
+        assert_eq!(transform(&big_array(10), Some("{{range .a}}{{.}}{{end}}"), Format::Raw, &tight).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn time_is_bounded() {
+        let budget = Budget { max_time: std::time::Duration::ZERO, ..Budget::default() };
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let err = over(&big_array(1000), "{{range .a}}{{range $.a}}{{end}}{{end}}", &budget);
+        assert!(err.reason().contains("AEGIS_TEMPLATE_MAX_TIME_MS"), "{err}");
+    }
+
+    #[test]
+    fn strings_built_by_functions_are_bounded() {
+        // Each declaration doubles the string: 2^40 bytes if nothing stops it.
+        let mut template = String::from("{{$x := .a}}");
+        for _ in 0..40 {
+            template.push_str("{{$x := printf \"%s%s\" $x $x}}");
+        }
+        let err = over(r#"{"a":"0123456789"}"#, &template, &Budget::default());
+        assert!(err.reason().contains("output"), "{err}");
+        let mut template = String::from("{{$x := .a}}");
+        for _ in 0..40 {
+            template.push_str("{{$x := print $x $x}}");
+        }
+        over(r#"{"a":"0123456789"}"#, &template, &Budget::default());
+        // A format from the data with many wide verbs.
+        let format = "%9999d".repeat(200);
+        over(&format!(r#"{{"f":"{format}"}}"#), "{{printf .f 1}}", &Budget::default());
+    }
+
+    #[test]
+    fn printf_star_sizes_are_checked_when_run() {
+        let value = r#"{"w":65535,"n":1}"#;
+        for template in [
+            "{{printf \"%*d\" 65535 1}}",
+            "{{printf \"%.*f\" 65535 1.5}}",
+            "{{printf \"%*d\" .w .n}}",
+            "{{printf \"%-*d\" -65535 1}}",
+            "{{printf \"%[2]*[1]d\" 1 65535}}",
+            "{{printf \"%d %*d\" 1 65535 1}}",
+        ] {
+            let err = over(value, template, &Budget::default());
+            assert!(err.reason().contains("printf width or precision 65535"), "{template}: {err}");
+        }
+        let err = validate_template("{{printf \"%99999d\" 1}}").unwrap_err();
+        assert!(err.is_over_budget() && err.reason().contains("limit of 9999"), "{err}");
+        // Ordinary widths still work, and a large value is not a width.
+        assert_eq!(tf(value, Some("{{printf \"%*d|%5d\" 3 7 123456}}"), Format::Raw), "  7|123456");
+        assert_eq!(tf(value, Some("{{printf \"%.*f\" 2 1.5}}"), Format::Raw), "1.50");
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_parsing() {
+        let deep = |open: &str, close: &str, n: usize| format!("{}{}", open.repeat(n), close.repeat(n));
+        let cases = [
+            format!("{{{{{}.a{}}}}}", "(".repeat(900), ")".repeat(900)),
+            deep("{{if .a}}", "{{end}}", 700),
+            deep("{{with .a}}", "{{end}}", 900),
+            deep("{{range .a}}", "{{end}}", 900),
+            format!("{{{{if .a}}}}{}{{{{end}}}}", "{{else if .a}}".repeat(20_000)),
+        ];
+        for template in &cases {
+            let err = validate_template(template).unwrap_err();
+            assert!(err.is_over_budget(), "{err}");
+            assert!(err.reason().contains("nest") && err.reason().contains("limit of 48"), "{err}");
+            over(r#"{"a":[1]}"#, template, &Budget::default());
+        }
+        // Up to the limit parses and runs, on any thread (also a small stack).
+        let at_limit = [
+            format!("{{{{{}.a{}}}}}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING)),
+            deep("{{if .a}}", "{{end}}", MAX_NESTING),
+            deep("{{range .a}}", "{{end}}", MAX_NESTING),
+            format!("{{{{if .b}}}}{}x{{{{end}}}}", "{{else if .b}}".repeat(MAX_NESTING - 1)),
+        ];
+        for template in at_limit {
+            let run = move || {
+                assert_eq!(validate_template(&template), Ok(()), "{template}");
+                transform(r#"{"a":[1],"b":false}"#, Some(&template), Format::Raw, &Budget::default()).unwrap()
+            };
+            std::thread::Builder::new().stack_size(256 * 1024).spawn(run).unwrap().join().unwrap();
         }
     }
 
     #[test]
+    fn references_per_action_are_bounded() {
+        let many = format!("{{{{if and {}}}}}x{{{{end}}}}", ".a ".repeat(MAX_ACTION_REFERENCES + 1));
+        let err = validate_template(&many).unwrap_err();
+        assert!(err.is_over_budget() && err.reason().contains("references per action"), "{err}");
+        let fine = format!("{{{{if and {}}}}}x{{{{end}}}}", ".a ".repeat(MAX_ACTION_REFERENCES));
+        assert_eq!(tf(r#"{"a":1}"#, Some(&fine), Format::Raw), "x");
+    }
+
+    #[test]
+    fn large_templates_are_checked_in_linear_time() {
+        // 85,000 actions in 1 MiB: the lexical walk must not be quadratic.
+        let template = "{{.a}}/*x*/".repeat(85_000);
+        let started = std::time::Instant::now();
+        assert_eq!(validate_template(&template), Ok(()));
+        assert_eq!(tf(r#"{"a":"1"}"#, Some(&template), Format::Raw).len(), 85_000 * 6);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn steps_do_not_change_the_output() {
+        let value = r#"{"a":[1,2],"b":"x","c":" y "}"#;
+        let cases = [
+            ("{{range .a}} {{.}} {{end}}", " 1  2 "),
+            ("{{range .a -}} {{.}} {{- end}}", "12"),
+            ("a {{- .b -}} b", "axb"),
+            ("{{if .b}} yes {{- else}}no{{end}}", " yes"),
+            ("{{if .z}}1{{else if .b}}2{{else}}3{{end}}", "2"),
+            ("{{range $i, $e := .a}}{{$i}}={{$e}};{{end}}", "0=1;1=2;"),
+            ("{{with .b}}{{.}}{{end}}{{/* c */}}", "x"),
+            ("x {{- /* c */ -}} y", "xy"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(tf(value, Some(template), Format::Raw), want, "{template:?}");
+        }
+        // Parse errors do not mention the step function.
+        let err = validate_template("{{if .a}}{{else}}{{else}}{{end}}").unwrap_err();
+        assert!(!err.reason().contains("aegis_step"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_in_the_engine_is_caught_and_other_panics_are_not_affected() {
+        // An escape gtmpl would panic on cannot be stored, but the render path
+        // must survive a panic anyway: make one through the quiet hook.
+        let caught = std::panic::catch_unwind(|| {
+            let _quiet = quiet::Quiet::enter();
+            panic!("inside the engine");
+        });
+        assert!(caught.is_err());
+        let other = std::thread::spawn(|| panic!("elsewhere")).join();
+        assert!(other.is_err());
+    }
+
+    #[test]
     fn value_is_trimmed() {
-        assert_eq!(transform("  secret \n", None, Format::Raw), "secret");
-        assert_eq!(transform("\n{\"a\":\"b\"}\n", None, Format::Json), "{\"a\":\"b\"}");
+        assert_eq!(tf("  secret \n", None, Format::Raw), "secret");
+        assert_eq!(tf("\n{\"a\":\"b\"}\n", None, Format::Json), "{\"a\":\"b\"}");
         let padded = format!("\n {CREDS} \t");
-        assert_eq!(transform(&padded, Some(TEMPLATE), Format::Raw), r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#);
+        assert_eq!(tf(&padded, Some(TEMPLATE), Format::Raw), r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#);
     }
 
     #[test]
     fn empty_template_means_none() {
-        assert_eq!(transform(CREDS, Some(""), Format::Json), CREDS);
+        assert_eq!(tf(CREDS, Some(""), Format::Json), CREDS);
     }
 
     #[test]
     fn template_needs_a_json_object() {
         for value in ["[1,2]", "\"text\"", "42", "null", "plain"] {
-            assert_eq!(transform(value, Some("{{.a}}"), Format::Raw), value);
+            assert_eq!(tf(value, Some("{{.a}}"), Format::Raw), value);
         }
     }
 
@@ -1350,9 +1836,9 @@ mod tests {
     fn template_failure_keeps_the_value() {
         let value = r#"{"a":"str"}"#;
         // Executing fails: a string has no fields.
-        assert_eq!(transform(value, Some("{{.a.b}}"), Format::Raw), value);
+        assert_eq!(tf(value, Some("{{.a.b}}"), Format::Raw), value);
         // Parsing fails (such a template is refused on write, but old data may hold one).
-        assert_eq!(transform(value, Some("{{.a}"), Format::Raw), value);
+        assert_eq!(tf(value, Some("{{.a}"), Format::Raw), value);
     }
 
     #[test]
@@ -1365,7 +1851,7 @@ mod tests {
             (r#"{"A":"{{.a}}"}"#, "{}"),
         ];
         for (template, want) in cases {
-            assert_eq!(transform(value, Some(template), Format::Json), want, "{template}");
+            assert_eq!(tf(value, Some(template), Format::Json), want, "{template}");
         }
     }
 
@@ -1374,73 +1860,73 @@ mod tests {
         let value = r#"{"b":"x"}"#;
         let template = "{ \"B\" : \"{{.b}}\" ,\n \"N\": \"<no value> here\" }";
         let want = "{ \"B\" : \"x\" ,\n \"N\": \"<no value> here\" }";
-        assert_eq!(transform(value, Some(template), Format::Json), want);
+        assert_eq!(tf(value, Some(template), Format::Json), want);
     }
 
     #[test]
     fn json_null_reads_as_missing() {
         let value = r#"{"a":null,"b":"x"}"#;
         let template = r#"{"A":"{{.a}}","B":"{{.b}}"}"#;
-        assert_eq!(transform(value, Some(template), Format::Json), r#"{"B":"x"}"#);
+        assert_eq!(tf(value, Some(template), Format::Json), r#"{"B":"x"}"#);
     }
 
     #[test]
     fn missing_keys_in_text_output_drop_their_segment() {
         let value = r#"{"u":"admin"}"#;
-        assert_eq!(transform(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin");
-        assert_eq!(transform(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw), r#"USER:"admin""#);
+        assert_eq!(tf(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin");
+        assert_eq!(tf(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw), r#"USER:"admin""#);
     }
 
     #[test]
     fn text_output_without_colons_is_kept() {
         // VSecM would return an empty string here.
         let value = r#"{"user":"admin","pass":"s3cr,et"}"#;
-        assert_eq!(transform(value, Some("{{.pass}}"), Format::Raw), "s3cr,et");
-        assert_eq!(transform(value, Some("{{.user}},{{.nope}}"), Format::Raw), "admin,<no value>");
+        assert_eq!(tf(value, Some("{{.pass}}"), Format::Raw), "s3cr,et");
+        assert_eq!(tf(value, Some("{{.user}},{{.nope}}"), Format::Raw), "admin,<no value>");
     }
 
     #[test]
     fn json_format_falls_back_to_the_value_when_the_result_is_no_object() {
         let value = r#"{"user":"admin"}"#;
-        assert_eq!(transform(value, Some("{{.user}}"), Format::Json), value);
-        assert_eq!(transform(value, Some("[\"{{.user}}\"]"), Format::Json), value);
+        assert_eq!(tf(value, Some("{{.user}}"), Format::Json), value);
+        assert_eq!(tf(value, Some("[\"{{.user}}\"]"), Format::Json), value);
     }
 
     #[test]
     fn yaml_format_returns_a_non_object_result_as_is() {
         let value = r#"{"user":"admin"}"#;
-        assert_eq!(transform(value, Some("user={{.user}}"), Format::Yaml), "user=admin");
-        assert_eq!(transform("plain", None, Format::Yaml), "plain");
-        assert_eq!(transform("[1, 2]", None, Format::Yaml), "[1, 2]");
+        assert_eq!(tf(value, Some("user={{.user}}"), Format::Yaml), "user=admin");
+        assert_eq!(tf("plain", None, Format::Yaml), "plain");
+        assert_eq!(tf("[1, 2]", None, Format::Yaml), "[1, 2]");
     }
 
     #[test]
     fn raw_format_returns_the_result_untouched() {
-        assert_eq!(transform(CREDS, None, Format::Raw), CREDS);
+        assert_eq!(tf(CREDS, None, Format::Raw), CREDS);
         let template = "user={{.username}}\npass={{.password}}";
-        assert_eq!(transform(CREDS, Some(template), Format::Raw), "user=admin\npass=VSecMRocks!");
+        assert_eq!(tf(CREDS, Some(template), Format::Raw), "user=admin\npass=VSecMRocks!");
     }
 
     #[test]
     fn template_sees_typed_values() {
         let value = r#"{"port":5432,"id":12345678,"ratio":1.5,"on":true,"tags":["a"],"db":{"host":"h"}}"#;
         let template = "{{.port}} {{.id}} {{.ratio}} {{.on}} {{index .tags 0}} {{.db.host}}";
-        assert_eq!(transform(value, Some(template), Format::Raw), "5432 12345678 1.5 true a h");
-        assert_eq!(transform(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
+        assert_eq!(tf(value, Some(template), Format::Raw), "5432 12345678 1.5 true a h");
+        assert_eq!(tf(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
     }
 
     #[test]
     fn yaml_of_the_known_values_ends_without_a_line_break() {
-        let out = transform(r#"{"a":"b"}"#, None, Format::Yaml);
+        let out = tf(r#"{"a":"b"}"#, None, Format::Yaml);
         assert_eq!(out, "a: b");
-        assert_eq!(transform("{}", None, Format::Yaml), "{}");
+        assert_eq!(tf("{}", None, Format::Yaml), "{}");
     }
 
     #[test]
     fn yaml_keeps_line_breaks_that_belong_to_the_last_value() {
-        assert_eq!(transform(r#"{"a":"x\n"}"#, None, Format::Yaml), "a: |\n    x\n");
-        assert_eq!(transform(r#"{"a":"x\n\n"}"#, None, Format::Yaml), "a: |+\n    x\n\n");
-        assert_eq!(transform(r#"{"a":"x\ny"}"#, None, Format::Yaml), "a: |-\n    x\n    y");
+        assert_eq!(tf(r#"{"a":"x\n"}"#, None, Format::Yaml), "a: |\n    x\n");
+        assert_eq!(tf(r#"{"a":"x\n\n"}"#, None, Format::Yaml), "a: |+\n    x\n\n");
+        assert_eq!(tf(r#"{"a":"x\ny"}"#, None, Format::Yaml), "a: |-\n    x\n    y");
     }
 
     /// Outputs of Go's `yaml.Marshal` (gopkg.in/yaml.v3 v3.0.1) for
@@ -1492,24 +1978,24 @@ mod tests {
     fn yaml_matches_go_yaml_v3() {
         for (json, go) in YAML_V3 {
             let want = go.strip_suffix('\n').unwrap();
-            assert_eq!(transform(json, None, Format::Yaml), want, "{json}");
+            assert_eq!(tf(json, None, Format::Yaml), want, "{json}");
         }
     }
 
     #[test]
     fn yaml_long_keys_use_the_complex_form() {
         let key = "k".repeat(129);
-        let out = transform(&format!(r#"{{"{key}":"v","a":"b"}}"#), None, Format::Yaml);
+        let out = tf(&format!(r#"{{"{key}":"v","a":"b"}}"#), None, Format::Yaml);
         assert_eq!(out, format!("a: b\n? {key}\n: v"));
         let key = "k".repeat(128);
-        let out = transform(&format!(r#"{{"{key}":"v"}}"#), None, Format::Yaml);
+        let out = tf(&format!(r#"{{"{key}":"v"}}"#), None, Format::Yaml);
         assert_eq!(out, format!("{key}: v"));
     }
 
     #[test]
     fn yaml_integers_are_not_rounded_through_float64() {
         // Go would write 1.2345678e+07 and 1.2345678901234567e+19.
-        let out = transform(r#"{"a":12345678,"b":12345678901234567890,"c":-7}"#, None, Format::Yaml);
+        let out = tf(r#"{"a":12345678,"b":12345678901234567890,"c":-7}"#, None, Format::Yaml);
         assert_eq!(out, "a: 12345678\nb: 12345678901234567890\nc: -7");
     }
 

@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
-use aegis_core::secret::SecretMeta;
+use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::timefmt::parse_time;
-use aegis_core::transform::Format;
+use aegis_core::transform::{Budget, Format};
+use aegis_store::Data;
 
 use crate::error::{json_error, ApiError};
 
@@ -35,6 +36,25 @@ pub fn json<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>, limit: usize)
         return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
     }
     serde_json::from_slice(&bytes).map_err(|e| json_error(&e))
+}
+
+/// Checks the template of a write and computes what the workload will see,
+/// on a blocking thread and within `budget`, before the write reaches the
+/// store's single writer: a template that is malformed or over the budget is
+/// a 400 naming the reason (or the bound), and nothing is stored.
+pub async fn view(value: &SecretValue, meta: &SecretMeta, budget: Budget) -> Result<Data, ApiError> {
+    let Some(template) = meta.template.clone() else {
+        // No template: only trimming and the format, linear in the value.
+        return Data::compute(value, meta, &budget).map_err(|e| ApiError::bad_request(e.to_string()));
+    };
+    let (value, meta) = (value.clone(), meta.clone());
+    tokio::task::spawn_blocking(move || {
+        aegis_core::transform::validate_template(&template)?;
+        Data::compute(&value, &meta, &budget)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the template check failed; see the Safe's log"))?
+    .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Validates a Kubernetes namespace name (an RFC 1123 label).

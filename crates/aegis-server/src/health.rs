@@ -30,6 +30,7 @@ async fn ready(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     if let Ok(store) = s.store() {
         s.metrics.secrets.set(store.len() as i64);
+        s.metrics.transform_failures.set(store.transform_failures() as i64);
     }
     s.metrics.connections_open.set(s.gate.open() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// 1 while sealed.
     pub sealed: Gauge,
+    /// Transformations found over the template budget since start.
+    pub transform_failures: Gauge,
 }
 
 impl Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         let accept_errors = Counter::default();
         let sealed = Gauge::default();
         sealed.set(1);
+        let transform_failures = Gauge::default();
         registry.register("requests", "Requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency", latency.clone());
         registry.register("tls_handshake_failures", "Refused TLS handshakes", handshake_failures.clone());
@@ -69,6 +72,11 @@ impl Metrics {
         );
         registry.register("accept_errors", "Failed accepts (e.g. too many open files)", accept_errors.clone());
         registry.register("sealed", "1 while the Safe waits for its root key", sealed.clone());
+        registry.register(
+            "transform_failures",
+            "Stored templates found over the template budget since start (those secrets are served as errors)",
+            transform_failures.clone(),
+        );
         Self {
             registry,
             requests,
@@ -80,6 +88,7 @@ impl Metrics {
             connections_idle_closed,
             accept_errors,
             sealed,
+            transform_failures,
         }
     }
 

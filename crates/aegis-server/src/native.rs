@@ -98,7 +98,8 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
             return Err(ApiError::bad_request(format!("unknown format '{}': use json, yaml or raw", f.escape_debug())));
         }
     }
-    let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas }).await?;
+    let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
+    let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view }).await?;
     s.metrics.secrets.set(store.len() as i64);
     Ok(Json(info(&e.doc)))
 }
@@ -211,17 +212,18 @@ pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Jso
 }
 
 /// The caller's secret as a workload sees it now: its revision (0 if it never
-/// existed) and the secret if it is live and inside its validity window.
-pub fn workload_view(store: &Store, name: &SecretName) -> (u64, Option<WorkloadSecret>) {
-    let Some(e) = store.get(name) else { return (0, None) };
-    let secret = deliverable(&e, OffsetDateTime::now_utc()).map(|data| WorkloadSecret {
+/// existed) and the secret if it is live and inside its validity window; a
+/// 500 when its stored template is over the template budget.
+pub fn workload_view(store: &Store, name: &SecretName) -> Result<(u64, Option<WorkloadSecret>), ApiError> {
+    let Some(e) = store.get(name) else { return Ok((0, None)) };
+    let secret = deliverable(&e, OffsetDateTime::now_utc())?.map(|data| WorkloadSecret {
         name: name.to_string(),
         version: e.doc.current,
         revision: e.doc.revision,
         data: data.clone(),
         updated: rfc3339(e.doc.updated),
     });
-    (e.doc.revision, secret)
+    Ok((e.doc.revision, secret))
 }
 
 /// `GET /v1/workload/secret`: the calling workload's own secret.
@@ -230,7 +232,7 @@ pub async fn workload(State(s): St, Extension(c): Who) -> Result<Json<WorkloadSe
     let store = s.store()?;
     let none = || ApiError::not_found(format!("no secret is registered for workload '{w}'"));
     let n = w.secret_name().map_err(|_| none())?;
-    workload_view(&store, &n).1.map(Json).ok_or_else(none)
+    workload_view(&store, &n)?.1.map(Json).ok_or_else(none)
 }
 
 /// `POST /v1/encrypt`: a ciphertext for git, as `safe -e` makes.

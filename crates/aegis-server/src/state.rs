@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aegis_core::api::Rotated;
 use aegis_core::roles::RoleRules;
+use aegis_core::transform::Budget;
 use aegis_crypto::{Keyring, RootKey};
 use aegis_store::{Backend, DirBackend, LoadReport, Store, StoreOptions};
 use arc_swap::ArcSwapOption;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub conn_limits: ConnLimitSettings,
     /// Role rules.
     pub roles: RoleRules,
+    /// What rendering a template may cost (see SECURITY.md, "Template budgets").
+    pub template_budget: Budget,
 }
 
 /// Shared state of the Safe.
@@ -104,7 +107,11 @@ impl AppState {
                 Err(ApiError::new(StatusCode::CONFLICT, "the Safe is already unsealed with another root key"))
             };
         }
-        let opts = StoreOptions { max_versions: self.settings.max_versions, ..StoreOptions::default() };
+        let opts = StoreOptions {
+            max_versions: self.settings.max_versions,
+            template_budget: self.settings.template_budget,
+            ..StoreOptions::default()
+        };
         let backend: Arc<dyn Backend> = self.backend.clone();
         let (store, report) = Store::open(backend, keyring, opts).await?;
         if !report.quarantined.is_empty() {
@@ -116,7 +123,14 @@ impl AppState {
                 "some secrets have names the current rule refuses (see docs/SECURITY.md, \"Secret names\"); rename them"
             );
         }
+        if report.transform_failures > 0 {
+            tracing::error!(
+                count = report.transform_failures,
+                "some secrets have a stored template over the template budget; their workloads get an error"
+            );
+        }
         self.metrics.secrets.set(store.len() as i64);
+        self.metrics.transform_failures.set(store.transform_failures() as i64);
         self.store.store(Some(Arc::new(store)));
         self.metrics.sealed.set(0);
         tracing::info!(secrets = report.loaded, "Safe unsealed");

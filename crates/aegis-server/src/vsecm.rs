@@ -25,13 +25,25 @@ use crate::state::AppState;
 type St = State<Arc<AppState>>;
 type Who = Extension<Arc<Caller>>;
 
-/// Whether a live entry is inside its validity window now.
-pub fn deliverable(entry: &Entry, now: OffsetDateTime) -> Option<&SecretValue> {
-    let (v, _) = entry.doc.live()?;
+/// The workload's value if the entry is live and inside its validity window
+/// now; a 500 when its stored template is over the template budget (the
+/// workload never gets the raw value in its place).
+pub fn deliverable(entry: &Entry, now: OffsetDateTime) -> Result<Option<&SecretValue>, ApiError> {
+    let Some((v, _)) = entry.doc.live() else { return Ok(None) };
     if now < v.meta.not_before || now > v.meta.expires_after {
-        return None;
+        return Ok(None);
     }
-    entry.workload_value()
+    if let Some(why) = entry.transform_error() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the stored template of secret '{}' cannot be rendered: {why}; an admin must write the secret again \
+                 with a template within the budget",
+                entry.doc.name
+            ),
+        ));
+    }
+    Ok(entry.workload_value())
 }
 
 #[derive(Serialize)]
@@ -63,7 +75,7 @@ async fn fetch_inner(State(s): St, Extension(c): Who) -> Result<Response, ApiErr
     let Some(entry) = store.get(&secret) else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
-    let Some(value) = deliverable(&entry, OffsetDateTime::now_utc()) else {
+    let Some(value) = deliverable(&entry, OffsetDateTime::now_utc())? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
     let out = FetchOut {
@@ -144,9 +156,11 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         Some(&req.not_before),
         Some(&req.expires),
     )?;
-    let writes = names
-        .into_iter()
-        .map(|name| store.apply(name, Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None }));
+    let view = extract::view(&value, &meta, s.settings.template_budget).await?;
+    let writes = names.into_iter().map(|name| {
+        let put = Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None, view: Some(view.clone()) };
+        store.apply(name, put)
+    });
     let results = futures::future::join_all(writes).await;
     let mut ok = String::new();
     for r in results {

@@ -64,7 +64,7 @@ pub async fn next_event(s: &AppState, c: &Caller, q: WatchQuery) -> Result<Watch
     let mut commits = store.subscribe();
     loop {
         commits.borrow_and_update();
-        let (revision, secret) = workload_view(&store, &name);
+        let (revision, secret) = workload_view(&store, &name)?;
         if revision != q.revision {
             return Ok(WatchEvent { revision, secret });
         }

@@ -1,9 +1,11 @@
 //! The in-memory view of all secrets and the public store API.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue, DEFAULT_MAX_VERSIONS};
+use aegis_core::transform::{Budget, TemplateError};
 use aegis_core::SecretName;
 use aegis_crypto::Keyring;
 use arc_swap::ArcSwap;
@@ -19,21 +21,37 @@ pub struct StoreOptions {
     pub max_versions: usize,
     /// Most changes committed in one group commit (default 512).
     pub max_batch: usize,
+    /// What computing a workload's view may cost (template budget).
+    pub template_budget: Budget,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512 }
+        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512, template_budget: Budget::default() }
     }
 }
 
-/// What a workload receives, computed once per write.
+/// What a workload receives, computed once per write (or load).
 #[derive(Debug, Clone)]
 pub enum Data {
     /// The transformation left the raw value unchanged (saves a copy).
     Same,
     /// The transformed value.
     Transformed(SecretValue),
+    /// The stored template is over the template budget (it was stored by an
+    /// older version, or the budget was lowered): the workload gets an error,
+    /// never the raw value. The reason names the bound, never a value.
+    Failed(String),
+}
+
+impl Data {
+    /// Computes the view of `value` under `meta`'s template and format within
+    /// `budget`; an error when the template is over the budget (the write
+    /// should then be refused).
+    pub fn compute(value: &SecretValue, meta: &SecretMeta, budget: &Budget) -> Result<Data, TemplateError> {
+        let out = aegis_core::transform::transform(value.expose(), meta.template.as_deref(), meta.format, budget)?;
+        Ok(if out == value.expose() { Data::Same } else { Data::Transformed(SecretValue::new(out)) })
+    }
 }
 
 /// One secret as readers see it.
@@ -46,31 +64,48 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn new(mut doc: SecretDoc) -> Self {
+    /// The entry for `doc`, with the workload's view computed within `budget`
+    /// unless `data` (computed for the live version already) is given. A view
+    /// over the budget becomes [`Data::Failed`] and is logged.
+    pub(crate) fn new(mut doc: SecretDoc, data: Option<Data>, budget: &Budget) -> Self {
         // Deserialising and pushing grow the history vector to 4 slots or more;
         // held for every secret, the spare slots would cost ~450 bytes each.
         doc.versions.shrink_to_fit();
-        let data = match doc.live() {
-            Some((v, value)) => {
-                let out = aegis_core::transform::transform(value.expose(), v.meta.template.as_deref(), v.meta.format);
-                if out == value.expose() {
-                    Data::Same
-                } else {
-                    Data::Transformed(SecretValue::new(out))
-                }
-            }
-            None => Data::Same,
+        let data = match (doc.live(), data) {
+            (Some(_), Some(data)) => data,
+            (Some((v, value)), None) => Data::compute(value, &v.meta, budget).unwrap_or_else(|e| {
+                tracing::error!(
+                    secret = %doc.name,
+                    reason = %e.reason(),
+                    "the stored template cannot be rendered within the template budget; \
+                     the workload gets an error until the secret is written again"
+                );
+                Data::Failed(e.reason().to_owned())
+            }),
+            (None, _) => Data::Same,
         };
         Self { doc, data }
     }
 
-    /// The value a workload receives: the current version transformed, if the secret is live.
+    /// The value a workload receives: the current version transformed, if the
+    /// secret is live and its transformation did not fail.
     pub fn workload_value(&self) -> Option<&SecretValue> {
         let (_, raw) = self.doc.live()?;
-        Some(match &self.data {
-            Data::Same => raw,
-            Data::Transformed(v) => v,
-        })
+        match &self.data {
+            Data::Same => Some(raw),
+            Data::Transformed(v) => Some(v),
+            Data::Failed(_) => None,
+        }
+    }
+
+    /// Why the live version's transformation failed (over the template
+    /// budget), if it did; such a secret is served as an error.
+    pub fn transform_error(&self) -> Option<&str> {
+        self.doc.live()?;
+        match &self.data {
+            Data::Failed(why) => Some(why),
+            _ => None,
+        }
     }
 }
 
@@ -85,6 +120,10 @@ pub enum Mutation {
         meta: SecretMeta,
         /// Check-and-set.
         cas: Option<u64>,
+        /// The workload's view of this value, computed (and its template
+        /// checked against the budget) before the write, so the writer does
+        /// not render; `None`: the writer validates and renders.
+        view: Option<Data>,
     },
     /// Soft delete.
     Delete,
@@ -115,6 +154,9 @@ pub struct LoadReport {
     /// Secrets loaded whose names the current name rule refuses (stored by
     /// an older version): readable and deletable, but they take no new value.
     pub legacy_names: Vec<String>,
+    /// Secrets loaded whose transformation is over the template budget; they
+    /// are served as errors.
+    pub transform_failures: usize,
 }
 
 pub(crate) struct Shared {
@@ -122,6 +164,8 @@ pub(crate) struct Shared {
     pub(crate) keyring: ArcSwap<Keyring>,
     pub(crate) seq: watch::Sender<u64>,
     pub(crate) opts: StoreOptions,
+    /// Transformations found over the template budget since start.
+    pub(crate) transform_failures: AtomicU64,
 }
 
 impl Shared {
@@ -144,9 +188,16 @@ impl Store {
         keyring: Keyring,
         opts: StoreOptions,
     ) -> Result<(Self, LoadReport), StoreError> {
-        let (map, report) = writer::load(backend.clone(), keyring.clone()).await?;
+        let (map, report) = writer::load(backend.clone(), keyring.clone(), opts.template_budget).await?;
         let (seq, _) = watch::channel(0);
-        let shared = Arc::new(Shared { map: RwLock::new(map), keyring: ArcSwap::from_pointee(keyring), seq, opts });
+        let failures = AtomicU64::new(report.transform_failures as u64);
+        let shared = Arc::new(Shared {
+            map: RwLock::new(map),
+            keyring: ArcSwap::from_pointee(keyring),
+            seq,
+            opts,
+            transform_failures: failures,
+        });
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer::run(shared.clone(), backend, rx));
         Ok((Self { shared, tx }, report))
@@ -197,6 +248,13 @@ impl Store {
     /// A counter that increases after every committed batch (for watchers).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.seq.subscribe()
+    }
+
+    /// How many transformations were found over the template budget since
+    /// start (at load, or when a rollback or undelete revived an old version);
+    /// each such secret is served as an error.
+    pub fn transform_failures(&self) -> u64 {
+        self.shared.transform_failures.load(Ordering::Relaxed)
     }
 
     /// The options in force.

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use aegis_core::secret::SecretDoc;
@@ -11,8 +12,9 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::store::{Entry, LoadReport, Mutation, Quarantined, Shared};
+use crate::store::{Data, Entry, LoadReport, Mutation, Quarantined, Shared};
 use crate::{Backend, StoreError};
+use aegis_core::transform::Budget;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -41,7 +43,13 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
     }
 }
 
-fn apply_one(base: Option<SecretDoc>, name: &SecretName, m: Mutation, max: usize) -> Result<SecretDoc, StoreError> {
+/// Applies one change; for a put, also returns the view computed before the write.
+fn apply_one(
+    base: Option<SecretDoc>,
+    name: &SecretName,
+    m: Mutation,
+    max: usize,
+) -> Result<(SecretDoc, Option<Data>), StoreError> {
     let now = OffsetDateTime::now_utc();
     let missing = || StoreError::NotFound(name.to_string());
     let mut doc = match (base, &m) {
@@ -49,13 +57,17 @@ fn apply_one(base: Option<SecretDoc>, name: &SecretName, m: Mutation, max: usize
         (None, Mutation::Put { .. }) => SecretDoc::empty(name.clone(), now),
         (None, _) => return Err(missing()),
     };
+    let mut computed = None;
     match m {
-        Mutation::Put { value, meta, cas } => {
-            if let Some(t) = meta.template.as_deref() {
+        Mutation::Put { value, meta, cas, view } => {
+            // A view computed before the write means the template was checked
+            // (and rendered within the budget) off this task already.
+            if let (Some(t), None) = (meta.template.as_deref(), &view) {
                 aegis_core::transform::validate_template(t)
                     .map_err(|e| StoreError::Template { name: name.to_string(), why: e.to_string() })?;
             }
             doc.put(value, meta, cas, now, max)?;
+            computed = view;
         }
         Mutation::Delete => doc.soft_delete(now)?,
         Mutation::Undelete => doc.undelete(now)?,
@@ -64,7 +76,7 @@ fn apply_one(base: Option<SecretDoc>, name: &SecretName, m: Mutation, max: usize
             doc.rollback(v, now, max)?;
         }
     }
-    Ok(doc)
+    Ok((doc, computed))
 }
 
 fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
@@ -94,13 +106,13 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
     if jobs.is_empty() {
         return;
     }
-    let mut work: HashMap<SecretName, SecretDoc> = HashMap::new();
+    let mut work: HashMap<SecretName, (SecretDoc, Option<Data>)> = HashMap::new();
     let mut waiting = Vec::with_capacity(jobs.len());
     for (name, m, reply) in jobs {
-        let base = work.get(&name).cloned().or_else(|| shared.get(&name).map(|e| e.doc.clone()));
+        let base = work.get(&name).map(|(d, _)| d.clone()).or_else(|| shared.get(&name).map(|e| e.doc.clone()));
         match apply_one(base, &name, m, shared.opts.max_versions) {
-            Ok(doc) => {
-                work.insert(name.clone(), doc);
+            Ok(done) => {
+                work.insert(name.clone(), done);
                 waiting.push((name, reply));
             }
             Err(e) => {
@@ -134,16 +146,20 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
 
 type Outcome = HashMap<SecretName, Result<Arc<Entry>, StoreError>>;
 
-async fn persist(shared: &Shared, backend: &Arc<dyn Backend>, work: HashMap<SecretName, SecretDoc>) -> Outcome {
+async fn persist(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    work: HashMap<SecretName, (SecretDoc, Option<Data>)>,
+) -> Outcome {
     let keyring = shared.keyring.load_full();
     let mut outcome = HashMap::new();
     let mut docs = Vec::new();
     let mut records = Vec::new();
-    for (name, doc) in work {
+    for (name, (doc, data)) in work {
         match seal(&keyring, &doc) {
             Ok(bytes) => {
                 records.push((name.to_string(), bytes));
-                docs.push((name, doc));
+                docs.push((name, doc, data));
             }
             Err(e) => {
                 outcome.insert(name, Err(e));
@@ -151,19 +167,31 @@ async fn persist(shared: &Shared, backend: &Arc<dyn Backend>, work: HashMap<Secr
         }
     }
     let b = backend.clone();
-    let results = match tokio::task::spawn_blocking(move || b.write_batch(&records)).await {
-        Ok(r) => r,
-        Err(_) => docs
-            .iter()
-            .map(|_| Err(StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") }))
-            .collect(),
-    };
-    for ((name, doc), r) in docs.into_iter().zip(results) {
-        let r = r.map(|()| Arc::new(Entry::new(doc)));
-        if let Err(e) = &r {
-            tracing::error!(secret = %name, error = %e, "write failed; previous version kept");
+    let budget = shared.opts.template_budget;
+    // The views not computed before the write (rollback, undelete) are
+    // rendered here, off the async threads and within the budget.
+    let names: Vec<SecretName> = docs.iter().map(|(n, _, _)| n.clone()).collect();
+    let written = tokio::task::spawn_blocking(move || {
+        let results = b.write_batch(&records);
+        docs.into_iter()
+            .zip(results)
+            .map(|((name, doc, data), r)| (name, r.map(|()| Entry::new(doc, data, &budget))))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let failed = || StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") };
+        names.into_iter().map(|n| (n, Err(failed()))).collect()
+    });
+    for (name, r) in written {
+        match &r {
+            Ok(entry) if entry.transform_error().is_some() => {
+                shared.transform_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(secret = %name, error = %e, "write failed; previous version kept"),
         }
-        outcome.insert(name, r);
+        outcome.insert(name, r.map(Arc::new));
     }
     outcome
 }
@@ -194,8 +222,9 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
 pub(crate) async fn load(
     backend: Arc<dyn Backend>,
     keyring: Keyring,
+    budget: Budget,
 ) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
-    tokio::task::spawn_blocking(move || load_blocking(backend.as_ref(), &keyring))
+    tokio::task::spawn_blocking(move || load_blocking(backend.as_ref(), &keyring, &budget))
         .await
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
 }
@@ -207,7 +236,7 @@ enum LoadFailure {
     Bad(String),
 }
 
-fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str) -> Result<Entry, LoadFailure> {
+fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str, budget: &Budget) -> Result<Entry, LoadFailure> {
     let bytes = backend.read(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
     // Names older versions stored are loaded even where the current rule refuses them.
     let parsed = SecretName::parse_stored(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
@@ -224,7 +253,9 @@ fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str) -> Result<E
     if doc.name != parsed || doc.revision != header.revision {
         return Err(LoadFailure::Bad("record content does not match its name or revision".to_owned()));
     }
-    Ok(Entry::new(doc))
+    // A template over the budget makes this one secret an error, never a
+    // failed (or stalled) start-up.
+    Ok(Entry::new(doc, None, budget))
 }
 
 /// Reads, opens and parses records on all cores, one at a time per thread, so
@@ -232,6 +263,7 @@ fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str) -> Result<E
 fn load_blocking(
     backend: &dyn Backend,
     keyring: &Keyring,
+    budget: &Budget,
 ) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
     let (names, unreadable) = backend.list()?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
@@ -240,7 +272,9 @@ fn load_blocking(
         let hs: Vec<_> = names
             .chunks(chunk)
             .map(|part| {
-                s.spawn(move || part.iter().map(|n| (n.clone(), open_record(backend, keyring, n))).collect::<Vec<_>>())
+                s.spawn(move || {
+                    part.iter().map(|n| (n.clone(), open_record(backend, keyring, n, budget))).collect::<Vec<_>>()
+                })
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
@@ -265,6 +299,9 @@ fn load_blocking(
                          but takes no new value; copy it to an allowed name and delete this one"
                     );
                     report.legacy_names.push(name.clone());
+                }
+                if entry.transform_error().is_some() {
+                    report.transform_failures += 1;
                 }
                 map.insert(entry.doc.name.clone(), Arc::new(entry));
             }

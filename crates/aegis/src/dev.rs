@@ -17,7 +17,8 @@ use aegis_identity::{FileSource, SvidPaths, FILE_POLL_INTERVAL};
 use clap::{Args, Subcommand};
 
 use crate::exit::{CliError, CONFIG};
-use crate::server::{settings, ServerArgs};
+use crate::server::{settings, ServerArgs, DEFAULT_TEMPLATE_MAX_TIME_MS};
+use aegis_core::transform::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STEPS};
 
 /// `aegis dev` arguments.
 #[derive(Args, Debug)]
@@ -64,6 +65,11 @@ enum DevCmd {
 }
 
 const DEV_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A number from the environment, else `default` (`aegis dev` takes no flags for these).
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 fn cfg_err(e: impl std::fmt::Display) -> CliError {
     CliError::new(CONFIG, e.to_string())
@@ -135,6 +141,9 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
             .unwrap_or(30_000),
         handshake_timeout_ms: 10_000,
         limits: a.limits.clone(),
+        template_max_output_bytes: env_or("AEGIS_TEMPLATE_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES),
+        template_max_steps: env_or("AEGIS_TEMPLATE_MAX_STEPS", DEFAULT_MAX_STEPS),
+        template_max_time_ms: env_or("AEGIS_TEMPLATE_MAX_TIME_MS", DEFAULT_TEMPLATE_MAX_TIME_MS),
         svid_cert: None,
         svid_key: None,
         svid_bundle: None,

@@ -46,6 +46,15 @@ pub struct ServerArgs {
     /// Connection limits and idle deadline.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Largest output of one template render, in bytes (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_OUTPUT_BYTES", default_value_t = aegis_core::transform::DEFAULT_MAX_OUTPUT_BYTES)]
+    pub template_max_output_bytes: usize,
+    /// Most steps of one template render: actions, range iterations, function calls (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_STEPS", default_value_t = aegis_core::transform::DEFAULT_MAX_STEPS)]
+    pub template_max_steps: u64,
+    /// Longest one template render may take, in milliseconds (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_TIME_MS", default_value_t = DEFAULT_TEMPLATE_MAX_TIME_MS)]
+    pub template_max_time_ms: u64,
     /// SVID certificate file (with AEGIS_SVID_KEY and AEGIS_SVID_BUNDLE; else the Workload API).
     #[arg(long, env = "AEGIS_SVID_CERT")]
     pub svid_cert: Option<PathBuf>,
@@ -92,6 +101,18 @@ impl LimitArgs {
     }
 }
 
+/// The default template time limit, in milliseconds.
+pub const DEFAULT_TEMPLATE_MAX_TIME_MS: u64 = aegis_core::transform::DEFAULT_MAX_TIME_MS;
+
+/// The template budget from the flags.
+pub fn template_budget(a: &ServerArgs) -> aegis_core::transform::Budget {
+    aegis_core::transform::Budget {
+        max_output_bytes: a.template_max_output_bytes,
+        max_steps: a.template_max_steps,
+        max_time: Duration::from_millis(a.template_max_time_ms),
+    }
+}
+
 fn default_listen() -> Result<SocketAddr, CliError> {
     let port = std::env::var("VSECM_SAFE_TLS_PORT").unwrap_or_else(|_| ":8443".to_owned());
     let port = port.trim_start_matches(':');
@@ -132,6 +153,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         idle_timeout: Duration::from_millis(a.limits.idle_timeout_ms),
         conn_limits: a.limits.conn_limits(),
         roles: roles()?,
+        template_budget: template_budget(a),
     })
 }
 

@@ -1,0 +1,468 @@
+//! What one template may cost: output, steps, time, nesting, printf sizes
+//! and data references per action.
+//!
+//! `gtmpl` has no hooks for any of this, so the budget is enforced from the
+//! outside:
+//!
+//! - Output goes through a writer that fails once the output limit is
+//!   reached, which stops execution.
+//! - Every action of the template is preceded (by a lexical rewrite, see
+//!   `super::check_actions`) by a call to [`STEP_FUNC`], and every built-in
+//!   function is replaced by a wrapper; each such call is one step. A range
+//!   iteration runs at least the step before its `{{end}}`, so iterations are
+//!   counted too. Each step also checks the clock. The counters live in a
+//!   thread-local [`Meter`], set for the duration of one render (rendering is
+//!   synchronous, so it cannot be seen by another render).
+//! - `printf`, `print`, `println` and `urlquery` estimate the size of their
+//!   result before building it and refuse when it would pass the output limit;
+//!   `printf` also checks widths and precisions, including the `*` forms that
+//!   take them from the arguments at run time.
+//! - Nesting and data references are bounded lexically, before `gtmpl`'s
+//!   recursive parser sees the template.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use gtmpl_value::{Func, FuncError, Number, Value};
+
+/// Default largest output of one render: 1 MiB, the default request body
+/// limit, so a rendered secret is never larger than the largest one that can
+/// be written.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Default most steps of one render (actions run, range iterations and
+/// function calls).
+pub const DEFAULT_MAX_STEPS: u64 = 100_000;
+
+/// Default longest time one render may take, in milliseconds.
+pub const DEFAULT_MAX_TIME_MS: u64 = 1_000;
+
+/// Default longest time one render may take.
+pub const DEFAULT_MAX_TIME: Duration = Duration::from_millis(DEFAULT_MAX_TIME_MS);
+
+/// Deepest nesting of blocks (`if`, `with`, `range`, each `else if` of a
+/// chain) plus parentheses inside an action. `gtmpl` parses, runs and drops
+/// templates recursively, so this bounds its stack use. Not configurable.
+pub const MAX_NESTING: usize = 48;
+
+/// Largest `printf` width or precision, literal or given with `*`.
+pub const MAX_PRINTF_SIZE: usize = 9_999;
+
+/// Most references to data (`.field`, `$var`) in one action. Each one copies
+/// a value that can be as large as the secret, and all of a function's
+/// arguments are held at once.
+pub const MAX_ACTION_REFERENCES: usize = 64;
+
+/// The function every action is preceded by; it counts one step.
+pub(super) const STEP_FUNC: &str = "_aegis_step";
+
+/// What one render may cost. The nesting, `printf` and reference limits are
+/// constants ([`MAX_NESTING`], [`MAX_PRINTF_SIZE`], [`MAX_ACTION_REFERENCES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Largest output, and largest string any function may build, in bytes.
+    pub max_output_bytes: usize,
+    /// Most steps: actions run, range iterations and function calls.
+    pub max_steps: u64,
+    /// Longest time one render may take.
+    pub max_time: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self { max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES, max_steps: DEFAULT_MAX_STEPS, max_time: DEFAULT_MAX_TIME }
+    }
+}
+
+impl Budget {
+    pub(super) fn output_exceeded(&self) -> String {
+        format!(
+            "its output is larger than the limit of {} bytes (template output limit, AEGIS_TEMPLATE_MAX_OUTPUT_BYTES); \
+             make the template produce less",
+            self.max_output_bytes
+        )
+    }
+
+    fn steps_exceeded(&self) -> String {
+        format!(
+            "it runs more than {} steps (template step limit: actions, range iterations and function calls, \
+             AEGIS_TEMPLATE_MAX_STEPS); loop over less data or simplify the template",
+            self.max_steps
+        )
+    }
+
+    fn time_exceeded(&self) -> String {
+        format!(
+            "it runs longer than the limit of {} ms (template time limit, AEGIS_TEMPLATE_MAX_TIME_MS); \
+             simplify the template",
+            self.max_time.as_millis()
+        )
+    }
+}
+
+/// The budget of the render running on this thread and what it has spent.
+pub(super) struct Meter {
+    budget: Budget,
+    steps: u64,
+    started: Instant,
+    /// Why the render was stopped, once it was.
+    exceeded: Option<String>,
+}
+
+thread_local! {
+    static METER: RefCell<Option<Meter>> = const { RefCell::new(None) };
+}
+
+/// Sets the meter for one render on this thread; dropping it removes the
+/// meter (also when the engine panics).
+pub(super) struct Metered(());
+
+impl Metered {
+    pub(super) fn start(budget: Budget) -> Self {
+        METER.with(|m| {
+            *m.borrow_mut() = Some(Meter { budget, steps: 0, started: Instant::now(), exceeded: None });
+        });
+        Metered(())
+    }
+
+    /// Why the render was stopped, if it was.
+    pub(super) fn exceeded(&self) -> Option<String> {
+        METER.with(|m| m.borrow().as_ref().and_then(|m| m.exceeded.clone()))
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        METER.with(|m| m.borrow_mut().take());
+    }
+}
+
+/// Records that the budget is spent and returns the error that stops the render.
+fn stop(meter: &mut Meter, why: String) -> FuncError {
+    let err = FuncError::Generic(why.clone());
+    meter.exceeded.get_or_insert(why);
+    err
+}
+
+/// Charges one step; fails once the steps or the time are spent. Outside a
+/// render (no meter) everything is allowed.
+fn charge() -> Result<Option<usize>, FuncError> {
+    METER.with(|m| {
+        let mut m = m.borrow_mut();
+        let Some(meter) = m.as_mut() else { return Ok(None) };
+        if let Some(why) = &meter.exceeded {
+            return Err(FuncError::Generic(why.clone()));
+        }
+        meter.steps += 1;
+        if meter.steps > meter.budget.max_steps {
+            let why = meter.budget.steps_exceeded();
+            return Err(stop(meter, why));
+        }
+        if meter.started.elapsed() > meter.budget.max_time {
+            let why = meter.budget.time_exceeded();
+            return Err(stop(meter, why));
+        }
+        Ok(Some(meter.budget.max_output_bytes))
+    })
+}
+
+/// Refuses a result estimated (or found) to be larger than the output limit.
+fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), FuncError> {
+    match limit {
+        Some(limit) if estimate > limit => METER.with(|m| {
+            let mut m = m.borrow_mut();
+            match m.as_mut() {
+                Some(meter) => {
+                    let why = meter.budget.output_exceeded();
+                    Err(stop(meter, why))
+                }
+                None => Ok(()),
+            }
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn printf_size_error(size: u128) -> FuncError {
+    let why = format!(
+        "printf width or precision {size} is larger than the limit of {MAX_PRINTF_SIZE} (template printf limit)"
+    );
+    METER.with(|m| match m.borrow_mut().as_mut() {
+        Some(meter) => stop(meter, why),
+        None => FuncError::Generic(why),
+    })
+}
+
+/// An upper bound of the length of `value` as `gtmpl` prints it. Strings
+/// inside arrays and maps are printed in Rust's debug form, whose escapes
+/// take at most 10 bytes per character (`\u{10ffff}`).
+fn printed_len(value: &Value, quoted: bool) -> usize {
+    let text = |s: &str| if quoted { s.len().saturating_mul(10).saturating_add(2) } else { s.len() };
+    match value {
+        Value::String(s) => text(s),
+        Value::Array(items) => items.iter().fold(2, |n, v| n.saturating_add(printed_len(v, true)).saturating_add(2)),
+        Value::Object(map) | Value::Map(map) => map.iter().fold(2, |n, (k, v)| {
+            n.saturating_add(k.len().saturating_mul(10)).saturating_add(printed_len(v, true)).saturating_add(6)
+        }),
+        Value::Number(_) => 64,
+        Value::Bool(_) | Value::Nil => 5,
+        Value::NoValue => 10,
+        Value::Function(_) => 32,
+    }
+}
+
+fn args_len(args: &[Value]) -> usize {
+    args.iter().fold(0, |n, v| n.saturating_add(printed_len(v, false)).saturating_add(1))
+}
+
+/// The result must fit the output limit too (a `Value::String` result that
+/// is too large is refused before it can be doubled again).
+fn check_result(result: Result<Value, FuncError>, limit: Option<usize>) -> Result<Value, FuncError> {
+    let value = result?;
+    if let Value::String(s) = &value {
+        check_size(s.len(), limit)?;
+    }
+    Ok(value)
+}
+
+/// Counts one step; prints nothing.
+fn step(_: &[Value]) -> Result<Value, FuncError> {
+    charge()?;
+    Ok(Value::String(String::new()))
+}
+
+macro_rules! metered {
+    ($($name:ident => $inner:path),* $(,)?) => {
+        $(
+            fn $name(args: &[Value]) -> Result<Value, FuncError> {
+                charge()?;
+                $inner(args)
+            }
+        )*
+    };
+}
+
+metered! {
+    eq => gtmpl::funcs::eq,
+    ne => gtmpl::funcs::ne,
+    lt => gtmpl::funcs::lt,
+    le => gtmpl::funcs::le,
+    gt => gtmpl::funcs::gt,
+    ge => gtmpl::funcs::ge,
+    len => gtmpl::funcs::len,
+    and => gtmpl::funcs::and,
+    or => gtmpl::funcs::or,
+    not => gtmpl::funcs::not,
+    index => gtmpl::funcs::index,
+    call => gtmpl::funcs::call,
+}
+
+fn print(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    check_size(args_len(args), limit)?;
+    check_result(gtmpl::funcs::print(args), limit)
+}
+
+fn println(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    check_size(args_len(args).saturating_add(1), limit)?;
+    check_result(gtmpl::funcs::println(args), limit)
+}
+
+fn urlquery(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    check_size(args_len(args).saturating_mul(3), limit)?;
+    check_result(gtmpl::funcs::urlquery(args), limit)
+}
+
+fn printf(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    if let Some((Value::String(format), rest)) = args.split_first() {
+        let estimate = printf_estimate(format, rest)?;
+        check_size(estimate, limit)?;
+    }
+    check_result(gtmpl::funcs::printf(args), limit)
+}
+
+/// The built-in functions, each counting a step, and the step function.
+pub(super) const FUNCS: &[(&str, Func)] = &[
+    ("eq", eq as Func),
+    ("ne", ne as Func),
+    ("lt", lt as Func),
+    ("le", le as Func),
+    ("gt", gt as Func),
+    ("ge", ge as Func),
+    ("len", len as Func),
+    ("and", and as Func),
+    ("or", or as Func),
+    ("not", not as Func),
+    ("urlquery", urlquery as Func),
+    ("print", print as Func),
+    ("println", println as Func),
+    ("printf", printf as Func),
+    ("index", index as Func),
+    ("call", call as Func),
+    (STEP_FUNC, step as Func),
+];
+
+/// An argument as `gtmpl` reads a `*` width or precision: an integer.
+fn star_value(arg: Option<&Value>) -> Option<u128> {
+    match arg? {
+        Value::Number(n) => number_abs(n),
+        _ => None,
+    }
+}
+
+fn number_abs(n: &Number) -> Option<u128> {
+    if let Some(u) = n.as_u64() {
+        return Some(u128::from(u));
+    }
+    n.as_i64().map(|i| u128::from(i.unsigned_abs()))
+}
+
+/// Walks the verbs of a `printf` format the way `gtmpl` does (flags, then an
+/// optional `[n]` index, a width as digits or `*`, `.` and a precision as
+/// digits or `*`, an optional `[n]`, the verb), checks every width and
+/// precision and returns an upper bound of the result's length.
+///
+/// `gtmpl` takes a `*` width from the argument it points at when that is an
+/// integer, so the same argument is checked here. When the format is beyond
+/// this walk (malformed), `gtmpl` fails on it too; as a precaution every
+/// integer argument is then held to the width limit if the format has a `*`.
+pub(super) fn printf_estimate(format: &str, args: &[Value]) -> Result<usize, FuncError> {
+    let mut estimate = format.len();
+    let mut next = 0usize;
+    let mut rest = format;
+    while let Some(i) = rest.find('%') {
+        let spec = &rest[i + 1..];
+        if let Some(after) = spec.strip_prefix('%') {
+            rest = after;
+            continue;
+        }
+        let Some(end) = spec.find(|c: char| "vVtTbcdoqxXUeEfFgGsp".contains(c)) else {
+            return malformed(format, args, estimate);
+        };
+        let Some(verb) = Verb::parse(&spec[..end]) else {
+            return malformed(format, args, estimate);
+        };
+        let size = |part: Size, next: &mut usize| -> Result<u128, FuncError> {
+            let n = match part {
+                Size::None => 0,
+                Size::Literal(n) => n,
+                Size::Star(index) => {
+                    let at = index.unwrap_or(*next);
+                    *next = at + 1;
+                    star_value(args.get(at)).unwrap_or(0)
+                }
+            };
+            if n > MAX_PRINTF_SIZE as u128 {
+                return Err(printf_size_error(n));
+            }
+            Ok(n)
+        };
+        if let Some(index) = verb.width_index {
+            next = index;
+        }
+        let width = size(verb.width, &mut next)?;
+        if let Some(index) = verb.precision_index {
+            next = index;
+        }
+        let precision = size(verb.precision, &mut next)?;
+        let at = verb.arg_index.unwrap_or(next);
+        next = at + 1;
+        let printed = args.get(at).map_or(0, |v| printed_len(v, spec.as_bytes().get(end) == Some(&b'q')));
+        // A float is printed with all its integer digits (up to 309) plus the precision.
+        estimate = estimate.saturating_add((width + precision) as usize).saturating_add(printed).saturating_add(320);
+        rest = &spec[end + 1..];
+    }
+    Ok(estimate)
+}
+
+fn malformed(format: &str, args: &[Value], estimate: usize) -> Result<usize, FuncError> {
+    if format.contains('*') {
+        if let Some(n) = args.iter().filter_map(|a| star_value(Some(a))).find(|&n| n > MAX_PRINTF_SIZE as u128) {
+            return Err(printf_size_error(n));
+        }
+    }
+    Ok(estimate.saturating_add(args_len(args)))
+}
+
+/// A width or precision.
+#[derive(Clone, Copy)]
+enum Size {
+    None,
+    Literal(u128),
+    /// From an argument: the explicit `[n]` index (0-based), or the next one.
+    Star(Option<usize>),
+}
+
+/// The parts of one verb between `%` and the verb letter.
+struct Verb {
+    width_index: Option<usize>,
+    width: Size,
+    precision_index: Option<usize>,
+    precision: Size,
+    arg_index: Option<usize>,
+}
+
+impl Verb {
+    fn parse(spec: &str) -> Option<Verb> {
+        let mut rest = spec.trim_start_matches(['#', '0', '+', '-', ' ']);
+        let mut verb = Verb {
+            width_index: None,
+            width: Size::None,
+            precision_index: None,
+            precision: Size::None,
+            arg_index: None,
+        };
+        let (index, after) = bracket(rest)?;
+        rest = after;
+        if let Some(after) = rest.strip_prefix('*') {
+            verb.width = Size::Star(index);
+            rest = after;
+        } else {
+            verb.width_index = index;
+            let (n, after) = digits(rest);
+            if let Some(n) = n {
+                verb.width = Size::Literal(n);
+            }
+            rest = after;
+        }
+        if let Some(after) = rest.strip_prefix('.') {
+            let (index, after) = bracket(after)?;
+            rest = after;
+            if let Some(after) = rest.strip_prefix('*') {
+                verb.precision = Size::Star(index);
+                rest = after;
+            } else {
+                verb.precision_index = index;
+                let (n, after) = digits(rest);
+                if let Some(n) = n {
+                    verb.precision = Size::Literal(n);
+                }
+                rest = after;
+            }
+        }
+        let (index, after) = bracket(rest)?;
+        verb.arg_index = index;
+        after.is_empty().then_some(verb)
+    }
+}
+
+/// An optional `[n]` argument index (1-based in the format, 0-based here).
+fn bracket(s: &str) -> Option<(Option<usize>, &str)> {
+    let Some(inner) = s.strip_prefix('[') else { return Some((None, s)) };
+    let close = inner.find(']')?;
+    let n: usize = inner[..close].parse().ok()?;
+    Some((Some(n.checked_sub(1)?), &inner[close + 1..]))
+}
+
+/// Leading digits as a number (saturating, so a huge literal stays huge).
+fn digits(s: &str) -> (Option<u128>, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if end == 0 {
+        return (None, s);
+    }
+    let n = s[..end].bytes().fold(0u128, |n, d| n.saturating_mul(10).saturating_add(u128::from(d - b'0')));
+    (Some(n), &s[end..])
+}
