@@ -95,7 +95,10 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(settings.timeout)
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            // Below the Safe's default idle deadline (60 s): the client drops a kept-alive
+            // connection before the Safe closes it, so no request races a closing connection.
+            .pool_idle_timeout(Duration::from_secs(30));
         if settings.new_connection_per_request {
             builder = builder.pool_max_idle_per_host(0);
         }
