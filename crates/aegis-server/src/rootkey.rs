@@ -3,6 +3,11 @@
 //! A rotation writes the new key to `<file>.next` before re-sealing any record
 //! and renames it over `<file>` once every record is re-sealed, so a crash at
 //! any point leaves every record openable with the keys on disk.
+//!
+//! While `<file>.next` exists a rotation is unfinished: the Safe starts on the
+//! old key (with the next key loaded too, so records already re-sealed under it
+//! open), retries finishing it, and a new rotation reuses that key instead of
+//! generating another one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -90,4 +95,16 @@ pub fn promote_next(path: &Path) -> Result<(), KeyFileError> {
     fs::rename(&next, path).map_err(io(&next))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Moves an unreadable `<file>.next` aside to `<file>.next.unreadable-<unix time>`; returns the new path.
+pub fn move_aside(next: &Path) -> Result<PathBuf, KeyFileError> {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut p = next.as_os_str().to_owned();
+    p.push(format!(".unreadable-{stamp}"));
+    let dst = PathBuf::from(p);
+    fs::rename(next, &dst).map_err(io(next))?;
+    let dir = next.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    Ok(dst)
 }

@@ -78,28 +78,93 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
-async fn load_root_key(state: &AppState) -> Result<(), StartError> {
+/// The first and longest pause between attempts to finish an interrupted rotation.
+const ROTATION_RETRY: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
+
+/// Loads the root key and unseals. A rotation left unfinished is finished if
+/// possible; if not, the Safe still starts on the old key (the next key stays
+/// loaded so records already re-sealed under it open) and the returned task
+/// retries with backoff.
+async fn load_root_key(state: &Arc<AppState>) -> Result<Option<JoinHandle<()>>, StartError> {
     let RootKeyMode::File(path) = &state.settings.root_key else {
         tracing::warn!("root key mode is manual: the Safe is sealed until an admin provides the root key");
-        return Ok(());
+        return Ok(None);
     };
     let (key, created) = rootkey::load_or_create(path)?;
     if created {
         tracing::info!(path = %path.display(), key_id = %key.id(), "generated a new root key");
     }
-    let next = rootkey::read(&rootkey::next_path(path))?;
+    let next_path = rootkey::next_path(path);
+    let next = match rootkey::read(&next_path) {
+        Ok(next) => next,
+        Err(e) => {
+            // Only records sealed under it need it: try without it first.
+            if let Err(load) = state.unseal(Keyring::new(key)).await {
+                return Err(StartError::Load(format!(
+                    "{}; the key of an unfinished root key rotation is unreadable ({e}) and the secrets cannot be \
+                     loaded without it: restore {} from your backup",
+                    load.message(),
+                    next_path.display()
+                )));
+            }
+            match rootkey::move_aside(&next_path) {
+                Ok(moved) => tracing::error!(
+                    error = %e,
+                    moved_to = %moved.display(),
+                    "the key of an unfinished root key rotation is unreadable and no record needs it; moved it aside"
+                ),
+                Err(m) => tracing::error!(
+                    error = %e,
+                    move_error = %m,
+                    "the key of an unfinished root key rotation is unreadable and no record needs it; could not move it aside"
+                ),
+            }
+            return Ok(None);
+        }
+    };
     let mut ring = Keyring::new(key);
     if let Some(n) = &next {
         ring = ring.with_older(n.clone());
     }
     state.unseal(ring).await.map_err(|e| StartError::Load(e.message().to_owned()))?;
-    if let Some(n) = next {
-        tracing::warn!("finishing a root key rotation that was interrupted");
-        let store = state.store().map_err(|e| StartError::Load(e.message().to_owned()))?;
-        store.rotate(Keyring::new(n)).await?;
-        rootkey::promote_next(path)?;
+    if next.is_none() {
+        return Ok(None);
     }
-    Ok(())
+    tracing::warn!("finishing a root key rotation that was interrupted");
+    match state.finish_rotation().await {
+        Ok(_) => Ok(None),
+        Err(e) => {
+            tracing::error!(
+                error = %e.message(),
+                retry_in_s = ROTATION_RETRY.0.as_secs(),
+                "could not finish the interrupted root key rotation; serving on the old root key and retrying"
+            );
+            Ok(Some(tokio::spawn(retry_rotation(state.clone()))))
+        }
+    }
+}
+
+/// Retries finishing an interrupted rotation until it succeeds or another rotation finished it.
+async fn retry_rotation(state: Arc<AppState>) {
+    let mut wait = ROTATION_RETRY.0;
+    loop {
+        tokio::time::sleep(wait).await;
+        match state.finish_rotation().await {
+            Ok(Some(r)) => {
+                tracing::info!(key_id = %r.key_id, records = r.records, "finished the interrupted root key rotation");
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                wait = (wait * 2).min(ROTATION_RETRY.1);
+                tracing::error!(
+                    error = %e.message(),
+                    retry_in_s = wait.as_secs(),
+                    "could not finish the interrupted root key rotation; serving on the old root key and retrying"
+                );
+            }
+        }
+    }
 }
 
 /// Checks the identity, loads the root key (or stays sealed), binds both ports and starts serving.
@@ -121,7 +186,7 @@ pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Res
         idle_timeout_ms = state.settings.idle_timeout.as_millis() as u64,
         "connection limits"
     );
-    load_root_key(&state).await?;
+    let retry = load_root_key(&state).await?;
     let tls = Arc::new(aegis_identity::server_config(identity)?);
     let listener = bind(state.settings.listen).await?;
     let health_listener = bind(state.settings.health_listen).await?;
@@ -130,7 +195,7 @@ pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Res
         .local_addr()
         .map_err(|source| StartError::Bind { addr: state.settings.health_listen, source })?;
     let health_app = health::router(state.clone());
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(serve(listener, tls, state.clone())),
         tokio::spawn(async move {
             if let Err(e) = axum::serve(health_listener, health_app).await {
@@ -138,6 +203,7 @@ pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Res
             }
         }),
     ];
+    tasks.extend(retry);
     tracing::info!(%addr, %health_addr, spiffe_id = %me.spiffe_id(), "Safe listening");
     Ok(Running { state, addr, health_addr, tasks })
 }

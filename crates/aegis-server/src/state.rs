@@ -137,7 +137,10 @@ impl AppState {
         Ok((true, report))
     }
 
-    /// Generates a new root key and re-seals every record under it.
+    /// Generates a new root key and re-seals every record under it. If an
+    /// earlier rotation is unfinished (`<root key file>.next` exists), its key
+    /// is reused: records may already be sealed under it, so it must never be
+    /// replaced.
     pub async fn rotate_root_key(&self) -> Result<Rotated, ApiError> {
         let RootKeyMode::File(path) = &self.settings.root_key else {
             return Err(ApiError::bad_request(
@@ -146,10 +149,41 @@ impl AppState {
             ));
         };
         let _guard = self.unseal_lock.lock().await;
-        let store = self.store()?;
-        let new = Arc::new(RootKey::generate());
+        self.store()?;
         let next = rootkey::next_path(path);
-        rootkey::write(&next, &new).map_err(internal)?;
+        let new = match rootkey::read(&next).map_err(internal)? {
+            Some(pending) => {
+                tracing::warn!(
+                    key_id = %pending.id(),
+                    "an earlier root key rotation is unfinished; finishing it with its key instead of generating a new one"
+                );
+                pending
+            }
+            None => {
+                let new = Arc::new(RootKey::generate());
+                rootkey::write(&next, &new).map_err(internal)?;
+                new
+            }
+        };
+        self.rotate_to(path, new).await
+    }
+
+    /// Finishes an unfinished rotation: re-seals every record under the key in
+    /// `<root key file>.next` and makes it the root key. `None` if there is none.
+    pub async fn finish_rotation(&self) -> Result<Option<Rotated>, ApiError> {
+        let RootKeyMode::File(path) = &self.settings.root_key else {
+            return Ok(None);
+        };
+        let _guard = self.unseal_lock.lock().await;
+        match rootkey::read(&rootkey::next_path(path)).map_err(internal)? {
+            Some(next) => self.rotate_to(path, next).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Re-seals every record under `new` (already in `<path>.next`) and promotes it. Call with the unseal lock held.
+    async fn rotate_to(&self, path: &std::path::Path, new: Arc<RootKey>) -> Result<Rotated, ApiError> {
+        let store = self.store()?;
         let records = store.rotate(Keyring::new(new.clone())).await?;
         rootkey::promote_next(path).map_err(internal)?;
         tracing::info!(key_id = %new.id(), records, "root key rotated");
@@ -159,5 +193,5 @@ impl AppState {
 
 fn internal(e: rootkey::KeyFileError) -> ApiError {
     tracing::error!(error = %e, "root key file");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not write the root key file; see the Safe's log")
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not read or write the root key file; see the Safe's log")
 }

@@ -4,9 +4,17 @@
 //! renamed over the old file; one fsync of the directory then makes the whole
 //! batch's renames durable. Files of one batch are written and fsynced in
 //! parallel so the file system can commit them in one journal transaction.
+//!
+//! A short name is the file name (`%XX`-escaped, plus `.rec`). A name whose
+//! file name would pass [`MAX_FILE_NAME`] bytes is stored as
+//! `=<sha256 hex of the name>.rec`, and that file starts with a clear header
+//! (magic, big-endian u16 length, the name) before the sealed record, so every
+//! accepted name fits the 255-byte file name limit of common file systems.
+//! Names are not secret; the sealed record binds its name, so a header naming
+//! another secret cannot be opened as that secret.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +26,12 @@ const EXT: &str = ".rec";
 const TMP_PREFIX: &str = ".tmp-";
 const QUARANTINE: &str = "quarantine";
 const WRITE_THREADS: usize = 8;
+/// Longest file name (with `.rec`) kept as the escaped name; longer ones are hashed.
+const MAX_FILE_NAME: usize = 200;
+/// First byte of a hashed file name; [`escape`] never produces it.
+const HASHED: char = '=';
+/// Start of the header of a hashed record file.
+const MAGIC: &[u8; 4] = b"AGN1";
 
 /// A directory of sealed records.
 #[derive(Debug)]
@@ -26,8 +40,52 @@ pub struct DirBackend {
     counter: AtomicU64,
 }
 
-/// File name for a secret: safe characters kept, everything else `%XX`.
+/// File name for a secret: the escaped name, or a hash of it when that is too long.
 fn encode(name: &str) -> String {
+    let escaped = escape(name);
+    if escaped.len() <= MAX_FILE_NAME {
+        escaped
+    } else {
+        format!("{HASHED}{}{EXT}", hashed_stem(name))
+    }
+}
+
+fn hashed_stem(name: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(name.as_bytes()))
+}
+
+/// Whether `name` is stored under a hashed file name with a header.
+fn is_hashed(name: &str) -> bool {
+    encode(name).starts_with(HASHED)
+}
+
+/// The clear header of a hashed record file.
+fn header(name: &str) -> Result<Vec<u8>, io::Error> {
+    let len = u16::try_from(name.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name too long"))?;
+    let mut h = Vec::with_capacity(MAGIC.len() + 2 + name.len());
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(name.as_bytes());
+    Ok(h)
+}
+
+/// Reads the header of a hashed record file: the name it holds.
+fn read_header(r: &mut impl Read) -> io::Result<String> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let mut fixed = [0u8; 6];
+    r.read_exact(&mut fixed).map_err(|_| bad("record file has no name header"))?;
+    if &fixed[..4] != MAGIC {
+        return Err(bad("record file has no name header"));
+    }
+    let len = usize::from(u16::from_be_bytes([fixed[4], fixed[5]]));
+    let mut name = vec![0u8; len];
+    r.read_exact(&mut name).map_err(|_| bad("record file name header is cut short"))?;
+    String::from_utf8(name).map_err(|_| bad("record file name header is not UTF-8"))
+}
+
+/// Escaped file name: safe characters kept, everything else `%XX`.
+fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + EXT.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
@@ -77,11 +135,15 @@ impl DirBackend {
         self.dir.join(encode(name))
     }
 
+    /// Writes `name`'s record to a new temporary file (named without the
+    /// secret's name, so its length never depends on the name).
     fn write_temp(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        let head = if is_hashed(name) { header(name)? } else { Vec::new() };
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{}-{n}", encode(name), std::process::id()));
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(&head)?;
             f.write_all(bytes)?;
             f.sync_all()
         })();
@@ -99,6 +161,21 @@ impl DirBackend {
     }
 }
 
+impl DirBackend {
+    /// The name a hashed record file holds, checked against its file name.
+    fn hashed_name(&self, file: &str) -> io::Result<String> {
+        let mut f = File::open(self.dir.join(file))?;
+        let name = read_header(&mut f)?;
+        if encode(&name) != file {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "record file name header does not match its file name",
+            ));
+        }
+        Ok(name)
+    }
+}
+
 fn io_err(name: &str, source: io::Error) -> StoreError {
     StoreError::Io { name: name.to_owned(), source }
 }
@@ -113,6 +190,13 @@ impl Backend for DirBackend {
             if !file.ends_with(EXT) {
                 continue;
             }
+            if file.starts_with(HASHED) {
+                match self.hashed_name(&file) {
+                    Ok(name) => names.push(name),
+                    Err(e) => bad.push((file, e.to_string())),
+                }
+                continue;
+            }
             match decode(&file) {
                 Some(name) => names.push(name),
                 None => bad.push((file, "file name is not a valid encoded secret name".to_owned())),
@@ -122,7 +206,20 @@ impl Backend for DirBackend {
     }
 
     fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        fs::read(self.record_path(name)).map_err(|e| io_err(name, e))
+        let path = self.record_path(name);
+        if !is_hashed(name) {
+            return fs::read(path).map_err(|e| io_err(name, e));
+        }
+        let read = || -> io::Result<Vec<u8>> {
+            let mut f = File::open(&path)?;
+            if read_header(&mut f)? != name {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "record file header names another secret"));
+            }
+            let mut rest = Vec::new();
+            f.read_to_end(&mut rest)?;
+            Ok(rest)
+        };
+        read().map_err(|e| io_err(name, e))
     }
 
     fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
@@ -231,5 +328,97 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with(TMP_PREFIX)));
+    }
+
+    fn long_name(len: usize) -> String {
+        "n".repeat(len)
+    }
+
+    fn longest_file_name(dir: &Path) -> usize {
+        let mut longest = 0;
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            longest = longest.max(e.file_name().len());
+            if e.file_type().unwrap().is_dir() {
+                longest = longest.max(longest_file_name(&e.path()));
+            }
+        }
+        longest
+    }
+
+    #[test]
+    fn short_names_keep_their_escaped_file_names() {
+        assert_eq!(encode("billing"), "billing.rec");
+        assert_eq!(encode("k8s:db"), "k8s%3Adb.rec");
+        let at_limit = long_name(MAX_FILE_NAME - EXT.len());
+        assert_eq!(encode(&at_limit), format!("{at_limit}.rec"));
+        let over = long_name(MAX_FILE_NAME - EXT.len() + 1);
+        assert!(encode(&over).starts_with('=') && encode(&over).len() < 80);
+        // Non-ASCII stored names grow threefold when escaped.
+        assert!(encode(&"ü".repeat(40)).starts_with('='));
+    }
+
+    #[test]
+    fn long_names_round_trip_through_hashed_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        let a = long_name(253);
+        let k = format!("k8s:{}", "x".repeat(236));
+        let u = "ü".repeat(100);
+        let recs = vec![
+            (a.clone(), b"one".to_vec()),
+            (k.clone(), b"two".to_vec()),
+            (u.clone(), b"three".to_vec()),
+            ("short".to_owned(), b"four".to_vec()),
+        ];
+        assert!(b.write_batch(&recs).iter().all(Result::is_ok));
+        let (mut names, bad) = b.list().unwrap();
+        names.sort();
+        let mut want = vec![a.clone(), k.clone(), u.clone(), "short".to_owned()];
+        want.sort();
+        assert_eq!(names, want);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(b.read(&a).unwrap(), b"one".to_vec());
+        assert_eq!(b.read(&k).unwrap(), b"two".to_vec());
+        assert_eq!(b.read(&u).unwrap(), b"three".to_vec());
+        assert_eq!(b.read("short").unwrap(), b"four".to_vec());
+        // Overwrite in place.
+        assert!(b.write_batch(&[(a.clone(), b"one-b".to_vec())])[0].is_ok());
+        assert_eq!(b.read(&a).unwrap(), b"one-b".to_vec());
+        b.quarantine(&a, "test").unwrap();
+        assert_eq!(b.list().unwrap().0.len(), 3);
+        assert_eq!(tmp.path().join("quarantine").read_dir().unwrap().count(), 2);
+        assert!(longest_file_name(tmp.path()) <= 255);
+    }
+
+    #[test]
+    fn a_header_naming_another_secret_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        let a = long_name(230);
+        let c = long_name(240);
+        let recs = vec![(a.clone(), b"one".to_vec()), (c.clone(), b"two".to_vec())];
+        assert!(b.write_batch(&recs).iter().all(Result::is_ok));
+        // Put c's file (header naming c) where a's file belongs.
+        fs::copy(b.record_path(&c), b.record_path(&a)).unwrap();
+        let err = b.read(&a).unwrap_err().to_string();
+        assert!(err.contains("names another secret"), "{err}");
+        let (names, bad) = b.list().unwrap();
+        assert_eq!(names, vec![c.clone()]);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].1.contains("does not match"), "{bad:?}");
+        // A hashed file with no header at all.
+        fs::write(b.record_path(&a), b"garbage").unwrap();
+        assert!(b.read(&a).is_err());
+        assert_eq!(b.list().unwrap().1.len(), 1);
+    }
+
+    #[test]
+    fn temp_file_names_do_not_hold_the_secret_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        let t = b.write_temp(&long_name(253), b"x").unwrap();
+        let f = t.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(f.starts_with(TMP_PREFIX) && f.len() < 40, "{f}");
     }
 }
