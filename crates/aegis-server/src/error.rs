@@ -33,6 +33,26 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, message)
     }
 
+    /// 408: the request ran out of time and none of its writes was applied.
+    pub fn not_applied() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took too long; the write was not applied (nothing was changed): retry; \
+             a native PUT with \"cas\" (the version you expect, 0 for a new secret) is always safe to retry",
+        )
+    }
+
+    /// 503: the request ran out of time after its write was taken up; it may
+    /// have been applied.
+    pub fn may_have_applied() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long after its write was taken up: the write may have been applied; \
+             read the secret's versions before retrying, or retry a native PUT with \"cas\" \
+             (the version you expect, 0 for a new secret) so a retry cannot write twice",
+        )
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
@@ -73,6 +93,7 @@ impl From<StoreError> for ApiError {
             StoreError::Op(OpError::WrongState { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Template { .. } => Self::bad_request(e.to_string()),
             StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            StoreError::Expired => Self::not_applied(),
             StoreError::Io { name, source } => {
                 tracing::error!(secret = %name, error = %e, "storage failure");
                 io_answer(name, source)

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use aegis_crypto::Keyring;
 use aegis_identity::{peer_spiffe_id, IdentitySource};
+use aegis_store::Ticket;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse;
@@ -390,6 +391,12 @@ async fn serve_hyper<S>(
     }
 }
 
+/// How long a request whose write the store writer took up before the
+/// deadline may still take to commit it.
+fn commit_grace(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
 async fn handle(
     mut req: Request<Incoming>,
     caller: Arc<Caller>,
@@ -402,14 +409,21 @@ async fn handle(
     let span = tracing::info_span!("request", caller = %caller.id, %method, route);
     let start = Instant::now();
     req.extensions_mut().insert(caller);
-    let resp = match tokio::time::timeout(state.settings.request_timeout, app.oneshot(req.map(Body::new)))
-        .instrument(span.clone())
-        .await
-    {
+    // Writes taken up by the store writer after the deadline are refused
+    // (not applied); a write taken up before it gets a grace to commit. When
+    // even that runs out, the answer says whether the write may have been applied.
+    let timeout = state.settings.request_timeout;
+    let ticket = Ticket::new(start + timeout);
+    let call = Ticket::scope(ticket.clone(), app.oneshot(req.map(Body::new)));
+    let resp = match tokio::time::timeout(timeout + commit_grace(timeout), call).instrument(span.clone()).await {
+        Ok(Ok(r)) if r.status() == StatusCode::REQUEST_TIMEOUT && ticket.picked() => {
+            // One write of the request was applied (or may be) before a later one timed out.
+            ApiError::may_have_applied().into_response()
+        }
         Ok(Ok(r)) => r,
         Ok(Err(never)) => match never {},
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long; send the whole body promptly")
-            .into_response(),
+        Err(_) if ticket.abandon() => ApiError::may_have_applied().into_response(),
+        Err(_) => ApiError::not_applied().into_response(),
     };
     let status = resp.status().as_u16();
     let latency = start.elapsed();

@@ -41,6 +41,10 @@ pub enum StoreError {
     /// Encryption failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The request's deadline passed (or the request was given up) before the
+    /// writer took the change up: nothing was applied.
+    #[error("the request's deadline passed before the write was applied; nothing was changed, retry")]
+    Expired,
     /// The writer task has stopped (the Safe is shutting down).
     #[error("the store is shutting down; retry against a running Safe")]
     Closed,

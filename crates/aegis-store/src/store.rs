@@ -226,9 +226,14 @@ impl Store {
     }
 
     /// Applies a change; returns once it is durable and visible.
+    ///
+    /// Inside [`Ticket::scope`](crate::Ticket::scope), the change is refused
+    /// with [`StoreError::Expired`] (and not applied) if the writer reaches it
+    /// after the ticket's deadline or after the request was abandoned.
     pub async fn apply(&self, name: SecretName, mutation: Mutation) -> Result<Arc<Entry>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Mutate { name, mutation, reply }).await.map_err(|_| StoreError::Closed)?;
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Mutate { name, mutation, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

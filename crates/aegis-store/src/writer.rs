@@ -13,13 +13,13 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::store::{Data, Entry, LoadReport, Mutation, Quarantined, Shared};
-use crate::{Backend, StoreError};
+use crate::{Backend, StoreError, Ticket};
 use aegis_core::transform::Budget;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) enum Job {
-    Mutate { name: SecretName, mutation: Mutation, reply: Reply<Arc<Entry>> },
+    Mutate { name: SecretName, mutation: Mutation, reply: Reply<Arc<Entry>>, ticket: Option<Arc<Ticket>> },
     Rotate { keyring: Keyring, reply: Reply<usize> },
 }
 
@@ -33,7 +33,16 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
                     commit(&shared, &backend, std::mem::take(&mut batch)).await;
                     let _ = reply.send(rotate(&shared, &backend, keyring).await);
                 }
-                Job::Mutate { name, mutation, reply } => batch.push((name, mutation, reply)),
+                Job::Mutate { name, mutation, reply, ticket } => {
+                    // A change whose request was given up (or is past its
+                    // deadline) is refused before it is applied, so the
+                    // request's timeout answer can say "not applied".
+                    if ticket.is_some_and(|t| !t.pick()) {
+                        let _ = reply.send(Err(StoreError::Expired));
+                    } else {
+                        batch.push((name, mutation, reply));
+                    }
+                }
             }
             if batch.len() < shared.opts.max_batch {
                 next = rx.try_recv().ok();

