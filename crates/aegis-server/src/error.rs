@@ -98,6 +98,24 @@ impl From<StoreError> for ApiError {
                 tracing::error!(secret = %name, error = %e, "storage failure");
                 io_answer(name, source)
             }
+            StoreError::PartlyStored { stored, not_stored, source } => {
+                tracing::error!(error = %e, "storage failure midway through a group write");
+                let status = io_answer("", source).status;
+                let why = match status {
+                    StatusCode::INSUFFICIENT_STORAGE => "the disk is full",
+                    StatusCode::SERVICE_UNAVAILABLE => "the Safe has too many open files",
+                    _ => "I/O error; see the Safe's log",
+                };
+                Self::new(
+                    status,
+                    format!(
+                        "could not store every secret ({why}): stored (new version in place): {}; \
+                         not stored (previous version intact): {}",
+                        names(stored),
+                        names(not_stored)
+                    ),
+                )
+            }
             StoreError::Crypto(aegis_crypto::CryptoError::UnknownKey { .. }) => Self::bad_request(e.to_string()),
             StoreError::Open { .. } | StoreError::Crypto(_) => {
                 tracing::error!(error = %e, "internal storage error");
@@ -105,6 +123,13 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        return "none".to_owned();
+    }
+    list.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
 }
 
 /// What a failed write tells the caller, by the operating system's reason.

@@ -16,7 +16,7 @@ mod store;
 mod ticket;
 mod writer;
 
-pub use backend::{Backend, Unreadable};
+pub use backend::{Backend, GroupError, Unreadable};
 pub use dir::DirBackend;
 pub use error::StoreError;
 pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Store, StoreOptions};

@@ -237,6 +237,18 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Applies several changes all or nothing, in one commit: if any change is
+    /// refused, or any record cannot be written, none is stored. (Should
+    /// replacing the records fail midway, the error is
+    /// [`StoreError::PartlyStored`], naming exactly which were stored.)
+    /// Returns the entries in the order of their first change.
+    pub async fn apply_group(&self, mutations: Vec<(SecretName, Mutation)>) -> Result<Vec<Arc<Entry>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Group { mutations, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Re-seals every record under `keyring`'s current key; returns how many.
     /// Reads go on meanwhile; writes wait for the rotation to finish.
     pub async fn rotate(&self, keyring: Keyring) -> Result<usize, StoreError> {

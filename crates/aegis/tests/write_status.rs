@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use aegis_core::api::PutSecret;
+use aegis_core::api::{PutSecret, VsecmUpsert};
 use aegis_core::secret::SecretValue;
 use aegis_sdk::ClientError;
 use common::*;
@@ -83,4 +83,63 @@ async fn a_write_answered_408_is_never_applied() {
     for m in messages {
         assert!(m.contains("cas") && (m.contains("not applied") || m.contains("may have been applied")), "{m}");
     }
+}
+
+/// Unmounts (lazily) when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn upsert(workloads: &[&str], value: &str) -> VsecmUpsert {
+    VsecmUpsert {
+        workloads: Some(workloads.iter().map(|w| w.to_string()).collect()),
+        value: SecretValue::new(value),
+        ..VsecmUpsert::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_workload_upsert_that_does_not_fit_stores_nothing() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: mounting a small file system needs root");
+        return;
+    }
+    let mut safe = Safe::dev();
+    safe.kill9();
+    let data = safe.data_dir().join("data");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    if !mounted.success() {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mount = Mount(data);
+    safe.start();
+    safe.wait_ready();
+    let client = safe.client(&safe.admin_env()).await;
+    // Each record holds about 200 KiB: two fit in 512 KiB, three do not.
+    let big = "x".repeat(200 * 1024);
+    match client.vsecm_upsert(&upsert(&["a", "b", "c"], &big)).await {
+        Err(ClientError::Refused { status: 507, message }) => {
+            assert!(message.contains("disk is full") && message.contains("nothing was changed"), "{message}");
+            assert!(!message.contains(&big[..64]), "the value must not be echoed");
+        }
+        other => panic!("expected 507, got {other:?}"),
+    }
+    assert!(names(&safe).await.is_empty(), "a refused upsert stored some workloads");
+    // The Safe still serves, and a group that fits is stored whole.
+    client.vsecm_upsert(&upsert(&["d", "e"], "small")).await.unwrap();
+    let expected: BTreeSet<String> = ["d", "e"].map(String::from).into();
+    assert_eq!(names(&safe).await, expected);
+    safe.restart();
+    safe.wait_ready();
+    assert_eq!(names(&safe).await, expected);
 }
