@@ -150,7 +150,18 @@ impl AppState {
         let new = Arc::new(RootKey::generate());
         let next = rootkey::next_path(path);
         rootkey::write(&next, &new).map_err(internal)?;
-        let records = store.rotate(Keyring::new(new.clone())).await?;
+        let records = match store.rotate(Keyring::new(new.clone())).await {
+            Ok(n) => n,
+            Err(e @ aegis_store::StoreError::Expired) => {
+                // Nothing was re-sealed: drop the new key, or the next start would finish a rotation
+                // this request answered as not applied.
+                if let Err(why) = std::fs::remove_file(&next) {
+                    tracing::error!(error = %why, "could not remove the unused next root key file");
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         rootkey::promote_next(path).map_err(internal)?;
         tracing::info!(key_id = %new.id(), records, "root key rotated");
         Ok(Rotated { key_id: new.id().to_string(), records })

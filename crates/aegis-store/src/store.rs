@@ -253,7 +253,8 @@ impl Store {
     /// Reads go on meanwhile; writes wait for the rotation to finish.
     pub async fn rotate(&self, keyring: Keyring) -> Result<usize, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Rotate { keyring, reply }).await.map_err(|_| StoreError::Closed)?;
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Rotate { keyring, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

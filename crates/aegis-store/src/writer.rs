@@ -28,6 +28,7 @@ pub(crate) enum Job {
     Rotate {
         keyring: Keyring,
         reply: Reply<usize>,
+        ticket: Option<Arc<Ticket>>,
     },
     /// Changes applied all or nothing, in one commit of their own.
     Group {
@@ -43,9 +44,13 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Rotate { keyring, reply } => {
-                    commit(&shared, &backend, std::mem::take(&mut batch)).await;
-                    let _ = reply.send(rotate(&shared, &backend, keyring).await);
+                Job::Rotate { keyring, reply, ticket } => {
+                    if ticket.is_some_and(|t| !t.pick()) {
+                        let _ = reply.send(Err(StoreError::Expired));
+                    } else {
+                        commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        let _ = reply.send(rotate(&shared, &backend, keyring).await);
+                    }
                 }
                 Job::Group { mutations, reply, ticket } => {
                     if ticket.is_some_and(|t| !t.pick()) {
