@@ -33,6 +33,26 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, message)
     }
 
+    /// 408: the request ran out of time and none of its writes was applied.
+    pub fn not_applied() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took too long; the write was not applied (nothing was changed): retry; \
+             a native PUT with \"cas\" (the version you expect, 0 for a new secret) is always safe to retry",
+        )
+    }
+
+    /// 503: the request ran out of time after its write was taken up; it may
+    /// have been applied.
+    pub fn may_have_applied() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long after its write was taken up: the write may have been applied; \
+             read the secret's versions before retrying, or retry a native PUT with \"cas\" \
+             (the version you expect, 0 for a new secret) so a retry cannot write twice",
+        )
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
@@ -73,9 +93,28 @@ impl From<StoreError> for ApiError {
             StoreError::Op(OpError::WrongState { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Template { .. } => Self::bad_request(e.to_string()),
             StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            StoreError::Expired => Self::not_applied(),
             StoreError::Io { name, source } => {
                 tracing::error!(secret = %name, error = %e, "storage failure");
                 io_answer(name, source)
+            }
+            StoreError::PartlyStored { stored, not_stored, source } => {
+                tracing::error!(error = %e, "storage failure midway through a group write");
+                let status = io_answer("", source).status;
+                let why = match status {
+                    StatusCode::INSUFFICIENT_STORAGE => "the disk is full",
+                    StatusCode::SERVICE_UNAVAILABLE => "the Safe has too many open files",
+                    _ => "I/O error; see the Safe's log",
+                };
+                Self::new(
+                    status,
+                    format!(
+                        "could not store every secret ({why}): stored (new version in place): {}; \
+                         not stored (previous version intact): {}",
+                        names(stored),
+                        names(not_stored)
+                    ),
+                )
             }
             StoreError::Crypto(aegis_crypto::CryptoError::UnknownKey { .. }) => Self::bad_request(e.to_string()),
             StoreError::Open { .. } | StoreError::Crypto(_) => {
@@ -84,6 +123,13 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        return "none".to_owned();
+    }
+    list.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
 }
 
 /// What a failed write tells the caller, by the operating system's reason.

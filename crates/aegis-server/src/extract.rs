@@ -13,16 +13,19 @@ use aegis_store::Data;
 
 use crate::error::{json_error, ApiError};
 
+/// 413 with the limit named.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"),
+    )
+}
+
 /// The request body, or 413 with the limit named.
 pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     b.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"
-                ),
-            )
+            too_large(limit)
         } else {
             ApiError::bad_request("could not read the request body")
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use aegis_crypto::Keyring;
 use aegis_identity::{peer_spiffe_id, IdentitySource};
+use aegis_store::Ticket;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse;
@@ -456,6 +457,51 @@ async fn serve_hyper<S>(
     }
 }
 
+/// How much of an oversized body is read (and thrown away) beyond the limit,
+/// as a multiple of the limit, so the client finishes sending and reads the
+/// 413: an HTTP/2 stream then ends normally instead of being reset. A body
+/// declared larger than that is refused at once.
+const DRAIN_FACTOR: u64 = 4;
+
+/// Reads the whole body (within `limit`) before routing. An oversized body
+/// is a 413: refused at once when its declared length is far over the limit,
+/// otherwise after reading the rest of it (up to [`DRAIN_FACTOR`] times the
+/// limit), so the client is not cut off before it reads the answer.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Request<Body>, ApiError> {
+    use http_body_util::BodyExt;
+    let max = limit as u64;
+    let drain = max.saturating_add(max.saturating_mul(DRAIN_FACTOR));
+    let declared =
+        req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain) {
+        return Err(crate::extract::too_large(limit));
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut buf = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("could not read the request body"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len() as u64);
+        if seen > drain {
+            return Err(crate::extract::too_large(limit));
+        }
+        if seen <= max {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > max {
+        return Err(crate::extract::too_large(limit));
+    }
+    Ok(Request::from_parts(parts, Body::from(buf)))
+}
+
+/// How long a request whose write the store writer took up before the
+/// deadline may still take to commit it.
+fn commit_grace(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
 async fn handle(
     mut req: Request<Incoming>,
     caller: Arc<Caller>,
@@ -468,14 +514,27 @@ async fn handle(
     let span = tracing::info_span!("request", caller = %caller.id, %method, route);
     let start = Instant::now();
     req.extensions_mut().insert(caller);
-    let resp = match tokio::time::timeout(state.settings.request_timeout, app.oneshot(req.map(Body::new)))
-        .instrument(span.clone())
-        .await
-    {
+    // Writes taken up by the store writer after the deadline are refused
+    // (not applied); a write taken up before it gets a grace to commit. When
+    // even that runs out, the answer says whether the write may have been applied.
+    let timeout = state.settings.request_timeout;
+    let ticket = Ticket::new(start + timeout);
+    let limit = state.settings.max_body_bytes;
+    let call = Ticket::scope(ticket.clone(), async move {
+        match read_body(req, limit).await {
+            Ok(req) => app.oneshot(req).await,
+            Err(refused) => Ok(refused.into_response()),
+        }
+    });
+    let resp = match tokio::time::timeout(timeout + commit_grace(timeout), call).instrument(span.clone()).await {
+        Ok(Ok(r)) if r.status() == StatusCode::REQUEST_TIMEOUT && ticket.picked() => {
+            // One write of the request was applied (or may be) before a later one timed out.
+            ApiError::may_have_applied().into_response()
+        }
         Ok(Ok(r)) => r,
         Ok(Err(never)) => match never {},
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long; send the whole body promptly")
-            .into_response(),
+        Err(_) if ticket.abandon() => ApiError::may_have_applied().into_response(),
+        Err(_) => ApiError::not_applied().into_response(),
     };
     let status = resp.status().as_u16();
     let latency = start.elapsed();

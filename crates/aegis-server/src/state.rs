@@ -151,21 +151,21 @@ impl AppState {
         let _guard = self.unseal_lock.lock().await;
         self.store()?;
         let next = rootkey::next_path(path);
-        let new = match rootkey::read(&next).map_err(internal)? {
+        let (new, fresh) = match rootkey::read(&next).map_err(internal)? {
             Some(pending) => {
                 tracing::warn!(
                     key_id = %pending.id(),
                     "an earlier root key rotation is unfinished; finishing it with its key instead of generating a new one"
                 );
-                pending
+                (pending, false)
             }
             None => {
                 let new = Arc::new(RootKey::generate());
                 rootkey::write(&next, &new).map_err(internal)?;
-                new
+                (new, true)
             }
         };
-        self.rotate_to(path, new).await
+        self.rotate_to(path, new, fresh).await
     }
 
     /// Finishes an unfinished rotation: re-seals every record under the key in
@@ -176,15 +176,30 @@ impl AppState {
         };
         let _guard = self.unseal_lock.lock().await;
         match rootkey::read(&rootkey::next_path(path)).map_err(internal)? {
-            Some(next) => self.rotate_to(path, next).await.map(Some),
+            Some(next) => self.rotate_to(path, next, false).await.map(Some),
             None => Ok(None),
         }
     }
 
     /// Re-seals every record under `new` (already in `<path>.next`) and promotes it. Call with the unseal lock held.
-    async fn rotate_to(&self, path: &std::path::Path, new: Arc<RootKey>) -> Result<Rotated, ApiError> {
+    /// `fresh`: this call generated `new`, so no record can be sealed under it yet.
+    async fn rotate_to(&self, path: &std::path::Path, new: Arc<RootKey>, fresh: bool) -> Result<Rotated, ApiError> {
         let store = self.store()?;
-        let records = store.rotate(Keyring::new(new.clone())).await?;
+        let records = match store.rotate(Keyring::new(new.clone())).await {
+            Ok(n) => n,
+            Err(e @ aegis_store::StoreError::Expired) => {
+                // The rotation never started. A key this call generated is dropped, or the next start
+                // would finish a rotation answered as not applied; a pending key from an earlier,
+                // partly done rotation is kept, since records may already be sealed under it.
+                if fresh {
+                    if let Err(why) = std::fs::remove_file(rootkey::next_path(path)) {
+                        tracing::error!(error = %why, "could not remove the unused next root key file");
+                    }
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         rootkey::promote_next(path).map_err(internal)?;
         tracing::info!(key_id = %new.id(), records, "root key rotated");
         Ok(Rotated { key_id: new.id().to_string(), records })

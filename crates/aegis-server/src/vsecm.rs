@@ -157,16 +157,17 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         Some(&req.expires),
     )?;
     let view = extract::view(&value, &meta, s.settings.template_budget).await?;
-    let writes = names.into_iter().map(|name| {
-        let put = Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None, view: Some(view.clone()) };
-        store.apply(name, put)
-    });
-    let results = futures::future::join_all(writes).await;
-    let mut ok = String::new();
-    for r in results {
-        r?;
-        ok.push_str("OK");
-    }
+    // All workloads or none: one store job, written all or nothing.
+    let writes: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let put = Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None, view: Some(view.clone()) };
+            (name, put)
+        })
+        .collect();
+    let count = writes.len();
+    store.apply_group(writes).await?;
+    let ok = "OK".repeat(count);
     s.metrics.secrets.set(store.len() as i64);
     Ok(ok.into_response())
 }

@@ -19,7 +19,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::Unreadable;
+use crate::backend::{GroupError, Unreadable};
+use crate::writer::copy_io;
 use crate::{Backend, StoreError};
 
 const EXT: &str = ".rec";
@@ -256,6 +257,10 @@ impl Backend for DirBackend {
         results
     }
 
+    fn write_group(&self, records: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+        write_group(self, records)
+    }
+
     fn quarantine(&self, name: &str, reason: &str) -> Result<(), StoreError> {
         let qdir = self.dir.join(QUARANTINE);
         fs::create_dir_all(&qdir).map_err(|e| io_err(name, e))?;
@@ -271,6 +276,48 @@ impl Backend for DirBackend {
     fn describe(&self) -> String {
         format!("directory {}", self.dir.display())
     }
+}
+
+/// All or nothing: every temporary file is written and fsynced before any
+/// record is replaced; a failed temporary write removes them all.
+fn write_group(b: &DirBackend, records: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+    let fail = |stored: Vec<String>, name: &str, e: io::Error| GroupError { stored, error: io_err(name, e) };
+    let temps: Vec<io::Result<PathBuf>> = std::thread::scope(|s| {
+        let chunk = records.len().div_ceil(WRITE_THREADS).max(1);
+        let handles: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| (part.len(), s.spawn(move || part.iter().map(|(n, x)| b.write_temp(n, x)).collect::<Vec<_>>())))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(len, h)| {
+                h.join().unwrap_or_else(|_| (0..len).map(|_| Err(io::Error::other("writer thread failed"))).collect())
+            })
+            .collect()
+    });
+    let failed = records.iter().zip(&temps).find_map(|((n, _), t)| t.as_ref().err().map(|e| (n, copy_io(e))));
+    if let Some((name, e)) = failed {
+        for tmp in temps.iter().flatten() {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(fail(Vec::new(), name, e));
+    }
+    let temps: Vec<PathBuf> = temps.into_iter().flatten().collect();
+    let mut stored = Vec::with_capacity(records.len());
+    for (i, ((name, _), tmp)) in records.iter().zip(&temps).enumerate() {
+        if let Err(e) = fs::rename(tmp, b.record_path(name)) {
+            for t in &temps[i..] {
+                let _ = fs::remove_file(t);
+            }
+            let _ = b.sync_dir();
+            return Err(fail(stored, name, e));
+        }
+        stored.push(name.clone());
+    }
+    b.sync_dir().map_err(|e| {
+        let first = stored.first().cloned().unwrap_or_default();
+        fail(stored.clone(), &first, e)
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +349,27 @@ mod tests {
         assert!(tmp.path().join("quarantine").read_dir().unwrap().count() == 2);
         let mode = fs::metadata(b.record_path("k8s:b")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn group_write_reports_exactly_what_was_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        let recs = |v: &[u8]| ["a", "b", "c"].map(|n| (n.to_owned(), v.to_vec())).to_vec();
+        b.write_group(&recs(b"v1")).unwrap();
+        // A non-empty directory where "b"'s record should be makes its rename fail.
+        fs::remove_file(b.record_path("b")).unwrap();
+        fs::create_dir(b.record_path("b")).unwrap();
+        fs::write(b.record_path("b").join("x"), b"").unwrap();
+        let e = b.write_group(&recs(b"v2")).unwrap_err();
+        assert_eq!(e.stored, vec!["a".to_owned()]);
+        assert_eq!(b.read("a").unwrap(), b"v2".to_vec());
+        assert_eq!(b.read("c").unwrap(), b"v1".to_vec());
+        assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TMP_PREFIX)));
     }
 
     #[test]

@@ -29,6 +29,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A group write (all or nothing) failed after some of its records were
+    /// stored: exactly these were, the others were not.
+    #[error("could not persist all of {}: stored {}; not stored {}: {source}", list(.stored, .not_stored), quoted(.stored), quoted(.not_stored))]
+    PartlyStored {
+        /// The names whose new version is stored.
+        stored: Vec<String>,
+        /// The names left at their previous version.
+        not_stored: Vec<String>,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Opening the backing store failed.
     #[error("cannot use data directory {path}: {source}")]
     Open {
@@ -41,7 +53,22 @@ pub enum StoreError {
     /// Encryption failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The request's deadline passed (or the request was given up) before the
+    /// writer took the change up: nothing was applied.
+    #[error("the request's deadline passed before the write was applied; nothing was changed, retry")]
+    Expired,
     /// The writer task has stopped (the Safe is shutting down).
     #[error("the store is shutting down; retry against a running Safe")]
     Closed,
+}
+
+fn quoted(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+}
+
+fn list(a: &[String], b: &[String]) -> String {
+    quoted(&[a, b].concat())
 }

@@ -13,9 +13,11 @@ mod backend;
 mod dir;
 mod error;
 mod store;
+mod ticket;
 mod writer;
 
-pub use backend::{Backend, Unreadable};
+pub use backend::{Backend, GroupError, Unreadable};
 pub use dir::DirBackend;
 pub use error::StoreError;
 pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Store, StoreOptions};
+pub use ticket::Ticket;

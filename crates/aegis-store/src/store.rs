@@ -226,9 +226,26 @@ impl Store {
     }
 
     /// Applies a change; returns once it is durable and visible.
+    ///
+    /// Inside [`Ticket::scope`](crate::Ticket::scope), the change is refused
+    /// with [`StoreError::Expired`] (and not applied) if the writer reaches it
+    /// after the ticket's deadline or after the request was abandoned.
     pub async fn apply(&self, name: SecretName, mutation: Mutation) -> Result<Arc<Entry>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Mutate { name, mutation, reply }).await.map_err(|_| StoreError::Closed)?;
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Mutate { name, mutation, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Applies several changes all or nothing, in one commit: if any change is
+    /// refused, or any record cannot be written, none is stored. (Should
+    /// replacing the records fail midway, the error is
+    /// [`StoreError::PartlyStored`], naming exactly which were stored.)
+    /// Returns the entries in the order of their first change.
+    pub async fn apply_group(&self, mutations: Vec<(SecretName, Mutation)>) -> Result<Vec<Arc<Entry>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Group { mutations, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -236,7 +253,8 @@ impl Store {
     /// Reads go on meanwhile; writes wait for the rotation to finish.
     pub async fn rotate(&self, keyring: Keyring) -> Result<usize, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Rotate { keyring, reply }).await.map_err(|_| StoreError::Closed)?;
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Rotate { keyring, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -13,14 +13,29 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::store::{Data, Entry, LoadReport, Mutation, Quarantined, Shared};
-use crate::{Backend, StoreError};
+use crate::{Backend, StoreError, Ticket};
 use aegis_core::transform::Budget;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) enum Job {
-    Mutate { name: SecretName, mutation: Mutation, reply: Reply<Arc<Entry>> },
-    Rotate { keyring: Keyring, reply: Reply<usize> },
+    Mutate {
+        name: SecretName,
+        mutation: Mutation,
+        reply: Reply<Arc<Entry>>,
+        ticket: Option<Arc<Ticket>>,
+    },
+    Rotate {
+        keyring: Keyring,
+        reply: Reply<usize>,
+        ticket: Option<Arc<Ticket>>,
+    },
+    /// Changes applied all or nothing, in one commit of their own.
+    Group {
+        mutations: Vec<(SecretName, Mutation)>,
+        reply: Reply<Vec<Arc<Entry>>>,
+        ticket: Option<Arc<Ticket>>,
+    },
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>) {
@@ -29,11 +44,32 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Rotate { keyring, reply } => {
-                    commit(&shared, &backend, std::mem::take(&mut batch)).await;
-                    let _ = reply.send(rotate(&shared, &backend, keyring).await);
+                Job::Rotate { keyring, reply, ticket } => {
+                    if ticket.is_some_and(|t| !t.pick()) {
+                        let _ = reply.send(Err(StoreError::Expired));
+                    } else {
+                        commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        let _ = reply.send(rotate(&shared, &backend, keyring).await);
+                    }
                 }
-                Job::Mutate { name, mutation, reply } => batch.push((name, mutation, reply)),
+                Job::Group { mutations, reply, ticket } => {
+                    if ticket.is_some_and(|t| !t.pick()) {
+                        let _ = reply.send(Err(StoreError::Expired));
+                    } else {
+                        commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        let _ = reply.send(commit_group(&shared, &backend, mutations).await);
+                    }
+                }
+                Job::Mutate { name, mutation, reply, ticket } => {
+                    // A change whose request was given up (or is past its
+                    // deadline) is refused before it is applied, so the
+                    // request's timeout answer can say "not applied".
+                    if ticket.is_some_and(|t| !t.pick()) {
+                        let _ = reply.send(Err(StoreError::Expired));
+                    } else {
+                        batch.push((name, mutation, reply));
+                    }
+                }
             }
             if batch.len() < shared.opts.max_batch {
                 next = rx.try_recv().ok();
@@ -141,6 +177,81 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
             None => Err(StoreError::Closed),
         };
         let _ = reply.send(r);
+    }
+}
+
+/// Applies every change of a group or none: logical errors are found before
+/// anything is written, and the records are written with
+/// [`Backend::write_group`]. Records stored despite a failure (a rename failed
+/// midway) are made visible, and the error names them.
+async fn commit_group(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    mutations: Vec<(SecretName, Mutation)>,
+) -> Result<Vec<Arc<Entry>>, StoreError> {
+    let mut order: Vec<SecretName> = Vec::new();
+    let mut work: HashMap<SecretName, (SecretDoc, Option<Data>)> = HashMap::new();
+    for (name, m) in mutations {
+        let base = work.get(&name).map(|(d, _)| d.clone()).or_else(|| shared.get(&name).map(|e| e.doc.clone()));
+        let done = apply_one(base, &name, m, shared.opts.max_versions)?;
+        if work.insert(name.clone(), done).is_none() {
+            order.push(name);
+        }
+    }
+    let keyring = shared.keyring.load_full();
+    let mut records = Vec::with_capacity(order.len());
+    let mut docs = Vec::with_capacity(order.len());
+    for name in &order {
+        let Some((doc, data)) = work.remove(name) else { continue };
+        records.push((name.to_string(), seal(&keyring, &doc)?));
+        docs.push((doc, data));
+    }
+    let b = backend.clone();
+    let budget = shared.opts.template_budget;
+    let (result, entries) = tokio::task::spawn_blocking(move || {
+        let result = b.write_group(&records);
+        let stored: Vec<bool> = match &result {
+            Ok(()) => vec![true; records.len()],
+            Err(e) => records.iter().map(|(n, _)| e.stored.contains(n)).collect(),
+        };
+        let entries: Vec<Option<Arc<Entry>>> = docs
+            .into_iter()
+            .zip(stored)
+            .map(|((doc, data), ok)| ok.then(|| Arc::new(Entry::new(doc, data, &budget))))
+            .collect();
+        (result, entries)
+    })
+    .await
+    .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?;
+    let visible: Vec<Arc<Entry>> = entries.iter().flatten().cloned().collect();
+    if !visible.is_empty() {
+        let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
+        for entry in &visible {
+            if entry.transform_error().is_some() {
+                shared.transform_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            map.insert(entry.doc.name.clone(), entry.clone());
+        }
+        drop(map);
+        shared.seq.send_modify(|n| *n += 1);
+    }
+    match result {
+        Ok(()) => Ok(visible),
+        Err(e) if e.stored.is_empty() => {
+            tracing::error!(error = %e.error, "group write failed; nothing was stored");
+            Err(e.error)
+        }
+        Err(e) => {
+            let not_stored: Vec<String> =
+                order.iter().map(ToString::to_string).filter(|n| !e.stored.contains(n)).collect();
+            let source = match &e.error {
+                StoreError::Io { source, .. } => copy_io(source),
+                other => io::Error::other(other.to_string()),
+            };
+            let err = StoreError::PartlyStored { stored: e.stored, not_stored, source };
+            tracing::error!(error = %err, "group write failed midway");
+            Err(err)
+        }
     }
 }
 
