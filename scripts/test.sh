@@ -20,6 +20,12 @@ for tool in cargo rustc; do
 done
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+# curl (an HTTP/2 client built on nghttp2) checks the Safe's answers to oversized bodies.
+if ! command -v curl >/dev/null; then
+    echo "== installing curl (Debian package)"
+    { apt-get update -qq && apt-get install -y -qq curl >/dev/null; } || { echo "error: curl is needed by the tests; install it" >&2; exit 1; }
+fi
+
 command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE and VSecM's Go client (install Go >= 1.26.6)" >&2; exit 1; }
 
 echo "== SPIRE (built once from the Go module proxy, cached in $cache/spire)"
