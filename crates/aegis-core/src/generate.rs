@@ -1,5 +1,5 @@
 //! `gen:` patterns: secret values generated from a template of literal text
-//! and generator groups (see `VSECM-COMPAT.md`, "Special names and prefixes").
+//! and generator groups (see `docs/VSECM-COMPATIBILITY.md`, "`gen:` patterns").
 //!
 //! A pattern is the text after `gen:`. A generator group `[class]{n}` makes
 //! `n` random characters from `class`; `[class]{min,max}` makes between `min`

@@ -1,5 +1,5 @@
 //! The Sentinel init-command file: secrets to seed at start-up (see
-//! `VSECM-COMPAT.md`, "Sentinel init commands").
+//! `docs/VSECM-COMPATIBILITY.md`, "Sentinel init commands").
 //!
 //! ```text
 //! w:k8s:db-credentials

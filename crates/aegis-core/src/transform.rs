@@ -1,7 +1,7 @@
 //! VSecM transformations: what a workload sees, computed from the stored
 //! value, an optional Go `text/template` and an output [`Format`].
 //!
-//! The steps follow VSecM 0.28.1 (see `VSECM-COMPAT.md`, "Transformations"):
+//! The steps follow VSecM 0.28.1 (see `docs/VSECM-COMPATIBILITY.md`, "Transformations"):
 //!
 //! 1. The value is trimmed. If there is a non-empty template and the value is
 //!    a JSON object, the template runs with that object as `.`; if parsing or
@@ -1500,7 +1500,7 @@ mod tests {
     const CREDS: &str = r#"{"username": "admin", "password": "VSecMRocks!"}"#;
     const TEMPLATE: &str = r#"{"USR":"{{.username}}", "PWD":"{{.password}}"}"#;
 
-    // The "Known outputs" table of VSECM-COMPAT.md, one test per row.
+    // The "Known outputs" table of docs/VSECM-COMPATIBILITY.md, one test per row.
 
     #[test]
     fn known_json_without_template_is_the_value_verbatim() {

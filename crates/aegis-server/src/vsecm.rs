@@ -1,4 +1,4 @@
-//! The VSecM-compatible API (see VSECM-COMPAT.md).
+//! The VSecM-compatible API (see `docs/VSECM-COMPATIBILITY.md`, "HTTP API").
 
 use std::sync::Arc;
 
