@@ -152,9 +152,27 @@ fn io_answer(name: &str, source: &std::io::Error) -> ApiError {
     }
 }
 
+/// Why a request was refused, carried on the response so that the request log
+/// line can say it: a caller whose client drops error bodies (VSecM's `safe`
+/// prints only "Problem connecting to VSecM Safe API endpoint URL") is then
+/// answered by `kubectl logs` on the Safe. Messages name secrets and limits,
+/// never values.
+#[derive(Debug, Clone)]
+pub struct Reason(pub String);
+
+impl ApiError {
+    /// The answer with `body` instead of the JSON error body, keeping the reason for the log.
+    pub fn respond_with(self, body: impl IntoResponse) -> Response {
+        let mut resp = (self.status, body).into_response();
+        resp.extensions_mut().insert(Reason(self.message));
+        resp
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        let body = Json(ErrorBody { error: self.message.clone() });
+        self.respond_with(body)
     }
 }
 

@@ -543,7 +543,8 @@ async fn handle(
     let _enter = span.enter();
     let micros = latency.as_micros() as u64;
     if status >= 400 {
-        tracing::info!(status, latency_us = micros, "request refused");
+        let reason = resp.extensions().get::<crate::error::Reason>().map_or("", |r| r.0.as_str());
+        tracing::info!(status, latency_us = micros, reason, "request refused");
     } else {
         tracing::debug!(status, latency_us = micros, "request served");
     }

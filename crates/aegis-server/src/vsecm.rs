@@ -61,7 +61,8 @@ pub async fn fetch(st: St, who: Who) -> Response {
     match fetch_inner(st, who).await {
         Ok(r) => r,
         Err(e) => {
-            (e.status(), [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], e.message().to_owned()).into_response()
+            let text = e.message().to_owned();
+            e.respond_with(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
         }
     }
 }

@@ -281,3 +281,30 @@ async fn a_workload_that_sends_nothing_after_the_handshake_is_cut_off() {
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
 }
+
+/// VSecM's `safe` drops the body of every refusal, so the Safe's own log must say why
+/// (and never with a value in it).
+#[test]
+fn the_safes_log_says_why_a_request_was_refused() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let out = safe.safe(&admin, &["-w", "billing", "-s", "refused-value-123", "-E", "not-a-time"]);
+    assert!(!out.status.success());
+    let billing = safe.workload_env("billing");
+    fails(safe.aegis(&billing, &["list"]), 4, "not the Sentinel");
+    // Without the terminal colour codes the log is written with.
+    let mut log = String::new();
+    let mut esc = false;
+    for c in safe.log_text().chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => log.push(c),
+        }
+    }
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("request refused")).collect();
+    assert!(refused.iter().any(|l| l.contains("expires") && l.contains("status=400")), "{refused:#?}");
+    assert!(refused.iter().any(|l| l.contains("is not the Sentinel") && l.contains("status=403")), "{refused:#?}");
+    assert!(!log.contains("refused-value-123"), "a refused value reached the log");
+}
