@@ -212,6 +212,9 @@ pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Res
 /// The shortest and longest pause after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 
+/// Longest a refused connection is kept to tell the client why.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Repeated events that are logged at most once a second, with a count.
 struct Noisy {
     accept: LogLimiter,
@@ -307,7 +310,8 @@ async fn connection(
         Err(why) => {
             refused(&state, &noisy, why, peer, Some(&caller.id));
             // Still holding the handshake slot: refusals are bounded like handshakes.
-            refuse_politely(tls, why.explain(state.gate.limits()), deadline).await;
+            // The answer gets at most REFUSAL_DEADLINE, so refused clients hold those slots briefly.
+            refuse_politely(tls, why.explain(state.gate.limits()), deadline.min(REFUSAL_DEADLINE)).await;
             return;
         }
     };
