@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::cli::settings;
+use crate::connect::settings;
 use crate::exit::{CliError, FAILURE};
 
 /// `aegis bench` arguments.
@@ -244,7 +244,7 @@ async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> Result<Repo
 }
 
 async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, CliError> {
-    let client = crate::cli::client().await?;
+    let client = crate::connect::client().await?;
     let value = "x".repeat(size.max(1));
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers.max(1))
@@ -294,7 +294,7 @@ fn wait_for_file(file: &std::path::Path, want: &str, limit: Duration) -> Option<
 }
 
 async fn propagation(updates: usize, file: &std::path::Path, secret: &str) -> Result<Report, CliError> {
-    let client = crate::cli::client().await?;
+    let client = crate::connect::client().await?;
     let mut lat = Vec::with_capacity(updates);
     let mut errors = 0;
     let started = Instant::now();

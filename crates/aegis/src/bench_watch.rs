@@ -91,9 +91,9 @@ async fn open_watch(t: &Target, revision: u64) -> Result<tokio::task::JoinHandle
 /// Runs the benchmark.
 pub async fn run(a: WatchersArgs) -> Result<WatchersReport, CliError> {
     let t = Arc::new(target(false).await?);
-    let work = crate::cli::client().await?;
+    let work = crate::connect::client().await?;
     let revision = work.watch_once(u64::MAX, Duration::from_secs(5)).await?.revision;
-    let mut admin_settings = crate::cli::settings()?;
+    let mut admin_settings = crate::connect::settings()?;
     admin_settings.identity = aegis_identity::IdentityConfig::Files(aegis_identity::SvidPaths {
         cert: a.admin_cert,
         key: a.admin_key,
