@@ -1,5 +1,5 @@
 //! The `aegis` command line: the clap definition and the dispatch to each
-//! job's module (`serve`, `admin`, `workload`, `bench`).
+//! job's module (`serve`, `admin`, `workload`).
 
 use clap::{Parser, Subcommand};
 
@@ -54,8 +54,6 @@ enum Command {
     Status(Out),
     /// Generate a new root key and re-encrypt every record with it.
     RotateRootKey(Out),
-    /// Load generator: measure fetches, writes and start-up.
-    Bench(crate::bench::BenchArgs),
     /// Keep a file up to date with the workload's secret (VSecM sidecar).
     Sidecar(crate::workload::sidecar::SidecarArgs),
     /// Wait until the workload's secret exists (VSecM init container).
@@ -84,7 +82,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unseal(a) => state::unseal(a).await,
         Command::Status(out) => state::status(out).await,
         Command::RotateRootKey(out) => state::rotate_root_key(out).await,
-        Command::Bench(a) => crate::bench::run(a).await,
         Command::Sidecar(a) => crate::workload::sidecar::run(a).await,
         Command::Init(a) => crate::workload::init::run(a).await,
         Command::Run(a) => crate::workload::run::run(a).await,

@@ -6,9 +6,6 @@
 //! cannot be reached or TLS failed; 64 bad configuration.
 
 pub mod admin;
-pub mod bench;
-mod bench_startup;
-mod bench_watch;
 pub mod cli;
 pub mod connect;
 pub mod exit;

@@ -1,19 +1,28 @@
-//! `aegis bench`: a load generator anyone can run against a Safe.
+//! `aegis-bench`: a load generator anyone can run against a Safe.
+//!
+//! It connects as `aegis` does (the same environment variables, see
+//! docs/CONFIGURATION.md) and prints each report as JSON. Exit codes are those
+//! of docs/CLI.md.
 //!
 //! - `fetch`: workload fetches (`GET /workload/v1/secrets`) over kept-alive
 //!   mTLS connections, or a new connection per fetch (as VSecM's SDK does).
 //! - `write`: durable writes by concurrent admin writers.
 //! - `startup`: builds a data directory of N secrets, starts `aegis server`
-//!   on it, and reports the time to ready and resident memory.
+//!   on it (the `aegis` binary next to this one, else the one on `PATH`), and
+//!   reports the time to ready and resident memory.
+//! - `propagation`: time from a write to a sidecar's file holding it.
+//! - `watchers`: many idle watch connections against one Safe.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aegis::connect::settings;
+use aegis::exit::{CliError, FAILURE};
 use aegis_core::api::PutSecret;
 use aegis_core::secret::SecretValue;
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use rustls::pki_types::ServerName;
@@ -21,14 +30,32 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::connect::settings;
-use crate::exit::{CliError, FAILURE};
+mod startup;
+mod watchers;
 
-/// `aegis bench` arguments.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
+/// Load generator: measure fetches, writes and start-up.
+#[derive(Parser, Debug)]
+#[command(
+    name = "aegis-bench",
+    version,
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 forbidden, 5 sealed, 6 conflict, 7 unreachable, 64 bad configuration."
+)]
+struct BenchArgs {
     #[command(subcommand)]
     cmd: BenchCmd,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    aegis::init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(FAILURE);
+        }
+    };
+    aegis::exit::finish(rt.block_on(run(args)))
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,7 +99,7 @@ enum BenchCmd {
     },
     /// Many idle watchers: memory and CPU of the Safe, and time to notify all of
     /// them of one change (run as the workload; the admin identity comes from files).
-    Watchers(crate::bench_watch::WatchersArgs),
+    Watchers(watchers::WatchersArgs),
     /// Start-up time and memory with N stored secrets (starts its own Safe).
     Startup {
         /// Secrets to store.
@@ -133,17 +160,15 @@ fn print(r: &impl Serialize) -> Result<(), CliError> {
 }
 
 /// Runs a benchmark and prints its report as JSON.
-pub async fn run(a: BenchArgs) -> Result<(), CliError> {
+async fn run(a: BenchArgs) -> Result<(), CliError> {
     match a.cmd {
         BenchCmd::Fetch { connections, seconds, new_connection } => {
             print(&fetch(connections, Duration::from_secs(seconds), new_connection).await?)
         }
         BenchCmd::Write { writers, seconds, size } => print(&write(writers, Duration::from_secs(seconds), size).await?),
         BenchCmd::Propagation { updates, file, secret } => print(&propagation(updates, &file, &secret).await?),
-        BenchCmd::Watchers(a) => print(&crate::bench_watch::run(a).await?),
-        BenchCmd::Startup { secrets, size, work_dir } => {
-            print(&crate::bench_startup::run(secrets, size, &work_dir).await?)
-        }
+        BenchCmd::Watchers(a) => print(&watchers::run(a).await?),
+        BenchCmd::Startup { secrets, size, work_dir } => print(&startup::run(secrets, size, &work_dir).await?),
     }
 }
 
@@ -244,7 +269,7 @@ async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> Result<Repo
 }
 
 async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, CliError> {
-    let client = crate::connect::client().await?;
+    let client = aegis::connect::client().await?;
     let value = "x".repeat(size.max(1));
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers.max(1))
@@ -294,7 +319,7 @@ fn wait_for_file(file: &std::path::Path, want: &str, limit: Duration) -> Option<
 }
 
 async fn propagation(updates: usize, file: &std::path::Path, secret: &str) -> Result<Report, CliError> {
-    let client = crate::connect::client().await?;
+    let client = aegis::connect::client().await?;
     let mut lat = Vec::with_capacity(updates);
     let mut errors = 0;
     let started = Instant::now();
