@@ -8,7 +8,7 @@ use clap::Args;
 use http_body_util::{BodyExt, Empty};
 use serde::Serialize;
 
-use crate::{target, Target};
+use crate::fetch::{target, Target};
 use aegis::exit::CliError;
 
 /// Arguments of `aegis-bench watchers`.
