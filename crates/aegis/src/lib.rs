@@ -5,22 +5,12 @@
 //! 6 conflict (check-and-set, destroyed version, wrong state); 7 the Safe
 //! cannot be reached or TLS failed; 64 bad configuration.
 
-pub mod bench;
-mod bench_startup;
-mod bench_watch;
+pub mod admin;
 pub mod cli;
-pub mod delivery;
-pub mod dev;
+pub mod connect;
 pub mod exit;
-pub mod filewrite;
-pub mod initc;
-pub mod runner;
-pub mod safe;
-pub mod sentinel;
-pub mod server;
-pub mod sidecar;
-pub mod signals;
-pub mod split;
+pub mod output;
+pub mod serve;
 pub mod workload;
 
 /// Sets up `tracing` from `AEGIS_LOG` (default `info`) and `AEGIS_LOG_FORMAT` (`text` or `json`), on stderr.

@@ -10,5 +10,5 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(aegis::exit::FAILURE);
         }
     };
-    aegis::exit::finish(rt.block_on(aegis::safe::run(&args)))
+    aegis::exit::finish(rt.block_on(aegis::admin::safe::run(&args)))
 }

@@ -11,8 +11,8 @@ use aegis_core::api::WorkloadSecret;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::delivery::object_entries;
 use crate::exit::{CliError, FAILURE};
+use crate::workload::delivery::object_entries;
 
 /// Exit code for a bad command line (as clap uses).
 const USAGE: u8 = 2;

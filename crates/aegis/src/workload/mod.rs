@@ -1,7 +1,17 @@
-//! Workload-side commands.
+//! The workload agents: `aegis fetch`, `sidecar`, `init` and `run`, and what
+//! they share (delivery of the secret, atomic file writes, signals).
 
-use crate::cli::{client, Output};
+pub mod delivery;
+pub mod filewrite;
+pub mod init;
+pub mod run;
+pub mod sidecar;
+pub mod signals;
+pub mod split;
+
+use crate::connect::client;
 use crate::exit::{CliError, NOT_FOUND};
+use crate::output::Output;
 
 /// `aegis fetch`: prints the caller's secret as the workload sees it.
 pub async fn fetch(output: Output) -> Result<(), CliError> {

@@ -21,10 +21,10 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
-use crate::cli::client;
-use crate::delivery::{first_nonempty, watch_options, LastSeen};
+use crate::connect::client;
 use crate::exit::{CliError, FAILURE, NOT_FOUND};
-use crate::signals::{is_stop, parse_signal, send_to_child, Forwarded};
+use crate::workload::delivery::{first_nonempty, watch_options, LastSeen};
+use crate::workload::signals::{is_stop, parse_signal, send_to_child, Forwarded};
 
 mod vars;
 

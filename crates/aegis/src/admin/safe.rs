@@ -8,7 +8,7 @@ use clap::Parser;
 
 use aegis_sdk::Client;
 
-use crate::cli::{client, read_stdin};
+use crate::connect::{client, read_stdin};
 use crate::exit::{CliError, FAILURE};
 
 /// VSecM-compatible Sentinel command.

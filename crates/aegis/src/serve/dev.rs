@@ -17,7 +17,7 @@ use aegis_identity::{FileSource, SvidPaths, FILE_POLL_INTERVAL};
 use clap::{Args, Subcommand};
 
 use crate::exit::{CliError, CONFIG};
-use crate::server::{settings, ServerArgs, DEFAULT_TEMPLATE_MAX_TIME_MS};
+use crate::serve::server::{settings, ServerArgs, DEFAULT_TEMPLATE_MAX_TIME_MS};
 use aegis_core::transform::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STEPS};
 
 /// `aegis dev` arguments.
@@ -37,7 +37,7 @@ pub struct DevArgs {
     health_listen: SocketAddr,
     /// Connection limits and idle deadline of the dev Safe.
     #[command(flatten)]
-    limits: crate::server::LimitArgs,
+    limits: crate::serve::server::LimitArgs,
     #[command(subcommand)]
     cmd: Option<DevCmd>,
 }
@@ -159,5 +159,5 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         a.data_dir.display()
     );
     let identity: Arc<dyn aegis_identity::IdentitySource> = identity;
-    crate::server::serve(s, identity).await
+    crate::serve::server::serve(s, identity).await
 }

@@ -1,6 +1,6 @@
-//! `aegis bench startup`: time to ready and memory with many stored secrets.
+//! `aegis-bench startup`: time to ready and memory with many stored secrets.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::exit::CliError;
+use aegis::exit::CliError;
 
 /// Start-up figures.
 #[derive(Debug, Serialize)]
@@ -90,6 +90,16 @@ pub(crate) fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The `aegis` binary that runs the Safe: the one next to this program (both
+/// are built into the same directory), else `aegis` on `PATH`.
+fn aegis_exe() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|dir| dir.join("aegis")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("aegis"))
+}
+
 async fn start_and_measure(work: &Path, data: &Path) -> Result<(u128, f64), CliError> {
     let svid = work.join("svid");
     let ca = aegis_identity::devca::DevCa::load_or_create(&work.join("ca"), "vsecm.com").map_err(CliError::failure)?;
@@ -101,7 +111,7 @@ async fn start_and_measure(work: &Path, data: &Path) -> Result<(u128, f64), CliE
         .write_files(&svid)
         .map_err(CliError::failure)?;
     let (port, health) = (free_port()?, free_port()?);
-    let exe = std::env::current_exe().map_err(CliError::failure)?;
+    let exe = aegis_exe();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(exe)
         .arg("server")

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::cli::client;
-use crate::delivery::{first_nonempty, watch_options, LastSeen};
+use crate::connect::client;
 use crate::exit::{CliError, FAILURE, NOT_FOUND, UNREACHABLE};
-use crate::filewrite::{self, FileMode};
+use crate::workload::delivery::{first_nonempty, watch_options, LastSeen};
+use crate::workload::filewrite::{self, FileMode};
 
 /// Arguments of `aegis init`.
 #[derive(clap::Args, Debug)]

@@ -15,9 +15,9 @@ use aegis_core::KEYSTONE;
 use aegis_sdk::Client;
 use clap::{Args, Subcommand};
 
-use crate::cli::client;
+use crate::admin::safe::{execute, Action};
+use crate::connect::client;
 use crate::exit::{CliError, CONFIG};
-use crate::safe::{execute, Action};
 
 /// `aegis sentinel` arguments.
 #[derive(Args, Debug)]

@@ -16,12 +16,12 @@ use futures::{Stream, StreamExt};
 use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 
-use crate::cli::client;
-use crate::delivery::{object_entries, watch_options};
+use crate::connect::client;
 use crate::exit::CliError;
-use crate::filewrite::{self, FileError, FileMode};
-use crate::signals::{parse_pid, parse_signal, read_pid_file};
-use crate::split::SplitDir;
+use crate::workload::delivery::{object_entries, watch_options};
+use crate::workload::filewrite::{self, FileError, FileMode};
+use crate::workload::signals::{parse_pid, parse_signal, read_pid_file};
+use crate::workload::split::SplitDir;
 
 /// VSecM's default secrets file.
 pub const DEFAULT_PATH: &str = "/opt/vsecm/secrets.json";
@@ -238,7 +238,7 @@ impl Hook {
                 PidSource::Pid(pid) => Ok(*pid),
                 PidSource::File(f) => read_pid_file(f),
             }
-            .and_then(|pid| crate::signals::send(pid, *sig).map(|()| pid));
+            .and_then(|pid| crate::workload::signals::send(pid, *sig).map(|()| pid));
             match sent {
                 Ok(pid) => info!(signal = %sig, pid, "reload signal sent"),
                 Err(e) => warn!(error = %e, "cannot send the reload signal"),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::filewrite::{self, FileError, FileMode};
+use crate::workload::filewrite::{self, FileError, FileMode};
 
 /// The list of files this sidecar wrote, kept in the directory across restarts.
 const MANIFEST: &str = ".aegis-keys";

@@ -1,4 +1,4 @@
-//! `aegis bench watchers`: many idle watch connections against one Safe.
+//! `aegis-bench watchers`: many idle watch connections against one Safe.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,10 +8,10 @@ use clap::Args;
 use http_body_util::{BodyExt, Empty};
 use serde::Serialize;
 
-use crate::bench::{target, Target};
-use crate::exit::CliError;
+use crate::fetch::{target, Target};
+use aegis::exit::CliError;
 
-/// Arguments of `aegis bench watchers`.
+/// Arguments of `aegis-bench watchers`.
 #[derive(Args, Debug)]
 pub struct WatchersArgs {
     /// Watch connections to open.
@@ -91,16 +91,16 @@ async fn open_watch(t: &Target, revision: u64) -> Result<tokio::task::JoinHandle
 /// Runs the benchmark.
 pub async fn run(a: WatchersArgs) -> Result<WatchersReport, CliError> {
     let t = Arc::new(target(false).await?);
-    let work = crate::cli::client().await?;
+    let work = aegis::connect::client().await?;
     let revision = work.watch_once(u64::MAX, Duration::from_secs(5)).await?.revision;
-    let mut admin_settings = crate::cli::settings()?;
+    let mut admin_settings = aegis::connect::settings()?;
     admin_settings.identity = aegis_identity::IdentityConfig::Files(aegis_identity::SvidPaths {
         cert: a.admin_cert,
         key: a.admin_key,
         bundle: a.admin_bundle,
     });
     let admin = aegis_sdk::Client::connect(&admin_settings).await?;
-    let rss_before = crate::bench_startup::rss_mb(a.safe_pid);
+    let rss_before = crate::startup::rss_mb(a.safe_pid);
     let mut handles = Vec::with_capacity(a.count);
     for chunk in (0..a.count).collect::<Vec<_>>().chunks(256) {
         let opened = futures::future::join_all(chunk.iter().map(|_| open_watch(&t, revision))).await;
@@ -109,7 +109,7 @@ pub async fn run(a: WatchersArgs) -> Result<WatchersReport, CliError> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_with = crate::bench_startup::rss_mb(a.safe_pid);
+    let rss_with = crate::startup::rss_mb(a.safe_pid);
     let cpu0 = proc_cpu_ticks(a.safe_pid);
     tokio::time::sleep(Duration::from_secs(a.idle_seconds)).await;
     let idle_cpu = (proc_cpu_ticks(a.safe_pid) - cpu0) as f64 / a.idle_seconds as f64;

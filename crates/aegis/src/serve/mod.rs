@@ -1,0 +1,5 @@
+//! Running the Safe: `aegis server` (production identity) and `aegis dev`
+//! (a throw-away local CA on one machine).
+
+pub mod dev;
+pub mod server;
