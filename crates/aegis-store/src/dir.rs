@@ -3,7 +3,8 @@
 //! Each write goes to a temporary file in the same directory, is fsynced, and
 //! renamed over the old file; one fsync of the directory then makes the whole
 //! batch's renames durable. Files of one batch are written and fsynced in
-//! parallel so the file system can commit them in one journal transaction.
+//! parallel so the file system can commit them in one journal transaction. The
+//! temporary files and the directory fsync are `aegis-fs`'s pieces.
 //!
 //! A short name is the file name (`%XX`-escaped, plus `.rec`). A name whose
 //! file name would pass [`MAX_FILE_NAME`] bytes is stored as
@@ -14,9 +15,9 @@
 //! another secret cannot be opened as that secret.
 
 use std::borrow::Cow;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -141,23 +142,12 @@ impl DirBackend {
         let head = if is_hashed(name) { header(name)? } else { Vec::new() };
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(&head)?;
-            f.write_all(bytes)?;
-            f.sync_all()
-        })();
-        match result {
-            Ok(()) => Ok(tmp),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        aegis_fs::write_new(&tmp, &[&head, bytes], 0o600)?;
+        Ok(tmp)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+        aegis_fs::sync_dir(&self.dir)
     }
 }
 
