@@ -1,9 +1,8 @@
-//! Atomic file writes: readers see the old file or the new one, never half.
+//! Atomic file writes (on `aegis-fs`): readers see the old file or the new
+//! one, never half.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::path::Path;
 
 use crate::IdentityError;
 
@@ -30,44 +29,8 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), IdentityError> {
 /// fsync, and rename, so a crash or a concurrent reader never sees a partial
 /// file. The temporary file gets its final permissions at creation.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], access: Access) -> Result<(), IdentityError> {
-    let tmp = temp_path(path);
-    let result = write_new(&tmp, data, access).and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = result {
-        // Best effort: a leftover temp file is harmless but untidy.
-        let _ = fs::remove_file(&tmp);
-        return Err(IdentityError::write(path, e));
-    }
-    sync_parent(path).map_err(|e| IdentityError::write(path, e))
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
-}
-
-fn write_new(tmp: &Path, data: &[u8], access: Access) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if access == Access::Private { 0o600 } else { 0o644 });
-    #[cfg(not(unix))]
-    let _ = access;
-    let mut file = options.open(tmp)?;
-    file.write_all(data)?;
-    file.sync_all()
-}
-
-/// Makes the rename itself durable.
-fn sync_parent(path: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
+    let mode = if access == Access::Private { 0o600 } else { 0o644 };
+    aegis_fs::write_atomic(path, data, mode).map_err(|e| IdentityError::write(path, e.source))
 }
 
 #[cfg(test)]

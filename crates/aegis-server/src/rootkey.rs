@@ -9,9 +9,7 @@
 //! open), retries finishing it, and a new rotation reuses that key instead of
 //! generating another one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,14 +67,9 @@ pub fn read(path: &Path) -> Result<Option<Arc<RootKey>>, KeyFileError> {
 
 /// Writes a root key file atomically with mode 0600.
 pub fn write(path: &Path, key: &RootKey) -> Result<(), KeyFileError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = aegis_fs::parent_dir(path);
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
-    f.write_all(key.to_text().as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    aegis_fs::write_atomic(path, key.to_text().as_bytes(), 0o600).map_err(|e| io(&e.path)(e.source))
 }
 
 /// Loads the key, creating one on first start.
@@ -93,8 +86,8 @@ pub fn load_or_create(path: &Path) -> Result<(Arc<RootKey>, bool), KeyFileError>
 pub fn promote_next(path: &Path) -> Result<(), KeyFileError> {
     let next = next_path(path);
     fs::rename(&next, path).map_err(io(&next))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    let dir = aegis_fs::parent_dir(path);
+    aegis_fs::sync_dir(dir).map_err(io(dir))
 }
 
 /// Moves an unreadable `<file>.next` aside to `<file>.next.unreadable-<unix time>`; returns the new path.
@@ -104,7 +97,34 @@ pub fn move_aside(next: &Path) -> Result<PathBuf, KeyFileError> {
     p.push(format!(".unreadable-{stamp}"));
     let dst = PathBuf::from(p);
     fs::rename(next, &dst).map_err(io(next))?;
-    let dir = next.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    let dir = aegis_fs::parent_dir(next);
+    aegis_fs::sync_dir(dir).map_err(io(dir))?;
     Ok(dst)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn key_files_are_written_atomically_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys").join("root.key");
+        let (key, created) = load_or_create(&path).unwrap();
+        assert!(created);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let next = RootKey::generate();
+        write(&next_path(&path), &next).unwrap();
+        assert_eq!(fs::metadata(next_path(&path)).unwrap().permissions().mode() & 0o777, 0o600);
+        promote_next(&path).unwrap();
+        let (loaded, created) = load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(loaded.to_text().as_bytes(), next.to_text().as_bytes());
+        assert_ne!(loaded.to_text().as_bytes(), key.to_text().as_bytes());
+        // Only the key is left: no temporary files.
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
 }

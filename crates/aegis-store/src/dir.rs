@@ -3,7 +3,8 @@
 //! Each write goes to a temporary file in the same directory, is fsynced, and
 //! renamed over the old file; one fsync of the directory then makes the whole
 //! batch's renames durable. Files of one batch are written and fsynced in
-//! parallel so the file system can commit them in one journal transaction.
+//! parallel so the file system can commit them in one journal transaction. The
+//! temporary files and the directory fsync are `aegis-fs`'s pieces.
 //!
 //! A short name is the file name (`%XX`-escaped, plus `.rec`). A name whose
 //! file name would pass [`MAX_FILE_NAME`] bytes is stored as
@@ -13,11 +14,14 @@
 //! Names are not secret; the sealed record binds its name, so a header naming
 //! another secret cannot be opened as that secret.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::borrow::Cow;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::backend::{GroupError, Unreadable};
 use crate::writer::copy_io;
@@ -85,34 +89,30 @@ fn read_header(r: &mut impl Read) -> io::Result<String> {
     String::from_utf8(name).map_err(|_| bad("record file name header is not UTF-8"))
 }
 
-/// Escaped file name: safe characters kept, everything else `%XX`.
+/// Bytes escaped after the first: all but ASCII alphanumerics, `-`, `_` and `.`.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+/// Bytes escaped as the first: a leading `.` too, so no file is hidden.
+const ESCAPED_FIRST: &AsciiSet = &ESCAPED.add(b'.');
+
+/// Escaped file name: safe characters kept, everything else `%XX` (upper
+/// case; non-ASCII bytes always escaped).
 fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + EXT.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out.push_str(EXT);
-    out
+    let (first, rest) = name.as_bytes().split_at(name.len().min(1));
+    format!("{}{}{EXT}", percent_encode(first, ESCAPED_FIRST), percent_encode(rest, ESCAPED))
 }
 
+/// The name a short file name holds; `None` unless it ends in `.rec`, every
+/// `%` starts a two-hex-digit escape (either case) and the bytes are UTF-8.
 fn decode(file: &str) -> Option<String> {
     let stem = file.strip_suffix(EXT)?;
-    let mut bytes = Vec::with_capacity(stem.len());
-    let mut it = stem.bytes();
-    while let Some(b) = it.next() {
-        if b == b'%' {
-            let hi = (it.next()? as char).to_digit(16)?;
-            let lo = (it.next()? as char).to_digit(16)?;
-            bytes.push((hi * 16 + lo) as u8);
-        } else {
-            bytes.push(b);
-        }
+    let escapes_valid = stem
+        .split('%')
+        .skip(1)
+        .all(|after| after.get(..2).is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
+    if !escapes_valid {
+        return None;
     }
-    String::from_utf8(bytes).ok()
+    percent_decode_str(stem).decode_utf8().ok().map(Cow::into_owned)
 }
 
 impl DirBackend {
@@ -142,23 +142,12 @@ impl DirBackend {
         let head = if is_hashed(name) { header(name)? } else { Vec::new() };
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(&head)?;
-            f.write_all(bytes)?;
-            f.sync_all()
-        })();
-        match result {
-            Ok(()) => Ok(tmp),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        aegis_fs::write_new(&tmp, &[&head, bytes], 0o600)?;
+        Ok(tmp)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+        aegis_fs::sync_dir(&self.dir)
     }
 }
 
@@ -331,6 +320,64 @@ mod tests {
             assert!(!f.contains('/') && !f.starts_with('.'), "{f}");
             assert_eq!(decode(&f).as_deref(), Some(name));
         }
+    }
+
+    #[test]
+    fn file_names_are_pinned() {
+        // Existing data directories hold these exact names: they must not change.
+        let cases = [
+            ("billing", "billing.rec"),
+            ("k8s:db-credentials", "k8s%3Adb-credentials.rec"),
+            ("raw:x", "raw%3Ax.rec"),
+            (".hidden", "%2Ehidden.rec"),
+            ("a%b", "a%25b.rec"),
+            ("a.b", "a.b.rec"),
+            (":.", "%3A..rec"),
+            ("..", "%2E..rec"),
+            ("a b/c~d", "a%20b%2Fc%7Ed.rec"),
+            ("A_z-09", "A_z-09.rec"),
+            ("ünï", "%C3%BCn%C3%AF.rec"),
+            ("", ".rec"),
+        ];
+        for (name, file) in cases {
+            assert_eq!(encode(name), file, "{name:?}");
+            assert_eq!(decode(file).as_deref(), Some(name), "{file:?}");
+        }
+    }
+
+    #[test]
+    fn every_character_is_escaped_as_before() {
+        // The rule the hand-written encoder followed, byte by byte.
+        let reference = |name: &str| {
+            let mut out = String::new();
+            for b in name.bytes() {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out + EXT
+        };
+        for c in (0u32..0x800).filter_map(char::from_u32).chain(['\u{ffff}', '\u{1f600}']) {
+            for name in [c.to_string(), format!("{c}{c}"), format!("a{c}")] {
+                assert_eq!(encode(&name), reference(&name), "{name:?}");
+                assert_eq!(decode(&encode(&name)).as_deref(), Some(name.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn decode_refuses_what_no_name_encodes_to() {
+        for file in
+            ["billing", "%zz.rec", "%4.rec", "a%.rec", "%%41.rec", "%4g.rec", "%FF.rec", "%C3.rec", "%\u{fc}0.rec"]
+        {
+            assert_eq!(decode(file), None, "{file:?}");
+        }
+        // Lower-case escapes and unescaped characters are read as before.
+        assert_eq!(decode("k8s%3adb.rec").as_deref(), Some("k8s:db"));
+        assert_eq!(decode("a:b.rec").as_deref(), Some("a:b"));
+        assert_eq!(decode(".x.rec").as_deref(), Some(".x"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - Output goes through a writer that fails once the output limit is
 //!   reached, which stops execution.
 //! - Every action of the template is preceded (by a lexical rewrite, see
-//!   `super::check_actions`) by a call to [`STEP_FUNC`], and every built-in
+//!   `super::template::check_actions`) by a call to [`STEP_FUNC`], and every built-in
 //!   function is replaced by a wrapper; each such call is one step. A range
 //!   iteration runs at least the step before its `{{end}}`, so iterations are
 //!   counted too. Each step also checks the clock. The counters live in a

@@ -1,0 +1,914 @@
+//! The template: Go `text/template` through `gtmpl`, parsed behind the
+//! guards that keep the engine safe, rendered within a [`Budget`], and
+//! the fields it could not fill dropped.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::budget::{self, Budget, MAX_ACTION_REFERENCES, MAX_NESTING, MAX_PRINTF_SIZE};
+use super::parse_object;
+
+/// The text Go's `text/template` (and `gtmpl`) prints for a missing value.
+const NO_VALUE: &str = "<no value>";
+
+/// A template that is refused: Go's `text/template` syntax (as `gtmpl`
+/// parses it) rejects it, the engine cannot run it safely, or it is over its
+/// [`Budget`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    reason: String,
+    over_budget: bool,
+}
+
+impl TemplateError {
+    fn new(reason: String) -> Self {
+        TemplateError { reason, over_budget: false }
+    }
+
+    fn budget(reason: String) -> Self {
+        TemplateError { reason, over_budget: true }
+    }
+
+    /// The explanation of what is wrong (never a value).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Whether the template exceeds a bound of its budget (output, steps,
+    /// time, nesting, printf size, references per action) rather than being
+    /// malformed.
+    pub fn is_over_budget(&self) -> bool {
+        self.over_budget
+    }
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.over_budget {
+            write!(f, "template over budget: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid template: {}; the template uses Go text/template syntax, e.g. {{{{.username}}}}",
+                self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+/// Checks that `template` parses and stays inside the static bounds of its
+/// budget, so a bad template is refused when a secret is written instead of
+/// being silently ignored when it is read. Whether it runs within the budget
+/// depends on the value: [`transform`](super::transform) tells.
+///
+/// An empty template is valid and means "no template". Besides syntax
+/// errors, these are refused: named templates (`define`, `block`,
+/// `template`, which can recurse until the stack overflows), line breaks
+/// inside an action, non-ASCII characters inside an action outside quoted
+/// strings, nesting deeper than [`MAX_NESTING`], more than
+/// [`MAX_ACTION_REFERENCES`] data references in one action and `printf`
+/// widths or precisions above [`MAX_PRINTF_SIZE`].
+pub fn validate_template(template: &str) -> Result<(), TemplateError> {
+    if template.is_empty() {
+        return Ok(());
+    }
+    let scanned = check_actions(template)?;
+    with_stack(scanned.depth, || parse_template(&scanned).map(drop))?
+}
+
+/// A template after the lexical checks: rewritten with a step before each
+/// action, and how deep it nests.
+struct Scanned {
+    text: String,
+    depth: usize,
+}
+
+/// Nesting up to this depth is parsed and run on the caller's thread; deeper
+/// templates (up to [`MAX_NESTING`]) on a thread with [`DEEP_STACK_BYTES`].
+const INLINE_NESTING: usize = 12;
+
+/// The stack of the thread that parses and runs deeply nested templates.
+const DEEP_STACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Runs `f` here, or on a thread with a stack known to be large enough for
+/// `depth` levels of `gtmpl`'s recursion.
+fn with_stack<T: Send>(depth: usize, f: impl FnOnce() -> T + Send) -> Result<T, TemplateError> {
+    if depth <= INLINE_NESTING {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("aegis-template".to_owned())
+            .stack_size(DEEP_STACK_BYTES)
+            .spawn_scoped(s, f)
+            .ok()
+            .and_then(|h| h.join().ok())
+            .ok_or_else(|| TemplateError::budget("no thread could be started to run the template".to_owned()))
+    })
+}
+
+/// Parses a checked template, keeping `gtmpl` away from the inputs that hang
+/// it or crash the process: it loops forever (and grows memory) when the text
+/// ends inside an action, panics on non-ASCII text in an action, and
+/// overflows the stack on recursive named templates or deep nesting.
+fn parse_template(scanned: &Scanned) -> Result<gtmpl::Template, TemplateError> {
+    // A trailing comment closes an action left open by a case check_actions
+    // misjudged, so the lexer always ends; it renders nothing otherwise.
+    let guarded = format!("{}{{{{/* */}}}}", scanned.text);
+    // A last line of defence: a gtmpl panic we did not foresee becomes an
+    // error instead of taking the caller down.
+    let _quiet = quiet::Quiet::enter();
+    std::panic::catch_unwind(move || {
+        let mut parsed = gtmpl::Template::default();
+        parsed.add_funcs(budget::FUNCS);
+        parsed.parse(guarded).map(|()| parsed).map_err(|e| TemplateError::new(strip_step(&e.to_string())))
+    })
+    .map_err(|_| TemplateError::new("the template engine failed on this template".to_owned()))?
+}
+
+/// Parse errors quote the text around the error, which now holds the step calls.
+fn strip_step(message: &str) -> String {
+    message
+        .replace(&format!("{{{{{STEP}}}}}", STEP = budget::STEP_FUNC), "")
+        .replace(&format!("{{{{- {STEP}}}}}", STEP = budget::STEP_FUNC), "")
+}
+
+/// A writer that fails once `limit` bytes are written, which stops `gtmpl`.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len().saturating_add(buf.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("template output limit reached"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a parsed template within `budget`: `Ok(None)` when it fails (or the
+/// engine panics), an error when it exceeds the budget.
+fn render(parsed: &gtmpl::Template, data: gtmpl::Value, budget: &Budget) -> Result<Option<String>, TemplateError> {
+    let context = gtmpl::Context::from(data);
+    let meter = budget::Metered::start(*budget);
+    let mut out = Capped { out: Vec::new(), limit: budget.max_output_bytes, over: false };
+    let ran = {
+        let _quiet = quiet::Quiet::enter();
+        let run = std::panic::AssertUnwindSafe(|| parsed.execute(&mut out, &context).is_ok());
+        std::panic::catch_unwind(run)
+    };
+    if let Some(why) = meter.exceeded() {
+        return Err(TemplateError::budget(why));
+    }
+    if out.over {
+        return Err(TemplateError::budget(budget.output_exceeded()));
+    }
+    Ok(match ran {
+        Ok(true) => String::from_utf8(out.out).ok(),
+        _ => None,
+    })
+}
+
+/// A quiet panic hook for the template engine: a panic inside `gtmpl` is
+/// caught (and the template treated as failing), so the default hook's
+/// message, and with `RUST_BACKTRACE` set its backtrace, would only be noise
+/// (and the message could quote template data). While a template is parsed
+/// or run on a thread, a panic there prints one line with the engine's source
+/// location and nothing else; every other panic goes to the hook that was
+/// installed before, unchanged.
+mod quiet {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    static INSTALL: Once = Once::new();
+
+    /// Marks this thread as running the template engine until dropped.
+    pub(super) struct Quiet(bool);
+
+    impl Quiet {
+        pub(super) fn enter() -> Self {
+            INSTALL.call_once(|| {
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    if ACTIVE.with(Cell::get) {
+                        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                        eprintln!("aegis: the template engine panicked{at}; the template is treated as failing");
+                    } else {
+                        previous(info);
+                    }
+                }));
+            });
+            Quiet(ACTIVE.with(|a| a.replace(true)))
+        }
+    }
+
+    impl Drop for Quiet {
+        fn drop(&mut self) {
+            ACTIVE.with(|a| a.set(self.0));
+        }
+    }
+}
+
+/// Walks the actions (`{{ ... }}`) the way `gtmpl`'s lexer does, refuses the
+/// ones it cannot handle and the ones over the static bounds (nesting,
+/// references, printf sizes), and puts a step before each action; syntax is
+/// left to the parser.
+fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
+    let mut text = String::with_capacity(template.len() + template.len() / 2);
+    // The nesting each open block adds: 1, plus 1 per `else if` of its chain.
+    let mut blocks: Vec<usize> = Vec::new();
+    let mut open = 0usize;
+    let mut deepest = 0usize;
+    let mut offset = 0;
+    // Characters before `offset`, counted as the walk goes (not from the
+    // start for every action, which is quadratic in the template's length).
+    let mut counted = 0usize;
+    while let Some(found) = template[offset..].find("{{") {
+        let start = offset + found;
+        let at = counted + template[offset..start].chars().count() + 1;
+        let mut body = &template[start + 2..];
+        let mut trim = false;
+        if let Some(trimmed) = body.strip_prefix("- ") {
+            // gtmpl miscounts the bytes to trim after a multi-byte character.
+            let before = template[offset..start].trim_end();
+            if before.chars().next_back().is_some_and(|c| !c.is_ascii()) {
+                return Err(TemplateError::new(format!(
+                    "a {{{{- trim marker right after a non-ASCII character is not supported (the action at character {at})"
+                )));
+            }
+            body = trimmed;
+            trim = true;
+        }
+        let action = action_len(body, at)?;
+        check_keyword(body).map_err(|why| TemplateError::new(format!("{why} (the action at character {at})")))?;
+        if action.references > MAX_ACTION_REFERENCES {
+            return Err(TemplateError::budget(format!(
+                "the action at character {at} refers to data {} times, more than the limit of {MAX_ACTION_REFERENCES} \
+                 (template references per action); split it into several actions",
+                action.references
+            )));
+        }
+        let (word, next) = keywords(body);
+        let mut closes = 0;
+        match word {
+            "if" | "with" | "range" => {
+                blocks.push(1);
+                open += 1;
+            }
+            "else" if next == "if" => {
+                if let Some(chain) = blocks.last_mut() {
+                    *chain += 1;
+                    open += 1;
+                }
+            }
+            "end" => closes = blocks.pop().unwrap_or(0),
+            _ => {}
+        }
+        let depth = open + action.parens;
+        if depth > MAX_NESTING {
+            return Err(TemplateError::budget(format!(
+                "blocks (if, with, range, else if) and parentheses nest {depth} deep at character {at}, deeper than \
+                 the limit of {MAX_NESTING} (template nesting depth); flatten the template"
+            )));
+        }
+        deepest = deepest.max(depth);
+        open -= closes;
+        let end = template.len() - body.len() + action.len;
+        counted = at - 1 + template[start..end].chars().count();
+        text.push_str(&template[offset..start]);
+        if action.comment {
+            text.push_str(&template[start..end]);
+        } else if trim {
+            text.push_str("{{- ");
+            text.push_str(budget::STEP_FUNC);
+            text.push_str("}}{{");
+            text.push_str(&template[template.len() - body.len()..end]);
+        } else {
+            text.push_str("{{");
+            text.push_str(budget::STEP_FUNC);
+            text.push_str("}}");
+            text.push_str(&template[start..end]);
+        }
+        offset = end;
+    }
+    text.push_str(&template[offset..]);
+    Ok(Scanned { text, depth: deepest })
+}
+
+/// The first two words of an action, e.g. `("else", "if")`.
+fn keywords(body: &str) -> (&str, &str) {
+    let word = |s: &str| -> (usize, usize) {
+        let s_trim = s.trim_start();
+        let skip = s.len() - s_trim.len();
+        let len = s_trim.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s_trim.len());
+        (skip, len)
+    };
+    let (skip, len) = word(body);
+    let first = &body[skip..skip + len];
+    let rest = &body[skip + len..];
+    let (skip2, len2) = word(rest);
+    (first, &rest[skip2..skip2 + len2])
+}
+
+/// What [`action_len`] found in one action.
+struct Action {
+    /// Length of the body up to and including the closing `}}`.
+    len: usize,
+    /// Deepest nesting of parentheses.
+    parens: usize,
+    /// Data references (`.` and `$`) outside quoted strings.
+    references: usize,
+    /// Whether it is a comment.
+    comment: bool,
+}
+
+/// Scans an action's body up to and including its closing `}}`.
+fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
+    let syntax = |why: &str| TemplateError::new(format!("{why} in the action at character {at}"));
+    if let Some(comment) = body.strip_prefix("/*") {
+        let end = comment.find("*/").ok_or_else(|| syntax("unclosed comment"))? + 4;
+        let rest = &body[end..];
+        let len = match (rest.starts_with("}}"), rest.starts_with(" -}}")) {
+            (true, _) => end + 2,
+            (_, true) => end + 4,
+            _ => return Err(syntax("comment end before closing delimiter")),
+        };
+        return Ok(Action { len, parens: 0, references: 0, comment: true });
+    }
+    let (mut parens, mut deepest, mut references) = (0usize, 0usize, 0usize);
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if body[i..].starts_with("}}") {
+            return Ok(Action { len: i + 2, parens: deepest, references, comment: false });
+        }
+        match c {
+            '"' | '\'' => skip_quoted(&mut chars, c).map_err(|e| match e {
+                Quoted::Syntax(why) => syntax(why),
+                Quoted::Budget(why) => TemplateError::budget(format!("{why} in the action at character {at}")),
+            })?,
+            '`' => {
+                // gtmpl decodes escapes in raw strings too, unlike Go, and
+                // panics on some; a raw string has no use for them here.
+                let (_, end) = chars
+                    .find(|&(_, q)| q == '`' || q == '\\')
+                    .ok_or_else(|| syntax("unterminated raw quoted string"))?;
+                if end == '\\' {
+                    return Err(syntax("backslash in a raw string"));
+                }
+            }
+            '(' => {
+                parens += 1;
+                deepest = deepest.max(parens);
+            }
+            ')' => parens = parens.saturating_sub(1),
+            '.' | '$' => references += 1,
+            '\r' | '\n' => return Err(syntax("line break (actions must be on one line)")),
+            c if !c.is_ascii() => return Err(syntax("non-ASCII character outside a quoted string")),
+            _ => {}
+        }
+    }
+    Err(syntax("unclosed action (no matching }})"))
+}
+
+/// Why a quoted string is refused.
+enum Quoted {
+    Syntax(&'static str),
+    Budget(String),
+}
+
+/// Skips a quoted string or character constant where `gtmpl`'s lexer ends
+/// it, then checks its escapes the way `gtmpl` will decode them.
+fn skip_quoted(chars: &mut std::str::CharIndices<'_>, quote: char) -> Result<(), Quoted> {
+    let mut content = String::new();
+    let mut escaped = false;
+    loop {
+        let c = chars.next().map(|(_, c)| c);
+        match c {
+            // gtmpl's rule: a backslash escapes the next character, except
+            // another backslash.
+            Some('\\') => {
+                content.push('\\');
+                escaped = true;
+                continue;
+            }
+            None | Some('\n') => return Err(Quoted::Syntax("unterminated quoted string")),
+            Some(c) if c == quote && !escaped => {
+                check_escapes(&content).map_err(Quoted::Syntax)?;
+                return check_printf_sizes(&content).map_err(Quoted::Budget);
+            }
+            Some(c) => content.push(c),
+        }
+        escaped = false;
+    }
+}
+
+/// Allows only the escapes `gtmpl` decodes without panicking or looping:
+/// `\b \f \n \r \t \' \" \\`, `\xHH`, `\uHHHH` and `\UHHHHHHHH`.
+fn check_escapes(content: &str) -> Result<(), &'static str> {
+    let mut rest = content;
+    while let Some(i) = rest.find('\\') {
+        let after = &rest[i + 1..];
+        let hex = |n: usize| after.get(1..=n).is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+        let len = match after.chars().next() {
+            Some('b' | 'f' | 'n' | 'r' | 't' | '\'' | '"' | '\\') => 1,
+            Some('x') if hex(2) => 3,
+            Some('u') if hex(4) => 5,
+            Some('U') if hex(8) => 9,
+            _ => return Err("unsupported escape sequence in a quoted string"),
+        };
+        rest = &after[len..];
+    }
+    Ok(())
+}
+
+/// Refuses literal printf widths and precisions above [`MAX_PRINTF_SIZE`] in
+/// any quoted string that could be a format: gtmpl allocates them (or
+/// panics), and no secret needs them. Widths given with `*` are checked when
+/// `printf` runs.
+fn check_printf_sizes(content: &str) -> Result<(), String> {
+    for (i, _) in content.match_indices('%') {
+        let spec = content[i + 1..].split(|c: char| !"+-# 0123456789.[]*".contains(c)).next().unwrap_or("");
+        for run in spec.split(|c: char| !c.is_ascii_digit()).filter(|r| !r.is_empty()) {
+            let n = run.bytes().fold(0u128, |n, d| n.saturating_mul(10).saturating_add(u128::from(d - b'0')));
+            if n > MAX_PRINTF_SIZE as u128 {
+                return Err(format!(
+                    "printf width or precision {run} is larger than the limit of {MAX_PRINTF_SIZE} (template printf limit)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses named templates: `{{template "" .}}` alone recurses forever.
+fn check_keyword(body: &str) -> Result<(), &'static str> {
+    match keywords(body).0 {
+        "define" | "block" | "template" => Err("named templates (define, block, template) are not supported"),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `template` over `value` when the value is a JSON object; `None` when
+/// it is not, or when the template does not parse or fails to run; an error
+/// when it is over `budget`.
+pub(super) fn apply_template(value: &str, template: &str, budget: &Budget) -> Result<Option<String>, TemplateError> {
+    let Some(object) = parse_object(value) else { return Ok(None) };
+    let scanned = match check_actions(template) {
+        Ok(scanned) => scanned,
+        Err(e) if e.is_over_budget() => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    let data = to_template_value(serde_json::Value::Object(object));
+    let rendered = with_stack(scanned.depth, || match parse_template(&scanned) {
+        Ok(parsed) => render(&parsed, data, budget),
+        Err(_) => Ok(None),
+    })??;
+    Ok(rendered.map(drop_missing))
+}
+
+/// Converts parsed JSON into the template engine's values.
+///
+/// Objects become maps, so a missing key reads as `<no value>` as in Go.
+/// JSON `null` also prints `<no value>`: Go holds it as a nil `interface{}`.
+fn to_template_value(json: serde_json::Value) -> gtmpl::Value {
+    use serde_json::Value as J;
+    match json {
+        J::Null => gtmpl::Value::NoValue,
+        J::Bool(b) => gtmpl::Value::Bool(b),
+        J::Number(n) => template_number(&n),
+        J::String(s) => gtmpl::Value::String(s),
+        J::Array(items) => gtmpl::Value::Array(items.into_iter().map(to_template_value).collect()),
+        J::Object(map) => gtmpl::Value::Map(map.into_iter().map(|(k, v)| (k, to_template_value(v))).collect()),
+    }
+}
+
+/// Integers stay integers (printed in full); other numbers are floats.
+fn template_number(n: &serde_json::Number) -> gtmpl::Value {
+    if let Some(u) = n.as_u64() {
+        gtmpl::Value::from(u)
+    } else if let Some(i) = n.as_i64() {
+        gtmpl::Value::from(i)
+    } else {
+        n.as_f64().map_or(gtmpl::Value::NoValue, gtmpl::Value::from)
+    }
+}
+
+/// Drops the fields the template could not fill.
+///
+/// VSecM splits the output at commas and keeps the segments whose text after
+/// the first colon is not `"<no value>"`. That breaks JSON when the first or
+/// last field is missing (the brace goes with it) and empties any output
+/// without colons. Aegis does this instead:
+///
+/// - When the output is a JSON object, top-level members whose value is the
+///   string `<no value>` are removed and the object is written back compactly,
+///   in its original order. Output with no such member is returned untouched.
+/// - Otherwise (YAML-like or free text), comma-separated segments whose text
+///   after the first colon, trimmed, is `<no value>` or `"<no value>"` are
+///   dropped; segments without a colon are kept.
+fn drop_missing(rendered: String) -> String {
+    if !rendered.contains(NO_VALUE) {
+        return rendered;
+    }
+    if let Ok(OrderedObject(members)) = serde_json::from_str::<OrderedObject>(&rendered) {
+        return drop_missing_members(members).unwrap_or(rendered);
+    }
+    rendered.split(',').filter(|segment| !is_missing_segment(segment)).collect::<Vec<_>>().join(",")
+}
+
+/// Whether a `key:value` segment holds a missing value.
+fn is_missing_segment(segment: &str) -> bool {
+    match segment.split_once(':') {
+        Some((_, value)) => {
+            let value = value.trim();
+            value == NO_VALUE || value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) == Some(NO_VALUE)
+        }
+        None => false,
+    }
+}
+
+/// Writes the members back without the missing ones; `None` when nothing was
+/// missing (so the caller keeps the template's own formatting).
+fn drop_missing_members(members: Vec<(String, serde_json::Value)>) -> Option<String> {
+    let before = members.len();
+    let kept: Vec<_> = members.into_iter().filter(|(_, v)| v.as_str() != Some(NO_VALUE)).collect();
+    if kept.len() == before {
+        return None;
+    }
+    let parts = kept
+        .iter()
+        .map(|(k, v)| Ok(format!("{}:{}", serde_json::to_string(k)?, serde_json::to_string(v)?)))
+        .collect::<Result<Vec<_>, serde_json::Error>>()
+        .ok()?;
+    Some(format!("{{{}}}", parts.join(",")))
+}
+
+/// A JSON object whose members keep their order and duplicates.
+struct OrderedObject(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OrderedObjectVisitor)
+    }
+}
+
+struct OrderedObjectVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OrderedObjectVisitor {
+    type Value = OrderedObject;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
+        let mut members = Vec::new();
+        while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
+            members.push(member);
+        }
+        Ok(OrderedObject(members))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::tests::{tf, TEMPLATE};
+    use crate::transform::{transform, Format};
+
+    #[test]
+    fn validate_accepts_good_and_empty_templates() {
+        assert_eq!(validate_template(""), Ok(()));
+        assert_eq!(validate_template(TEMPLATE), Ok(()));
+        assert_eq!(validate_template("plain text"), Ok(()));
+        assert_eq!(validate_template("{{if .a}}x{{else}}y{{end}}"), Ok(()));
+    }
+
+    #[test]
+    fn validate_rejects_bad_templates_with_the_reason() {
+        for bad in ["{{.a}", "{{if .a}}x", "{{end}}", "{{.a | nosuchfunc}}"] {
+            let err = validate_template(bad).unwrap_err();
+            assert!(!err.reason().is_empty(), "{bad}");
+            let shown = err.to_string();
+            assert!(shown.starts_with("invalid template: "), "{shown}");
+            assert!(shown.contains(err.reason()), "{shown}");
+            assert!(shown.contains("{{.username}}"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn validate_refuses_what_the_engine_cannot_run_safely() {
+        let cases = [
+            ("{{.a ", "unclosed action"),
+            ("x {{| ", "unclosed action"),
+            ("{{/* c", "unclosed comment"),
+            ("{{define \"t\"}}{{template \"t\" .}}{{end}}{{template \"t\" .}}", "named templates"),
+            ("{{template \"\" .}}", "named templates"),
+            ("{{- block \"b\" .}}x{{end}}", "named templates"),
+            ("{{.\u{e9}}}", "non-ASCII"),
+            ("caf\u{e9} {{- .a}}", "trim marker"),
+            ("{{.a\n}}", "line break"),
+            ("{{`\\`}}", "raw string"),
+            ("{{\"\\x4\"}}", "escape"),
+            ("{{\"\\\u{e9}\"}}", "escape"),
+            ("{{'\\q'}}", "escape"),
+            ("{{printf \"%99999d\" 1}}", "printf"),
+            ("{{printf \"%.123456f\" 1.5}}", "printf"),
+        ];
+        for (template, why) in cases {
+            let err = validate_template(template).unwrap_err();
+            assert!(err.reason().contains(why), "{template:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn engine_limits_keep_ordinary_templates_working() {
+        let value = r#"{"a":"x","n":5}"#;
+        let cases = [
+            ("{{/* note */}}{{.a}}", "x"),
+            ("{{- .a -}} ", "x"),
+            ("caf\u{e9} {{.a}}", "caf\u{e9} x"),
+            ("{{printf \"%d-%s-\u{e9}\" .n .a}}", "5-x-\u{e9}"),
+            ("{{\"\\u00e9\\t\\\"\"}}", "\u{e9}\t\""),
+            ("{{`raw`}}", "raw"),
+            ("{{if .a}}yes{{end}}", "yes"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(validate_template(template), Ok(()), "{template:?}");
+            assert_eq!(tf(value, Some(template), Format::Raw), want, "{template:?}");
+        }
+    }
+
+    #[test]
+    fn unsafe_stored_templates_leave_the_value_untouched() {
+        // Stored before validation existed (e.g. imported from VSecM).
+        let value = r#"{"a":"x"}"#;
+        for template in ["{{.a ", "{{template \"\" .}}"] {
+            assert_eq!(tf(value, Some(template), Format::Raw), value, "{template:?}");
+        }
+        // Over budget is an error, not the raw value.
+        let err = transform(value, Some("{{printf \"%999999999d\" 1}}"), Format::Raw, &Budget::default()).unwrap_err();
+        assert!(err.is_over_budget() && err.reason().contains("printf"), "{err}");
+    }
+
+    // Budgets (F2) and nesting (F4).
+
+    fn over(value: &str, template: &str, budget: &Budget) -> TemplateError {
+        let err = transform(value, Some(template), Format::Raw, budget).unwrap_err();
+        assert!(err.is_over_budget(), "{err}");
+        assert!(err.to_string().starts_with("template over budget: "), "{err}");
+        err
+    }
+
+    fn big_array(n: usize) -> String {
+        let items = vec!["1"; n].join(",");
+        format!(r#"{{"a":[{items}],"m":{{"k":"v"}}}}"#)
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let value = big_array(20_000);
+        let template = format!("{{{{range .a}}}}{}{{{{end}}}}", "x".repeat(100_000));
+        let started = std::time::Instant::now();
+        let err = over(&value, &template, &Budget::default());
+        assert!(err.reason().contains("output is larger than the limit of 1048576 bytes"), "{err}");
+        assert!(err.reason().contains("AEGIS_TEMPLATE_MAX_OUTPUT_BYTES"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Exactly at the limit is fine.
+        let small = Budget { max_output_bytes: 6, ..Budget::default() };
+        assert_eq!(transform(r#"{"a":"abcdef"}"#, Some("{{.a}}"), Format::Raw, &small).unwrap(), "abcdef");
+        over(r#"{"a":"abcdefg"}"#, "{{.a}}", &small);
+    }
+
+    #[test]
+    fn steps_are_bounded() {
+        let value = big_array(20_000);
+        let started = std::time::Instant::now();
+        let err = over(&value, "{{range .a}}{{range $.a}}{{end}}{{end}}", &Budget::default());
+        assert!(err.reason().contains("more than 100000 steps"), "{err}");
+        assert!(err.reason().contains("AEGIS_TEMPLATE_MAX_STEPS"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Iterations count even with an empty body, and function calls count.
+        let tight = Budget { max_steps: 100, ..Budget::default() };
+        over(&big_array(200), "{{range .a}}{{end}}", &tight);
+        over(&big_array(10), &"{{len .a}}".repeat(60), &tight);
+        assert_eq!(transform(&big_array(10), Some("{{range .a}}{{.}}{{end}}"), Format::Raw, &tight).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn time_is_bounded() {
+        let budget = Budget { max_time: std::time::Duration::ZERO, ..Budget::default() };
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let err = over(&big_array(1000), "{{range .a}}{{range $.a}}{{end}}{{end}}", &budget);
+        assert!(err.reason().contains("AEGIS_TEMPLATE_MAX_TIME_MS"), "{err}");
+    }
+
+    #[test]
+    fn strings_built_by_functions_are_bounded() {
+        // Each declaration doubles the string: 2^40 bytes if nothing stops it.
+        let mut template = String::from("{{$x := .a}}");
+        for _ in 0..40 {
+            template.push_str("{{$x := printf \"%s%s\" $x $x}}");
+        }
+        let err = over(r#"{"a":"0123456789"}"#, &template, &Budget::default());
+        assert!(err.reason().contains("output"), "{err}");
+        let mut template = String::from("{{$x := .a}}");
+        for _ in 0..40 {
+            template.push_str("{{$x := print $x $x}}");
+        }
+        over(r#"{"a":"0123456789"}"#, &template, &Budget::default());
+        // A format from the data with many wide verbs.
+        let format = "%9999d".repeat(200);
+        over(&format!(r#"{{"f":"{format}"}}"#), "{{printf .f 1}}", &Budget::default());
+    }
+
+    #[test]
+    fn printf_star_sizes_are_checked_when_run() {
+        let value = r#"{"w":65535,"n":1}"#;
+        for template in [
+            "{{printf \"%*d\" 65535 1}}",
+            "{{printf \"%.*f\" 65535 1.5}}",
+            "{{printf \"%*d\" .w .n}}",
+            "{{printf \"%-*d\" -65535 1}}",
+            "{{printf \"%[2]*[1]d\" 1 65535}}",
+            "{{printf \"%d %*d\" 1 65535 1}}",
+        ] {
+            let err = over(value, template, &Budget::default());
+            assert!(err.reason().contains("printf width or precision 65535"), "{template}: {err}");
+        }
+        let err = validate_template("{{printf \"%99999d\" 1}}").unwrap_err();
+        assert!(err.is_over_budget() && err.reason().contains("limit of 9999"), "{err}");
+        // Ordinary widths still work, and a large value is not a width.
+        assert_eq!(tf(value, Some("{{printf \"%*d|%5d\" 3 7 123456}}"), Format::Raw), "  7|123456");
+        assert_eq!(tf(value, Some("{{printf \"%.*f\" 2 1.5}}"), Format::Raw), "1.50");
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_parsing() {
+        let deep = |open: &str, close: &str, n: usize| format!("{}{}", open.repeat(n), close.repeat(n));
+        let cases = [
+            format!("{{{{{}.a{}}}}}", "(".repeat(900), ")".repeat(900)),
+            deep("{{if .a}}", "{{end}}", 700),
+            deep("{{with .a}}", "{{end}}", 900),
+            deep("{{range .a}}", "{{end}}", 900),
+            format!("{{{{if .a}}}}{}{{{{end}}}}", "{{else if .a}}".repeat(20_000)),
+        ];
+        for template in &cases {
+            let err = validate_template(template).unwrap_err();
+            assert!(err.is_over_budget(), "{err}");
+            assert!(err.reason().contains("nest") && err.reason().contains("limit of 48"), "{err}");
+            over(r#"{"a":[1]}"#, template, &Budget::default());
+        }
+        // Up to the limit parses and runs, on any thread (also a small stack).
+        let at_limit = [
+            format!("{{{{{}.a{}}}}}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING)),
+            deep("{{if .a}}", "{{end}}", MAX_NESTING),
+            deep("{{range .a}}", "{{end}}", MAX_NESTING),
+            format!("{{{{if .b}}}}{}x{{{{end}}}}", "{{else if .b}}".repeat(MAX_NESTING - 1)),
+        ];
+        for template in at_limit {
+            let run = move || {
+                assert_eq!(validate_template(&template), Ok(()), "{template}");
+                transform(r#"{"a":[1],"b":false}"#, Some(&template), Format::Raw, &Budget::default()).unwrap()
+            };
+            std::thread::Builder::new().stack_size(256 * 1024).spawn(run).unwrap().join().unwrap();
+        }
+    }
+
+    #[test]
+    fn references_per_action_are_bounded() {
+        let many = format!("{{{{if and {}}}}}x{{{{end}}}}", ".a ".repeat(MAX_ACTION_REFERENCES + 1));
+        let err = validate_template(&many).unwrap_err();
+        assert!(err.is_over_budget() && err.reason().contains("references per action"), "{err}");
+        let fine = format!("{{{{if and {}}}}}x{{{{end}}}}", ".a ".repeat(MAX_ACTION_REFERENCES));
+        assert_eq!(tf(r#"{"a":1}"#, Some(&fine), Format::Raw), "x");
+    }
+
+    #[test]
+    fn large_templates_are_checked_in_linear_time() {
+        // 85,000 actions in 1 MiB: the lexical walk must not be quadratic.
+        let template = "{{.a}}/*x*/".repeat(85_000);
+        let started = std::time::Instant::now();
+        assert_eq!(validate_template(&template), Ok(()));
+        assert_eq!(tf(r#"{"a":"1"}"#, Some(&template), Format::Raw).len(), 85_000 * 6);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn steps_do_not_change_the_output() {
+        let value = r#"{"a":[1,2],"b":"x","c":" y "}"#;
+        let cases = [
+            ("{{range .a}} {{.}} {{end}}", " 1  2 "),
+            ("{{range .a -}} {{.}} {{- end}}", "12"),
+            ("a {{- .b -}} b", "axb"),
+            ("{{if .b}} yes {{- else}}no{{end}}", " yes"),
+            ("{{if .z}}1{{else if .b}}2{{else}}3{{end}}", "2"),
+            ("{{range $i, $e := .a}}{{$i}}={{$e}};{{end}}", "0=1;1=2;"),
+            ("{{with .b}}{{.}}{{end}}{{/* c */}}", "x"),
+            ("x {{- /* c */ -}} y", "xy"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(tf(value, Some(template), Format::Raw), want, "{template:?}");
+        }
+        // Parse errors do not mention the step function.
+        let err = validate_template("{{if .a}}{{else}}{{else}}{{end}}").unwrap_err();
+        assert!(!err.reason().contains("aegis_step"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_in_the_engine_is_caught_and_other_panics_are_not_affected() {
+        // An escape gtmpl would panic on cannot be stored, but the render path
+        // must survive a panic anyway: make one through the quiet hook.
+        let caught = std::panic::catch_unwind(|| {
+            let _quiet = quiet::Quiet::enter();
+            panic!("inside the engine");
+        });
+        assert!(caught.is_err());
+        let other = std::thread::spawn(|| panic!("elsewhere")).join();
+        assert!(other.is_err());
+    }
+
+    #[test]
+    fn template_needs_a_json_object() {
+        for value in ["[1,2]", "\"text\"", "42", "null", "plain"] {
+            assert_eq!(tf(value, Some("{{.a}}"), Format::Raw), value);
+        }
+    }
+
+    #[test]
+    fn template_failure_keeps_the_value() {
+        let value = r#"{"a":"str"}"#;
+        // Executing fails: a string has no fields.
+        assert_eq!(tf(value, Some("{{.a.b}}"), Format::Raw), value);
+        // Parsing fails (such a template is refused on write, but old data may hold one).
+        assert_eq!(tf(value, Some("{{.a}"), Format::Raw), value);
+    }
+
+    #[test]
+    fn missing_keys_are_dropped_wherever_they_are() {
+        let value = r#"{"b":"x"}"#;
+        let cases = [
+            (r#"{"A":"{{.a}}","B":"{{.b}}"}"#, r#"{"B":"x"}"#),
+            (r#"{"B":"{{.b}}","A":"{{.a}}"}"#, r#"{"B":"x"}"#),
+            (r#"{"B":"{{.b}}", "A":"{{.a}}", "C":"{{.b}}"}"#, r#"{"B":"x","C":"x"}"#),
+            (r#"{"A":"{{.a}}"}"#, "{}"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(tf(value, Some(template), Format::Json), want, "{template}");
+        }
+    }
+
+    #[test]
+    fn template_output_without_missing_keys_keeps_its_formatting() {
+        let value = r#"{"b":"x"}"#;
+        let template = "{ \"B\" : \"{{.b}}\" ,\n \"N\": \"<no value> here\" }";
+        let want = "{ \"B\" : \"x\" ,\n \"N\": \"<no value> here\" }";
+        assert_eq!(tf(value, Some(template), Format::Json), want);
+    }
+
+    #[test]
+    fn json_null_reads_as_missing() {
+        let value = r#"{"a":null,"b":"x"}"#;
+        let template = r#"{"A":"{{.a}}","B":"{{.b}}"}"#;
+        assert_eq!(tf(value, Some(template), Format::Json), r#"{"B":"x"}"#);
+    }
+
+    #[test]
+    fn missing_keys_in_text_output_drop_their_segment() {
+        let value = r#"{"u":"admin"}"#;
+        assert_eq!(tf(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin");
+        assert_eq!(tf(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw), r#"USER:"admin""#);
+    }
+
+    #[test]
+    fn text_output_without_colons_is_kept() {
+        // VSecM would return an empty string here.
+        let value = r#"{"user":"admin","pass":"s3cr,et"}"#;
+        assert_eq!(tf(value, Some("{{.pass}}"), Format::Raw), "s3cr,et");
+        assert_eq!(tf(value, Some("{{.user}},{{.nope}}"), Format::Raw), "admin,<no value>");
+    }
+
+    #[test]
+    fn template_sees_typed_values() {
+        let value = r#"{"port":5432,"id":12345678,"ratio":1.5,"on":true,"tags":["a"],"db":{"host":"h"}}"#;
+        let template = "{{.port}} {{.id}} {{.ratio}} {{.on}} {{index .tags 0}} {{.db.host}}";
+        assert_eq!(tf(value, Some(template), Format::Raw), "5432 12345678 1.5 true a h");
+        assert_eq!(tf(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
+    }
+}

@@ -1,0 +1,164 @@
+//! Atomic file writes, shared by every Aegis crate that writes files.
+//!
+//! A reader sees the old file or the new one, never part of either: the new
+//! content goes to a temporary file in the same directory (same file system,
+//! so the rename is atomic), created with `create_new` and its final mode,
+//! written and fsynced; it then replaces the target by `rename`, and the
+//! directory is fsynced so the rename survives a crash.
+//!
+//! [`write_atomic`] does all of it for one file. A writer that replaces many
+//! files at once (the store's batches) uses the pieces: [`write_new`] for each
+//! temporary file, its own renames, and one [`sync_dir`] for the batch.
+//!
+//! This crate only does I/O on paths it is given; it depends on nothing else
+//! in the workspace, so any crate may use it.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One step of an atomic write failed.
+#[derive(Debug)]
+pub struct WriteError {
+    /// The file the step was about: the temporary file (creating, writing,
+    /// fsyncing it), the target (the rename) or the directory (its fsync).
+    pub path: PathBuf,
+    /// The operating system's reason.
+    pub source: io::Error,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Writes `bytes` to `path` with permission bits `mode` (on Unix) via a
+/// temporary file in the same directory: create it (`create_new`, `mode`),
+/// write, fsync, rename it over `path`, fsync the directory. On failure the
+/// temporary file is removed and `path` is left as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    let tmp = temp_path(path);
+    write_new(&tmp, &[bytes], mode).map_err(|source| WriteError { path: tmp.clone(), source })?;
+    if let Err(source) = fs::rename(&tmp, path) {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = fs::remove_file(&tmp);
+        return Err(WriteError { path: path.to_owned(), source });
+    }
+    let dir = parent_dir(path);
+    sync_dir(dir).map_err(|source| WriteError { path: dir.to_owned(), source })
+}
+
+/// Creates `tmp`, which must not exist yet, with permission bits `mode` (on
+/// Unix), writes `parts` one after the other and fsyncs it. On failure the
+/// file is removed.
+pub fn write_new(tmp: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    let result = (|| {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut file = options.open(tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()
+    })();
+    if result.is_err() {
+        // Best effort, as above.
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
+/// Fsyncs the directory `dir`, which makes the renames done in it durable.
+/// Does nothing where directories cannot be opened (not Unix).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The directory that holds `path`: its parent, or `.` for a bare file name.
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// A temporary file name next to `path`, unique within this process and
+/// hidden: `.<name>.<pid>.<n>.tmp`.
+fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn writes_and_replaces_with_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&path), 0o600);
+        let public = dir.path().join("cert");
+        write_atomic(&public, b"c", 0o644).unwrap();
+        #[cfg(unix)]
+        assert_eq!(mode_of(&public), 0o644);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_the_old_file_and_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory where the file should be makes the rename fail.
+        let path = dir.path().join("k");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("x"), b"").unwrap();
+        let err = write_atomic(&path, b"new", 0o600).unwrap_err();
+        assert_eq!(err.path, path);
+        assert!(err.to_string().starts_with(&path.display().to_string()), "{err}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_new_refuses_an_existing_file_and_writes_all_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(".t");
+        write_new(&tmp, &[b"head", b"body"], 0o600).unwrap();
+        assert_eq!(fs::read(&tmp).unwrap(), b"headbody");
+        let err = write_new(&tmp, &[b"x"], 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        sync_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn parent_of_a_bare_name_is_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("root.key")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/a/root.key")), Path::new("/a"));
+    }
+}
