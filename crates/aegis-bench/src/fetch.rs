@@ -100,13 +100,7 @@ pub(crate) async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> 
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.map_err(CliError::failure)?;
-        all.extend(l);
-        errors += e;
-    }
+    let (all, errors) = crate::gather(tasks).await?;
     let mode = if new_conn { "new connection per fetch" } else { "kept-alive connections" };
     Ok(report(format!("fetch, {connections} connections, {mode}"), all, errors, start.elapsed()))
 }

@@ -125,6 +125,18 @@ pub struct Report {
     pub max_ms: f64,
 }
 
+/// Waits for every load task and pools their latencies (µs) and error counts.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>) -> Result<(Vec<u32>, u64), CliError> {
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await.map_err(CliError::failure)?;
+        all.extend(l);
+        errors += e;
+    }
+    Ok((all, errors))
+}
+
 fn report(name: String, mut lat_us: Vec<u32>, errors: u64, elapsed: Duration) -> Report {
     lat_us.sort_unstable();
     let pct = |p: f64| {

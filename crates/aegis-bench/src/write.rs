@@ -33,13 +33,7 @@ pub(crate) async fn write(writers: usize, dur: Duration, size: usize) -> Result<
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.map_err(CliError::failure)?;
-        all.extend(l);
-        errors += e;
-    }
+    let (all, errors) = crate::gather(tasks).await?;
     Ok(report(format!("durable writes, {writers} writers, {size}-byte values"), all, errors, start.elapsed()))
 }
 

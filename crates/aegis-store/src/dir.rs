@@ -146,6 +146,27 @@ impl DirBackend {
         Ok(tmp)
     }
 
+    /// Writes every record to its temporary file, in parallel; one result per
+    /// record, in order (a writer thread that fails counts for each of its records).
+    fn write_temps(&self, records: &[(String, Vec<u8>)]) -> Vec<io::Result<PathBuf>> {
+        let chunk = records.len().div_ceil(WRITE_THREADS).max(1);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = records
+                .chunks(chunk)
+                .map(|part| {
+                    (part.len(), s.spawn(move || part.iter().map(|(n, b)| self.write_temp(n, b)).collect::<Vec<_>>()))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|(len, h)| {
+                    h.join()
+                        .unwrap_or_else(|_| (0..len).map(|_| Err(io::Error::other("writer thread failed"))).collect())
+                })
+                .collect()
+        })
+    }
+
     fn sync_dir(&self) -> io::Result<()> {
         aegis_fs::sync_dir(&self.dir)
     }
@@ -213,17 +234,7 @@ impl Backend for DirBackend {
     }
 
     fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
-        let chunk = records.len().div_ceil(WRITE_THREADS).max(1);
-        let temps: Vec<io::Result<PathBuf>> = std::thread::scope(|s| {
-            let handles: Vec<_> = records
-                .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().map(|(n, b)| self.write_temp(n, b)).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(io::Error::other("writer thread failed"))]))
-                .collect()
-        });
+        let temps = self.write_temps(records);
         let mut results: Vec<Result<(), StoreError>> = records
             .iter()
             .zip(temps)
@@ -271,19 +282,7 @@ impl Backend for DirBackend {
 /// record is replaced; a failed temporary write removes them all.
 fn write_group(b: &DirBackend, records: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
     let fail = |stored: Vec<String>, name: &str, e: io::Error| GroupError { stored, error: io_err(name, e) };
-    let temps: Vec<io::Result<PathBuf>> = std::thread::scope(|s| {
-        let chunk = records.len().div_ceil(WRITE_THREADS).max(1);
-        let handles: Vec<_> = records
-            .chunks(chunk)
-            .map(|part| (part.len(), s.spawn(move || part.iter().map(|(n, x)| b.write_temp(n, x)).collect::<Vec<_>>())))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(len, h)| {
-                h.join().unwrap_or_else(|_| (0..len).map(|_| Err(io::Error::other("writer thread failed"))).collect())
-            })
-            .collect()
-    });
+    let temps = b.write_temps(records);
     let failed = records.iter().zip(&temps).find_map(|((n, _), t)| t.as_ref().err().map(|e| (n, copy_io(e))));
     if let Some((name, e)) = failed {
         for tmp in temps.iter().flatten() {

@@ -257,23 +257,10 @@ fn no_plaintext_on_disk_or_in_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_that_sends_nothing_after_the_handshake_is_cut_off() {
-    use std::sync::Arc;
     use tokio::io::AsyncReadExt;
     let safe = Safe::server_manual();
     let env = safe.workload_env("billing");
-    let read = |k: &str| std::fs::read(&env[k]).unwrap();
-    let material = aegis_identity::SvidMaterial::from_pem(
-        &read("AEGIS_SVID_CERT"),
-        &read("AEGIS_SVID_KEY"),
-        &read("AEGIS_SVID_BUNDLE"),
-    )
-    .unwrap();
-    let source = Arc::new(aegis_identity::StaticSource(Arc::new(material)));
-    let roles = aegis_core::roles::RoleRules::vsecm_defaults();
-    let cfg = aegis_identity::client_config(source, Arc::new(move |id| roles.is_safe(id))).unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", safe.port)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(&env, safe.port).await.unwrap();
     let start = std::time::Instant::now();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await.unwrap().unwrap_or(0);
