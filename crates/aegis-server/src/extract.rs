@@ -9,9 +9,23 @@ use time::OffsetDateTime;
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::timefmt::parse_time;
 use aegis_core::transform::{Budget, Format};
+use aegis_core::SecretName;
 use aegis_store::Data;
 
 use crate::error::{json_error, ApiError};
+use crate::state::AppState;
+
+/// A name that addresses a secret: the current rule, or a name an older
+/// version stored that exists (so it can still be read and deleted).
+pub(crate) fn address(s: &AppState, raw: &str) -> Result<SecretName, ApiError> {
+    match SecretName::parse(raw) {
+        Ok(n) => Ok(n),
+        Err(e) => match SecretName::parse_stored(raw) {
+            Ok(old) if s.store()?.get(&old).is_some() => Ok(old),
+            _ => Err(e.into()),
+        },
+    }
+}
 
 /// 413 with the limit named.
 pub fn too_large(limit: usize) -> ApiError {

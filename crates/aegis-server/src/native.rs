@@ -59,18 +59,6 @@ fn name(raw: &str) -> Result<SecretName, ApiError> {
     Ok(SecretName::parse(raw)?)
 }
 
-/// A name that addresses a secret: the current rule, or a name an older
-/// version stored that exists (so it can still be read and deleted).
-pub(crate) fn address(s: &AppState, raw: &str) -> Result<SecretName, ApiError> {
-    match SecretName::parse(raw) {
-        Ok(n) => Ok(n),
-        Err(e) => match SecretName::parse_stored(raw) {
-            Ok(old) if s.store()?.get(&old).is_some() => Ok(old),
-            _ => Err(e.into()),
-        },
-    }
-}
-
 fn existing(s: &AppState, n: &SecretName) -> Result<Arc<Entry>, ApiError> {
     s.store()?
         .get(n)
@@ -118,7 +106,7 @@ pub async fn get(
     q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SecretRead>, ApiError> {
     c.require_sentinel()?;
-    let n = address(&s, &p.name)?;
+    let n = extract::address(&s, &p.name)?;
     let Query(q) = q.map_err(|_| ApiError::bad_request("version must be a positive whole number"))?;
     let e = existing(&s, &n)?;
     if e.doc.deleted.is_some() && q.version.is_none() {
@@ -160,7 +148,7 @@ pub async fn list(
 
 async fn mutate(s: &AppState, c: &Caller, raw: &str, m: Mutation) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
-    let n = address(s, raw)?;
+    let n = extract::address(s, raw)?;
     let store = s.store()?;
     let e = store.apply(n, m).await?;
     Ok(Json(info(&e.doc)))
@@ -195,7 +183,7 @@ pub async fn rollback(State(s): St, Extension(c): Who, p: Segments, b: Body) -> 
 /// `GET /v1/secrets/{name}/versions`.
 pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<History>, ApiError> {
     c.require_sentinel()?;
-    let n = address(&s, &p.name)?;
+    let n = extract::address(&s, &p.name)?;
     let e = existing(&s, &n)?;
     let versions = e
         .doc

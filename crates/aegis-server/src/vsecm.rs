@@ -188,7 +188,7 @@ pub async fn delete(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     if req.workloads.is_empty() {
         return Err(ApiError::bad_request("no workloads given: name the secrets to delete (safe -d -w NAME)"));
     }
-    let names = req.workloads.iter().map(|w| crate::native::address(&s, w)).collect::<Result<Vec<_>, _>>()?;
+    let names = req.workloads.iter().map(|w| extract::address(&s, w)).collect::<Result<Vec<_>, _>>()?;
     for name in names {
         match store.apply(name, Mutation::Delete).await {
             Ok(_)
