@@ -1,0 +1,42 @@
+//! One way to reach the Kubernetes API: `KUBECONFIG` (or `~/.kube/config`)
+//! when set, else the in-cluster ServiceAccount.
+
+use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+/// The Kubernetes API could not be reached or configured. Each message says
+/// where the configuration came from and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No kubeconfig and not inside a cluster.
+    #[error(
+        "no Kubernetes configuration: set KUBECONFIG to a kubeconfig file, or run inside a pod with a \
+         ServiceAccount ({0})"
+    )]
+    NoConfig(String),
+    /// The kubeconfig file is unusable.
+    #[error("the kubeconfig {path} is unusable: {reason}; fix it or point KUBECONFIG elsewhere")]
+    BadKubeconfig {
+        /// The file.
+        path: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// The client could not be built from the configuration.
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(String),
+}
+
+/// Builds a client from `kubeconfig` when given (the caller reads `KUBECONFIG`
+/// in its configuration type), else from the in-cluster environment.
+pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |reason: String| ConnectError::BadKubeconfig { path: path.display().to_string(), reason };
+            let file = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(|e| bad(e.to_string()))?
+        }
+        None => Config::incluster().map_err(|e| ConnectError::NoConfig(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))
+}

@@ -1,0 +1,9 @@
+//! Aegis in Kubernetes.
+//!
+//! Everything that talks to the Kubernetes API lives here, so that the Safe,
+//! the store and the CLI build and run without a cluster. The Safe binary wires
+//! it in when the root key store is `kubernetes` or `k8s:` secrets are synced.
+
+pub mod client;
+
+pub use client::{connect, ConnectError};
