@@ -127,12 +127,28 @@ pub struct PutSecret {
     /// Check-and-set: the version expected to be current (0: must not exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cas: Option<u64>,
+    /// For imports (RFC 3339): the secret's creation time, kept when this write creates the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// For imports (RFC 3339): the time of this version and the secret's last update, instead of now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
 }
 
 impl PutSecret {
     /// A write of `value` with every option at its default.
     pub fn new(value: SecretValue) -> Self {
-        Self { value, namespaces: None, template: None, format: None, not_before: None, expires_after: None, cas: None }
+        Self {
+            value,
+            namespaces: None,
+            template: None,
+            format: None,
+            not_before: None,
+            expires_after: None,
+            cas: None,
+            created: None,
+            updated: None,
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod secret;
 pub mod spiffe;
 pub mod timefmt;
 pub mod transform;
+pub mod vsecm_record;
 
 pub use error::InvalidInput;
 pub use name::{SecretKind, SecretName, WorkloadName, KEYSTONE};

@@ -5,7 +5,8 @@
 //! - [`Keyring`]: record keys derived from root keys with HKDF-SHA256, and the
 //!   record envelope: XChaCha20-Poly1305 with the secret's name, revision and
 //!   key id bound as associated data.
-//! - VSecM-compatible "encrypt for git" ciphertexts (age, base64).
+//! - VSecM-compatible "encrypt for git" ciphertexts (age, base64), and the
+//!   age files VSecM's Safe keeps its records in ([`RootKey::decrypt_age_file`]).
 
 mod record;
 mod root;
@@ -39,4 +40,7 @@ pub enum CryptoError {
     /// A VSecM-style encrypted value could not be decrypted.
     #[error("encrypted value could not be decrypted: {0}; it must be the base64 output of `safe -e` under this Safe's root key")]
     Ciphertext(&'static str),
+    /// An age file (a VSecM `<name>.age` record) could not be decrypted.
+    #[error("age file could not be decrypted: {0}")]
+    AgeFile(&'static str),
 }

@@ -134,6 +134,23 @@ impl RootKey {
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Ciphertext("age decryption failed"))
     }
+
+    /// Decrypts an age file to this key's identity, as VSecM's Safe writes its
+    /// `<name>.age` records (binary age format, not base64).
+    pub fn decrypt_age_file(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if data.is_empty() {
+            return Err(CryptoError::AgeFile("the file is empty"));
+        }
+        age::decrypt(&self.age_identity, data).map(Zeroizing::new).map_err(|e| {
+            CryptoError::AgeFile(match e {
+                age::DecryptError::NoMatchingKeys => "it was not encrypted to this root key (wrong root key?)",
+                age::DecryptError::InvalidHeader | age::DecryptError::UnknownFormat => {
+                    "it is not an age file (damaged or not written by VSecM)"
+                }
+                _ => "the age file is damaged or truncated",
+            })
+        })
+    }
 }
 
 impl PartialEq for RootKey {

@@ -10,7 +10,7 @@ use aegis_core::secret::SecretDoc;
 use aegis_core::timefmt::rfc3339;
 use aegis_core::SecretName;
 use aegis_crypto::{Keyring, RootKey};
-use aegis_store::{Entry, Mutation, Store};
+use aegis_store::{Entry, Mutation, Stamps, Store};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
@@ -18,6 +18,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::auth::Caller;
@@ -65,6 +66,26 @@ fn existing(s: &AppState, n: &SecretName) -> Result<Arc<Entry>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("secret '{n}' does not exist; `aegis list` shows the secrets")))
 }
 
+/// The import timestamps of a put: both or neither, RFC 3339, `created` not after `updated`.
+fn stamps(created: Option<&str>, updated: Option<&str>) -> Result<Option<Stamps>, ApiError> {
+    let parse = |field: &str, t: &str| {
+        OffsetDateTime::parse(t.trim(), &Rfc3339).map_err(|_| {
+            ApiError::bad_request(format!("{field} must be an RFC 3339 time such as 2030-01-31T12:00:00Z"))
+        })
+    };
+    match (created, updated) {
+        (None, None) => Ok(None),
+        (Some(c), Some(u)) => {
+            let (created, updated) = (parse("created", c)?, parse("updated", u)?);
+            if created > updated {
+                return Err(ApiError::bad_request("created must not be after updated"));
+            }
+            Ok(Some(Stamps { created, updated }))
+        }
+        _ => Err(ApiError::bad_request("give both created and updated (for imports), or neither")),
+    }
+}
+
 /// `PUT /v1/secrets/{name}`.
 pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Result<Json<SecretInfo>, ApiError> {
     c.require_sentinel()?;
@@ -86,8 +107,9 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
             return Err(ApiError::bad_request(format!("unknown format '{}': use json, yaml or raw", f.escape_debug())));
         }
     }
+    let stamps = stamps(req.created.as_deref(), req.updated.as_deref())?;
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
-    let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view }).await?;
+    let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view, stamps }).await?;
     s.metrics.secrets.set(store.len() as i64);
     Ok(Json(info(&e.doc)))
 }

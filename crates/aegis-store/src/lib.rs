@@ -19,5 +19,5 @@ mod writer;
 pub use backend::{Backend, GroupError, Unreadable};
 pub use dir::DirBackend;
 pub use error::StoreError;
-pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Store, StoreOptions};
+pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Stamps, Store, StoreOptions};
 pub use ticket::Ticket;

@@ -9,6 +9,7 @@ use aegis_core::transform::{Budget, TemplateError};
 use aegis_core::SecretName;
 use aegis_crypto::Keyring;
 use arc_swap::ArcSwap;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::writer::{self, Job};
@@ -109,6 +110,15 @@ impl Entry {
     }
 }
 
+/// Times an import keeps from the system it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamps {
+    /// The secret's creation time, used when the write creates the secret.
+    pub created: OffsetDateTime,
+    /// The time of the new version and of the secret's last update.
+    pub updated: OffsetDateTime,
+}
+
 /// A change to one secret.
 #[derive(Debug)]
 pub enum Mutation {
@@ -124,6 +134,8 @@ pub enum Mutation {
         /// checked against the budget) before the write, so the writer does
         /// not render; `None`: the writer validates and renders.
         view: Option<Data>,
+        /// Times to keep instead of now (imports); `None` for ordinary writes.
+        stamps: Option<Stamps>,
     },
     /// Soft delete.
     Delete,

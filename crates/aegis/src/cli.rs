@@ -62,6 +62,8 @@ enum Command {
     Run(crate::workload::run::RunArgs),
     /// Sentinel tasks: apply the init-command file.
     Sentinel(crate::admin::sentinel::SentinelArgs),
+    /// Import secrets from another store (VSecM's data directory).
+    Import(crate::admin::import::ImportArgs),
 }
 
 /// Runs a parsed command line.
@@ -86,5 +88,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(a) => crate::workload::init::run(a).await,
         Command::Run(a) => crate::workload::run::run(a).await,
         Command::Sentinel(a) => crate::admin::sentinel::run(a).await,
+        Command::Import(a) => crate::admin::import::run(a).await,
     }
 }

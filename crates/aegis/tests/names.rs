@@ -16,15 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 fn put_req(v: &str) -> PutSecret {
-    PutSecret {
-        value: SecretValue::new(v),
-        namespaces: None,
-        template: None,
-        format: None,
-        not_before: None,
-        expires_after: None,
-        cas: None,
-    }
+    PutSecret::new(SecretValue::new(v))
 }
 
 fn upsert_req(workloads: &[&str], v: &str) -> VsecmUpsert {
@@ -176,7 +168,7 @@ async fn names_stored_by_older_versions_still_load() {
                 .unwrap();
         for (name, value) in [("a?b", "value-q"), ("x@y", "value-at")] {
             let meta = SecretMeta::defaults(time::OffsetDateTime::now_utc());
-            let put = aegis_store::Mutation::Put { value: SecretValue::new(value), meta, cas: None, view: None };
+            let put = aegis_store::Mutation::Put { value: SecretValue::new(value), meta, cas: None, view: None, stamps: None };
             store.apply(SecretName::parse_stored(name).unwrap(), put).await.unwrap();
         }
     }

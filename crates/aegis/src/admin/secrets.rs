@@ -117,6 +117,8 @@ pub async fn put(a: PutArgs) -> Result<(), CliError> {
         not_before: a.not_before,
         expires_after: a.expires,
         cas: a.cas,
+        created: None,
+        updated: None,
     };
     print_info(&c.put(&a.name, &req).await?, a.out)
 }

@@ -1,0 +1,405 @@
+//! `aegis import vsecm`: brings a VSecM 0.28 Safe's data directory into Aegis.
+//!
+//! Two phases. First, locally and before anything is sent: every `<name>.age`
+//! file is read (within the size and count caps), decrypted with VSecM's root
+//! key and parsed; a file that fails is reported by name with the reason and
+//! left out. If not one file decrypts because none was encrypted to the key, the
+//! key is wrong and nothing is imported. Second, against the Safe, as the
+//! Sentinel: each secret is compared with Aegis's current version (value,
+//! namespaces, template, format, validity window) and, unless `--dry-run`,
+//! written as a new version through `PUT /v1/secrets/{name}` with VSecM's
+//! `created`/`updated` times, so versions, push delivery and durability apply as
+//! for any write. Unchanged secrets are not written again.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use aegis_core::api::{PutSecret, SecretRead};
+use aegis_core::timefmt::{never, rfc3339};
+use aegis_core::transform::Format;
+use aegis_core::vsecm_record::{rfc3339_nanos, VsecmRecord};
+use aegis_crypto::{CryptoError, RootKey};
+use aegis_sdk::{Client, ClientError};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::connect::client;
+use crate::exit::{CliError, CONFIG, FAILURE};
+use crate::output::{print_json, Output};
+
+/// Default cap on one `.age` file (VSecM values are small; Aegis's own request cap is of this order).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Default cap on the number of `.age` files in the directory.
+pub const DEFAULT_MAX_SECRETS: usize = 10_000;
+/// Cap on a root key file (the key is three short lines).
+const MAX_ROOT_KEY_FILE_BYTES: u64 = 4096;
+
+/// `aegis import` arguments.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    cmd: ImportCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCmd {
+    /// Import a VSecM (0.28) Safe's data directory: its `<name>.age` files.
+    Vsecm(VsecmArgs),
+}
+
+/// `aegis import vsecm` arguments.
+#[derive(Args, Debug)]
+pub struct VsecmArgs {
+    /// VSecM's data directory (its VSECM_SAFE_DATA_PATH, `/var/local/vsecm/data` in VSecM's chart).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// VSecM's root key: a file holding its three lines (the `KEY_TXT` of the `vsecm-root-key` Secret).
+    #[arg(long, value_name = "FILE")]
+    root_key_file: Option<PathBuf>,
+    /// Only list what would change (new / changed / unchanged per secret); write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Largest `.age` file read; a larger one is reported and skipped.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+    /// Most `.age` files accepted; more refuses the whole import.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SECRETS)]
+    max_secrets: usize,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+/// Where VSecM's root key comes from. The import asks [`load_root_key`] only, so
+/// another source (e.g. the `vsecm-root-key` Kubernetes Secret) is one more variant.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A file holding the three lines.
+    File(PathBuf),
+}
+
+/// Loads VSecM's root key from `source`. Errors name the source, never the key.
+pub fn load_root_key(source: &KeySource) -> Result<RootKey, CliError> {
+    match source {
+        KeySource::File(path) => {
+            let text = read_capped(path, MAX_ROOT_KEY_FILE_BYTES).map_err(|why| {
+                CliError::new(CONFIG, format!("cannot read the root key file {}: {why}", path.display()))
+            })?;
+            let text = zeroize::Zeroizing::new(String::from_utf8(text.to_vec()).map_err(|_| {
+                CliError::new(CONFIG, format!("the root key file {} is not UTF-8 text", path.display()))
+            })?);
+            RootKey::parse(&text).map_err(|e| {
+                CliError::new(
+                    CONFIG,
+                    format!("{e} (in {}); give the file VSecM's Safe used (its KEY_TXT)", path.display()),
+                )
+            })
+        }
+    }
+}
+
+fn key_source(a: &VsecmArgs) -> Result<KeySource, CliError> {
+    match &a.root_key_file {
+        Some(p) => Ok(KeySource::File(p.clone())),
+        None => Err(CliError::new(CONFIG, "give VSecM's root key with --root-key-file FILE (its three lines)")),
+    }
+}
+
+/// Reads a file of at most `cap` bytes (checked before and while reading).
+fn read_capped(path: &Path, cap: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    if len > cap {
+        return Err(format!("it is {len} bytes, over the limit of {cap} (raise --max-file-bytes if it is genuine)"));
+    }
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
+    f.take(cap + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if buf.len() as u64 > cap {
+        return Err(format!("it grew over the limit of {cap} bytes while being read"));
+    }
+    Ok(buf)
+}
+
+/// Runs `aegis import`.
+pub async fn run(a: ImportArgs) -> Result<(), CliError> {
+    match a.cmd {
+        ImportCmd::Vsecm(v) => vsecm(v).await,
+    }
+}
+
+/// The `.age` files of a VSecM data directory, by secret name (backups and other files left out).
+fn age_files(dir: &Path, max: usize) -> Result<Vec<(String, PathBuf)>, CliError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        CliError::new(CONFIG, format!("cannot read the VSecM data directory {}: {e}", dir.display()))
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| CliError::new(FAILURE, format!("cannot list {}: {e}", dir.display())))?;
+        let Some(file) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        // VSecM keeps `<name>-<n>-.age.backup` copies next to each record: not records.
+        let Some(name) = file.strip_suffix(".age") else { continue };
+        if name.is_empty() || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        files.push((name.to_owned(), entry.path()));
+        if files.len() > max {
+            return Err(CliError::new(
+                FAILURE,
+                format!("{} holds more than {max} .age files; raise --max-secrets to import them all", dir.display()),
+            ));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Why one file was not imported.
+#[derive(Debug)]
+enum Failure {
+    /// Not encrypted to the root key given.
+    WrongKey,
+    /// Anything else, as text.
+    Other(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::WrongKey => f.write_str("it was not encrypted to this root key"),
+            Failure::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Reads, decrypts and parses one record.
+fn open_record(key: &RootKey, name: &str, path: &Path, cap: u64) -> Result<VsecmRecord, Failure> {
+    let bytes = read_capped(path, cap).map_err(|why| Failure::Other(format!("cannot read it: {why}")))?;
+    let plain = key.decrypt_age_file(&bytes).map_err(|e| match e {
+        CryptoError::AgeFile(why) if why.contains("not encrypted to this root key") => Failure::WrongKey,
+        other => Failure::Other(other.to_string()),
+    })?;
+    let record = VsecmRecord::parse(&plain).map_err(|e| Failure::Other(e.to_string()))?;
+    if record.name != name {
+        return Err(Failure::Other(format!(
+            "the file is named {name}.age but holds the secret '{}'; rename it or leave it out",
+            record.name.escape_debug()
+        )));
+    }
+    Ok(record)
+}
+
+/// What the import does (or would do) with one secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Not in Aegis yet.
+    New,
+    /// In Aegis with another value or other metadata.
+    Changed,
+    /// In Aegis exactly so: not written again.
+    Unchanged,
+    /// Could not be read, decrypted, parsed or written.
+    Failed,
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+struct Line {
+    name: String,
+    change: Change,
+    /// The version written (not on a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+struct Report {
+    dry_run: bool,
+    secrets: Vec<Line>,
+}
+
+/// The Aegis write for a VSecM record.
+fn put_of(r: &VsecmRecord, cas: u64) -> PutSecret {
+    PutSecret {
+        value: r.value.clone(),
+        namespaces: Some(r.namespaces()),
+        template: r.template().map(str::to_owned),
+        format: Some(Format::parse_lenient(&r.meta.format).as_str().to_owned()),
+        not_before: Some(rfc3339_nanos(r.not_before)),
+        expires_after: Some(r.expires_text()),
+        cas: Some(cas),
+        created: Some(rfc3339_nanos(r.created)),
+        updated: Some(rfc3339_nanos(r.updated)),
+    }
+}
+
+/// Whether Aegis's current version already is this record (to the second, as the API shows times).
+fn same(r: &VsecmRecord, cur: &SecretRead) -> bool {
+    let i = &cur.info;
+    let expires = if r.expires_text() == "never" { rfc3339(never()) } else { rfc3339(r.expires_after) };
+    cur.value == r.value
+        && i.namespaces == r.namespaces()
+        && i.template.as_deref().map(str::trim) == r.template().map(str::trim)
+        && i.format == Format::parse_lenient(&r.meta.format).as_str()
+        && i.not_before == rfc3339(r.not_before)
+        && i.expires_after == expires
+}
+
+/// Aegis's current version of `name`, or `None` if it has none (new or deleted).
+async fn current(c: &Client, name: &str) -> Result<Option<SecretRead>, ClientError> {
+    match c.get(name, None).await {
+        Ok(r) if r.info.deleted.is_none() => Ok(Some(r)),
+        Ok(_) | Err(ClientError::Refused { status: 404 | 410, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a write error concerns this secret only (the import goes on) or the whole run.
+fn per_secret(e: &ClientError) -> bool {
+    matches!(e, ClientError::Refused { status: 400 | 409 | 410 | 413 | 422, .. })
+}
+
+async fn sync_one(c: &Client, r: &VsecmRecord, dry_run: bool) -> Result<Line, ClientError> {
+    let line = |change, version, reason| Line { name: r.name.clone(), change, version, reason };
+    let cur = current(c, &r.name).await?;
+    let (change, cas) = match &cur {
+        None => (Change::New, 0),
+        Some(cur) if same(r, cur) => return Ok(line(Change::Unchanged, None, None)),
+        Some(cur) => (Change::Changed, cur.info.version),
+    };
+    if dry_run {
+        return Ok(line(change, None, None));
+    }
+    match c.put(&r.name, &put_of(r, cas)).await {
+        Ok(info) => Ok(line(change, Some(info.version), None)),
+        Err(e) if per_secret(&e) => Ok(line(Change::Failed, None, Some(e.to_string()))),
+        Err(e) => Err(e),
+    }
+}
+
+fn print(report: &Report, output: Output) -> Result<(), CliError> {
+    if output == Output::Json {
+        return print_json(report);
+    }
+    for l in &report.secrets {
+        let label = match l.change {
+            Change::New => "new",
+            Change::Changed => "changed",
+            Change::Unchanged => "unchanged",
+            Change::Failed => "failed",
+        };
+        match (&l.version, &l.reason) {
+            (_, Some(why)) => println!("{label:<10} {}: {why}", l.name),
+            (Some(v), None) => println!("{label:<10} {} (version {v})", l.name),
+            (None, None) => println!("{label:<10} {}", l.name),
+        }
+    }
+    let count = |c| report.secrets.iter().filter(|l| l.change == c).count();
+    println!(
+        "{}{} new, {} changed, {} unchanged, {} failed",
+        if report.dry_run { "dry run (nothing written): " } else { "" },
+        count(Change::New),
+        count(Change::Changed),
+        count(Change::Unchanged),
+        count(Change::Failed)
+    );
+    Ok(())
+}
+
+async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
+    let key = load_root_key(&key_source(&a)?)?;
+    let files = age_files(&a.data_dir, a.max_secrets)?;
+    if files.is_empty() {
+        return Err(CliError::new(
+            CONFIG,
+            format!("{} holds no .age files: is it VSecM's data directory (VSECM_SAFE_DATA_PATH)?", a.data_dir.display()),
+        ));
+    }
+    let mut records = Vec::new();
+    let mut lines = Vec::new();
+    let mut wrong_key = 0;
+    for (name, path) in &files {
+        match open_record(&key, name, path, a.max_file_bytes) {
+            Ok(r) => records.push(r),
+            Err(f) => {
+                wrong_key += usize::from(matches!(f, Failure::WrongKey));
+                lines.push(Line { name: name.clone(), change: Change::Failed, version: None, reason: Some(f.to_string()) });
+            }
+        }
+    }
+    if records.is_empty() && wrong_key > 0 {
+        return Err(CliError::new(
+            CONFIG,
+            format!(
+                "none of the {} records in {} was encrypted to this root key: wrong root key? Give the key VSecM's Safe used; nothing was imported",
+                files.len(),
+                a.data_dir.display()
+            ),
+        ));
+    }
+    let c = client().await?;
+    for r in &records {
+        lines.push(sync_one(&c, r, a.dry_run).await?);
+    }
+    lines.sort_by(|x, y| x.name.cmp(&y.name));
+    let report = Report { dry_run: a.dry_run, secrets: lines };
+    print(&report, a.output)?;
+    let failed: Vec<&str> =
+        report.secrets.iter().filter(|l| l.change == Change::Failed).map(|l| l.name.as_str()).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            FAILURE,
+            format!(
+                "{} of {} secrets were not imported ({}); the others were{}",
+                failed.len(),
+                report.secrets.len(),
+                failed.join(", "),
+                if a.dry_run { " checked" } else { "" }
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn lists_records_not_backups() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["a.age", "k8s:b.age", "a-1-.age.backup", "notes.txt", ".age"] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        std::fs::create_dir(d.path().join("dir.age")).unwrap();
+        let names: Vec<String> = age_files(d.path(), 10).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "k8s:b"]);
+        let e = age_files(d.path(), 1).unwrap_err();
+        assert!(e.message.contains("--max-secrets"), "{}", e.message);
+    }
+
+    #[test]
+    fn caps_file_size() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.age");
+        std::fs::write(&p, vec![0u8; 100]).unwrap();
+        assert!(read_capped(&p, 99).unwrap_err().contains("over the limit of 99"));
+        assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn bad_key_file_names_the_file_not_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("key.txt");
+        std::fs::write(&p, "AGE-SECRET-KEY-TOPSECRET\nonly two lines\n").unwrap();
+        let e = load_root_key(&KeySource::File(p)).unwrap_err();
+        assert_eq!(e.code, CONFIG);
+        assert!(e.message.contains("key.txt") && !e.message.contains("TOPSECRET"), "{}", e.message);
+    }
+}
