@@ -162,7 +162,13 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let writes: Vec<_> = names
         .into_iter()
         .map(|name| {
-            let put = Mutation::Put { value: value.clone(), meta: meta.clone(), cas: None, view: Some(view.clone()), stamps: None };
+            let put = Mutation::Put {
+                value: value.clone(),
+                meta: meta.clone(),
+                cas: None,
+                view: Some(view.clone()),
+                stamps: None,
+            };
             (name, put)
         })
         .collect();

@@ -168,7 +168,13 @@ async fn names_stored_by_older_versions_still_load() {
                 .unwrap();
         for (name, value) in [("a?b", "value-q"), ("x@y", "value-at")] {
             let meta = SecretMeta::defaults(time::OffsetDateTime::now_utc());
-            let put = aegis_store::Mutation::Put { value: SecretValue::new(value), meta, cas: None, view: None, stamps: None };
+            let put = aegis_store::Mutation::Put {
+                value: SecretValue::new(value),
+                meta,
+                cas: None,
+                view: None,
+                stamps: None,
+            };
             store.apply(SecretName::parse_stored(name).unwrap(), put).await.unwrap();
         }
     }

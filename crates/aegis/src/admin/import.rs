@@ -130,9 +130,8 @@ pub async fn run(a: ImportArgs) -> Result<(), CliError> {
 
 /// The `.age` files of a VSecM data directory, by secret name (backups and other files left out).
 fn age_files(dir: &Path, max: usize) -> Result<Vec<(String, PathBuf)>, CliError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        CliError::new(CONFIG, format!("cannot read the VSecM data directory {}: {e}", dir.display()))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CliError::new(CONFIG, format!("cannot read the VSecM data directory {}: {e}", dir.display())))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| CliError::new(FAILURE, format!("cannot list {}: {e}", dir.display())))?;
@@ -316,7 +315,10 @@ async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
     if files.is_empty() {
         return Err(CliError::new(
             CONFIG,
-            format!("{} holds no .age files: is it VSecM's data directory (VSECM_SAFE_DATA_PATH)?", a.data_dir.display()),
+            format!(
+                "{} holds no .age files: is it VSecM's data directory (VSECM_SAFE_DATA_PATH)?",
+                a.data_dir.display()
+            ),
         ));
     }
     let mut records = Vec::new();
@@ -327,7 +329,12 @@ async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
             Ok(r) => records.push(r),
             Err(f) => {
                 wrong_key += usize::from(matches!(f, Failure::WrongKey));
-                lines.push(Line { name: name.clone(), change: Change::Failed, version: None, reason: Some(f.to_string()) });
+                lines.push(Line {
+                    name: name.clone(),
+                    change: Change::Failed,
+                    version: None,
+                    reason: Some(f.to_string()),
+                });
             }
         }
     }
