@@ -170,6 +170,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn age_files_decrypt_and_failures_say_why() {
+        let k = RootKey::generate();
+        let ct = age::encrypt(&k.age_recipient, b"{\"name\":\"x\"}").unwrap();
+        assert_eq!(&k.decrypt_age_file(&ct).unwrap()[..], b"{\"name\":\"x\"}");
+        let other = RootKey::generate();
+        assert!(other.decrypt_age_file(&ct).unwrap_err().to_string().contains("wrong root key"));
+        assert!(k.decrypt_age_file(b"").unwrap_err().to_string().contains("empty"));
+        assert!(k.decrypt_age_file(b"not age at all").unwrap_err().to_string().contains("not an age file"));
+        let mut damaged = ct.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(k.decrypt_age_file(&damaged).unwrap_err().to_string().contains("damaged"));
+    }
+
+    #[test]
     fn text_round_trip_and_debug_hides_key() {
         let k = RootKey::generate();
         let text = k.to_text();

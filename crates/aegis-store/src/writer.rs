@@ -437,3 +437,37 @@ fn load_blocking(
     report.loaded = map.len();
     Ok((map, report))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use aegis_core::secret::{SecretMeta, SecretValue};
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::store::Stamps;
+
+    fn put(stamps: Option<Stamps>) -> Mutation {
+        let meta = SecretMeta::defaults(OffsetDateTime::now_utc());
+        Mutation::Put { value: SecretValue::new("v"), meta, cas: None, view: None, stamps }
+    }
+
+    #[test]
+    fn import_stamps_set_the_times_of_a_new_secret() {
+        let name = SecretName::parse("billing").unwrap();
+        let s = Stamps { created: datetime!(2024-01-01 0:00 UTC), updated: datetime!(2024-02-01 0:00 UTC) };
+        let (doc, _) = apply_one(None, &name, put(Some(s)), 10).unwrap();
+        assert_eq!((doc.created, doc.updated), (s.created, s.updated));
+        assert_eq!(doc.version(1).unwrap().created, s.updated);
+    }
+
+    #[test]
+    fn import_stamps_keep_the_creation_time_of_an_existing_secret() {
+        let name = SecretName::parse("billing").unwrap();
+        let (doc, _) = apply_one(None, &name, put(None), 10).unwrap();
+        let created = doc.created;
+        let s = Stamps { created: datetime!(2024-01-01 0:00 UTC), updated: datetime!(2024-02-01 0:00 UTC) };
+        let (doc, _) = apply_one(Some(doc), &name, put(Some(s)), 10).unwrap();
+        assert_eq!((doc.created, doc.updated, doc.current), (created, s.updated, 2));
+    }
+}

@@ -16,6 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use aegis_core::api::PutSecret;
+use aegis_core::secret::SecretValue;
 use common::{ok, stderr, stdout, Safe};
 use serde_json::Value;
 
@@ -165,6 +167,21 @@ async fn imported_secrets_fetch_as_from_vsecm() {
     assert_eq!(r["billing"], "changed");
     let b = c.get("billing", None).await.unwrap();
     assert_eq!(b.info.version, 3);
+    let vsecm_created = exp["fetches"]["billing"]["created"].as_str().unwrap().trim_matches('"').to_owned();
+    assert_eq!(b.info.created, vsecm_created, "re-importing keeps the creation time");
+
+    // The import times on the native API: both or neither, well-formed, in order.
+    for (created, updated, why) in [
+        (Some("2024-01-01T00:00:00Z"), None, "both created and updated"),
+        (Some("yesterday"), Some("2024-01-01T00:00:00Z"), "created must be an RFC 3339 time"),
+        (Some("2024-02-01T00:00:00Z"), Some("2024-01-01T00:00:00Z"), "created must not be after updated"),
+    ] {
+        let mut req = PutSecret::new(SecretValue::new("v"));
+        req.created = created.map(str::to_owned);
+        req.updated = updated.map(str::to_owned);
+        let e = c.put("stamped", &req).await.unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
     assert_eq!(b.value.expose(), r#"{"username":"admin","password":"VSecMRocks","port":5432}"#);
 }
 

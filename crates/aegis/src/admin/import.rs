@@ -18,6 +18,7 @@ use aegis_core::api::{PutSecret, SecretRead};
 use aegis_core::timefmt::{never, rfc3339};
 use aegis_core::transform::Format;
 use aegis_core::vsecm_record::{rfc3339_nanos, VsecmRecord};
+use aegis_core::SecretName;
 use aegis_crypto::{CryptoError, RootKey};
 use aegis_sdk::{Client, ClientError};
 use clap::{Args, Subcommand};
@@ -185,6 +186,7 @@ fn open_record(key: &RootKey, name: &str, path: &Path, cap: u64) -> Result<Vsecm
             record.name.escape_debug()
         )));
     }
+    SecretName::parse(&record.name).map_err(|e| Failure::Other(format!("Aegis does not accept its name: {e}")))?;
     Ok(record)
 }
 
@@ -264,7 +266,11 @@ fn per_secret(e: &ClientError) -> bool {
 
 async fn sync_one(c: &Client, r: &VsecmRecord, dry_run: bool) -> Result<Line, ClientError> {
     let line = |change, version, reason| Line { name: r.name.clone(), change, version, reason };
-    let cur = current(c, &r.name).await?;
+    let cur = match current(c, &r.name).await {
+        Ok(cur) => cur,
+        Err(e) if per_secret(&e) => return Ok(line(Change::Failed, None, Some(e.to_string()))),
+        Err(e) => return Err(e),
+    };
     let (change, cas) = match &cur {
         None => (Change::New, 0),
         Some(cur) if same(r, cur) => return Ok(line(Change::Unchanged, None, None)),
