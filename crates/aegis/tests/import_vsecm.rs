@@ -158,6 +158,13 @@ async fn imported_secrets_fetch_as_from_vsecm() {
         assert_eq!(h.versions.len(), 1, "{n} has {} versions after a second import", h.versions.len());
     }
 
+    // The report for scripts.
+    let json: Value = serde_json::from_str(&ok(import(&safe, &data, &key, &["--dry-run", "-o", "json"]))).unwrap();
+    assert_eq!(json["dry_run"], true);
+    let rows = json["secrets"].as_array().unwrap();
+    assert_eq!(rows.len(), names.len());
+    assert!(rows.iter().all(|r| r["change"] == "unchanged"), "{json}");
+
     // A secret changed in Aegis since is reported as changed, and the import writes VSecM's value back.
     ok(safe.aegis(&safe.admin_env(), &["put", "billing", "--value", "edited in aegis"]));
     let r = report(&ok(import(&safe, &data, &key, &["--dry-run"])));
@@ -251,4 +258,17 @@ async fn a_wrong_root_key_imports_nothing() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("invalid root key") && stderr(&out).contains("bad-key.txt"), "{}", stderr(&out));
     assert_eq!(secret_names(&safe).await, before);
+
+    // The Safe out of reach: the import stops with the unreachable exit code and says where.
+    let mut env = safe.admin_env();
+    env.insert("AEGIS_SAFE_URL".into(), format!("https://127.0.0.1:{}", common::free_port()));
+    let (data, key) = (fixtures().join("data"), fixtures().join("root-key.txt"));
+    let args = ["import", "vsecm", "--data-dir", data.to_str().unwrap(), "--root-key-file", key.to_str().unwrap()];
+    let out = safe.aegis(&env, &args);
+    assert_eq!(out.status.code(), Some(7), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("stopped at 'billing'") && stderr(&out).contains("run the import again"),
+        "{}",
+        stderr(&out)
+    );
 }

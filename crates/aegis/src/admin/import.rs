@@ -355,12 +355,27 @@ async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
         ));
     }
     let c = client().await?;
+    let mut fatal = None;
     for r in &records {
-        lines.push(sync_one(&c, r, a.dry_run).await?);
+        match sync_one(&c, r, a.dry_run).await {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                fatal = Some((r.name.clone(), e));
+                break;
+            }
+        }
     }
     lines.sort_by(|x, y| x.name.cmp(&y.name));
     let report = Report { dry_run: a.dry_run, secrets: lines };
     print(&report, a.output)?;
+    if let Some((name, e)) = fatal {
+        let mut err = CliError::from(e);
+        err.message = format!(
+            "stopped at '{name}': {}; the secrets listed above were handled, run the import again to finish",
+            err.message
+        );
+        return Err(err);
+    }
     let failed: Vec<&str> =
         report.secrets.iter().filter(|l| l.change == Change::Failed).map(|l| l.name.as_str()).collect();
     if failed.is_empty() {
