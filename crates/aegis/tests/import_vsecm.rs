@@ -6,10 +6,15 @@
 //! upsert and wrote the `<name>.age` files; `expected-fetches.json` holds what
 //! each workload then fetched from VSecM with VSecM's own Go SDK. Here a real
 //! Aegis Safe (`aegis dev`, real mTLS) imports them, and each workload fetches
-//! through Aegis's VSecM-compatible API (`GET /workload/v1/secrets`).
+//! through Aegis's VSecM-compatible API (`GET /workload/v1/secrets`). The last test
+//! does it all over SPIRE: the Safe, the importing admin and the workloads get their
+//! identities from a real SPIRE agent, and the workloads fetch with VSecM's own Go SDK
+//! (`tools/vsecm-client`), the same client that recorded the fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/spire.rs"]
+mod harness;
 
 use std::collections::HashMap;
 use std::fs;
@@ -271,4 +276,75 @@ async fn a_wrong_root_key_imports_nothing() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The same import over real SPIRE: `aegis import` runs as the Sentinel's SPIFFE ID and
+/// every workload fetches with VSecM's own Go SDK, as the fixtures were recorded.
+#[test]
+fn vsecms_go_sdk_fetches_the_imported_secrets_over_spire() {
+    use harness::{env_or_build, spiffe_id, Spire, UidSafe, SAFE_UID, SENTINEL_UID};
+    let client = env_or_build(
+        "AEGIS_VSECM_CLIENT",
+        "scripts/build-vsecm-client.sh",
+        "the VSecM Go client is missing: run scripts/build-vsecm-client.sh or set AEGIS_VSECM_CLIENT",
+    );
+    let spire = Spire::start("import-vsecm", &[]);
+    let staged = spire.bin("vsecm-client");
+    fs::copy(&client, &staged).unwrap_or_else(|e| panic!("cannot copy {}: {e}", client.display()));
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let exp = expected();
+    let fetches = exp["fetches"].as_object().unwrap();
+    let workloads: Vec<(&str, u32)> = fetches.keys().enumerate().map(|(i, w)| (w.as_str(), 41100 + i as u32)).collect();
+    spire.register("safe", "", SAFE_UID, &[]);
+    spire.register("sentinel", "", SENTINEL_UID, &[]);
+    for (w, uid) in &workloads {
+        spire.register("workload", w, *uid, &[]);
+    }
+    spire.wait_svid(SAFE_UID, &spiffe_id("safe", ""));
+    spire.wait_svid(SENTINEL_UID, &spiffe_id("sentinel", ""));
+    for (w, uid) in &workloads {
+        spire.wait_svid(*uid, &spiffe_id("workload", w));
+    }
+    let safe = UidSafe::start(&spire, SAFE_UID);
+
+    // The fixtures, where the Sentinel's uid can read them.
+    let dir = spire.dir_for("vsecm", SENTINEL_UID);
+    let data = dir.join("data");
+    fs::create_dir(&data).unwrap();
+    for e in fs::read_dir(fixtures().join("data")).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), data.join(e.file_name())).unwrap();
+    }
+    let key = dir.join("root-key.txt");
+    fs::copy(fixtures().join("root-key.txt"), &key).unwrap();
+    let args = ["import", "vsecm", "--data-dir", data.to_str().unwrap(), "--root-key-file", key.to_str().unwrap()];
+    let out = spire.run_as(SENTINEL_UID, "aegis", &safe.client_env(&spire), &args);
+    assert!(out.status.success(), "import failed:\nstdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+
+    let env = HashMap::from([
+        ("SPIFFE_ENDPOINT_SOCKET".to_owned(), spire.socket()),
+        ("VSECM_SAFE_ENDPOINT_URL".to_owned(), format!("{}/", safe.url)),
+    ]);
+    let mut differences = Vec::new();
+    for (w, uid) in &workloads {
+        let out = spire.run_as(*uid, "vsecm-client", &env, &["fetch", "-json"]);
+        let want = &fetches[*w];
+        match (want, out.status.code()) {
+            (Value::Null, Some(3)) => {}
+            (Value::Null, _) => differences.push(format!("{w}: no secret in VSecM; from Aegis: {}", stdout(&out))),
+            (want, Some(0)) => {
+                let got: Value = serde_json::from_str(&stdout(&out)).unwrap();
+                for field in ["data", "created", "updated"] {
+                    let want = deliberate(w, field).unwrap_or(want[field].as_str().unwrap());
+                    if got[field].as_str() != Some(want) {
+                        differences.push(format!("{w}.{field}: want {want:?}, Aegis {:?}", got[field]));
+                    }
+                }
+            }
+            (_, code) => differences.push(format!("{w}: sentry.Fetch() exited {code:?}: {}", stderr(&out))),
+        }
+    }
+    assert!(differences.is_empty(), "VSecM's SDK fetches differently from Aegis:\n{}", differences.join("\n"));
 }
