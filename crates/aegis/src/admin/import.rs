@@ -22,6 +22,7 @@ use aegis_core::SecretName;
 use aegis_crypto::{CryptoError, RootKey};
 use aegis_sdk::{Client, ClientError};
 use clap::{Args, Subcommand};
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::connect::client;
@@ -32,6 +33,8 @@ use crate::output::{print_json, Output};
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Default cap on the number of `.age` files in the directory.
 pub const DEFAULT_MAX_SECRETS: usize = 10_000;
+/// Secrets compared and written at the same time.
+const IN_FLIGHT: usize = 16;
 /// Cap on a root key file (the key is three short lines).
 const MAX_ROOT_KEY_FILE_BYTES: u64 = 4096;
 
@@ -356,22 +359,29 @@ async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
     }
     let c = client().await?;
     let mut fatal = None;
-    for r in &records {
-        match sync_one(&c, r, a.dry_run).await {
+    // A few writes in flight let the Safe commit them in groups (one fsync for many).
+    let mut results = futures::stream::iter(&records)
+        .map(|r| async { (r.name.as_str(), sync_one(&c, r, a.dry_run).await) })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some((name, result)) = results.next().await {
+        match result {
             Ok(line) => lines.push(line),
+            // An error that is not about one secret (Safe out of reach, sealed, refusing
+            // the caller) stops the run; importing again finishes it.
             Err(e) => {
-                fatal = Some((r.name.clone(), e));
+                fatal = Some((name.to_owned(), e));
                 break;
             }
         }
     }
+    drop(results);
     lines.sort_by(|x, y| x.name.cmp(&y.name));
     let report = Report { dry_run: a.dry_run, secrets: lines };
     print(&report, a.output)?;
     if let Some((name, e)) = fatal {
         let mut err = CliError::from(e);
         err.message = format!(
-            "stopped at '{name}': {}; the secrets listed above were handled, run the import again to finish",
+            "stopped at '{name}': {}; the secrets listed above were handled (a few more may have been); run the import again to finish",
             err.message
         );
         return Err(err);
