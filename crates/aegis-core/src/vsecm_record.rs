@@ -85,9 +85,10 @@ impl VsecmRecord {
         }
     }
 
-    /// The template, `None` when empty.
+    /// The template, trimmed (as VSecM runs it); `None` when blank.
     pub fn template(&self) -> Option<&str> {
-        (!self.meta.template.is_empty()).then_some(self.meta.template.as_str())
+        let t = self.meta.template.trim();
+        (!t.is_empty()).then_some(t)
     }
 
     /// The format, `None` when empty (VSecM's default).

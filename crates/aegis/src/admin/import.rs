@@ -247,7 +247,7 @@ fn same(r: &VsecmRecord, cur: &SecretRead) -> bool {
     let expires = if r.expires_text() == "never" { rfc3339(never()) } else { rfc3339(r.expires_after) };
     cur.value == r.value
         && i.namespaces == r.namespaces()
-        && i.template.as_deref().map(str::trim) == r.template().map(str::trim)
+        && i.template.as_deref().map(str::trim) == r.template()
         && i.format == Format::parse_lenient(&r.meta.format).as_str()
         && i.not_before == rfc3339(r.not_before)
         && i.expires_after == expires
