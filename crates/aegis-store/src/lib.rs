@@ -11,13 +11,17 @@
 
 mod backend;
 mod dir;
+mod entry;
 mod error;
+mod shared;
 mod store;
 mod ticket;
 mod writer;
 
 pub use backend::{Backend, GroupError, Unreadable};
 pub use dir::DirBackend;
+pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined};
 pub use error::StoreError;
-pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Store, StoreOptions};
+pub use shared::StoreOptions;
+pub use store::Store;
 pub use ticket::Ticket;

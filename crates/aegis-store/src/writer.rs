@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::store::{Data, Entry, LoadReport, Mutation, Quarantined, Shared};
+use crate::entry::{Data, Entry, LoadReport, Mutation, Quarantined};
+use crate::shared::Shared;
 use crate::{Backend, StoreError, Ticket};
 use aegis_core::transform::Budget;
 
