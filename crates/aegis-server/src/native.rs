@@ -25,7 +25,6 @@ use crate::error::ApiError;
 use crate::extract;
 use crate::path::Segments;
 use crate::state::AppState;
-use crate::vsecm::deliverable;
 
 type St = State<Arc<AppState>>;
 type Who = Extension<Arc<Caller>>;
@@ -204,7 +203,7 @@ pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Jso
 /// 500 when its stored template is over the template budget.
 pub fn workload_view(store: &Store, name: &SecretName) -> Result<(u64, Option<WorkloadSecret>), ApiError> {
     let Some(e) = store.get(name) else { return Ok((0, None)) };
-    let secret = deliverable(&e, OffsetDateTime::now_utc())?.map(|data| WorkloadSecret {
+    let secret = e.deliverable(OffsetDateTime::now_utc())?.map(|data| WorkloadSecret {
         name: name.to_string(),
         version: e.doc.current,
         revision: e.doc.revision,

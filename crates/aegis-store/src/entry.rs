@@ -2,6 +2,7 @@
 
 use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue};
 use aegis_core::transform::{Budget, TemplateError};
+use time::OffsetDateTime;
 
 /// What a workload receives, computed once per write (or load).
 #[derive(Debug, Clone)]
@@ -70,6 +71,21 @@ impl Entry {
         }
     }
 
+    /// What a workload may receive `now`: the transformed value if the
+    /// secret is live and `now` is inside its validity window; nothing
+    /// otherwise; an error when its stored template is over the template
+    /// budget (the workload never gets the raw value in its place).
+    pub fn deliverable(&self, now: OffsetDateTime) -> Result<Option<&SecretValue>, Undeliverable> {
+        let Some((v, _)) = self.doc.live() else { return Ok(None) };
+        if !v.meta.valid_at(now) {
+            return Ok(None);
+        }
+        if let Some(why) = self.transform_error() {
+            return Err(Undeliverable { name: self.doc.name.to_string(), reason: why.to_owned() });
+        }
+        Ok(self.workload_value())
+    }
+
     /// Why the live version's transformation failed (over the template
     /// budget), if it did; such a secret is served as an error.
     pub fn transform_error(&self) -> Option<&str> {
@@ -129,4 +145,60 @@ pub struct LoadReport {
     /// Secrets loaded whose transformation is over the template budget; they
     /// are served as errors.
     pub transform_failures: usize,
+}
+
+/// A live secret that cannot be delivered: its stored template is over the
+/// template budget. Names the secret and the bound, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the stored template of secret '{name}' cannot be rendered: {reason}; an admin must write the secret again \
+     with a template within the budget"
+)]
+pub struct Undeliverable {
+    /// The secret.
+    pub name: String,
+    /// The bound it is over.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aegis_core::secret::SecretDoc;
+    use aegis_core::SecretName;
+    use time::Duration;
+
+    fn entry(meta: SecretMeta, template_budget: &Budget) -> Entry {
+        let now = OffsetDateTime::now_utc();
+        let mut doc = SecretDoc::empty(SecretName::parse("billing").unwrap(), now);
+        doc.put(SecretValue::new(r#"{"a":"b"}"#), meta, None, now, 10).unwrap();
+        Entry::new(doc, None, template_budget)
+    }
+
+    #[test]
+    fn a_workload_gets_the_value_only_inside_its_window() {
+        let now = OffsetDateTime::now_utc();
+        let hour = Duration::hours(1);
+        let mut meta = SecretMeta::defaults(now - hour);
+        let open = entry(meta.clone(), &Budget::default());
+        assert_eq!(open.deliverable(now).unwrap().map(SecretValue::expose), Some(r#"{"a":"b"}"#));
+        assert_eq!(open.deliverable(now - 2 * hour).unwrap(), None, "before notBefore");
+        meta.expires_after = now - Duration::seconds(1);
+        assert_eq!(entry(meta, &Budget::default()).deliverable(now).unwrap(), None, "after expiry");
+        let mut deleted = open;
+        deleted.doc.soft_delete(now).unwrap();
+        assert_eq!(deleted.deliverable(now).unwrap(), None, "deleted");
+    }
+
+    #[test]
+    fn a_template_over_the_budget_is_an_error_never_the_raw_value() {
+        let now = OffsetDateTime::now_utc();
+        let mut meta = SecretMeta::defaults(now);
+        meta.template = Some("{{.a}}{{.a}}{{.a}}".to_owned());
+        let tiny = Budget { max_output_bytes: 2, ..Budget::default() };
+        let e = entry(meta, &tiny).deliverable(now).unwrap_err();
+        assert_eq!(e.name, "billing");
+        assert!(e.to_string().contains("cannot be rendered") && !e.to_string().contains("\"a\""), "{e}");
+    }
 }

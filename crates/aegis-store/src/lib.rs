@@ -20,7 +20,7 @@ mod writer;
 
 pub use backend::{Backend, GroupError, Unreadable};
 pub use dir::DirBackend;
-pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined};
+pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};
 pub use error::StoreError;
 pub use shared::StoreOptions;
 pub use store::Store;
