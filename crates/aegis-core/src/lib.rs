@@ -19,6 +19,6 @@ pub mod timefmt;
 pub mod transform;
 
 pub use error::InvalidInput;
-pub use name::{SecretKind, SecretName, WorkloadName, KEYSTONE};
+pub use name::{Namespace, SecretKind, SecretName, WorkloadName, KEYSTONE};
 pub use sentinel::SentinelAction;
 pub use spiffe::SpiffeId;

@@ -8,6 +8,7 @@ use aegis_core::api::{
 };
 use aegis_core::secret::SecretDoc;
 use aegis_core::timefmt::rfc3339;
+use aegis_core::transform::Format;
 use aegis_core::SecretName;
 use aegis_crypto::{Keyring, RootKey};
 use aegis_store::{Entry, Mutation, Store};
@@ -73,18 +74,14 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
     if req.value.is_empty() {
         return Err(ApiError::bad_request("the secret value is empty; provide a value"));
     }
+    let format = req.format.as_deref().map(Format::parse_strict).transpose()?;
     let meta = extract::meta(
         req.namespaces.as_deref(),
         req.template.as_deref(),
-        req.format.as_deref(),
+        format,
         req.not_before.as_deref(),
         req.expires_after.as_deref(),
     )?;
-    if let Some(f) = req.format.as_deref() {
-        if !matches!(f.to_ascii_lowercase().as_str(), "json" | "yaml" | "raw") {
-            return Err(ApiError::bad_request(format!("unknown format '{}': use json, yaml or raw", f.escape_debug())));
-        }
-    }
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
     let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view }).await?;
     s.metrics.secrets.set(store.len() as i64);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use aegis_core::api::{Keystone, VsecmDelete, VsecmKeys, VsecmList, VsecmListItem, VsecmUpsert};
 use aegis_core::secret::SecretValue;
 use aegis_core::timefmt::rfc3339;
+use aegis_core::transform::Format;
 use aegis_core::{SecretName, KEYSTONE};
 use aegis_crypto::{Keyring, RootKey};
 use aegis_store::{Mutation, StoreError};
@@ -132,7 +133,7 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let meta = extract::meta(
         req.namespaces.as_deref(),
         Some(&req.template),
-        Some(&req.format),
+        Some(Format::parse_lenient(&req.format)),
         Some(&req.not_before),
         Some(&req.expires),
     )?;
