@@ -28,9 +28,8 @@
 //! set the flag, `false`, `no` or `0` leave it unset (any case), anything else
 //! is an error. Error messages never repeat a value.
 
-use std::fmt;
-
-use zeroize::Zeroize;
+use crate::secret::SecretValue;
+use crate::sentinel::SentinelAction;
 
 /// One thing the Sentinel does, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,60 +45,15 @@ pub enum Step {
     },
 }
 
-/// One block of the file: the equivalent of one `safe` command.
-///
-/// `Debug` never shows `secret` or `input_keys`, and both are zeroized when
-/// the command is dropped.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// One block of the file: the equivalent of one `safe` command, and where it
+/// starts. `Debug` never shows the secret or the root key input (they are
+/// [`SecretValue`]s).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Command {
     /// The line where the block starts (1-based).
     pub line: usize,
-    /// `w`: workload (secret) names.
-    pub workloads: Vec<String>,
-    /// `n`: namespaces.
-    pub namespaces: Vec<String>,
-    /// `s`: the secret value, possibly `gen:...`.
-    pub secret: Option<String>,
-    /// `t`: the template.
-    pub template: Option<String>,
-    /// `f`: the format, as written.
-    pub format: Option<String>,
-    /// `e`: the value is (or should become) a ciphertext.
-    pub encrypt: bool,
-    /// `d`: delete the secrets of `workloads`.
-    pub delete: bool,
-    /// `i`: root key parts to hand to the Safe.
-    pub input_keys: Option<String>,
-    /// `N`: not before (`now` or RFC 3339), as written.
-    pub not_before: Option<String>,
-    /// `E`: expires (`never` or RFC 3339), as written.
-    pub expires: Option<String>,
-}
-
-impl fmt::Debug for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
-        f.debug_struct("Command")
-            .field("line", &self.line)
-            .field("workloads", &self.workloads)
-            .field("namespaces", &self.namespaces)
-            .field("secret", &redacted(&self.secret))
-            .field("template", &self.template)
-            .field("format", &self.format)
-            .field("encrypt", &self.encrypt)
-            .field("delete", &self.delete)
-            .field("input_keys", &redacted(&self.input_keys))
-            .field("not_before", &self.not_before)
-            .field("expires", &self.expires)
-            .finish()
-    }
-}
-
-impl Drop for Command {
-    fn drop(&mut self) {
-        self.secret.zeroize();
-        self.input_keys.zeroize();
-    }
+    /// What the block asks of the Safe.
+    pub action: SentinelAction,
 }
 
 /// A line the parser cannot accept. Line numbers count from 1; no message
@@ -204,13 +158,8 @@ impl Block {
         if self.sleep.is_some() {
             return Err(InitCmdError::SleepNotAlone { line });
         }
-        // No struct update syntax: Command implements Drop.
-        let command = self.command.get_or_insert_with(|| {
-            let mut command = Command::default();
-            command.line = line;
-            command
-        });
-        set_field(command, line, key, value)
+        let command = self.command.get_or_insert_with(|| Command { line, action: SentinelAction::default() });
+        set_field(&mut command.action, line, key, value)
     }
 
     fn set_sleep(&mut self, line: usize, value: &str) -> Result<(), InitCmdError> {
@@ -229,18 +178,18 @@ fn known_key(key: &str) -> Option<&'static str> {
     KEYS.into_iter().find(|k| *k == key)
 }
 
-fn set_field(command: &mut Command, line: usize, key: &'static str, value: &str) -> Result<(), InitCmdError> {
+fn set_field(action: &mut SentinelAction, line: usize, key: &'static str, value: &str) -> Result<(), InitCmdError> {
     match key {
-        "w" => command.workloads = list(value),
-        "n" => command.namespaces = list(value),
-        "s" => command.secret = Some(value.to_owned()),
-        "t" => command.template = Some(value.to_owned()),
-        "i" => command.input_keys = Some(value.to_owned()),
-        "f" => command.format = Some(value.trim().to_owned()),
-        "N" => command.not_before = Some(value.trim().to_owned()),
-        "E" => command.expires = Some(value.trim().to_owned()),
-        "e" => command.encrypt = flag(value).ok_or(InitCmdError::BadFlag { line, key })?,
-        "d" => command.delete = flag(value).ok_or(InitCmdError::BadFlag { line, key })?,
+        "w" => action.workloads = list(value),
+        "n" => action.namespaces = list(value),
+        "s" => action.secret = Some(SecretValue::new(value)),
+        "t" => action.template = Some(value.to_owned()),
+        "i" => action.input_keys = Some(SecretValue::new(value)),
+        "f" => action.format = Some(value.trim().to_owned()),
+        "N" => action.not_before = Some(value.trim().to_owned()),
+        "E" => action.expires = Some(value.trim().to_owned()),
+        "e" => action.encrypt = flag(value).ok_or(InitCmdError::BadFlag { line, key })?,
+        "d" => action.delete = flag(value).ok_or(InitCmdError::BadFlag { line, key })?,
         _ => return Err(InitCmdError::UnknownKey { line, key: key.to_owned() }),
     }
     Ok(())
@@ -278,26 +227,27 @@ exit
 "#;
 
     fn command(line: usize, workloads: &[&str], secret: &str) -> Command {
-        let mut c = Command::default();
-        c.line = line;
-        c.workloads = workloads.iter().map(|w| w.to_string()).collect();
-        c.secret = Some(secret.to_owned());
-        c
+        let workloads = workloads.iter().map(|w| w.to_string()).collect();
+        Command { line, action: SentinelAction::write(workloads, SecretValue::new(secret)) }
     }
 
-    fn apply(steps: &[Step], i: usize) -> &Command {
+    fn apply(steps: &[Step], i: usize) -> &SentinelAction {
         match &steps[i] {
-            Step::Apply(c) => c,
+            Step::Apply(c) => &c.action,
             other => panic!("step {i} is {other:?}"),
         }
+    }
+
+    fn shown(v: &Option<SecretValue>) -> Option<&str> {
+        v.as_ref().map(SecretValue::expose)
     }
 
     #[test]
     fn example_file_parses_into_its_steps() {
         let mut first =
             command(1, &["k8s:db-credentials"], r#"gen:{"username":"admin-[a-z0-9]{6}","password":"[a-zA-Z0-9]{12}"}"#);
-        first.namespaces = vec!["payments".into(), "billing".into()];
-        first.template = Some(r#"{"DB_USER":"{{.username}}","DB_PASS":"{{.password}}"}"#.into());
+        first.action.namespaces = vec!["payments".into(), "billing".into()];
+        first.action.template = Some(r#"{"DB_USER":"{{.username}}","DB_PASS":"{{.password}}"}"#.into());
         let want = vec![
             Step::Apply(first),
             Step::Sleep { ms: 5000, line: 6 },
@@ -310,7 +260,7 @@ exit
     fn last_block_without_closing_dashes_is_run() {
         let steps = parse("w:a\ns:one\n--\nw:b\ns:two\n").unwrap();
         assert_eq!(steps.len(), 2);
-        assert_eq!(apply(&steps, 1), &command(4, &["b"], "two"));
+        assert_eq!(steps[1], Step::Apply(command(4, &["b"], "two")));
         let steps = parse("sleep:10").unwrap();
         assert_eq!(steps, vec![Step::Sleep { ms: 10, line: 1 }]);
     }
@@ -342,7 +292,7 @@ exit
         let steps = parse("w:k8s:name\ns:{\"a\":\"b:c\"}\nt:x:{{.a}}:y").unwrap();
         let c = apply(&steps, 0);
         assert_eq!(c.workloads, vec!["k8s:name"]);
-        assert_eq!(c.secret.as_deref(), Some("{\"a\":\"b:c\"}"));
+        assert_eq!(shown(&c.secret), Some("{\"a\":\"b:c\"}"));
         assert_eq!(c.template.as_deref(), Some("x:{{.a}}:y"));
     }
 
@@ -361,14 +311,15 @@ exit
         let text =
             "w:a\nn:ns\ns: padded \nt:tmpl\nf: yaml \ne:\nd:true\ni:AGE-SECRET-KEY-1X\nN: now \nE:2030-01-01T00:00:00Z";
         let steps = parse(text).unwrap();
+        let Step::Apply(Command { line, .. }) = &steps[0] else { panic!("{steps:?}") };
+        assert_eq!(*line, 1);
         let c = apply(&steps, 0);
-        assert_eq!(c.line, 1);
         assert_eq!(c.namespaces, vec!["ns"]);
-        assert_eq!(c.secret.as_deref(), Some(" padded"));
+        assert_eq!(shown(&c.secret), Some(" padded"));
         assert_eq!(c.template.as_deref(), Some("tmpl"));
         assert_eq!(c.format.as_deref(), Some("yaml"));
         assert!(c.encrypt && c.delete);
-        assert_eq!(c.input_keys.as_deref(), Some("AGE-SECRET-KEY-1X"));
+        assert_eq!(shown(&c.input_keys), Some("AGE-SECRET-KEY-1X"));
         assert_eq!(c.not_before.as_deref(), Some("now"));
         assert_eq!(c.expires.as_deref(), Some("2030-01-01T00:00:00Z"));
     }
@@ -426,7 +377,7 @@ exit
         for shown in [format!("{steps:?}"), format!("{:#?}", apply(&steps, 0))] {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(!shown.contains("AGE-SECRET-KEY"), "{shown}");
-            assert!(shown.contains("<redacted>"), "{shown}");
+            assert!(shown.contains("<redacted"), "{shown}");
         }
         let none = format!("{:?}", Command::default());
         assert!(none.contains("secret: None"), "{none}");

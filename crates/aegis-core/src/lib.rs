@@ -13,11 +13,13 @@ pub mod initcmd;
 pub mod name;
 pub mod roles;
 pub mod secret;
+pub mod sentinel;
 pub mod spiffe;
 pub mod timefmt;
 pub mod transform;
 pub mod vsecm_record;
 
 pub use error::InvalidInput;
-pub use name::{SecretKind, SecretName, WorkloadName, KEYSTONE};
+pub use name::{Namespace, SecretKind, SecretName, WorkloadName, KEYSTONE};
+pub use sentinel::SentinelAction;
 pub use spiffe::SpiffeId;

@@ -228,6 +228,56 @@ impl fmt::Debug for WorkloadName {
     }
 }
 
+/// A Kubernetes namespace name (an RFC 1123 label): 1 to 63 lower-case
+/// ASCII letters, digits or `-`, not starting or ending with `-`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Parses a namespace name; never trims.
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidInput::new(
+                "namespace",
+                format!(
+                    "'{}': use 1 to 63 lower-case letters, digits or '-', not starting or ending with '-'",
+                    s.escape_debug()
+                ),
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Namespace> for String {
+    fn from(n: Namespace) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({:?})", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +370,17 @@ mod tests {
             if SecretName::parse(&s).is_ok() {
                 assert!(SecretName::parse_stored(&s).is_ok(), "{s:?}");
             }
+        }
+    }
+
+    #[test]
+    fn namespaces_are_rfc1123_labels() {
+        for ok in ["default", "vsecm-system", "a", "0", &"n".repeat(63)] {
+            assert_eq!(Namespace::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "Bad", "a b", "-a", "a-", "a.b", "a_b", " default", &"n".repeat(64)] {
+            let e = Namespace::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid namespace") && e.contains("1 to 63"), "{e}");
         }
     }
 }

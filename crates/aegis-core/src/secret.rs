@@ -84,6 +84,12 @@ impl SecretMeta {
             expires_after: crate::timefmt::never(),
         }
     }
+
+    /// Whether `now` is inside the validity window (`not_before` to
+    /// `expires_after`, both included): outside it, workloads get nothing.
+    pub fn valid_at(&self, now: OffsetDateTime) -> bool {
+        self.not_before <= now && now <= self.expires_after
+    }
 }
 
 /// One stored version of a secret.

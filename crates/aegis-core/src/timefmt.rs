@@ -33,6 +33,31 @@ pub fn parse_time(field: &'static str, s: &str, now: OffsetDateTime) -> Result<O
     }
 }
 
+/// When a secret may be delivered: from `not_before` to `expires_after`,
+/// the end strictly later than the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidityWindow {
+    /// The first moment the secret is delivered.
+    pub not_before: OffsetDateTime,
+    /// The last moment the secret is delivered.
+    pub expires_after: OffsetDateTime,
+}
+
+impl ValidityWindow {
+    /// Parses `notBefore` (`now` when empty) and `expires` (`never` when
+    /// empty) as VSecM writes them; refuses a window that ends before it
+    /// starts, or ends at `now` (a secret expired as it is written).
+    pub fn parse(not_before: &str, expires: &str, now: OffsetDateTime) -> Result<Self, InvalidInput> {
+        let or = |s: &str, default| if s.trim().is_empty() { default } else { s.trim() }.to_owned();
+        let not_before = parse_time("notBefore", &or(not_before, "now"), now)?;
+        let expires_after = parse_time("expires", &or(expires, "never"), now)?;
+        if expires_after <= not_before {
+            return Err(InvalidInput::new("validity window", "expires must be later than notBefore"));
+        }
+        Ok(Self { not_before, expires_after })
+    }
+}
+
 /// Serde helpers storing times as Unix nanoseconds (compact, lossless).
 pub mod unix_nanos {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -64,5 +89,18 @@ mod tests {
         assert_eq!(rfc3339(t), "2030-01-31T12:00:00Z");
         let e = parse_time("nbf", "tomorrow", now).unwrap_err().to_string();
         assert!(e.contains("nbf") && e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn a_window_is_parsed_once_and_never_ends_before_it_starts() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let w = ValidityWindow::parse("", " ", now).unwrap();
+        assert_eq!((w.not_before, w.expires_after), (now, never()));
+        let w = ValidityWindow::parse("2030-01-01T00:00:00Z", "never", now).unwrap();
+        assert_eq!(rfc3339(w.not_before), "2030-01-01T00:00:00Z");
+        let e = ValidityWindow::parse("now", "1969-12-31T00:00:00Z", now).unwrap_err().to_string();
+        assert!(e.contains("expires must be later than notBefore"), "{e}");
+        let e = ValidityWindow::parse("now", "tomorrow", now).unwrap_err().to_string();
+        assert!(e.contains("expires") && e.contains("RFC 3339"), "{e}");
     }
 }

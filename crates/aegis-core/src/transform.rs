@@ -7,12 +7,15 @@
 //!    a JSON object, the template runs with that object as `.`; if parsing or
 //!    running it fails, the trimmed value is kept.
 //! 2. Fields the template could not fill come out as `<no value>` (Go's text
-//!    for a missing map key, which `gtmpl` reproduces) and are dropped: from
-//!    a JSON object result, the members whose value is `<no value>`; from any
-//!    other text, the comma-separated `key:<no value>` segments.
+//!    for a missing map key, which `gtmpl` reproduces). As in VSecM, the
+//!    output is split at commas and the `key:<no value>` segments (the text
+//!    after the first colon is exactly `<no value>`) are dropped; a quoted
+//!    `"<no value>"`, as in a JSON template, is kept, so `{"USER":"{{.u}}"}`
+//!    without `u` delivers `{"USER":"<no value>"}` exactly as VSecM does.
 //! 3. `json`: the result if it is a JSON object, else the trimmed value.
 //!    `yaml`: a JSON object result becomes YAML as Go's `gopkg.in/yaml.v3`
-//!    writes it, anything else is returned as is. `raw`: the result as is.
+//!    writes it (ending with its line break), anything else is returned as
+//!    is. `raw`: the result as is.
 //!
 //! Where Aegis differs from VSecM on purpose (each is a VSecM bug that no
 //! client can depend on):
@@ -24,8 +27,6 @@
 //! - VSecM drops every comma-separated segment of the template output that
 //!   has no colon, so a template such as `{{.password}}` yields an empty
 //!   string; Aegis keeps such segments.
-//! - The YAML document does not end with the line break yaml.v3 adds after
-//!   the last line; line breaks that belong to a value are kept.
 //!
 //! Templates run on `gtmpl`, a Rust port of Go's `text/template`. It differs
 //! from Go in places (its `printf` follows Rust's formatting; arrays and maps
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn known_yaml_without_template() {
-        assert_eq!(tf(CREDS, None, Format::Yaml), "password: VSecMRocks!\nusername: admin");
+        assert_eq!(tf(CREDS, None, Format::Yaml), "password: VSecMRocks!\nusername: admin\n");
     }
 
     #[test]
@@ -124,14 +125,14 @@ mod tests {
 
     #[test]
     fn known_yaml_with_template() {
-        assert_eq!(tf(CREDS, Some(TEMPLATE), Format::Yaml), "PWD: VSecMRocks!\nUSR: admin");
+        assert_eq!(tf(CREDS, Some(TEMPLATE), Format::Yaml), "PWD: VSecMRocks!\nUSR: admin\n");
     }
 
     #[test]
     fn known_yaml_quotes_leading_star() {
         let value = r#"{"username": "*root*", "password": "*CasHC0w*"}"#;
         let template = r#"{"USERNAME":"{{.username}}", "PASSWORD":"{{.password}}"}"#;
-        assert_eq!(tf(value, Some(template), Format::Yaml), "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'");
+        assert_eq!(tf(value, Some(template), Format::Yaml), "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'\n");
     }
 
     #[test]

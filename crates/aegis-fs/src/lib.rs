@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// One step of an atomic write failed.
 #[derive(Debug)]
 pub struct WriteError {
+    /// The step, as a verb phrase that reads "cannot {action} {path}":
+    /// `create and write`, `rename a temporary file onto` or `flush the directory`.
+    pub action: &'static str,
     /// The file the step was about: the temporary file (creating, writing,
     /// fsyncing it), the target (the rename) or the directory (its fsync).
     pub path: PathBuf,
@@ -46,29 +49,50 @@ impl std::error::Error for WriteError {
 /// write, fsync, rename it over `path`, fsync the directory. On failure the
 /// temporary file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
-    let tmp = temp_path(path);
-    write_new(&tmp, &[bytes], mode).map_err(|source| WriteError { path: tmp.clone(), source })?;
+    let tmp = write_temp(path, bytes, mode)?;
     if let Err(source) = fs::rename(&tmp, path) {
         // Best effort: a leftover temp file is harmless but untidy.
         let _ = fs::remove_file(&tmp);
-        return Err(WriteError { path: path.to_owned(), source });
+        return Err(WriteError { action: "rename a temporary file onto", path: path.to_owned(), source });
     }
     let dir = parent_dir(path);
-    sync_dir(dir).map_err(|source| WriteError { path: dir.to_owned(), source })
+    sync_dir(dir).map_err(|source| WriteError { action: "flush the directory", path: dir.to_owned(), source })
+}
+
+/// Most temporary names tried for one write: a name can be taken by a file
+/// left behind by a crashed process that had the same process ID (in a
+/// container, the same command often runs as the same PID after a restart).
+const TEMP_ATTEMPTS: usize = 16;
+
+/// Writes `bytes` to a new temporary file next to `path`; returns its name.
+fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, WriteError> {
+    let mut attempt = 0;
+    loop {
+        let tmp = temp_path(path);
+        match write_new(&tmp, &[bytes], mode) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < TEMP_ATTEMPTS => attempt += 1,
+            Err(source) => return Err(WriteError { action: "create and write", path: tmp, source }),
+        }
+    }
 }
 
 /// Creates `tmp`, which must not exist yet, with permission bits `mode` (on
-/// Unix), writes `parts` one after the other and fsyncs it. On failure the
-/// file is removed.
+/// Unix: exactly `mode`, whatever the process's umask), writes `parts` one
+/// after the other and fsyncs it. On failure a file it created is removed.
 pub fn write_new(tmp: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    // An existing file is not ours to remove.
+    let mut file = options.open(tmp)?;
     let result = (|| {
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
+        // The umask may have cleared bits `mode` asks for (0640 under umask 077).
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         #[cfg(not(unix))]
         let _ = mode;
-        let mut file = options.open(tmp)?;
         for part in parts {
             file.write_all(part)?;
         }
@@ -96,19 +120,29 @@ pub fn parent_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// Most bytes of the target's name kept in a temporary name, so that the
+/// temporary name stays within the 255 bytes a file name may have.
+const TEMP_NAME_KEEP: usize = 200;
+
 /// A temporary file name next to `path`, unique within this process and
-/// hidden: `.<name>.<pid>.<n>.tmp`.
+/// hidden: `.<name>.<pid>.<n>.tmp`, `<name>` cut to [`TEMP_NAME_KEEP`] bytes.
 fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    let mut keep = name.len().min(TEMP_NAME_KEEP);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    path.with_file_name(format!(".{}.{}.{n}.tmp", &name[..keep], std::process::id()))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use nix::sys::stat::{umask, Mode};
 
     #[cfg(unix)]
     fn mode_of(path: &Path) -> u32 {
@@ -154,6 +188,46 @@ mod tests {
         let err = write_new(&tmp, &[b"x"], 0o600).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         sync_dir(dir.path()).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_mode_is_exact_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared");
+        // The umask is process-wide; every write here sets its mode exactly,
+        // so the other tests of this crate do not mind it meanwhile.
+        let old = umask(Mode::from_bits_truncate(0o077));
+        let written = write_atomic(&path, b"x", 0o640);
+        umask(old);
+        written.unwrap();
+        assert_eq!(mode_of(&path), 0o640);
+    }
+
+    #[test]
+    fn a_long_name_gets_a_temporary_name_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k".repeat(255));
+        write_atomic(&path, b"long", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"long");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_stepped_over_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        // The names this process would try next, as a crashed twin would leave them.
+        let next = temp_path(&path);
+        let n: u64 = next.to_string_lossy().rsplit('.').nth(1).unwrap().parse().unwrap();
+        let pid = std::process::id();
+        // Other tests running meanwhile take a few numbers too: cover ten.
+        for i in 1..=10 {
+            fs::write(dir.path().join(format!(".k.{pid}.{}.tmp", n + i)), b"stale").unwrap();
+        }
+        write_atomic(&path, b"fresh", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"fresh");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 11, "the stale files are not ours to remove");
     }
 
     #[test]

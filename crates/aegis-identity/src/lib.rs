@@ -31,7 +31,8 @@ pub use aegis_core::SpiffeId;
 pub use error::IdentityError;
 pub use file_source::{FileSource, SvidPaths};
 pub use material::SvidMaterial;
-pub use tls::{client_config, server_config, AuthorizeServer};
+pub use tls::{client_config, server_config};
+pub use verify::AuthorizeServer;
 pub use workload_api::WorkloadApiSource;
 pub use x509::{peer_not_after, peer_spiffe_id};
 

@@ -6,18 +6,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use aegis_core::SpiffeId;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme, SupportedProtocolVersion};
 
-use crate::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
+use crate::verify::{AuthorizeServer, SpiffeClientVerifier, SpiffeServerVerifier};
 use crate::{IdentityError, IdentitySource};
-
-/// A predicate on the server's SPIFFE ID, supplied by the client.
-pub type AuthorizeServer = Arc<dyn Fn(&SpiffeId) -> bool + Send + Sync>;
 
 const VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 

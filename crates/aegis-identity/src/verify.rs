@@ -15,8 +15,10 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherEr
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::debug;
 
-use crate::tls::AuthorizeServer;
 use crate::{peer_spiffe_id, IdentityError, IdentitySource, SvidMaterial};
+
+/// A predicate on the server's SPIFFE ID, supplied by the client.
+pub type AuthorizeServer = Arc<dyn Fn(&SpiffeId) -> bool + Send + Sync>;
 
 type Bundle = Arc<[CertificateDer<'static>]>;
 

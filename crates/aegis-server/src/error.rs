@@ -5,7 +5,7 @@
 
 use aegis_core::api::ErrorBody;
 use aegis_core::secret::OpError;
-use aegis_store::StoreError;
+use aegis_store::{StoreError, Undeliverable};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -81,6 +81,12 @@ impl ApiError {
 impl From<aegis_core::InvalidInput> for ApiError {
     fn from(e: aegis_core::InvalidInput) -> Self {
         Self::bad_request(e.to_string())
+    }
+}
+
+impl From<Undeliverable> for ApiError {
+    fn from(e: Undeliverable) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }
 }
 

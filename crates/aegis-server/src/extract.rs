@@ -7,9 +7,9 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use aegis_core::secret::{SecretMeta, SecretValue};
-use aegis_core::timefmt::parse_time;
+use aegis_core::timefmt::ValidityWindow;
 use aegis_core::transform::{Budget, Format};
-use aegis_core::SecretName;
+use aegis_core::{Namespace, SecretName};
 use aegis_store::Data;
 
 use crate::error::{json_error, ApiError};
@@ -74,48 +74,25 @@ pub async fn view(value: &SecretValue, meta: &SecretMeta, budget: Budget) -> Res
     .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// Validates a Kubernetes namespace name (an RFC 1123 label).
-fn namespace(ns: &str) -> Result<String, ApiError> {
-    let ok = !ns.is_empty()
-        && ns.len() <= 63
-        && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !ns.starts_with('-')
-        && !ns.ends_with('-');
-    if ok {
-        Ok(ns.to_owned())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid namespace '{}': use 1 to 63 lower-case letters, digits or '-', not starting or ending with '-'",
-            ns.escape_debug()
-        )))
-    }
-}
-
-/// Builds delivery metadata from the optional fields both APIs accept.
+/// Builds delivery metadata from the optional fields both APIs accept, each
+/// parsed once into its type (a namespace, a format, a validity window).
+/// Namespace items are trimmed, as before; times are `now`/`never`/RFC 3339.
 pub fn meta(
     namespaces: Option<&[String]>,
     template: Option<&str>,
-    format: Option<&str>,
+    format: Option<Format>,
     not_before: Option<&str>,
     expires: Option<&str>,
 ) -> Result<SecretMeta, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut m = SecretMeta::defaults(now);
     if let Some(list) = namespaces.filter(|l| !l.is_empty()) {
-        m.namespaces = list.iter().map(|n| namespace(n.trim())).collect::<Result<_, _>>()?;
+        m.namespaces = list.iter().map(|n| Namespace::parse(n.trim()).map(String::from)).collect::<Result<_, _>>()?;
     }
     m.template = template.map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
-    if let Some(f) = format {
-        m.format = Format::parse_lenient(f);
-    }
-    let given = |v: Option<&str>, default: &'static str| match v.map(str::trim) {
-        Some(s) if !s.is_empty() => s.to_owned(),
-        _ => default.to_owned(),
-    };
-    m.not_before = parse_time("notBefore", &given(not_before, "now"), now)?;
-    m.expires_after = parse_time("expires", &given(expires, "never"), now)?;
-    if m.expires_after <= m.not_before {
-        return Err(ApiError::bad_request("expires must be later than notBefore"));
-    }
+    m.format = format.unwrap_or_default();
+    let window = ValidityWindow::parse(not_before.unwrap_or(""), expires.unwrap_or(""), now)?;
+    m.not_before = window.not_before;
+    m.expires_after = window.expires_after;
     Ok(m)
 }

@@ -8,6 +8,7 @@ use aegis_core::api::{
 };
 use aegis_core::secret::SecretDoc;
 use aegis_core::timefmt::rfc3339;
+use aegis_core::transform::Format;
 use aegis_core::SecretName;
 use aegis_crypto::{Keyring, RootKey};
 use aegis_store::{Entry, Mutation, Stamps, Store};
@@ -26,7 +27,6 @@ use crate::error::ApiError;
 use crate::extract;
 use crate::path::Segments;
 use crate::state::AppState;
-use crate::vsecm::deliverable;
 
 type St = State<Arc<AppState>>;
 type Who = Extension<Arc<Caller>>;
@@ -95,18 +95,14 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
     if req.value.is_empty() {
         return Err(ApiError::bad_request("the secret value is empty; provide a value"));
     }
+    let format = req.format.as_deref().map(Format::parse_strict).transpose()?;
     let meta = extract::meta(
         req.namespaces.as_deref(),
         req.template.as_deref(),
-        req.format.as_deref(),
+        format,
         req.not_before.as_deref(),
         req.expires_after.as_deref(),
     )?;
-    if let Some(f) = req.format.as_deref() {
-        if !matches!(f.to_ascii_lowercase().as_str(), "json" | "yaml" | "raw") {
-            return Err(ApiError::bad_request(format!("unknown format '{}': use json, yaml or raw", f.escape_debug())));
-        }
-    }
     let stamps = stamps(req.created.as_deref(), req.updated.as_deref())?;
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
     let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view, stamps }).await?;
@@ -226,7 +222,7 @@ pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Jso
 /// 500 when its stored template is over the template budget.
 pub fn workload_view(store: &Store, name: &SecretName) -> Result<(u64, Option<WorkloadSecret>), ApiError> {
     let Some(e) = store.get(name) else { return Ok((0, None)) };
-    let secret = deliverable(&e, OffsetDateTime::now_utc())?.map(|data| WorkloadSecret {
+    let secret = e.deliverable(OffsetDateTime::now_utc())?.map(|data| WorkloadSecret {
         name: name.to_string(),
         version: e.doc.current,
         revision: e.doc.revision,

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use aegis_core::api::{Keystone, VsecmDelete, VsecmKeys, VsecmList, VsecmListItem, VsecmUpsert};
 use aegis_core::secret::SecretValue;
 use aegis_core::timefmt::rfc3339;
+use aegis_core::transform::Format;
 use aegis_core::{SecretName, KEYSTONE};
 use aegis_crypto::{Keyring, RootKey};
-use aegis_store::{Entry, Mutation, StoreError};
+use aegis_store::{Mutation, StoreError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
@@ -24,27 +25,6 @@ use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
 type Who = Extension<Arc<Caller>>;
-
-/// The workload's value if the entry is live and inside its validity window
-/// now; a 500 when its stored template is over the template budget (the
-/// workload never gets the raw value in its place).
-pub fn deliverable(entry: &Entry, now: OffsetDateTime) -> Result<Option<&SecretValue>, ApiError> {
-    let Some((v, _)) = entry.doc.live() else { return Ok(None) };
-    if now < v.meta.not_before || now > v.meta.expires_after {
-        return Ok(None);
-    }
-    if let Some(why) = entry.transform_error() {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "the stored template of secret '{}' cannot be rendered: {why}; an admin must write the secret again \
-                 with a template within the budget",
-                entry.doc.name
-            ),
-        ));
-    }
-    Ok(entry.workload_value())
-}
 
 #[derive(Serialize)]
 struct FetchOut<'a> {
@@ -76,7 +56,7 @@ async fn fetch_inner(State(s): St, Extension(c): Who) -> Result<Response, ApiErr
     let Some(entry) = store.get(&secret) else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
-    let Some(value) = deliverable(&entry, OffsetDateTime::now_utc())? else {
+    let Some(value) = entry.deliverable(OffsetDateTime::now_utc())? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
     let out = FetchOut {
@@ -153,7 +133,7 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let meta = extract::meta(
         req.namespaces.as_deref(),
         Some(&req.template),
-        Some(&req.format),
+        Some(Format::parse_lenient(&req.format)),
         Some(&req.not_before),
         Some(&req.expires),
     )?;

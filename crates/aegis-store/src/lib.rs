@@ -11,13 +11,18 @@
 
 mod backend;
 mod dir;
+mod entry;
 mod error;
+mod shared;
 mod store;
 mod ticket;
 mod writer;
 
 pub use backend::{Backend, GroupError, Unreadable};
 pub use dir::DirBackend;
+pub use entry::Stamps;
+pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};
 pub use error::StoreError;
-pub use store::{Data, Entry, LoadReport, Mutation, Quarantined, Stamps, Store, StoreOptions};
+pub use shared::StoreOptions;
+pub use store::Store;
 pub use ticket::Ticket;

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::store::{Data, Entry, LoadReport, Mutation, Quarantined, Shared};
+use crate::entry::{Data, Entry, LoadReport, Mutation, Quarantined};
+use crate::shared::Shared;
 use crate::{Backend, StoreError, Ticket};
 use aegis_core::transform::Budget;
 
@@ -373,6 +374,19 @@ fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str, budget: &Bu
     Ok(Entry::new(doc, None, budget))
 }
 
+/// The error for a loader thread that died (a bug): names the records it held.
+fn loader_failed(part: &[String]) -> StoreError {
+    let (first, last) = (part.first().map_or("", String::as_str), part.last().map_or("", String::as_str));
+    StoreError::Io {
+        name: first.to_owned(),
+        source: io::Error::other(format!(
+            "a loader thread failed while opening {} records ('{first}' to '{last}'); nothing was loaded, \
+             see the log above for the cause",
+            part.len()
+        )),
+    }
+}
+
 /// Reads, opens and parses records on all cores, one at a time per thread, so
 /// the sealed bytes of 100,000 records are never all in memory at once.
 fn load_blocking(
@@ -387,13 +401,19 @@ fn load_blocking(
         let hs: Vec<_> = names
             .chunks(chunk)
             .map(|part| {
-                s.spawn(move || {
+                let h = s.spawn(move || {
                     part.iter().map(|n| (n.clone(), open_record(backend, keyring, n, budget))).collect::<Vec<_>>()
-                })
+                });
+                (part, h)
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    });
+        let mut all = Vec::with_capacity(names.len());
+        for (part, h) in hs {
+            // A lost chunk would make its secrets vanish unreported: stop instead.
+            all.extend(h.join().map_err(|_| loader_failed(part))?);
+        }
+        Ok::<_, StoreError>(all)
+    })?;
     // A wrong root key must stop the load before anything is quarantined.
     if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(LoadFailure::UnknownKey(_)))) {
         if let Some((_, Err(LoadFailure::UnknownKey(e)))) = opened.into_iter().nth(pos) {
@@ -440,12 +460,13 @@ fn load_blocking(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-    use aegis_core::secret::{SecretMeta, SecretValue};
-    use time::macros::datetime;
-
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::store::Stamps;
+    use crate::backend::{GroupError, Unreadable};
+    use crate::entry::Stamps;
+    use aegis_core::secret::{SecretMeta, SecretValue};
+    use aegis_crypto::RootKey;
+    use time::macros::datetime;
 
     fn put(stamps: Option<Stamps>) -> Mutation {
         let meta = SecretMeta::defaults(OffsetDateTime::now_utc());
@@ -469,5 +490,40 @@ mod tests {
         let s = Stamps { created: datetime!(2024-01-01 0:00 UTC), updated: datetime!(2024-02-01 0:00 UTC) };
         let (doc, _) = apply_one(Some(doc), &name, put(Some(s)), 10).unwrap();
         assert_eq!((doc.created, doc.updated, doc.current), (created, s.updated, 2));
+    }
+
+    /// A backend whose `read` panics for one record, as a bug in a backend might.
+    struct PanicsOn(&'static str);
+
+    impl Backend for PanicsOn {
+        fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError> {
+            Ok(((0..8).map(|i| format!("s{i}")).collect(), Vec::new()))
+        }
+        fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+            if name == self.0 {
+                panic!("test backend: reading {name} fails");
+            }
+            Err(StoreError::NotFound(name.to_owned()))
+        }
+        fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
+            records.iter().map(|_| Ok(())).collect()
+        }
+        fn write_group(&self, _: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+            Ok(())
+        }
+        fn quarantine(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "panicking test backend".to_owned()
+        }
+    }
+
+    #[test]
+    fn a_failed_loader_thread_fails_the_load_and_names_its_records() {
+        let keyring = Keyring::new(Arc::new(RootKey::generate()));
+        let err = load_blocking(&PanicsOn("s7"), &keyring, &Budget::default()).err().unwrap();
+        let shown = err.to_string();
+        assert!(shown.contains("loader thread failed") && shown.contains("'s7'"), "{shown}");
     }
 }

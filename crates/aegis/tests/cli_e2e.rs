@@ -75,7 +75,7 @@ fn safe_cli_register_list_encrypt_delete_and_messages() {
         "OK"
     );
     let billing = safe.workload_env("billing");
-    assert_eq!(ok(safe.aegis(&billing, &["fetch"])).trim(), "password: VSecMRocks!\nusername: admin");
+    assert_eq!(ok(safe.aegis(&billing, &["fetch"])), "password: VSecMRocks!\nusername: admin\n", "one line break");
 
     // Encrypt-only, then register the ciphertext with -e.
     let ct = ok(safe.safe(&admin, &["-s", "from-git", "-e"])).trim().to_owned();
@@ -102,6 +102,74 @@ fn safe_cli_register_list_encrypt_delete_and_messages() {
     fails(safe.aegis(&billing, &["fetch"]), 3, "no secret");
     // A workload may not use the Sentinel command.
     fails(safe.safe(&billing, &["-w", "billing", "-s", "x"]), 4, "not the Sentinel");
+}
+
+#[test]
+fn safe_cli_namespaces_and_several_workloads() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let args = ["-w", "one", "-w", "two", "-n", "payments", "-n", "billing", "-s", "shared"];
+    assert_eq!(ok(safe.safe(&admin, &args)).trim(), "OKOK", "one OK per workload, as VSecM answers");
+    for name in ["one", "two"] {
+        let read: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["get", name, "-o", "json"]))).unwrap();
+        assert_eq!(read["data"], "shared");
+        assert_eq!(read["namespaces"], serde_json::json!(["payments", "billing"]));
+    }
+    ok(safe.safe(&admin, &["-w", "three", "-s", "alone"]));
+    let read: Value = serde_json::from_str(&ok(safe.aegis(&admin, &["get", "three", "-o", "json"]))).unwrap();
+    assert_eq!(read["namespaces"], serde_json::json!(["default"]));
+}
+
+/// What a workload receives, as VSecM's Go SDK reads it: the `data` string.
+async fn workload_data(work: &aegis_sdk::Client) -> Option<String> {
+    let (status, body) = work.raw(aegis_sdk::Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
+    match status {
+        404 => None,
+        200 => Some(serde_json::from_str::<Value>(&body).unwrap()["data"].as_str().unwrap().to_owned()),
+        _ => panic!("GET /workload/v1/secrets: {status} {body}"),
+    }
+}
+
+/// Where Aegis answers VSecM's `safe` differently, or the same, on purpose
+/// (docs/VSECM-COMPATIBILITY.md, "Deliberate differences").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_cli_deliberate_differences_from_vsecm() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let work = safe.client(&safe.workload_env("billing")).await;
+    let creds = r#"{"username":"admin","password":"VSecMRocks!"}"#;
+
+    // `-f yaml`: the document ends with the line break yaml.v3 writes, as with VSecM.
+    ok(safe.safe(&admin, &["-w", "billing", "-s", creds, "-f", "yaml"]));
+    assert_eq!(workload_data(&work).await.unwrap(), "password: VSecMRocks!\nusername: admin\n");
+
+    // A template key the value lacks: VSecM delivers `<no value>`, and so does Aegis.
+    ok(safe.safe(&admin, &["-w", "billing", "-s", creds, "-t", r#"{"USER":"{{.user}}"}"#]));
+    assert_eq!(workload_data(&work).await.unwrap(), r#"{"USER":"<no value>"}"#);
+
+    // A template that does not parse is refused (VSecM stores it and serves the raw value).
+    fails(safe.safe(&admin, &["-w", "billing", "-s", "raw-value-1", "-t", "{{.user"]), 1, "template");
+    assert_eq!(workload_data(&work).await.unwrap(), r#"{"USER":"<no value>"}"#, "the refused write changed nothing");
+
+    // `-E` in the past and a garbage time are refused (VSecM accepts both); nothing changes.
+    fails(safe.safe(&admin, &["-w", "billing", "-s", "raw-value-2", "-E", "2001-01-01T00:00:00Z"]), 1, "expires");
+    fails(safe.safe(&admin, &["-w", "billing", "-s", "raw-value-3", "-E", "tomorrow"]), 1, "RFC 3339");
+    fails(safe.safe(&admin, &["-w", "billing", "-s", "raw-value-4", "-N", "soon"]), 1, "RFC 3339");
+    assert_eq!(workload_data(&work).await.unwrap(), r#"{"USER":"<no value>"}"#);
+
+    // `-N` in the future: stored, but withheld from the workload until then (VSecM serves it).
+    ok(safe.safe(&admin, &["-w", "billing", "-s", "from-2999", "-N", "2999-01-01T00:00:00Z"]));
+    assert_eq!(workload_data(&work).await, None, "not yet valid: the workload sees no secret");
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "from-2999", "stored all the same");
+    let list: Value = serde_json::from_str(&ok(safe.safe(&admin, &["-l"]))).unwrap();
+    assert_eq!(list["secrets"][0]["notBefore"], "2999-01-01T00:00:00Z");
+    ok(safe.safe(&admin, &["-w", "billing", "-s", "from-now", "-E", "2999-01-01T00:00:00Z"]));
+    assert_eq!(workload_data(&work).await.unwrap(), "from-now", "inside its window");
+
+    let log = safe.log_text();
+    for v in ["raw-value-1", "raw-value-2", "raw-value-3", "raw-value-4"] {
+        assert!(!log.contains(v), "a refused value reached the log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,8 +62,6 @@ fn report(out: &str) -> HashMap<String, String> {
 /// "Transformations"); `None`: Aegis serves exactly what VSecM served.
 fn deliberate(workload: &str, field: &str) -> Option<&'static str> {
     match (workload, field) {
-        // VSecM's YAML ends with a line break (Go's yaml.Marshal); Aegis's does not.
-        ("inventory", "data") => Some("PASS: VSecMRocks\nUSER: admin"),
         // VSecM drops template output segments without a colon, so this template's
         // output became empty and VSecM fell back to the raw value; Aegis keeps it.
         ("reports", "data") => Some("bucket=r region=eu"),

@@ -169,10 +169,14 @@ async fn sealed_start_and_unseal() {
     assert!(http_ok(safe.health, "/readyz").is_none(), "sealed Safe must not be ready");
     let admin = safe.admin_env();
     fails(safe.aegis(&admin, &["list"]), 5, "the Safe is sealed");
+    // VSecM answers `safe -l` on a sealed Safe with an empty 400; Aegis says why.
+    fails(safe.safe(&admin, &["-l"]), 5, "safe -i");
     let client = safe.client(&admin).await;
     let (s, text) = client.raw(Method::GET, "/sentinel/v1/secrets", vec![]).await.unwrap();
     assert_eq!(s, 503, "{text}");
     assert!(text.contains("safe -i"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("sealed")), "{text}");
     let workload = safe.client(&safe.workload_env("billing")).await;
     let (s, text) = workload.raw(Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();
     assert_eq!(s, 503, "{text}");

@@ -260,10 +260,12 @@ fn vsecm_sdk_fetch_replays_vsecms_acceptance_scenarios() {
     let not_json = r#"username=admin password={{.password}"#;
     let cases: &[(&str, Option<&str>, &str, &str)] = &[
         (CREDS, None, "json", CREDS),
-        (CREDS, None, "yaml", "password: VSecMRocks!\nusername: admin"),
+        (CREDS, None, "yaml", "password: VSecMRocks!\nusername: admin\n"),
         (CREDS, Some(TEMPLATE), "json", r#"{"USR":"admin", "PWD":"VSecMRocks!"}"#),
-        (CREDS, Some(TEMPLATE), "yaml", "PWD: VSecMRocks!\nUSR: admin"),
-        (root, Some(root_template), "yaml", "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'"),
+        (CREDS, Some(TEMPLATE), "yaml", "PWD: VSecMRocks!\nUSR: admin\n"),
+        (root, Some(root_template), "yaml", "PASSWORD: '*CasHC0w*'\nUSERNAME: '*root*'\n"),
+        // A key the value lacks reads `<no value>`, as VSecM delivers it.
+        (CREDS, Some(r#"{"USER":"{{.user}}"}"#), "json", r#"{"USER":"<no value>"}"#),
         (not_json, Some(TEMPLATE), "json", not_json),
         (not_json, Some(TEMPLATE), "yaml", not_json),
     ];
@@ -287,13 +289,13 @@ fn vsecm_sdk_fetch_replays_vsecms_acceptance_scenarios() {
     // An encrypted JSON value goes through the template like any other.
     let cipher = w.sentinel(&["-s", CREDS, "-e"]);
     w.sentinel_ok(&["-w", "example", "-s", &cipher, "-e", "-t", TEMPLATE, "-f", "yaml"]);
-    w.expect_secret(EXAMPLE_UID, "PWD: VSecMRocks!\nUSR: admin", "an encrypted JSON value with a template");
+    w.expect_secret(EXAMPLE_UID, "PWD: VSecMRocks!\nUSR: admin\n", "an encrypted JSON value with a template");
 
     // Still isolated, and `other` gets its own once it has one.
     w.expect_no_secret(OTHER_UID, "another workload, after example's writes");
     w.sentinel_ok(&["-w", "other", "-s", "other-value"]);
     w.expect_secret(OTHER_UID, "other-value", "other's own secret");
-    w.expect_secret(EXAMPLE_UID, "PWD: VSecMRocks!\nUSR: admin", "example unchanged by other's write");
+    w.expect_secret(EXAMPLE_UID, "PWD: VSecMRocks!\nUSR: admin\n", "example unchanged by other's write");
 
     // The SDK checks the server's SPIFFE ID: with a Safe rule that the Aegis Safe's
     // SPIRE identity does not match, it refuses to talk to it.
@@ -335,7 +337,7 @@ fn vsecm_sidecar_writes_the_secret_file_and_follows_updates() {
 
     // An update (with a template and YAML) replaces the file's content.
     w.sentinel_ok(&["-w", "example", "-s", CREDS, "-t", TEMPLATE, "-f", "yaml"]);
-    wait_file(&path, "PWD: VSecMRocks!\nUSR: admin", limit, &mut sidecar);
+    wait_file(&path, "PWD: VSecMRocks!\nUSR: admin\n", limit, &mut sidecar);
     w.sentinel_ok(&["-w", "example", "-s", CREDS]);
     wait_file(&path, CREDS, limit, &mut sidecar);
 

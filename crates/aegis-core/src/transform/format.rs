@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{parse_object, yaml};
+use crate::InvalidInput;
 
 /// The output format of a secret, as VSecM's `-f` flag names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -27,6 +28,20 @@ impl Format {
             "yaml" => Format::Yaml,
             "raw" => Format::Raw,
             _ => Format::Json,
+        }
+    }
+
+    /// Reads a format strictly (the native API): `json`, `yaml` or `raw`, in
+    /// any case; anything else is an error naming the choices.
+    pub fn parse_strict(s: &str) -> Result<Format, InvalidInput> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Format::Json),
+            "yaml" => Ok(Format::Yaml),
+            "raw" => Ok(Format::Raw),
+            _ => Err(InvalidInput::new(
+                "format",
+                format!("unknown format '{}': use json, yaml or raw", s.escape_debug()),
+            )),
         }
     }
 
@@ -74,6 +89,17 @@ mod tests {
         assert_eq!(Format::parse_lenient("xml"), Format::Json);
         assert_eq!(Format::parse_lenient(""), Format::Json);
         assert_eq!(Format::default(), Format::Json);
+    }
+
+    #[test]
+    fn format_parses_strictly_on_request() {
+        assert_eq!(Format::parse_strict("YAML"), Ok(Format::Yaml));
+        assert_eq!(Format::parse_strict("raw"), Ok(Format::Raw));
+        assert_eq!(Format::parse_strict("json"), Ok(Format::Json));
+        for bad in ["xml", "", " json"] {
+            let e = Format::parse_strict(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown format") && e.contains("json, yaml or raw"), "{e}");
+        }
     }
 
     #[test]

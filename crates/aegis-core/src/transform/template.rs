@@ -4,8 +4,6 @@
 
 use std::fmt;
 
-use serde::Deserialize;
-
 use super::budget::{self, Budget, MAX_ACTION_REFERENCES, MAX_NESTING, MAX_PRINTF_SIZE};
 use super::parse_object;
 
@@ -509,81 +507,27 @@ fn template_number(n: &serde_json::Number) -> gtmpl::Value {
     }
 }
 
-/// Drops the fields the template could not fill.
+/// Drops the fields the template could not fill, as VSecM does.
 ///
 /// VSecM splits the output at commas and keeps the segments whose text after
-/// the first colon is not `"<no value>"`. That breaks JSON when the first or
-/// last field is missing (the brace goes with it) and empties any output
-/// without colons. Aegis does this instead:
-///
-/// - When the output is a JSON object, top-level members whose value is the
-///   string `<no value>` are removed and the object is written back compactly,
-///   in its original order. Output with no such member is returned untouched.
-/// - Otherwise (YAML-like or free text), comma-separated segments whose text
-///   after the first colon, trimmed, is `<no value>` or `"<no value>"` are
-///   dropped; segments without a colon are kept.
+/// the first colon is not exactly `<no value>`: a bare `USER:<no value>` goes,
+/// a quoted `"USER":"<no value>"` (any JSON template) stays, and so does
+/// `USER: <no value>` with a space. Aegis does the same, so a workload gets
+/// the bytes VSecM would deliver, with one deliberate difference: VSecM also
+/// drops every segment without a colon, which empties output such as
+/// `{{.password}}` or cuts a value holding a comma; Aegis keeps them. Output
+/// without `<no value>` is returned untouched.
 fn drop_missing(rendered: String) -> String {
     if !rendered.contains(NO_VALUE) {
         return rendered;
     }
-    if let Ok(OrderedObject(members)) = serde_json::from_str::<OrderedObject>(&rendered) {
-        return drop_missing_members(members).unwrap_or(rendered);
-    }
     rendered.split(',').filter(|segment| !is_missing_segment(segment)).collect::<Vec<_>>().join(",")
 }
 
-/// Whether a `key:value` segment holds a missing value.
+/// Whether a `key:value` segment holds a missing value: the text after its
+/// first colon is exactly `<no value>`.
 fn is_missing_segment(segment: &str) -> bool {
-    match segment.split_once(':') {
-        Some((_, value)) => {
-            let value = value.trim();
-            value == NO_VALUE || value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) == Some(NO_VALUE)
-        }
-        None => false,
-    }
-}
-
-/// Writes the members back without the missing ones; `None` when nothing was
-/// missing (so the caller keeps the template's own formatting).
-fn drop_missing_members(members: Vec<(String, serde_json::Value)>) -> Option<String> {
-    let before = members.len();
-    let kept: Vec<_> = members.into_iter().filter(|(_, v)| v.as_str() != Some(NO_VALUE)).collect();
-    if kept.len() == before {
-        return None;
-    }
-    let parts = kept
-        .iter()
-        .map(|(k, v)| Ok(format!("{}:{}", serde_json::to_string(k)?, serde_json::to_string(v)?)))
-        .collect::<Result<Vec<_>, serde_json::Error>>()
-        .ok()?;
-    Some(format!("{{{}}}", parts.join(",")))
-}
-
-/// A JSON object whose members keep their order and duplicates.
-struct OrderedObject(Vec<(String, serde_json::Value)>);
-
-impl<'de> Deserialize<'de> for OrderedObject {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(OrderedObjectVisitor)
-    }
-}
-
-struct OrderedObjectVisitor;
-
-impl<'de> serde::de::Visitor<'de> for OrderedObjectVisitor {
-    type Value = OrderedObject;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
-        let mut members = Vec::new();
-        while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
-            members.push(member);
-        }
-        Ok(OrderedObject(members))
-    }
+    segment.split_once(':').is_some_and(|(_, value)| value == NO_VALUE)
 }
 
 #[cfg(test)]
@@ -861,13 +805,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_keys_are_dropped_wherever_they_are() {
+    fn missing_keys_read_as_vsecm_delivers_them() {
         let value = r#"{"b":"x"}"#;
         let cases = [
-            (r#"{"A":"{{.a}}","B":"{{.b}}"}"#, r#"{"B":"x"}"#),
-            (r#"{"B":"{{.b}}","A":"{{.a}}"}"#, r#"{"B":"x"}"#),
-            (r#"{"B":"{{.b}}", "A":"{{.a}}", "C":"{{.b}}"}"#, r#"{"B":"x","C":"x"}"#),
-            (r#"{"A":"{{.a}}"}"#, "{}"),
+            // A quoted `<no value>` is kept, as VSecM keeps it.
+            (r#"{"USER":"{{.a}}"}"#, r#"{"USER":"<no value>"}"#),
+            (r#"{"A":"{{.a}}","B":"{{.b}}"}"#, r#"{"A":"<no value>","B":"x"}"#),
+            (r#"{"B":"{{.b}}", "A":"{{.a}}"}"#, r#"{"B":"x", "A":"<no value>"}"#),
+            // A bare `key:<no value>` segment is dropped.
+            (r#"{"B":"{{.b}}","A":{{.a}},"C":"{{.b}}"}"#, r#"{"B":"x","C":"x"}"#),
         ];
         for (template, want) in cases {
             assert_eq!(tf(value, Some(template), Format::Json), want, "{template}");
@@ -885,15 +831,29 @@ mod tests {
     #[test]
     fn json_null_reads_as_missing() {
         let value = r#"{"a":null,"b":"x"}"#;
+        assert_eq!(tf(value, Some("A:{{.a}},B:{{.b}}"), Format::Raw), "B:x");
         let template = r#"{"A":"{{.a}}","B":"{{.b}}"}"#;
-        assert_eq!(tf(value, Some(template), Format::Json), r#"{"B":"x"}"#);
+        assert_eq!(tf(value, Some(template), Format::Json), r#"{"A":"<no value>","B":"x"}"#);
     }
 
     #[test]
-    fn missing_keys_in_text_output_drop_their_segment() {
+    fn missing_keys_in_text_output_drop_only_bare_segments() {
         let value = r#"{"u":"admin"}"#;
-        assert_eq!(tf(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin");
-        assert_eq!(tf(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw), r#"USER:"admin""#);
+        assert_eq!(tf(value, Some("USER:{{.u}},PASS:{{.p}}"), Format::Raw), "USER:admin");
+        assert_eq!(tf(value, Some("PASS:{{.p}},USER:{{.u}}"), Format::Raw), "USER:admin");
+        // VSecM compares the text after the colon exactly: a space or quotes keep it.
+        assert_eq!(tf(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin, PASS: <no value>");
+        assert_eq!(
+            tf(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw),
+            r#"USER:"admin","PASS":"<no value>""#
+        );
+    }
+
+    #[test]
+    fn a_missing_key_in_yaml_output_is_kept_as_text() {
+        let value = r#"{"u":"admin"}"#;
+        let template = r#"{"USER":"{{.u}}","PASS":"{{.p}}"}"#;
+        assert_eq!(tf(value, Some(template), Format::Yaml), "PASS: <no value>\nUSER: admin\n");
     }
 
     #[test]

@@ -19,13 +19,15 @@ const INDENT: isize = 4;
 /// Longer keys are written as `? key` (libyaml's simple-key limit).
 const MAX_SIMPLE_KEY: usize = 128;
 
-/// Writes `map` as a YAML document, without the document's final line break.
+/// Writes `map` as a YAML document, ending with the line break yaml.v3 ends
+/// every document with (a text file ends with a newline).
 pub(super) fn to_yaml(map: &Map<String, Value>) -> String {
     if map.is_empty() {
-        return "{}".to_owned();
+        return "{}\n".to_owned();
     }
     let mut emitter = Emitter { out: String::new(), column: 0, indent: -1, indention: true, whitespace: true };
     emitter.mapping(map, false);
+    emitter.end_document();
     emitter.out
 }
 
@@ -62,6 +64,13 @@ impl Emitter {
             Value::Bool(b) => self.plain(if *b { "true" } else { "false" }),
             Value::Null => self.plain("null"),
         }
+    }
+
+    /// libyaml's document end: a line break unless the last value's own
+    /// line break (a `|` literal ending in one) already ended the line.
+    fn end_document(&mut self) {
+        self.indent = -1;
+        self.write_indent();
     }
 
     fn empty_collection(&mut self, text: &str) {
@@ -779,17 +788,18 @@ mod tests {
     use crate::transform::Format;
 
     #[test]
-    fn yaml_of_the_known_values_ends_without_a_line_break() {
-        let out = tf(r#"{"a":"b"}"#, None, Format::Yaml);
-        assert_eq!(out, "a: b");
-        assert_eq!(tf("{}", None, Format::Yaml), "{}");
+    fn yaml_ends_with_the_line_break_yaml_v3_writes() {
+        assert_eq!(tf(r#"{"a":"b"}"#, None, Format::Yaml), "a: b\n");
+        assert_eq!(tf("{}", None, Format::Yaml), "{}\n");
+        assert_eq!(tf(r#"{"a":[]}"#, None, Format::Yaml), "a: []\n");
     }
 
     #[test]
-    fn yaml_keeps_line_breaks_that_belong_to_the_last_value() {
+    fn yaml_ends_with_one_line_break_after_a_literal() {
+        // yaml.v3 writes no second break when the literal's own one ended the line.
         assert_eq!(tf(r#"{"a":"x\n"}"#, None, Format::Yaml), "a: |\n    x\n");
         assert_eq!(tf(r#"{"a":"x\n\n"}"#, None, Format::Yaml), "a: |+\n    x\n\n");
-        assert_eq!(tf(r#"{"a":"x\ny"}"#, None, Format::Yaml), "a: |-\n    x\n    y");
+        assert_eq!(tf(r#"{"a":"x\ny"}"#, None, Format::Yaml), "a: |-\n    x\n    y\n");
     }
 
     /// Outputs of Go's `yaml.Marshal` (gopkg.in/yaml.v3 v3.0.1) for
@@ -840,8 +850,7 @@ mod tests {
     #[test]
     fn yaml_matches_go_yaml_v3() {
         for (json, go) in YAML_V3 {
-            let want = go.strip_suffix('\n').unwrap();
-            assert_eq!(tf(json, None, Format::Yaml), want, "{json}");
+            assert_eq!(tf(json, None, Format::Yaml), *go, "{json}");
         }
     }
 
@@ -849,17 +858,17 @@ mod tests {
     fn yaml_long_keys_use_the_complex_form() {
         let key = "k".repeat(129);
         let out = tf(&format!(r#"{{"{key}":"v","a":"b"}}"#), None, Format::Yaml);
-        assert_eq!(out, format!("a: b\n? {key}\n: v"));
+        assert_eq!(out, format!("a: b\n? {key}\n: v\n"));
         let key = "k".repeat(128);
         let out = tf(&format!(r#"{{"{key}":"v"}}"#), None, Format::Yaml);
-        assert_eq!(out, format!("{key}: v"));
+        assert_eq!(out, format!("{key}: v\n"));
     }
 
     #[test]
     fn yaml_integers_are_not_rounded_through_float64() {
         // Go would write 1.2345678e+07 and 1.2345678901234567e+19.
         let out = tf(r#"{"a":12345678,"b":12345678901234567890,"c":-7}"#, None, Format::Yaml);
-        assert_eq!(out, "a: 12345678\nb: 12345678901234567890\nc: -7");
+        assert_eq!(out, "a: 12345678\nb: 12345678901234567890\nc: -7\n");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Unlike VSecM's, it exits non-zero (with the Safe's message) on failure.
 
-use aegis_core::api::{VsecmKeys, VsecmUpsert};
+use aegis_core::api::VsecmKeys;
 use aegis_core::secret::SecretValue;
+use aegis_core::SentinelAction;
 use clap::Parser;
 
 use aegis_sdk::Client;
@@ -68,31 +69,6 @@ pub fn expand_value(value: &str) -> Result<SecretValue, CliError> {
     }
 }
 
-/// One Sentinel action, from `safe` flags or an init-command block.
-#[derive(Debug, Default)]
-pub struct Action {
-    /// Secret names.
-    pub workloads: Vec<String>,
-    /// Value (`gen:` expanded here).
-    pub secret: Option<SecretValue>,
-    /// Namespaces.
-    pub namespaces: Vec<String>,
-    /// Template.
-    pub template: Option<String>,
-    /// Format.
-    pub format: Option<String>,
-    /// Encrypt-only, or the value is a ciphertext.
-    pub encrypt: bool,
-    /// Delete the workloads' secrets.
-    pub delete: bool,
-    /// Root key text (three lines).
-    pub input_keys: Option<SecretValue>,
-    /// Not before.
-    pub not_before: Option<String>,
-    /// Expires.
-    pub expires: Option<String>,
-}
-
 async fn input_keys(client: &Client, text: &SecretValue) -> Result<String, CliError> {
     let parts: Vec<&str> = text.expose().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let [secret, public, aes] = parts.as_slice() else {
@@ -109,7 +85,7 @@ async fn input_keys(client: &Client, text: &SecretValue) -> Result<String, CliEr
 }
 
 /// Carries out an action as VSecM's Sentinel would; returns the Safe's answer.
-pub async fn execute(client: &Client, a: Action) -> Result<String, CliError> {
+pub async fn execute(client: &Client, mut a: SentinelAction) -> Result<String, CliError> {
     if let Some(keys) = &a.input_keys {
         return input_keys(client, keys).await;
     }
@@ -119,19 +95,10 @@ pub async fn execute(client: &Client, a: Action) -> Result<String, CliError> {
     if a.delete {
         return Ok(client.vsecm_delete(a.workloads).await?);
     }
-    let Some(secret) = a.secret else {
+    let Some(secret) = a.secret.take() else {
         return Err(fail("Please provide a secret."));
     };
-    let req = VsecmUpsert {
-        workloads: (!a.workloads.is_empty()).then_some(a.workloads),
-        namespaces: Some(if a.namespaces.is_empty() { vec!["default".to_owned()] } else { a.namespaces }),
-        value: expand_value(secret.expose())?,
-        template: a.template.unwrap_or_default(),
-        format: a.format.unwrap_or_default(),
-        encrypt: a.encrypt,
-        not_before: a.not_before.unwrap_or_else(|| "now".to_owned()),
-        expires: a.expires.unwrap_or_else(|| "never".to_owned()),
-    };
+    let req = a.into_upsert(expand_value(secret.expose())?);
     Ok(client.vsecm_upsert(&req).await?)
 }
 
@@ -162,7 +129,7 @@ pub async fn run(args: &[String]) -> Result<(), CliError> {
     if input_keys.is_none() && !a.delete && a.secret.is_none() {
         return Err(fail("Please provide a secret."));
     }
-    let action = Action {
+    let action = SentinelAction {
         workloads: a.workload,
         secret: a.secret.map(SecretValue::new),
         namespaces: a.namespace,

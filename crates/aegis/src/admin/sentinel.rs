@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use aegis_core::initcmd::{self, Step};
 use aegis_core::secret::SecretValue;
-use aegis_core::KEYSTONE;
+use aegis_core::{SentinelAction, KEYSTONE};
 use aegis_sdk::Client;
 use clap::{Args, Subcommand};
 
-use crate::admin::safe::{execute, Action};
+use crate::admin::safe::execute;
 use crate::connect::client;
 use crate::exit::{CliError, CONFIG};
 
@@ -39,21 +39,6 @@ enum SentinelCmd {
     },
 }
 
-fn action_of(c: initcmd::Command) -> Action {
-    Action {
-        workloads: c.workloads.clone(),
-        secret: c.secret.as_deref().map(SecretValue::new),
-        namespaces: c.namespaces.clone(),
-        template: c.template.clone(),
-        format: c.format.clone(),
-        encrypt: c.encrypt,
-        delete: c.delete,
-        input_keys: c.input_keys.as_deref().map(SecretValue::new),
-        not_before: c.not_before.clone(),
-        expires: c.expires.clone(),
-    }
-}
-
 async fn apply(client: &Client, steps: Vec<Step>) -> Result<usize, CliError> {
     let mut applied = 0;
     for step in steps {
@@ -64,7 +49,7 @@ async fn apply(client: &Client, steps: Vec<Step>) -> Result<usize, CliError> {
             }
             Step::Apply(cmd) => {
                 let line = cmd.line;
-                execute(client, action_of(cmd)).await.map_err(|e| {
+                execute(client, cmd.action).await.map_err(|e| {
                     CliError::new(e.code, format!("init commands, block at line {line}: {}", e.message))
                 })?;
                 tracing::info!(line, "init commands: block applied");
@@ -91,11 +76,7 @@ pub async fn run(a: SentinelArgs) -> Result<(), CliError> {
     })?;
     let steps = initcmd::parse(&text).map_err(|e| CliError::new(CONFIG, format!("{}: {e}", file.display())))?;
     let applied = apply(&c, steps).await?;
-    let keystone = Action {
-        workloads: vec![KEYSTONE.to_owned()],
-        secret: Some(SecretValue::new("initialized")),
-        ..Action::default()
-    };
+    let keystone = SentinelAction::write(vec![KEYSTONE.to_owned()], SecretValue::new("initialized"));
     execute(&c, keystone).await?;
     eprintln!("init commands applied: {applied} blocks; keystone written");
     Ok(())

@@ -1,24 +1,20 @@
-//! Atomic writes of the files workloads read.
+//! Writes of the files workloads read.
 //!
-//! A reader must see the old content or the new one, never part of either: the
-//! new content goes to a temporary file in the same directory (same file
-//! system, so `rename` is atomic), is flushed to disk and given its mode, then
-//! replaces the target by `rename`; the directory is flushed last so the rename
-//! survives a crash. A file that already holds the content is left alone.
+//! A reader must see the old content or the new one, never part of either:
+//! [`write_atomic`] creates the directory if needed and hands the write to
+//! [`aegis_fs::write_atomic`] (temporary file in the same directory with the
+//! exact mode, fsync, rename, fsync of the directory). A file that already
+//! holds the content and mode is left alone ([`sync`]).
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use rand::Rng;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
-
-/// Name prefix of temporary files (never a key file name: those cannot start with a dot).
-pub const TEMP_PREFIX: &str = ".aegis-tmp-";
 
 /// Permission bits for a file, parsed from octal text such as `0600`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,22 +90,16 @@ fn holds(path: &Path, content: &[u8], mode: FileMode) -> bool {
     }
 }
 
-/// Replaces `path` with `content` atomically (temporary file, fsync, rename, fsync of the directory).
+/// Replaces `path` with `content` atomically (temporary file, fsync, rename,
+/// fsync of the directory), creating the directory (owner-only) if needed.
+/// Temporary files start with a dot, so they never take a key's file name.
 pub fn write_atomic(path: &Path, content: &[u8], mode: FileMode) -> Result<(), FileError> {
-    let dir = parent(path);
-    ensure_dir(dir)?;
-    let (tmp, mut file) = create_temp(dir, mode)?;
-    let written = file
-        .write_all(content)
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode.bits())))
-        .and_then(|()| file.sync_all())
-        .map_err(fail("write", &tmp))
-        .and_then(|()| fs::rename(&tmp, path).map_err(fail("rename a temporary file onto", path)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(fail("flush the directory", dir))
+    ensure_dir(aegis_fs::parent_dir(path))?;
+    aegis_fs::write_atomic(path, content, mode.bits()).map_err(|e| FileError {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Removes `path`; a file that is already gone is not an error.
@@ -129,28 +119,6 @@ pub fn ensure_dir(dir: &Path) -> Result<(), FileError> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail("create the directory", dir))
 }
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// A new, exclusively created temporary file in `dir`.
-fn create_temp(dir: &Path, mode: FileMode) -> Result<(PathBuf, File), FileError> {
-    let mut last = None;
-    for _ in 0..8 {
-        let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", rand::thread_rng().gen::<u64>()));
-        match OpenOptions::new().write(true).create_new(true).mode(mode.bits()).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(fail("create a temporary file in", dir)(e)),
-        }
-    }
-    let e = last.unwrap_or_else(|| io::Error::other("no free temporary name"));
-    Err(fail("create a temporary file in", dir)(e))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -164,6 +132,14 @@ mod tests {
         for bad in ["", "0o", "8", "rw", "4755", "-1"] {
             assert!(bad.parse::<FileMode>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_open_mode_is_kept_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config");
+        assert!(sync(&f, b"x", "0664".parse().unwrap()).unwrap());
+        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o664, "not cut by the umask");
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub async fn fetch(output: Output) -> Result<(), CliError> {
             Ok(())
         }
         Some(s) => {
-            println!("{}", s.data.expose());
+            // Text that already ends a line (YAML does) gets no second line break.
+            let data = s.data.expose();
+            let end = if data.ends_with('\n') { "" } else { "\n" };
+            print!("{data}{end}");
             Ok(())
         }
         None => Err(CliError::new(

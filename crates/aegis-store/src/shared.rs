@@ -1,0 +1,47 @@
+//! The state the store's readers and its single writer share.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use aegis_core::secret::DEFAULT_MAX_VERSIONS;
+use aegis_core::transform::Budget;
+use aegis_core::SecretName;
+use aegis_crypto::Keyring;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::entry::Entry;
+
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Versions kept per secret (default 10).
+    pub max_versions: usize,
+    /// Most changes committed in one group commit (default 512).
+    pub max_batch: usize,
+    /// What computing a workload's view may cost (template budget).
+    pub template_budget: Budget,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512, template_budget: Budget::default() }
+    }
+}
+
+/// The map of entries, the keyring and the change counter, behind one `Arc`.
+pub(crate) struct Shared {
+    pub(crate) map: RwLock<HashMap<SecretName, Arc<Entry>>>,
+    pub(crate) keyring: ArcSwap<Keyring>,
+    pub(crate) seq: watch::Sender<u64>,
+    pub(crate) opts: StoreOptions,
+    /// Transformations found over the template budget since start.
+    pub(crate) transform_failures: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn get(&self, name: &SecretName) -> Option<Arc<Entry>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+}
