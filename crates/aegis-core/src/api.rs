@@ -11,6 +11,7 @@ use crate::secret::SecretValue;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VsecmFetch {
     /// What the workload sees.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub data: SecretValue,
     /// `"\"<RFC3339>\""`.
     pub created: String,
@@ -29,7 +30,7 @@ pub struct VsecmUpsert {
     #[serde(default)]
     pub namespaces: Option<Vec<String>>,
     /// The value (or a `safe -e` ciphertext when `encrypt` and workloads are set).
-    #[serde(default)]
+    #[serde(serialize_with = "crate::secret::reveal::value", default)]
     pub value: SecretValue,
     /// Go template, empty for none.
     #[serde(default)]
@@ -89,10 +90,12 @@ pub struct VsecmList {
 #[serde(rename_all = "camelCase")]
 pub struct VsecmKeys {
     /// `AGE-SECRET-KEY-1…`.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub age_secret_key: SecretValue,
     /// `age1…`.
     pub age_public_key: String,
     /// 64 hex characters.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub aes_cipher_key: SecretValue,
 }
 
@@ -108,6 +111,7 @@ pub struct Keystone {
 #[serde(deny_unknown_fields)]
 pub struct PutSecret {
     /// The raw value.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub value: SecretValue,
     /// Kubernetes namespaces (default `["default"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,9 +203,10 @@ pub struct SecretRead {
     /// The version returned.
     pub read_version: u64,
     /// Its raw value.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub value: SecretValue,
     /// What the workload receives (current version only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::secret::reveal::option", default, skip_serializing_if = "Option::is_none")]
     pub data: Option<SecretValue>,
 }
 
@@ -245,6 +250,7 @@ pub struct WorkloadSecret {
     /// Revision (changes on every write, delete, undelete).
     pub revision: u64,
     /// What the workload sees.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub data: SecretValue,
     /// RFC 3339.
     pub updated: String,
@@ -266,6 +272,7 @@ pub struct WatchEvent {
 #[serde(deny_unknown_fields)]
 pub struct EncryptRequest {
     /// The value to encrypt.
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub value: SecretValue,
 }
 
@@ -281,6 +288,7 @@ pub struct EncryptResponse {
 #[serde(deny_unknown_fields)]
 pub struct Unseal {
     /// The root key text (three lines).
+    #[serde(serialize_with = "crate::secret::reveal::value")]
     pub root_key: SecretValue,
 }
 

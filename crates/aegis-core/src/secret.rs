@@ -16,9 +16,44 @@ use crate::transform::Format;
 pub const DEFAULT_MAX_VERSIONS: usize = 10;
 
 /// A secret value: zeroized on drop, never printed, compared in constant time.
-#[derive(Clone, Default, Serialize, Deserialize)]
+///
+/// It is deliberately not `Serialize`: a struct that holds one cannot be
+/// written out by accident. A field that must carry the value on the wire or
+/// into an encrypted record says so with
+/// `#[serde(serialize_with = "reveal::value")]` (or `reveal::option`), the one
+/// greppable place where a value leaves through serde.
+///
+/// ```compile_fail
+/// #[derive(serde::Serialize)]
+/// struct Leak {
+///     value: aegis_core::secret::SecretValue,
+/// }
+/// ```
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct SecretValue(Zeroizing<String>);
+
+/// The explicit step that lets serde write a [`SecretValue`]. Use it only on
+/// fields of responses to an authorised caller and of records sealed before
+/// they are stored.
+pub mod reveal {
+    use serde::Serializer;
+
+    use super::SecretValue;
+
+    /// Writes the value as a string.
+    pub fn value<S: Serializer>(v: &SecretValue, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.expose())
+    }
+
+    /// Writes `Some(value)` as a string and `None` as null.
+    pub fn option<S: Serializer>(v: &Option<SecretValue>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(v.expose()),
+            None => s.serialize_none(),
+        }
+    }
+}
 
 impl SecretValue {
     /// Wraps a value.
@@ -98,6 +133,7 @@ pub struct Version {
     /// Version number, from 1, never reused.
     pub number: u64,
     /// The raw value; `None` once destroyed.
+    #[serde(serialize_with = "crate::secret::reveal::option")]
     pub value: Option<SecretValue>,
     /// Delivery metadata of this version.
     pub meta: SecretMeta,
