@@ -159,7 +159,7 @@ cmd_start() {
         --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
         --initial-cluster="aegis-local=http://127.0.0.1:$peer_port" \
         --cert-file="$p/etcd.crt" --key-file="$p/etcd.key" --trusted-ca-file="$p/ca.crt" --client-cert-auth=true \
-        --listen-metrics-urls= --log-level=warn >"$dir/etcd.log" 2>&1 </dev/null &
+        --log-level=warn >"$dir/etcd.log" 2>&1 </dev/null &
     echo $! >"$dir/etcd.pid"
 
     "$bin/kube-apiserver" --etcd-servers="https://127.0.0.1:$etcd_port" \

@@ -16,6 +16,9 @@
 //!
 //! Every call is async (the kube client needs a runtime); `Drop` kills the API
 //! server, the controller manager and then etcd.
+//!
+//! This module is `common::kube`: a test file that glob-imports `common::*` must
+//! name the kube crate `::kube` (e.g. `use ::kube::Api;`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
@@ -475,7 +478,6 @@ fn start_etcd(bin: &Path, d: &Path, port: u16) -> Child {
         format!("--key-file={}", p("etcd.key")),
         format!("--trusted-ca-file={}", p("ca.crt")),
         "--client-cert-auth=true".to_owned(),
-        "--listen-metrics-urls=".to_owned(),
         "--log-level=warn".to_owned(),
     ];
     // The API server retries etcd until it answers: no need to wait here.
