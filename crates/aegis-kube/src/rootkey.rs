@@ -466,20 +466,22 @@ impl RootKeyStore for SecretStore {
     fn load_or_create(&self) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>> {
         Box::pin(async move {
             let started = Instant::now();
+            let limit = self.settings.start_wait;
             let mut wait = START_BACKOFF.0;
             loop {
                 match self.try_load_or_create().await {
                     Ok(k) => return Ok(k),
-                    Err(f) if f.transient && started.elapsed() + wait < self.settings.start_wait => {
-                        tracing::warn!(error = %f.error, retry_in_ms = wait.as_millis() as u64, "retrying");
-                        tokio::time::sleep(wait).await;
+                    Err(f) if f.transient && started.elapsed() < limit => {
+                        let pause = wait.min(limit.saturating_sub(started.elapsed()));
+                        tracing::warn!(error = %f.error, retry_in_ms = pause.as_millis() as u64, "retrying");
+                        tokio::time::sleep(pause).await;
                         wait = (wait * 2).min(START_BACKOFF.1);
                     }
                     Err(f) if f.transient => {
                         return Err(KeyStoreError::Unavailable(format!(
-                            "{} (gave up after {} s of retries; raise --kube-start-wait-ms to wait longer)",
+                            "{} (gave up after {:.1} s of retries; raise --kube-start-wait-ms to wait longer)",
                             f.error,
-                            started.elapsed().as_secs()
+                            started.elapsed().as_secs_f64()
                         )))
                     }
                     Err(f) => return Err(f.error),

@@ -107,9 +107,28 @@ fn assert_no_key_material(log: &str, keys: &[&RootKey]) {
     }
 }
 
+/// `text` without ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The key ids the Safe logged when it loaded or generated its root key.
 fn logged_key_ids(log: &str) -> Vec<String> {
-    log.lines()
+    plain(log)
+        .lines()
         .filter(|l| l.contains("generated a new root key") || l.contains("loaded the root key"))
         .filter_map(|l| l.split("key_id=").nth(1)?.split_whitespace().next().map(str::to_owned))
         .collect()
