@@ -211,6 +211,8 @@ async fn two_safes_racing_end_with_one_key_and_both_use_it() {
         assert_eq!(logged_key_ids(&b.log_text()), vec![id.clone()], "round {round}: {}", b.log_text());
         let generated = [&a, &b].iter().filter(|s| s.log_text().contains("generated a new root key")).count();
         assert_eq!(generated, 1, "round {round}: exactly one Safe's key is kept");
+        let lost = [&a, &b].iter().filter(|s| s.log_text().contains("another Safe")).count();
+        eprintln!("round {round}: {lost} Safe(s) lost a write race (409) and used the winner's key");
         // Both sealed their records with that key: after a restart (which reads the Secret) they open.
         for (s, name) in [(&a, "from-a"), (&b, "from-b")] {
             ok(s.aegis(&s.admin_env(), &["put", name, "--value", name]));
@@ -283,10 +285,17 @@ async fn rotation_writes_the_secret_and_a_crash_at_any_point_loses_nothing() {
     };
     safe.kill9();
     let _ = rotate.wait_with_output();
+    let finished_before = safe.log_text().matches("finishing a root key rotation that was interrupted").count();
     let next = RootKey::parse(std::str::from_utf8(&next).unwrap()).unwrap();
     safe.start();
     safe.wait_ready();
     assert_eq!(stored_key(&cluster).await.id(), next.id(), "the interrupted rotation is finished with its key");
+    let finished =
+        safe.log_text().matches("finishing a root key rotation that was interrupted").count() > finished_before;
+    eprintln!(
+        "killed during re-sealing: the restart {} the rotation",
+        if finished { "finished" } else { "found no unfinished" }
+    );
     assert!(!secret_data(&cluster).await.unwrap().contains_key("KEY_TXT_NEXT"));
     assert_all_readable(&safe, &admin, &list);
     let client = safe.client(&admin).await;
