@@ -353,6 +353,36 @@ async fn a_service_account_missing_a_right_gets_an_error_naming_it() {
     assert!(secret_data(&cluster).await.is_none(), "nothing was written");
 }
 
+/// A namespace that does not exist: the error names it and says what to do. (The
+/// documented Role lives in vsecm-system, so this ServiceAccount gets a ClusterRole.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_does_not_exist_is_named_in_the_error() {
+    let (cluster, _) = cluster().await;
+    cluster
+        .apply_yaml(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: aegis-root-key-anywhere\n\
+             rules:\n  - apiGroups: [\"\"]\n    resources: [\"secrets\"]\n    verbs: [\"get\", \"update\", \"create\"]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: aegis-root-key-anywhere\n\
+             roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: aegis-root-key-anywhere\n\
+             subjects:\n  - kind: ServiceAccount\n    name: aegis-anywhere\n    namespace: vsecm-system\n",
+        )
+        .await;
+    let kubeconfig = cluster.service_account_kubeconfig(NS, "aegis-anywhere").await;
+    let mut safe = Safe::server_unstarted(&[
+        "--root-key-store",
+        "kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--root-key-namespace",
+        "no-such-ns",
+    ]);
+    safe.start();
+    assert_eq!(wait_exit(&mut safe, Duration::from_secs(60)).code(), Some(CONFIG), "{}", safe.log_text());
+    let log = safe.log_text();
+    assert!(log.contains("Secret no-such-ns/vsecm-root-key: namespace no-such-ns does not exist"), "{log}");
+    assert!(log.contains("kubectl create namespace no-such-ns"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_key_stops_the_safe_without_showing_the_key() {
     let (cluster, kubeconfig) = cluster().await;
