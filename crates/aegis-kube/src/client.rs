@@ -30,13 +30,29 @@ pub enum ConnectError {
 /// Builds a client from `kubeconfig` when given (the caller reads `KUBECONFIG`
 /// in its configuration type), else from the in-cluster environment.
 pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, ConnectError> {
-    let config = match kubeconfig {
+    Client::try_from(config(kubeconfig).await?).map_err(|e| ConnectError::Client(e.to_string()))
+}
+
+/// Like [`connect`], with connecting to the API server, sending a request and
+/// waiting for its answer each bounded by `timeout`.
+pub async fn connect_with_timeout(
+    kubeconfig: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<Client, ConnectError> {
+    let mut config = config(kubeconfig).await?;
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))
+}
+
+async fn config(kubeconfig: Option<&std::path::Path>) -> Result<Config, ConnectError> {
+    match kubeconfig {
         Some(path) => {
             let bad = |reason: String| ConnectError::BadKubeconfig { path: path.display().to_string(), reason };
             let file = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
-            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(|e| bad(e.to_string()))?
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(|e| bad(e.to_string()))
         }
-        None => Config::incluster().map_err(|e| ConnectError::NoConfig(e.to_string()))?,
-    };
-    Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))
+        None => Config::incluster().map_err(|e| ConnectError::NoConfig(e.to_string())),
+    }
 }

@@ -29,6 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+pub use rootkey::{FileStore, KeyStoreError, RootKeyStore};
 pub use serve::{serve, start, Running};
 pub use state::{AppState, RootKeyMode, Settings};
 

@@ -1,24 +1,33 @@
-//! Where the root key lives when the operator keeps it in a file.
+//! Where the root key lives: the [`RootKeyStore`] trait, and its file
+//! implementation ([`FileStore`]). Another store (a Kubernetes Secret) lives in
+//! the `aegis-kube` crate, so this crate builds without a Kubernetes client.
 //!
-//! A rotation writes the new key to `<file>.next` before re-sealing any record
-//! and renames it over `<file>` once every record is re-sealed, so a crash at
-//! any point leaves every record openable with the keys on disk.
+//! Every store keeps two slots: the root key and, during a rotation, the next
+//! key. A rotation writes the next key before re-sealing any record and
+//! promotes it (one atomic step) once every record is re-sealed, so a crash at
+//! any point leaves every record openable with the keys in the store.
 //!
-//! While `<file>.next` exists a rotation is unfinished: the Safe starts on the
+//! While a next key exists a rotation is unfinished: the Safe starts on the
 //! old key (with the next key loaded too, so records already re-sealed under it
 //! open), retries finishing it, and a new rotation reuses that key instead of
 //! generating another one.
+//!
+//! For a file `<file>`, the next key is `<file>.next`, and promoting it is a
+//! rename over `<file>`.
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aegis_crypto::RootKey;
+use futures::future::BoxFuture;
 
-/// Errors about the root key file.
+/// Errors of a root key store. Messages name the store and say what to do;
+/// they never hold key material.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    /// Reading or writing failed.
+pub enum KeyStoreError {
+    /// Reading or writing a file failed.
     #[error("root key file {path}: {source}")]
     Io {
         /// The file.
@@ -27,17 +36,104 @@ pub enum KeyFileError {
         #[source]
         source: std::io::Error,
     },
-    /// The content is not a root key.
-    #[error(
-        "root key file {path}: {source}; restore it from your backup (without it the secrets cannot be decrypted)"
-    )]
+    /// The stored text is not a root key.
+    #[error("{location}: {source}; restore it from your backup (without it the secrets cannot be decrypted)")]
     Invalid {
-        /// The file.
-        path: String,
-        /// What is wrong.
+        /// Where the text was read, e.g. `root key file /x/root.key`.
+        location: String,
+        /// What is wrong (never the text itself).
         #[source]
         source: aegis_crypto::CryptoError,
     },
+    /// The store could not be used; the message names it and says what to do.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The result of a root key store operation.
+pub type KeyStoreResult<T> = Result<T, KeyStoreError>;
+
+/// Where the root key lives. Implementations keep the root key and, during a
+/// rotation, one next key, and make every change atomic (see the module docs).
+///
+/// Methods return boxed futures so the Safe can hold any store as
+/// `Arc<dyn RootKeyStore>`.
+pub trait RootKeyStore: Send + Sync + fmt::Debug {
+    /// Where the key lives, for logs and errors (e.g. `root key file /x/root.key`).
+    fn describe(&self) -> String;
+
+    /// Loads the root key, generating and storing one on first start; `true` if it was generated.
+    fn load_or_create(&self) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>>;
+
+    /// The next key of an unfinished rotation, if there is one.
+    fn read_next(&self) -> BoxFuture<'_, KeyStoreResult<Option<Arc<RootKey>>>>;
+
+    /// Stores `key` as the next key (before any record is sealed under it).
+    fn write_next(&self, key: Arc<RootKey>) -> BoxFuture<'_, KeyStoreResult<()>>;
+
+    /// Makes the next key the root key, in one atomic step.
+    fn promote_next(&self) -> BoxFuture<'_, KeyStoreResult<()>>;
+
+    /// Drops the next key (only when no record can be sealed under it).
+    fn discard_next(&self) -> BoxFuture<'_, KeyStoreResult<()>>;
+
+    /// Moves an unreadable next key aside (kept for the operator); returns where it went.
+    fn move_next_aside(&self) -> BoxFuture<'_, KeyStoreResult<String>>;
+}
+
+/// The root key in a file, generated on first start (mode 0600).
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// A store over `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The key file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl RootKeyStore for FileStore {
+    fn describe(&self) -> String {
+        format!("root key file {}", self.path.display())
+    }
+
+    fn load_or_create(&self) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>> {
+        Box::pin(async move { load_or_create(&self.path) })
+    }
+
+    fn read_next(&self) -> BoxFuture<'_, KeyStoreResult<Option<Arc<RootKey>>>> {
+        Box::pin(async move { read(&next_path(&self.path)) })
+    }
+
+    fn write_next(&self, key: Arc<RootKey>) -> BoxFuture<'_, KeyStoreResult<()>> {
+        Box::pin(async move { write(&next_path(&self.path), &key) })
+    }
+
+    fn promote_next(&self) -> BoxFuture<'_, KeyStoreResult<()>> {
+        Box::pin(async move { promote_next(&self.path) })
+    }
+
+    fn discard_next(&self) -> BoxFuture<'_, KeyStoreResult<()>> {
+        Box::pin(async move {
+            let next = next_path(&self.path);
+            match fs::remove_file(&next) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io(&next)(e)),
+            }
+        })
+    }
+
+    fn move_next_aside(&self) -> BoxFuture<'_, KeyStoreResult<String>> {
+        Box::pin(async move { move_aside(&next_path(&self.path)).map(|p| p.display().to_string()) })
+    }
 }
 
 /// The path of the key being rotated in.
@@ -47,18 +143,19 @@ pub fn next_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> KeyFileError + '_ {
-    move |source| KeyFileError::Io { path: path.display().to_string(), source }
+fn io(path: &Path) -> impl Fn(std::io::Error) -> KeyStoreError + '_ {
+    move |source| KeyStoreError::Io { path: path.display().to_string(), source }
 }
 
 /// Reads a root key file, if it exists.
-pub fn read(path: &Path) -> Result<Option<Arc<RootKey>>, KeyFileError> {
+pub fn read(path: &Path) -> KeyStoreResult<Option<Arc<RootKey>>> {
     match fs::read_to_string(path) {
         Ok(text) => {
             let text = zeroize::Zeroizing::new(text);
-            RootKey::parse(&text)
-                .map(|k| Some(Arc::new(k)))
-                .map_err(|source| KeyFileError::Invalid { path: path.display().to_string(), source })
+            RootKey::parse(&text).map(|k| Some(Arc::new(k))).map_err(|source| KeyStoreError::Invalid {
+                location: format!("root key file {}", path.display()),
+                source,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(path)(e)),
@@ -66,14 +163,14 @@ pub fn read(path: &Path) -> Result<Option<Arc<RootKey>>, KeyFileError> {
 }
 
 /// Writes a root key file atomically with mode 0600.
-pub fn write(path: &Path, key: &RootKey) -> Result<(), KeyFileError> {
+pub fn write(path: &Path, key: &RootKey) -> KeyStoreResult<()> {
     let dir = aegis_fs::parent_dir(path);
     fs::create_dir_all(dir).map_err(io(dir))?;
     aegis_fs::write_atomic(path, key.to_text().as_bytes(), 0o600).map_err(|e| io(&e.path)(e.source))
 }
 
 /// Loads the key, creating one on first start.
-pub fn load_or_create(path: &Path) -> Result<(Arc<RootKey>, bool), KeyFileError> {
+pub fn load_or_create(path: &Path) -> KeyStoreResult<(Arc<RootKey>, bool)> {
     if let Some(k) = read(path)? {
         return Ok((k, false));
     }
@@ -83,7 +180,7 @@ pub fn load_or_create(path: &Path) -> Result<(Arc<RootKey>, bool), KeyFileError>
 }
 
 /// Makes the rotated-in key the only key on disk.
-pub fn promote_next(path: &Path) -> Result<(), KeyFileError> {
+pub fn promote_next(path: &Path) -> KeyStoreResult<()> {
     let next = next_path(path);
     fs::rename(&next, path).map_err(io(&next))?;
     let dir = aegis_fs::parent_dir(path);
@@ -91,7 +188,7 @@ pub fn promote_next(path: &Path) -> Result<(), KeyFileError> {
 }
 
 /// Moves an unreadable `<file>.next` aside to `<file>.next.unreadable-<unix time>`; returns the new path.
-pub fn move_aside(next: &Path) -> Result<PathBuf, KeyFileError> {
+pub fn move_aside(next: &Path) -> KeyStoreResult<PathBuf> {
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut p = next.as_os_str().to_owned();
     p.push(format!(".unreadable-{stamp}"));
@@ -126,5 +223,33 @@ mod tests {
         assert_ne!(loaded.to_text().as_bytes(), key.to_text().as_bytes());
         // Only the key is left: no temporary files.
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_file_store_keeps_a_next_key_until_it_is_promoted_or_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("root.key"));
+        let (key, created) = store.load_or_create().await.unwrap();
+        assert!(created);
+        assert!(store.read_next().await.unwrap().is_none());
+        let next = Arc::new(RootKey::generate());
+        store.write_next(next.clone()).await.unwrap();
+        assert_eq!(store.read_next().await.unwrap().unwrap().id(), next.id());
+        store.discard_next().await.unwrap();
+        store.discard_next().await.unwrap();
+        assert!(store.read_next().await.unwrap().is_none());
+        assert_eq!(store.load_or_create().await.unwrap().0.id(), key.id());
+        store.write_next(next.clone()).await.unwrap();
+        store.promote_next().await.unwrap();
+        let (loaded, created) = store.load_or_create().await.unwrap();
+        assert!(!created);
+        assert_eq!(loaded.id(), next.id());
+        fs::write(next_path(store.path()), "not a key").unwrap();
+        let e = store.read_next().await.err().unwrap();
+        assert!(matches!(e, KeyStoreError::Invalid { .. }), "{e}");
+        assert!(!e.to_string().contains("not a key"), "{e}");
+        let moved = store.move_next_aside().await.unwrap();
+        assert!(moved.contains("root.key.next.unreadable-"), "{moved}");
+        assert!(store.read_next().await.unwrap().is_none());
     }
 }

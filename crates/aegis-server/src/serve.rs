@@ -30,7 +30,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
-use crate::state::{AppState, RootKeyMode, Settings};
+use crate::state::{AppState, Settings};
 use crate::watchconn::Prefixed;
 use crate::{health, rootkey, route_label, router};
 
@@ -43,9 +43,9 @@ pub enum StartError {
     /// The data directory is unusable.
     #[error(transparent)]
     Store(#[from] aegis_store::StoreError),
-    /// The root key file is unusable.
+    /// The root key store is unusable.
     #[error(transparent)]
-    KeyFile(#[from] rootkey::KeyFileError),
+    RootKey(#[from] rootkey::KeyStoreError),
     /// Loading with the root key failed.
     #[error("could not load the secrets: {0}")]
     Load(String),
@@ -87,31 +87,32 @@ const ROTATION_RETRY: (Duration, Duration) = (Duration::from_secs(5), Duration::
 /// loaded so records already re-sealed under it open) and the returned task
 /// retries with backoff.
 async fn load_root_key(state: &Arc<AppState>) -> Result<Option<JoinHandle<()>>, StartError> {
-    let RootKeyMode::File(path) = &state.settings.root_key else {
+    let Some(keys) = state.settings.root_key.store() else {
         tracing::warn!("root key mode is manual: the Safe is sealed until an admin provides the root key");
         return Ok(None);
     };
-    let (key, created) = rootkey::load_or_create(path)?;
+    let (key, created) = keys.load_or_create().await?;
     if created {
-        tracing::info!(path = %path.display(), key_id = %key.id(), "generated a new root key");
+        tracing::info!(store = %keys.describe(), key_id = %key.id(), "generated a new root key");
+    } else {
+        tracing::info!(store = %keys.describe(), key_id = %key.id(), "loaded the root key");
     }
-    let next_path = rootkey::next_path(path);
-    let next = match rootkey::read(&next_path) {
+    let next = match keys.read_next().await {
         Ok(next) => next,
-        Err(e) => {
+        Err(e @ rootkey::KeyStoreError::Invalid { .. }) => {
             // Only records sealed under it need it: try without it first.
             if let Err(load) = state.unseal(Keyring::new(key)).await {
                 return Err(StartError::Load(format!(
                     "{}; the key of an unfinished root key rotation is unreadable ({e}) and the secrets cannot be \
-                     loaded without it: restore {} from your backup",
+                     loaded without it: restore the next key of {} from your backup",
                     load.message(),
-                    next_path.display()
+                    keys.describe()
                 )));
             }
-            match rootkey::move_aside(&next_path) {
+            match keys.move_next_aside().await {
                 Ok(moved) => tracing::error!(
                     error = %e,
-                    moved_to = %moved.display(),
+                    moved_to = %moved,
                     "the key of an unfinished root key rotation is unreadable and no record needs it; moved it aside"
                 ),
                 Err(m) => tracing::error!(
@@ -122,6 +123,7 @@ async fn load_root_key(state: &Arc<AppState>) -> Result<Option<JoinHandle<()>>, 
             }
             return Ok(None);
         }
+        Err(e) => return Err(e.into()),
     };
     let mut ring = Keyring::new(key);
     if let Some(n) = &next {

@@ -18,15 +18,30 @@ use tokio::sync::Mutex;
 use crate::error::ApiError;
 use crate::limits::{ConnLimitSettings, Gate};
 use crate::metrics::Metrics;
-use crate::rootkey;
+use crate::rootkey::{self, RootKeyStore};
 
 /// Where the root key comes from.
 #[derive(Debug, Clone)]
 pub enum RootKeyMode {
-    /// A file, generated on first start.
-    File(PathBuf),
+    /// A store (a file, a Kubernetes Secret): generated on first start, rotatable.
+    Stored(Arc<dyn RootKeyStore>),
     /// Memory only: the Safe starts sealed and an admin provides the key.
     Manual,
+}
+
+impl RootKeyMode {
+    /// The root key in a file, generated on first start.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::Stored(Arc::new(rootkey::FileStore::new(path)))
+    }
+
+    /// The store, unless the key is typed in.
+    pub fn store(&self) -> Option<&Arc<dyn RootKeyStore>> {
+        match self {
+            Self::Stored(s) => Some(s),
+            Self::Manual => None,
+        }
+    }
 }
 
 /// Everything the Safe is configured with.
@@ -138,20 +153,19 @@ impl AppState {
     }
 
     /// Generates a new root key and re-seals every record under it. If an
-    /// earlier rotation is unfinished (`<root key file>.next` exists), its key
-    /// is reused: records may already be sealed under it, so it must never be
+    /// earlier rotation is unfinished (the store holds a next key), its key is
+    /// reused: records may already be sealed under it, so it must never be
     /// replaced.
     pub async fn rotate_root_key(&self) -> Result<Rotated, ApiError> {
-        let RootKeyMode::File(path) = &self.settings.root_key else {
+        let Some(keys) = self.settings.root_key.store() else {
             return Err(ApiError::bad_request(
-                "root key rotation needs the root key in a file (--root-key-file); in manual mode, \
-                 export the secrets and restart with a new key",
+                "root key rotation needs a root key store (--root-key-file or --root-key-store kubernetes); in \
+                 manual mode, export the secrets and restart with a new key",
             ));
         };
         let _guard = self.unseal_lock.lock().await;
         self.store()?;
-        let next = rootkey::next_path(path);
-        let (new, fresh) = match rootkey::read(&next).map_err(internal)? {
+        let (new, fresh) = match keys.read_next().await.map_err(internal)? {
             Some(pending) => {
                 tracing::warn!(
                     key_id = %pending.id(),
@@ -161,29 +175,29 @@ impl AppState {
             }
             None => {
                 let new = Arc::new(RootKey::generate());
-                rootkey::write(&next, &new).map_err(internal)?;
+                keys.write_next(new.clone()).await.map_err(internal)?;
                 (new, true)
             }
         };
-        self.rotate_to(path, new, fresh).await
+        self.rotate_to(keys.as_ref(), new, fresh).await
     }
 
-    /// Finishes an unfinished rotation: re-seals every record under the key in
-    /// `<root key file>.next` and makes it the root key. `None` if there is none.
+    /// Finishes an unfinished rotation: re-seals every record under the
+    /// store's next key and makes it the root key. `None` if there is none.
     pub async fn finish_rotation(&self) -> Result<Option<Rotated>, ApiError> {
-        let RootKeyMode::File(path) = &self.settings.root_key else {
+        let Some(keys) = self.settings.root_key.store() else {
             return Ok(None);
         };
         let _guard = self.unseal_lock.lock().await;
-        match rootkey::read(&rootkey::next_path(path)).map_err(internal)? {
-            Some(next) => self.rotate_to(path, next, false).await.map(Some),
+        match keys.read_next().await.map_err(internal)? {
+            Some(next) => self.rotate_to(keys.as_ref(), next, false).await.map(Some),
             None => Ok(None),
         }
     }
 
-    /// Re-seals every record under `new` (already in `<path>.next`) and promotes it. Call with the unseal lock held.
-    /// `fresh`: this call generated `new`, so no record can be sealed under it yet.
-    async fn rotate_to(&self, path: &std::path::Path, new: Arc<RootKey>, fresh: bool) -> Result<Rotated, ApiError> {
+    /// Re-seals every record under `new` (already the store's next key) and promotes it. Call with the unseal lock
+    /// held. `fresh`: this call generated `new`, so no record can be sealed under it yet.
+    async fn rotate_to(&self, keys: &dyn RootKeyStore, new: Arc<RootKey>, fresh: bool) -> Result<Rotated, ApiError> {
         let store = self.store()?;
         let records = match store.rotate(Keyring::new(new.clone())).await {
             Ok(n) => n,
@@ -192,21 +206,21 @@ impl AppState {
                 // would finish a rotation answered as not applied; a pending key from an earlier,
                 // partly done rotation is kept, since records may already be sealed under it.
                 if fresh {
-                    if let Err(why) = std::fs::remove_file(rootkey::next_path(path)) {
-                        tracing::error!(error = %why, "could not remove the unused next root key file");
+                    if let Err(why) = keys.discard_next().await {
+                        tracing::error!(error = %why, "could not remove the unused next root key");
                     }
                 }
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         };
-        rootkey::promote_next(path).map_err(internal)?;
+        keys.promote_next().await.map_err(internal)?;
         tracing::info!(key_id = %new.id(), records, "root key rotated");
         Ok(Rotated { key_id: new.id().to_string(), records })
     }
 }
 
-fn internal(e: rootkey::KeyFileError) -> ApiError {
-    tracing::error!(error = %e, "root key file");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not read or write the root key file; see the Safe's log")
+fn internal(e: rootkey::KeyStoreError) -> ApiError {
+    tracing::error!(error = %e, "root key store");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not read or write the root key store; see the Safe's log")
 }

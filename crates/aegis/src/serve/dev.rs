@@ -133,6 +133,8 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         data_dir: a.data_dir.join("data"),
         root_key_file: Some(a.data_dir.join("root.key")),
         manual_root_key: false,
+        root_key_store: Some(crate::serve::server::RootKeyStoreKind::File),
+        kube: crate::serve::server::KubeArgs::unused(),
         max_body_bytes: 1024 * 1024,
         max_versions: 10,
         request_timeout_ms: std::env::var("AEGIS_REQUEST_TIMEOUT_MS")

@@ -31,6 +31,13 @@ pub struct ServerArgs {
     /// Keep the root key in memory only: start sealed until an admin runs `safe -i` or `aegis unseal`.
     #[arg(long, env = "AEGIS_MANUAL_ROOT_KEY")]
     pub manual_root_key: bool,
+    /// Where the root key lives: `kubernetes` (a Secret), `file` (with --root-key-file) or `manual`.
+    /// Overrides VSECM_SAFE_ROOT_KEY_STORE.
+    #[arg(long, env = "AEGIS_ROOT_KEY_STORE", value_enum)]
+    pub root_key_store: Option<RootKeyStoreKind>,
+    /// Kubernetes settings of the root key store.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Largest request body, in bytes.
     #[arg(long, env = "AEGIS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -67,6 +74,118 @@ pub struct ServerArgs {
     /// SPIFFE Workload API socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///spire-agent-socket/spire-agent.sock")]
     pub spiffe_endpoint_socket: String,
+}
+
+/// Where the root key lives.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKeyStoreKind {
+    /// A Kubernetes Secret (VSecM's default: `vsecm-root-key` in `vsecm-system`, data key `KEY_TXT`).
+    Kubernetes,
+    /// A file (--root-key-file).
+    File,
+    /// Memory only: the Safe starts sealed.
+    Manual,
+}
+
+/// The Kubernetes Secret that holds the root key, and how to reach the API server.
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// VSecM's choice of root key store; `k8s` selects the Kubernetes Secret. Used only when none of
+    /// --root-key-store, --root-key-file and --manual-root-key is given.
+    #[arg(long = "vsecm-safe-root-key-store", env = "VSECM_SAFE_ROOT_KEY_STORE", hide = true)]
+    pub vsecm_root_key_store: Option<String>,
+    /// Name of the Secret holding the root key.
+    #[arg(long = "root-key-secret", env = "VSECM_ROOT_KEY_NAME", default_value = aegis_kube::rootkey::DEFAULT_SECRET)]
+    pub secret: String,
+    /// Namespace of the Secret holding the root key.
+    #[arg(long = "root-key-namespace", env = "VSECM_NAMESPACE_SYSTEM", default_value = aegis_kube::rootkey::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Kubeconfig file (one path); without it the Safe uses its pod's ServiceAccount (in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Longest one Kubernetes API call may take, in milliseconds.
+    #[arg(long, env = "AEGIS_KUBE_API_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub kube_api_timeout_ms: u64,
+    /// How long start-up retries an unreachable Kubernetes API server before giving up, in milliseconds.
+    #[arg(long, env = "AEGIS_KUBE_START_WAIT_MS", default_value_t = 60_000)]
+    pub kube_start_wait_ms: u64,
+}
+
+impl KubeArgs {
+    /// No Kubernetes: VSecM's names, nothing selected from the environment (`aegis dev`).
+    pub fn unused() -> Self {
+        Self {
+            vsecm_root_key_store: None,
+            secret: aegis_kube::rootkey::DEFAULT_SECRET.to_owned(),
+            namespace: aegis_kube::rootkey::DEFAULT_NAMESPACE.to_owned(),
+            kubeconfig: None,
+            kube_api_timeout_ms: 10_000,
+            kube_start_wait_ms: 60_000,
+        }
+    }
+
+    fn store(&self) -> Result<RootKeyMode, CliError> {
+        let settings = aegis_kube::SecretStoreSettings {
+            namespace: self.namespace.clone(),
+            name: self.secret.clone(),
+            kubeconfig: self.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+            api_timeout: Duration::from_millis(self.kube_api_timeout_ms),
+            start_wait: Duration::from_millis(self.kube_start_wait_ms),
+        };
+        let store = aegis_kube::SecretStore::new(settings).map_err(|e| CliError::new(CONFIG, e))?;
+        Ok(RootKeyMode::Stored(Arc::new(store)))
+    }
+}
+
+/// Where the root key lives. Precedence: --root-key-store (AEGIS_ROOT_KEY_STORE); then
+/// --root-key-file or --manual-root-key; then VSECM_SAFE_ROOT_KEY_STORE=k8s.
+pub fn root_key_mode(a: &ServerArgs) -> Result<RootKeyMode, CliError> {
+    let file = a.root_key_file.as_ref().filter(|p| !p.as_os_str().is_empty());
+    let conflict =
+        |what: &str| CliError::new(CONFIG, format!("--root-key-store {what}; choose one place for the root key"));
+    let kind =
+        match (a.root_key_store, file, a.manual_root_key) {
+            (Some(RootKeyStoreKind::Kubernetes), Some(_), _) => {
+                return Err(conflict("kubernetes conflicts with --root-key-file (AEGIS_ROOT_KEY_FILE)"))
+            }
+            (Some(RootKeyStoreKind::Kubernetes), None, true) => {
+                return Err(conflict("kubernetes conflicts with --manual-root-key (AEGIS_MANUAL_ROOT_KEY)"))
+            }
+            (Some(RootKeyStoreKind::File), _, true) => {
+                return Err(conflict("file conflicts with --manual-root-key (AEGIS_MANUAL_ROOT_KEY)"))
+            }
+            (Some(RootKeyStoreKind::Manual), Some(_), _) => {
+                return Err(conflict("manual conflicts with --root-key-file (AEGIS_ROOT_KEY_FILE)"))
+            }
+            (Some(kind), _, _) => kind,
+            (None, Some(_), _) => RootKeyStoreKind::File,
+            (None, None, true) => RootKeyStoreKind::Manual,
+            (None, None, false) => match a.kube.vsecm_root_key_store.as_deref().map(str::trim) {
+                Some("k8s" | "kubernetes") => RootKeyStoreKind::Kubernetes,
+                Some(other) if !other.is_empty() => {
+                    return Err(CliError::new(
+                        CONFIG,
+                        format!(
+                        "VSECM_SAFE_ROOT_KEY_STORE={other} is not supported: use k8s (a Kubernetes Secret), or choose \
+                         with --root-key-store kubernetes|file|manual"
+                    ),
+                    ))
+                }
+                _ => return Err(CliError::new(
+                    CONFIG,
+                    "choose where the root key lives: --root-key-store kubernetes (AEGIS_ROOT_KEY_STORE, or VSecM's \
+                     VSECM_SAFE_ROOT_KEY_STORE=k8s), --root-key-file PATH (AEGIS_ROOT_KEY_FILE) or --manual-root-key",
+                )),
+            },
+        };
+    match (kind, file) {
+        (RootKeyStoreKind::Kubernetes, _) => a.kube.store(),
+        (RootKeyStoreKind::File, Some(p)) => Ok(RootKeyMode::file(p.clone())),
+        (RootKeyStoreKind::File, None) => {
+            Err(CliError::new(CONFIG, "--root-key-store file needs --root-key-file PATH (AEGIS_ROOT_KEY_FILE)"))
+        }
+        (RootKeyStoreKind::Manual, _) => Ok(RootKeyMode::Manual),
+    }
 }
 
 /// How many connections the Safe holds and for how long (unset limits follow the descriptor limit).
@@ -128,16 +247,7 @@ pub fn roles() -> Result<RoleRules, CliError> {
 
 /// Builds the Safe's settings.
 pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
-    let root_key = match (&a.root_key_file, a.manual_root_key) {
-        (Some(p), _) => RootKeyMode::File(p.clone()),
-        (None, true) => RootKeyMode::Manual,
-        (None, false) => {
-            return Err(CliError::new(
-                CONFIG,
-                "choose where the root key lives: --root-key-file PATH (AEGIS_ROOT_KEY_FILE) or --manual-root-key",
-            ))
-        }
-    };
+    let root_key = root_key_mode(a)?;
     Ok(Settings {
         listen: match a.listen {
             Some(l) => l,
@@ -191,4 +301,76 @@ pub async fn run(a: ServerArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     let identity = aegis_identity::start_source(&cfg).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     serve(settings, identity).await.map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn mode(args: &[&str]) -> Result<RootKeyMode, CliError> {
+        let mut argv = vec!["aegis"];
+        argv.extend(args);
+        let mut a = Cmd::try_parse_from(argv).unwrap().server;
+        // The test runner's own environment must not choose for the test.
+        if !args.contains(&"--vsecm-safe-root-key-store") {
+            a.kube.vsecm_root_key_store = None;
+        }
+        root_key_mode(&a)
+    }
+
+    fn describe(m: &RootKeyMode) -> String {
+        m.store().map_or_else(|| "manual".to_owned(), |s| s.describe())
+    }
+
+    #[test]
+    fn the_root_key_store_follows_the_documented_precedence() {
+        let file = mode(&["--root-key-file", "/k/root.key"]).unwrap();
+        assert_eq!(describe(&file), "root key file /k/root.key");
+        assert_eq!(describe(&mode(&["--manual-root-key"]).unwrap()), "manual");
+        let kube = mode(&["--root-key-store", "kubernetes", "--kubeconfig", "/k/config"]).unwrap();
+        assert_eq!(describe(&kube), "Kubernetes Secret vsecm-system/vsecm-root-key (data key KEY_TXT)");
+        let renamed =
+            mode(&["--root-key-store", "kubernetes", "--root-key-secret", "rk", "--root-key-namespace", "aegis"])
+                .unwrap();
+        assert_eq!(describe(&renamed), "Kubernetes Secret aegis/rk (data key KEY_TXT)");
+        // VSecM's switch applies only when nothing else chose.
+        let vsecm = mode(&["--vsecm-safe-root-key-store", "k8s"]).unwrap();
+        assert!(describe(&vsecm).starts_with("Kubernetes Secret"));
+        let file_wins = mode(&["--vsecm-safe-root-key-store", "k8s", "--root-key-file", "/k/root.key"]).unwrap();
+        assert_eq!(describe(&file_wins), "root key file /k/root.key");
+        let store_wins = mode(&["--vsecm-safe-root-key-store", "k8s", "--root-key-store", "manual"]).unwrap();
+        assert_eq!(describe(&store_wins), "manual");
+    }
+
+    #[test]
+    fn contradictions_and_unknown_stores_are_configuration_errors() {
+        for args in [
+            &["--root-key-store", "kubernetes", "--root-key-file", "/k"][..],
+            &["--root-key-store", "kubernetes", "--manual-root-key"],
+            &["--root-key-store", "file"],
+            &["--root-key-store", "manual", "--root-key-file", "/k"],
+            &["--vsecm-safe-root-key-store", "aws"],
+            &[],
+            &["--root-key-store", "kubernetes", "--root-key-namespace", "Not_A_Name"],
+        ] {
+            let e = mode(args).err().unwrap_or_else(|| panic!("{args:?} was accepted"));
+            assert_eq!(e.code, CONFIG, "{args:?}");
+            assert!(!e.message.is_empty());
+        }
+        let e = mode(&[]).err().unwrap();
+        assert!(
+            e.message.contains("--root-key-store kubernetes") && e.message.contains("--root-key-file"),
+            "{}",
+            e.message
+        );
+    }
 }

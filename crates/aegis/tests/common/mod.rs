@@ -1,6 +1,8 @@
 //! Shared harness: starts the real `aegis` binary and talks to it over real mTLS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod kube;
+
 use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
@@ -113,6 +115,16 @@ impl Safe {
 
     /// `aegis server --manual-root-key` with dev-CA SVID files: starts sealed.
     pub fn server_manual() -> Self {
+        let mut s = Self::server_unstarted(&["--manual-root-key"]);
+        s.start();
+        s.wait_up();
+        s
+    }
+
+    /// `aegis server` with dev-CA SVID files, free ports and `root_key` (the
+    /// flags choosing the root key store), not started yet. The admin
+    /// environment is in `admin_env()` as with `aegis dev`.
+    pub fn server_unstarted(root_key: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (port, health) = (free_port(), free_port());
         let data = dir.path().join("dev");
@@ -129,37 +141,35 @@ impl Safe {
         };
         let safe_env = parse_exports(&issue("vsecm-safe"));
         fs::write(data.join("env"), issue("vsecm-sentinel")).unwrap();
-        let mut s = Self {
+        let mut args: Vec<String> = vec!["server".into()];
+        args.extend(root_key.iter().map(|a| a.to_string()));
+        args.extend([
+            "--data-dir".into(),
+            data.join("data").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--health-listen".into(),
+            format!("127.0.0.1:{health}"),
+            "--svid-cert".into(),
+            safe_env["AEGIS_SVID_CERT"].clone(),
+            "--svid-key".into(),
+            safe_env["AEGIS_SVID_KEY"].clone(),
+            "--svid-bundle".into(),
+            safe_env["AEGIS_SVID_BUNDLE"].clone(),
+            "--handshake-timeout-ms".into(),
+            "1000".into(),
+        ]);
+        Self {
             log: dir.path().join("safe.log"),
             dir,
             port,
             health,
             child: None,
             extra_env: HashMap::new(),
-            args: vec![
-                "server".into(),
-                "--manual-root-key".into(),
-                "--data-dir".into(),
-                data.join("data").display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--health-listen".into(),
-                format!("127.0.0.1:{health}"),
-                "--svid-cert".into(),
-                safe_env["AEGIS_SVID_CERT"].clone(),
-                "--svid-key".into(),
-                safe_env["AEGIS_SVID_KEY"].clone(),
-                "--svid-bundle".into(),
-                safe_env["AEGIS_SVID_BUNDLE"].clone(),
-                "--handshake-timeout-ms".into(),
-                "1000".into(),
-            ],
+            args,
             fd_limit: None,
             starts: 0,
-        };
-        s.start();
-        s.wait_up();
-        s
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
