@@ -5,5 +5,7 @@
 //! it in when the root key store is `kubernetes` or `k8s:` secrets are synced.
 
 pub mod client;
+pub mod sync;
 
 pub use client::{connect, ConnectError};
+pub use sync::{SyncConfig, Syncer};

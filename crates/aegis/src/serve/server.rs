@@ -67,6 +67,9 @@ pub struct ServerArgs {
     /// SPIFFE Workload API socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///spire-agent-socket/spire-agent.sock")]
     pub spiffe_endpoint_socket: String,
+    /// `k8s:` secrets as Kubernetes Secrets.
+    #[command(flatten)]
+    pub kube: crate::serve::kube::KubeArgs,
 }
 
 /// How many connections the Safe holds and for how long (unset limits follow the descriptor limit).
@@ -157,9 +160,16 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
     })
 }
 
-/// Starts the Safe with `identity` and serves until interrupted.
-pub async fn serve(settings: Settings, identity: Arc<dyn IdentitySource>) -> Result<(), CliError> {
-    let running = aegis_server::start(settings, identity).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+/// Starts the Safe with `identity` (and the Kubernetes Secret sync of
+/// `k8s:` secrets when `kube` enables it) and serves until interrupted.
+pub async fn serve(
+    settings: Settings,
+    identity: Arc<dyn IdentitySource>,
+    kube: &crate::serve::kube::KubeArgs,
+) -> Result<(), CliError> {
+    let sync = kube.sync(settings.template_budget).await?;
+    let running =
+        aegis_server::start_with(settings, identity, sync).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -190,5 +200,7 @@ pub async fn run(a: ServerArgs) -> Result<(), CliError> {
     let cfg = IdentityConfig::from_settings(a.svid_cert, a.svid_key, a.svid_bundle, &a.spiffe_endpoint_socket)
         .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     let identity = aegis_identity::start_source(&cfg).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
-    serve(settings, identity).await.map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
+    serve(settings, identity, &a.kube)
+        .await
+        .map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
 }
