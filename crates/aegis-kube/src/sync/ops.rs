@@ -287,7 +287,7 @@ fn worst(problems: Vec<Problem>) -> Option<Problem> {
 /// pause before the next try when it failed.
 pub(super) async fn sync_one(ctx: &std::sync::Arc<Ctx>, name: &SecretName) -> Option<Duration> {
     let store = ctx.store()?;
-    let Some(k8s) = name.kubernetes_name() else { return None };
+    let k8s = name.kubernetes_name()?;
     let entry = store.get(name);
     let revision = entry.as_ref().map_or(0, |e| e.doc.revision);
     // Every namespace a copy may be in: those of the versions kept, those
