@@ -34,7 +34,7 @@ mod watch;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aegis_core::api::{KubeSync, KubeSyncSummary};
 use aegis_core::secret::{SecretMeta, SecretValue};
@@ -104,6 +104,8 @@ struct Ctx {
     watched: Mutex<BTreeSet<String>>,
     /// Set when the API server could not be reached; cleared by any answer.
     api_down: AtomicBool,
+    /// When the API server last could not be reached.
+    unreachable_at: Mutex<Option<Instant>>,
 }
 
 /// The Kubernetes Secret sync; plug it into the Safe with
@@ -132,6 +134,7 @@ impl Syncer {
                 observed: Mutex::new(HashMap::new()),
                 watched: Mutex::new(BTreeSet::new()),
                 api_down: AtomicBool::new(false),
+                unreachable_at: Mutex::new(None),
             }),
         }
     }
@@ -188,9 +191,16 @@ impl Ctx {
     }
 
     fn api_unreachable(&self) {
+        *self.unreachable_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         if !self.api_down.swap(true, Ordering::SeqCst) {
             tracing::warn!("the Kubernetes API cannot be reached; writes go on and are synced when it answers");
         }
+    }
+
+    /// Whether the API server could not be reached within the last `window`.
+    fn unreachable_within(&self, window: Duration) -> bool {
+        self.api_down.load(Ordering::SeqCst)
+            && self.unreachable_at.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t.elapsed() < window)
     }
 
     fn observed(&self, name: &SecretName) -> BTreeSet<String> {

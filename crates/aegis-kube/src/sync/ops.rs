@@ -19,6 +19,9 @@ use super::{
     VERSION_ANNOTATION,
 };
 
+/// After the API server could not be reached, writes skip the check for this long.
+const CHECK_SKIP_WINDOW: Duration = Duration::from_secs(5);
+
 /// What the Secrets of one Aegis secret must be.
 pub(super) enum Desired {
     /// The secret is live: its Secret in each namespace.
@@ -355,7 +358,8 @@ pub(super) async fn check_write(
     secret_data(value, meta, &ctx.cfg.template_budget)
         .map_err(|e| format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored"))?;
     let Some(k8s) = name.kubernetes_name() else { return Ok(()) };
-    if ctx.api_down.load(std::sync::atomic::Ordering::SeqCst) {
+    // Known to be down just now: do not make every write wait for it.
+    if ctx.unreachable_within(CHECK_SKIP_WINDOW) {
         return Ok(());
     }
     let limit = ctx.cfg.check_timeout;
