@@ -215,6 +215,7 @@ async fn k8s_secrets_follow_creates_updates_templates_namespace_changes_and_dele
 
     // `aegis list` and `aegis status` show the state; so do the metrics.
     wait_state(&c, "k8s:via-safe", "synced").await;
+    wait_state(&c, "k8s:db-creds", "synced").await;
     let list = tokio::task::block_in_place(|| safe.aegis(&admin, &["list"]));
     let text = common::stdout(&list);
     assert!(text.contains("k8s:db-creds") && text.contains("kubernetes synced v5"), "{text}");
