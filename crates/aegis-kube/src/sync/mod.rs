@@ -85,7 +85,7 @@ impl Default for SyncConfig {
             keep_on_delete: false,
             check_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
-            workers: 16,
+            workers: 32,
             template_budget: Budget::default(),
         }
     }
