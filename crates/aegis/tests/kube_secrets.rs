@@ -305,6 +305,11 @@ async fn a_secret_aegis_does_not_manage_is_never_taken_over() {
     let out = tokio::task::block_in_place(|| safe.safe(&admin, &["-w", "k8s:theirs", "-s", "mine"]));
     assert!(!out.status.success());
 
+    // Data Kubernetes would refuse is refused on the write too, naming the key, not the value.
+    let err = c.put("k8s:badkey", &put(r#"{"bad key": "CANARY-bad"}"#, &[], None)).await.unwrap_err().to_string();
+    assert!(err.contains("'bad key'") && err.contains("not a valid Kubernetes Secret key"), "{err}");
+    assert!(!err.contains("CANARY-bad"), "{err}");
+
     // Kubernetes is unchanged.
     let after = k.secrets("default").get("theirs").await.unwrap();
     assert_eq!(after.metadata.resource_version, before.metadata.resource_version);

@@ -355,8 +355,17 @@ pub(super) async fn check_write(
     value: &SecretValue,
     meta: &SecretMeta,
 ) -> Result<(), String> {
-    secret_data(value, meta, &ctx.cfg.template_budget)
-        .map_err(|e| format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored"))?;
+    let refused = |e: DataError| format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored");
+    if meta.template.is_some() {
+        // A render may take up to the template budget's time: off the async threads.
+        let (value, meta, budget) = (value.clone(), meta.clone(), ctx.cfg.template_budget);
+        tokio::task::spawn_blocking(move || secret_data(&value, &meta, &budget).map(drop))
+            .await
+            .map_err(|_| "the Kubernetes Secret data check failed; see the Safe's log".to_owned())?
+            .map_err(refused)?;
+    } else {
+        secret_data(value, meta, &ctx.cfg.template_budget).map_err(refused)?;
+    }
     let Some(k8s) = name.kubernetes_name() else { return Ok(()) };
     // Known to be down just now: do not make every write wait for it.
     if ctx.unreachable_within(CHECK_SKIP_WINDOW) {
