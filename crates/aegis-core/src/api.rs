@@ -185,6 +185,41 @@ pub struct SecretInfo {
     pub expires_after: String,
     /// Versions kept.
     pub versions_kept: usize,
+    /// For a `k8s:` secret when the Safe keeps Kubernetes Secrets: how far
+    /// Kubernetes has caught up with this secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeSync>,
+}
+
+/// Where a `k8s:` secret stands in Kubernetes (see docs/KUBERNETES.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeSync {
+    /// `synced` (every Kubernetes copy matches the secret), `pending` (not
+    /// yet; retried), `error` (retried; the reason says what to fix) or
+    /// `conflict` (a Secret Aegis does not manage is in the way).
+    pub state: String,
+    /// The secret's version the Kubernetes Secrets hold, once synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_version: Option<u64>,
+    /// Why it is not synced (never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Totals of [`KubeSync`] states over all `k8s:` secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeSyncSummary {
+    /// Secrets whose Kubernetes copies match.
+    pub synced: usize,
+    /// Secrets waiting to be written to Kubernetes (including those retried
+    /// after the API server could not be reached).
+    pub pending: usize,
+    /// Secrets that failed for a reason an admin must fix (e.g. a permission).
+    pub errors: usize,
+    /// Secrets blocked by a Kubernetes Secret that Aegis does not manage.
+    pub conflicts: usize,
+    /// How long the oldest unsynced change has waited, in milliseconds.
+    pub oldest_pending_ms: u64,
 }
 
 /// `GET /v1/secrets`.
@@ -304,6 +339,9 @@ pub struct Status {
     pub key_id: Option<String>,
     /// Aegis version.
     pub version: String,
+    /// Kubernetes Secret sync of `k8s:` secrets, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeSyncSummary>,
 }
 
 /// `POST /v1/admin/rotate-root-key`.

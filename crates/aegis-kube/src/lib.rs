@@ -6,6 +6,8 @@
 
 pub mod client;
 pub mod rootkey;
+pub mod sync;
 
 pub use client::{connect, connect_with_timeout, ConnectError};
 pub use rootkey::{SecretStore, SecretStoreSettings};
+pub use sync::{SyncConfig, Syncer};

@@ -33,5 +33,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         s.metrics.transform_failures.set(store.transform_failures() as i64);
     }
     s.metrics.connections_open.set(s.gate.open() as i64);
+    if let Some(sync) = s.sync() {
+        s.metrics.set_kube_sync(&sync.summary());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }

@@ -19,6 +19,7 @@ pub mod path;
 pub mod rootkey;
 pub mod serve;
 pub mod state;
+pub mod sync;
 pub mod vsecm;
 pub mod watch;
 mod watchconn;
@@ -30,8 +31,9 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use rootkey::{FileStore, KeyStoreError, RootKeyStore};
-pub use serve::{serve, start, Running};
+pub use serve::{serve, start, start_with, Running};
 pub use state::{AppState, RootKeyMode, Settings};
+pub use sync::SecretSync;
 
 /// Every route of the mTLS API.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -19,6 +19,13 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the Kubernetes sync gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeSyncLabels {
+    /// `synced`, `pending`, `error` or `conflict`.
+    pub state: &'static str,
+}
+
 /// The Safe's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +49,10 @@ pub struct Metrics {
     pub sealed: Gauge,
     /// Transformations found over the template budget since start.
     pub transform_failures: Gauge,
+    /// `k8s:` secrets by Kubernetes sync state (when the sync is enabled).
+    pub kube_sync: Family<KubeSyncLabels, Gauge>,
+    /// Age of the oldest change not yet in Kubernetes, in seconds.
+    pub kube_sync_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -59,6 +70,18 @@ impl Metrics {
         let sealed = Gauge::default();
         sealed.set(1);
         let transform_failures = Gauge::default();
+        let kube_sync = Family::<KubeSyncLabels, Gauge>::default();
+        let kube_sync_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "kubernetes_sync_secrets",
+            "k8s: secrets by Kubernetes Secret sync state (synced, pending, error, conflict)",
+            kube_sync.clone(),
+        );
+        registry.register(
+            "kubernetes_sync_lag_seconds",
+            "Age of the oldest change to a k8s: secret not yet written to Kubernetes (0 when all are synced)",
+            kube_sync_lag.clone(),
+        );
         registry.register("requests", "Requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency", latency.clone());
         registry.register("tls_handshake_failures", "Refused TLS handshakes", handshake_failures.clone());
@@ -89,7 +112,18 @@ impl Metrics {
             accept_errors,
             sealed,
             transform_failures,
+            kube_sync,
+            kube_sync_lag,
         }
+    }
+
+    /// Sets the Kubernetes sync gauges from `s`.
+    pub fn set_kube_sync(&self, s: &aegis_core::api::KubeSyncSummary) {
+        for (state, n) in [("synced", s.synced), ("pending", s.pending), ("error", s.errors), ("conflict", s.conflicts)]
+        {
+            self.kube_sync.get_or_create(&KubeSyncLabels { state }).set(n as i64);
+        }
+        self.kube_sync_lag.set(s.oldest_pending_ms as f64 / 1000.0);
     }
 
     /// The text exposition format.

@@ -52,7 +52,17 @@ pub fn info(doc: &SecretDoc) -> SecretInfo {
         not_before: meta.map(|m| rfc3339(m.not_before)).unwrap_or_default(),
         expires_after: meta.map(|m| rfc3339(m.expires_after)).unwrap_or_default(),
         versions_kept: doc.versions.len(),
+        kubernetes: None,
     }
+}
+
+/// [`info`] with the Kubernetes sync state of a `k8s:` secret, when the Safe keeps them.
+pub fn info_in(s: &AppState, doc: &SecretDoc) -> SecretInfo {
+    let mut i = info(doc);
+    if doc.name.kind() == aegis_core::SecretKind::Kubernetes {
+        i.kubernetes = s.sync().and_then(|sync| sync.state(&doc.name, doc.revision));
+    }
+    i
 }
 
 /// A name that may be written: the current rule only.
@@ -105,9 +115,10 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
     )?;
     let stamps = stamps(req.created.as_deref(), req.updated.as_deref())?;
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
+    crate::sync::check(s.sync(), &n, &req.value, &meta).await?;
     let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view, stamps }).await?;
     s.metrics.secrets.set(store.len() as i64);
-    Ok(Json(info(&e.doc)))
+    Ok(Json(info_in(&s, &e.doc)))
 }
 
 /// Query of `GET /v1/secrets/{name}`.
@@ -141,7 +152,7 @@ pub async fn get(
         .clone()
         .ok_or_else(|| ApiError::new(StatusCode::GONE, format!("version {number} of secret '{n}' was destroyed")))?;
     let data = (number == e.doc.current).then(|| e.workload_value().cloned()).flatten();
-    Ok(Json(SecretRead { info: info(&e.doc), read_version: number, value, data }))
+    Ok(Json(SecretRead { info: info_in(&s, &e.doc), read_version: number, value, data }))
 }
 
 /// Query of `GET /v1/secrets`.
@@ -160,7 +171,8 @@ pub async fn list(
     c.require_sentinel()?;
     let Query(q) = q.map_err(|_| ApiError::bad_request("deleted must be true or false"))?;
     let store = s.store()?;
-    let secrets = store.list().iter().filter(|e| q.deleted || e.doc.deleted.is_none()).map(|e| info(&e.doc)).collect();
+    let secrets =
+        store.list().iter().filter(|e| q.deleted || e.doc.deleted.is_none()).map(|e| info_in(&s, &e.doc)).collect();
     Ok(Json(SecretList { secrets }))
 }
 
@@ -169,7 +181,7 @@ async fn mutate(s: &AppState, c: &Caller, raw: &str, m: Mutation) -> Result<Json
     let n = extract::address(s, raw)?;
     let store = s.store()?;
     let e = store.apply(n, m).await?;
-    Ok(Json(info(&e.doc)))
+    Ok(Json(info_in(s, &e.doc)))
 }
 
 /// `DELETE /v1/secrets/{name}`: soft delete.
@@ -270,6 +282,7 @@ fn status_of(s: &AppState) -> Status {
         secrets: store.as_ref().map_or(0, |st| st.len()),
         key_id: store.map(|st| st.keyring().current().id().to_string()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        kubernetes: s.sync().map(|sync| sync.summary()),
     }
 }
 

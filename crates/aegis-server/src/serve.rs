@@ -172,12 +172,21 @@ async fn retry_rotation(state: Arc<AppState>) {
 
 /// Checks the identity, loads the root key (or stays sealed), binds both ports and starts serving.
 pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Result<Running, StartError> {
+    start_with(settings, identity, None).await
+}
+
+/// [`start`], keeping copies of `k8s:` secrets through `sync` when given.
+pub async fn start_with(
+    settings: Settings,
+    identity: Arc<dyn IdentitySource>,
+    sync: Option<Arc<dyn crate::SecretSync>>,
+) -> Result<Running, StartError> {
     let me = identity.current();
     if !settings.roles.is_safe(me.spiffe_id()) {
         return Err(StartError::NotSafe(me.spiffe_id().to_string()));
     }
     let (fd_soft, fd_hard) = crate::limits::raise_fd_limit();
-    let state = AppState::new(settings)?;
+    let state = AppState::with_sync(settings, sync)?;
     let l = state.gate.limits();
     tracing::info!(
         fd_soft,

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::limits::{ConnLimitSettings, Gate};
 use crate::metrics::Metrics;
 use crate::rootkey::{self, RootKeyStore};
+use crate::sync::SecretSync;
 
 /// Where the root key comes from.
 #[derive(Debug, Clone)]
@@ -85,11 +86,22 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Connection limits and counts.
     pub gate: Arc<Gate>,
+    /// Copies of `k8s:` secrets kept outside the Safe, if enabled.
+    sync: Option<Arc<dyn SecretSync>>,
 }
 
 impl AppState {
     /// A sealed state over the data directory.
     pub fn new(settings: Settings) -> Result<Arc<Self>, aegis_store::StoreError> {
+        Self::with_sync(settings, None)
+    }
+
+    /// A sealed state over the data directory that keeps copies of `k8s:`
+    /// secrets through `sync` (started at each unseal).
+    pub fn with_sync(
+        settings: Settings,
+        sync: Option<Arc<dyn SecretSync>>,
+    ) -> Result<Arc<Self>, aegis_store::StoreError> {
         let backend = Arc::new(DirBackend::open(&settings.data_dir)?);
         let gate = Gate::new(settings.conn_limits.resolve(crate::limits::fd_soft_limit()));
         Ok(Arc::new(Self {
@@ -99,7 +111,13 @@ impl AppState {
             backend,
             unseal_lock: Mutex::new(()),
             metrics: Metrics::new(),
+            sync,
         }))
+    }
+
+    /// The sync of `k8s:` secrets, if enabled.
+    pub fn sync(&self) -> Option<&dyn SecretSync> {
+        self.sync.as_deref()
     }
 
     /// The store, or 503 while sealed.
@@ -146,6 +164,9 @@ impl AppState {
         }
         self.metrics.secrets.set(store.len() as i64);
         self.metrics.transform_failures.set(store.transform_failures() as i64);
+        if let Some(sync) = &self.sync {
+            sync.start(store.clone());
+        }
         self.store.store(Some(Arc::new(store)));
         self.metrics.sealed.set(0);
         tracing::info!(secrets = report.loaded, "Safe unsealed");

@@ -138,6 +138,9 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         Some(&req.expires),
     )?;
     let view = extract::view(&value, &meta, s.settings.template_budget).await?;
+    for name in &names {
+        crate::sync::check(s.sync(), name, &value, &meta).await?;
+    }
     // All workloads or none: one store job, written all or nothing.
     let writes: Vec<_> = names
         .into_iter()

@@ -96,8 +96,16 @@ fn print_info(i: &SecretInfo, out: Out) -> Result<(), CliError> {
         return print_json(i);
     }
     let state = if i.deleted.is_some() { " (deleted)" } else { "" };
-    println!("{}: version {}{state}, updated {}, format {}", i.name, i.version, i.updated, i.format);
+    let kube = i.kubernetes.as_ref().map(kube_state).unwrap_or_default();
+    println!("{}: version {}{state}, updated {}, format {}{kube}", i.name, i.version, i.updated, i.format);
     Ok(())
+}
+
+/// `; kubernetes synced v3`, `; kubernetes conflict: <reason>`…
+fn kube_state(k: &aegis_core::api::KubeSync) -> String {
+    let version = k.synced_version.map(|v| format!(" v{v}")).unwrap_or_default();
+    let reason = k.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    format!("; kubernetes {}{version}{reason}", k.state)
 }
 
 /// `aegis put`: writes a new version of a secret.

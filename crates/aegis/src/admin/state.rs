@@ -45,6 +45,12 @@ pub async fn status(out: Out) -> Result<(), CliError> {
         s.key_id.unwrap_or_else(|| "-".into()),
         s.version
     );
+    if let Some(k) = &s.kubernetes {
+        println!(
+            "kubernetes secrets: {} synced, {} pending, {} errors, {} conflicts; oldest change waiting {} ms",
+            k.synced, k.pending, k.errors, k.conflicts, k.oldest_pending_ms
+        );
+    }
     Ok(())
 }
 

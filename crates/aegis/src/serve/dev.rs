@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// Connection limits and idle deadline of the dev Safe.
     #[command(flatten)]
     limits: crate::serve::server::LimitArgs,
+    /// `k8s:` secrets as Kubernetes Secrets.
+    #[command(flatten)]
+    kube: crate::serve::kube::KubeArgs,
     #[command(subcommand)]
     cmd: Option<DevCmd>,
 }
@@ -134,7 +137,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         root_key_file: Some(a.data_dir.join("root.key")),
         manual_root_key: false,
         root_key_store: Some(crate::serve::server::RootKeyStoreKind::File),
-        kube: crate::serve::server::KubeArgs::unused(),
+        root_key_secret: crate::serve::server::RootKeySecretArgs::unused(),
         max_body_bytes: 1024 * 1024,
         max_versions: 10,
         request_timeout_ms: std::env::var("AEGIS_REQUEST_TIMEOUT_MS")
@@ -150,6 +153,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         svid_key: None,
         svid_bundle: None,
         spiffe_endpoint_socket: String::new(),
+        kube: a.kube.clone(),
     };
     let mut s = settings(&server)?;
     s.roles = RoleRules::from_lookup(|k| (k == "SPIFFE_TRUST_DOMAIN").then(|| td.to_owned())).map_err(cfg_err)?;
@@ -161,5 +165,5 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         a.data_dir.display()
     );
     let identity: Arc<dyn aegis_identity::IdentitySource> = identity;
-    crate::serve::server::serve(s, identity).await
+    crate::serve::server::serve(s, identity, &server.kube).await
 }

@@ -2,4 +2,5 @@
 //! (a throw-away local CA on one machine).
 
 pub mod dev;
+pub mod kube;
 pub mod server;

@@ -35,9 +35,9 @@ pub struct ServerArgs {
     /// Overrides VSECM_SAFE_ROOT_KEY_STORE.
     #[arg(long, env = "AEGIS_ROOT_KEY_STORE", value_enum)]
     pub root_key_store: Option<RootKeyStoreKind>,
-    /// Kubernetes settings of the root key store.
+    /// The Kubernetes Secret of the root key store.
     #[command(flatten)]
-    pub kube: KubeArgs,
+    pub root_key_secret: RootKeySecretArgs,
     /// Largest request body, in bytes.
     #[arg(long, env = "AEGIS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -74,6 +74,9 @@ pub struct ServerArgs {
     /// SPIFFE Workload API socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///spire-agent-socket/spire-agent.sock")]
     pub spiffe_endpoint_socket: String,
+    /// `k8s:` secrets as Kubernetes Secrets.
+    #[command(flatten)]
+    pub kube: crate::serve::kube::KubeArgs,
 }
 
 /// Where the root key lives.
@@ -87,9 +90,10 @@ pub enum RootKeyStoreKind {
     Manual,
 }
 
-/// The Kubernetes Secret that holds the root key, and how to reach the API server.
+/// The Kubernetes Secret that holds the root key, and how long to wait for the API server
+/// (reached through `--kubeconfig`, shared with the `k8s:` sync, or in-cluster).
 #[derive(Args, Debug, Clone)]
-pub struct KubeArgs {
+pub struct RootKeySecretArgs {
     /// VSecM's choice of root key store; `k8s` selects the Kubernetes Secret. Used only when none of
     /// --root-key-store, --root-key-file and --manual-root-key is given.
     #[arg(long = "vsecm-safe-root-key-store", env = "VSECM_SAFE_ROOT_KEY_STORE", hide = true)]
@@ -100,9 +104,6 @@ pub struct KubeArgs {
     /// Namespace of the Secret holding the root key.
     #[arg(long = "root-key-namespace", env = "VSECM_NAMESPACE_SYSTEM", default_value = aegis_kube::rootkey::DEFAULT_NAMESPACE)]
     pub namespace: String,
-    /// Kubeconfig file (one path); without it the Safe uses its pod's ServiceAccount (in-cluster).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
     /// Longest one Kubernetes API call may take, in milliseconds.
     #[arg(long, env = "AEGIS_KUBE_API_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub kube_api_timeout_ms: u64,
@@ -111,24 +112,23 @@ pub struct KubeArgs {
     pub kube_start_wait_ms: u64,
 }
 
-impl KubeArgs {
+impl RootKeySecretArgs {
     /// No Kubernetes: VSecM's names, nothing selected from the environment (`aegis dev`).
     pub fn unused() -> Self {
         Self {
             vsecm_root_key_store: None,
             secret: aegis_kube::rootkey::DEFAULT_SECRET.to_owned(),
             namespace: aegis_kube::rootkey::DEFAULT_NAMESPACE.to_owned(),
-            kubeconfig: None,
             kube_api_timeout_ms: 10_000,
             kube_start_wait_ms: 60_000,
         }
     }
 
-    fn store(&self) -> Result<RootKeyMode, CliError> {
+    fn store(&self, kubeconfig: Option<&std::path::Path>) -> Result<RootKeyMode, CliError> {
         let settings = aegis_kube::SecretStoreSettings {
             namespace: self.namespace.clone(),
             name: self.secret.clone(),
-            kubeconfig: self.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+            kubeconfig: kubeconfig.filter(|p| !p.as_os_str().is_empty()).map(std::path::Path::to_path_buf),
             api_timeout: Duration::from_millis(self.kube_api_timeout_ms),
             start_wait: Duration::from_millis(self.kube_start_wait_ms),
         };
@@ -160,7 +160,7 @@ pub fn root_key_mode(a: &ServerArgs) -> Result<RootKeyMode, CliError> {
             (Some(kind), _, _) => kind,
             (None, Some(_), _) => RootKeyStoreKind::File,
             (None, None, true) => RootKeyStoreKind::Manual,
-            (None, None, false) => match a.kube.vsecm_root_key_store.as_deref().map(str::trim) {
+            (None, None, false) => match a.root_key_secret.vsecm_root_key_store.as_deref().map(str::trim) {
                 Some("k8s" | "kubernetes") => RootKeyStoreKind::Kubernetes,
                 Some(other) if !other.is_empty() => {
                     return Err(CliError::new(
@@ -179,7 +179,7 @@ pub fn root_key_mode(a: &ServerArgs) -> Result<RootKeyMode, CliError> {
             },
         };
     match (kind, file) {
-        (RootKeyStoreKind::Kubernetes, _) => a.kube.store(),
+        (RootKeyStoreKind::Kubernetes, _) => a.root_key_secret.store(a.kube.kubeconfig.as_deref()),
         (RootKeyStoreKind::File, Some(p)) => Ok(RootKeyMode::file(p.clone())),
         (RootKeyStoreKind::File, None) => {
             Err(CliError::new(CONFIG, "--root-key-store file needs --root-key-file PATH (AEGIS_ROOT_KEY_FILE)"))
@@ -267,9 +267,16 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
     })
 }
 
-/// Starts the Safe with `identity` and serves until interrupted.
-pub async fn serve(settings: Settings, identity: Arc<dyn IdentitySource>) -> Result<(), CliError> {
-    let running = aegis_server::start(settings, identity).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+/// Starts the Safe with `identity` (and the Kubernetes Secret sync of
+/// `k8s:` secrets when `kube` enables it) and serves until interrupted.
+pub async fn serve(
+    settings: Settings,
+    identity: Arc<dyn IdentitySource>,
+    kube: &crate::serve::kube::KubeArgs,
+) -> Result<(), CliError> {
+    let sync = kube.sync(settings.template_budget).await?;
+    let running =
+        aegis_server::start_with(settings, identity, sync).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -300,7 +307,9 @@ pub async fn run(a: ServerArgs) -> Result<(), CliError> {
     let cfg = IdentityConfig::from_settings(a.svid_cert, a.svid_key, a.svid_bundle, &a.spiffe_endpoint_socket)
         .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     let identity = aegis_identity::start_source(&cfg).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
-    serve(settings, identity).await.map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
+    serve(settings, identity, &a.kube)
+        .await
+        .map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
 }
 
 #[cfg(test)]
@@ -322,7 +331,7 @@ mod tests {
         let mut a = Cmd::try_parse_from(argv).unwrap().server;
         // The test runner's own environment must not choose for the test.
         if !args.contains(&"--vsecm-safe-root-key-store") {
-            a.kube.vsecm_root_key_store = None;
+            a.root_key_secret.vsecm_root_key_store = None;
         }
         root_key_mode(&a)
     }

@@ -216,10 +216,10 @@ impl KubeCluster {
         }
         // The ServiceAccount token signing key (ES256); the API server derives the
         // verification key from it.
-        // The API server reads only PKIX public keys (or SEC1/PKCS#1 private keys) as
-        // verification keys, not rcgen's PKCS#8: give it the public key too.
         let sa_key = KeyPair::generate().unwrap();
         write_private(&d.join("sa.key"), &sa_key.serialize_pem());
+        // The API server reads verification keys as public keys (or RSA/EC
+        // private keys), not as the PKCS#8 private key above.
         fs::write(d.join("sa.pub"), sa_key.public_key_pem()).unwrap();
 
         let port = free_port();

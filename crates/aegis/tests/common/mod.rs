@@ -85,6 +85,12 @@ impl Safe {
 
     /// `aegis dev` with extra flags and, if given, a file descriptor limit.
     pub fn dev_with(extra: &[&str], fd_limit: Option<u64>) -> Self {
+        Self::dev_with_env(extra, fd_limit, HashMap::new())
+    }
+
+    /// `aegis dev` with extra flags, a file descriptor limit if given, and
+    /// extra environment variables (kept for restarts).
+    pub fn dev_with_env(extra: &[&str], fd_limit: Option<u64>, env: HashMap<String, String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self {
             log: dir.path().join("safe.log"),
@@ -92,7 +98,7 @@ impl Safe {
             port: free_port(),
             health: free_port(),
             child: None,
-            extra_env: HashMap::new(),
+            extra_env: env,
             args: Vec::new(),
             fd_limit,
             starts: 0,

@@ -1,0 +1,523 @@
+//! `k8s:` secrets as Kubernetes Secrets, against a real etcd + kube-apiserver +
+//! controller manager (`common::kube`). The Safe runs `aegis dev` with
+//! `AEGIS_K8S_SECRETS=true` and the kubeconfig of the `aegis-safe`
+//! ServiceAccount bound to the Role of deploy/kubernetes/safe-rbac.yaml, never
+//! as the admin. Every wait polls for its condition with a deadline.
+//!
+//! The two benchmarks of docs/BENCHMARKS.md are the ignored tests `bench_*`:
+//! `cargo test --release -p aegis --test kube_secrets -- --ignored --nocapture bench_`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use ::kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use aegis_core::api::{PutSecret, SecretInfo};
+use aegis_core::secret::SecretValue;
+use base64::Engine;
+use common::kube::{repo_root, KubeCluster};
+use common::Safe;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+
+/// How long Kubernetes may take to catch up in these tests.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Polls `f` every 25 ms until it yields `Some`, or fails after `limit` saying `what`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The Role and RoleBinding of safe-rbac.yaml's `k8s:` template, for `ns`.
+fn role_for(ns: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("deploy/kubernetes/safe-rbac.yaml")).unwrap();
+    let (_, template) = text.split_once("# Template:").expect("safe-rbac.yaml has a '# Template:' section");
+    let template = template.split_once('\n').unwrap().1;
+    assert!(template.contains("namespace: default"), "the template targets namespace default");
+    template.replace("namespace: default", &format!("namespace: {ns}"))
+}
+
+/// A cluster with safe-rbac.yaml applied, the Role granted in `granted`
+/// (besides `default`), and the namespaces `bare` created without it.
+struct Setup {
+    cluster: KubeCluster,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn new(granted: &[&str], bare: &[&str]) -> Self {
+        let cluster = KubeCluster::start().await;
+        cluster.apply_yaml(repo_root().join("deploy/kubernetes/safe-rbac.yaml").to_str().unwrap()).await;
+        for ns in granted {
+            cluster.create_namespace(ns).await;
+            cluster.apply_yaml(&role_for(ns)).await;
+        }
+        for ns in bare {
+            cluster.create_namespace(ns).await;
+        }
+        let kubeconfig = cluster.service_account_kubeconfig("vsecm-system", "aegis-safe").await;
+        Self { cluster, kubeconfig }
+    }
+
+    fn safe_env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env = HashMap::from([
+            ("AEGIS_K8S_SECRETS".to_owned(), "true".to_owned()),
+            ("KUBECONFIG".to_owned(), self.kubeconfig.display().to_string()),
+        ]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    /// A dev Safe syncing into this cluster as the `aegis-safe` ServiceAccount.
+    fn safe(&self, extra: &[(&str, &str)]) -> Safe {
+        let env = self.safe_env(extra);
+        tokio::task::block_in_place(|| Safe::dev_with_env(&[], None, env))
+    }
+
+    fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.cluster.admin_client(), ns)
+    }
+
+    /// The Secret's data as text, if it exists.
+    async fn data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let s = self.secrets(ns).get_opt(name).await.unwrap()?;
+        Some(s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect())
+    }
+
+    /// Waits until `ns/name` holds exactly `want`.
+    async fn wait_data(&self, ns: &str, name: &str, want: &[(&str, &str)]) -> Secret {
+        let want: BTreeMap<String, String> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        eventually(&format!("Secret {ns}/{name} holding keys {:?}", want.keys()), CATCH_UP, || async {
+            (self.data(ns, name).await.as_ref() == Some(&want)).then_some(())
+        })
+        .await;
+        self.secrets(ns).get(name).await.unwrap()
+    }
+
+    async fn wait_gone(&self, ns: &str, name: &str) {
+        eventually(&format!("Secret {ns}/{name} deleted"), CATCH_UP, || async {
+            self.secrets(ns).get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+}
+
+fn put(value: &str, namespaces: &[&str], template: Option<&str>) -> PutSecret {
+    let mut p = PutSecret::new(SecretValue::new(value));
+    if !namespaces.is_empty() {
+        p.namespaces = Some(namespaces.iter().map(|s| s.to_string()).collect());
+    }
+    p.template = template.map(str::to_owned);
+    p
+}
+
+async fn info(c: &aegis_sdk::Client, name: &str) -> SecretInfo {
+    c.list(true).await.unwrap().secrets.into_iter().find(|i| i.name == name).unwrap()
+}
+
+/// Waits until `aegis list` says `name` is in `state`; returns its info.
+async fn wait_state(c: &aegis_sdk::Client, name: &str, state: &str) -> SecretInfo {
+    eventually(&format!("{name} in state {state}"), CATCH_UP, || async {
+        let i = info(c, name).await;
+        (i.kubernetes.as_ref().map(|k| k.state.as_str()) == Some(state)).then_some(i)
+    })
+    .await
+}
+
+/// The log without terminal colour codes.
+fn plain_log(safe: &Safe) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in safe.log_text().chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Fails if any of `values` (or its base64, as Kubernetes carries it) is in the Safe's log.
+fn assert_no_values_in_log(safe: &Safe, values: &[&str]) {
+    let log = safe.log_text();
+    assert!(log.contains("TRACE"), "the Safe must log at trace level here");
+    for v in values {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(v);
+        assert!(!log.contains(v), "the value {v} is in the Safe's log");
+        assert!(!log.contains(&b64), "the base64 of {v} is in the Safe's log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_secrets_follow_creates_updates_templates_namespace_changes_and_deletes() {
+    let k = Setup::new(&["payments", "billing"], &[]).await;
+    let safe = k.safe(&[]);
+    let admin = safe.admin_env();
+    let c = safe.client(&admin).await;
+    let v1 = r#"{"username": "admin", "password": "CANARY-pw-71c3"}"#;
+
+    // Create: a JSON object of strings becomes one key per field.
+    let i = c.put("k8s:db-creds", &put(v1, &["payments"], None)).await.unwrap();
+    assert!(i.kubernetes.is_some(), "the write answers with the sync state");
+    let s = k.wait_data("payments", "db-creds", &[("username", "admin"), ("password", "CANARY-pw-71c3")]).await;
+    let labels = s.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "aegis");
+    let ann = s.metadata.annotations.clone().unwrap();
+    assert_eq!(ann["aegis.dev/secret"], "k8s:db-creds");
+    assert_eq!(ann["aegis.dev/version"], "1");
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    let managers: Vec<String> = s.metadata.managed_fields.unwrap().into_iter().filter_map(|m| m.manager).collect();
+    assert!(managers.iter().any(|m| m == "aegis"), "{managers:?}");
+    let i = wait_state(&c, "k8s:db-creds", "synced").await;
+    assert_eq!(i.kubernetes.unwrap().synced_version, Some(1));
+
+    // Update: anything but an object of strings is the single key VALUE.
+    c.put("k8s:db-creds", &put("CANARY-plain-5d20", &["payments"], None)).await.unwrap();
+    let s = k.wait_data("payments", "db-creds", &[("VALUE", "CANARY-plain-5d20")]).await;
+    assert_eq!(s.metadata.annotations.unwrap()["aegis.dev/version"], "2");
+
+    // Template: its output object is the data.
+    let tmpl = r#"{"USER":"{{.username}}", "PASS":"{{.password}}"}"#;
+    c.put("k8s:db-creds", &put(v1, &["payments"], Some(tmpl))).await.unwrap();
+    k.wait_data("payments", "db-creds", &[("USER", "admin"), ("PASS", "CANARY-pw-71c3")]).await;
+
+    // Namespace change: the copy in a dropped namespace is deleted.
+    c.put("k8s:db-creds", &put(v1, &["billing"], Some(tmpl))).await.unwrap();
+    k.wait_data("billing", "db-creds", &[("USER", "admin"), ("PASS", "CANARY-pw-71c3")]).await;
+    k.wait_gone("payments", "db-creds").await;
+    c.put("k8s:db-creds", &put(v1, &["billing", "payments"], None)).await.unwrap();
+    for ns in ["billing", "payments"] {
+        k.wait_data(ns, "db-creds", &[("username", "admin"), ("password", "CANARY-pw-71c3")]).await;
+    }
+
+    // VSecM's `safe` writes k8s: secrets too.
+    let out = tokio::task::block_in_place(|| {
+        safe.safe(&admin, &["-w", "k8s:via-safe", "-n", "billing", "-s", "CANARY-safe-0a9e"])
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    k.wait_data("billing", "via-safe", &[("VALUE", "CANARY-safe-0a9e")]).await;
+
+    // `aegis list` and `aegis status` show the state; so do the metrics.
+    wait_state(&c, "k8s:via-safe", "synced").await;
+    wait_state(&c, "k8s:db-creds", "synced").await;
+    let list = tokio::task::block_in_place(|| safe.aegis(&admin, &["list"]));
+    let text = common::stdout(&list);
+    assert!(text.contains("k8s:db-creds") && text.contains("kubernetes synced v5"), "{text}");
+    let status = c.status().await.unwrap().kubernetes.expect("status has the Kubernetes sync");
+    assert_eq!((status.synced, status.pending, status.errors, status.conflicts), (2, 0, 0, 0));
+    let m = common::metrics(&safe);
+    assert_eq!(common::metric(&m, "aegis_kubernetes_sync_secrets{state=\"synced\"}"), 2.0, "{m}");
+
+    // Delete: the Kubernetes Secrets go too.
+    c.delete("k8s:db-creds").await.unwrap();
+    k.wait_gone("billing", "db-creds").await;
+    k.wait_gone("payments", "db-creds").await;
+    // An ordinary secret never becomes a Kubernetes Secret.
+    c.put("plain", &put("CANARY-ordinary-33f1", &["billing"], None)).await.unwrap();
+    assert!(info(&c, "plain").await.kubernetes.is_none());
+    assert!(k.data("billing", "plain").await.is_none());
+
+    assert_no_values_in_log(
+        &safe,
+        &["CANARY-pw-71c3", "CANARY-plain-5d20", "CANARY-safe-0a9e", "CANARY-ordinary-33f1"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_on_delete_keeps_the_kubernetes_secrets_of_a_deleted_secret() {
+    let k = Setup::new(&[], &[]).await;
+    let safe = k.safe(&[("AEGIS_K8S_KEEP_ON_DELETE", "true")]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:kept", &put("v1", &[], None)).await.unwrap();
+    k.wait_data("default", "kept", &[("VALUE", "v1")]).await;
+    c.delete("k8s:kept").await.unwrap();
+    wait_state(&c, "k8s:kept", "synced").await;
+    assert_eq!(k.data("default", "kept").await, Some(BTreeMap::from([("VALUE".into(), "v1".into())])));
+    // Without the switch the same delete removes it (the default).
+    drop(safe);
+    let safe = k.safe(&[]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:gone", &put("v1", &[], None)).await.unwrap();
+    k.wait_data("default", "gone", &[("VALUE", "v1")]).await;
+    c.delete("k8s:gone").await.unwrap();
+    k.wait_gone("default", "gone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_after_a_manual_edit_and_a_manual_delete() {
+    let k = Setup::new(&[], &[]).await;
+    let safe = k.safe(&[]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:drift", &put(r#"{"a": "1", "b": "2"}"#, &[], None)).await.unwrap();
+    k.wait_data("default", "drift", &[("a", "1"), ("b", "2")]).await;
+
+    // A hand edit (changed value, an added key) is undone.
+    let edit = serde_json::json!({"stringData": {"a": "tampered", "extra": "x"}});
+    k.secrets("default").patch("drift", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let t = Instant::now();
+    k.wait_data("default", "drift", &[("a", "1"), ("b", "2")]).await;
+    eprintln!("edit repaired in {:?}", t.elapsed());
+
+    // A hand delete is undone.
+    k.secrets("default").delete("drift", &DeleteParams::default()).await.unwrap();
+    let t = Instant::now();
+    k.wait_data("default", "drift", &[("a", "1"), ("b", "2")]).await;
+    eprintln!("delete repaired in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "a deleted copy must come back within seconds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_aegis_does_not_manage_is_never_taken_over() {
+    let k = Setup::new(&[], &[]).await;
+    let theirs: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "theirs", "labels": {"team": "payments"}},
+        "type": "Opaque", "stringData": {"owner": "someone else"}
+    }))
+    .unwrap();
+    k.secrets("default").create(&PostParams::default(), &theirs).await.unwrap();
+    let before = k.secrets("default").get("theirs").await.unwrap();
+    let safe = k.safe(&[]);
+    let admin = safe.admin_env();
+    let c = safe.client(&admin).await;
+
+    // Refused on the write, with a clear error; nothing stored.
+    let err = c.put("k8s:theirs", &put("mine", &[], None)).await.unwrap_err().to_string();
+    assert!(err.contains("409"), "{err}");
+    assert!(err.contains("default/theirs") && err.contains("not managed by Aegis"), "{err}");
+    assert!(err.contains("app.kubernetes.io/managed-by=aegis"), "{err}");
+    assert!(c.list(true).await.unwrap().secrets.iter().all(|i| i.name != "k8s:theirs"));
+    let out = tokio::task::block_in_place(|| safe.safe(&admin, &["-w", "k8s:theirs", "-s", "mine"]));
+    assert!(!out.status.success());
+
+    // Data Kubernetes would refuse is refused on the write too, naming the key, not the value.
+    let err = c.put("k8s:badkey", &put(r#"{"bad key": "CANARY-bad"}"#, &[], None)).await.unwrap_err().to_string();
+    assert!(err.contains("'bad key'") && err.contains("not a valid Kubernetes Secret key"), "{err}");
+    assert!(!err.contains("CANARY-bad"), "{err}");
+
+    // Kubernetes is unchanged.
+    let after = k.secrets("default").get("theirs").await.unwrap();
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
+    assert_eq!(after.data, before.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_the_api_server_is_down_and_converge_when_it_is_back() {
+    let mut k = Setup::new(&[], &[]).await;
+    let safe = k.safe(&[]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:outage", &put("before", &[], None)).await.unwrap();
+    k.wait_data("default", "outage", &[("VALUE", "before")]).await;
+
+    k.cluster.stop_apiserver();
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        c.put("k8s:outage", &put(&format!("CANARY-during-{i}"), &[], None)).await.unwrap();
+        c.put(&format!("k8s:new-{i}"), &put("CANARY-new", &[], None)).await.unwrap();
+        slowest = slowest.max(t.elapsed());
+    }
+    eprintln!("slowest pair of writes while the API server was down: {slowest:?}");
+    assert!(slowest < Duration::from_secs(2), "writes must not wait for a dead API server: {slowest:?}");
+    let i = info(&c, "k8s:outage").await;
+    let kube = i.kubernetes.unwrap();
+    assert_eq!(kube.state, "pending", "{kube:?}");
+    assert_eq!(kube.synced_version, Some(1));
+    let lag = eventually("the lag metric", CATCH_UP, || async {
+        let m = common::metrics(&safe);
+        let pending = common::metric(&m, "aegis_kubernetes_sync_secrets{state=\"pending\"}");
+        (pending >= 21.0).then(|| common::metric(&m, "aegis_kubernetes_sync_lag_seconds"))
+    })
+    .await;
+    assert!(lag > 0.0);
+    let status = c.status().await.unwrap().kubernetes.unwrap();
+    assert!(status.pending >= 21, "{status:?}");
+
+    k.cluster.start_apiserver().await;
+    let t = Instant::now();
+    k.wait_data("default", "outage", &[("VALUE", "CANARY-during-19")]).await;
+    for i in 0..20 {
+        k.wait_data("default", &format!("new-{i}"), &[("VALUE", "CANARY-new")]).await;
+    }
+    eventually("every secret synced", CATCH_UP, || async {
+        let s = c.status().await.unwrap().kubernetes.unwrap();
+        (s.synced == 21 && s.pending == 0).then_some(())
+    })
+    .await;
+    eprintln!("converged {:?} after the API server was back", t.elapsed());
+    assert_no_values_in_log(&safe, &["CANARY-during-3", "CANARY-new"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_without_the_role_gets_a_clear_error_naming_the_permission() {
+    let k = Setup::new(&[], &["norole"]).await;
+    let safe = k.safe(&[]);
+    let c = safe.client(&safe.admin_env()).await;
+    // Accepted (the Safe cannot know in advance), then reported.
+    c.put("k8s:denied", &put("CANARY-denied", &["norole", "default"], None)).await.unwrap();
+    k.wait_data("default", "denied", &[("VALUE", "CANARY-denied")]).await;
+    let i = wait_state(&c, "k8s:denied", "error").await;
+    let reason = i.kubernetes.unwrap().reason.unwrap();
+    assert!(reason.contains("missing permission") && reason.contains("norole"), "{reason}");
+    assert!(reason.contains("'get'") || reason.contains("'patch'"), "{reason}");
+    assert!(reason.contains("secrets"), "{reason}");
+    assert!(k.data("norole", "denied").await.is_none());
+    let log = plain_log(&safe);
+    assert!(log.contains("missing permission") && log.contains("norole"), "the log must say it");
+    assert_eq!(c.status().await.unwrap().kubernetes.unwrap().errors, 1);
+
+    // Granting the Role fixes it without touching the Safe.
+    k.cluster.apply_yaml(&role_for("norole")).await;
+    k.wait_data("norole", "denied", &[("VALUE", "CANARY-denied")]).await;
+    wait_state(&c, "k8s:denied", "synced").await;
+    assert_no_values_in_log(&safe, &["CANARY-denied"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reconciles_every_secret_and_removes_only_this_safes_orphans() {
+    let k = Setup::new(&["team-a"], &[]).await;
+    let mut safe = k.safe(&[]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:edited", &put("one", &["team-a"], None)).await.unwrap();
+    c.put("k8s:deleted", &put("two", &["team-a"], None)).await.unwrap();
+    k.wait_data("team-a", "edited", &[("VALUE", "one")]).await;
+    k.wait_data("team-a", "deleted", &[("VALUE", "two")]).await;
+    tokio::task::block_in_place(|| safe.kill9());
+
+    // While the Safe is down: an edit, a delete, and two labelled Secrets that
+    // no Aegis secret of this Safe backs (one of this instance, one of another).
+    let edit = serde_json::json!({"stringData": {"VALUE": "tampered"}});
+    k.secrets("team-a").patch("edited", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    k.secrets("team-a").delete("deleted", &DeleteParams::default()).await.unwrap();
+    let labelled = |name: &str, instance: &str| -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "aegis"},
+                         "annotations": {"aegis.dev/secret": format!("k8s:{name}"), "aegis.dev/version": "1",
+                                         "aegis.dev/instance": instance}},
+            "type": "Opaque", "stringData": {"VALUE": "x"}
+        }))
+        .unwrap()
+    };
+    k.secrets("team-a").create(&PostParams::default(), &labelled("orphan", "default")).await.unwrap();
+    k.secrets("team-a").create(&PostParams::default(), &labelled("elsewhere", "other-safe")).await.unwrap();
+
+    tokio::task::block_in_place(|| {
+        safe.start();
+        safe.wait_ready();
+    });
+    k.wait_data("team-a", "edited", &[("VALUE", "one")]).await;
+    k.wait_data("team-a", "deleted", &[("VALUE", "two")]).await;
+    k.wait_gone("team-a", "orphan").await;
+    assert!(k.data("team-a", "elsewhere").await.is_some(), "another Safe's Secret must stay");
+}
+
+// ---- benchmarks (ignored; run explicitly, see docs/BENCHMARKS.md) ----
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// From an acknowledged write to the Kubernetes Secret holding the new value,
+/// over 200 writes (one at a time, the next after the previous one landed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn bench_write_to_kubernetes_secret_latency() {
+    let k = Setup::new(&[], &[]).await;
+    let safe = k.safe(&[("AEGIS_LOG", "warn")]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:bench", &put("warm-up", &[], None)).await.unwrap();
+    k.wait_data("default", "bench", &[("VALUE", "warm-up")]).await;
+    // Watch the Secret, so the time is when the API server has it (not when a poll sees it).
+    let api = k.secrets("default");
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let want = format!("value-{i}");
+        let mut stream =
+            api.watch(&::kube::api::WatchParams::default().fields("metadata.name=bench"), "0").await.unwrap().boxed();
+        c.put("k8s:bench", &put(&want, &[], None)).await.unwrap();
+        let acked = Instant::now();
+        loop {
+            let ev = tokio::time::timeout(CATCH_UP, stream.next()).await.unwrap().unwrap().unwrap();
+            if let ::kube::api::WatchEvent::Added(s) | ::kube::api::WatchEvent::Modified(s) = ev {
+                let v = s.data.and_then(|d| d.get("VALUE").map(|b| b.0.clone()));
+                if v.as_deref() == Some(want.as_bytes()) {
+                    break;
+                }
+            }
+        }
+        lat.push(acked.elapsed());
+    }
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    println!("BENCH write->Secret over {} writes: p50 {p50:?} p99 {p99:?} max {:?}", lat.len(), lat[lat.len() - 1]);
+}
+
+/// 1,000 `k8s:` secrets in 10 namespaces: after a Safe restart with every
+/// Kubernetes Secret deleted, the time until all are back and `aegis status`
+/// says all synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn bench_restart_reconciles_1000_secrets_in_10_namespaces() {
+    let namespaces: Vec<String> = (0..10).map(|i| format!("bench-{i}")).collect();
+    let ns_refs: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let k = Setup::new(&ns_refs, &[]).await;
+    let mut safe = k.safe(&[("AEGIS_LOG", "warn")]);
+    let c = safe.client(&safe.admin_env()).await;
+    let t = Instant::now();
+    for i in 0..1000 {
+        let ns = &namespaces[i % 10];
+        c.put(&format!("k8s:s{i}"), &put(&format!("{{\"n\": \"{i}\"}}"), &[ns], None)).await.unwrap();
+    }
+    eventually("1000 synced", Duration::from_secs(120), || async {
+        let s = c.status().await.unwrap().kubernetes.unwrap();
+        (s.synced == 1000).then_some(())
+    })
+    .await;
+    println!("BENCH first sync of 1000 secrets: {:?}", t.elapsed());
+    tokio::task::block_in_place(|| safe.kill9());
+    for ns in &namespaces {
+        k.secrets(ns)
+            .delete_collection(
+                &DeleteParams::default(),
+                &::kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=aegis"),
+            )
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    tokio::task::block_in_place(|| {
+        safe.start();
+        safe.wait_ready();
+    });
+    let ready = t.elapsed();
+    let c = safe.client(&safe.admin_env()).await;
+    eventually("1000 synced after restart", Duration::from_secs(120), || async {
+        let s = c.status().await.ok()?.kubernetes?;
+        (s.synced == 1000).then_some(())
+    })
+    .await;
+    let synced = t.elapsed();
+    let mut count = 0;
+    for ns in &namespaces {
+        count += k.secrets(ns).list(&::kube::api::ListParams::default()).await.unwrap().items.len();
+    }
+    assert_eq!(count, 1000);
+    println!("BENCH restart: ready {ready:?}, 1000 Secrets in 10 namespaces recreated and synced {synced:?}");
+}
