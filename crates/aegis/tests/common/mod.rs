@@ -1,6 +1,8 @@
 //! Shared harness: starts the real `aegis` binary and talks to it over real mTLS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod kube;
+
 use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
