@@ -477,6 +477,15 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
     }
     assert!(checked > 60, "only {checked} objects checked");
 
+    // The workload examples too.
+    for example in ["sidecar.yaml", "init-container.yaml", "aegis-run.yaml", "k8s-secret-env.yaml"] {
+        let text = std::fs::read_to_string(repo_root().join("examples").join(example)).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{example}: {e}"));
+        for obj in docs.iter().filter(|d| !d.is_null()) {
+            dry_run_apply(&cluster, obj).await.unwrap_or_else(|e| panic!("examples/{example}: the API server refused {e}"));
+        }
+    }
+
     // The check can fail: a field the API does not know is refused.
     let mut bad = render(None).into_iter().find(|o| kind(o) == "ClusterSPIFFEID").unwrap();
     bad["spec"]["spiffeIdTemplate"] = Value::from("typo");
