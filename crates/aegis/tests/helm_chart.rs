@@ -300,7 +300,11 @@ fn the_safes_role_rules_accept_exactly_the_ids_the_chart_registers() {
     for values in [None, Some("custom-spiffe-values.yaml")] {
         let objs = render(values);
         let e = env(container(find(&objs, "StatefulSet", "vsecm-safe")));
-        assert_eq!(e, env(container(find(&objs, "Deployment", "vsecm-sentinel"))).into_iter().filter(|(k, _)| k != "VSECM_SAFE_ENDPOINT_URL").collect());
+        let sentinel_env: BTreeMap<_, _> = env(container(find(&objs, "Deployment", "vsecm-sentinel")))
+            .into_iter()
+            .filter(|(k, _)| k != "VSECM_SAFE_ENDPOINT_URL")
+            .collect();
+        assert_eq!(e, sentinel_env, "the Safe and the Sentinel read the same rules");
         let rules = RoleRules::from_lookup(|k| e.get(k).cloned()).unwrap_or_else(|err| panic!("{values:?}: {err}"));
         let template = |n: &str| {
             find(&objs, "ClusterSPIFFEID", n)["spec"]["spiffeIDTemplate"].as_str().unwrap().to_owned()
