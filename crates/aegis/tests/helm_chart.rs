@@ -186,8 +186,12 @@ fn default_values_install_vsecms_names_and_the_kubernetes_root_key_store() {
     assert_eq!(pod["serviceAccountName"], "vsecm-safe");
     assert_eq!(pod["automountServiceAccountToken"], true, "the kubernetes root key store calls the API");
     let a = args(container(safe));
-    for want in ["server", "--root-key-store=kubernetes", "--root-key-secret=vsecm-root-key", "--root-key-namespace=vsecm-system"]
-    {
+    for want in [
+        "server",
+        "--root-key-store=kubernetes",
+        "--root-key-secret=vsecm-root-key",
+        "--root-key-namespace=vsecm-system",
+    ] {
         assert!(a.contains(&want.to_owned()), "Safe args {a:?} lack {want}");
     }
     assert!(!a.iter().any(|x| x.starts_with("--k8s-secrets")), "k8s: sync is off by default");
@@ -201,7 +205,10 @@ fn default_values_install_vsecms_names_and_the_kubernetes_root_key_store() {
     // The role rules are exactly VSecM's defaults.
     let e = env(container(safe));
     assert_eq!(e["SPIFFE_TRUST_DOMAIN"], "vsecm.com");
-    assert_eq!(e["VSECM_SPIFFEID_PREFIX_SAFE"], "^spiffe://vsecm.com/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/[^/]+$");
+    assert_eq!(
+        e["VSECM_SPIFFEID_PREFIX_SAFE"],
+        "^spiffe://vsecm.com/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/[^/]+$"
+    );
     assert_eq!(
         e["VSECM_SPIFFEID_PREFIX_SENTINEL"],
         "^spiffe://vsecm.com/workload/vsecm-sentinel/ns/vsecm-system/sa/vsecm-sentinel/n/[^/]+$"
@@ -306,9 +313,8 @@ fn the_safes_role_rules_accept_exactly_the_ids_the_chart_registers() {
             .collect();
         assert_eq!(e, sentinel_env, "the Safe and the Sentinel read the same rules");
         let rules = RoleRules::from_lookup(|k| e.get(k).cloned()).unwrap_or_else(|err| panic!("{values:?}: {err}"));
-        let template = |n: &str| {
-            find(&objs, "ClusterSPIFFEID", n)["spec"]["spiffeIDTemplate"].as_str().unwrap().to_owned()
-        };
+        let template =
+            |n: &str| find(&objs, "ClusterSPIFFEID", n)["spec"]["spiffeIDTemplate"].as_str().unwrap().to_owned();
         let safe = template("vsecm-system-aegis-safe");
         let sentinel = template("vsecm-system-aegis-sentinel");
         assert_eq!(rules.classify(&instantiate(&safe, NAMESPACE, "vsecm-safe", "vsecm-safe-0")), Role::Safe);
@@ -357,7 +363,10 @@ fn typos_and_bad_values_are_refused_naming_the_field() {
         // The Safe is a single writer.
         ("safe:\n  replicas: 3\n", &["replicas"]),
         // A template outside the trust domain.
-        ("spire:\n  idTemplates:\n    safe: \"spiffe://other.org/safe/{{ .PodMeta.Name }}\"\n", &["spire.idTemplates.safe"]),
+        (
+            "spire:\n  idTemplates:\n    safe: \"spiffe://other.org/safe/{{ .PodMeta.Name }}\"\n",
+            &["spire.idTemplates.safe"],
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (yaml, words)) in cases.iter().enumerate() {
@@ -398,8 +407,11 @@ fn policy_every_container_is_hardened_and_no_role_grants_everything() {
             assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{at}");
             let token = pod["automountServiceAccountToken"].as_bool();
             assert!(token.is_some(), "{at}: automountServiceAccountToken must be explicit");
-            let containers =
-                pod["containers"].as_array().unwrap().iter().chain(pod["initContainers"].as_array().into_iter().flatten());
+            let containers = pod["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(pod["initContainers"].as_array().into_iter().flatten());
             for c in containers {
                 let at = format!("{at}, container {}", c["name"]);
                 let sc = &c["securityContext"];
@@ -425,7 +437,12 @@ fn policy_every_container_is_hardened_and_no_role_grants_everything() {
                     }
                 }
                 assert!(rule.get("nonResourceURLs").is_none(), "{variant}: {}", name(o));
-                assert_eq!(rule["resources"], serde_json::json!(["secrets"]), "{variant}: {} touches only Secrets", name(o));
+                assert_eq!(
+                    rule["resources"],
+                    serde_json::json!(["secrets"]),
+                    "{variant}: {} touches only Secrets",
+                    name(o)
+                );
             }
         }
         let cluster_wide = objs.iter().any(|o| kind(o) == "ClusterRole" || kind(o) == "ClusterRoleBinding");
@@ -486,7 +503,9 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
         let text = std::fs::read_to_string(repo_root().join("examples").join(example)).unwrap();
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{example}: {e}"));
         for obj in docs.iter().filter(|d| !d.is_null()) {
-            dry_run_apply(&cluster, obj).await.unwrap_or_else(|e| panic!("examples/{example}: the API server refused {e}"));
+            dry_run_apply(&cluster, obj)
+                .await
+                .unwrap_or_else(|e| panic!("examples/{example}: the API server refused {e}"));
         }
     }
 
