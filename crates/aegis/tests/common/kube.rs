@@ -216,7 +216,11 @@ impl KubeCluster {
         }
         // The ServiceAccount token signing key (ES256); the API server derives the
         // verification key from it.
-        write_private(&d.join("sa.key"), &KeyPair::generate().unwrap().serialize_pem());
+        // The API server reads only PKIX public keys (or SEC1/PKCS#1 private keys) as
+        // verification keys, not rcgen's PKCS#8: give it the public key too.
+        let sa_key = KeyPair::generate().unwrap();
+        write_private(&d.join("sa.key"), &sa_key.serialize_pem());
+        fs::write(d.join("sa.pub"), sa_key.public_key_pem()).unwrap();
 
         let port = free_port();
         let etcd_port = free_port();
@@ -431,7 +435,7 @@ impl KubeCluster {
             format!("--cert-dir={}", p("apiserver-certs")),
             "--authorization-mode=RBAC".to_owned(),
             format!("--service-account-issuer={SA_ISSUER}"),
-            format!("--service-account-key-file={}", p("sa.key")),
+            format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.96.0.0/24".to_owned(),
             // On loopback the default reconciler would publish 127.0.0.1 as the
