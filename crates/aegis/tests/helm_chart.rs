@@ -3,8 +3,10 @@
 //! values and every documented variant (`charts/aegis/ci/*-values.yaml`), the
 //! schema refusing typos, a security policy over every rendered manifest, the
 //! Safe's role rules accepting exactly the SPIFFE IDs the chart registers, and
-//! every rendered object accepted by a real kube-apiserver (server-side dry-run,
-//! strict field validation) with a ClusterSPIFFEID CRD installed.
+//! every rendered object and every object of `examples/` accepted by a real
+//! kube-apiserver (server-side dry-run, strict field validation) with a minimal
+//! ClusterSPIFFEID CRD installed (`fixtures/helm/clusterspiffeid-crd.yaml`, a
+//! stand-in for SPIRE controller manager's CRD with only the fields used here).
 //!
 //! `AEGIS_HELM_BIN` names the `helm` binary (`scripts/test.sh` sets it);
 //! without it the tests run `scripts/build-helm.sh` themselves. There is no
@@ -521,4 +523,59 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
     // And nothing was stored by the dry runs.
     let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(cluster.admin_client(), NAMESPACE);
     assert!(sets.get_opt("vsecm-safe").await.unwrap().is_none(), "a dry run stored the StatefulSet");
+}
+
+/// The objects of one file in examples/.
+fn example(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(file)).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("examples/{file}: {e}"));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+#[test]
+fn examples_are_hardened_and_their_ids_name_their_secrets() {
+    let rules = RoleRules::vsecm_defaults();
+    for (file, registered) in [
+        ("sidecar.yaml", true),
+        ("init-container.yaml", true),
+        ("aegis-run.yaml", true),
+        ("k8s-secret-env.yaml", false),
+    ] {
+        let objs = example(file);
+        let deployment = objs.iter().find(|o| kind(o) == "Deployment").unwrap();
+        let app = name(deployment);
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{file}");
+        let containers =
+            pod["containers"].as_array().unwrap().iter().chain(pod["initContainers"].as_array().into_iter().flatten());
+        for c in containers {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}: {}", c["name"]);
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}: {}", c["name"]);
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{file}: {}", c["name"]);
+            assert!(c["resources"]["limits"]["memory"].is_string(), "{file}: {}", c["name"]);
+        }
+        // The ClusterSPIFFEID gives the pods (by label, namespace and ServiceAccount)
+        // the SPIFFE ID of the workload named like the secret it reads.
+        let ids: Vec<_> = objs.iter().filter(|o| kind(o) == "ClusterSPIFFEID").collect();
+        assert_eq!(ids.len(), usize::from(registered), "{file}");
+        for id in ids {
+            let spec = &id["spec"];
+            assert_eq!(spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"], app, "{file}");
+            let sa = pod["serviceAccountName"].as_str().unwrap();
+            assert_eq!(
+                spec["workloadSelectorTemplates"],
+                serde_json::json!(["k8s:ns:default".to_owned(), format!("k8s:sa:{sa}")])
+            );
+            let t = spec["spiffeIDTemplate"].as_str().unwrap();
+            match rules.classify(&instantiate(t, "default", sa, "pod-1")) {
+                Role::Workload(n) => assert_eq!(n.as_str(), app, "{file}"),
+                other => panic!("{file}: {t} is {other:?}"),
+            }
+        }
+        // Pods that talk to the Safe carry the label the chart's NetworkPolicy admits.
+        let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels.get("aegis.dev/client").is_some(), registered, "{file}");
+    }
 }
