@@ -26,7 +26,7 @@ if ! command -v curl >/dev/null; then
     { apt-get update -qq && apt-get install -y -qq curl >/dev/null; } || { echo "error: curl is needed by the tests; install it" >&2; exit 1; }
 fi
 
-command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE, Kubernetes and VSecM's Go client (install Go >= 1.26.6)" >&2; exit 1; }
+command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE, Kubernetes, Helm and VSecM's Go client (install Go >= 1.26.6)" >&2; exit 1; }
 
 echo "== SPIRE (built once from the Go module proxy, cached in $cache/spire)"
 AEGIS_SPIRE_BIN_DIR="$(scripts/build-spire.sh | tail -n1)"
@@ -36,6 +36,10 @@ echo "== Kubernetes (etcd, kube-apiserver, kube-controller-manager v1.37.2 from 
 AEGIS_KUBE_BIN_DIR="$(scripts/build-kube.sh | tail -n1)"
 export AEGIS_KUBE_BIN_DIR
 echo "   $AEGIS_KUBE_BIN_DIR"
+echo "== Helm (helm.sh/helm/v3 v3.22.0 from the Go module proxy, cached in $cache/helm)"
+AEGIS_HELM_BIN="$(scripts/build-helm.sh | tail -n1)/helm"
+export AEGIS_HELM_BIN
+echo "   $AEGIS_HELM_BIN"
 echo "== VSecM's Go client (github.com/spiffe/vsecm-sdk-go v0.5.1, cached in $cache/vsecm-client)"
 scripts/build-vsecm-client.sh | tail -n1
 

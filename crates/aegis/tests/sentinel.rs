@@ -120,3 +120,35 @@ async fn watch_answers_on_own_changes_only() {
     // Admins are not workloads.
     assert_eq!(admin.watch_once(0, Duration::from_millis(10)).await.unwrap_err().status(), Some(403));
 }
+
+/// The Helm chart's Sentinel: `--missing-ok` with no file applies nothing (and
+/// needs no Safe), `--keep-running` stays up after applying until SIGTERM.
+#[test]
+fn missing_ok_and_keep_running_as_the_chart_runs_the_sentinel() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    let out = safe.aegis(&admin, &["sentinel", "init", "--file", "/nonexistent/init", "--missing-ok"]);
+    assert!(stderr(&out).contains("nothing to apply"), "{}", stderr(&out));
+    ok(out);
+    fails(safe.aegis(&admin, &["get", "vsecm-keystone"]), 3, "does not exist");
+
+    let file = safe.dir.path().join("init");
+    std::fs::write(&file, "w:billing\ns:initial\n--\n").unwrap();
+    let mut child = cmd(AEGIS, &admin)
+        .args(["sentinel", "init", "--missing-ok", "--keep-running", "--file", file.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !safe.aegis(&admin, &["get", "vsecm-keystone"]).status.success() {
+        assert!(Instant::now() < deadline, "the keystone was not written within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ok(safe.aegis(&admin, &["get", "billing"])).trim(), "initial");
+    // Still running after the commands were applied, until SIGTERM ends it cleanly.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "--keep-running exited after applying");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

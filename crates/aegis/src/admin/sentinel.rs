@@ -36,6 +36,14 @@ enum SentinelCmd {
         /// Apply even if the keystone is ready.
         #[arg(long)]
         force: bool,
+        /// A missing init-command file means there is nothing to apply (the
+        /// Kubernetes Secret holding it is optional), not an error.
+        #[arg(long)]
+        missing_ok: bool,
+        /// Once done, keep running until SIGTERM or SIGINT, so that the container
+        /// stays up for `kubectl exec` (the Helm chart's Sentinel).
+        #[arg(long)]
+        keep_running: bool,
     },
 }
 
@@ -62,13 +70,43 @@ async fn apply(client: &Client, steps: Vec<Step>) -> Result<usize, CliError> {
 
 /// Runs `aegis sentinel …`.
 pub async fn run(a: SentinelArgs) -> Result<(), CliError> {
-    let SentinelCmd::Init { file, force } = a.cmd;
+    let SentinelCmd::Init { file, force, missing_ok, keep_running } = a.cmd;
+    init(&file, force, missing_ok).await?;
+    if keep_running {
+        eprintln!("keeping the Sentinel running for `kubectl exec` (stop with SIGTERM)");
+        wait_for_stop().await;
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn init(file: &std::path::Path, force: bool, missing_ok: bool) -> Result<(), CliError> {
+    let absent = matches!(std::fs::metadata(file), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if missing_ok && absent {
+        eprintln!("no init-command file at {}: nothing to apply", file.display());
+        return Ok(());
+    }
     let c = client().await?;
     if !force && c.keystone().await?.status == "ready" {
         eprintln!("the keystone secret exists: init commands were already applied; nothing to do (--force re-applies)");
         return Ok(());
     }
-    let text = std::fs::read_to_string(&file).map_err(|e| {
+    let text = std::fs::read_to_string(file).map_err(|e| {
         CliError::new(
             CONFIG,
             format!("cannot read the init-command file {}: {e} (set VSECM_SENTINEL_INIT_COMMAND_PATH)", file.display()),
