@@ -2,6 +2,9 @@
 
 Usage: schemathesis_coverage.py OPENAPI_YAML REPO HAR...
 
+First, every route of the Safe's router (crates/aegis-server/src/lib.rs) must
+be in the document, with each of its methods, and nothing else.
+
 Reads the HAR files that schemathesis wrote (every request it sent and the
 answer) and, for each operation of the document, each documented status code
 must have been answered at least once, or its response must carry
@@ -46,9 +49,29 @@ def test_exists(repo, reference):
     return not name or re.search(rf"\bfn {re.escape(name)}\s*\(", path.read_text()) is not None
 
 
+def router_routes(repo):
+    """(METHOD, path) of every `.route(...)` in the Safe's router, `{name}` as in OpenAPI."""
+    text = (repo / "crates/aegis-server/src/lib.rs").read_text()
+    routes = set()
+    for path, handlers in re.findall(r'\.route\("([^"]+)",\s*([^\n]+)', text):
+        for method in re.findall(r"\b(get|put|post|delete|patch)\(", handlers):
+            routes.add((method.upper(), path))
+    if not routes:
+        raise SystemExit("found no .route(...) in crates/aegis-server/src/lib.rs: update this script")
+    return routes
+
+
 def main():
     spec, repo, hars = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     doc = yaml.safe_load(spec.read_text())
+    documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in METHODS if m in item}
+    served = router_routes(repo)
+    drift = [f"{m} {p}: served, not in the document" for m, p in sorted(served - documented)]
+    drift += [f"{m} {p}: in the document, not served" for m, p in sorted(documented - served)]
+    if drift:
+        print("the router and the document list different routes:", *drift, sep="\n  ", file=sys.stderr)
+        sys.exit(1)
+    print(f"{len(served)} routes, each documented")
     operations = []
     for template, item in doc["paths"].items():
         for method in METHODS:
