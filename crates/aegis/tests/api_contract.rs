@@ -90,3 +90,27 @@ async fn unsealing_an_unsealed_safe_with_another_key_is_a_conflict() {
     let (s, text) = admin.raw(Method::GET, "/v1/status", Vec::new()).await.unwrap();
     assert_eq!(s, 200, "{text}");
 }
+
+#[tokio::test]
+async fn a_stored_template_over_the_budget_is_a_500_on_every_workload_route() {
+    let mut safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let items = (0..2_000).map(|i| (i % 10).to_string()).collect::<Vec<_>>().join(",");
+    let body = serde_json::json!({ "value": format!(r#"{{"a":[{items}]}}"#), "template": "{{range .a}}{{.}}{{end}}" });
+    let (s, text) = admin.raw(Method::PUT, "/v1/secrets/heavy", body.to_string().into_bytes()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    drop(admin);
+    // The budget is lowered below what the stored template needs.
+    safe.extra_env.insert("AEGIS_TEMPLATE_MAX_STEPS".into(), "100".into());
+    safe.restart();
+    safe.wait_ready();
+    let work = safe.client(&safe.workload_env("heavy")).await;
+    for path in ["/v1/workload/secret", "/v1/workload/watch?revision=0&wait_ms=0"] {
+        let (s, text) = work.raw(Method::GET, path, Vec::new()).await.unwrap();
+        assert_eq!(s, 500, "{path}: {text}");
+        assert!(error_body(&text).contains("cannot be rendered"), "{path}: {text}");
+    }
+    let (s, text) = work.raw(Method::GET, "/workload/v1/secrets", Vec::new()).await.unwrap();
+    assert_eq!(s, 500, "{text}");
+    assert!(text.contains("cannot be rendered") && serde_json::from_str::<serde_json::Value>(&text).is_err(), "{text}");
+}
