@@ -49,3 +49,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${AEGIS_TEST_THREADS:-2}"
+echo "== schemathesis (OpenAPI document vs a real Safe)"
+scripts/schemathesis.sh
