@@ -14,6 +14,8 @@ mkdir -p "$cache"
 export AEGIS_CACHE_DIR="$cache"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 export CARGO_TERM_COLOR=never
+# Incremental compilation only helps edit-compile loops and doubles the cache on disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 for tool in cargo rustc; do
     command -v "$tool" >/dev/null || { echo "error: $tool is not installed; install Rust with rustup" >&2; exit 1; }
