@@ -148,14 +148,21 @@ impl CallError {
 /// A failure of a store operation: transient ones are retried at start-up.
 struct Failure {
     transient: bool,
+    /// A 401 or 403: final, except just after the API server came back, when
+    /// its authorizer may not have loaded the RBAC objects yet.
+    refused: bool,
     error: KeyStoreError,
 }
 
 impl From<KeyStoreError> for Failure {
     fn from(error: KeyStoreError) -> Self {
-        Self { transient: false, error }
+        Self { transient: false, refused: false, error }
     }
 }
+
+/// How long, after an API server that could not be reached answers again, a
+/// 401 or 403 is still taken for the API server starting up and retried.
+const WARM_UP: Duration = Duration::from_secs(10);
 
 /// A Secret as read, with its data zeroed on drop.
 struct Fetched(Secret);
@@ -327,6 +334,7 @@ impl SecretStore {
         let (ns, name) = (&self.settings.namespace, &self.settings.name);
         let secret = self.secret_ref();
         let transient = e.transient();
+        let refused = e.is(401) || e.is(403);
         let message = match e {
             CallError::Status { code: 403, message, .. } => {
                 let scope = if verb == "create" {
@@ -353,7 +361,7 @@ impl SecretStore {
             ),
             CallError::Other(why) => format!("could not {verb} the root key {secret}: {why}"),
         };
-        Failure { transient, error: KeyStoreError::Unavailable(message) }
+        Failure { transient, refused, error: KeyStoreError::Unavailable(message) }
     }
 
     fn parse(&self, key: &str, text: &[u8]) -> KeyStoreResult<Arc<RootKey>> {
@@ -468,9 +476,26 @@ impl RootKeyStore for SecretStore {
             let started = Instant::now();
             let limit = self.settings.start_wait;
             let mut wait = START_BACKOFF.0;
+            // When the API server last failed to answer, and when it answered again.
+            let mut outage: Option<Instant> = None;
+            let mut back: Option<Instant> = None;
             loop {
-                match self.try_load_or_create().await {
+                let result = self.try_load_or_create().await;
+                match &result {
+                    Err(f) if f.transient => outage = Some(Instant::now()),
+                    _ if outage.is_some() && back.is_none() => back = Some(Instant::now()),
+                    _ => {}
+                }
+                let warming = back.is_some_and(|b| b.elapsed() < WARM_UP);
+                match result {
                     Ok(k) => return Ok(k),
+                    Err(f) if f.refused && warming && started.elapsed() < limit => {
+                        tracing::warn!(
+                            error = %f.error,
+                            "the API server is back after an outage and may still be loading its RBAC rules; retrying"
+                        );
+                        tokio::time::sleep(START_BACKOFF.0).await;
+                    }
                     Err(f) if f.transient && started.elapsed() < limit => {
                         let pause = wait.min(limit.saturating_sub(started.elapsed()));
                         tracing::warn!(error = %f.error, retry_in_ms = pause.as_millis() as u64, "retrying");
