@@ -721,7 +721,8 @@ impl Drop for Running {
 /// addresses to loopback ports, the in-cluster credentials replaced by a token
 /// of the chart's ServiceAccount), with SPIFFE IDs from real SPIRE made from the
 /// chart's ClusterSPIFFEID templates. The Safe creates its root key Secret
-/// through the chart's Role, the Sentinel applies its init-command file, and a
+/// through the chart's Role, the Sentinel applies the init commands of the Secret
+/// the chart mounts (projected as the chart's volume says), and a
 /// workload with the sidecar settings of examples/sidecar.yaml receives its secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_chart_runs_the_safe_the_sentinel_and_a_sidecar() {
@@ -839,8 +840,40 @@ async fn the_rendered_chart_runs_the_safe_the_sentinel_and_a_sidecar() {
         .find_map(|a| a.strip_prefix("--file=").map(|f| m.apply(f)))
         .expect("the Sentinel reads an init-command file");
     assert!(mounts.values().any(|d| file.starts_with(&d.display().to_string())), "{file} is not on a volume");
-    std::fs::write(&file, format!("w:example\ns:{value}\n--\n")).unwrap();
-    std::os::unix::fs::chown(&file, Some(SENTINEL_UID), Some(SENTINEL_UID)).unwrap();
+    // The init commands in the Secret the chart mounts, projected as the kubelet does.
+    let mount = sentinel_c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| file.starts_with(&mounts[v["mountPath"].as_str().unwrap()].display().to_string()))
+        .unwrap();
+    let volume = sentinel_dep["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let init_secret = volume["secret"]["secretName"].as_str().expect("the init commands come from a Secret");
+    cluster
+        .apply_yaml(
+            &serde_json::to_string_pretty(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": init_secret, "namespace": NAMESPACE},
+                "stringData": {"data": format!("w:example\ns:{value}\n--\n")},
+            }))
+            .unwrap(),
+        )
+        .await;
+    let stored = secrets.get(init_secret).await.unwrap().data.unwrap_or_default();
+    let dir = &mounts[mount["mountPath"].as_str().unwrap()];
+    for item in volume["secret"]["items"].as_array().unwrap() {
+        let key = item["key"].as_str().unwrap();
+        let data = stored.get(key).unwrap_or_else(|| panic!("Secret {init_secret} has no key {key}"));
+        let path = dir.join(item["path"].as_str().unwrap());
+        std::fs::write(&path, &data.0).unwrap();
+        std::os::unix::fs::chown(&path, Some(SENTINEL_UID), Some(SENTINEL_UID)).unwrap();
+    }
+    assert!(Path::new(&file).is_file(), "the Secret's items do not put a file at {file}");
     let mut sentinel = Running(cmd.spawn().unwrap());
 
     // The secret reaches the workload's file.
