@@ -8,12 +8,18 @@
 //! ClusterSPIFFEID CRD installed (`fixtures/helm/clusterspiffeid-crd.yaml`, a
 //! stand-in for SPIRE controller manager's CRD with only the fields used here).
 //!
+//! `the_rendered_chart_runs_the_safe_the_sentinel_and_a_sidecar` runs the real
+//! `aegis` binary with exactly the rendered command, arguments and environment
+//! of the Safe and the Sentinel against a real kube-apiserver and real SPIRE.
+//!
 //! `AEGIS_HELM_BIN` names the `helm` binary (`scripts/test.sh` sets it);
 //! without it the tests run `scripts/build-helm.sh` themselves. There is no
 //! skip: without `helm` the tests fail and say how to get it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/spire.rs"]
+mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -578,4 +584,322 @@ fn examples_are_hardened_and_their_ids_name_their_secrets() {
         let labels = &deployment["spec"]["template"]["metadata"]["labels"];
         assert_eq!(labels.get("aegis.dev/client").is_some(), registered, "{file}");
     }
+}
+
+/// A rendered pod's name, namespace and ServiceAccount (for `fieldRef`s).
+struct PodMeta<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
+/// A container's environment as the kubelet builds it: literal values and the
+/// `fieldRef`s a pod can resolve without the API; anything else fails the test.
+fn resolved_env(c: &Value, pod: &PodMeta) -> BTreeMap<String, String> {
+    assert!(c.get("envFrom").is_none(), "container {}: envFrom is not supported by this test", c["name"]);
+    let mut out = BTreeMap::new();
+    for e in c["env"].as_array().into_iter().flatten() {
+        let key = e["name"].as_str().unwrap().to_owned();
+        let value = if let Some(v) = e.get("value") {
+            v.as_str().unwrap_or_default().to_owned()
+        } else {
+            match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => pod.name.to_owned(),
+                Some("metadata.namespace") => pod.namespace.to_owned(),
+                Some("spec.serviceAccountName") => pod.service_account.to_owned(),
+                _ => panic!("container {}: env {key} has a source this test cannot resolve: {e}", c["name"]),
+            }
+        };
+        out.insert(key, value);
+    }
+    out
+}
+
+/// Pod paths and cluster addresses replaced by local ones (longest first).
+#[derive(Default)]
+struct Mapping(Vec<(String, String)>);
+
+impl Mapping {
+    fn add(&mut self, from: impl Into<String>, to: impl Into<String>) {
+        self.0.push((from.into(), to.into()));
+        self.0.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
+    }
+
+    fn apply(&self, s: &str) -> String {
+        self.0.iter().fold(s.to_owned(), |acc, (from, to)| acc.replace(from, to))
+    }
+}
+
+/// The image's entrypoint (the Dockerfile's ENTRYPOINT), where a container has no `command`.
+const IMAGE_ENTRYPOINT: &str = "/usr/local/bin/aegis";
+
+/// One rendered container run as a local process under `uid`: every volume
+/// mount becomes a directory of the SPIRE world dir (the SPIRE agent's socket
+/// mount holds a link to the test agent's socket), `/usr/local/bin/aegis` the
+/// staged binary, and `mapping` the cluster addresses. Returns the command, the
+/// mounted directories by mount path and the log file.
+fn local_container(
+    spire: &harness::Spire,
+    label: &str,
+    c: &Value,
+    pod: &PodMeta,
+    uid: u32,
+    mapping: &mut Mapping,
+) -> (Command, BTreeMap<String, PathBuf>, PathBuf) {
+    let env = resolved_env(c, pod);
+    let mut mounts = BTreeMap::new();
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let path = m["mountPath"].as_str().unwrap().to_owned();
+        let vol = m["name"].as_str().unwrap();
+        let dir = if vol == "spire-agent-socket" {
+            let dir = spire.dir.path().join(format!("{label}-{vol}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let sock = env.get("SPIFFE_ENDPOINT_SOCKET").map_or("unix:///spire-agent-socket/spire-agent.sock", |s| s);
+            let rel = sock
+                .strip_prefix("unix://")
+                .and_then(|s| s.strip_prefix(&format!("{path}/")))
+                .unwrap_or_else(|| panic!("{label}: SPIFFE_ENDPOINT_SOCKET {sock} is not in the mount {path}"));
+            let agent = spire.socket();
+            std::os::unix::fs::symlink(agent.trim_start_matches("unix://"), dir.join(rel)).unwrap();
+            dir
+        } else {
+            spire.dir_for(&format!("{label}-{vol}"), uid)
+        };
+        mapping.add(path.clone(), dir.display().to_string());
+        mounts.insert(path, dir);
+    }
+    let command: Vec<String> = c["command"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_else(|| vec![IMAGE_ENTRYPOINT.to_owned()]);
+    assert_eq!(command, [IMAGE_ENTRYPOINT], "{label}: the image runs {IMAGE_ENTRYPOINT}");
+    let args: Vec<String> =
+        c["args"].as_array().into_iter().flatten().map(|a| mapping.apply(a.as_str().unwrap())).collect();
+    let env: std::collections::HashMap<String, String> = env.into_iter().map(|(k, v)| (k, mapping.apply(&v))).collect();
+    let log = spire.dir.path().join(format!("{label}.log"));
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut cmd = spire.command_as(uid, "aegis", &env, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    cmd.stdout(logf.try_clone().unwrap()).stderr(logf);
+    (cmd, mounts, log)
+}
+
+/// Registers `id` for processes of `uid` with the test's SPIRE server and
+/// waits until the agent hands it out.
+fn register(spire: &harness::Spire, id: &SpiffeId, uid: u32) {
+    let parent = spire.env["SPIRE_AGENT_ID"].clone();
+    let id = id.to_string();
+    spire.server_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        &parent,
+        "-spiffeID",
+        &id,
+        "-selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    spire.wait_svid(uid, &id);
+}
+
+fn log_tail(path: &Path) -> String {
+    harness::tail(path, 60)
+}
+
+/// Kills a child process on drop (the test's processes end with the test).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The rendered chart is the truth for how the Safe and the Sentinel run: the
+/// real `aegis` binary runs with exactly the rendered command, arguments and
+/// environment (pod paths mapped to directories, the Service and listen
+/// addresses to loopback ports, the in-cluster credentials replaced by a token
+/// of the chart's ServiceAccount), with SPIFFE IDs from real SPIRE made from the
+/// chart's ClusterSPIFFEID templates. The Safe creates its root key Secret
+/// through the chart's Role, the Sentinel applies the init commands of the Secret
+/// the chart mounts (projected as the chart's volume says), and a
+/// workload with the sidecar settings of examples/sidecar.yaml receives its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_chart_runs_the_safe_the_sentinel_and_a_sidecar() {
+    use harness::{BILLING_UID, SAFE_UID, SENTINEL_UID};
+    let objs = render(None);
+    let example_objs = example("sidecar.yaml");
+
+    // The chart's ServiceAccounts, Role and RoleBinding, applied as rendered.
+    let cluster = KubeCluster::start().await;
+    cluster.create_namespace(NAMESPACE).await;
+    for o in objs.iter().filter(|o| ["ServiceAccount", "Role", "RoleBinding"].contains(&kind(o))) {
+        cluster.apply_yaml(&serde_json::to_string_pretty(o).unwrap()).await;
+    }
+    let safe_set = find(&objs, "StatefulSet", "vsecm-safe");
+    let safe_pod = &safe_set["spec"]["template"]["spec"];
+    let safe_sa = safe_pod["serviceAccountName"].as_str().unwrap();
+    assert_eq!(safe_pod["automountServiceAccountToken"], true, "the Safe needs its token for the root key Secret");
+    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, safe_sa).await;
+
+    // SPIRE with the IDs the chart's (and the example's) ClusterSPIFFEIDs give these pods.
+    let spire = harness::Spire::start("helm-chart", &[]);
+    let template = |objs: &[Value], n: &str| {
+        find(objs, "ClusterSPIFFEID", n)["spec"]["spiffeIDTemplate"].as_str().unwrap().to_owned()
+    };
+    let sentinel_dep = find(&objs, "Deployment", "vsecm-sentinel");
+    let sentinel_sa = sentinel_dep["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap();
+    let workload_dep = find(&example_objs, "Deployment", "example");
+    let workload_sa = workload_dep["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap();
+    let workload_ns = workload_dep["metadata"]["namespace"].as_str().unwrap();
+    let safe_meta = PodMeta { name: "vsecm-safe-0", namespace: NAMESPACE, service_account: safe_sa };
+    let sentinel_meta =
+        PodMeta { name: "vsecm-sentinel-6f9d8c7b5-x2k4q", namespace: NAMESPACE, service_account: sentinel_sa };
+    let workload_meta =
+        PodMeta { name: "example-7c5b9d4f6-p8r2t", namespace: workload_ns, service_account: workload_sa };
+    for (t, meta, uid) in [
+        (template(&objs, "vsecm-system-aegis-safe"), &safe_meta, SAFE_UID),
+        (template(&objs, "vsecm-system-aegis-sentinel"), &sentinel_meta, SENTINEL_UID),
+        (template(&example_objs, "example"), &workload_meta, BILLING_UID),
+    ] {
+        register(&spire, &instantiate(&t, meta.namespace, meta.service_account, meta.name), uid);
+    }
+
+    // The Safe: its listen ports on free loopback ports, the Service's address to them.
+    let safe_c = container(safe_set);
+    let mut safe_map = Mapping::default();
+    let mut local_port = BTreeMap::new();
+    for p in safe_c["ports"].as_array().unwrap() {
+        let port = common::free_port();
+        let container_port = p["containerPort"].as_u64().unwrap();
+        safe_map.add(format!("0.0.0.0:{container_port}"), format!("127.0.0.1:{port}"));
+        local_port.insert(p["name"].as_str().unwrap().to_owned(), port);
+    }
+    let (mut cmd, _, safe_log) = local_container(&spire, "safe", safe_c, &safe_meta, SAFE_UID, &mut safe_map);
+    // In place of the in-cluster credentials: a token of the chart's ServiceAccount.
+    let kube_dir = spire.dir_for("safe-kube", SAFE_UID);
+    std::fs::copy(&kubeconfig, kube_dir.join("config")).unwrap();
+    std::os::unix::fs::chown(kube_dir.join("config"), Some(SAFE_UID), Some(SAFE_UID)).unwrap();
+    cmd.env("KUBECONFIG", kube_dir.join("config"));
+    let mut safe = Running(cmd.spawn().unwrap());
+    let health = local_port["health"];
+    let start = std::time::Instant::now();
+    while common::http_ok(health, "/readyz").is_none() {
+        if let Some(status) = safe.0.try_wait().unwrap() {
+            panic!("the Safe, run as the chart runs it, exited ({status}); log:\n{}", log_tail(&safe_log));
+        }
+        assert!(start.elapsed().as_secs() < 90, "the Safe was not ready within 90 s; log:\n{}", log_tail(&safe_log));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // It created its root key Secret through the chart's ServiceAccount and Role.
+    let secret_name = args(safe_c)
+        .iter()
+        .find_map(|a| a.strip_prefix("--root-key-secret=").map(str::to_owned))
+        .expect("the default values keep the root key in a Secret");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(cluster.admin_client(), NAMESPACE);
+    let root = secrets.get_opt(&secret_name).await.unwrap().unwrap_or_else(|| panic!("no Secret {secret_name}"));
+    assert!(root.data.unwrap_or_default().get("KEY_TXT").is_some_and(|k| !k.0.is_empty()), "KEY_TXT is empty");
+
+    // Clients reach the Safe's Service at the Safe's local port.
+    let svc = find(&objs, "Service", safe_set["spec"]["serviceName"].as_str().unwrap());
+    let svc_port = &svc["spec"]["ports"][0];
+    let svc_host = format!("{}.{NAMESPACE}.svc.cluster.local:{}", name(svc), svc_port["port"]);
+    let target = local_port[svc_port["targetPort"].as_str().unwrap()];
+    let client_map = || {
+        let mut m = Mapping::default();
+        m.add(svc_host.clone(), format!("127.0.0.1:{target}"));
+        m
+    };
+
+    // The workload of examples/sidecar.yaml: its sidecar starts before its secret exists.
+    let sidecar_c = workload_dep["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sidecar")
+        .expect("examples/sidecar.yaml has a container named sidecar");
+    let mut m = client_map();
+    let (mut cmd, mounts, sidecar_log) =
+        local_container(&spire, "sidecar", sidecar_c, &workload_meta, BILLING_UID, &mut m);
+    let _sidecar = Running(cmd.spawn().unwrap());
+    let secrets_file = m.apply(&resolved_env(sidecar_c, &workload_meta)["VSECM_SIDECAR_SECRETS_PATH"]);
+    assert!(
+        mounts.values().any(|d| secrets_file.starts_with(&d.display().to_string())),
+        "{secrets_file} is not on a volume"
+    );
+
+    // The Sentinel with VSecM's init-command file where the chart mounts it.
+    let sentinel_c = container(sentinel_dep);
+    let mut m = client_map();
+    let (mut cmd, mounts, sentinel_log) =
+        local_container(&spire, "sentinel", sentinel_c, &sentinel_meta, SENTINEL_UID, &mut m);
+    let value = r#"{"username":"admin","password":"chart-truth"}"#;
+    let file = args(sentinel_c)
+        .iter()
+        .find_map(|a| a.strip_prefix("--file=").map(|f| m.apply(f)))
+        .expect("the Sentinel reads an init-command file");
+    assert!(mounts.values().any(|d| file.starts_with(&d.display().to_string())), "{file} is not on a volume");
+    // The init commands in the Secret the chart mounts, projected as the kubelet does.
+    let mount = sentinel_c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| file.starts_with(&mounts[v["mountPath"].as_str().unwrap()].display().to_string()))
+        .unwrap();
+    let volume = sentinel_dep["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let init_secret = volume["secret"]["secretName"].as_str().expect("the init commands come from a Secret");
+    cluster
+        .apply_yaml(
+            &serde_json::to_string_pretty(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": init_secret, "namespace": NAMESPACE},
+                "stringData": {"data": format!("w:example\ns:{value}\n--\n")},
+            }))
+            .unwrap(),
+        )
+        .await;
+    let stored = secrets.get(init_secret).await.unwrap().data.unwrap_or_default();
+    let dir = &mounts[mount["mountPath"].as_str().unwrap()];
+    for item in volume["secret"]["items"].as_array().unwrap() {
+        let key = item["key"].as_str().unwrap();
+        let data = stored.get(key).unwrap_or_else(|| panic!("Secret {init_secret} has no key {key}"));
+        let path = dir.join(item["path"].as_str().unwrap());
+        std::fs::write(&path, &data.0).unwrap();
+        std::os::unix::fs::chown(&path, Some(SENTINEL_UID), Some(SENTINEL_UID)).unwrap();
+    }
+    assert!(Path::new(&file).is_file(), "the Secret's items do not put a file at {file}");
+    let mut sentinel = Running(cmd.spawn().unwrap());
+
+    // The secret reaches the workload's file.
+    let start = std::time::Instant::now();
+    loop {
+        if std::fs::read_to_string(&secrets_file).is_ok_and(|s| s == value) {
+            break;
+        }
+        if let Some(status) = sentinel.0.try_wait().unwrap() {
+            panic!(
+                "the Sentinel exited ({status}); log:\n{}\nSafe log:\n{}",
+                log_tail(&sentinel_log),
+                log_tail(&safe_log)
+            );
+        }
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the workload's sidecar did not receive its secret within 60 s\n---- sidecar\n{}\n---- sentinel\n{}\n---- Safe\n{}",
+            log_tail(&sidecar_log),
+            log_tail(&sentinel_log),
+            log_tail(&safe_log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The Sentinel stays up (for `kubectl exec`), the Safe too.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(sentinel.0.try_wait().unwrap().is_none(), "the Sentinel exited; log:\n{}", log_tail(&sentinel_log));
+    assert!(safe.0.try_wait().unwrap().is_none(), "the Safe exited; log:\n{}", log_tail(&safe_log));
 }
