@@ -67,6 +67,13 @@ enum DevCmd {
     },
 }
 
+impl DevArgs {
+    /// Whether this runs the dev Safe (not `aegis dev svid`).
+    pub fn serves(&self) -> bool {
+        self.cmd.is_none()
+    }
+}
+
 const DEV_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A number from the environment, else `default` (`aegis dev` takes no flags for these).
