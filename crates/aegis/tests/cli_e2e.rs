@@ -229,6 +229,10 @@ fn restart_reads_back_and_health_endpoints() {
     let metrics = http_ok(safe.health, "/metrics").unwrap();
     assert!(metrics.contains("aegis_secrets 1"), "{metrics}");
     assert!(metrics.contains("aegis_requests_total"), "{metrics}");
+    // Labels are route templates (from the route table), never secret names.
+    assert!(metrics.contains(r#"aegis_requests_total{route="/v1/secrets/{name}",status="200"}"#), "{metrics}");
+    assert!(metrics.contains(r#"route="/v1/secrets/{name}/versions""#), "{metrics}");
+    assert!(!metrics.contains("persist"), "{metrics}");
 }
 
 #[test]
