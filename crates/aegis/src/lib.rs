@@ -52,9 +52,14 @@ struct LogEnv {
 
 impl LogArgs {
     /// The logging settings from `AEGIS_LOG` and `AEGIS_LOG_FORMAT` only.
-    pub fn from_env() -> Result<Self, clap::Error> {
+    pub fn from_env() -> Result<Self, crate::exit::CliError> {
         use clap::Parser as _;
-        LogEnv::try_parse_from(std::iter::empty::<String>()).map(|p| p.log)
+        LogEnv::try_parse_from(std::iter::empty::<String>()).map(|p| p.log).map_err(|e| {
+            crate::exit::CliError::new(
+                crate::exit::CONFIG,
+                format!("AEGIS_LOG_FORMAT must be `text` or `json` ({})", e.kind()),
+            )
+        })
     }
 
     /// The filter to use: `-v` flags, else `--log`/`AEGIS_LOG`, else `default`.

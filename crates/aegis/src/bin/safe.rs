@@ -3,10 +3,7 @@
 fn main() -> std::process::ExitCode {
     match aegis::LogArgs::from_env() {
         Ok(log) => log.init("warn"),
-        Err(e) => {
-            let _ = e.print();
-            return std::process::ExitCode::from(aegis::exit::CONFIG);
-        }
+        Err(e) => return aegis::exit::finish(Err(e)),
     }
     let args: Vec<String> = std::env::args().collect();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
