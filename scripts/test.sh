@@ -47,6 +47,9 @@ scripts/build-vsecm-client.sh | tail -n1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo machete (unused dependencies; cargo-machete 0.9.2, cached in $cache/tools)"
+[ -x "$cache/tools/bin/cargo-machete" ] || cargo install cargo-machete --version 0.9.2 --locked --root "$cache/tools"
+"$cache/tools/bin/cargo-machete"
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"

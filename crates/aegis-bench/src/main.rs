@@ -33,13 +33,16 @@ mod write;
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 forbidden, 5 sealed, 6 conflict, 7 unreachable, 64 bad configuration."
 )]
 struct BenchArgs {
+    /// Logging flags (`-v`, `--log`, `--log-format`); `warn` by default.
+    #[command(flatten)]
+    log: aegis::LogArgs,
     #[command(subcommand)]
     cmd: BenchCmd,
 }
 
 fn main() -> std::process::ExitCode {
     let args = BenchArgs::parse();
-    aegis::init_logging();
+    args.log.init("warn");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

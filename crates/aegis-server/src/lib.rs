@@ -35,58 +35,146 @@ pub use serve::{serve, start, start_with, Running};
 pub use state::{AppState, RootKeyMode, Settings};
 pub use sync::SecretSync;
 
+/// The route templates of the mTLS API: the one table `router` is built from
+/// and metric and log labels are taken from (templates, never secret names).
+pub mod routes {
+    /// VSecM's workload fetch.
+    pub const WORKLOAD_SECRETS: &str = "/workload/v1/secrets";
+    /// VSecM's Sentinel secrets (list, upsert, delete).
+    pub const SENTINEL_SECRETS: &str = "/sentinel/v1/secrets";
+    /// VSecM's root key (as Sentinel).
+    pub const SENTINEL_KEYS: &str = "/sentinel/v1/keys";
+    /// VSecM's keystone.
+    pub const SENTINEL_KEYSTONE: &str = "/sentinel/v1/keystone";
+    /// Secret list.
+    pub const SECRETS: &str = "/v1/secrets";
+    /// One secret.
+    pub const SECRET: &str = "/v1/secrets/{name}";
+    /// Undelete.
+    pub const UNDELETE: &str = "/v1/secrets/{name}/undelete";
+    /// Rollback.
+    pub const ROLLBACK: &str = "/v1/secrets/{name}/rollback";
+    /// Version history.
+    pub const VERSIONS: &str = "/v1/secrets/{name}/versions";
+    /// One version (destroy).
+    pub const VERSION: &str = "/v1/secrets/{name}/versions/{version}";
+    /// The calling workload's secret.
+    pub const WORKLOAD_SECRET: &str = "/v1/workload/secret";
+    /// The workload watch (served before axum on HTTP/1.1, see `watchconn`).
+    pub const WORKLOAD_WATCH: &str = "/v1/workload/watch";
+    /// Encrypt for git.
+    pub const ENCRYPT: &str = "/v1/encrypt";
+    /// Unseal.
+    pub const UNSEAL: &str = "/v1/unseal";
+    /// Status.
+    pub const STATUS: &str = "/v1/status";
+    /// Root key rotation.
+    pub const ROTATE_ROOT_KEY: &str = "/v1/admin/rotate-root-key";
+    /// The OpenAPI document.
+    pub const OPENAPI: &str = "/v1/openapi.yaml";
+
+    /// Every route, for labels.
+    pub(crate) const ALL: [&str; 17] = [
+        WORKLOAD_SECRETS,
+        SENTINEL_SECRETS,
+        SENTINEL_KEYS,
+        SENTINEL_KEYSTONE,
+        SECRETS,
+        SECRET,
+        UNDELETE,
+        ROLLBACK,
+        VERSIONS,
+        VERSION,
+        WORKLOAD_SECRET,
+        WORKLOAD_WATCH,
+        ENCRYPT,
+        UNSEAL,
+        STATUS,
+        ROTATE_ROOT_KEY,
+        OPENAPI,
+    ];
+}
+
 /// Every route of the mTLS API.
 pub fn router(state: Arc<AppState>) -> Router {
+    use routes::*;
     let limit = state.settings.max_body_bytes;
     Router::new()
-        .route("/workload/v1/secrets", get(vsecm::fetch))
-        .route("/sentinel/v1/secrets", get(vsecm::list).post(vsecm::upsert).delete(vsecm::delete))
-        .route("/sentinel/v1/keys", post(vsecm::keys))
-        .route("/sentinel/v1/keystone", get(vsecm::keystone))
-        .route("/v1/secrets", get(native::list))
-        .route("/v1/secrets/{name}", get(native::get).put(native::put).delete(native::delete))
-        .route("/v1/secrets/{name}/undelete", post(native::undelete))
-        .route("/v1/secrets/{name}/rollback", post(native::rollback))
-        .route("/v1/secrets/{name}/versions", get(native::history))
-        .route("/v1/secrets/{name}/versions/{version}", delete(native::destroy))
-        .route("/v1/workload/secret", get(native::workload))
-        .route("/v1/workload/watch", get(watch::watch))
-        .route("/v1/encrypt", post(native::encrypt))
-        .route("/v1/unseal", post(native::unseal))
-        .route("/v1/status", get(native::status))
-        .route("/v1/admin/rotate-root-key", post(native::rotate))
-        .route("/v1/openapi.yaml", get(native::openapi))
+        .route(WORKLOAD_SECRETS, get(vsecm::fetch))
+        .route(SENTINEL_SECRETS, get(vsecm::list).post(vsecm::upsert).delete(vsecm::delete))
+        .route(SENTINEL_KEYS, post(vsecm::keys))
+        .route(SENTINEL_KEYSTONE, get(vsecm::keystone))
+        .route(SECRETS, get(native::list))
+        .route(SECRET, get(native::get).put(native::put).delete(native::delete))
+        .route(UNDELETE, post(native::undelete))
+        .route(ROLLBACK, post(native::rollback))
+        .route(VERSIONS, get(native::history))
+        .route(VERSION, delete(native::destroy))
+        .route(WORKLOAD_SECRET, get(native::workload))
+        .route(WORKLOAD_WATCH, get(watch::watch))
+        .route(ENCRYPT, post(native::encrypt))
+        .route(UNSEAL, post(native::unseal))
+        .route(STATUS, get(native::status))
+        .route(ROTATE_ROOT_KEY, post(native::rotate))
+        .route(OPENAPI, get(native::openapi))
+        .layer(axum::middleware::from_fn(label))
         .fallback(|| async { error::ApiError::not_found("no such endpoint; the API is described at /v1/openapi.yaml") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-/// A route label for metrics and logs (templates, never secret names).
-pub fn route_label(path: &str) -> &'static str {
-    const FIXED: [&str; 11] = [
-        "/v1/workload/watch",
-        "/workload/v1/secrets",
-        "/sentinel/v1/secrets",
-        "/sentinel/v1/keys",
-        "/sentinel/v1/keystone",
-        "/v1/secrets",
-        "/v1/workload/secret",
-        "/v1/encrypt",
-        "/v1/unseal",
-        "/v1/status",
-        "/v1/admin/rotate-root-key",
-    ];
-    if let Some(f) = FIXED.iter().find(|f| **f == path) {
-        return f;
+/// The route label of a served request, in the response's extensions
+/// (`other` when no route matched).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteLabel(pub &'static str);
+
+/// Puts the route axum matched in the response's extensions.
+async fn label(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("other", |m| route_label(m.as_str()));
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(RouteLabel(route));
+    resp
+}
+
+/// The label of a route template: the template itself from [`routes`], else `other`.
+pub fn route_label(template: &str) -> &'static str {
+    routes::ALL.into_iter().find(|r| *r == template).unwrap_or("other")
+}
+
+/// The label of a request path before routing (for the request span, and
+/// for answers given before axum routes, such as an oversized body or a
+/// timeout): the template of [`routes`] it matches, else `other`.
+pub fn path_label(path: &str) -> &'static str {
+    routes::ALL.into_iter().find(|t| matches_template(t, path)).unwrap_or("other")
+}
+
+/// Whether `path` matches `template`, where `{x}` stands for one non-empty segment.
+fn matches_template(template: &str, path: &str) -> bool {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts == ps || (ts.starts_with('{') && !ps.is_empty()) => {}
+            _ => return false,
+        }
     }
-    if let Some(rest) = path.strip_prefix("/v1/secrets/") {
-        return match rest.split('/').nth(1) {
-            None => "/v1/secrets/{name}",
-            Some("versions") => "/v1/secrets/{name}/versions",
-            Some("undelete") => "/v1/secrets/{name}/undelete",
-            Some("rollback") => "/v1/secrets/{name}/rollback",
-            Some(_) => "/v1/secrets/{name}/other",
-        };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_get_their_template_and_never_a_name() {
+        assert_eq!(path_label("/v1/secrets"), routes::SECRETS);
+        assert_eq!(path_label("/v1/secrets/billing"), routes::SECRET);
+        assert_eq!(path_label("/v1/secrets/billing/versions"), routes::VERSIONS);
+        assert_eq!(path_label("/v1/secrets/billing/versions/3"), routes::VERSION);
+        assert_eq!(path_label("/v1/workload/watch"), routes::WORKLOAD_WATCH);
+        assert_eq!(path_label("/v1/secrets/billing/other"), "other");
+        assert_eq!(path_label("/v1/secrets/"), "other");
+        assert_eq!(path_label("/nope"), "other");
+        assert_eq!(route_label("/v1/secrets/{name}"), routes::SECRET);
+        assert_eq!(route_label("/v1/secrets/billing"), "other");
     }
-    "other"
 }

@@ -32,7 +32,7 @@ use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
 use crate::state::{AppState, Settings};
 use crate::watchconn::Prefixed;
-use crate::{health, rootkey, route_label, router};
+use crate::{health, path_label, rootkey, router, RouteLabel};
 
 /// Why the Safe could not start. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -524,9 +524,9 @@ async fn handle(
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
     crate::path::vsecm_encoded_query(req.uri_mut());
-    let route = route_label(req.uri().path());
+    let path_route = path_label(req.uri().path());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", caller = %caller.id, %method, route);
+    let span = tracing::info_span!("request", caller = %caller.id, %method, route = path_route);
     let start = Instant::now();
     req.extensions_mut().insert(caller);
     // Writes taken up by the store writer after the deadline are refused
@@ -552,6 +552,8 @@ async fn handle(
         Err(_) => ApiError::not_applied().into_response(),
     };
     let status = resp.status().as_u16();
+    // The route axum matched; the path's template when axum did not route it.
+    let route = resp.extensions().get::<RouteLabel>().map_or(path_route, |r| r.0);
     let latency = start.elapsed();
     state.metrics.requests.get_or_create(&RequestLabels { route, status }).inc();
     state.metrics.latency.observe(latency.as_secs_f64());

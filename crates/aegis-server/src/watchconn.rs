@@ -22,7 +22,7 @@ use crate::metrics::RequestLabels;
 use crate::state::AppState;
 use crate::watch::{next_event, parse_query};
 
-const ROUTE: &str = "/v1/workload/watch";
+const ROUTE: &str = crate::routes::WORKLOAD_WATCH;
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 

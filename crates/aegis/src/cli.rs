@@ -18,8 +18,27 @@ use crate::output::Out;
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 forbidden, 5 sealed, 6 conflict, 7 unreachable, 64 bad configuration."
 )]
 pub struct Cli {
+    /// Logging flags (`-v`, `--log`, `--log-format`).
+    #[command(flatten)]
+    pub log: crate::LogArgs,
     #[command(subcommand)]
     cmd: Command,
+}
+
+impl Cli {
+    /// The default log level of the command: `info` for the ones that run in
+    /// a pod or for long and log progress (`server`, `dev`, `sidecar`, `init`,
+    /// `run`, `sentinel`); `warn` for client commands, which print nothing but
+    /// their answer.
+    pub fn default_log_level(&self) -> &'static str {
+        match &self.cmd {
+            Command::Dev(a) if a.serves() => "info",
+            Command::Server(_) | Command::Sidecar(_) | Command::Init(_) | Command::Run(_) | Command::Sentinel(_) => {
+                "info"
+            }
+            _ => "warn",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -58,12 +58,6 @@ impl From<ClientError> for CliError {
     }
 }
 
-impl From<anyhow::Error> for CliError {
-    fn from(e: anyhow::Error) -> Self {
-        Self::new(FAILURE, format!("{e:#}"))
-    }
-}
-
 /// Prints the error (if any) and returns the process exit code.
 pub fn finish(r: Result<(), CliError>) -> std::process::ExitCode {
     match r {

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = aegis::cli::Cli::parse();
-    aegis::init_logging();
+    cli.log.init(cli.default_log_level());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -229,6 +229,10 @@ fn restart_reads_back_and_health_endpoints() {
     let metrics = http_ok(safe.health, "/metrics").unwrap();
     assert!(metrics.contains("aegis_secrets 1"), "{metrics}");
     assert!(metrics.contains("aegis_requests_total"), "{metrics}");
+    // Labels are route templates (from the route table), never secret names.
+    assert!(metrics.contains(r#"aegis_requests_total{route="/v1/secrets/{name}",status="200"}"#), "{metrics}");
+    assert!(metrics.contains(r#"route="/v1/secrets/{name}/versions""#), "{metrics}");
+    assert!(!metrics.contains("persist"), "{metrics}");
 }
 
 #[test]
@@ -278,4 +282,31 @@ fn a_corrupt_record_is_quarantined_by_name_and_the_rest_loads() {
         std::fs::read_dir(&q).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().any(|n| n.starts_with("broken.rec.") && !n.ends_with(".reason")), "{names:?}");
     assert!(names.iter().any(|n| n.ends_with(".reason")), "{names:?}");
+}
+
+#[test]
+fn client_commands_print_only_their_answer_unless_asked() {
+    let safe = Safe::dev();
+    let admin = safe.admin_env();
+    ok(safe.aegis(&admin, &["put", "billing", "--value", "v1"]));
+    let quiet = safe.aegis(&admin, &["get", "billing"]);
+    assert_eq!(stderr(&quiet), "", "a client command logs nothing by default");
+    assert_eq!(ok(quiet).trim(), "v1");
+    assert_eq!(stderr(&safe.aegis(&admin, &["list"])), "");
+
+    let verbose = safe.aegis(&admin, &["-v", "get", "billing"]);
+    assert!(stderr(&verbose).contains("loaded SVID files"), "-v brings the INFO lines back: {}", stderr(&verbose));
+    assert_eq!(ok(verbose).trim(), "v1");
+    let after = safe.aegis(&admin, &["get", "billing", "--verbose"]);
+    assert!(stderr(&after).contains("loaded SVID files"), "{}", stderr(&after));
+
+    let mut env = admin.clone();
+    env.insert("AEGIS_LOG".into(), "info".into());
+    let asked = safe.aegis(&env, &["get", "billing"]);
+    assert!(stderr(&asked).contains("loaded SVID files"), "AEGIS_LOG=info brings them back: {}", stderr(&asked));
+    env.insert("AEGIS_LOG_FORMAT".into(), "json".into());
+    let json = safe.aegis(&env, &["get", "billing"]);
+    let line = stderr(&json).lines().next().map(str::to_owned).unwrap_or_default();
+    let parsed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(parsed["level"], "INFO");
 }

@@ -1,7 +1,10 @@
 //! `safe`: VSecM's Sentinel command, flag for flag.
 
 fn main() -> std::process::ExitCode {
-    aegis::init_logging();
+    match aegis::LogArgs::from_env() {
+        Ok(log) => log.init("warn"),
+        Err(e) => return aegis::exit::finish(Err(e)),
+    }
     let args: Vec<String> = std::env::args().collect();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -17,8 +17,7 @@ use aegis_identity::{FileSource, SvidPaths, FILE_POLL_INTERVAL};
 use clap::{Args, Subcommand};
 
 use crate::exit::{CliError, CONFIG};
-use crate::serve::server::{settings, ServerArgs, DEFAULT_TEMPLATE_MAX_TIME_MS};
-use aegis_core::transform::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STEPS};
+use crate::serve::server::{self as server, settings, ServerArgs};
 
 /// `aegis dev` arguments.
 #[derive(Args, Debug)]
@@ -30,11 +29,17 @@ pub struct DevArgs {
     #[arg(long, global = true, env = "SPIFFE_TRUST_DOMAIN", default_value = "vsecm.com")]
     trust_domain: String,
     /// mTLS API address.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], server::DEFAULT_TLS_PORT)))]
     listen: SocketAddr,
     /// Health and metrics address.
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], server::DEFAULT_HEALTH_PORT)))]
     health_listen: SocketAddr,
+    /// Longest a request may take, in milliseconds.
+    #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = server::DEFAULT_REQUEST_TIMEOUT_MS)]
+    request_timeout_ms: u64,
+    /// The template budget of the dev Safe.
+    #[command(flatten)]
+    templates: server::TemplateArgs,
     /// Connection limits and idle deadline of the dev Safe.
     #[command(flatten)]
     limits: crate::serve::server::LimitArgs,
@@ -67,12 +72,14 @@ enum DevCmd {
     },
 }
 
-const DEV_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// A number from the environment, else `default` (`aegis dev` takes no flags for these).
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+impl DevArgs {
+    /// Whether this runs the dev Safe (not `aegis dev svid`).
+    pub fn serves(&self) -> bool {
+        self.cmd.is_none()
+    }
 }
+
+const DEV_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn cfg_err(e: impl std::fmt::Display) -> CliError {
     CliError::new(CONFIG, e.to_string())
@@ -138,22 +145,18 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         manual_root_key: false,
         root_key_store: Some(crate::serve::server::RootKeyStoreKind::File),
         root_key_secret: crate::serve::server::RootKeySecretArgs::unused(),
-        max_body_bytes: 1024 * 1024,
-        max_versions: 10,
-        request_timeout_ms: std::env::var("AEGIS_REQUEST_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30_000),
-        handshake_timeout_ms: 10_000,
+        max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
+        max_versions: server::DEFAULT_MAX_VERSIONS,
+        request_timeout_ms: a.request_timeout_ms,
+        handshake_timeout_ms: server::DEFAULT_HANDSHAKE_TIMEOUT_MS,
         limits: a.limits.clone(),
-        template_max_output_bytes: env_or("AEGIS_TEMPLATE_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES),
-        template_max_steps: env_or("AEGIS_TEMPLATE_MAX_STEPS", DEFAULT_MAX_STEPS),
-        template_max_time_ms: env_or("AEGIS_TEMPLATE_MAX_TIME_MS", DEFAULT_TEMPLATE_MAX_TIME_MS),
+        templates: a.templates.clone(),
         svid_cert: None,
         svid_key: None,
         svid_bundle: None,
         spiffe_endpoint_socket: String::new(),
         kube: a.kube.clone(),
+        vsecm_tls_port: format!(":{}", a.listen.port()),
     };
     let mut s = settings(&server)?;
     s.roles = RoleRules::from_lookup(|k| (k == "SPIFFE_TRUST_DOMAIN").then(|| td.to_owned())).map_err(cfg_err)?;

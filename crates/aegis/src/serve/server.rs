@@ -20,7 +20,7 @@ pub struct ServerArgs {
     #[arg(long, env = "AEGIS_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Health, readiness and metrics address (plain HTTP).
-    #[arg(long, env = "AEGIS_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    #[arg(long, env = "AEGIS_HEALTH_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_HEALTH_PORT)))]
     pub health_listen: SocketAddr,
     /// Directory of encrypted records.
     #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
@@ -39,29 +39,23 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub root_key_secret: RootKeySecretArgs,
     /// Largest request body, in bytes.
-    #[arg(long, env = "AEGIS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "AEGIS_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Versions kept per secret.
-    #[arg(long, env = "AEGIS_MAX_VERSIONS", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "AEGIS_MAX_VERSIONS", default_value_t = DEFAULT_MAX_VERSIONS, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_versions: u16,
     /// Longest a request may take, in milliseconds (slow clients are cut off).
-    #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
     /// Longest a TLS handshake or request head may take, in milliseconds.
-    #[arg(long, env = "AEGIS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "AEGIS_HANDSHAKE_TIMEOUT_MS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_MS)]
     pub handshake_timeout_ms: u64,
     /// Connection limits and idle deadline.
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Largest output of one template render, in bytes (template budget).
-    #[arg(long, env = "AEGIS_TEMPLATE_MAX_OUTPUT_BYTES", default_value_t = aegis_core::transform::DEFAULT_MAX_OUTPUT_BYTES)]
-    pub template_max_output_bytes: usize,
-    /// Most steps of one template render: actions, range iterations, function calls (template budget).
-    #[arg(long, env = "AEGIS_TEMPLATE_MAX_STEPS", default_value_t = aegis_core::transform::DEFAULT_MAX_STEPS)]
-    pub template_max_steps: u64,
-    /// Longest one template render may take, in milliseconds (template budget).
-    #[arg(long, env = "AEGIS_TEMPLATE_MAX_TIME_MS", default_value_t = DEFAULT_TEMPLATE_MAX_TIME_MS)]
-    pub template_max_time_ms: u64,
+    /// The template budget.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
     /// SVID certificate file (with AEGIS_SVID_KEY and AEGIS_SVID_BUNDLE; else the Workload API).
     #[arg(long, env = "AEGIS_SVID_CERT")]
     pub svid_cert: Option<PathBuf>,
@@ -77,6 +71,36 @@ pub struct ServerArgs {
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     pub kube: crate::serve::kube::KubeArgs,
+    /// VSecM's `VSECM_SAFE_TLS_PORT` (`:8443`), the port when `--listen` is not given.
+    #[arg(long = "vsecm-safe-tls-port", env = "VSECM_SAFE_TLS_PORT", hide = true, default_value_t = format!(":{DEFAULT_TLS_PORT}"))]
+    pub vsecm_tls_port: String,
+}
+
+/// The Safe's mTLS port unless told otherwise (VSecM's).
+pub const DEFAULT_TLS_PORT: u16 = 8443;
+/// The health and metrics port unless told otherwise.
+pub const DEFAULT_HEALTH_PORT: u16 = 8081;
+/// Largest request body unless told otherwise, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Versions kept per secret unless told otherwise.
+pub const DEFAULT_MAX_VERSIONS: u16 = 10;
+/// Request timeout unless told otherwise, in milliseconds.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// TLS handshake timeout unless told otherwise, in milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// The template budget flags, shared by `aegis server` and `aegis dev`.
+#[derive(Args, Debug, Clone)]
+pub struct TemplateArgs {
+    /// Largest output of one template render, in bytes (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_OUTPUT_BYTES", default_value_t = aegis_core::transform::DEFAULT_MAX_OUTPUT_BYTES)]
+    pub template_max_output_bytes: usize,
+    /// Most steps of one template render: actions, range iterations, function calls (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_STEPS", default_value_t = aegis_core::transform::DEFAULT_MAX_STEPS)]
+    pub template_max_steps: u64,
+    /// Longest one template render may take, in milliseconds (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_TIME_MS", default_value_t = DEFAULT_TEMPLATE_MAX_TIME_MS)]
+    pub template_max_time_ms: u64,
 }
 
 /// Where the root key lives.
@@ -225,6 +249,7 @@ pub const DEFAULT_TEMPLATE_MAX_TIME_MS: u64 = aegis_core::transform::DEFAULT_MAX
 
 /// The template budget from the flags.
 pub fn template_budget(a: &ServerArgs) -> aegis_core::transform::Budget {
+    let a = &a.templates;
     aegis_core::transform::Budget {
         max_output_bytes: a.template_max_output_bytes,
         max_steps: a.template_max_steps,
@@ -232,9 +257,8 @@ pub fn template_budget(a: &ServerArgs) -> aegis_core::transform::Budget {
     }
 }
 
-fn default_listen() -> Result<SocketAddr, CliError> {
-    let port = std::env::var("VSECM_SAFE_TLS_PORT").unwrap_or_else(|_| ":8443".to_owned());
-    let port = port.trim_start_matches(':');
+fn default_listen(a: &ServerArgs) -> Result<SocketAddr, CliError> {
+    let port = a.vsecm_tls_port.trim_start_matches(':');
     format!("0.0.0.0:{port}")
         .parse()
         .map_err(|_| CliError::new(CONFIG, format!("VSECM_SAFE_TLS_PORT must look like ':8443', not '{port}'")))
@@ -251,7 +275,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
     Ok(Settings {
         listen: match a.listen {
             Some(l) => l,
-            None => default_listen()?,
+            None => default_listen(a)?,
         },
         health_listen: a.health_listen,
         data_dir: a.data_dir.clone(),
