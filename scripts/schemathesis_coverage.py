@@ -50,10 +50,17 @@ def test_exists(repo, reference):
 
 
 def router_routes(repo):
-    """(METHOD, path) of every `.route(...)` in the Safe's router, `{name}` as in OpenAPI."""
+    """(METHOD, path) of every `.route(...)` in the Safe's router, `{name}` as in OpenAPI.
+
+    Routes name their path through the `routes` table (`pub const NAME: &str = "/path"`)
+    or, for any route added without it, a string literal."""
     text = (repo / "crates/aegis-server/src/lib.rs").read_text()
+    table = dict(re.findall(r'pub const ([A-Z_]+): &str = "([^"]+)"', text))
     routes = set()
-    for path, handlers in re.findall(r'\.route\("([^"]+)",\s*([^\n]+)', text):
+    for target, handlers in re.findall(r'\.route\(("[^"]+"|[A-Z_]+),\s*([^\n]+)', text):
+        path = target.strip('"') if target.startswith('"') else table.get(target)
+        if path is None:
+            raise SystemExit(f"route {target} is not in the routes table of crates/aegis-server/src/lib.rs")
         for method in re.findall(r"\b(get|put|post|delete|patch)\(", handlers):
             routes.add((method.upper(), path))
     if not routes:

@@ -27,6 +27,7 @@
 
 pub mod book;
 pub mod data;
+mod desired;
 mod ops;
 pub mod queue;
 mod watch;

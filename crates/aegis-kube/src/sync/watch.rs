@@ -12,7 +12,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 
-use super::ops::{matches, secret_of, Desired};
+use super::desired::{matches, secret_of, Desired};
 use super::{Ctx, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Starts watching `ns`, once.
