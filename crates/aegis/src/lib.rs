@@ -87,3 +87,19 @@ impl LogArgs {
         };
     }
 }
+
+/// Waits for SIGTERM or SIGINT: how the Safe and a Sentinel kept running are stopped.
+pub async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

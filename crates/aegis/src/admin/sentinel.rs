@@ -74,25 +74,9 @@ pub async fn run(a: SentinelArgs) -> Result<(), CliError> {
     init(&file, force, missing_ok).await?;
     if keep_running {
         eprintln!("keeping the Sentinel running for `kubectl exec` (stop with SIGTERM)");
-        wait_for_stop().await;
+        crate::stop_requested().await;
     }
     Ok(())
-}
-
-/// Waits for SIGTERM or SIGINT.
-async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn init(file: &std::path::Path, force: bool, missing_ok: bool) -> Result<(), CliError> {

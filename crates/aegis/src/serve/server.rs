@@ -302,27 +302,12 @@ pub async fn serve(
     let running =
         aegis_server::start_with(settings, identity, sync).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
-    shutdown_signal().await;
+    crate::stop_requested().await;
     tracing::info!("shutting down");
     for t in running.tasks {
         t.abort();
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// `aegis server`.
