@@ -143,11 +143,21 @@ impl Client {
         body: Option<&B>,
     ) -> Result<(StatusCode, bytes::Bytes), ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let attempt = || {
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            req.send()
+        };
+        // The Safe may close a kept-alive connection (idle, or the client's SVID expired)
+        // just as a request goes out on it. A read has no effect, so it is sent once more,
+        // on a new connection; a write is never repeated.
+        let resp = match attempt().await {
+            Err(e) if is_read(&method) && closed_before_answer(&e) => attempt().await,
+            r => r,
+        };
+        let resp = resp.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
         let status = resp.status();
         let bytes =
             resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
@@ -184,6 +194,22 @@ impl Client {
     }
 }
 
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
+/// The connection closed after the request went out and before any answer came back.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn kind(e: &serde_json::Error) -> &'static str {
     match e.classify() {
         serde_json::error::Category::Syntax => "malformed JSON",
@@ -218,3 +244,6 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub fn roles_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<RoleRules, ClientError> {
     RoleRules::from_lookup(lookup).map_err(|e| ClientError::Config(e.to_string()))
 }
+
+#[cfg(test)]
+mod closed_connection_tests;
