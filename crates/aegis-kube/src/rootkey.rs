@@ -407,6 +407,24 @@ impl SecretStore {
         Err(self.conflicted("store a new root key"))
     }
 
+    /// Reads the key without ever writing: for tools such as `aegis import`, which must
+    /// not create a key. A missing Secret or one holding no key is an error naming it.
+    pub async fn read_existing(&self) -> KeyStoreResult<Arc<RootKey>> {
+        let secret = self.get().await.map_err(|f| f.error)?.ok_or_else(|| {
+            KeyStoreError::Unavailable(format!(
+                "the root key {} does not exist; check --root-key-secret and --root-key-namespace",
+                self.secret_ref()
+            ))
+        })?;
+        match secret.value(KEY_TXT) {
+            v if is_placeholder(v) => Err(KeyStoreError::Unavailable(format!(
+                "the root key {} holds no key in {KEY_TXT} (the Safe has not started with it yet)",
+                self.secret_ref()
+            ))),
+            v => self.parse(KEY_TXT, v.unwrap_or_default()),
+        }
+    }
+
     /// Reads the Secret, which must exist once the Safe has started.
     async fn get_existing(&self) -> Result<Fetched, Failure> {
         self.get().await?.ok_or_else(|| {

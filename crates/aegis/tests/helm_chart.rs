@@ -243,7 +243,7 @@ fn default_values_install_vsecms_names_and_the_kubernetes_root_key_store() {
     // The root key Role: the one Secret by name, plus create (no Secret yet).
     let role = find(&objs, "Role", "aegis-safe-root-key");
     assert_eq!(role["rules"][0]["resourceNames"], serde_json::json!(["vsecm-root-key"]));
-    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "update", "patch"]));
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "update"]));
     assert_eq!(role["rules"][1]["verbs"], serde_json::json!(["create"]));
 
     // VSecM's SPIFFE ID templates, with the trust domain filled in.

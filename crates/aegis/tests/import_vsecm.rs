@@ -272,6 +272,63 @@ async fn a_wrong_root_key_imports_nothing() {
     assert!(stderr(&out).contains("stopped at '") && stderr(&out).contains("run the import again"), "{}", stderr(&out));
 }
 
+/// VSecM keeps its root key in the `vsecm-root-key` Secret: the import reads it from a
+/// real kube-apiserver with the Safe's own (restricted) ServiceAccount, and writes nothing there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_key_can_come_from_vsecms_kubernetes_secret() {
+    let cluster = common::kube::KubeCluster::start().await;
+    let rbac = common::kube::repo_root().join("deploy/kubernetes/safe-rbac.yaml");
+    cluster.apply_yaml(rbac.to_str().unwrap()).await;
+    let kubeconfig = cluster.service_account_kubeconfig("vsecm-system", "aegis-safe").await;
+    let key_text = fs::read_to_string(fixtures().join("root-key.txt")).unwrap();
+    let indented: String = key_text.lines().map(|l| format!("    {l}\n")).collect();
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: vsecm-root-key\n  namespace: vsecm-system\n\
+         type: Opaque\nstringData:\n  KEY_TXT: |\n{indented}"
+    );
+    let safe = Safe::dev();
+    let data = fixtures().join("data");
+    let run = |name: &str| {
+        let args = [
+            "import",
+            "vsecm",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--root-key-secret",
+            name,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ];
+        safe.aegis(&safe.admin_env(), &args)
+    };
+
+    // Not there yet: a clear error naming the Secret, nothing imported.
+    let before = secret_names(&safe).await;
+    let out = run("vsecm-root-key");
+    assert_eq!(out.status.code(), Some(64), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("vsecm-system/vsecm-root-key") && stderr(&out).contains("does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(secret_names(&safe).await, before);
+
+    // VSecM's Secret holds the key: every secret is imported.
+    cluster.apply_yaml(&secret).await;
+    let text = ok(run("vsecm-root-key"));
+    no_values_in(&text);
+    assert!(!text.contains(key_text.lines().next().unwrap()), "the key was printed");
+    let r = report(&text);
+    for n in written() {
+        assert_eq!(r.get(&n).map(String::as_str), Some("new"), "{n} in:\n{text}");
+    }
+
+    // A Secret the ServiceAccount may not read: the error says which verb is missing.
+    let out = run("someone-elses");
+    assert_eq!(out.status.code(), Some(64), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("may not get") && stderr(&out).contains("403"), "{}", stderr(&out));
+}
+
 /// The same import over real SPIRE: `aegis import` runs as the Sentinel's SPIFFE ID and
 /// every workload fetches with VSecM's own Go SDK, as the fixtures were recorded.
 #[test]

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aegis_core::api::{PutSecret, SecretRead};
 use aegis_core::timefmt::{never, rfc3339};
@@ -58,8 +59,18 @@ pub struct VsecmArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// VSecM's root key: a file holding its three lines (the `KEY_TXT` of the `vsecm-root-key` Secret).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "root_key_secret")]
     root_key_file: Option<PathBuf>,
+    /// VSecM's root key from this Kubernetes Secret (its `KEY_TXT`; VSecM names it `vsecm-root-key`).
+    /// Read only: the import never writes to Kubernetes.
+    #[arg(long, value_name = "NAME")]
+    root_key_secret: Option<String>,
+    /// Namespace of --root-key-secret.
+    #[arg(long, value_name = "NAMESPACE", default_value = aegis_kube::rootkey::DEFAULT_NAMESPACE)]
+    root_key_namespace: String,
+    /// Kubeconfig for --root-key-secret (else in-cluster settings).
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// Only list what would change (new / changed / unchanged per secret); write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -74,17 +85,22 @@ pub struct VsecmArgs {
     output: Output,
 }
 
-/// Where VSecM's root key comes from. The import asks [`load_root_key`] only, so
-/// another source (e.g. the `vsecm-root-key` Kubernetes Secret) is one more variant.
+/// Where VSecM's root key comes from.
 #[derive(Debug, Clone)]
 pub enum KeySource {
     /// A file holding the three lines.
     File(PathBuf),
+    /// A Kubernetes Secret (read only).
+    Kubernetes(aegis_kube::SecretStoreSettings),
 }
 
 /// Loads VSecM's root key from `source`. Errors name the source, never the key.
-pub fn load_root_key(source: &KeySource) -> Result<RootKey, CliError> {
+pub async fn load_root_key(source: &KeySource) -> Result<Arc<RootKey>, CliError> {
     match source {
+        KeySource::Kubernetes(settings) => {
+            let store = aegis_kube::SecretStore::new(settings.clone()).map_err(|e| CliError::new(CONFIG, e))?;
+            store.read_existing().await.map_err(|e| CliError::new(CONFIG, e.to_string()))
+        }
         KeySource::File(path) => {
             let text = read_capped(path, MAX_ROOT_KEY_FILE_BYTES).map_err(|why| {
                 CliError::new(CONFIG, format!("cannot read the root key file {}: {why}", path.display()))
@@ -92,7 +108,7 @@ pub fn load_root_key(source: &KeySource) -> Result<RootKey, CliError> {
             let text = zeroize::Zeroizing::new(String::from_utf8(text.to_vec()).map_err(|_| {
                 CliError::new(CONFIG, format!("the root key file {} is not UTF-8 text", path.display()))
             })?);
-            RootKey::parse(&text).map_err(|e| {
+            RootKey::parse(&text).map(Arc::new).map_err(|e| {
                 CliError::new(
                     CONFIG,
                     format!("{e} (in {}); give the file VSecM's Safe used (its KEY_TXT)", path.display()),
@@ -103,9 +119,19 @@ pub fn load_root_key(source: &KeySource) -> Result<RootKey, CliError> {
 }
 
 fn key_source(a: &VsecmArgs) -> Result<KeySource, CliError> {
-    match &a.root_key_file {
-        Some(p) => Ok(KeySource::File(p.clone())),
-        None => Err(CliError::new(CONFIG, "give VSecM's root key with --root-key-file FILE (its three lines)")),
+    match (&a.root_key_file, &a.root_key_secret) {
+        (Some(p), _) => Ok(KeySource::File(p.clone())),
+        (None, Some(name)) => Ok(KeySource::Kubernetes(aegis_kube::SecretStoreSettings {
+            namespace: a.root_key_namespace.clone(),
+            name: name.clone(),
+            kubeconfig: a.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+            ..aegis_kube::SecretStoreSettings::vsecm_defaults()
+        })),
+        (None, None) => Err(CliError::new(
+            CONFIG,
+            "give VSecM's root key with --root-key-file FILE (its three lines) or --root-key-secret NAME \
+             (the Kubernetes Secret holding it, e.g. vsecm-root-key)",
+        )),
     }
 }
 
@@ -319,7 +345,7 @@ fn print(report: &Report, output: Output) -> Result<(), CliError> {
 }
 
 async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
-    let key = load_root_key(&key_source(&a)?)?;
+    let key = load_root_key(&key_source(&a)?).await?;
     let files = age_files(&a.data_dir, a.max_secrets)?;
     if files.is_empty() {
         return Err(CliError::new(
@@ -436,7 +462,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("key.txt");
         std::fs::write(&p, "AGE-SECRET-KEY-TOPSECRET\nonly two lines\n").unwrap();
-        let e = load_root_key(&KeySource::File(p)).unwrap_err();
+        let e = futures::executor::block_on(load_root_key(&KeySource::File(p))).unwrap_err();
         assert_eq!(e.code, CONFIG);
         assert!(e.message.contains("key.txt") && !e.message.contains("TOPSECRET"), "{}", e.message);
     }
