@@ -21,6 +21,10 @@ pub struct Cli {
     /// Logging flags (`-v`, `--log`, `--log-format`).
     #[command(flatten)]
     pub log: crate::LogArgs,
+    /// Lock all memory (mlockall) so secret values are never swapped out; needs an unlimited
+    /// RLIMIT_MEMLOCK or CAP_IPC_LOCK, else a warning and the process runs unlocked.
+    #[arg(long, env = "AEGIS_LOCK_MEMORY", global = true)]
+    pub lock_memory: bool,
     #[command(subcommand)]
     cmd: Command,
 }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod connect;
 pub mod exit;
+pub mod harden;
 pub mod output;
 pub mod serve;
 pub mod workload;

@@ -5,6 +5,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = aegis::cli::Cli::parse();
     cli.log.init(cli.default_log_level());
+    aegis::harden::apply(cli.lock_memory);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
         Ok(log) => log.init("warn"),
         Err(e) => return aegis::exit::finish(Err(e)),
     }
+    aegis::harden::apply(false);
     let args: Vec<String> = std::env::args().collect();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
