@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::name::SecretName;
 use crate::timefmt::unix_nanos;
-use crate::transform::Format;
+use crate::transform::{Format, Template};
 
 /// Default number of versions kept per secret.
 pub const DEFAULT_MAX_VERSIONS: usize = 10;
@@ -96,8 +96,8 @@ impl fmt::Debug for SecretValue {
 pub struct SecretMeta {
     /// Kubernetes namespaces (for `k8s:` secrets); never empty.
     pub namespaces: Vec<String>,
-    /// Go text/template applied to a JSON value, if any.
-    pub template: Option<String>,
+    /// Go text/template applied to a JSON value, if any (checked when it was written).
+    pub template: Option<Template>,
     /// Output format.
     pub format: Format,
     /// Not valid before this time.

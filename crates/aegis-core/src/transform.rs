@@ -58,7 +58,7 @@ pub use budget::{
     MAX_NESTING, MAX_PRINTF_SIZE,
 };
 pub use format::Format;
-pub use template::{validate_template, TemplateError};
+pub use template::{validate_template, Template, TemplateError};
 
 use template::apply_template;
 
@@ -72,13 +72,13 @@ use template::apply_template;
 /// fields the template was meant to leave out.
 pub fn transform(
     value: &str,
-    template: Option<&str>,
+    template: Option<&Template>,
     format: Format,
     budget: &Budget,
 ) -> Result<String, TemplateError> {
     let value = value.trim();
-    let rendered = match template.filter(|t| !t.is_empty()) {
-        Some(t) => apply_template(value, t, budget)?,
+    let rendered = match template {
+        Some(t) => apply_template(value, t.as_str(), budget)?,
         None => None,
     };
     let result = rendered.as_deref().unwrap_or(value);
@@ -100,7 +100,8 @@ mod tests {
 
     /// The transformation under the default budget, which these inputs fit.
     pub(super) fn tf(value: &str, template: Option<&str>, format: Format) -> String {
-        transform(value, template, format, &Budget::default()).unwrap()
+        let template = template.map(Template::unchecked);
+        transform(value, template.as_ref(), format, &Budget::default()).unwrap()
     }
 
     pub(super) const CREDS: &str = r#"{"username": "admin", "password": "VSecMRocks!"}"#;

@@ -97,7 +97,6 @@ impl From<StoreError> for ApiError {
             StoreError::Op(OpError::NoSuchVersion { .. }) | StoreError::NotFound(_) => Self::not_found(e.to_string()),
             StoreError::Op(OpError::Destroyed { .. }) => Self::new(StatusCode::GONE, e.to_string()),
             StoreError::Op(OpError::WrongState { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
-            StoreError::Template { .. } => Self::bad_request(e.to_string()),
             StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             StoreError::Expired => Self::not_applied(),
             StoreError::Io { name, source } => {

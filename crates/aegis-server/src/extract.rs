@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::timefmt::ValidityWindow;
-use aegis_core::transform::{Budget, Format};
+use aegis_core::transform::{Budget, Format, Template};
 use aegis_core::{Namespace, SecretName};
 use aegis_store::Data;
 
@@ -55,29 +55,48 @@ pub fn json<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>, limit: usize)
     serde_json::from_slice(&bytes).map_err(|e| json_error(&e))
 }
 
-/// Checks the template of a write and computes what the workload will see,
-/// on a blocking thread and within `budget`, before the write reaches the
-/// store's single writer: a template that is malformed or over the budget is
-/// a 400 naming the reason (or the bound), and nothing is stored.
+/// Computes what the workload will see, within `budget` and (with a template) on a
+/// blocking thread, before the write reaches the store's single writer: a template
+/// over the budget for this value is a 400 naming the bound, and nothing is stored.
 pub async fn view(value: &SecretValue, meta: &SecretMeta, budget: Budget) -> Result<Data, ApiError> {
-    let Some(template) = meta.template.clone() else {
+    if meta.template.is_none() {
         // No template: only trimming and the format, linear in the value.
         return Data::compute(value, meta, &budget).map_err(|e| ApiError::bad_request(e.to_string()));
-    };
+    }
     let (value, meta) = (value.clone(), meta.clone());
-    tokio::task::spawn_blocking(move || {
-        aegis_core::transform::validate_template(&template)?;
-        Data::compute(&value, &meta, &budget)
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the template check failed; see the Safe's log"))?
-    .map_err(|e| ApiError::bad_request(e.to_string()))
+    blocking("the template check", move || Data::compute(&value, &meta, &budget)).await
+}
+
+/// Parses a template (a malformed one is a 400 with the reason), on a blocking
+/// thread: a deeply nested template takes a while to check.
+async fn template(text: Option<&str>) -> Result<Option<Template>, ApiError> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => {
+            let t = t.to_owned();
+            blocking("the template check", move || Template::parse(&t)).await
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread; its error is a 400 with the reason.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| ApiError::bad_request(e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "{what} did not finish");
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{what} failed; see the Safe's log")))
+        }
+    }
 }
 
 /// Builds delivery metadata from the optional fields both APIs accept, each
 /// parsed once into its type (a namespace, a format, a validity window).
 /// Namespace items are trimmed, as before; times are `now`/`never`/RFC 3339.
-pub fn meta(
+pub async fn meta(
     namespaces: Option<&[String]>,
     template: Option<&str>,
     format: Option<Format>,
@@ -89,7 +108,7 @@ pub fn meta(
     if let Some(list) = namespaces.filter(|l| !l.is_empty()) {
         m.namespaces = list.iter().map(|n| Namespace::parse(n.trim()).map(String::from)).collect::<Result<_, _>>()?;
     }
-    m.template = template.map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+    m.template = self::template(template).await?;
     m.format = format.unwrap_or_default();
     let window = ValidityWindow::parse(not_before.unwrap_or(""), expires.unwrap_or(""), now)?;
     m.not_before = window.not_before;

@@ -47,7 +47,7 @@ pub fn info(doc: &SecretDoc) -> SecretInfo {
         updated: rfc3339(doc.updated),
         deleted: doc.deleted.map(rfc3339),
         namespaces: meta.map(|m| m.namespaces.clone()).unwrap_or_default(),
-        template: meta.and_then(|m| m.template.clone()),
+        template: meta.and_then(|m| m.template.as_ref().map(|t| t.as_str().to_owned())),
         format: meta.map_or("json", |m| m.format.as_str()).to_owned(),
         not_before: meta.map(|m| rfc3339(m.not_before)).unwrap_or_default(),
         expires_after: meta.map(|m| rfc3339(m.expires_after)).unwrap_or_default(),
@@ -112,7 +112,8 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
         format,
         req.not_before.as_deref(),
         req.expires_after.as_deref(),
-    )?;
+    )
+    .await?;
     let stamps = stamps(req.created.as_deref(), req.updated.as_deref())?;
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
     crate::sync::check(s.sync(), &n, &req.value, &meta).await?;

@@ -136,7 +136,8 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         Some(Format::parse_lenient(&req.format)),
         Some(&req.not_before),
         Some(&req.expires),
-    )?;
+    )
+    .await?;
     let view = extract::view(&value, &meta, s.settings.template_budget).await?;
     for name in &names {
         crate::sync::check(s.sync(), name, &value, &meta).await?;

@@ -22,7 +22,7 @@ impl Data {
     /// `budget`; an error when the template is over the budget (the write
     /// should then be refused).
     pub fn compute(value: &SecretValue, meta: &SecretMeta, budget: &Budget) -> Result<Data, TemplateError> {
-        let out = aegis_core::transform::transform(value.expose(), meta.template.as_deref(), meta.format, budget)?;
+        let out = aegis_core::transform::transform(value.expose(), meta.template.as_ref(), meta.format, budget)?;
         Ok(if out == value.expose() { Data::Same } else { Data::Transformed(SecretValue::new(out)) })
     }
 }
@@ -206,7 +206,7 @@ mod tests {
     fn a_template_over_the_budget_is_an_error_never_the_raw_value() {
         let now = OffsetDateTime::now_utc();
         let mut meta = SecretMeta::defaults(now);
-        meta.template = Some("{{.a}}{{.a}}{{.a}}".to_owned());
+        meta.template = aegis_core::transform::Template::parse("{{.a}}{{.a}}{{.a}}").unwrap();
         let tiny = Budget { max_output_bytes: 2, ..Budget::default() };
         let e = entry(meta, &tiny).deliverable(now).unwrap_err();
         assert_eq!(e.name, "billing");

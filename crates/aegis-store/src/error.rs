@@ -12,14 +12,6 @@ pub enum StoreError {
     /// The secret does not exist.
     #[error("secret '{0}' does not exist")]
     NotFound(String),
-    /// The template does not parse.
-    #[error("template of secret '{name}' is invalid: {why}")]
-    Template {
-        /// The secret.
-        name: String,
-        /// The parser's reason.
-        why: String,
-    },
     /// Reading or writing the backing store failed; nothing was changed.
     #[error("could not persist '{name}': {source}; the previous version is intact")]
     Io {

@@ -97,12 +97,6 @@ fn apply_one(
     let mut computed = None;
     match m {
         Mutation::Put { value, meta, cas, view, stamps } => {
-            // A view computed before the write means the template was checked
-            // (and rendered within the budget) off this task already.
-            if let (Some(t), None) = (meta.template.as_deref(), &view) {
-                aegis_core::transform::validate_template(t)
-                    .map_err(|e| StoreError::Template { name: name.to_string(), why: e.to_string() })?;
-            }
             let fresh = doc.current == 0 && doc.versions.is_empty();
             doc.put(value, meta, cas, stamps.map_or(now, |s| s.updated), max)?;
             if let (true, Some(s)) = (fresh, stamps) {

@@ -57,6 +57,41 @@ impl fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
+/// A template that parsed and passed the checks of [`validate_template`]: the only
+/// way a template gets into a secret's metadata, so the store and the handlers
+/// never see one that was not checked. Templates are not secret (they are listed).
+///
+/// Deserialising (a stored record) does not check again: the template was
+/// checked when it was written, and rendering parses it within the budget anyway.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Template(String);
+
+impl Template {
+    /// Checks `text` (trimmed); `Ok(None)` if it is empty, which means no template.
+    /// May take a while for a deeply nested template: call it off the async threads.
+    pub fn parse(text: &str) -> Result<Option<Self>, TemplateError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        validate_template(text)?;
+        Ok(Some(Self(text.to_owned())))
+    }
+
+    /// The template's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A template that was not checked, as an old stored record may hold: for tests of
+    /// what rendering does with one.
+    #[cfg(test)]
+    pub(crate) fn unchecked(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
 /// Checks that `template` parses and stays inside the static bounds of its
 /// budget, so a bad template is refused when a secret is written instead of
 /// being silently ignored when it is read. Whether it runs within the budget
@@ -607,14 +642,20 @@ mod tests {
             assert_eq!(tf(value, Some(template), Format::Raw), value, "{template:?}");
         }
         // Over budget is an error, not the raw value.
-        let err = transform(value, Some("{{printf \"%999999999d\" 1}}"), Format::Raw, &Budget::default()).unwrap_err();
+        let err = transform(
+            value,
+            Some(&Template::unchecked("{{printf \"%999999999d\" 1}}")),
+            Format::Raw,
+            &Budget::default(),
+        )
+        .unwrap_err();
         assert!(err.is_over_budget() && err.reason().contains("printf"), "{err}");
     }
 
     // Budgets (F2) and nesting (F4).
 
     fn over(value: &str, template: &str, budget: &Budget) -> TemplateError {
-        let err = transform(value, Some(template), Format::Raw, budget).unwrap_err();
+        let err = transform(value, Some(&Template::unchecked(template)), Format::Raw, budget).unwrap_err();
         assert!(err.is_over_budget(), "{err}");
         assert!(err.to_string().starts_with("template over budget: "), "{err}");
         err
@@ -636,7 +677,10 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // Exactly at the limit is fine.
         let small = Budget { max_output_bytes: 6, ..Budget::default() };
-        assert_eq!(transform(r#"{"a":"abcdef"}"#, Some("{{.a}}"), Format::Raw, &small).unwrap(), "abcdef");
+        assert_eq!(
+            transform(r#"{"a":"abcdef"}"#, Some(&Template::unchecked("{{.a}}")), Format::Raw, &small).unwrap(),
+            "abcdef"
+        );
         over(r#"{"a":"abcdefg"}"#, "{{.a}}", &small);
     }
 
@@ -652,7 +696,12 @@ mod tests {
         let tight = Budget { max_steps: 100, ..Budget::default() };
         over(&big_array(200), "{{range .a}}{{end}}", &tight);
         over(&big_array(10), &"{{len .a}}".repeat(60), &tight);
-        assert_eq!(transform(&big_array(10), Some("{{range .a}}{{.}}{{end}}"), Format::Raw, &tight).unwrap().len(), 10);
+        assert_eq!(
+            transform(&big_array(10), Some(&Template::unchecked("{{range .a}}{{.}}{{end}}")), Format::Raw, &tight)
+                .unwrap()
+                .len(),
+            10
+        );
     }
 
     #[test]
@@ -729,7 +778,13 @@ mod tests {
         for template in at_limit {
             let run = move || {
                 assert_eq!(validate_template(&template), Ok(()), "{template}");
-                transform(r#"{"a":[1],"b":false}"#, Some(&template), Format::Raw, &Budget::default()).unwrap()
+                transform(
+                    r#"{"a":[1],"b":false}"#,
+                    Some(&Template::unchecked(&template)),
+                    Format::Raw,
+                    &Budget::default(),
+                )
+                .unwrap()
             };
             std::thread::Builder::new().stack_size(256 * 1024).spawn(run).unwrap().join().unwrap();
         }

@@ -50,7 +50,7 @@ pub enum DataError {
 /// The data of the Secret for `value` under `meta`.
 pub fn secret_data(value: &SecretValue, meta: &SecretMeta, budget: &Budget) -> Result<SecretData, DataError> {
     let raw = value.expose();
-    let map = match meta.template.as_deref().filter(|t| !t.trim().is_empty()) {
+    let map = match meta.template.as_ref() {
         Some(template) => {
             let out = transform(raw, Some(template), Format::Raw, budget)
                 .map_err(|e| DataError::Template(e.reason().to_owned()))?;
@@ -94,7 +94,7 @@ mod tests {
 
     fn data(value: &str, template: Option<&str>) -> Result<BTreeMap<String, String>, DataError> {
         let mut meta = SecretMeta::defaults(time::OffsetDateTime::now_utc());
-        meta.template = template.map(str::to_owned);
+        meta.template = template.and_then(|t| aegis_core::transform::Template::parse(t).unwrap());
         let d = secret_data(&SecretValue::new(value), &meta, &Budget::default())?;
         Ok(d.0.into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect())
     }
