@@ -271,8 +271,8 @@ pub struct History {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollback {
-    /// The version to make current again.
-    pub version: u64,
+    /// The version to make current again (from 1).
+    pub version: crate::secret::VersionNumber,
 }
 
 /// `GET /v1/workload/secret`: the caller's own secret.

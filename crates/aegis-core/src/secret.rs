@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::error::InvalidInput;
 use crate::name::SecretName;
 use crate::timefmt::unix_nanos;
 use crate::transform::{Format, Template};
@@ -124,6 +125,48 @@ impl SecretMeta {
     /// `expires_after`, both included): outside it, workloads get nothing.
     pub fn valid_at(&self, now: OffsetDateTime) -> bool {
         self.not_before <= now && now <= self.expires_after
+    }
+}
+
+/// A version a caller names (to read, destroy or roll back to): a whole number from 1,
+/// parsed once at the edge. On the wire it is a plain number; 0 is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct VersionNumber(std::num::NonZeroU64);
+
+impl VersionNumber {
+    /// Parses a decimal version number (from a path segment or query).
+    pub fn parse(text: &str) -> Result<Self, InvalidInput> {
+        text.parse::<u64>()
+            .map_err(|_| InvalidInput::new("version", format!("'{}' is not a whole number", text.escape_debug())))
+            .and_then(Self::try_from)
+    }
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TryFrom<u64> for VersionNumber {
+    type Error = InvalidInput;
+
+    fn try_from(n: u64) -> Result<Self, InvalidInput> {
+        std::num::NonZeroU64::new(n)
+            .map(Self)
+            .ok_or_else(|| InvalidInput::new("version", "versions are numbered from 1; 0 names none"))
+    }
+}
+
+impl From<VersionNumber> for u64 {
+    fn from(v: VersionNumber) -> u64 {
+        v.get()
+    }
+}
+
+impl fmt::Display for VersionNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -279,8 +322,8 @@ impl SecretDoc {
     }
 
     /// Destroys one version's value for good (the metadata stays in the history).
-    pub fn destroy(&mut self, number: u64, now: OffsetDateTime) -> Result<(), OpError> {
-        let name = self.name.to_string();
+    pub fn destroy(&mut self, number: VersionNumber, now: OffsetDateTime) -> Result<(), OpError> {
+        let (name, number) = (self.name.to_string(), number.get());
         let v = self
             .versions
             .iter_mut()
@@ -294,8 +337,13 @@ impl SecretDoc {
     }
 
     /// Makes an earlier version current again by writing it as a new version.
-    pub fn rollback(&mut self, number: u64, now: OffsetDateTime, max_versions: usize) -> Result<u64, OpError> {
-        let name = self.name.to_string();
+    pub fn rollback(
+        &mut self,
+        number: VersionNumber,
+        now: OffsetDateTime,
+        max_versions: usize,
+    ) -> Result<u64, OpError> {
+        let (name, number) = (self.name.to_string(), number.get());
         let v = self.version(number).ok_or(OpError::NoSuchVersion { name: name.clone(), version: number })?;
         let value = v.value.clone().ok_or(OpError::Destroyed { name, version: number })?;
         let meta = v.meta.clone();
@@ -325,6 +373,24 @@ mod option_nanos {
 mod tests {
     use super::*;
 
+    fn v(n: u64) -> VersionNumber {
+        VersionNumber::try_from(n).unwrap()
+    }
+
+    #[test]
+    fn version_numbers_start_at_one_and_travel_as_plain_numbers() {
+        assert_eq!(VersionNumber::parse("3").unwrap().get(), 3);
+        for bad in ["0", "-1", "x", "", "1.5", "99999999999999999999"] {
+            let e = VersionNumber::parse(bad).unwrap_err();
+            assert_eq!(e.what(), "version", "{bad}");
+        }
+        assert_eq!(serde_json::to_string(&v(7)).unwrap(), "7");
+        let r: crate::api::Rollback = serde_json::from_str(r#"{"version":2}"#).unwrap();
+        assert_eq!(r.version, v(2));
+        let e = serde_json::from_str::<crate::api::Rollback>(r#"{"version":0}"#).unwrap_err();
+        assert!(e.to_string().contains("numbered from 1"), "{e}");
+    }
+
     fn doc() -> SecretDoc {
         SecretDoc::empty(SecretName::parse("billing").unwrap(), OffsetDateTime::UNIX_EPOCH)
     }
@@ -353,8 +419,11 @@ mod tests {
         assert_eq!(d.versions.len(), 10);
         assert_eq!(d.versions[0].number, 6);
         assert_eq!(d.live().unwrap().1.expose(), "v14");
-        assert!(matches!(d.rollback(1, OffsetDateTime::now_utc(), 10), Err(OpError::NoSuchVersion { version: 1, .. })));
-        assert_eq!(d.rollback(7, OffsetDateTime::now_utc(), 10).unwrap(), 16);
+        assert!(matches!(
+            d.rollback(v(1), OffsetDateTime::now_utc(), 10),
+            Err(OpError::NoSuchVersion { version: 1, .. })
+        ));
+        assert_eq!(d.rollback(v(7), OffsetDateTime::now_utc(), 10).unwrap(), 16);
         assert_eq!(d.live().unwrap().1.expose(), "v6");
     }
 
@@ -380,10 +449,10 @@ mod tests {
         assert!(d.soft_delete(now).is_err());
         d.undelete(now).unwrap();
         assert_eq!(d.live().unwrap().1.expose(), "b");
-        d.destroy(1, now).unwrap();
-        assert!(matches!(d.destroy(1, now), Err(OpError::Destroyed { .. })));
-        assert!(matches!(d.rollback(1, now, 10), Err(OpError::Destroyed { .. })));
-        d.destroy(2, now).unwrap();
+        d.destroy(v(1), now).unwrap();
+        assert!(matches!(d.destroy(v(1), now), Err(OpError::Destroyed { .. })));
+        assert!(matches!(d.rollback(v(1), now, 10), Err(OpError::Destroyed { .. })));
+        d.destroy(v(2), now).unwrap();
         assert!(d.live().is_none());
         let rev = d.revision;
         put(&mut d, "c", 10);

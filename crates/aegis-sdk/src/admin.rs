@@ -4,7 +4,7 @@ use aegis_core::api::{
     EncryptRequest, EncryptResponse, History, Keystone, PutSecret, Rollback, Rotated, SecretInfo, SecretList,
     SecretRead, Status, Unseal, VsecmDelete, VsecmKeys, VsecmList, VsecmUpsert,
 };
-use aegis_core::secret::SecretValue;
+use aegis_core::secret::{SecretValue, VersionNumber};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::Method;
 
@@ -27,7 +27,7 @@ impl Client {
     }
 
     /// Reads the latest or a given version.
-    pub async fn get(&self, name: &str, version: Option<u64>) -> Result<SecretRead, ClientError> {
+    pub async fn get(&self, name: &str, version: Option<VersionNumber>) -> Result<SecretRead, ClientError> {
         let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
         self.call(Method::GET, &format!("/v1/secrets/{}{q}", seg(name)), NONE).await
     }
@@ -48,12 +48,12 @@ impl Client {
     }
 
     /// Destroys one version.
-    pub async fn destroy(&self, name: &str, version: u64) -> Result<SecretInfo, ClientError> {
+    pub async fn destroy(&self, name: &str, version: VersionNumber) -> Result<SecretInfo, ClientError> {
         self.call(Method::DELETE, &format!("/v1/secrets/{}/versions/{version}", seg(name)), NONE).await
     }
 
     /// Makes an earlier version current again.
-    pub async fn rollback(&self, name: &str, version: u64) -> Result<SecretInfo, ClientError> {
+    pub async fn rollback(&self, name: &str, version: VersionNumber) -> Result<SecretInfo, ClientError> {
         self.call(Method::POST, &format!("/v1/secrets/{}/rollback", seg(name)), Some(&Rollback { version })).await
     }
 

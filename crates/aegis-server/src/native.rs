@@ -6,7 +6,7 @@ use aegis_core::api::{
     EncryptRequest, EncryptResponse, History, PutSecret, Rollback, Rotated, SecretInfo, SecretList, SecretRead, Status,
     Unseal, VersionInfo, WorkloadSecret,
 };
-use aegis_core::secret::SecretDoc;
+use aegis_core::secret::{SecretDoc, VersionNumber};
 use aegis_core::timefmt::rfc3339;
 use aegis_core::transform::Format;
 use aegis_core::SecretName;
@@ -125,7 +125,7 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
 /// Query of `GET /v1/secrets/{name}`.
 #[derive(Deserialize)]
 pub struct VersionQuery {
-    version: Option<u64>,
+    version: Option<VersionNumber>,
 }
 
 /// `GET /v1/secrets/{name}[?version=N]`: a version with its raw value.
@@ -142,7 +142,7 @@ pub async fn get(
     if e.doc.deleted.is_some() && q.version.is_none() {
         return Err(ApiError::not_found(format!("secret '{n}' is deleted; `aegis undelete {n}` restores it")));
     }
-    let number = q.version.unwrap_or(e.doc.current);
+    let number = q.version.map_or(e.doc.current, VersionNumber::get);
     let v = e.doc.version(number).ok_or_else(|| {
         ApiError::not_found(format!(
             "secret '{n}' has no version {number}; `aegis history {n}` lists the versions kept"
@@ -197,10 +197,7 @@ pub async fn undelete(State(s): St, Extension(c): Who, p: Segments) -> Result<Js
 
 /// `DELETE /v1/secrets/{name}/versions/{version}`: destroys one version's value.
 pub async fn destroy(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<SecretInfo>, ApiError> {
-    let version = p.version.unwrap_or_default();
-    let v = version.parse::<u64>().map_err(|_| {
-        ApiError::bad_request(format!("version '{}' is not a positive whole number", version.escape_debug()))
-    })?;
+    let v = VersionNumber::parse(p.version.as_deref().unwrap_or_default())?;
     mutate(&s, &c, &p.name, Mutation::Destroy(v)).await
 }
 

@@ -129,9 +129,9 @@ pub enum Mutation {
     /// Undo a soft delete.
     Undelete,
     /// Destroy one version's value.
-    Destroy(u64),
+    Destroy(aegis_core::secret::VersionNumber),
     /// Write an earlier version again as the newest.
-    Rollback(u64),
+    Rollback(aegis_core::secret::VersionNumber),
 }
 
 /// A record that could not be loaded and was moved aside.

@@ -299,7 +299,7 @@ fn check_name(ctx: &Ctx, case: usize, name: &str) -> Result<(), TestCaseError> {
     ok(safe.aegis(env, &cli(&["rollback"], name, &[&v])));
     let read = rt.block_on(admin.get(name, None)).unwrap();
     prop_assert_eq!(read.value.expose(), v1.as_str());
-    let back = rt.block_on(admin.rollback(name, i1.version + 1)).unwrap();
+    let back = rt.block_on(admin.rollback(name, (i1.version + 1).try_into().unwrap())).unwrap();
     prop_assert_eq!(&back.name, name);
     let got = ok(safe.aegis(env, &cli(&["get"], name, &[])));
     prop_assert_eq!(got.trim(), v2.as_str());

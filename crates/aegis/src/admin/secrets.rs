@@ -2,7 +2,7 @@
 //! `destroy`, `rollback`, `history` and `encrypt`.
 
 use aegis_core::api::{PutSecret, SecretInfo};
-use aegis_core::secret::SecretValue;
+use aegis_core::secret::{SecretValue, VersionNumber};
 use aegis_core::SecretName;
 
 use crate::connect::{client, read_stdin};
@@ -46,9 +46,9 @@ pub struct PutArgs {
 pub struct GetArgs {
     /// Secret name.
     name: String,
-    /// Version to read.
-    #[arg(long)]
-    version: Option<u64>,
+    /// Version to read (from 1).
+    #[arg(long, value_parser = version_number)]
+    version: Option<VersionNumber>,
     #[command(flatten)]
     out: Out,
 }
@@ -72,13 +72,18 @@ pub struct NameArg {
     out: Out,
 }
 
+fn version_number(text: &str) -> Result<VersionNumber, String> {
+    VersionNumber::parse(text).map_err(|e| e.to_string())
+}
+
 /// Arguments of the commands that take a secret name and a version.
 #[derive(clap::Args, Debug)]
 pub struct NameVersion {
     /// Secret name.
     name: String,
-    /// Version number.
-    version: u64,
+    /// Version number (from 1).
+    #[arg(value_parser = version_number)]
+    version: VersionNumber,
     #[command(flatten)]
     out: Out,
 }
