@@ -24,26 +24,12 @@ root="$cache_root/kube"
 dir="$root/$version"
 bin="$dir/bin"
 
-die() {
-    echo "build-kube: error: $*" >&2
-    exit 1
-}
-log() { echo "build-kube: $*" >&2; }
+GB_NAME=kube
+# shellcheck source=lib/gobuild.sh
+source "$(dirname "$0")/lib/gobuild.sh"
+gb_args --print-dir "$bin" 2,17 "$@"
 
-case "${1:-}" in
-    --print-dir)
-        echo "$bin"
-        exit 0
-        ;;
-    "") ;;
-    -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument '$1' (use --print-dir or no argument)" ;;
-esac
-
-[[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "KUBE_VERSION '$version' is not of the form v1.MINOR.PATCH"
+[[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || gb_die "KUBE_VERSION '$version' is not of the form v1.MINOR.PATCH"
 minor="${BASH_REMATCH[1]}"
 # k8s.io/kubernetes v1.X.Y <-> staging modules (k8s.io/api, ...) v0.X.Y.
 staging_version="v0.${version#v1.}"
@@ -64,65 +50,32 @@ cached_ok() {
     [[ "$(binary_version "$bin/etcd" || true)" == "${etcd_version#v}" ]] || return 1
 }
 
-if cached_ok; then
-    log "using cached Kubernetes $version and etcd $etcd_version in $bin"
-    echo "$bin"
-    exit 0
-fi
-
-# One build at a time (e.g. test.sh and a test binary both asking).
-mkdir -p "$dir"
-if command -v flock >/dev/null; then
-    exec 9>"$dir/.lock"
-    if ! flock -n 9; then
-        log "another build of Kubernetes $version is running; waiting for it"
-        flock 9
-    fi
-    if cached_ok; then
-        log "using cached Kubernetes $version and etcd $etcd_version in $bin"
-        echo "$bin"
-        exit 0
-    fi
-fi
-
-command -v go >/dev/null || die "the Go toolchain is not installed (Kubernetes $version needs the Go of the 'go' line of its go.mod, e.g. Go 1.26.8); install Go and re-run"
-
-export GOPATH="$root/gopath"
-export GOMODCACHE="$root/gomodcache"
-export GOCACHE="$root/gocache"
-# Build with the installed toolchain only: never fetch another one.
-export GOTOOLCHAIN=local
-# Static binaries, as upstream releases them.
-export CGO_ENABLED=0
-# -mod=mod: the generated modules below have no go.sum; Go fills it in from the
-# proxy, verified against the checksum database. GOPROXY/GOSUMDB come from the
-# environment (default: the Go module proxy).
+gb_reuse_or_lock "$dir" "Kubernetes $version and etcd $etcd_version" "$bin"
+gb_go_env "$root" 0 "Kubernetes $version needs the Go of the 'go' line of its go.mod, e.g. Go 1.26.8"
+# Static binaries (no cgo), as upstream releases them. -mod=mod: the generated
+# modules below have no go.sum; Go fills it in from the proxy, verified against the
+# checksum database.
 export GOFLAGS="-mod=mod -modcacherw"
 
-staging="$dir/bin.tmp.$$"
+gb_staging "$dir"
+staging="$GB_STAGING"
 work="$dir/work"
-rm -rf "$staging" "$work"
-trap 'rm -rf "$staging"' EXIT
-mkdir -p "$staging" "$work/kube" "$work/etcd"
+rm -rf "$work"
+mkdir -p "$work/kube" "$work/etcd"
 
-log "building Kubernetes $version and etcd $etcd_version with $(go version) into $bin (about 11 minutes and 3 GB of memory on 2 cores with empty caches)"
+gb_log "building Kubernetes $version and etcd $etcd_version with $(go version) into $bin (about 11 minutes and 3 GB of memory on 2 cores with empty caches)"
 start=$(date +%s)
 
 # Kubernetes: a module that requires k8s.io/kubernetes and maps each staging module
 # (k8s.io/api, k8s.io/client-go, ...), which k8s.io/kubernetes requires as v0.0.0
 # and replaces with ./staging/src/k8s.io/X, to its published version. The list is
 # taken from k8s.io/kubernetes's own go.mod, so it follows the release.
-if ! info="$(go mod download -json "k8s.io/kubernetes@$version")"; then
-    echo "$info" >&2
-    die "could not download k8s.io/kubernetes@$version from the Go module proxy (GOPROXY=$(go env GOPROXY)): see the Go output above"
-fi
-src="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$info")"
-[[ -n "$src" && -f "$src/go.mod" ]] || die "go mod download did not report a source dir for k8s.io/kubernetes $version"
-gomod_go="$(sed -n 's/^go //p' "$src/go.mod")"
-log "Kubernetes $version needs Go >= $gomod_go (its go.mod)"
+gb_download k8s.io/kubernetes "$version"
+src="$GB_SRC"
+gomod_go="$GB_GO"
 staging_mods="$(sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/src/k8s\.io/.*$#\1#p' "$src/go.mod" | sort -u)"
-[[ -n "$staging_mods" ]] || die "found no 'k8s.io/X => ./staging/src/k8s.io/X' replace lines in $src/go.mod"
-log "$(wc -l <<<"$staging_mods") staging modules mapped to $staging_version"
+[[ -n "$staging_mods" ]] || gb_die "found no 'k8s.io/X => ./staging/src/k8s.io/X' replace lines in $src/go.mod"
+gb_log "$(wc -l <<<"$staging_mods") staging modules mapped to $staging_version"
 {
     echo "module aegis.local/kube-build"
     echo
@@ -155,9 +108,9 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
 done
 for b in kube-apiserver kube-controller-manager; do
-    log "go build k8s.io/kubernetes/cmd/$b"
+    gb_log "go build k8s.io/kubernetes/cmd/$b"
     if ! (cd "$work/kube" && go build -trimpath -tags tools -ldflags "$ldflags" -o "$staging/$b" "k8s.io/kubernetes/cmd/$b"); then
-        die "building $b of Kubernetes $version failed (see the Go output above). If a module is refused by the proxy, check GOPROXY; if Go is older than $gomod_go, upgrade Go or set KUBE_VERSION to an older release."
+        gb_die "building $b of Kubernetes $version failed (see the Go output above). If a module is refused by the proxy, check GOPROXY; if Go is older than $gomod_go, upgrade Go or set KUBE_VERSION to an older release."
     fi
 done
 
@@ -181,31 +134,25 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 EOF
-log "go build go.etcd.io/etcd/server/v3/etcdmain@$etcd_version"
+gb_log "go build go.etcd.io/etcd/server/v3/etcdmain@$etcd_version"
 if ! (cd "$work/etcd" && go build -trimpath -ldflags "-s -w" -o "$staging/etcd" .); then
-    die "building etcd $etcd_version failed (see the Go output above)"
+    gb_die "building etcd $etcd_version failed (see the Go output above)"
 fi
 
 for b in kube-apiserver kube-controller-manager; do
-    [[ -x "$staging/$b" ]] || die "go build did not produce $b"
+    [[ -x "$staging/$b" ]] || gb_die "go build did not produce $b"
     got="$(binary_version "$staging/$b" || true)"
-    [[ "$got" == "$version" ]] || die "$b reports version '$got', expected $version"
+    [[ "$got" == "$version" ]] || gb_die "$b reports version '$got', expected $version"
 done
 got="$(binary_version "$staging/etcd" || true)"
-[[ "$got" == "${etcd_version#v}" ]] || die "etcd reports version '$got', expected ${etcd_version#v}"
+[[ "$got" == "${etcd_version#v}" ]] || gb_die "etcd reports version '$got', expected ${etcd_version#v}"
 
-rm -rf "$bin"
-mv "$staging" "$bin"
-trap - EXIT
+gb_install "$bin"
 rm -rf "$work"
-# The build cache is only useful to rebuild the same version; the binaries are kept.
-log "deleting Go's build cache ($(du -sh "$GOCACHE" 2>/dev/null | cut -f1) in $GOCACHE)"
-go clean -cache >/dev/null 2>&1 || true
-rm -rf "$GOCACHE"
 if [[ "${AEGIS_KUBE_KEEP_MODCACHE:-1}" == 0 ]]; then
-    log "deleting Go's module cache ($GOMODCACHE)"
+    gb_log "deleting Go's module cache ($GOMODCACHE)"
     go clean -modcache >/dev/null 2>&1 || true
     rm -rf "$GOMODCACHE"
 fi
-log "built Kubernetes $version and etcd $etcd_version in $(($(date +%s) - start))s: $bin ($(du -sh "$bin" | cut -f1))"
+gb_log "built Kubernetes $version and etcd $etcd_version in $(($(date +%s) - start))s: $bin ($(du -sh "$bin" | cut -f1))"
 echo "$bin"

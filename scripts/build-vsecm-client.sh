@@ -24,33 +24,19 @@ dir="$cache_root/vsecm-client"
 bin="$dir/bin/vsecm-client"
 want_sdk="github.com/spiffe/vsecm-sdk-go v0.5.1"
 
-die() {
-    echo "build-vsecm-client: error: $*" >&2
-    exit 1
-}
-log() { echo "build-vsecm-client: $*" >&2; }
-
-case "${1:-}" in
-    --print-path)
-        echo "$bin"
-        exit 0
-        ;;
-    "") ;;
-    -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument '$1' (use --print-path or no argument)" ;;
-esac
+GB_NAME=vsecm-client
+# shellcheck source=lib/gobuild.sh
+source "$here/lib/gobuild.sh"
+gb_args --print-path "$bin" 2,17 "$@"
 
 [[ -f "$src/go.mod" && -f "$src/go.sum" && -f "$src/main.go" ]] ||
-    die "the sources are missing: expected go.mod, go.sum and main.go in $src"
+    gb_die "the sources are missing: expected go.mod, go.sum and main.go in $src"
 command -v go >/dev/null ||
-    die "the Go toolchain is not installed (need Go >= 1.23.2, the 'go' line of the SDK's go.mod); install Go and re-run"
-command -v sha256sum >/dev/null || die "sha256sum not found (coreutils)"
+    gb_die "the Go toolchain is not installed (need Go >= 1.23.2, the 'go' line of the SDK's go.mod); install Go and re-run"
+command -v sha256sum >/dev/null || gb_die "sha256sum not found (coreutils)"
 
 src="$(cd "$src" && pwd)"
-go_version="$(GOTOOLCHAIN=local go version)" || die "'go version' failed"
+go_version="$(GOTOOLCHAIN=local go version)" || gb_die "'go version' failed"
 hash="$(
     {
         echo "$go_version"
@@ -64,35 +50,29 @@ hash="$(
 )"
 
 if [[ -x "$bin" && -f "$bin.source-hash" && "$(cat "$bin.source-hash")" == "$hash" ]]; then
-    log "using cached $bin (sources unchanged)"
+    gb_log "using cached $bin (sources unchanged)"
     echo "$bin"
     exit 0
 fi
 
 mkdir -p "$dir/bin"
-export GOPATH="$dir/gopath"
-export GOMODCACHE="$dir/gomodcache"
-export GOCACHE="$dir/gocache"
-# Build with the installed toolchain only: never fetch another one.
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
+gb_go_env "$dir" 0 "need Go >= 1.23.2, the 'go' line of the SDK's go.mod"
 # -mod=readonly: go.mod and go.sum are the pins; never rewrite them. Every module is
 # checked against go.sum, so the checksum database is not consulted.
 export GOFLAGS="-mod=readonly -modcacherw -trimpath -buildvcs=false"
-# GOPROXY is taken from the environment (default: the Go module proxy).
 
 staging="$bin.tmp.$$"
 trap 'rm -f "$staging"' EXIT
-log "building $src with $go_version (first build downloads the SDK and its dependencies)"
+gb_log "building $src with $go_version (first build downloads the SDK and its dependencies)"
 start=$(date +%s)
 if ! (cd "$src" && go build -o "$staging" .); then
-    die "go build of $src failed (see the Go output above). The client needs $want_sdk and its dependencies from the Go module proxy (GOPROXY=$(go env GOPROXY))."
+    gb_die "go build of $src failed (see the Go output above). The client needs $want_sdk and its dependencies from the Go module proxy (GOPROXY=$(go env GOPROXY))."
 fi
-[[ -x "$staging" ]] || die "go build did not produce $staging"
-got="$("$staging" version)" || die "the built client does not run: '$staging version' failed"
-[[ "$got" == "$want_sdk" ]] || die "the built client reports '$got', expected '$want_sdk'"
+[[ -x "$staging" ]] || gb_die "go build did not produce $staging"
+got="$("$staging" version)" || gb_die "the built client does not run: '$staging version' failed"
+[[ "$got" == "$want_sdk" ]] || gb_die "the built client reports '$got', expected '$want_sdk'"
 mv -f "$staging" "$bin"
 trap - EXIT
 echo "$hash" >"$bin.source-hash"
-log "built $bin ($got) in $(($(date +%s) - start))s"
+gb_log "built $bin ($got) in $(($(date +%s) - start))s"
 echo "$bin"

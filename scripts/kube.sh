@@ -23,11 +23,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 
-die() {
-    echo "kube.sh: error: $*" >&2
-    exit 1
-}
-log() { echo "kube.sh: $*" >&2; }
+PROC_NAME=kube.sh
+# shellcheck source=lib/proc.sh
+source "$here/lib/proc.sh"
 
 usage() {
     sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
@@ -49,18 +47,6 @@ need_openssl() {
         return 0
     fi
     die "openssl is needed to make the cluster's certificates; install it (e.g. apt-get install openssl)"
-}
-
-free_port() {
-    local p
-    for _ in $(seq 1 50); do
-        p=$((10000 + RANDOM % 10000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free TCP port found"
 }
 
 # issue NAME SUBJECT [server]: NAME.key/NAME.crt signed by ca, for client auth
@@ -100,23 +86,6 @@ pki() {
 }
 
 # Waits until the process in PIDFILE answers CHECK, or dies, or TIMEOUT seconds pass.
-wait_for() {
-    local what="$1" pid="$2" logf="$3" timeout="$4"
-    shift 4
-    local start=$SECONDS
-    until "$@" >/dev/null 2>&1; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 40 "$logf" >&2 || true
-            die "$what exited during start-up (log above: $logf)"
-        fi
-        if ((SECONDS - start > timeout)); then
-            tail -n 40 "$logf" >&2 || true
-            die "$what not ready after ${timeout}s (log above: $logf)"
-        fi
-        sleep 0.2
-    done
-}
-
 readyz() {
     local out
     out="$(openssl s_client -quiet -connect "127.0.0.1:$port" -CAfile "$dir/pki/ca.crt" \
@@ -213,22 +182,6 @@ export AEGIS_KUBE_CA_FILE='$p/ca.crt'
 EOF
     log "controller manager started; . $dir/env to use it; scripts/kube.sh stop $dir to stop"
     echo "$dir/env"
-}
-
-stop_pid() {
-    local f="$1"
-    [[ -f "$f" ]] || return 0
-    local pid
-    pid="$(cat "$f")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
 }
 
 cmd_stop() {

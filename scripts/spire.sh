@@ -40,11 +40,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 
-die() {
-    echo "spire.sh: error: $*" >&2
-    exit 1
-}
-log() { echo "spire.sh: $*" >&2; }
+PROC_NAME=spire.sh
+# shellcheck source=lib/proc.sh
+source "$here/lib/proc.sh"
 
 usage() {
     sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
@@ -65,37 +63,11 @@ env_get() {
     sed -n "s/^export $key='\\(.*\\)'\$/\\1/p" "$dir/env"
 }
 
-free_port() {
-    local p
-    for _ in $(seq 1 50); do
-        # 10000-19999: below the ephemeral range and apart from the ports the Rust tests use.
-        p=$((10000 + RANDOM % 10000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free TCP port found"
-}
-
 # Waits until `healthcheck` of BIN (spire-server or spire-agent) passes, or the
 # process PID died, or TIMEOUT seconds passed.
 wait_healthy() {
     local bin="$1" sock="$2" pid="$3" logf="$4" timeout="$5"
-    local start=$SECONDS
-    until "$bin" healthcheck -socketPath "$sock" >/dev/null 2>&1; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "---- $logf" >&2
-            tail -n 50 "$logf" >&2 || true
-            die "$(basename "$bin") exited during start-up (log above: $logf)"
-        fi
-        if ((SECONDS - start > timeout)); then
-            echo "---- $logf" >&2
-            tail -n 50 "$logf" >&2 || true
-            die "$(basename "$bin") not healthy after ${timeout}s (log above: $logf)"
-        fi
-        sleep 0.2
-    done
+    wait_for "$(basename "$bin")" "$pid" "$logf" "$timeout" "$bin" healthcheck -socketPath "$sock"
 }
 
 cmd_start() {
@@ -224,21 +196,6 @@ export SPIRE_AGENT_ID='$agent_id'
 export SPIFFE_ENDPOINT_SOCKET='$( ((agent)) && echo "unix://$agent_sock")'
 EOF
     cat "$dir/env"
-}
-
-stop_pid() {
-    local pidfile="$1" pid
-    [[ -f "$pidfile" ]] || return 0
-    pid="$(cat "$pidfile")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
 }
 
 cmd_stop() {

@@ -138,21 +138,6 @@ async fn wait_state(c: &aegis_sdk::Client, name: &str, state: &str) -> SecretInf
     .await
 }
 
-/// The log without terminal colour codes.
-fn plain_log(safe: &Safe) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in safe.log_text().chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
 /// Fails if any of `values` (or its base64, as Kubernetes carries it) is in the Safe's log.
 fn assert_no_values_in_log(safe: &Safe, values: &[&str]) {
     let log = safe.log_text();
@@ -377,7 +362,7 @@ async fn a_namespace_without_the_role_gets_a_clear_error_naming_the_permission()
     assert!(reason.contains("'get'") || reason.contains("'patch'"), "{reason}");
     assert!(reason.contains("secrets"), "{reason}");
     assert!(k.data("norole", "denied").await.is_none());
-    let log = plain_log(&safe);
+    let log = safe.plain_log_text();
     assert!(log.contains("missing permission") && log.contains("norole"), "the log must say it");
     assert_eq!(c.status().await.unwrap().kubernetes.unwrap().errors, 1);
 

@@ -283,17 +283,7 @@ fn the_safes_log_says_why_a_request_was_refused() {
     assert!(!out.status.success());
     let billing = safe.workload_env("billing");
     fails(safe.aegis(&billing, &["list"]), 4, "not the Sentinel");
-    // Without the terminal colour codes the log is written with.
-    let mut log = String::new();
-    let mut esc = false;
-    for c in safe.log_text().chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => log.push(c),
-        }
-    }
+    let log = safe.plain_log_text();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("request refused")).collect();
     assert!(refused.iter().any(|l| l.contains("expires") && l.contains("status=400")), "{refused:#?}");
     assert!(refused.iter().any(|l| l.contains("is not the Sentinel") && l.contains("status=403")), "{refused:#?}");

@@ -238,6 +238,21 @@ impl Safe {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without the terminal colour codes it is written with.
+    pub fn plain_log_text(&self) -> String {
+        let mut out = String::new();
+        let mut esc = false;
+        for c in self.log_text().chars() {
+            match (esc, c) {
+                (false, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (true, _) => {}
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    }
+
     /// The admin environment `aegis dev` wrote.
     pub fn admin_env(&self) -> HashMap<String, String> {
         parse_exports(&fs::read_to_string(self.data_dir().join("env")).unwrap())
