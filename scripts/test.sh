@@ -54,5 +54,11 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${AEGIS_TEST_THREADS:-2}"
+# Each build of a test leaves a new binary (about 250 MB) in the cache; keep only the
+# newest of each, so the cache does not grow by gigabytes a run.
+find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \
+    -regex '.*/[^./]+-[0-9a-f]{16}' -printf '%T@ %f\n' |
+    sort -rn | awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' |
+    while read -r old; do rm -f "$CARGO_TARGET_DIR/debug/deps/$old" "$CARGO_TARGET_DIR/debug/deps/$old.d"; done
 echo "== schemathesis (OpenAPI document vs a real Safe)"
 scripts/schemathesis.sh
