@@ -13,7 +13,7 @@
 
 pub mod files;
 pub mod line;
-mod sink;
+pub mod sink;
 pub mod verify;
 
 pub use line::{Event, Outcome, Phase};
