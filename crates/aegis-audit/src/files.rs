@@ -98,11 +98,8 @@ mod tests {
         std::fs::write(dir.path().join("audit.log.x"), b"").unwrap();
         std::fs::write(dir.path().join("other.log.000003"), b"").unwrap();
         std::fs::write(&cur, b"").unwrap();
-        let names: Vec<_> = trail_files(&cur)
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<_> =
+            trail_files(&cur).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["audit.log.000001", "audit.log.000002", "audit.log.000010", "audit.log"]);
     }
 

@@ -501,12 +501,8 @@ impl Writer {
 
     fn open_file(&mut self, path: &Path) -> io::Result<OpenFile> {
         // Non-blocking open: a FIFO with no reader fails (ENXIO) instead of hanging.
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(path)?;
+        let file =
+            OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND))?;
         let regular = file.metadata()?.is_file();
         let mut len = 0;
@@ -540,7 +536,9 @@ impl Writer {
         if let Some(l) = last {
             let seq = Parsed::parse(&l).map(|p| p.seq + 1);
             if seq.is_none() {
-                tracing::error!("the last line of the audit trail is not an audit event; the chain goes on from its hash");
+                tracing::error!(
+                    "the last line of the audit trail is not an audit event; the chain goes on from its hash"
+                );
             }
             self.head = Head { seq: seq.unwrap_or(0), hash: line::hash(&l) };
             self.start = Some("the Safe started; the chain goes on from the trail's last line".to_owned());

@@ -82,7 +82,8 @@ struct Prev<'a> {
 pub fn verify(files: &[PathBuf], keys: &[AuditKey]) -> Result<Summary, Finding> {
     let mut contents = Vec::with_capacity(files.len());
     for f in files {
-        let bytes = std::fs::read(f).map_err(|e| finding(f, 0, FindingKind::Unreadable, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(f).map_err(|e| finding(f, 0, FindingKind::Unreadable, format!("cannot read: {e}")))?;
         contents.push((f.as_path(), bytes));
     }
     let mut entries = Vec::new();
@@ -99,7 +100,12 @@ fn split<'a>(file: &'a Path, bytes: &'a [u8], out: &mut Vec<Entry<'a>>) -> Resul
     while !rest.is_empty() {
         line += 1;
         let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-            return Err(finding(file, line, FindingKind::Truncated, "the file ends in the middle of this line: truncated"));
+            return Err(finding(
+                file,
+                line,
+                FindingKind::Truncated,
+                "the file ends in the middle of this line: truncated",
+            ));
         };
         out.push(Entry { file, line, bytes: &rest[..end] });
         rest = &rest[end + 1..];
@@ -158,11 +164,8 @@ fn link(entries: &[Entry<'_>], i: usize, before: &Prev<'_>, p: &Parsed) -> Resul
         };
     }
     if p.seq == expected {
-        let detail = format!(
-            "this line was changed (line {} of {} records another hash for it)",
-            e.line,
-            e.file.display()
-        );
+        let detail =
+            format!("this line was changed (line {} of {} records another hash for it)", e.line, e.file.display());
         return Err(Finding { file: before.file.to_owned(), line: before.line, kind: FindingKind::Changed, detail });
     }
     let later = entries[i + 1..].iter().any(|x| Parsed::parse(x.bytes).is_some_and(|q| q.seq == expected));
@@ -237,8 +240,9 @@ mod tests {
     /// A trail of `n` events in `dir`, anchored under `key`, rotated at `max` bytes.
     async fn trail(dir: &Path, key: &RootKey, n: usize, max: u64) -> PathBuf {
         let path = dir.join("audit/audit.log");
-        let sink = Sink::start(SinkConfig { max_file_bytes: max, anchor_every: 7, ..SinkConfig::new(Some(path.clone())) })
-            .unwrap();
+        let sink =
+            Sink::start(SinkConfig { max_file_bytes: max, anchor_every: 7, ..SinkConfig::new(Some(path.clone())) })
+                .unwrap();
         sink.set_key(key.audit_key());
         for i in 0..n {
             if i % 5 == 0 {

@@ -537,7 +537,12 @@ async fn handle(
     let method = req.method().clone();
     let span = tracing::info_span!("request", caller = %caller.id, %method, route = path_route);
     let start = Instant::now();
-    let scope = crate::audit::Scope::new(caller.id.as_str(), method.clone(), path_route, start + state.settings.request_timeout);
+    let scope = crate::audit::Scope::new(
+        caller.id.as_str(),
+        method.clone(),
+        path_route,
+        start + state.settings.request_timeout,
+    );
     req.extensions_mut().insert(caller);
     // Writes taken up by the store writer after the deadline are refused
     // (not applied); a write taken up before it gets a grace to commit. When

@@ -103,10 +103,7 @@ impl AppState {
 
     /// A sealed state over the data directory that keeps copies of `k8s:`
     /// secrets through `sync` (started at each unseal).
-    pub fn with_sync(
-        settings: Settings,
-        sync: Option<Arc<dyn SecretSync>>,
-    ) -> Result<Arc<Self>, StartError> {
+    pub fn with_sync(settings: Settings, sync: Option<Arc<dyn SecretSync>>) -> Result<Arc<Self>, StartError> {
         let backend = Arc::new(DirBackend::open(&settings.data_dir)?);
         let audit = aegis_audit::Sink::start(settings.audit.clone()).map_err(|source| StartError::Audit {
             path: settings.audit.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),

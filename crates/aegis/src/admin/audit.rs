@@ -109,7 +109,8 @@ fn verify(a: VerifyArgs) -> Result<(), CliError> {
         .iter()
         .map(|p| load_root_key(&KeySource::File(p.clone())).map(|k| k.audit_key()))
         .collect::<Result<Vec<_>, _>>()?;
-    let s = aegis_audit::verify(&files, &keys).map_err(|f| CliError::new(FAILURE, format!("audit trail broken: {f}")))?;
+    let s =
+        aegis_audit::verify(&files, &keys).map_err(|f| CliError::new(FAILURE, format!("audit trail broken: {f}")))?;
     if a.complete && s.after_last_anchor > 0 {
         let last = files.last().map(|p| p.display().to_string()).unwrap_or_default();
         return Err(CliError::new(
@@ -155,7 +156,8 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 async fn tail(a: TailArgs) -> Result<(), CliError> {
     let path = a.trail.current();
     let keep = |line: &[u8]| Parsed::parse(line).is_some_and(|p| p.matches(a.caller.as_deref(), a.secret.as_deref()));
-    let text = std::fs::read(&path).map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        std::fs::read(&path).map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
     let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let matching: Vec<&[u8]> = text[..complete].split(|&b| b == b'\n').filter(|l| keep(l)).collect();
     let mut out = std::io::stdout().lock();

@@ -135,7 +135,9 @@ impl AuditArgs {
             _ => Some(default_audit_file(data_dir)),
         };
         if file.is_none() {
-            tracing::warn!("the audit trail file is off (--audit-file off): admin actions and fetches are not recorded in a file");
+            tracing::warn!(
+                "the audit trail file is off (--audit-file off): admin actions and fetches are not recorded in a file"
+            );
         }
         aegis_audit::SinkConfig {
             stdout: self.audit_stdout,
