@@ -462,7 +462,8 @@ impl Writer {
     fn write_file(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
         let f = self.open()?;
         let before = f.len;
-        let r = f.file.write_all(buf).and_then(|()| if sync { f.file.sync_data() } else { Ok(()) });
+        // A pipe or device cannot be fsynced: a line written into it is as durable as it gets.
+        let r = f.file.write_all(buf).and_then(|()| if sync && f.regular { f.file.sync_data() } else { Ok(()) });
         match r {
             Ok(()) => {
                 f.len += buf.len() as u64;

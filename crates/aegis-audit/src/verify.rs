@@ -275,11 +275,12 @@ mod tests {
         let s = verify(&files, &keys).unwrap_or_else(|f| panic!("{f}\n{}", std::fs::read_to_string(&path).unwrap()));
         assert!(s.anchors_checked >= 5 && s.after_last_anchor == 0, "{s:?}");
         let good = lines(&path);
-        let cases: Vec<(Box<dyn Fn(&mut Vec<String>)>, FindingKind, usize)> = vec![
-            (Box::new(|l| l[10] = l[10].replace("\"s", "\"x")), FindingKind::Changed, 11),
-            (Box::new(|l| drop(l.remove(10))), FindingKind::Removed, 11),
-            (Box::new(|l| l.swap(10, 11)), FindingKind::Reordered, 11),
-            (Box::new(|l| drop(l.remove(0))), FindingKind::Incomplete, 1),
+        type Tamper = fn(&mut Vec<String>);
+        let cases: [(Tamper, FindingKind, usize); 4] = [
+            (|l| l[10] = l[10].replace("\"s", "\"x"), FindingKind::Changed, 11),
+            (|l| drop(l.remove(10)), FindingKind::Removed, 11),
+            (|l| l.swap(10, 11), FindingKind::Reordered, 11),
+            (|l| drop(l.remove(0)), FindingKind::Incomplete, 1),
         ];
         for (tamper, kind, line) in cases {
             let mut l = good.clone();

@@ -298,3 +298,207 @@ async fn rotation_keeps_the_chain_across_files_and_a_restart_continues_it() {
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains(&format!("{}:1:", files[2].display())), "{}", stderr(&out));
 }
+
+/// Unmounts (lazily) when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A small tmpfs; the test fails (never skips) where it cannot be mounted.
+fn small_tmpfs(dir: &Path) -> Mount {
+    std::fs::create_dir_all(dir).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run mount: {e}; this test needs root and mount(8)"));
+    assert!(status.success(), "mounting a 256 KiB tmpfs failed ({status}); this test needs root (CAP_SYS_ADMIN)");
+    Mount(dir.to_owned())
+}
+
+/// Fills the file system holding `dir` until a write fails with ENOSPC.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 512];
+    loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => return path,
+            Err(e) => panic!("filling the tmpfs: {e}"),
+        }
+    }
+}
+
+/// Asserts `r` is the 503 of an unwritable audit trail.
+fn audit_503<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) {
+    match r {
+        Err(ClientError::Refused { status: 503, message }) => {
+            assert!(
+                message.contains("audit trail unavailable") && message.contains("nothing was changed"),
+                "{message}"
+            );
+            assert!(message.contains("docs/AUDIT.md"), "the message says where to look: {message}");
+        }
+        other => panic!("{what}: expected 503 audit trail unavailable, got {other:?}"),
+    }
+}
+
+fn gap_lines(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|e| e["type"] == "gap").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_go_on() {
+    let mnt = tempfile::tempdir().unwrap();
+    let _mount = small_tmpfs(mnt.path());
+    let audit = mnt.path().join("audit.log");
+    let mut safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap()], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    let filler = fill(mnt.path());
+    let fetches = 40;
+    for _ in 0..fetches {
+        assert_eq!(workload.fetch().await.unwrap().unwrap().data.expose(), "v1", "fetches are served from memory");
+    }
+    let t = Instant::now();
+    audit_503("native put", admin.put("billing", &put("v2")).await);
+    audit_503("native delete", admin.delete("billing").await);
+    audit_503("rollback", admin.rollback("billing", 1).await);
+    audit_503("rotation", admin.rotate_root_key().await);
+    let upsert = VsecmUpsert {
+        workloads: Some(vec!["billing".into()]),
+        value: SecretValue::new("v3"),
+        ..VsecmUpsert::default()
+    };
+    audit_503("VSecM upsert", admin.vsecm_upsert(&upsert).await);
+    audit_503("VSecM delete", admin.vsecm_delete(vec!["billing".into()]).await);
+    assert!(t.elapsed() < Duration::from_secs(5), "refusals took {:?}", t.elapsed());
+    let read = admin.get("billing", None).await.unwrap();
+    assert_eq!((read.info.version, read.value.expose()), (1, "v1"), "a refused write changed the store");
+    assert_eq!(admin.history("billing").await.unwrap().versions.len(), 1);
+    // Space again: writes succeed once the writer retries (within about a second).
+    std::fs::remove_file(filler).unwrap();
+    let t = Instant::now();
+    while admin.put("billing", &put("v2")).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "writes did not resume; log:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(&mut safe);
+    let all = events(&audit);
+    let gaps = gap_lines(&all);
+    assert_eq!(gaps.len(), 1, "one gap line: {gaps:?}");
+    let (lost, refused) = (gaps[0]["lost"].as_u64().unwrap(), gaps[0]["refused"].as_u64().unwrap());
+    assert!(lost > 0 && lost <= fetches + 10, "lost {lost}");
+    assert!(refused >= 6, "refused {refused}");
+    assert!(gaps[0]["from"].as_str().unwrap() <= gaps[0]["time"].as_str().unwrap());
+    let text = ok(verify(&safe, &[audit.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    assert!(text.starts_with("ok:"), "{text}");
+    assert!(safe.log_text().contains("the audit trail cannot be written"), "the log says why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Duration::from_millis(3000);
+    let mut safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    // The audit file becomes a FIFO that nobody reads.
+    let fifo = safe.dir.path().join("audit.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    safe.args.extend(["--audit-file".to_owned(), fifo.display().to_string()]);
+    safe.extra_env.insert("AEGIS_REQUEST_TIMEOUT_MS".into(), deadline.as_millis().to_string());
+    safe.restart();
+    safe.wait_ready();
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    let refused_fast = |what: &str, took: Duration| {
+        assert!(took < deadline + Duration::from_millis(500), "{what} took {took:?}, past the {deadline:?} deadline");
+    };
+    // No reader: the file cannot even be opened.
+    let t = Instant::now();
+    audit_503("put, no reader", admin.put("billing", &put("v2")).await);
+    refused_fast("put, no reader", t.elapsed());
+    for _ in 0..20 {
+        assert_eq!(workload.fetch().await.unwrap().unwrap().data.expose(), "v1");
+    }
+    // A reader that never reads: the writer fills the pipe and blocks in write(2).
+    let stuck = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    for _ in 0..600 {
+        workload.fetch().await.unwrap().unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(20), "600 fetches took {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let puts = (0..8).map(|i| {
+        let admin = &admin;
+        async move {
+            let t = Instant::now();
+            let r = admin.put("billing", &put(&format!("blocked-{i}"))).await;
+            (t.elapsed(), r)
+        }
+    });
+    let fetches = (0..30).map(|_| {
+        let workload = &workload;
+        async move {
+            let t = Instant::now();
+            let r = workload.fetch().await;
+            (t.elapsed(), r)
+        }
+    });
+    let (puts, fetches) = tokio::join!(futures::future::join_all(puts), futures::future::join_all(fetches));
+    for (took, r) in puts {
+        refused_fast("put, blocked", took);
+        audit_503("put, blocked", r);
+    }
+    for (took, r) in fetches {
+        assert_eq!(r.unwrap().unwrap().data.expose(), "v1");
+        assert!(took < Duration::from_secs(1), "a fetch took {took:?} while the audit file was blocked");
+    }
+    // Blocked for over a second now: a write is refused at once instead of waiting for its deadline.
+    let t = Instant::now();
+    audit_503("put, stalled", admin.put("billing", &put("stalled")).await);
+    assert!(t.elapsed() < Duration::from_millis(500), "a write to a stalled trail took {:?}", t.elapsed());
+    // Someone reads again: the writer goes on, and writes are accepted again.
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::fs::File::open(reader_path).unwrap().read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stuck);
+    let t = Instant::now();
+    while admin.put("billing", &put("v2")).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "writes did not resume; log:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(workload.fetch().await.unwrap().unwrap().data.expose(), "v2");
+    stop(&mut safe);
+    let bytes = reader.join().unwrap();
+    let copy = safe.dir.path().join("from-fifo.log");
+    std::fs::write(&copy, &bytes).unwrap();
+    let all = events(&copy);
+    let gaps = gap_lines(&all);
+    assert!(!gaps.is_empty(), "a gap line records the outage");
+    let lost: u64 = gaps.iter().map(|g| g["lost"].as_u64().unwrap()).sum();
+    let refused: u64 = gaps.iter().map(|g| g["refused"].as_u64().unwrap()).sum();
+    let audit_log: Vec<String> = safe.log_text().lines().filter(|l| l.contains("audit")).map(str::to_owned).collect();
+    assert!(lost >= 20 && refused >= 2, "lost {lost}, refused {refused}; log:\n{}", audit_log.join("\n"));
+    // Writes that waited for their deadline are in the trail: an intent, then their 503.
+    let refused_writes = requests(&all, "write").into_iter().filter(|e| e["status"] == 503).count();
+    assert!(refused_writes >= 8, "{refused_writes} refused writes recorded");
+    assert!(requests(&all, "fetch").len() >= 600, "fetches queued while blocked are written afterwards");
+    let text = ok(verify(&safe, &[copy.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    assert!(text.starts_with("ok:"), "{text}");
+}
