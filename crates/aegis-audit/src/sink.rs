@@ -11,8 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub const STALL: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 /// Most events written in one batch.
 const MAX_BATCH: usize = 4096;
+/// How long the writer gathers fetch lines before writing them (an admin write's line cuts it short).
+const GATHER: Duration = Duration::from_millis(5);
 /// Pause between attempts to open an audit file that could not be opened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Lines waiting for standard output; more are dropped there (never in the file).
@@ -108,6 +110,8 @@ struct Shared {
     busy_since: AtomicU64,
     key: Mutex<Option<AuditKey>>,
     close: Mutex<Option<oneshot::Sender<()>>>,
+    /// Events handed over and not yet taken by the writer (the queue's bound).
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -122,6 +126,7 @@ impl Shared {
             busy_since: AtomicU64::new(0),
             key: Mutex::new(None),
             close: Mutex::new(None),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -164,9 +169,27 @@ pub struct Sink {
     inner: Option<Arc<Inner>>,
 }
 
+/// The queue is an unbounded channel (memory is taken only for events waiting)
+/// bounded by a count, so an idle Safe holds no preallocated queue.
 struct Inner {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     shared: Arc<Shared>,
+    capacity: usize,
+    /// The writer thread, woken at once for an admin write's line.
+    writer: std::thread::Thread,
+}
+
+impl Inner {
+    /// Hands `msg` to the writer unless `capacity` events are already waiting.
+    fn try_send(&self, msg: Msg) -> Result<(), ()> {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(());
+        }
+        self.tx.send(msg).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
 }
 
 impl std::fmt::Debug for Sink {
@@ -191,11 +214,13 @@ impl Sink {
         if let Some(file) = &cfg.file {
             create_private_dir(aegis_fs::parent_dir(file))?;
         }
-        let (tx, rx) = sync_channel(cfg.queue.max(1));
+        let (tx, rx) = channel();
         let shared = Arc::new(Shared::new());
+        let capacity = cfg.queue.max(1);
         let writer = Writer::new(cfg, shared.clone())?;
-        std::thread::Builder::new().name("aegis-audit".into()).spawn(move || writer.run(rx))?;
-        Ok(Self { inner: Some(Arc::new(Inner { tx, shared })) })
+        let handle = std::thread::Builder::new().name("aegis-audit".into()).spawn(move || writer.run(rx))?;
+        let writer = handle.thread().clone();
+        Ok(Self { inner: Some(Arc::new(Inner { tx, shared, capacity, writer })) })
     }
 
     /// Whether events are recorded.
@@ -207,7 +232,7 @@ impl Sink {
     /// is counted and reported in the next `gap` line.
     pub fn record(&self, event: Event) {
         if let Some(i) = &self.inner {
-            if i.tx.try_send((event, None)).is_err() {
+            if i.try_send((event, None)).is_err() {
                 i.shared.miss(&i.shared.lost);
             }
         }
@@ -222,14 +247,24 @@ impl Sink {
             return Err(e);
         }
         let (ack, done) = oneshot::channel();
-        if i.tx.try_send((event, Some(ack))).is_err() {
+        if i.try_send((event, Some(ack))).is_err() {
             i.shared.miss(&i.shared.refused);
             return Err(Unavailable::Full);
         }
-        match tokio::time::timeout(wait, done).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Unavailable::Closed),
-            Err(_) => Err(Unavailable::Timeout),
+        i.writer.unpark();
+        // Wait for the writer, but give up as soon as it is seen stuck rather than at the deadline.
+        let deadline = Instant::now() + wait;
+        tokio::pin!(done);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Unavailable::Timeout);
+            }
+            match tokio::time::timeout(left.min(STALL / 4), &mut done).await {
+                Ok(Ok(r)) => return r,
+                Ok(Err(_)) => return Err(Unavailable::Closed),
+                Err(_) => i.shared.check()?,
+            }
         }
     }
 
@@ -322,7 +357,13 @@ impl Writer {
         loop {
             let mut batch = Vec::new();
             match rx.recv_timeout(TICK) {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    if m.1.is_none() {
+                        // Gather more fetch lines into this batch: one write and no wake-up per line.
+                        std::thread::park_timeout(GATHER);
+                    }
+                    batch.push(m);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.finish(),
             }
@@ -332,6 +373,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             if let Some(k) = self.shared.key.lock().ok().and_then(|mut k| k.take()) {
                 self.key = Some(k);
                 self.anchor_due = true;
