@@ -395,8 +395,9 @@ async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_g
     let gaps = gap_lines(&all);
     assert_eq!(gaps.len(), 1, "one gap line: {gaps:?}");
     let (lost, refused) = (gaps[0]["lost"].as_u64().unwrap(), gaps[0]["refused"].as_u64().unwrap());
-    assert!(lost > 0 && lost <= fetches + 10, "lost {lost}");
-    assert!(refused >= 6, "refused {refused}");
+    // Lost: the fetches, reads and the answers of refused writes made while the disk was full.
+    assert!(lost > 0 && lost <= fetches + 30, "lost {lost}: {}", gaps[0]);
+    assert!(refused >= 6, "refused {refused}: {}", gaps[0]);
     assert!(gaps[0]["from"].as_str().unwrap() <= gaps[0]["time"].as_str().unwrap());
     let text = ok(verify(&safe, &[audit.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
     assert!(text.starts_with("ok:"), "{text}");
