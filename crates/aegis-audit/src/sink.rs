@@ -33,8 +33,9 @@ pub const ANCHOR_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_QUEUE: usize = 65_536;
 /// Longest time a fetch line waits to be fsynced.
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
-/// A write or fsync of the audit file running longer than this makes the trail unavailable to admin writes.
-pub const STALL: Duration = Duration::from_secs(1);
+/// A write or fsync of the audit file running longer than this makes the trail unavailable to admin writes
+/// (long enough that a busy but healthy disk does not trip it).
+pub const STALL: Duration = Duration::from_secs(5);
 /// How often the writer wakes with nothing to do (timed fsync, anchors, recovery).
 const TICK: Duration = Duration::from_millis(100);
 /// Most events written in one batch.

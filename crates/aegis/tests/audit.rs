@@ -466,7 +466,8 @@ async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
         assert_eq!(r.unwrap().unwrap().data.expose(), "v1");
         assert!(took < Duration::from_secs(1), "a fetch took {took:?} while the audit file was blocked");
     }
-    // Blocked for over a second now: a write is refused at once instead of waiting for its deadline.
+    // Blocked for over five seconds now: a write is refused at once instead of waiting for its deadline.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let t = Instant::now();
     audit_503("put, stalled", admin.put("billing", &put("stalled")).await);
     assert!(t.elapsed() < Duration::from_millis(500), "a write to a stalled trail took {:?}", t.elapsed());
