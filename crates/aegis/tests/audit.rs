@@ -504,3 +504,44 @@ async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
     let text = ok(verify(&safe, &[copy.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
     assert!(text.starts_with("ok:"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aegis_audit_tail_filters_by_caller_and_secret_and_follows_the_file() {
+    use std::io::{BufRead, BufReader};
+    let safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    admin.put("orders", &put("v1")).await.unwrap();
+    workload.fetch().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let data = safe.data_dir().join("data").display().to_string();
+    let caller = workload.spiffe_id();
+    let out = ok(safe.aegis(&HashMap::new(), &["audit", "tail", "--data-dir", &data, "--caller", &caller]));
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|e| e["caller"] == caller.as_str()), "{out}");
+    let out = ok(safe.aegis(&HashMap::new(), &["audit", "tail", "--data-dir", &data, "--secret", "orders", "-n", "1"]));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("\"secrets\":[\"orders\"]") && out.contains("\"phase\":\"done\""), "{out}");
+    // -f prints lines written after it started.
+    let mut follow = cmd(AEGIS, &HashMap::new())
+        .args(["audit", "tail", "-f", "-n", "0", "--secret", "late", "--data-dir", &data])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.put("late", &put("v1")).await.unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let reader =
+        std::thread::spawn(move || BufReader::new(stdout).lines().take(2).map(Result::unwrap).collect::<Vec<_>>());
+    let t = Instant::now();
+    while !reader.is_finished() {
+        assert!(t.elapsed() < Duration::from_secs(10), "tail -f printed nothing for the new write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let got = reader.join().unwrap();
+    assert!(got.iter().all(|l| l.contains("\"secrets\":[\"late\"]")), "{got:?}");
+    assert!(got[0].contains("\"intent\"") && got[1].contains("\"done\""), "{got:?}");
+}
