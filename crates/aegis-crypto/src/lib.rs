@@ -7,10 +7,14 @@
 //!   key id bound as associated data.
 //! - VSecM-compatible "encrypt for git" ciphertexts (age, base64), and the
 //!   age files VSecM's Safe keeps its records in ([`RootKey::decrypt_age_file`]).
+//! - [`AuditKey`]: the HMAC-SHA256 key that anchors the audit trail, derived
+//!   from the root key with HKDF.
 
+mod audit;
 mod record;
 mod root;
 
+pub use audit::AuditKey;
 pub use record::{Keyring, RecordHeader};
 pub use root::{KeyId, RootKey};
 

@@ -11,7 +11,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::CryptoError;
+use crate::{AuditKey, CryptoError};
 
 /// A short public identifier of a root key (derived, reveals nothing).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +36,7 @@ pub struct RootKey {
     aes: Zeroizing<[u8; 32]>,
     id: KeyId,
     record_key: Zeroizing<[u8; 32]>,
+    audit_key: Zeroizing<[u8; 32]>,
 }
 
 const HKDF_SALT: &[u8] = b"aegis/root-key/v1";
@@ -57,11 +58,13 @@ impl RootKey {
         ikm.extend_from_slice(secret.expose_secret().as_bytes());
         let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &ikm);
         let mut record_key = Zeroizing::new([0u8; 32]);
+        let mut audit_key = Zeroizing::new([0u8; 32]);
         let mut id = [0u8; 8];
-        // Both lengths are far below HKDF's 255*32 byte limit, so expand cannot fail.
+        // All lengths are far below HKDF's 255*32 byte limit, so expand cannot fail.
         let _ = hk.expand(b"record-key", &mut record_key[..]);
+        let _ = hk.expand(b"audit-mac-key", &mut audit_key[..]);
         let _ = hk.expand(b"key-id", &mut id);
-        Self { age_identity, age_recipient, aes, id: KeyId(id), record_key }
+        Self { age_identity, age_recipient, aes, id: KeyId(id), record_key, audit_key }
     }
 
     /// Parses the three parts: age secret key, age public key, 64 hex characters.
@@ -114,6 +117,12 @@ impl RootKey {
 
     pub(crate) fn record_key(&self) -> &[u8; 32] {
         &self.record_key
+    }
+
+    /// The key that anchors the audit trail (HMAC-SHA256), derived from this
+    /// root key with HKDF; it reveals nothing of the root key.
+    pub fn audit_key(&self) -> AuditKey {
+        AuditKey { id: self.id, key: self.audit_key.clone() }
     }
 
     /// Encrypts a value for storing in git (VSecM `safe -e`): base64 of an age file to this key's recipient.

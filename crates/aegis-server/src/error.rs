@@ -67,6 +67,28 @@ impl ApiError {
         )
     }
 
+    /// 503: the audit trail cannot record an admin write, so it was refused before anything changed.
+    pub fn audit_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit trail unavailable: the Safe cannot write its audit file (disk full, I/O error or a blocked file), \
+             so this change was refused and nothing was changed; reads and fetches go on. Free space or fix the \
+             audit file named in the Safe's log (see docs/AUDIT.md), then retry",
+        )
+    }
+
+    /// 503: an admin write was applied but its audit `done` line could not be made durable.
+    pub fn audit_after_commit(request_id: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "audit trail unavailable: the change was applied, but its audit record could not be made durable; \
+                 its intent is in the audit trail under request id {request_id}. Read the secret's versions before \
+                 retrying, and fix the audit file named in the Safe's log (see docs/AUDIT.md)"
+            ),
+        )
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -8,6 +8,7 @@
 //!   status and a message.
 //! - [`health`] serves probes and metrics on a separate plain port.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 mod extract;

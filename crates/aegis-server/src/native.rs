@@ -117,7 +117,10 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
     let stamps = stamps(req.created.as_deref(), req.updated.as_deref())?;
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
     crate::sync::check(s.sync(), &n, &req.value, &meta).await?;
+    crate::audit::note_secret(&n);
+    crate::audit::intent(&s).await?;
     let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view, stamps }).await?;
+    crate::audit::note_version(e.doc.current);
     s.metrics.secrets.set(store.len() as i64);
     Ok(Json(info_in(&s, &e.doc)))
 }
@@ -137,12 +140,14 @@ pub async fn get(
 ) -> Result<Json<SecretRead>, ApiError> {
     c.require_sentinel()?;
     let n = extract::address(&s, &p.name)?;
+    crate::audit::note_secret(&n);
     let Query(q) = q.map_err(|_| ApiError::bad_request("version must be a positive whole number"))?;
     let e = existing(&s, &n)?;
     if e.doc.deleted.is_some() && q.version.is_none() {
         return Err(ApiError::not_found(format!("secret '{n}' is deleted; `aegis undelete {n}` restores it")));
     }
     let number = q.version.map_or(e.doc.current, VersionNumber::get);
+    crate::audit::note_version(number);
     let v = e.doc.version(number).ok_or_else(|| {
         ApiError::not_found(format!(
             "secret '{n}' has no version {number}; `aegis history {n}` lists the versions kept"
@@ -181,7 +186,10 @@ async fn mutate(s: &AppState, c: &Caller, raw: &str, m: Mutation) -> Result<Json
     c.require_sentinel()?;
     let n = extract::address(s, raw)?;
     let store = s.store()?;
+    crate::audit::note_secret(&n);
+    crate::audit::intent(s).await?;
     let e = store.apply(n, m).await?;
+    crate::audit::note_version(e.doc.current);
     Ok(Json(info_in(s, &e.doc)))
 }
 
@@ -212,6 +220,7 @@ pub async fn rollback(State(s): St, Extension(c): Who, p: Segments, b: Body) -> 
 pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<History>, ApiError> {
     c.require_sentinel()?;
     let n = extract::address(&s, &p.name)?;
+    crate::audit::note_secret(&n);
     let e = existing(&s, &n)?;
     let versions = e
         .doc
@@ -231,7 +240,9 @@ pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Jso
 /// existed) and the secret if it is live and inside its validity window; a
 /// 500 when its stored template is over the template budget.
 pub fn workload_view(store: &Store, name: &SecretName) -> Result<(u64, Option<WorkloadSecret>), ApiError> {
+    crate::audit::note_secret(name);
     let Some(e) = store.get(name) else { return Ok((0, None)) };
+    crate::audit::note_version(e.doc.current);
     let secret = e.deliverable(OffsetDateTime::now_utc())?.map(|data| WorkloadSecret {
         name: name.to_string(),
         version: e.doc.current,
@@ -269,6 +280,7 @@ pub async fn unseal(State(s): St, Extension(c): Who, b: Body) -> Result<Json<Sta
     c.require_sentinel()?;
     let req: Unseal = extract::json(b, s.settings.max_body_bytes)?;
     let key = RootKey::parse(req.root_key.expose()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::audit::intent(&s).await?;
     s.unseal(Keyring::new(Arc::new(key))).await?;
     Ok(Json(status_of(&s)))
 }
@@ -293,6 +305,8 @@ pub async fn status(State(s): St, Extension(c): Who) -> Result<Json<Status>, Api
 /// `POST /v1/admin/rotate-root-key`.
 pub async fn rotate(State(s): St, Extension(c): Who) -> Result<Json<Rotated>, ApiError> {
     c.require_sentinel()?;
+    s.store()?;
+    crate::audit::intent(&s).await?;
     Ok(Json(s.rotate_root_key().await?))
 }
 

@@ -49,6 +49,15 @@ pub enum StartError {
     /// Loading with the root key failed.
     #[error("could not load the secrets: {0}")]
     Load(String),
+    /// The audit trail could not be started.
+    #[error("cannot start the audit trail in {path}: {source}; fix the directory or choose another with --audit-file")]
+    Audit {
+        /// The audit file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// TLS could not be set up.
     #[error(transparent)]
     Identity(#[from] aegis_identity::IdentityError),
@@ -528,6 +537,12 @@ async fn handle(
     let method = req.method().clone();
     let span = tracing::info_span!("request", caller = %caller.id, %method, route = path_route);
     let start = Instant::now();
+    let scope = crate::audit::Scope::new(
+        caller.id.as_str(),
+        method.clone(),
+        path_route,
+        start + state.settings.request_timeout,
+    );
     req.extensions_mut().insert(caller);
     // Writes taken up by the store writer after the deadline are refused
     // (not applied); a write taken up before it gets a grace to commit. When
@@ -535,12 +550,15 @@ async fn handle(
     let timeout = state.settings.request_timeout;
     let ticket = Ticket::new(start + timeout);
     let limit = state.settings.max_body_bytes;
-    let call = Ticket::scope(ticket.clone(), async move {
-        match read_body(req, limit).await {
-            Ok(req) => app.oneshot(req).await,
-            Err(refused) => Ok(refused.into_response()),
-        }
-    });
+    let call = Ticket::scope(
+        ticket.clone(),
+        scope.run(async move {
+            match read_body(req, limit).await {
+                Ok(req) => app.oneshot(req).await,
+                Err(refused) => Ok(refused.into_response()),
+            }
+        }),
+    );
     let resp = match tokio::time::timeout(timeout + commit_grace(timeout), call).instrument(span.clone()).await {
         Ok(Ok(r)) if r.status() == StatusCode::REQUEST_TIMEOUT && ticket.picked() => {
             // One write of the request was applied (or may be) before a later one timed out.
@@ -551,6 +569,7 @@ async fn handle(
         Err(_) if ticket.abandon() => ApiError::may_have_applied().into_response(),
         Err(_) => ApiError::not_applied().into_response(),
     };
+    let resp = crate::audit::finish(&state, &scope, commit_grace(timeout), resp).await;
     let status = resp.status().as_u16();
     // The route axum matched; the path's template when axum did not route it.
     let route = resp.extensions().get::<RouteLabel>().map_or(path_route, |r| r.0);

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::limits::{ConnLimitSettings, Gate};
 use crate::metrics::Metrics;
 use crate::rootkey::{self, RootKeyStore};
+use crate::serve::StartError;
 use crate::sync::SecretSync;
 
 /// Where the root key comes from.
@@ -73,6 +74,8 @@ pub struct Settings {
     pub roles: RoleRules,
     /// What rendering a template may cost (see SECURITY.md, "Template budgets").
     pub template_budget: Budget,
+    /// The audit trail (see docs/AUDIT.md).
+    pub audit: aegis_audit::SinkConfig,
 }
 
 /// Shared state of the Safe.
@@ -88,21 +91,24 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     /// Copies of `k8s:` secrets kept outside the Safe, if enabled.
     sync: Option<Arc<dyn SecretSync>>,
+    /// The audit trail.
+    pub audit: aegis_audit::Sink,
 }
 
 impl AppState {
     /// A sealed state over the data directory.
-    pub fn new(settings: Settings) -> Result<Arc<Self>, aegis_store::StoreError> {
+    pub fn new(settings: Settings) -> Result<Arc<Self>, StartError> {
         Self::with_sync(settings, None)
     }
 
     /// A sealed state over the data directory that keeps copies of `k8s:`
     /// secrets through `sync` (started at each unseal).
-    pub fn with_sync(
-        settings: Settings,
-        sync: Option<Arc<dyn SecretSync>>,
-    ) -> Result<Arc<Self>, aegis_store::StoreError> {
+    pub fn with_sync(settings: Settings, sync: Option<Arc<dyn SecretSync>>) -> Result<Arc<Self>, StartError> {
         let backend = Arc::new(DirBackend::open(&settings.data_dir)?);
+        let audit = aegis_audit::Sink::start(settings.audit.clone()).map_err(|source| StartError::Audit {
+            path: settings.audit.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            source,
+        })?;
         let gate = Gate::new(settings.conn_limits.resolve(crate::limits::fd_soft_limit()));
         Ok(Arc::new(Self {
             gate,
@@ -112,6 +118,7 @@ impl AppState {
             unseal_lock: Mutex::new(()),
             metrics: Metrics::new(),
             sync,
+            audit,
         }))
     }
 
@@ -146,7 +153,9 @@ impl AppState {
             ..StoreOptions::default()
         };
         let backend: Arc<dyn Backend> = self.backend.clone();
+        let audit_key = keyring.current().audit_key();
         let (store, report) = Store::open(backend, keyring, opts).await?;
+        self.audit.set_key(audit_key);
         if !report.quarantined.is_empty() {
             tracing::error!(count = report.quarantined.len(), "some records could not be opened and were quarantined");
         }
@@ -236,6 +245,7 @@ impl AppState {
             Err(e) => return Err(e.into()),
         };
         keys.promote_next().await.map_err(internal)?;
+        self.audit.set_key(new.audit_key());
         tracing::info!(key_id = %new.id(), records, "root key rotated");
         Ok(Rotated { key_id: new.id().to_string(), records })
     }

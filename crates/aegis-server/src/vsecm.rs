@@ -53,9 +53,11 @@ async fn fetch_inner(State(s): St, Extension(c): Who) -> Result<Response, ApiErr
     let Ok(secret) = name.secret_name() else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
+    crate::audit::note_secret(&secret);
     let Some(entry) = store.get(&secret) else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
+    crate::audit::note_version(entry.doc.current);
     let Some(value) = entry.deliverable(OffsetDateTime::now_utc())? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
@@ -157,6 +159,10 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         })
         .collect();
     let count = writes.len();
+    for (name, _) in &writes {
+        crate::audit::note_secret(name);
+    }
+    crate::audit::intent(&s).await?;
     store.apply_group(writes).await?;
     let ok = "OK".repeat(count);
     s.metrics.secrets.set(store.len() as i64);
@@ -179,6 +185,8 @@ pub async fn delete(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         return Err(ApiError::bad_request("no workloads given: name the secrets to delete (safe -d -w NAME)"));
     }
     let names = req.workloads.iter().map(|w| extract::address(&s, w)).collect::<Result<Vec<_>, _>>()?;
+    names.iter().for_each(crate::audit::note_secret);
+    crate::audit::intent(&s).await?;
     for name in names {
         match store.apply(name, Mutation::Delete).await {
             Ok(_)
@@ -196,6 +204,7 @@ pub async fn keys(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejecti
     let req: VsecmKeys = extract::json(b, s.settings.max_body_bytes)?;
     let key = RootKey::from_parts(req.age_secret_key.expose(), &req.age_public_key, req.aes_cipher_key.expose())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::audit::intent(&s).await?;
     s.unseal(Keyring::new(Arc::new(key))).await?;
     Ok("OK".into_response())
 }

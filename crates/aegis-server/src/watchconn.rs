@@ -183,7 +183,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Some(_) => return Ok(Phase::Handoff),
         };
         let start = Instant::now();
-        let (status, body) = answer(state, caller, &req).await;
+        let deadline = start + state.settings.request_timeout;
+        let scope = crate::audit::Scope::new(caller.id.as_str(), axum::http::Method::GET, ROUTE, deadline);
+        let (status, body) = scope.run(answer(state, caller, &req)).await;
+        crate::audit::record(state, &scope, status.as_u16());
         let close = req.close || expiry.is_elapsed();
         let span = tracing::info_span!("request", caller = %caller.id, method = "GET", route = ROUTE);
         io.write_all(&response(status, &body, close)).await?;

@@ -87,6 +87,8 @@ enum Command {
     Sentinel(crate::admin::sentinel::SentinelArgs),
     /// Import secrets from another store (VSecM's data directory).
     Import(crate::admin::import::ImportArgs),
+    /// Read the Safe's audit trail: `verify` its chain and anchors, `tail` it.
+    Audit(crate::admin::audit::AuditArgs),
 }
 
 /// Runs a parsed command line.
@@ -112,5 +114,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(a) => crate::workload::run::run(a).await,
         Command::Sentinel(a) => crate::admin::sentinel::run(a).await,
         Command::Import(a) => crate::admin::import::run(a).await,
+        Command::Audit(a) => crate::admin::audit::run(a).await,
     }
 }

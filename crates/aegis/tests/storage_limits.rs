@@ -75,6 +75,9 @@ fn failed_rotation_on_a_full_disk_never_stops_start_up_and_is_finished_later() {
     let data = safe.data_dir().join("data");
     safe.kill9();
     let _mount = Tmpfs::over(&data, "1m");
+    // The audit trail elsewhere: on the full disk it would refuse the rotation before it starts (audit.rs).
+    let audit = safe.dir.path().join("audit.log").display().to_string();
+    safe.args.extend(["--audit-file".to_owned(), audit]);
     safe.start();
     safe.wait_ready();
     assert_all_readable(&safe, &env);

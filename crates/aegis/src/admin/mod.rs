@@ -1,7 +1,9 @@
 //! The admin commands: one function per `aegis` admin subcommand, plus the
 //! Sentinel's tools (the VSecM-compatible `safe` command and
-//! `aegis sentinel init`), and `aegis import` from VSecM.
+//! `aegis sentinel init`), `aegis import` from VSecM, and `aegis audit` (reads the
+//! Safe's audit trail).
 
+pub mod audit;
 pub mod import;
 pub mod safe;
 pub mod secrets;

@@ -46,6 +46,9 @@ pub struct DevArgs {
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     kube: crate::serve::kube::KubeArgs,
+    /// The audit trail of the dev Safe (default: DATA_DIR/data/audit/audit.log).
+    #[command(flatten)]
+    audit: server::AuditArgs,
     #[command(subcommand)]
     cmd: Option<DevCmd>,
 }
@@ -151,6 +154,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         handshake_timeout_ms: server::DEFAULT_HANDSHAKE_TIMEOUT_MS,
         limits: a.limits.clone(),
         templates: a.templates.clone(),
+        audit: a.audit.clone(),
         svid_cert: None,
         svid_key: None,
         svid_bundle: None,

@@ -56,6 +56,9 @@ pub struct ServerArgs {
     /// The template budget.
     #[command(flatten)]
     pub templates: TemplateArgs,
+    /// The audit trail.
+    #[command(flatten)]
+    pub audit: AuditArgs,
     /// SVID certificate file (with AEGIS_SVID_KEY and AEGIS_SVID_BUNDLE; else the Workload API).
     #[arg(long, env = "AEGIS_SVID_CERT")]
     pub svid_cert: Option<PathBuf>,
@@ -101,6 +104,47 @@ pub struct TemplateArgs {
     /// Longest one template render may take, in milliseconds (template budget).
     #[arg(long, env = "AEGIS_TEMPLATE_MAX_TIME_MS", default_value_t = DEFAULT_TEMPLATE_MAX_TIME_MS)]
     pub template_max_time_ms: u64,
+}
+
+/// The audit trail flags, shared by `aegis server` and `aegis dev` (see docs/AUDIT.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AuditArgs {
+    /// The audit trail file (default: DATA_DIR/audit/audit.log); `off` keeps no file.
+    #[arg(long, env = "AEGIS_AUDIT_FILE", value_name = "PATH|off")]
+    pub audit_file: Option<PathBuf>,
+    /// Also print every audit line on standard output (JSON lines, for log collectors).
+    #[arg(long, env = "AEGIS_AUDIT_STDOUT")]
+    pub audit_stdout: bool,
+    /// Rotate the audit file when it reaches this size, in bytes.
+    #[arg(long, env = "AEGIS_AUDIT_MAX_FILE_BYTES", default_value_t = aegis_audit::sink::DEFAULT_MAX_FILE_BYTES,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub audit_max_file_bytes: u64,
+}
+
+/// The audit file under the data directory unless told otherwise.
+pub fn default_audit_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("audit").join("audit.log")
+}
+
+impl AuditArgs {
+    /// The sink's settings for a Safe whose records are in `data_dir`.
+    pub fn config(&self, data_dir: &std::path::Path) -> aegis_audit::SinkConfig {
+        let file = match &self.audit_file {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) if !p.as_os_str().is_empty() => Some(p.clone()),
+            _ => Some(default_audit_file(data_dir)),
+        };
+        if file.is_none() {
+            tracing::warn!(
+                "the audit trail file is off (--audit-file off): admin actions and fetches are not recorded in a file"
+            );
+        }
+        aegis_audit::SinkConfig {
+            stdout: self.audit_stdout,
+            max_file_bytes: self.audit_max_file_bytes,
+            ..aegis_audit::SinkConfig::new(file)
+        }
+    }
 }
 
 /// Where the root key lives.
@@ -288,8 +332,12 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         conn_limits: a.limits.conn_limits(),
         roles: roles()?,
         template_budget: template_budget(a),
+        audit: a.audit.config(&a.data_dir),
     })
 }
+
+/// Longest the Safe waits at shutdown for the audit trail's last anchor.
+const AUDIT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts the Safe with `identity` (and the Kubernetes Secret sync of
 /// `k8s:` secrets when `kube` enables it) and serves until interrupted.
@@ -304,6 +352,7 @@ pub async fn serve(
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
     crate::stop_requested().await;
     tracing::info!("shutting down");
+    running.state.audit.close(AUDIT_CLOSE_WAIT).await;
     for t in running.tasks {
         t.abort();
     }

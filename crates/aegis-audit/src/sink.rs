@@ -1,0 +1,694 @@
+//! The sink: a writer thread behind a bounded queue, and the handle requests use.
+//!
+//! Requests hand events over with `try_send` and never block on the file.
+//! Fetch lines are written in batches and made durable on a short timer;
+//! an admin write waits (up to its deadline) for its line to be fsynced.
+//! While the file cannot be written, admin writes are refused at once and
+//! other events are counted; the first line written afterwards is a `gap`
+//! line with those counts.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aegis_crypto::AuditKey;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+use crate::files;
+use crate::line::{self, anchor_message, Event, Kind, Out, Parsed};
+
+/// Default size at which the audit file is rotated.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default number of lines between two anchors.
+pub const DEFAULT_ANCHOR_EVERY: u64 = 1000;
+/// Longest time between two anchors while lines are written.
+pub const ANCHOR_INTERVAL: Duration = Duration::from_secs(60);
+/// Events waiting for the writer; more are counted as lost (fetches) or refused (writes).
+pub const DEFAULT_QUEUE: usize = 65_536;
+/// Longest time a fetch line waits to be fsynced.
+pub const SYNC_EVERY: Duration = Duration::from_millis(200);
+/// A write or fsync of the audit file running longer than this makes the trail unavailable to admin writes
+/// (long enough that a busy but healthy disk does not trip it).
+pub const STALL: Duration = Duration::from_secs(5);
+/// How often the writer wakes with nothing to do (timed fsync, anchors, recovery).
+const TICK: Duration = Duration::from_millis(100);
+/// Most events written in one batch.
+const MAX_BATCH: usize = 4096;
+/// How long the writer gathers fetch lines before writing them (an admin write's line cuts it short).
+const GATHER: Duration = Duration::from_millis(5);
+/// Pause between attempts to open an audit file that could not be opened.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Lines waiting for standard output; more are dropped there (never in the file).
+const STDOUT_QUEUE: usize = 1024;
+
+/// Where and how the trail is written.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The audit file (`None`: no file).
+    pub file: Option<PathBuf>,
+    /// Also print each line on standard output.
+    pub stdout: bool,
+    /// Rotate the file when it reaches this size.
+    pub max_file_bytes: u64,
+    /// Anchor after this many lines.
+    pub anchor_every: u64,
+    /// Queue length.
+    pub queue: usize,
+}
+
+impl SinkConfig {
+    /// A trail in `file` with the default limits, not on standard output.
+    pub fn new(file: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            stdout: false,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            anchor_every: DEFAULT_ANCHOR_EVERY,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
+
+/// Why an admin write's audit line could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// Writing or syncing the file failed.
+    #[error("the audit file cannot be written: {0}")]
+    Io(String),
+    /// A write has been in progress for too long (a blocked disk, file system or pipe).
+    #[error("the audit file has not finished a write for over {} ms (blocked disk, file system or pipe)", STALL.as_millis())]
+    Stalled,
+    /// The queue is full.
+    #[error("the audit queue is full")]
+    Full,
+    /// Not durable within the request's deadline.
+    #[error("the audit line was not durable within the request's deadline")]
+    Timeout,
+    /// The sink was closed.
+    #[error("the audit trail is closed")]
+    Closed,
+}
+
+type Ack = oneshot::Sender<Result<(), Unavailable>>;
+type Msg = (Event, Option<Ack>);
+
+/// State the handle and the writer share.
+struct Shared {
+    epoch: Instant,
+    lost: AtomicU64,
+    refused: AtomicU64,
+    /// Unix milliseconds of the first event missed since the last gap line; 0 for none.
+    first_missed_ms: AtomicI64,
+    failing: AtomicBool,
+    failure: Mutex<String>,
+    /// Milliseconds after `epoch` (plus one) when the current write began; 0 when none runs.
+    busy_since: AtomicU64,
+    key: Mutex<Option<AuditKey>>,
+    close: Mutex<Option<oneshot::Sender<()>>>,
+    /// Events handed over and not yet taken by the writer (the queue's bound).
+    queued: AtomicUsize,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            lost: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            first_missed_ms: AtomicI64::new(0),
+            failing: AtomicBool::new(false),
+            failure: Mutex::new(String::new()),
+            busy_since: AtomicU64::new(0),
+            key: Mutex::new(None),
+            close: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Counts one missed event in `counter`.
+    fn miss(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let _ = self.first_missed_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether an admin write may be attempted now.
+    fn check(&self) -> Result<(), Unavailable> {
+        if self.failing.load(Ordering::Acquire) {
+            let why = self.failure.lock().map(|w| w.clone()).unwrap_or_default();
+            return Err(Unavailable::Io(why));
+        }
+        let busy = self.busy_since.load(Ordering::Acquire);
+        if busy != 0 && self.now_ms().saturating_sub(busy) > STALL.as_millis() as u64 {
+            return Err(Unavailable::Stalled);
+        }
+        Ok(())
+    }
+
+    fn set_failing(&self, why: &str) {
+        if let Ok(mut w) = self.failure.lock() {
+            why.clone_into(&mut w);
+        }
+        self.failing.store(true, Ordering::Release);
+    }
+}
+
+/// The handle to the audit trail. Cheap to clone; the writer stops (with a
+/// last anchor) when [`Sink::close`] is called or the last handle is dropped.
+#[derive(Clone, Default)]
+pub struct Sink {
+    inner: Option<Arc<Inner>>,
+}
+
+/// The queue is an unbounded channel (memory is taken only for events waiting)
+/// bounded by a count, so an idle Safe holds no preallocated queue.
+struct Inner {
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
+    capacity: usize,
+    /// The writer thread, woken at once for an admin write's line.
+    writer: std::thread::Thread,
+}
+
+impl Inner {
+    /// Hands `msg` to the writer unless `capacity` events are already waiting.
+    fn try_send(&self, msg: Msg) -> Result<(), ()> {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(());
+        }
+        self.tx.send(msg).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.inner.is_some() { "Sink(on)" } else { "Sink(off)" })
+    }
+}
+
+impl Sink {
+    /// No trail: every call does nothing.
+    pub fn off() -> Self {
+        Self { inner: None }
+    }
+
+    /// Starts the writer thread. The file is opened by that thread (so a file
+    /// that blocks on open cannot stop the Safe from starting); only its
+    /// directory is created here.
+    pub fn start(cfg: SinkConfig) -> io::Result<Self> {
+        if cfg.file.is_none() && !cfg.stdout {
+            return Ok(Self::off());
+        }
+        if let Some(file) = &cfg.file {
+            create_private_dir(aegis_fs::parent_dir(file))?;
+        }
+        let (tx, rx) = channel();
+        let shared = Arc::new(Shared::new());
+        let capacity = cfg.queue.max(1);
+        let writer = Writer::new(cfg, shared.clone())?;
+        let handle = std::thread::Builder::new().name("aegis-audit".into()).spawn(move || writer.run(rx))?;
+        let writer = handle.thread().clone();
+        Ok(Self { inner: Some(Arc::new(Inner { tx, shared, capacity, writer })) })
+    }
+
+    /// Whether events are recorded.
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Records an event without waiting. When the queue is full the event
+    /// is counted and reported in the next `gap` line.
+    pub fn record(&self, event: Event) {
+        if let Some(i) = &self.inner {
+            if i.try_send((event, None)).is_err() {
+                i.shared.miss(&i.shared.lost);
+            }
+        }
+    }
+
+    /// Records an event and waits until it is durable, at most `wait`.
+    /// Refuses at once while the file cannot be written or a write is stuck.
+    pub async fn record_durable(&self, event: Event, wait: Duration) -> Result<(), Unavailable> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        if let Err(e) = i.shared.check() {
+            i.shared.miss(&i.shared.refused);
+            return Err(e);
+        }
+        let (ack, done) = oneshot::channel();
+        if i.try_send((event, Some(ack))).is_err() {
+            i.shared.miss(&i.shared.refused);
+            return Err(Unavailable::Full);
+        }
+        i.writer.unpark();
+        // Wait for the writer, but give up as soon as it is seen stuck rather than at the deadline.
+        let deadline = Instant::now() + wait;
+        tokio::pin!(done);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Unavailable::Timeout);
+            }
+            match tokio::time::timeout(left.min(STALL / 4), &mut done).await {
+                Ok(Ok(r)) => return r,
+                Ok(Err(_)) => return Err(Unavailable::Closed),
+                Err(_) => i.shared.check()?,
+            }
+        }
+    }
+
+    /// Anchors from now on with `key` (and anchors at once what came before).
+    pub fn set_key(&self, key: AuditKey) {
+        if let Some(i) = &self.inner {
+            if let Ok(mut k) = i.shared.key.lock() {
+                *k = Some(key);
+            }
+        }
+    }
+
+    /// Writes a last anchor and stops the writer, waiting at most `wait`.
+    pub async fn close(&self, wait: Duration) {
+        let Some(i) = &self.inner else { return };
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut c) = i.shared.close.lock() {
+            *c = Some(tx);
+        }
+        let _ = tokio::time::timeout(wait, rx).await;
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// The next line's position and the hash of the line before it.
+#[derive(Clone, Copy)]
+struct Head {
+    seq: u64,
+    hash: [u8; 32],
+}
+
+struct OpenFile {
+    file: File,
+    len: u64,
+    regular: bool,
+}
+
+/// The writer thread's state.
+struct Writer {
+    cfg: SinkConfig,
+    shared: Arc<Shared>,
+    file: Option<OpenFile>,
+    /// Whether the chain head was read from the existing trail.
+    loaded: bool,
+    next_open: Instant,
+    head: Head,
+    key: Option<AuditKey>,
+    anchor_due: bool,
+    since_anchor: u64,
+    last_anchor: Instant,
+    unsynced: bool,
+    last_sync: Instant,
+    failing_since: Option<OffsetDateTime>,
+    /// The note of a `start` line still to write.
+    start: Option<String>,
+    stdout: Option<SyncSender<Vec<u8>>>,
+}
+
+impl Writer {
+    fn new(cfg: SinkConfig, shared: Arc<Shared>) -> io::Result<Self> {
+        let stdout = if cfg.stdout { Some(stdout_thread()?) } else { None };
+        let now = Instant::now();
+        Ok(Self {
+            cfg,
+            shared,
+            file: None,
+            loaded: false,
+            next_open: now,
+            head: Head { seq: 0, hash: [0; 32] },
+            key: None,
+            anchor_due: false,
+            since_anchor: 0,
+            last_anchor: now,
+            unsynced: false,
+            last_sync: now,
+            failing_since: None,
+            start: Some("the Safe started".to_owned()),
+            stdout,
+        })
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let mut batch = Vec::new();
+            match rx.recv_timeout(TICK) {
+                Ok(m) => {
+                    if m.1.is_none() {
+                        // Gather more fetch lines into this batch: one write and no wake-up per line.
+                        std::thread::park_timeout(GATHER);
+                    }
+                    batch.push(m);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.finish(),
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            if let Some(k) = self.shared.key.lock().ok().and_then(|mut k| k.take()) {
+                self.key = Some(k);
+                self.anchor_due = true;
+            }
+            self.write_batch(batch);
+            self.housekeeping();
+            if let Some(done) = self.shared.close.lock().ok().and_then(|mut c| c.take()) {
+                self.finish();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Writes the pending `start` and `gap` lines and `batch`, then answers the waiting requests.
+    fn write_batch(&mut self, batch: Vec<Msg>) {
+        let gap = self.failing_since.is_some()
+            || self.shared.lost.load(Ordering::Relaxed) > 0
+            || self.shared.refused.load(Ordering::Relaxed) > 0;
+        if batch.is_empty() && !gap && self.start.is_none() {
+            return;
+        }
+        if self.cfg.file.is_some() && !self.loaded {
+            // The first open reads the chain head from the trail: before any line is built.
+            if let Err(why) = self.open().map(|_| ()) {
+                return self.failed(&why, None, batch);
+            }
+        }
+        let mut buf = Vec::with_capacity(256 * (batch.len() + 2));
+        let mut head = self.head;
+        let now = OffsetDateTime::now_utc();
+        if let Some(note) = &self.start {
+            let bare = Out::bare(head.seq, Kind::Start, now, hex::encode(head.hash));
+            let out = Out { note: Some(note.clone()), ..bare };
+            push(&mut buf, &mut head, &out);
+        }
+        let taken = gap.then(|| self.push_gap(&mut buf, &mut head, now));
+        for (e, _) in &batch {
+            let out = Out::request(head.seq, e, hex::encode(head.hash));
+            push(&mut buf, &mut head, &out);
+        }
+        let durable = batch.iter().any(|(_, a)| a.is_some());
+        match self.append(&buf, durable) {
+            Ok(()) => {
+                self.since_anchor += head.seq - self.head.seq;
+                self.head = head;
+                self.start = None;
+                self.recovered(taken);
+                for (_, ack) in batch {
+                    if let Some(a) = ack {
+                        let _ = a.send(Ok(()));
+                    }
+                }
+            }
+            Err(why) => self.failed(&why, taken, batch),
+        }
+    }
+
+    /// Adds the gap line; returns the counts it took (given back if it is not written).
+    fn push_gap(&mut self, buf: &mut Vec<u8>, head: &mut Head, now: OffsetDateTime) -> (u64, u64, i64) {
+        let lost = self.shared.lost.swap(0, Ordering::Relaxed);
+        let refused = self.shared.refused.swap(0, Ordering::Relaxed);
+        let first = self.shared.first_missed_ms.swap(0, Ordering::Relaxed);
+        let from = match (self.failing_since, first) {
+            (Some(t), _) => t,
+            (None, ms) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(now),
+        };
+        let out = Out {
+            lost: Some(lost),
+            refused: Some(refused),
+            from: Some(line::rfc3339(from)),
+            note: Some("events were not written between from and time".to_owned()),
+            ..Out::bare(head.seq, Kind::Gap, now, hex::encode(head.hash))
+        };
+        push(buf, head, &out);
+        (lost, refused, first)
+    }
+
+    fn recovered(&mut self, taken: Option<(u64, u64, i64)>) {
+        if self.failing_since.take().is_some() {
+            let (lost, refused, _) = taken.unwrap_or_default();
+            tracing::warn!(lost, refused, "the audit trail is written again; a gap line records what was missed");
+        }
+        self.shared.failing.store(false, Ordering::Release);
+    }
+
+    fn failed(&mut self, why: &str, taken: Option<(u64, u64, i64)>, batch: Vec<Msg>) {
+        if let Some((lost, refused, first)) = taken {
+            self.shared.lost.fetch_add(lost, Ordering::Relaxed);
+            self.shared.refused.fetch_add(refused, Ordering::Relaxed);
+            let _ = self.shared.first_missed_ms.compare_exchange(0, first, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        for (_, ack) in batch {
+            match ack {
+                Some(a) => {
+                    self.shared.miss(&self.shared.refused);
+                    let _ = a.send(Err(Unavailable::Io(why.to_owned())));
+                }
+                None => self.shared.miss(&self.shared.lost),
+            }
+        }
+        if self.failing_since.is_none() {
+            self.failing_since = Some(OffsetDateTime::now_utc());
+            tracing::error!(
+                error = why,
+                "the audit trail cannot be written: admin writes are refused (503) until it can; fetches go on \
+                 and a gap line will record what was missed"
+            );
+        }
+        self.shared.set_failing(why);
+    }
+
+    /// Appends `buf` to the file (and standard output); fsyncs when `durable` or the timer is due.
+    fn append(&mut self, buf: &[u8], durable: bool) -> Result<(), String> {
+        if self.cfg.file.is_some() {
+            let sync = durable || (self.unsynced && self.last_sync.elapsed() >= SYNC_EVERY);
+            self.shared.busy_since.store(self.shared.now_ms(), Ordering::Release);
+            let r = self.write_file(buf, sync);
+            self.shared.busy_since.store(0, Ordering::Release);
+            r?;
+        }
+        if let Some(out) = &self.stdout {
+            let _ = out.try_send(buf.to_vec());
+        }
+        Ok(())
+    }
+
+    fn write_file(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
+        let f = self.open()?;
+        let before = f.len;
+        // A pipe or device cannot be fsynced: a line written into it is as durable as it gets.
+        let r = f.file.write_all(buf).and_then(|()| if sync && f.regular { f.file.sync_data() } else { Ok(()) });
+        match r {
+            Ok(()) => {
+                f.len += buf.len() as u64;
+                if sync {
+                    self.unsynced = false;
+                    self.last_sync = Instant::now();
+                } else {
+                    self.unsynced = true;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Take back a partly written batch: the chain goes on from the last whole line.
+                if f.regular {
+                    let _ = f.file.set_len(before);
+                }
+                self.file = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The open audit file, opening it (at most once per [`REOPEN_EVERY`]) if needed.
+    fn open(&mut self) -> Result<&mut OpenFile, String> {
+        if self.file.is_none() {
+            let Some(path) = self.cfg.file.clone() else { return Err("no audit file".to_owned()) };
+            if Instant::now() < self.next_open {
+                return Err("the audit file could not be opened (retrying every second)".to_owned());
+            }
+            self.next_open = Instant::now() + REOPEN_EVERY;
+            let f = self.open_file(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            self.file = Some(f);
+        }
+        self.file.as_mut().ok_or_else(|| "no audit file".to_owned())
+    }
+
+    fn open_file(&mut self, path: &Path) -> io::Result<OpenFile> {
+        // Non-blocking open: a FIFO with no reader fails (ENXIO) instead of hanging.
+        let file =
+            OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND))?;
+        let regular = file.metadata()?.is_file();
+        let mut len = 0;
+        if regular {
+            let tail = files::tail(path)?;
+            if tail.complete_len < tail.len {
+                tracing::warn!(
+                    bytes = tail.len - tail.complete_len,
+                    "the audit file ends with a partial line (a crash or failed write); it is cut off"
+                );
+                file.set_len(tail.complete_len)?;
+            }
+            len = tail.complete_len;
+            if !self.loaded {
+                self.load_head(path, tail.last)?;
+            }
+        }
+        self.loaded = true;
+        Ok(OpenFile { file, len, regular })
+    }
+
+    /// Continues the chain from the last line of the trail (the current file, else the newest rotated one).
+    fn load_head(&mut self, path: &Path, last: Option<Vec<u8>>) -> io::Result<()> {
+        let last = match last {
+            Some(l) => Some(l),
+            None => match files::rotated_files(path)?.last() {
+                Some((_, p)) => files::tail(p)?.last,
+                None => None,
+            },
+        };
+        if let Some(l) = last {
+            let seq = Parsed::parse(&l).map(|p| p.seq + 1);
+            if seq.is_none() {
+                tracing::error!(
+                    "the last line of the audit trail is not an audit event; the chain goes on from its hash"
+                );
+            }
+            self.head = Head { seq: seq.unwrap_or(0), hash: line::hash(&l) };
+            self.start = Some("the Safe started; the chain goes on from the trail's last line".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The timed fsync, anchors and rotation.
+    fn housekeeping(&mut self) {
+        if self.failing_since.is_some() {
+            return;
+        }
+        if self.unsynced && self.last_sync.elapsed() >= SYNC_EVERY {
+            if let Err(why) = self.append(&[], true) {
+                self.failed(&why, None, Vec::new());
+                return;
+            }
+        }
+        let due = self.anchor_due
+            || self.since_anchor >= self.cfg.anchor_every
+            || self.last_anchor.elapsed() >= ANCHOR_INTERVAL;
+        if self.since_anchor > 0 && due {
+            self.anchor();
+        }
+        if self.file.as_ref().is_some_and(|f| f.regular && f.len >= self.cfg.max_file_bytes) {
+            self.rotate();
+        }
+    }
+
+    /// Writes an anchor line (durably) if a key is loaded.
+    fn anchor(&mut self) {
+        let Some(key) = &self.key else { return };
+        let key_id = key.id().to_string();
+        let prev = hex::encode(self.head.hash);
+        let mac = hex::encode(key.mac(&anchor_message(self.head.seq, &prev, &key_id)));
+        let out = Out {
+            key_id: Some(key_id),
+            mac: Some(mac),
+            ..Out::bare(self.head.seq, Kind::Anchor, OffsetDateTime::now_utc(), prev)
+        };
+        let mut buf = Vec::with_capacity(256);
+        let mut head = self.head;
+        push(&mut buf, &mut head, &out);
+        match self.append(&buf, true) {
+            Ok(()) => {
+                self.head = head;
+                self.since_anchor = 0;
+                self.anchor_due = false;
+                self.last_anchor = Instant::now();
+            }
+            Err(why) => self.failed(&why, None, Vec::new()),
+        }
+    }
+
+    /// Anchors, then moves the file aside as the next rotated file; the next line starts a new file.
+    fn rotate(&mut self) {
+        let Some(path) = self.cfg.file.clone() else { return };
+        self.anchor();
+        if self.failing_since.is_some() {
+            return;
+        }
+        let n = files::rotated_files(&path).ok().and_then(|r| r.last().map(|(n, _)| n + 1)).unwrap_or(1);
+        let to = files::rotated(&path, n);
+        match std::fs::rename(&path, &to).and_then(|()| aegis_fs::sync_dir(aegis_fs::parent_dir(&path))) {
+            Ok(()) => {
+                self.file = None;
+                self.next_open = Instant::now();
+                self.start = Some(format!("rotated: the chain goes on from {}", to.display()));
+            }
+            Err(e) => tracing::error!(error = %e, "could not rotate the audit file; it keeps growing"),
+        }
+    }
+
+    /// The last anchor (or fsync) before stopping.
+    fn finish(&mut self) {
+        if self.failing_since.is_none() {
+            self.write_batch(Vec::new());
+            if self.key.is_some() && self.since_anchor > 0 {
+                self.anchor();
+            } else if self.unsynced {
+                let _ = self.append(&[], true);
+            }
+        }
+    }
+}
+
+/// Serializes `out` as one line onto `buf` and moves `head` past it.
+fn push(buf: &mut Vec<u8>, head: &mut Head, out: &Out<'_>) {
+    let start = buf.len();
+    if serde_json::to_writer(&mut *buf, out).is_err() {
+        buf.truncate(start);
+        return;
+    }
+    head.hash = line::hash(&buf[start..]);
+    head.seq += 1;
+    buf.push(b'\n');
+}
+
+/// A thread that copies lines to standard output, so a slow reader of it never holds up the file.
+fn stdout_thread() -> io::Result<SyncSender<Vec<u8>>> {
+    let (tx, rx) = sync_channel::<Vec<u8>>(STDOUT_QUEUE);
+    std::thread::Builder::new().name("aegis-audit-stdout".into()).spawn(move || {
+        for buf in rx {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(&buf).and_then(|()| out.flush());
+        }
+    })?;
+    Ok(tx)
+}

@@ -1,0 +1,209 @@
+//! What the Safe records in the audit trail (see docs/AUDIT.md).
+//!
+//! Every request served over mTLS becomes one event, written when its answer
+//! is known ([`finish`]). Handlers add what only they know — the secret names
+//! and the version — with [`note_secret`] and [`note_version`]. An admin write
+//! (anything that changes the store or the root key) first calls [`intent`]:
+//! an `intent` line made durable before anything changes, so a write the
+//! trail cannot record is refused with 503 and changes nothing; its `done`
+//! line is durable before the answer.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use aegis_audit::{Event, Phase};
+use axum::http::{HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::routes;
+use crate::state::AppState;
+
+tokio::task_local! {
+    static SCOPE: Arc<Scope>;
+}
+
+/// The least time a write's `done` line may wait to become durable, even
+/// when the request used up its deadline.
+const MIN_DONE_WAIT: Duration = Duration::from_millis(50);
+
+/// The audit record of one request while it is served.
+pub(crate) struct Scope {
+    request_id: Arc<str>,
+    caller: Arc<str>,
+    method: Method,
+    route: &'static str,
+    deadline: Instant,
+    notes: Mutex<Notes>,
+}
+
+#[derive(Default)]
+struct Notes {
+    secrets: Vec<String>,
+    version: Option<u64>,
+    intent: bool,
+}
+
+impl Scope {
+    /// A request of `caller` to `route`, which must be answered by `deadline`.
+    pub(crate) fn new(caller: &str, method: Method, route: &'static str, deadline: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            request_id: next_request_id(),
+            caller: Arc::from(caller),
+            method,
+            route,
+            deadline,
+            notes: Mutex::new(Notes::default()),
+        })
+    }
+
+    /// Runs `f` with this scope as the current request's.
+    pub(crate) async fn run<F: std::future::Future>(self: &Arc<Self>, f: F) -> F::Output {
+        SCOPE.scope(self.clone(), f).await
+    }
+
+    fn event(&self, status: u16, phase: Option<Phase>) -> Event {
+        let (api, action) = action(&self.method, self.route);
+        let (secrets, version) = self.notes.lock().map(|n| (n.secrets.clone(), n.version)).unwrap_or_default();
+        Event {
+            time: OffsetDateTime::now_utc(),
+            request_id: self.request_id.clone(),
+            caller: self.caller.clone(),
+            action,
+            api,
+            route: self.route,
+            secrets,
+            version,
+            status,
+            phase,
+        }
+    }
+}
+
+/// A request id: a per-process prefix (different at each start) and a counter.
+fn next_request_id() -> Arc<str> {
+    static PREFIX: LazyLock<u32> = LazyLock::new(|| {
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        (nanos as u32) ^ std::process::id().rotate_left(16)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    Arc::from(format!("{:08x}-{:x}", *PREFIX, COUNTER.fetch_add(1, Ordering::Relaxed)))
+}
+
+fn with_notes(f: impl FnOnce(&mut Notes)) {
+    let _ = SCOPE.try_with(|s| {
+        if let Ok(mut n) = s.notes.lock() {
+            f(&mut n);
+        }
+    });
+}
+
+/// Records that the current request concerns the secret `name`.
+pub(crate) fn note_secret(name: &impl Display) {
+    with_notes(|n| {
+        let name = name.to_string();
+        if !n.secrets.contains(&name) {
+            n.secrets.push(name);
+        }
+    });
+}
+
+/// Records the secret's version after the current request.
+pub(crate) fn note_version(version: u64) {
+    with_notes(|n| n.version = Some(version));
+}
+
+/// Makes the current request's `intent` line durable before it changes
+/// anything; 503 if the trail cannot be written within the request's deadline.
+pub(crate) async fn intent(s: &AppState) -> Result<(), ApiError> {
+    let Ok(scope) = SCOPE.try_with(Arc::clone) else { return Ok(()) };
+    let wait = scope.deadline.saturating_duration_since(Instant::now());
+    if let Err(why) = s.audit.record_durable(scope.event(0, Some(Phase::Intent)), wait).await {
+        tracing::error!(error = %why, request_id = %scope.request_id, "admin write refused: its audit line could not be made durable");
+        return Err(ApiError::audit_unavailable());
+    }
+    with_notes(|n| n.intent = true);
+    Ok(())
+}
+
+/// Records the answer of a request. An admin write whose `done` line cannot
+/// be made durable within `grace` past the deadline gets a 503 saying it was applied.
+pub(crate) async fn finish(s: &AppState, scope: &Scope, grace: Duration, mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&scope.request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let wrote = scope.notes.lock().map(|n| n.intent).unwrap_or(false);
+    if !wrote {
+        record(s, scope, status);
+        return resp;
+    }
+    let wait = (scope.deadline + grace).saturating_duration_since(Instant::now()).max(MIN_DONE_WAIT);
+    match s.audit.record_durable(scope.event(status, Some(Phase::Done)), wait).await {
+        Ok(()) => resp,
+        Err(why) if status < 400 => {
+            tracing::error!(error = %why, request_id = %scope.request_id, "an applied admin write could not be audited durably");
+            ApiError::audit_after_commit(&scope.request_id).into_response()
+        }
+        Err(why) => {
+            tracing::error!(error = %why, request_id = %scope.request_id, "a refused admin write could not be audited");
+            resp
+        }
+    }
+}
+
+/// Records the answer of a request that changed nothing (without waiting).
+pub(crate) fn record(s: &AppState, scope: &Scope, status: u16) {
+    s.audit.record(scope.event(status, None));
+}
+
+/// The API and the action of a request, from its method and route template.
+pub fn action(method: &Method, route: &str) -> (&'static str, &'static str) {
+    use routes::*;
+    let native = |a| ("native", a);
+    let vsecm = |a| ("vsecm", a);
+    match (route, method.as_str()) {
+        (WORKLOAD_SECRETS, _) => vsecm("fetch"),
+        (SENTINEL_SECRETS, "GET") => vsecm("list"),
+        (SENTINEL_SECRETS, "POST") => vsecm("write"),
+        (SENTINEL_SECRETS, "DELETE") => vsecm("delete"),
+        (SENTINEL_KEYS, _) => vsecm("unseal"),
+        (SENTINEL_KEYSTONE, _) => vsecm("keystone"),
+        (SECRETS, _) => native("list"),
+        (SECRET, "GET") => native("read"),
+        (SECRET, "PUT") => native("write"),
+        (SECRET, "DELETE") => native("delete"),
+        (UNDELETE, _) => native("undelete"),
+        (ROLLBACK, _) => native("rollback"),
+        (VERSIONS, _) => native("history"),
+        (VERSION, _) => native("destroy"),
+        (WORKLOAD_SECRET, _) => native("fetch"),
+        (WORKLOAD_WATCH, _) => native("watch"),
+        (ENCRYPT, _) => native("encrypt"),
+        (UNSEAL, _) => native("unseal"),
+        (STATUS, _) => native("status"),
+        (ROTATE_ROOT_KEY, _) => native("rotate-root-key"),
+        (OPENAPI, _) => native("openapi"),
+        _ => ("other", "other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_an_action_and_ids_differ() {
+        for route in routes::ALL {
+            let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+            assert!(methods.iter().any(|m| action(m, route).1 != "other"), "{route}");
+        }
+        assert_eq!(action(&Method::PUT, routes::SECRET), ("native", "write"));
+        assert_eq!(action(&Method::DELETE, routes::SENTINEL_SECRETS), ("vsecm", "delete"));
+        assert_eq!(action(&Method::GET, "/nope"), ("other", "other"));
+        assert_ne!(next_request_id(), next_request_id());
+    }
+}

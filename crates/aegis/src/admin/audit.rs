@@ -1,0 +1,199 @@
+//! `aegis audit verify` and `aegis audit tail`: read the Safe's audit trail,
+//! a local file (see docs/AUDIT.md). Neither talks to the Safe.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aegis_audit::line::Parsed;
+use clap::{Args, Subcommand};
+
+use crate::admin::import::{load_root_key, KeySource};
+use crate::exit::{CliError, CONFIG, FAILURE};
+
+/// `aegis audit` arguments.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    cmd: AuditCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the hash chain and the anchors' MACs; name the first line that was changed,
+    /// removed, reordered or truncated (exit code 1).
+    Verify(VerifyArgs),
+    /// Print the last audit lines, optionally following the file (-f) and filtering.
+    Tail(TailArgs),
+}
+
+/// Where the trail is.
+#[derive(Args, Debug)]
+struct Trail {
+    /// The Safe's audit file (default: DATA_DIR/audit/audit.log); rotated files are FILE.000001, FILE.000002…
+    #[arg(long, env = "AEGIS_AUDIT_FILE")]
+    audit_file: Option<PathBuf>,
+    /// The Safe's data directory (for the default audit file).
+    #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
+    data_dir: PathBuf,
+}
+
+impl Trail {
+    fn current(&self) -> PathBuf {
+        match &self.audit_file {
+            Some(p) if !p.as_os_str().is_empty() && p.as_os_str() != "off" => p.clone(),
+            _ => crate::serve::server::default_audit_file(&self.data_dir),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Files to check, oldest first (default: every file of the trail, rotated ones first).
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    trail: Trail,
+    /// A root key file (VSecM's three lines) to check the anchors' MACs with; repeat it for
+    /// the keys of earlier root key rotations. Without one only the hash chain is checked.
+    #[arg(long = "root-key-file", env = "AEGIS_ROOT_KEY_FILE", value_name = "FILE")]
+    root_key_files: Vec<PathBuf>,
+    /// The trail must end with an anchor, as it does after the Safe stopped cleanly (catches
+    /// whole lines cut off at the end).
+    #[arg(long)]
+    complete: bool,
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    #[command(flatten)]
+    trail: Trail,
+    /// Keep printing lines as they are written (across rotations) until interrupted.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only lines of this caller (exact SPIFFE ID).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    caller: Option<String>,
+    /// Only lines naming this secret.
+    #[arg(long, value_name = "NAME")]
+    secret: Option<String>,
+    /// How many matching lines to print from the end first.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    lines: usize,
+}
+
+/// `aegis audit …`.
+pub async fn run(a: AuditArgs) -> Result<(), CliError> {
+    match a.cmd {
+        AuditCmd::Verify(v) => verify(v).await,
+        AuditCmd::Tail(t) => tail(t).await,
+    }
+}
+
+async fn verify(a: VerifyArgs) -> Result<(), CliError> {
+    let files = if a.files.is_empty() {
+        let current = a.trail.current();
+        aegis_audit::files::trail_files(&current)
+            .map_err(|e| CliError::new(CONFIG, format!("cannot list the audit trail {}: {e}", current.display())))?
+    } else {
+        a.files
+    };
+    if files.is_empty() {
+        return Err(CliError::new(
+            CONFIG,
+            format!("no audit file at {}; give the files or --audit-file", a.trail.current().display()),
+        ));
+    }
+    let mut keys = Vec::with_capacity(a.root_key_files.len());
+    for p in &a.root_key_files {
+        keys.push(load_root_key(&KeySource::File(p.clone())).await?.audit_key());
+    }
+    let s =
+        aegis_audit::verify(&files, &keys).map_err(|f| CliError::new(FAILURE, format!("audit trail broken: {f}")))?;
+    if a.complete && s.after_last_anchor > 0 {
+        let last = files.last().map(|p| p.display().to_string()).unwrap_or_default();
+        return Err(CliError::new(
+            FAILURE,
+            format!(
+                "audit trail incomplete: {last} ends {} line(s) after its last anchor (lines cut off at the end, or \
+                 the Safe did not stop cleanly)",
+                s.after_last_anchor
+            ),
+        ));
+    }
+    println!("{}", report(&files, &s));
+    Ok(())
+}
+
+fn report(files: &[PathBuf], s: &aegis_audit::Summary) -> String {
+    let mut out = format!(
+        "ok: {} lines in {} file(s), chain intact; {} anchor(s) checked",
+        s.lines,
+        files.len(),
+        s.anchors_checked
+    );
+    if s.anchors_unchecked > 0 {
+        out.push_str(&format!(
+            "\nMACs NOT checked for {} anchor(s) (root key ids {}): give --root-key-file for them. The hash chain \
+             alone does not stop someone who rewrites the whole file",
+            s.anchors_unchecked,
+            s.missing_keys.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if s.after_last_anchor > 0 {
+        out.push_str(&format!(
+            "\nthe last {} line(s) follow the last anchor (normal while the Safe runs; --complete refuses it)",
+            s.after_last_anchor
+        ));
+    }
+    out
+}
+
+/// How often `tail -f` looks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+async fn tail(a: TailArgs) -> Result<(), CliError> {
+    let path = a.trail.current();
+    let keep = |line: &[u8]| Parsed::parse(line).is_some_and(|p| p.matches(a.caller.as_deref(), a.secret.as_deref()));
+    let text =
+        std::fs::read(&path).map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let matching: Vec<&[u8]> = text[..complete].split(|&b| b == b'\n').filter(|l| keep(l)).collect();
+    let mut out = std::io::stdout().lock();
+    for l in &matching[matching.len().saturating_sub(a.lines)..] {
+        print_line(&mut out, l)?;
+    }
+    drop(out);
+    if !a.follow {
+        return Ok(());
+    }
+    let mut pos = (identity(&path), complete as u64);
+    loop {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        pos = follow(&path, pos, &keep)?;
+    }
+}
+
+/// The inode of `path`, to notice a rotation.
+fn identity(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+/// Prints the complete lines written since `(inode, offset)`; returns the new position.
+fn follow(path: &Path, (ino, offset): (u64, u64), keep: &impl Fn(&[u8]) -> bool) -> Result<(u64, u64), CliError> {
+    let now = identity(path);
+    let start = if now == ino { offset } else { 0 };
+    let Ok(mut f) = std::fs::File::open(path) else { return Ok((ino, offset)) };
+    let mut buf = Vec::new();
+    f.seek(SeekFrom::Start(start)).and_then(|_| f.read_to_end(&mut buf)).map_err(CliError::failure)?;
+    let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut out = std::io::stdout().lock();
+    for l in buf[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty() && keep(l)) {
+        print_line(&mut out, l)?;
+    }
+    Ok((now, start + complete as u64))
+}
+
+fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), CliError> {
+    out.write_all(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(CliError::failure)
+}

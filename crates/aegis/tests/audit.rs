@@ -1,0 +1,547 @@
+//! The audit trail, against the real Safe over real mTLS: every action is one
+//! event and no value ever reaches it; tampering of each kind is named by
+//! `aegis audit verify`; rotation and restarts carry the chain; a full disk
+//! or a blocked audit file refuses admin writes with 503 within the deadline
+//! while fetches go on, and the gap is recorded when the file recovers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aegis_core::api::{PutSecret, VsecmUpsert};
+use aegis_core::secret::SecretValue;
+use aegis_sdk::ClientError;
+use common::*;
+use serde_json::Value;
+
+/// A value and a template output that must never appear in the trail or on standard output.
+const VALUE_MARK: &str = "Zq7-VALUE-MARKER";
+const TEMPLATE_MARK: &str = "TPL-OUT";
+
+/// Stops the Safe with SIGTERM (a clean shutdown writes the last anchor).
+fn stop(safe: &mut Safe) {
+    let mut child = safe.child.take().expect("the Safe runs");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(15), "the Safe did not stop; log:\n{}", safe.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn trail(safe: &Safe) -> PathBuf {
+    safe.data_dir().join("data/audit/audit.log")
+}
+
+fn events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn requests<'a>(all: &'a [Value], action: &str) -> Vec<&'a Value> {
+    all.iter().filter(|e| e["type"] == "request" && e["action"] == action).collect()
+}
+
+fn verify(safe: &Safe, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["audit", "verify"];
+    a.extend(args);
+    safe.aegis(&HashMap::new(), &a)
+}
+
+fn root_key(safe: &Safe) -> String {
+    safe.data_dir().join("root.key").display().to_string()
+}
+
+fn put(value: &str) -> PutSecret {
+    PutSecret::new(SecretValue::new(value))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_is_one_event_and_no_value_or_template_output_is_written() {
+    let mut safe = Safe::dev_with(&["--audit-stdout"], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    let value = format!("{{\"pw\":\"{VALUE_MARK}\"}}");
+    let mut templated = put(&value);
+    templated.template = Some(format!("{{\"x\":\"{TEMPLATE_MARK}-{{{{.pw}}}}\"}}"));
+    admin.put("billing", &templated).await.unwrap();
+    let fetched = workload.fetch().await.unwrap().unwrap();
+    assert!(fetched.data.expose().contains(TEMPLATE_MARK), "the template did not run: {}", fetched.data.expose());
+    workload.vsecm_fetch().await.unwrap().unwrap();
+    workload.watch_once(0, Duration::from_millis(10)).await.unwrap();
+    admin.put("billing", &put(&format!("{VALUE_MARK}-2"))).await.unwrap();
+    admin.get("billing", None).await.unwrap();
+    admin.list(false).await.unwrap();
+    admin.history("billing").await.unwrap();
+    admin.rollback("billing", 1.try_into().unwrap()).await.unwrap();
+    admin.destroy("billing", 2.try_into().unwrap()).await.unwrap();
+    admin.delete("billing").await.unwrap();
+    admin.undelete("billing").await.unwrap();
+    admin.encrypt(SecretValue::new(VALUE_MARK)).await.unwrap();
+    admin.status().await.unwrap();
+    let upsert = VsecmUpsert {
+        workloads: Some(vec!["billing".into(), "orders".into()]),
+        value: SecretValue::new(format!("{VALUE_MARK}-vsecm")),
+        ..VsecmUpsert::default()
+    };
+    admin.vsecm_upsert(&upsert).await.unwrap();
+    admin.vsecm_list(true).await.unwrap();
+    admin.vsecm_delete(vec!["orders".into()]).await.unwrap();
+    let denied = workload.put("billing", &put(VALUE_MARK)).await.unwrap_err();
+    assert!(matches!(denied, ClientError::Refused { status: 403, .. }), "{denied}");
+    let old_key = safe.dir.path().join("root.key.before-rotation");
+    std::fs::copy(root_key(&safe), &old_key).unwrap();
+    admin.rotate_root_key().await.unwrap();
+    stop(&mut safe);
+
+    let all = events(&trail(&safe));
+    let sentinel = admin.spiffe_id();
+    for (action, api, min) in [
+        ("write", "native", 2),
+        ("fetch", "native", 1),
+        ("fetch", "vsecm", 1),
+        ("watch", "native", 1),
+        ("read", "native", 1),
+        ("list", "native", 1),
+        ("history", "native", 1),
+        ("rollback", "native", 1),
+        ("destroy", "native", 1),
+        ("delete", "native", 1),
+        ("undelete", "native", 1),
+        ("encrypt", "native", 1),
+        ("status", "native", 1),
+        ("write", "vsecm", 1),
+        ("list", "vsecm", 1),
+        ("delete", "vsecm", 1),
+        ("rotate-root-key", "native", 1),
+    ] {
+        let done: Vec<_> =
+            requests(&all, action).into_iter().filter(|e| e["api"] == api && e["phase"] != "intent").collect();
+        assert!(done.len() >= min, "no {api} {action} event in the trail");
+        for e in done {
+            for field in ["time", "request_id", "caller", "route", "result", "status", "secrets", "prev"] {
+                assert!(!e[field].is_null(), "{action}: no {field} in {e}");
+            }
+        }
+    }
+    let rollback = requests(&all, "rollback")[1].clone();
+    assert_eq!(
+        (rollback["caller"].as_str(), rollback["secrets"][0].as_str()),
+        (Some(sentinel.as_str()), Some("billing"))
+    );
+    assert_eq!((rollback["version"].as_u64(), rollback["result"].as_str()), (Some(3), Some("ok")));
+    let fetch = requests(&all, "fetch")[0];
+    assert_eq!((fetch["caller"].as_str(), fetch["version"].as_u64()), (Some(workload.spiffe_id().as_str()), Some(1)));
+    let vsecm_write =
+        requests(&all, "write").into_iter().find(|e| e["api"] == "vsecm" && e["phase"] == "done").unwrap();
+    assert_eq!(vsecm_write["secrets"], serde_json::json!(["billing", "orders"]));
+    let refused = requests(&all, "write").into_iter().find(|e| e["result"] == "denied").expect("the denied write");
+    assert_eq!(
+        (refused["status"].as_u64(), refused["caller"].as_str()),
+        (Some(403), Some(workload.spiffe_id().as_str()))
+    );
+    assert!(refused["phase"].is_null(), "a denied write never reaches its intent: {refused}");
+    // Each admin write: an intent line before, a done line after, with the same request id.
+    for e in all.iter().filter(|e| e["phase"] == "intent") {
+        let done = all.iter().filter(|d| d["phase"] == "done" && d["request_id"] == e["request_id"]).count();
+        assert_eq!(done, 1, "intent without its done line: {e}");
+    }
+    let trail_text = std::fs::read_to_string(trail(&safe)).unwrap();
+    let log = safe.log_text();
+    let stdout_lines = log.lines().filter(|l| l.starts_with("{\"seq\":")).count();
+    assert!(stdout_lines >= all.len() - 1, "--audit-stdout prints the lines: {stdout_lines} of {}", all.len());
+    for (what, text) in [("the audit trail", &trail_text), ("the Safe's output", &log)] {
+        assert!(!text.contains(VALUE_MARK), "a secret value is in {what}");
+        assert!(!text.contains(TEMPLATE_MARK), "a template or its output is in {what}");
+    }
+    let out = verify(
+        &safe,
+        &[
+            "--data-dir",
+            &safe.data_dir().join("data").display().to_string(),
+            "--complete",
+            "--root-key-file",
+            &root_key(&safe),
+            "--root-key-file",
+            &old_key.display().to_string(),
+        ],
+    );
+    let text = ok(out);
+    assert!(text.starts_with("ok:") && !text.contains("NOT checked"), "{text}");
+}
+
+/// Writes and fetches, then a clean stop: a trail with several anchors.
+async fn busy_trail(safe: &mut Safe) {
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    for i in 0..30 {
+        admin.put("billing", &put(&format!("v{i}"))).await.unwrap();
+        workload.fetch().await.unwrap();
+    }
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Runs `aegis audit verify` on `lines` written to a copy; returns (exit code, stderr).
+fn verify_copy(safe: &Safe, lines: &[String], extra: &[&str]) -> (Option<i32>, String) {
+    let copy = safe.dir.path().join("tampered.log");
+    std::fs::write(&copy, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let mut args = vec![copy.to_str().unwrap(), "--root-key-file"];
+    let key = root_key(safe);
+    args.push(&key);
+    args.extend(extra);
+    let out = verify(safe, &args);
+    (out.status.code(), stderr(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aegis_audit_verify_names_the_first_line_changed_removed_reordered_truncated_or_forged() {
+    let mut safe = Safe::dev();
+    busy_trail(&mut safe).await;
+    stop(&mut safe);
+    let good = lines_of(&trail(&safe));
+    assert!(good.len() > 60, "{} lines", good.len());
+    assert_eq!(verify_copy(&safe, &good, &["--complete"]).0, Some(0));
+    let copy = safe.dir.path().join("tampered.log").display().to_string();
+    // A done line of a write in the middle of the trail.
+    let k = (20..good.len()).find(|&i| good[i].contains("\"result\":\"ok\"")).unwrap();
+    let changed = |l: &mut Vec<String>, k: usize| l[k] = l[k].replace("\"result\":\"ok\"", "\"result\":\"denied\"");
+    let removed = |l: &mut Vec<String>, k: usize| drop(l.remove(k));
+    let reordered = |l: &mut Vec<String>, k: usize| l.swap(k, k + 1);
+    let cut_end = |l: &mut Vec<String>, _: usize| drop(l.pop());
+    type Tamper = fn(&mut Vec<String>, usize);
+    let n = k + 1;
+    let cases: [(&str, Tamper, String); 4] = [
+        ("changed", changed, format!("{copy}:{n}: this line was changed")),
+        ("removed", removed, format!("{copy}:{n}: 1 line(s) removed")),
+        ("reordered", reordered, format!("{copy}:{n}: event")),
+        ("cut at the end", cut_end, "line(s) after its last anchor (lines cut off at the end".to_owned()),
+    ];
+    for (what, tamper, expect) in cases {
+        let mut l = good.clone();
+        tamper(&mut l, k);
+        assert!(l[k] != good[k] || what == "cut at the end", "{what}: the test changes line {n}");
+        let (code, err) = verify_copy(&safe, &l, &["--complete"]);
+        assert_eq!(code, Some(1), "{what} not detected: {err}");
+        assert!(err.contains(&expect), "{what}: expected {expect:?} in {err}");
+    }
+    assert!(verify_copy(&safe, &good, &["--complete"]).1.is_empty());
+    // A line cut in the middle (the file ends without its newline).
+    let mut text = good.iter().map(|l| format!("{l}\n")).collect::<String>();
+    text.truncate(text.len() - 10);
+    std::fs::write(&copy, &text).unwrap();
+    let out = verify(&safe, &[&copy]);
+    fails(out, 1, &format!("{copy}:{}: the file ends in the middle of this line: truncated", good.len()));
+    // A forged MAC: the anchor's own line is named.
+    let anchor = good.iter().rposition(|l| l.contains("\"type\":\"anchor\"")).unwrap();
+    let mut forged = good.clone();
+    let at = forged[anchor].find("\"mac\":\"").unwrap() + 7;
+    let flip = if &forged[anchor][at..=at] == "a" { "b" } else { "a" };
+    forged[anchor].replace_range(at..=at, flip);
+    let (code, err) = verify_copy(&safe, &forged, &[]);
+    assert_eq!(code, Some(1), "forged MAC not detected");
+    assert!(err.contains(&format!("{copy}:{}: this anchor's MAC does not match", anchor + 1)), "{err}");
+    // A rewritten chain (every hash recomputed) is caught by the anchor's MAC.
+    let rewritten = rechain(&good, k);
+    let (code, err) = verify_copy(&safe, &rewritten, &[]);
+    assert_eq!(code, Some(1), "a rewritten chain was accepted");
+    assert!(err.contains("MAC does not match"), "{err}");
+    // Without the root key only the chain is checked, and the output says so.
+    let out = verify(&safe, &[trail(&safe).to_str().unwrap()]);
+    assert!(ok(out).contains("MACs NOT checked"));
+}
+
+/// Changes line `at` and recomputes every later `prev`, as a forger without the key would.
+fn rechain(lines: &[String], at: usize) -> Vec<String> {
+    use sha2::Digest;
+    let mut out: Vec<String> = lines.to_vec();
+    out[at] = out[at].replace("\"result\":\"ok\"", "\"result\":\"error\"");
+    for i in at + 1..out.len() {
+        let prev = hex::encode(sha2::Sha256::digest(out[i - 1].as_bytes()));
+        let v: Value = serde_json::from_str(&out[i]).unwrap();
+        let old = v["prev"].as_str().unwrap().to_owned();
+        out[i] = out[i].replace(&old, &prev);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_the_chain_across_files_and_a_restart_continues_it() {
+    let mut safe = Safe::dev_with(&["--audit-max-file-bytes", "4096"], None);
+    busy_trail(&mut safe).await;
+    safe.restart();
+    safe.wait_ready();
+    busy_trail(&mut safe).await;
+    stop(&mut safe);
+    let files = aegis_audit::files::trail_files(&trail(&safe)).unwrap();
+    assert!(files.len() >= 5, "rotated into {} files", files.len());
+    let all: Vec<String> = files.iter().flat_map(|f| lines_of(f)).collect();
+    let restarts = all.iter().filter(|l| l.contains("goes on from the trail's last line")).count();
+    assert_eq!(restarts, 1, "the restart continued the chain");
+    let data = safe.data_dir().join("data").display().to_string();
+    let text = ok(verify(&safe, &["--data-dir", &data, "--root-key-file", &root_key(&safe), "--complete"]));
+    assert!(text.contains(&format!("in {} file(s), chain intact", files.len())), "{text}");
+    // The first file of a new one carries the hash of the last line of the one before.
+    let first_of_second = lines_of(&files[1])[0].clone();
+    let last_of_first = lines_of(&files[0]).pop().unwrap();
+    use sha2::Digest;
+    assert!(first_of_second.contains(&hex::encode(sha2::Sha256::digest(last_of_first.as_bytes()))));
+    // A middle file left out is named.
+    let mut gap: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    gap.remove(1);
+    let out = verify(&safe, &gap);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains(&format!("{}:1:", files[2].display())), "{}", stderr(&out));
+}
+
+/// Unmounts (lazily) when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A small tmpfs; the test fails (never skips) where it cannot be mounted.
+fn small_tmpfs(dir: &Path) -> Mount {
+    std::fs::create_dir_all(dir).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run mount: {e}; this test needs root and mount(8)"));
+    assert!(status.success(), "mounting a 256 KiB tmpfs failed ({status}); this test needs root (CAP_SYS_ADMIN)");
+    Mount(dir.to_owned())
+}
+
+/// Fills the file system holding `dir` until a write fails with ENOSPC.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 512];
+    loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => return path,
+            Err(e) => panic!("filling the tmpfs: {e}"),
+        }
+    }
+}
+
+/// Asserts `r` is the 503 of an unwritable audit trail.
+fn audit_503<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) {
+    match r {
+        Err(ClientError::Refused { status: 503, message }) => {
+            assert!(
+                message.contains("audit trail unavailable") && message.contains("nothing was changed"),
+                "{message}"
+            );
+            assert!(message.contains("docs/AUDIT.md"), "the message says where to look: {message}");
+        }
+        other => panic!("{what}: expected 503 audit trail unavailable, got {other:?}"),
+    }
+}
+
+fn gap_lines(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|e| e["type"] == "gap").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_go_on() {
+    let mnt = tempfile::tempdir().unwrap();
+    let _mount = small_tmpfs(mnt.path());
+    let audit = mnt.path().join("audit.log");
+    let mut safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap()], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    let filler = fill(mnt.path());
+    let fetches = 40;
+    for _ in 0..fetches {
+        assert_eq!(workload.fetch().await.unwrap().unwrap().data.expose(), "v1", "fetches are served from memory");
+    }
+    let t = Instant::now();
+    audit_503("native put", admin.put("billing", &put("v2")).await);
+    audit_503("native delete", admin.delete("billing").await);
+    audit_503("rollback", admin.rollback("billing", 1.try_into().unwrap()).await);
+    audit_503("rotation", admin.rotate_root_key().await);
+    let upsert = VsecmUpsert {
+        workloads: Some(vec!["billing".into()]),
+        value: SecretValue::new("v3"),
+        ..VsecmUpsert::default()
+    };
+    audit_503("VSecM upsert", admin.vsecm_upsert(&upsert).await);
+    audit_503("VSecM delete", admin.vsecm_delete(vec!["billing".into()]).await);
+    assert!(t.elapsed() < Duration::from_secs(5), "refusals took {:?}", t.elapsed());
+    let read = admin.get("billing", None).await.unwrap();
+    assert_eq!((read.info.version, read.value.expose()), (1, "v1"), "a refused write changed the store");
+    assert_eq!(admin.history("billing").await.unwrap().versions.len(), 1);
+    // Space again: writes succeed once the writer retries (within about a second).
+    std::fs::remove_file(filler).unwrap();
+    let t = Instant::now();
+    while admin.put("billing", &put("v2")).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "writes did not resume; log:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(&mut safe);
+    let all = events(&audit);
+    let gaps = gap_lines(&all);
+    assert_eq!(gaps.len(), 1, "one gap line: {gaps:?}");
+    let (lost, refused) = (gaps[0]["lost"].as_u64().unwrap(), gaps[0]["refused"].as_u64().unwrap());
+    // Lost: the fetches, reads and the answers of refused writes made while the disk was full.
+    assert!(lost > 0 && lost <= fetches + 30, "lost {lost}: {}", gaps[0]);
+    assert!(refused >= 6, "refused {refused}: {}", gaps[0]);
+    assert!(gaps[0]["from"].as_str().unwrap() <= gaps[0]["time"].as_str().unwrap());
+    let text = ok(verify(&safe, &[audit.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    assert!(text.starts_with("ok:"), "{text}");
+    assert!(safe.log_text().contains("the audit trail cannot be written"), "the log says why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Duration::from_millis(3000);
+    let mut safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    // The audit file becomes a FIFO that nobody reads.
+    let fifo = safe.dir.path().join("audit.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    safe.args.extend(["--audit-file".to_owned(), fifo.display().to_string()]);
+    safe.extra_env.insert("AEGIS_REQUEST_TIMEOUT_MS".into(), deadline.as_millis().to_string());
+    safe.restart();
+    safe.wait_ready();
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    let refused_fast = |what: &str, took: Duration| {
+        assert!(took < deadline + Duration::from_millis(500), "{what} took {took:?}, past the {deadline:?} deadline");
+    };
+    // No reader: the file cannot even be opened.
+    let t = Instant::now();
+    audit_503("put, no reader", admin.put("billing", &put("v2")).await);
+    refused_fast("put, no reader", t.elapsed());
+    for _ in 0..20 {
+        assert_eq!(workload.fetch().await.unwrap().unwrap().data.expose(), "v1");
+    }
+    // A reader that never reads: the writer fills the pipe and blocks in write(2).
+    let stuck = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    for _ in 0..600 {
+        workload.fetch().await.unwrap().unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(20), "600 fetches took {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let puts = (0..8).map(|i| {
+        let admin = &admin;
+        async move {
+            let t = Instant::now();
+            let r = admin.put("billing", &put(&format!("blocked-{i}"))).await;
+            (t.elapsed(), r)
+        }
+    });
+    let fetches = (0..30).map(|_| {
+        let workload = &workload;
+        async move {
+            let t = Instant::now();
+            let r = workload.fetch().await;
+            (t.elapsed(), r)
+        }
+    });
+    let (puts, fetches) = tokio::join!(futures::future::join_all(puts), futures::future::join_all(fetches));
+    for (took, r) in puts {
+        refused_fast("put, blocked", took);
+        audit_503("put, blocked", r);
+    }
+    for (took, r) in fetches {
+        assert_eq!(r.unwrap().unwrap().data.expose(), "v1");
+        assert!(took < Duration::from_secs(1), "a fetch took {took:?} while the audit file was blocked");
+    }
+    // Blocked for over five seconds now: a write is refused at once instead of waiting for its deadline.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let t = Instant::now();
+    audit_503("put, stalled", admin.put("billing", &put("stalled")).await);
+    assert!(t.elapsed() < Duration::from_millis(500), "a write to a stalled trail took {:?}", t.elapsed());
+    // Someone reads again: the writer goes on, and writes are accepted again.
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::fs::File::open(reader_path).unwrap().read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stuck);
+    let t = Instant::now();
+    while admin.put("billing", &put("v2")).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "writes did not resume; log:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(workload.fetch().await.unwrap().unwrap().data.expose(), "v2");
+    stop(&mut safe);
+    let bytes = reader.join().unwrap();
+    let copy = safe.dir.path().join("from-fifo.log");
+    std::fs::write(&copy, &bytes).unwrap();
+    let all = events(&copy);
+    let gaps = gap_lines(&all);
+    assert!(!gaps.is_empty(), "a gap line records the outage");
+    let lost: u64 = gaps.iter().map(|g| g["lost"].as_u64().unwrap()).sum();
+    let refused: u64 = gaps.iter().map(|g| g["refused"].as_u64().unwrap()).sum();
+    let audit_log: Vec<String> = safe.log_text().lines().filter(|l| l.contains("audit")).map(str::to_owned).collect();
+    assert!(lost >= 20 && refused >= 2, "lost {lost}, refused {refused}; log:\n{}", audit_log.join("\n"));
+    // Writes that waited for their deadline are in the trail: an intent, then their 503.
+    let refused_writes = requests(&all, "write").into_iter().filter(|e| e["status"] == 503).count();
+    assert!(refused_writes >= 8, "{refused_writes} refused writes recorded");
+    assert!(requests(&all, "fetch").len() >= 600, "fetches queued while blocked are written afterwards");
+    let text = ok(verify(&safe, &[copy.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    assert!(text.starts_with("ok:"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aegis_audit_tail_filters_by_caller_and_secret_and_follows_the_file() {
+    use std::io::{BufRead, BufReader};
+    let safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    admin.put("orders", &put("v1")).await.unwrap();
+    workload.fetch().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let data = safe.data_dir().join("data").display().to_string();
+    let caller = workload.spiffe_id();
+    let out = ok(safe.aegis(&HashMap::new(), &["audit", "tail", "--data-dir", &data, "--caller", &caller]));
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|e| e["caller"] == caller.as_str()), "{out}");
+    let out = ok(safe.aegis(&HashMap::new(), &["audit", "tail", "--data-dir", &data, "--secret", "orders", "-n", "1"]));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("\"secrets\":[\"orders\"]") && out.contains("\"phase\":\"done\""), "{out}");
+    // -f prints lines written after it started.
+    let mut follow = cmd(AEGIS, &HashMap::new())
+        .args(["audit", "tail", "-f", "-n", "0", "--secret", "late", "--data-dir", &data])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.put("late", &put("v1")).await.unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let reader =
+        std::thread::spawn(move || BufReader::new(stdout).lines().take(2).map(Result::unwrap).collect::<Vec<_>>());
+    let t = Instant::now();
+    while !reader.is_finished() {
+        assert!(t.elapsed() < Duration::from_secs(10), "tail -f printed nothing for the new write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let got = reader.join().unwrap();
+    assert!(got.iter().all(|l| l.contains("\"secrets\":[\"late\"]")), "{got:?}");
+    assert!(got[0].contains("\"intent\"") && got[1].contains("\"done\""), "{got:?}");
+}
