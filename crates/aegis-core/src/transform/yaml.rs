@@ -128,7 +128,16 @@ impl Emitter {
 
     fn string(&mut self, s: &str, in_seq: bool, simple_key: bool) {
         let saved = self.increase_indent(true, in_seq);
-        match select_style(s, simple_key) {
+        let style = match select_style(s, simple_key) {
+            // A literal starting with a space or line break carries an
+            // indentation indicator of 4, which YAML reads relative to the
+            // parent node; yaml.v3 writes 4 also where the content is not 4
+            // columns in (sequence items, mappings inside them), which
+            // parsers refuse or misread. Such literals are double-quoted.
+            Style::Literal if needs_indent_hint(s) && self.indent - saved != INDENT => Style::Double,
+            style => style,
+        };
+        match style {
             Style::Plain => self.plain(s),
             Style::Single => self.single_quoted(s),
             Style::Double => self.double_quoted(s),
@@ -232,9 +241,13 @@ impl Emitter {
         self.indicator("\"", false, false, false);
     }
 
+    /// A `|` literal. The header line always ends with its own line break,
+    /// as in go-yaml after v3.0.1: v3.0.1 let a value's first character end
+    /// it, so a leading line break was lost (`"\nx"` read back as `"x"`).
     fn literal(&mut self, s: &str) {
         self.indicator("|", true, false, false);
         self.indicator(&block_hints(s), false, false, false);
+        self.put_break();
         self.whitespace = true;
         let mut breaks = true;
         for c in s.chars() {
@@ -253,10 +266,16 @@ impl Emitter {
     }
 }
 
+/// Whether a literal of `s` needs an indentation indicator: it starts
+/// with a space or a line break.
+fn needs_indent_hint(s: &str) -> bool {
+    s.starts_with(' ') || s.chars().next().is_some_and(is_break)
+}
+
 /// The indentation and chomping indicators after `|`.
 fn block_hints(s: &str) -> String {
     let mut hints = String::new();
-    if s.starts_with(' ') || s.chars().next().is_some_and(is_break) {
+    if needs_indent_hint(s) {
         hints.push_str(&INDENT.to_string());
     }
     let mut rev = s.chars().rev();
@@ -869,6 +888,33 @@ mod tests {
         // Go would write 1.2345678e+07 and 1.2345678901234567e+19.
         let out = tf(r#"{"a":12345678,"b":12345678901234567890,"c":-7}"#, None, Format::Yaml);
         assert_eq!(out, "a: 12345678\nb: 12345678901234567890\nc: -7\n");
+    }
+
+    #[test]
+    fn yaml_floats_keep_their_exact_value() {
+        // Found by the YAML property test: without serde_json's exact float
+        // parsing this came out one unit in the last place away (…023e-24).
+        let out = tf(r#"{"a":-9.627326194730022e-24,"b":0.1,"c":1.7976931348623157e308}"#, None, Format::Yaml);
+        assert_eq!(out, "a: -9.627326194730022e-24\nb: 0.1\nc: 1.7976931348623157e+308\n");
+    }
+
+    #[test]
+    fn yaml_literals_keep_a_leading_line_break() {
+        // Found by the YAML property test: the header's line break was the
+        // value's first one, so these read back as "", "x" and "\n".
+        let out = tf(r#"{"a":"\n","b":"\nx","c":"\n\n","d":"x\ny"}"#, None, Format::Yaml);
+        assert_eq!(out, "a: |4+\n\nb: |4-\n\n    x\nc: |4+\n\n\nd: |-\n    x\n    y\n");
+        let out = tf(r#"{"\n":null}"#, None, Format::Yaml);
+        assert_eq!(out, "? |4+\n\n: null\n");
+    }
+
+    #[test]
+    fn yaml_literals_with_an_indentation_indicator_only_where_it_is_right() {
+        // Found by the YAML property test: in a sequence the content is 2
+        // columns in, not the 4 the indicator said (a parse error).
+        let out = tf(r#"{"a":["\n:"," x\ny","x\ny"],"b":[{"c":"\nd"}],"e":{"f":" g\n"}}"#, None, Format::Yaml);
+        let want = "a:\n    - \"\\n:\"\n    - \" x\\ny\"\n    - |-\n      x\n      y\nb:\n    - c: \"\\nd\"\ne:\n    f: |4\n         g\n";
+        assert_eq!(out, want);
     }
 
     #[test]
