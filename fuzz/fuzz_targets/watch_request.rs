@@ -14,8 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let Head::Watch(len, req) = head else { return };
     assert!(len > 0 && len <= data.len(), "the head length is inside the buffer");
     let text = &data[..len];
-    assert!(text.starts_with(b"GET "), "a watch is a GET");
-    assert!(text.ends_with(b"\n\n") || text.ends_with(b"\r\n\r\n"), "a head ends with an empty line");
+    // httparse skips empty lines before the request line, as RFC 9112 asks.
+    let request = &text[text.iter().position(|b| !b"\r\n".contains(b)).unwrap_or(0)..];
+    assert!(request.starts_with(b"GET "), "a watch is a GET");
+    assert!(text.ends_with(b"\n\n") || text.ends_with(b"\n\r\n"), "a head ends with an empty line");
     assert!(classify(text) == Head::Watch(len, req.clone()), "the bytes after the head changed the answer");
     for cut in [len - 1, len / 2] {
         assert!(matches!(classify(&data[..cut]), Head::Incomplete | Head::Other), "a cut head is a watch");

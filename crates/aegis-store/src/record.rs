@@ -43,10 +43,49 @@ pub fn open(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<SecretDoc, Op
         }
     }
     let (header, plain) = keyring.open(name, bytes).map_err(|e| OpenError::Bad(e.to_string()))?;
-    let doc: SecretDoc = serde_json::from_slice(&plain)
-        .map_err(|e| OpenError::Bad(format!("record content is not a secret document: {e}")))?;
+    let doc: SecretDoc = serde_json::from_slice(&plain).map_err(|e| OpenError::Bad(not_a_document(&e)))?;
     if doc.name != parsed || doc.revision != header.revision {
         return Err(OpenError::Bad("record content does not match its name or revision".to_owned()));
     }
     Ok(doc)
+}
+
+/// Why decrypted content is not a document, without serde_json's message,
+/// which quotes the values it could not use (a secret, in a record).
+fn not_a_document(e: &serde_json::Error) -> String {
+    format!(
+        "record content is not a secret document (invalid JSON or an unexpected field at line {} column {})",
+        e.line(),
+        e.column()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use aegis_crypto::RootKey;
+
+    use super::*;
+
+    #[test]
+    fn the_reason_a_record_is_refused_never_quotes_its_content() {
+        // Found by the `record` fuzz target: serde_json's message quoted the
+        // string it could not use, so a damaged record put its value in the log.
+        let ring = Keyring::new(Arc::new(RootKey::generate()));
+        let plain = br#"{"name":"billing","versions":"SECRETVALUE-not-a-list","current":0}"#;
+        let sealed = ring.seal("billing", 1, plain).unwrap();
+        let Err(OpenError::Bad(reason)) = open(&ring, "billing", &sealed) else { panic!("opened") };
+        assert!(!reason.contains("SECRETVALUE"), "{reason}");
+        assert!(reason.contains("not a secret document") && reason.contains("line 1"), "{reason}");
+    }
+
+    #[test]
+    fn a_record_opens_only_as_its_own_name_and_revision() {
+        let ring = Keyring::new(Arc::new(RootKey::generate()));
+        let plain = br#"{"name":"payroll","versions":[],"current":0,"created":0,"updated":0,"revision":1}"#;
+        let sealed = ring.seal("billing", 1, plain).unwrap();
+        let Err(OpenError::Bad(reason)) = open(&ring, "billing", &sealed) else { panic!("opened") };
+        assert!(reason.contains("does not match its name or revision"), "{reason}");
+    }
 }

@@ -494,8 +494,20 @@ fn go_float(f: f64) -> String {
 /// Whether yaml.v3 would write `s` without quotes as far as its meaning goes:
 /// it must read back as a string, not as a YAML 1.2 bool, null, number or
 /// timestamp, nor a YAML 1.1 bool (`yes`, `on`, ...) or base-60 float (`1:20`).
+/// Beyond yaml.v3: hexadecimal and octal integers past 64 bits, which yaml.v3
+/// leaves plain but YAML 1.2 readers read as numbers, are quoted too.
 fn resolves_to_string(s: &str) -> bool {
-    !(resolves_to_other(s) || is_old_bool(s) || is_base60_float(s))
+    !(resolves_to_other(s) || is_old_bool(s) || is_base60_float(s) || is_core_prefixed_int(s))
+}
+
+/// The YAML 1.2 core schema's `0x[0-9a-fA-F]+` and `0o[0-7]+`, of any size.
+fn is_core_prefixed_int(s: &str) -> bool {
+    let (digits, radix) = match (s.strip_prefix("0x"), s.strip_prefix("0o")) {
+        (Some(hex), _) => (hex, 16),
+        (_, Some(oct)) => (oct, 8),
+        _ => return false,
+    };
+    !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix))
 }
 
 /// yaml.v3's `resolve` with no tag: true when `s` is not a string.
@@ -899,6 +911,18 @@ mod tests {
     }
 
     #[test]
+    fn yaml_quotes_hex_and_octal_integers_past_64_bits() {
+        // Found by the transform_yaml_json fuzz target: yaml.v3 leaves these
+        // plain (too large for its int64), YAML 1.2 readers read numbers.
+        let out = tf(
+            r#"{"a":"0xffffffffffffdffffffffF","b":"0o7777777777777777777777777","c":"0x","d":"0xg"}"#,
+            None,
+            Format::Yaml,
+        );
+        assert_eq!(out, "a: \"0xffffffffffffdffffffffF\"\nb: \"0o7777777777777777777777777\"\nc: 0x\nd: 0xg\n");
+    }
+
+    #[test]
     fn yaml_literals_keep_a_leading_line_break() {
         // Found by the YAML property test: the header's line break was the
         // value's first one, so these read back as "", "x" and "\n".
@@ -949,6 +973,8 @@ mod tests {
             "2024-01-02",
             "2024-1-2 3:4:5",
             "2024-01-02T03:04:05.123+01:00",
+            // Plain in yaml.v3 (past 64 bits), a number to YAML 1.2 readers.
+            "0x10000000000000000",
         ];
         for s in quoted {
             assert!(!resolves_to_string(s), "{s:?} should be quoted");
@@ -966,7 +992,6 @@ mod tests {
             "<<",
             "0xZZ",
             "1e",
-            "0x10000000000000000",
         ];
         for s in plain {
             assert!(resolves_to_string(s), "{s:?} should be plain");
