@@ -494,10 +494,15 @@ fn go_float(f: f64) -> String {
 /// Whether yaml.v3 would write `s` without quotes as far as its meaning goes:
 /// it must read back as a string, not as a YAML 1.2 bool, null, number or
 /// timestamp, nor a YAML 1.1 bool (`yes`, `on`, ...) or base-60 float (`1:20`).
-/// Beyond yaml.v3: hexadecimal and octal integers past 64 bits, which yaml.v3
-/// leaves plain but YAML 1.2 readers read as numbers, are quoted too.
+/// Beyond yaml.v3: hexadecimal and octal integers past 64 bits and floats
+/// past the float range (`1e999`), which yaml.v3 leaves plain but YAML 1.2
+/// readers read as numbers, are quoted too.
 fn resolves_to_string(s: &str) -> bool {
-    !(resolves_to_other(s) || is_old_bool(s) || is_base60_float(s) || is_core_prefixed_int(s))
+    !(resolves_to_other(s)
+        || is_old_bool(s)
+        || is_base60_float(s)
+        || is_core_prefixed_int(s)
+        || is_yaml_float_syntax(s))
 }
 
 /// The YAML 1.2 core schema's `0x[0-9a-fA-F]+` and `0o[0-7]+`, of any size.
@@ -911,7 +916,7 @@ mod tests {
     }
 
     #[test]
-    fn yaml_quotes_hex_and_octal_integers_past_64_bits() {
+    fn yaml_quotes_numbers_past_64_bits_or_the_float_range() {
         // Found by the transform_yaml_json fuzz target: yaml.v3 leaves these
         // plain (too large for its int64), YAML 1.2 readers read numbers.
         let out = tf(
@@ -920,6 +925,9 @@ mod tests {
             Format::Yaml,
         );
         assert_eq!(out, "a: \"0xffffffffffffdffffffffF\"\nb: \"0o7777777777777777777777777\"\nc: 0x\nd: 0xg\n");
+        // The same for floats past the float range (a YAML 1.2 reader reads infinity).
+        let out = tf(r#"{"a":"000000001e26100000000000000000","b":"-1e999","c":"1e"}"#, None, Format::Yaml);
+        assert_eq!(out, "a: \"000000001e26100000000000000000\"\nb: \"-1e999\"\nc: 1e\n");
     }
 
     #[test]
