@@ -7,7 +7,8 @@
 # Environment:
 #   AEGIS_FUZZ_TARGETS   space-separated targets to run (default: all of them)
 #   AEGIS_FUZZ_MERGE=1   add what the run found to fuzz/corpus/<target> and
-#                        minimise it with `cargo fuzz cmin` (for longer runs)
+#                        minimise it with `cargo fuzz cmin` (for longer runs),
+#                        keeping each under AEGIS_FUZZ_CORPUS_MAX_BYTES (64 KiB)
 #   AEGIS_FUZZ_OUT       where crashing inputs and logs go
 #                        (default: $CARGO_TARGET_DIR/fuzz-out or target/fuzz-out)
 #
@@ -77,8 +78,26 @@ run_one() {
             echo "fuzz:   cmin failed for $t: see $log.cmin" >&2
             return 1
         }
-        echo "fuzz:   corpus/$t minimised: $(find "$seeds" -type f | wc -l) files, $(du -sh "$seeds" | cut -f1)"
+        cap_corpus "$seeds"
+        echo "fuzz:   corpus/$t minimised: $(find "$seeds" -type f | wc -l) files, $(cat "$seeds"/* | wc -c) bytes"
     fi
+}
+
+# Keeps a corpus kept in the repository small: the seed-* and regression-*
+# inputs, then the smallest others while the total stays under
+# AEGIS_FUZZ_CORPUS_MAX_BYTES (default 64 KiB).
+cap_corpus() {
+    local dir="$1" max="${AEGIS_FUZZ_CORPUS_MAX_BYTES:-65536}" total=0 size f
+    for f in "$dir"/seed-* "$dir"/regression-*; do
+        [[ -f "$f" ]] && total=$((total + $(stat -c %s "$f")))
+    done
+    while read -r size f; do
+        if ((total + size <= max)); then
+            total=$((total + size))
+        else
+            rm -f "$f"
+        fi
+    done < <(find "$dir" -type f ! -name 'seed-*' ! -name 'regression-*' -printf '%s %p\n' | sort -n)
 }
 
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/aegis-fuzz.XXXXXX")"

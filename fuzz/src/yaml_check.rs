@@ -87,7 +87,7 @@ fn resolve(s: &str) -> Value {
             None => Value::String(format!("<non-finite float {s}>")),
         };
     }
-    let special = s.trim_start_matches(['-', '+']);
+    let special = s.strip_prefix(['-', '+']).unwrap_or(s);
     if [".inf", ".Inf", ".INF"].contains(&special) || [".nan", ".NaN", ".NAN"].contains(&s) {
         return Value::String(format!("<non-finite float {s}>"));
     }
