@@ -23,7 +23,7 @@ pub mod state;
 pub mod sync;
 pub mod vsecm;
 pub mod watch;
-mod watchconn;
+pub mod watchconn;
 
 use std::sync::Arc;
 

@@ -35,16 +35,24 @@ pub(crate) enum Phase {
 }
 
 /// A parsed watch request.
-struct WatchRequest {
-    query: Option<String>,
-    close: bool,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRequest {
+    /// The query string (after `?`), if the target had one.
+    pub query: Option<String>,
+    /// The client asked to close the connection after the answer.
+    pub close: bool,
 }
 
-enum Head {
+/// What the bytes read so far on a connection hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// Not a complete request head yet.
     Incomplete,
     /// No request began within the idle deadline.
     Idle,
+    /// A plain watch request whose head is this many bytes long.
     Watch(usize, WatchRequest),
+    /// Anything else: hyper serves it.
     Other,
 }
 
@@ -52,8 +60,10 @@ fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8
     headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
 }
 
-/// Classifies the bytes read so far. Anything unusual is left to hyper.
-fn classify(buf: &[u8]) -> Head {
+/// Classifies the bytes read so far on a connection: a `GET` of the watch
+/// route over HTTP/1.1 without a body, not complete yet, or anything else
+/// (left to hyper). Never [`Head::Idle`], which only the reader produces.
+pub fn classify(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {

@@ -45,8 +45,10 @@ pub struct DirBackend {
     counter: AtomicU64,
 }
 
-/// File name for a secret: the escaped name, or a hash of it when that is too long.
-fn encode(name: &str) -> String {
+/// The file name of the record of `name`: the escaped name plus `.rec`, or
+/// `=<sha256 hex of the name>.rec` when that is longer than 200 bytes (such
+/// a file starts with [`name_header`]).
+pub fn file_name(name: &str) -> String {
     let escaped = escape(name);
     if escaped.len() <= MAX_FILE_NAME {
         escaped
@@ -62,11 +64,12 @@ fn hashed_stem(name: &str) -> String {
 
 /// Whether `name` is stored under a hashed file name with a header.
 fn is_hashed(name: &str) -> bool {
-    encode(name).starts_with(HASHED)
+    file_name(name).starts_with(HASHED)
 }
 
-/// The clear header of a hashed record file.
-fn header(name: &str) -> Result<Vec<u8>, io::Error> {
+/// The clear header of a hashed record file: magic, big-endian `u16` length
+/// and the name. An error if the name is longer than 65,535 bytes.
+pub fn name_header(name: &str) -> Result<Vec<u8>, io::Error> {
     let len = u16::try_from(name.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name too long"))?;
     let mut h = Vec::with_capacity(MAGIC.len() + 2 + name.len());
     h.extend_from_slice(MAGIC);
@@ -75,8 +78,10 @@ fn header(name: &str) -> Result<Vec<u8>, io::Error> {
     Ok(h)
 }
 
-/// Reads the header of a hashed record file: the name it holds.
-fn read_header(r: &mut impl Read) -> io::Result<String> {
+/// Reads the header of a hashed record file ([`name_header`]): the name it
+/// holds. An error if the magic is missing, the name is cut short or is not
+/// UTF-8.
+pub fn read_name_header(r: &mut impl Read) -> io::Result<String> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     let mut fixed = [0u8; 6];
     r.read_exact(&mut fixed).map_err(|_| bad("record file has no name header"))?;
@@ -101,9 +106,10 @@ fn escape(name: &str) -> String {
     format!("{}{}{EXT}", percent_encode(first, ESCAPED_FIRST), percent_encode(rest, ESCAPED))
 }
 
-/// The name a short file name holds; `None` unless it ends in `.rec`, every
-/// `%` starts a two-hex-digit escape (either case) and the bytes are UTF-8.
-fn decode(file: &str) -> Option<String> {
+/// The name a short (not hashed) record file name holds, the inverse of
+/// [`file_name`]; `None` unless it ends in `.rec`, every `%` starts a
+/// two-hex-digit escape (either case) and the bytes are UTF-8.
+pub fn name_of_file(file: &str) -> Option<String> {
     let stem = file.strip_suffix(EXT)?;
     let escapes_valid = stem
         .split('%')
@@ -133,13 +139,13 @@ impl DirBackend {
 
     /// The path of the record file for `name`.
     pub fn record_path(&self, name: &str) -> PathBuf {
-        self.dir.join(encode(name))
+        self.dir.join(file_name(name))
     }
 
     /// Writes `name`'s record to a new temporary file (named without the
     /// secret's name, so its length never depends on the name).
     fn write_temp(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-        let head = if is_hashed(name) { header(name)? } else { Vec::new() };
+        let head = if is_hashed(name) { name_header(name)? } else { Vec::new() };
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
         aegis_fs::write_new(&tmp, &[&head, bytes], 0o600)?;
@@ -176,8 +182,8 @@ impl DirBackend {
     /// The name a hashed record file holds, checked against its file name.
     fn hashed_name(&self, file: &str) -> io::Result<String> {
         let mut f = File::open(self.dir.join(file))?;
-        let name = read_header(&mut f)?;
-        if encode(&name) != file {
+        let name = read_name_header(&mut f)?;
+        if file_name(&name) != file {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "record file name header does not match its file name",
@@ -208,7 +214,7 @@ impl Backend for DirBackend {
                 }
                 continue;
             }
-            match decode(&file) {
+            match name_of_file(&file) {
                 Some(name) => names.push(name),
                 None => bad.push((file, "file name is not a valid encoded secret name".to_owned())),
             }
@@ -223,7 +229,7 @@ impl Backend for DirBackend {
         }
         let read = || -> io::Result<Vec<u8>> {
             let mut f = File::open(&path)?;
-            if read_header(&mut f)? != name {
+            if read_name_header(&mut f)? != name {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "record file header names another secret"));
             }
             let mut rest = Vec::new();
@@ -266,9 +272,9 @@ impl Backend for DirBackend {
         fs::create_dir_all(&qdir).map_err(|e| io_err(name, e))?;
         let src = self.record_path(name);
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let dst = qdir.join(format!("{}.{stamp}", encode(name)));
+        let dst = qdir.join(format!("{}.{stamp}", file_name(name)));
         fs::rename(&src, &dst).map_err(|e| io_err(name, e))?;
-        let note = qdir.join(format!("{}.{stamp}.reason", encode(name)));
+        let note = qdir.join(format!("{}.{stamp}.reason", file_name(name)));
         fs::write(note, format!("{reason}\n")).map_err(|e| io_err(name, e))?;
         self.sync_dir().map_err(|e| io_err(name, e))
     }
@@ -315,9 +321,9 @@ mod tests {
     #[test]
     fn name_encoding_round_trips_and_is_path_safe() {
         for name in ["billing", "k8s:db-credentials", "raw:x", ".hidden", "a%b", "ünï"] {
-            let f = encode(name);
+            let f = file_name(name);
             assert!(!f.contains('/') && !f.starts_with('.'), "{f}");
-            assert_eq!(decode(&f).as_deref(), Some(name));
+            assert_eq!(name_of_file(&f).as_deref(), Some(name));
         }
     }
 
@@ -339,8 +345,8 @@ mod tests {
             ("", ".rec"),
         ];
         for (name, file) in cases {
-            assert_eq!(encode(name), file, "{name:?}");
-            assert_eq!(decode(file).as_deref(), Some(name), "{file:?}");
+            assert_eq!(file_name(name), file, "{name:?}");
+            assert_eq!(name_of_file(file).as_deref(), Some(name), "{file:?}");
         }
     }
 
@@ -360,8 +366,8 @@ mod tests {
         };
         for c in (0u32..0x800).filter_map(char::from_u32).chain(['\u{ffff}', '\u{1f600}']) {
             for name in [c.to_string(), format!("{c}{c}"), format!("a{c}")] {
-                assert_eq!(encode(&name), reference(&name), "{name:?}");
-                assert_eq!(decode(&encode(&name)).as_deref(), Some(name.as_str()));
+                assert_eq!(file_name(&name), reference(&name), "{name:?}");
+                assert_eq!(name_of_file(&file_name(&name)).as_deref(), Some(name.as_str()));
             }
         }
     }
@@ -371,12 +377,12 @@ mod tests {
         for file in
             ["billing", "%zz.rec", "%4.rec", "a%.rec", "%%41.rec", "%4g.rec", "%FF.rec", "%C3.rec", "%\u{fc}0.rec"]
         {
-            assert_eq!(decode(file), None, "{file:?}");
+            assert_eq!(name_of_file(file), None, "{file:?}");
         }
         // Lower-case escapes and unescaped characters are read as before.
-        assert_eq!(decode("k8s%3adb.rec").as_deref(), Some("k8s:db"));
-        assert_eq!(decode("a:b.rec").as_deref(), Some("a:b"));
-        assert_eq!(decode(".x.rec").as_deref(), Some(".x"));
+        assert_eq!(name_of_file("k8s%3adb.rec").as_deref(), Some("k8s:db"));
+        assert_eq!(name_of_file("a:b.rec").as_deref(), Some("a:b"));
+        assert_eq!(name_of_file(".x.rec").as_deref(), Some(".x"));
     }
 
     #[test]
@@ -462,14 +468,14 @@ mod tests {
 
     #[test]
     fn short_names_keep_their_escaped_file_names() {
-        assert_eq!(encode("billing"), "billing.rec");
-        assert_eq!(encode("k8s:db"), "k8s%3Adb.rec");
+        assert_eq!(file_name("billing"), "billing.rec");
+        assert_eq!(file_name("k8s:db"), "k8s%3Adb.rec");
         let at_limit = long_name(MAX_FILE_NAME - EXT.len());
-        assert_eq!(encode(&at_limit), format!("{at_limit}.rec"));
+        assert_eq!(file_name(&at_limit), format!("{at_limit}.rec"));
         let over = long_name(MAX_FILE_NAME - EXT.len() + 1);
-        assert!(encode(&over).starts_with('=') && encode(&over).len() < 80);
+        assert!(file_name(&over).starts_with('=') && file_name(&over).len() < 80);
         // Non-ASCII stored names grow threefold when escaped.
-        assert!(encode(&"ü".repeat(40)).starts_with('='));
+        assert!(file_name(&"ü".repeat(40)).starts_with('='));
     }
 
     #[test]

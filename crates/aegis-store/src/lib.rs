@@ -13,13 +13,14 @@ mod backend;
 mod dir;
 mod entry;
 mod error;
+pub mod record;
 mod shared;
 mod store;
 mod ticket;
 mod writer;
 
 pub use backend::{Backend, GroupError, Unreadable};
-pub use dir::DirBackend;
+pub use dir::{file_name, name_header, name_of_file, read_name_header, DirBackend};
 pub use entry::Stamps;
 pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};
 pub use error::StoreError;

@@ -10,9 +10,9 @@ use aegis_core::SecretName;
 use aegis_crypto::Keyring;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
-use zeroize::Zeroizing;
 
 use crate::entry::{Data, Entry, LoadReport, Mutation, Quarantined};
+use crate::record::{self, seal, OpenError};
 use crate::shared::Shared;
 use crate::{Backend, StoreError, Ticket};
 use aegis_core::transform::Budget;
@@ -112,14 +112,6 @@ fn apply_one(
         }
     }
     Ok((doc, computed))
-}
-
-fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
-    let plain = Zeroizing::new(serde_json::to_vec(doc).map_err(|e| StoreError::Io {
-        name: doc.name.to_string(),
-        source: io::Error::other(format!("serialisation failed: {e}")),
-    })?);
-    Ok(keyring.seal(doc.name.as_str(), doc.revision, &plain)?)
 }
 
 fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
@@ -339,30 +331,10 @@ pub(crate) async fn load(
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
 }
 
-enum LoadFailure {
-    /// Sealed under a key that is not loaded: the wrong root key was given.
-    UnknownKey(StoreError),
-    /// Corrupt, tampered or unreadable: quarantine it.
-    Bad(String),
-}
-
-fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str, budget: &Budget) -> Result<Entry, LoadFailure> {
-    let bytes = backend.read(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
-    // Names older versions stored are loaded even where the current rule refuses them.
-    let parsed = SecretName::parse_stored(name).map_err(|e| LoadFailure::Bad(e.to_string()))?;
-    if let Ok(h) = Keyring::header(name, &bytes) {
-        if !keyring.knows(h.key_id) {
-            let e = aegis_crypto::CryptoError::UnknownKey { name: name.to_owned(), key_id: h.key_id };
-            return Err(LoadFailure::UnknownKey(e.into()));
-        }
-    }
-    let (header, plain) = keyring.open(name, &bytes).map_err(|e| LoadFailure::Bad(e.to_string()))?;
+fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str, budget: &Budget) -> Result<Entry, OpenError> {
+    let bytes = backend.read(name).map_err(|e| OpenError::Bad(e.to_string()))?;
+    let doc = record::open(keyring, name, &bytes)?;
     drop(bytes);
-    let doc: SecretDoc = serde_json::from_slice(&plain)
-        .map_err(|e| LoadFailure::Bad(format!("record content is not a secret document: {e}")))?;
-    if doc.name != parsed || doc.revision != header.revision {
-        return Err(LoadFailure::Bad("record content does not match its name or revision".to_owned()));
-    }
     // A template over the budget makes this one secret an error, never a
     // failed (or stalled) start-up.
     Ok(Entry::new(doc, None, budget))
@@ -391,7 +363,7 @@ fn load_blocking(
     let (names, unreadable) = backend.list()?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     let chunk = names.len().div_ceil(threads).max(1);
-    let opened: Vec<(String, Result<Entry, LoadFailure>)> = std::thread::scope(|s| {
+    let opened: Vec<(String, Result<Entry, OpenError>)> = std::thread::scope(|s| {
         let hs: Vec<_> = names
             .chunks(chunk)
             .map(|part| {
@@ -409,8 +381,8 @@ fn load_blocking(
         Ok::<_, StoreError>(all)
     })?;
     // A wrong root key must stop the load before anything is quarantined.
-    if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(LoadFailure::UnknownKey(_)))) {
-        if let Some((_, Err(LoadFailure::UnknownKey(e)))) = opened.into_iter().nth(pos) {
+    if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(OpenError::UnknownKey(_)))) {
+        if let Some((_, Err(OpenError::UnknownKey(e)))) = opened.into_iter().nth(pos) {
             return Err(e);
         }
         return Err(StoreError::Closed);
@@ -434,8 +406,8 @@ fn load_blocking(
                 }
                 map.insert(entry.doc.name.clone(), Arc::new(entry));
             }
-            Err(LoadFailure::UnknownKey(_)) => {}
-            Err(LoadFailure::Bad(reason)) => {
+            Err(OpenError::UnknownKey(_)) => {}
+            Err(OpenError::Bad(reason)) => {
                 tracing::error!(secret = %name, %reason, "record cannot be opened; moved to quarantine");
                 if let Err(e) = backend.quarantine(&name, &reason) {
                     tracing::error!(secret = %name, error = %e, "could not quarantine record");

@@ -128,7 +128,16 @@ impl Emitter {
 
     fn string(&mut self, s: &str, in_seq: bool, simple_key: bool) {
         let saved = self.increase_indent(true, in_seq);
-        match select_style(s, simple_key) {
+        let style = match select_style(s, simple_key) {
+            // A literal starting with a space or line break carries an
+            // indentation indicator of 4, which YAML reads relative to the
+            // parent node; yaml.v3 writes 4 also where the content is not 4
+            // columns in (sequence items, mappings inside them), which
+            // parsers refuse or misread. Such literals are double-quoted.
+            Style::Literal if needs_indent_hint(s) && self.indent - saved != INDENT => Style::Double,
+            style => style,
+        };
+        match style {
             Style::Plain => self.plain(s),
             Style::Single => self.single_quoted(s),
             Style::Double => self.double_quoted(s),
@@ -232,9 +241,13 @@ impl Emitter {
         self.indicator("\"", false, false, false);
     }
 
+    /// A `|` literal. The header line always ends with its own line break,
+    /// as in go-yaml after v3.0.1: v3.0.1 let a value's first character end
+    /// it, so a leading line break was lost (`"\nx"` read back as `"x"`).
     fn literal(&mut self, s: &str) {
         self.indicator("|", true, false, false);
         self.indicator(&block_hints(s), false, false, false);
+        self.put_break();
         self.whitespace = true;
         let mut breaks = true;
         for c in s.chars() {
@@ -253,10 +266,16 @@ impl Emitter {
     }
 }
 
+/// Whether a literal of `s` needs an indentation indicator: it starts
+/// with a space or a line break.
+fn needs_indent_hint(s: &str) -> bool {
+    s.starts_with(' ') || s.chars().next().is_some_and(is_break)
+}
+
 /// The indentation and chomping indicators after `|`.
 fn block_hints(s: &str) -> String {
     let mut hints = String::new();
-    if s.starts_with(' ') || s.chars().next().is_some_and(is_break) {
+    if needs_indent_hint(s) {
         hints.push_str(&INDENT.to_string());
     }
     let mut rev = s.chars().rev();
@@ -475,8 +494,25 @@ fn go_float(f: f64) -> String {
 /// Whether yaml.v3 would write `s` without quotes as far as its meaning goes:
 /// it must read back as a string, not as a YAML 1.2 bool, null, number or
 /// timestamp, nor a YAML 1.1 bool (`yes`, `on`, ...) or base-60 float (`1:20`).
+/// Beyond yaml.v3: hexadecimal and octal integers past 64 bits and floats
+/// past the float range (`1e999`), which yaml.v3 leaves plain but YAML 1.2
+/// readers read as numbers, are quoted too.
 fn resolves_to_string(s: &str) -> bool {
-    !(resolves_to_other(s) || is_old_bool(s) || is_base60_float(s))
+    !(resolves_to_other(s)
+        || is_old_bool(s)
+        || is_base60_float(s)
+        || is_core_prefixed_int(s)
+        || is_yaml_float_syntax(s))
+}
+
+/// The YAML 1.2 core schema's `0x[0-9a-fA-F]+` and `0o[0-7]+`, of any size.
+fn is_core_prefixed_int(s: &str) -> bool {
+    let (digits, radix) = match (s.strip_prefix("0x"), s.strip_prefix("0o")) {
+        (Some(hex), _) => (hex, 16),
+        (_, Some(oct)) => (oct, 8),
+        _ => return false,
+    };
+    !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix))
 }
 
 /// yaml.v3's `resolve` with no tag: true when `s` is not a string.
@@ -872,6 +908,48 @@ mod tests {
     }
 
     #[test]
+    fn yaml_floats_keep_their_exact_value() {
+        // Found by the YAML property test: without serde_json's exact float
+        // parsing this came out one unit in the last place away (…023e-24).
+        let out = tf(r#"{"a":-9.627326194730022e-24,"b":0.1,"c":1.7976931348623157e308}"#, None, Format::Yaml);
+        assert_eq!(out, "a: -9.627326194730022e-24\nb: 0.1\nc: 1.7976931348623157e+308\n");
+    }
+
+    #[test]
+    fn yaml_quotes_numbers_past_64_bits_or_the_float_range() {
+        // Found by the transform_yaml_json fuzz target: yaml.v3 leaves these
+        // plain (too large for its int64), YAML 1.2 readers read numbers.
+        let out = tf(
+            r#"{"a":"0xffffffffffffdffffffffF","b":"0o7777777777777777777777777","c":"0x","d":"0xg"}"#,
+            None,
+            Format::Yaml,
+        );
+        assert_eq!(out, "a: \"0xffffffffffffdffffffffF\"\nb: \"0o7777777777777777777777777\"\nc: 0x\nd: 0xg\n");
+        // The same for floats past the float range (a YAML 1.2 reader reads infinity).
+        let out = tf(r#"{"a":"000000001e26100000000000000000","b":"-1e999","c":"1e"}"#, None, Format::Yaml);
+        assert_eq!(out, "a: \"000000001e26100000000000000000\"\nb: \"-1e999\"\nc: 1e\n");
+    }
+
+    #[test]
+    fn yaml_literals_keep_a_leading_line_break() {
+        // Found by the YAML property test: the header's line break was the
+        // value's first one, so these read back as "", "x" and "\n".
+        let out = tf(r#"{"a":"\n","b":"\nx","c":"\n\n","d":"x\ny"}"#, None, Format::Yaml);
+        assert_eq!(out, "a: |4+\n\nb: |4-\n\n    x\nc: |4+\n\n\nd: |-\n    x\n    y\n");
+        let out = tf(r#"{"\n":null}"#, None, Format::Yaml);
+        assert_eq!(out, "? |4+\n\n: null\n");
+    }
+
+    #[test]
+    fn yaml_literals_with_an_indentation_indicator_only_where_it_is_right() {
+        // Found by the YAML property test: in a sequence the content is 2
+        // columns in, not the 4 the indicator said (a parse error).
+        let out = tf(r#"{"a":["\n:"," x\ny","x\ny"],"b":[{"c":"\nd"}],"e":{"f":" g\n"}}"#, None, Format::Yaml);
+        let want = "a:\n    - \"\\n:\"\n    - \" x\\ny\"\n    - |-\n      x\n      y\nb:\n    - c: \"\\nd\"\ne:\n    f: |4\n         g\n";
+        assert_eq!(out, want);
+    }
+
+    #[test]
     fn yaml_scalars_that_read_as_other_types_are_quoted() {
         let quoted = [
             "true",
@@ -903,6 +981,8 @@ mod tests {
             "2024-01-02",
             "2024-1-2 3:4:5",
             "2024-01-02T03:04:05.123+01:00",
+            // Plain in yaml.v3 (past 64 bits), a number to YAML 1.2 readers.
+            "0x10000000000000000",
         ];
         for s in quoted {
             assert!(!resolves_to_string(s), "{s:?} should be quoted");
@@ -920,7 +1000,6 @@ mod tests {
             "<<",
             "0xZZ",
             "1e",
-            "0x10000000000000000",
         ];
         for s in plain {
             assert!(resolves_to_string(s), "{s:?} should be plain");

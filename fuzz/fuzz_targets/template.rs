@@ -1,0 +1,63 @@
+//! Templates, parsed and run within a budget: the output stays under the
+//! output limit, a render never runs much past the time limit, a result
+//! within a small budget is the same under a larger one, and no error
+//! repeats the value.
+//!
+//! Input: format byte, output-limit byte, step-limit byte, then
+//! `value` NUL `template`.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use aegis_core::transform::{transform, validate_template, Budget, Format};
+use libfuzzer_sys::fuzz_target;
+
+/// A render may overrun its time limit by the cost of one step; this is far more.
+const TIME_SLACK: Duration = Duration::from_millis(500);
+
+fuzz_target!(|data: &[u8]| {
+    let Some(([format, out, steps], rest)) = data.split_first_chunk::<3>() else { return };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let (value, template) = text.split_once('\0').unwrap_or((text, ""));
+    let format = [Format::Json, Format::Yaml, Format::Raw][usize::from(*format % 3)];
+    let budget = Budget {
+        max_output_bytes: 16 + usize::from(*out) * 16,
+        max_steps: 1 + u64::from(*steps) * 4,
+        max_time: Duration::from_millis(100),
+    };
+    let valid = validate_template(template);
+    let started = Instant::now();
+    let result = transform(value, Some(template), format, &budget);
+    assert!(started.elapsed() <= budget.max_time + TIME_SLACK, "a render ran past its time limit");
+    match result {
+        Ok(out) => within_budget(value, template, format, &budget, &out),
+        Err(e) => {
+            assert!(e.is_over_budget() || valid.is_err(), "an error from a template that validates");
+            if value.trim().len() >= 8 && !template.contains(value.trim()) {
+                assert!(!e.to_string().contains(value.trim()), "a template error repeats the value");
+            }
+        }
+    }
+});
+
+fn within_budget(value: &str, template: &str, format: Format, budget: &Budget, out: &str) {
+    if format == Format::Raw {
+        let limit = budget.max_output_bytes.max(value.trim().len());
+        assert!(out.len() <= limit, "raw output over the output limit");
+    }
+    let roomy = Budget { max_time: Duration::from_secs(5), ..Budget::default() };
+    let again = transform(value, Some(template), format, &roomy).expect("a larger budget refused the template");
+    assert!(same_up_to_map_order(&again, out), "a larger budget changed the result");
+}
+
+/// Equal, or the same bytes in another order: `gtmpl` prints a map in its
+/// `HashMap` order, which changes from one render to the next (see
+/// docs/SECURITY.md, "Fuzzing").
+fn same_up_to_map_order(a: &str, b: &str) -> bool {
+    let sorted = |s: &str| {
+        let mut v = s.as_bytes().to_vec();
+        v.sort_unstable();
+        v
+    };
+    a == b || sorted(a) == sorted(b)
+}
