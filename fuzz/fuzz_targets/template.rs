@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use aegis_core::transform::{transform, validate_template, Budget, Format};
+use aegis_core::transform::{transform, Budget, Format, Template};
 use libfuzzer_sys::fuzz_target;
 
 /// A render may overrun its time limit by the cost of one step; this is far more.
@@ -25,12 +25,15 @@ fuzz_target!(|data: &[u8]| {
         max_steps: 1 + u64::from(*steps) * 4,
         max_time: Duration::from_millis(100),
     };
-    let valid = validate_template(template);
+    let valid = Template::parse(template);
+    // Any text, as a stored record may hold it (deserialising does not check): what
+    // does not parse or run falls back to the value.
+    let stored = stored(template);
     let started = Instant::now();
-    let result = transform(value, Some(template), format, &budget);
+    let result = transform(value, stored.as_ref(), format, &budget);
     assert!(started.elapsed() <= budget.max_time + TIME_SLACK, "a render ran past its time limit");
     match result {
-        Ok(out) => within_budget(value, template, format, &budget, &out),
+        Ok(out) => within_budget(value, stored.as_ref(), format, &budget, &out),
         Err(e) => {
             assert!(e.is_over_budget() || valid.is_err(), "an error from a template that validates");
             if value.trim().len() >= 8 && !template.contains(value.trim()) {
@@ -40,13 +43,20 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn within_budget(value: &str, template: &str, format: Format, budget: &Budget, out: &str) {
+/// `text` as a stored template; `None` when empty (no template).
+fn stored(text: &str) -> Option<Template> {
+    (!text.is_empty()).then(|| {
+        serde_json::from_value(serde_json::Value::String(text.to_owned())).expect("any text deserialises as a template")
+    })
+}
+
+fn within_budget(value: &str, template: Option<&Template>, format: Format, budget: &Budget, out: &str) {
     if format == Format::Raw {
         let limit = budget.max_output_bytes.max(value.trim().len());
         assert!(out.len() <= limit, "raw output over the output limit");
     }
     let roomy = Budget { max_time: Duration::from_secs(5), ..Budget::default() };
-    let again = transform(value, Some(template), format, &roomy).expect("a larger budget refused the template");
+    let again = transform(value, template, format, &roomy).expect("a larger budget refused the template");
     assert!(same_up_to_map_order(&again, out), "a larger budget changed the result");
 }
 

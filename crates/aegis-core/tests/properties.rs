@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use aegis_core::generate::{Pattern, MAX_OUTPUT_BYTES};
-use aegis_core::transform::{transform, validate_template, Budget, Format};
+use aegis_core::transform::{transform, Budget, Format, Template};
 use aegis_core::{SecretName, SpiffeId, WorkloadName};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -87,17 +87,19 @@ proptest! {
     /// within a small budget is the same under a larger one.
     #[test]
     fn templates_respect_their_budget(t in template(), out in 16usize..2048, steps in 1u64..500, items in 0usize..64) {
-        prop_assert!(validate_template(&t).is_ok(), "{}", t);
+        let parsed = Template::parse(&t);
+        prop_assert!(parsed.is_ok(), "{}", t);
+        let t = parsed.unwrap();
         let list: Vec<String> = (0..items).map(|i| format!("item{i}")).collect();
         let value = serde_json::json!({ "a": "value", "list": list }).to_string();
         let budget = Budget { max_output_bytes: out, max_steps: steps, max_time: Duration::from_millis(200) };
         let started = Instant::now();
-        let result = transform(&value, Some(&t), Format::Raw, &budget);
+        let result = transform(&value, t.as_ref(), Format::Raw, &budget);
         prop_assert!(started.elapsed() < budget.max_time + Duration::from_millis(500));
         match result {
             Ok(text) => {
                 prop_assert!(text.len() <= out.max(value.len()));
-                let roomy = transform(&value, Some(&t), Format::Raw, &Budget::default()).unwrap();
+                let roomy = transform(&value, t.as_ref(), Format::Raw, &Budget::default()).unwrap();
                 prop_assert_eq!(roomy, text);
             }
             Err(e) => prop_assert!(e.is_over_budget(), "{}", e),
