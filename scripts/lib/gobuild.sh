@@ -1,7 +1,8 @@
-# Shared by scripts/build-*.sh, which build pinned Go programs from the Go module
-# proxy into a cache outside the clone. Source it after setting GB_NAME (the name in
-# messages, e.g. "spire"); the script defines `cached_ok` (true when the cached
-# binaries are the pinned version) before calling gb_reuse_or_lock.
+# Shared by scripts/build-*.sh, which build pinned tools (Go programs from the Go
+# module proxy, cargo-fuzz from crates.io) into a cache outside the clone. Source it
+# after setting GB_NAME (the name in messages, e.g. "spire"); the script defines
+# `cached_ok` (true when the cached binaries are the pinned version) before calling
+# gb_reuse_or_lock.
 # shellcheck shell=bash
 
 gb_die() {
