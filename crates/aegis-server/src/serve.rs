@@ -34,43 +34,7 @@ use crate::state::{AppState, Settings};
 use crate::watchconn::Prefixed;
 use crate::{health, path_label, rootkey, router, RouteLabel};
 
-/// Why the Safe could not start. Each message says what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The Safe's own SVID is not a Safe identity.
-    #[error("this Safe's SPIFFE ID {0} does not match VSECM_SPIFFEID_PREFIX_SAFE; give the Safe an SVID with the Safe's SPIFFE ID or fix the rule")]
-    NotSafe(String),
-    /// The data directory is unusable.
-    #[error(transparent)]
-    Store(#[from] aegis_store::StoreError),
-    /// The root key store is unusable.
-    #[error(transparent)]
-    RootKey(#[from] rootkey::KeyStoreError),
-    /// Loading with the root key failed.
-    #[error("could not load the secrets: {0}")]
-    Load(String),
-    /// The audit trail could not be started.
-    #[error("cannot start the audit trail in {path}: {source}; fix the directory or choose another with --audit-file")]
-    Audit {
-        /// The audit file.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// TLS could not be set up.
-    #[error(transparent)]
-    Identity(#[from] aegis_identity::IdentityError),
-    /// A port could not be bound.
-    #[error("cannot listen on {addr}: {source}; pick a free port")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use crate::error::StartError;
 
 /// A started Safe.
 pub struct Running {

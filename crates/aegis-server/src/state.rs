@@ -16,10 +16,10 @@ use axum::http::StatusCode;
 use tokio::sync::Mutex;
 
 use crate::error::ApiError;
+use crate::error::StartError;
 use crate::limits::{ConnLimitSettings, Gate};
 use crate::metrics::Metrics;
 use crate::rootkey::{self, RootKeyStore};
-use crate::serve::StartError;
 use crate::sync::SecretSync;
 
 /// Where the root key comes from.
