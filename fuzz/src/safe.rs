@@ -66,6 +66,8 @@ fn settings(data_dir: &Path) -> Settings {
         conn_limits: ConnLimitSettings::default(),
         roles: RoleRules::vsecm_defaults(),
         template_budget: BUDGET,
+        // No trail: millions of requests a run would fill the disk; the trail has its own tests.
+        audit: aegis_audit::SinkConfig::new(None),
     }
 }
 
