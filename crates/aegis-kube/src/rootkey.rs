@@ -371,6 +371,12 @@ impl SecretStore {
         RootKey::parse(text).map(Arc::new).map_err(invalid)
     }
 
+    /// The key in `KEY_TXT`, parsed; `None` while it is a placeholder (missing, empty or `{}`).
+    fn stored_key(&self, secret: &Fetched) -> Option<KeyStoreResult<Arc<RootKey>>> {
+        let value = secret.value(KEY_TXT);
+        (!is_placeholder(value)).then(|| self.parse(KEY_TXT, value.unwrap_or_default()))
+    }
+
     fn conflicted(&self, what: &str) -> Failure {
         KeyStoreError::Unavailable(format!(
             "could not {what} in the root key {}: it kept changing under the Safe ({CONFLICT_TRIES} conflicting \
@@ -391,9 +397,8 @@ impl SecretStore {
                 tracing::info!(secret = %self.secret_ref(), "another Safe created the root key first; using it");
                 continue;
             };
-            if !is_placeholder(secret.value(KEY_TXT)) {
-                let text = secret.value(KEY_TXT).unwrap_or_default();
-                return Ok((self.parse(KEY_TXT, text)?, false));
+            if let Some(key) = self.stored_key(&secret) {
+                return Ok((key?, false));
             }
             let key = Arc::new(RootKey::generate());
             if let Some(mut old) = secret.data_mut().insert(KEY_TXT.to_owned(), key_bytes(&key)) {
@@ -416,13 +421,12 @@ impl SecretStore {
                 self.secret_ref()
             ))
         })?;
-        match secret.value(KEY_TXT) {
-            v if is_placeholder(v) => Err(KeyStoreError::Unavailable(format!(
+        self.stored_key(&secret).unwrap_or_else(|| {
+            Err(KeyStoreError::Unavailable(format!(
                 "the root key {} holds no key in {KEY_TXT} (the Safe has not started with it yet)",
                 self.secret_ref()
-            ))),
-            v => self.parse(KEY_TXT, v.unwrap_or_default()),
-        }
+            )))
+        })
     }
 
     /// Reads the Secret, which must exist once the Safe has started.
