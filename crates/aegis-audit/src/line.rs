@@ -115,6 +115,12 @@ pub(crate) struct Out<'a> {
     pub result: Option<Outcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// Folded repeats: how many identical requests this line stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Folded repeats: when the first of them ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     /// Gap: events (fetches, reads) that were not written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,

@@ -6,7 +6,13 @@
 //! While the file cannot be written, admin writes are refused at once and
 //! other events are counted; the first line written afterwards is a `gap`
 //! line with those counts.
+//!
+//! Identical requests that change nothing (a workload polling its secret, or
+//! flooding the Safe with fetches) are folded: the first of a series is written
+//! at once, the repeats within the fold window become one line with a `count`.
+//! So the trail grows with the number of callers, not with their request rate.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -46,6 +52,12 @@ const GATHER: Duration = Duration::from_millis(5);
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Lines waiting for standard output; more are dropped there (never in the file).
 const STDOUT_QUEUE: usize = 1024;
+/// Default window in which identical requests that change nothing are folded into one line.
+pub const DEFAULT_FOLD: Duration = Duration::from_secs(1);
+/// Longest fold window.
+pub const MAX_FOLD: Duration = Duration::from_secs(60);
+/// Most series folded at once; one more writes them all out first.
+const MAX_FOLDS: usize = 4096;
 
 /// Where and how the trail is written.
 #[derive(Debug, Clone)]
@@ -60,6 +72,9 @@ pub struct SinkConfig {
     pub anchor_every: u64,
     /// Queue length.
     pub queue: usize,
+    /// Window in which identical requests that change nothing are folded
+    /// into one line (zero: one line per request).
+    pub fold: Duration,
 }
 
 impl SinkConfig {
@@ -71,11 +86,12 @@ impl SinkConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             anchor_every: DEFAULT_ANCHOR_EVERY,
             queue: DEFAULT_QUEUE,
+            fold: DEFAULT_FOLD,
         }
     }
 }
 
-/// Why an admin write's audit line could not be made durable.
+/// Why an admin write's audit line could not be written or made durable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Unavailable {
     /// Writing or syncing the file failed.
@@ -239,7 +255,7 @@ impl Sink {
         }
     }
 
-    /// Records an event and waits until it is durable, at most `wait`.
+    /// Records an event and waits until it is durable (fsynced), at most `wait`.
     /// Refuses at once while the file cannot be written or a write is stuck.
     pub async fn record_durable(&self, event: Event, wait: Duration) -> Result<(), Unavailable> {
         let Some(i) = &self.inner else { return Ok(()) };
@@ -329,6 +345,68 @@ struct Writer {
     /// The note of a `start` line still to write.
     start: Option<String>,
     stdout: Option<SyncSender<Vec<u8>>>,
+    /// Series of identical requests whose first line is written, by what they have in common.
+    folds: HashMap<FoldKey, Fold>,
+    /// When the folds were last checked for a closed window.
+    folds_checked: Instant,
+}
+
+/// What identical requests that change nothing have in common.
+#[derive(PartialEq, Eq, Hash)]
+struct FoldKey {
+    caller: Arc<str>,
+    action: &'static str,
+    api: &'static str,
+    route: &'static str,
+    secrets: Vec<String>,
+    version: Option<u64>,
+    status: u16,
+}
+
+impl FoldKey {
+    /// Takes an event apart: what a series shares, and its own id and time.
+    fn split(e: Event) -> (Self, Arc<str>, OffsetDateTime) {
+        let key = Self {
+            caller: e.caller,
+            action: e.action,
+            api: e.api,
+            route: e.route,
+            secrets: e.secrets,
+            version: e.version,
+            status: e.status,
+        };
+        (key, e.request_id, e.time)
+    }
+
+    fn event(&self, request_id: Arc<str>, time: OffsetDateTime) -> Event {
+        Event {
+            time,
+            request_id,
+            caller: self.caller.clone(),
+            action: self.action,
+            api: self.api,
+            route: self.route,
+            secrets: self.secrets.clone(),
+            version: self.version,
+            status: self.status,
+            phase: None,
+        }
+    }
+}
+
+/// One series: its first request has its line; the repeats since are counted.
+struct Fold {
+    opened: Instant,
+    count: u64,
+    since: OffsetDateTime,
+    last: Option<(Arc<str>, OffsetDateTime)>,
+}
+
+/// The line that stands for a series' repeats.
+struct Repeats {
+    event: Event,
+    count: u64,
+    since: OffsetDateTime,
 }
 
 impl Writer {
@@ -351,6 +429,8 @@ impl Writer {
             failing_since: None,
             start: Some("the Safe started".to_owned()),
             stdout,
+            folds: HashMap::new(),
+            folds_checked: now,
         })
     }
 
@@ -379,9 +459,13 @@ impl Writer {
                 self.key = Some(k);
                 self.anchor_due = true;
             }
-            self.write_batch(batch);
+            self.write_batch(batch, false);
             self.housekeeping();
             if let Some(done) = self.shared.close.lock().ok().and_then(|mut c| c.take()) {
+                // What was queued before the close is written too.
+                let rest: Vec<Msg> = rx.try_iter().collect();
+                self.shared.queued.fetch_sub(rest.len(), Ordering::AcqRel);
+                self.write_batch(rest, false);
                 self.finish();
                 let _ = done.send(());
                 return;
@@ -389,17 +473,74 @@ impl Writer {
         }
     }
 
-    /// Writes the pending `start` and `gap` lines and `batch`, then answers the waiting requests.
-    fn write_batch(&mut self, batch: Vec<Msg>) {
+    /// Folds the repeats in `batch`; returns what is to be written now.
+    fn fold(&mut self, batch: Vec<Msg>) -> Vec<Msg> {
+        if self.cfg.fold.is_zero() {
+            return batch;
+        }
+        let mut now = Vec::with_capacity(batch.len());
+        for (e, ack) in batch {
+            if ack.is_some() || e.phase.is_some() {
+                now.push((e, ack));
+                continue;
+            }
+            let (key, id, time) = FoldKey::split(e);
+            if let Some(f) = self.folds.get_mut(&key) {
+                if f.count == 0 {
+                    f.since = time;
+                }
+                f.count += 1;
+                f.last = Some((id, time));
+                continue;
+            }
+            now.push((key.event(id, time), None));
+            let fold = Fold { opened: Instant::now(), count: 0, since: time, last: None };
+            self.folds.insert(key, fold);
+        }
+        now
+    }
+
+    /// The series whose window has closed (all of them when `all`), taken out, oldest first.
+    fn closed_folds(&mut self, all: bool) -> Vec<Repeats> {
+        let full = self.folds.len() >= MAX_FOLDS;
+        if !all && !full && self.folds_checked.elapsed() < TICK {
+            return Vec::new();
+        }
+        self.folds_checked = Instant::now();
+        let window = self.cfg.fold;
+        let closed: Vec<FoldKey> = self
+            .folds
+            .iter()
+            .filter(|(_, f)| all || full || f.opened.elapsed() >= window)
+            .map(|(k, _)| FoldKey { secrets: k.secrets.clone(), caller: k.caller.clone(), ..*k })
+            .collect();
+        let mut out: Vec<Repeats> = closed
+            .into_iter()
+            .filter_map(|k| {
+                let f = self.folds.remove(&k)?;
+                let (id, time) = f.last?;
+                Some(Repeats { event: k.event(id, time), count: f.count, since: f.since })
+            })
+            .collect();
+        out.sort_by_key(|r| r.since);
+        out
+    }
+
+    /// Writes the pending `start` and `gap` lines, the repeats of series whose
+    /// fold window closed (all when `all`) and `batch`, then answers the waiting requests.
+    fn write_batch(&mut self, batch: Vec<Msg>, all: bool) {
+        let batch = self.fold(batch);
+        let repeats = self.closed_folds(all);
         let gap = self.failing_since.is_some()
             || self.shared.lost.load(Ordering::Relaxed) > 0
             || self.shared.refused.load(Ordering::Relaxed) > 0;
-        if batch.is_empty() && !gap && self.start.is_none() {
+        if batch.is_empty() && repeats.is_empty() && !gap && self.start.is_none() {
             return;
         }
         if self.cfg.file.is_some() && !self.loaded {
             // The first open reads the chain head from the trail: before any line is built.
             if let Err(why) = self.open().map(|_| ()) {
+                self.lose_repeats(&repeats);
                 return self.failed(&why, None, batch);
             }
         }
@@ -412,6 +553,14 @@ impl Writer {
             push(&mut buf, &mut head, &out);
         }
         let taken = gap.then(|| self.push_gap(&mut buf, &mut head, now));
+        for r in &repeats {
+            let out = Out {
+                count: Some(r.count),
+                since: Some(line::rfc3339(r.since)),
+                ..Out::request(head.seq, &r.event, hex::encode(head.hash))
+            };
+            push(&mut buf, &mut head, &out);
+        }
         for (e, _) in &batch {
             let out = Out::request(head.seq, e, hex::encode(head.hash));
             push(&mut buf, &mut head, &out);
@@ -429,7 +578,19 @@ impl Writer {
                     }
                 }
             }
-            Err(why) => self.failed(&why, taken, batch),
+            Err(why) => {
+                self.lose_repeats(&repeats);
+                self.failed(&why, taken, batch)
+            }
+        }
+    }
+
+    /// Counts the repeats whose line was not written as lost (the next `gap` line reports them).
+    fn lose_repeats(&self, repeats: &[Repeats]) {
+        let lost: u64 = repeats.iter().map(|r| r.count).sum();
+        if lost > 0 {
+            self.shared.lost.fetch_add(lost - 1, Ordering::Relaxed);
+            self.shared.miss(&self.shared.lost);
         }
     }
 
@@ -659,7 +820,7 @@ impl Writer {
     /// The last anchor (or fsync) before stopping.
     fn finish(&mut self) {
         if self.failing_since.is_none() {
-            self.write_batch(Vec::new());
+            self.write_batch(Vec::new(), true);
             if self.key.is_some() && self.since_anchor > 0 {
                 self.anchor();
             } else if self.unsynced {
@@ -691,4 +852,139 @@ fn stdout_thread() -> io::Result<SyncSender<Vec<u8>>> {
         }
     })?;
     Ok(tx)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use aegis_crypto::RootKey;
+
+    use super::*;
+    use crate::Phase;
+
+    fn fetch(i: usize, caller: &str, status: u16) -> Event {
+        Event {
+            time: OffsetDateTime::now_utc(),
+            request_id: format!("r{i}").into(),
+            caller: Arc::from(caller),
+            action: "fetch",
+            api: "vsecm",
+            route: "/workload/v1/secrets",
+            secrets: vec!["billing".to_owned()],
+            version: Some(3),
+            status,
+            phase: None,
+        }
+    }
+
+    /// 500 fetches by `a`, every 50th refused (404), every 100th beside an admin write; the lines written.
+    async fn flood(dir: &Path, fold: Duration) -> Vec<serde_json::Value> {
+        let path = dir.join("audit.log");
+        let key = RootKey::generate();
+        let sink = Sink::start(SinkConfig { fold, ..SinkConfig::new(Some(path.clone())) }).unwrap();
+        sink.set_key(key.audit_key());
+        for i in 0..500 {
+            sink.record(fetch(i, "spiffe://td/a", if i % 50 == 0 { 404 } else { 200 }));
+            if i % 100 == 0 {
+                let write = Event { phase: Some(Phase::Intent), ..fetch(i, "spiffe://td/admin", 0) };
+                sink.record_durable(write, Duration::from_secs(5)).await.unwrap();
+            }
+        }
+        sink.close(Duration::from_secs(5)).await;
+        crate::verify::verify(std::slice::from_ref(&path), &[key.audit_key()]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn series<'a>(lines: &'a [serde_json::Value], caller: &str, status: u64) -> Vec<&'a serde_json::Value> {
+        lines.iter().filter(|l| l["caller"] == caller && l["status"] == status).collect()
+    }
+
+    /// How many requests the lines stand for.
+    fn requests(lines: &[&serde_json::Value]) -> u64 {
+        lines.iter().map(|l| l["count"].as_u64().unwrap_or(1)).sum()
+    }
+
+    #[tokio::test]
+    async fn repeated_requests_are_folded_into_a_counted_line_and_writes_never_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = flood(dir.path(), Duration::from_secs(30)).await;
+        let ok = series(&lines, "spiffe://td/a", 200);
+        assert_eq!(requests(&ok), 490, "every fetch is counted: {ok:?}");
+        assert_eq!(ok.len(), 2, "the first fetch, then one line for its repeats: {ok:?}");
+        assert!(ok[0].get("count").is_none() && ok[0]["request_id"] == "r1", "{:?}", ok[0]);
+        let repeats = ok[1];
+        assert_eq!((repeats["count"].as_u64(), repeats["request_id"].as_str()), (Some(489), Some("r499")));
+        assert!(repeats["since"].as_str().unwrap() <= repeats["time"].as_str().unwrap(), "{repeats}");
+        let refused = series(&lines, "spiffe://td/a", 404);
+        assert_eq!((requests(&refused), refused.len()), (10, 2), "a different answer is another series: {refused:?}");
+        let writes = lines.iter().filter(|l| l["phase"] == "intent").count();
+        assert_eq!(writes, 5, "admin writes are each written, never folded");
+    }
+
+    #[tokio::test]
+    async fn a_zero_fold_window_writes_a_line_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = flood(dir.path(), Duration::ZERO).await;
+        let ok = series(&lines, "spiffe://td/a", 200);
+        assert_eq!((ok.len(), requests(&ok)), (490, 490));
+        assert!(ok.iter().all(|l| l.get("count").is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_durable_line_is_in_the_file_when_its_wait_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = Sink::start(SinkConfig::new(Some(path.clone()))).unwrap();
+        for i in 0..20 {
+            let done = Event { phase: Some(Phase::Done), ..fetch(i, "spiffe://td/admin", 200) };
+            sink.record_durable(done, Duration::from_secs(5)).await.unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains(&format!("\"request_id\":\"r{i}\"")), "line {i} not written: {text}");
+        }
+        sink.close(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn repeats_that_could_not_be_written_are_counted_in_the_gap_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let sink = Sink::start(SinkConfig { fold: Duration::from_millis(100), ..SinkConfig::new(Some(path.clone())) })
+            .unwrap();
+        // Nobody reads the FIFO: it cannot be opened, the first fetch and then its folded repeats are lost.
+        for i in 0..50 {
+            sink.record(fetch(i, "spiffe://td/a", 200));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reader = std::thread::spawn(move || std::fs::read(&path).unwrap());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sink.close(Duration::from_secs(5)).await;
+        drop(sink);
+        let text = String::from_utf8(reader.join().unwrap()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let gaps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "gap").collect();
+        assert_eq!(gaps.len(), 1, "{text}");
+        assert_eq!(gaps[0]["lost"].as_u64(), Some(50), "the first line and its 49 repeats: {text}");
+        assert!(series(&lines, "spiffe://td/a", 200).is_empty(), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_series_ends_with_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = Sink::start(SinkConfig { fold: Duration::from_millis(100), ..SinkConfig::new(Some(path.clone())) })
+            .unwrap();
+        for i in 0..3 {
+            sink.record(fetch(2 * i, "spiffe://td/a", 200));
+            sink.record(fetch(2 * i + 1, "spiffe://td/a", 200));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let ok = series(&lines, "spiffe://td/a", 200);
+        let counts: Vec<Option<u64>> = ok.iter().map(|l| l["count"].as_u64()).collect();
+        assert_eq!(counts, [None, Some(1), None, Some(1), None, Some(1)], "written before the Safe stops: {ok:?}");
+        sink.close(Duration::from_secs(5)).await;
+    }
 }

@@ -65,9 +65,15 @@ impl Scope {
         SCOPE.scope(self.clone(), f).await
     }
 
+    /// The event of this request; an intent keeps the notes for the `done` line that follows.
     fn event(&self, status: u16, phase: Option<Phase>) -> Event {
         let (api, action) = action(&self.method, self.route);
-        let (secrets, version) = self.notes.lock().map(|n| (n.secrets.clone(), n.version)).unwrap_or_default();
+        let last = phase != Some(Phase::Intent);
+        let (secrets, version) = self
+            .notes
+            .lock()
+            .map(|mut n| (if last { std::mem::take(&mut n.secrets) } else { n.secrets.clone() }, n.version))
+            .unwrap_or_default();
         Event {
             time: OffsetDateTime::now_utc(),
             request_id: self.request_id.clone(),
@@ -157,7 +163,9 @@ pub(crate) async fn finish(s: &AppState, scope: &Scope, grace: Duration, mut res
 
 /// Records the answer of a request that changed nothing (without waiting).
 pub(crate) fn record(s: &AppState, scope: &Scope, status: u16) {
-    s.audit.record(scope.event(status, None));
+    if s.audit.is_on() {
+        s.audit.record(scope.event(status, None));
+    }
 }
 
 /// The API and the action of a request, from its method and route template.

@@ -358,7 +358,9 @@ async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_g
     let mnt = tempfile::tempdir().unwrap();
     let _mount = small_tmpfs(mnt.path());
     let audit = mnt.path().join("audit.log");
-    let mut safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap()], None);
+    // A line per fetch (no folding): folded, the 40 fetches would make one line, which can still fit
+    // in the last page of the full tmpfs; a line each runs out of space.
+    let mut safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap(), "--audit-fold-ms", "0"], None);
     let admin = safe.client(&safe.admin_env()).await;
     let workload = safe.client(&safe.workload_env("billing")).await;
     admin.put("billing", &put("v1")).await.unwrap();
@@ -416,7 +418,8 @@ async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
     let fifo = safe.dir.path().join("audit.fifo");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success(), "mkfifo failed");
-    safe.args.extend(["--audit-file".to_owned(), fifo.display().to_string()]);
+    // A line per fetch (no folding), so that fetches alone fill the pipe.
+    safe.args.extend(["--audit-file", fifo.to_str().unwrap(), "--audit-fold-ms", "0"].map(str::to_owned));
     safe.extra_env.insert("AEGIS_REQUEST_TIMEOUT_MS".into(), deadline.as_millis().to_string());
     safe.restart();
     safe.wait_ready();
@@ -502,6 +505,49 @@ async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
     assert!(refused_writes >= 8, "{refused_writes} refused writes recorded");
     assert!(requests(&all, "fetch").len() >= 600, "fetches queued while blocked are written afterwards");
     let text = ok(verify(&safe, &[copy.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    assert!(text.starts_with("ok:"), "{text}");
+}
+
+/// How many requests the lines stand for (a folded line counts its repeats).
+fn counted(lines: &[&Value]) -> u64 {
+    lines.iter().map(|l| l["count"].as_u64().unwrap_or(1)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_flood_is_folded_into_counted_lines_and_every_fetch_is_counted() {
+    let mut safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    let flood = 400;
+    let t = Instant::now();
+    for i in 0..flood {
+        workload.fetch().await.unwrap().unwrap();
+        if i == flood / 2 {
+            admin.put("billing", &put("v2")).await.unwrap();
+        }
+    }
+    let took = t.elapsed();
+    assert!(workload.vsecm_fetch().await.unwrap().is_some());
+    stop(&mut safe);
+    let all = events(&trail(&safe));
+    let fetches = requests(&all, "fetch");
+    let native: Vec<&Value> = fetches.iter().copied().filter(|e| e["api"] == "native").collect();
+    assert_eq!(counted(&native), flood, "every fetch is counted: {native:?}");
+    for version in [1, 2] {
+        let series: Vec<&Value> = native.iter().copied().filter(|e| e["version"] == version).collect();
+        // The first fetch of a series has its line; the repeats of each fold window (1 s) one more.
+        let most = 2 * (took.as_secs() + 2);
+        assert!(series.len() as u64 <= most, "{} lines for version {version} in {took:?}", series.len());
+        assert!(series[0].get("count").is_none(), "{}", series[0]);
+    }
+    let repeats = native.iter().find(|e| e.get("count").is_some()).expect("a folded line");
+    assert!(repeats["since"].as_str().unwrap() <= repeats["time"].as_str().unwrap(), "{repeats}");
+    assert_eq!(counted(&fetches.iter().copied().filter(|e| e["api"] == "vsecm").collect::<Vec<_>>()), 1);
+    let writes = requests(&all, "write").into_iter().filter(|e| e["phase"] == "done").count();
+    assert_eq!(writes, 2, "admin writes are never folded");
+    let data = safe.data_dir().join("data").display().to_string();
+    let text = ok(verify(&safe, &["--data-dir", &data, "--root-key-file", &root_key(&safe), "--complete"]));
     assert!(text.starts_with("ok:"), "{text}");
 }
 

@@ -119,6 +119,12 @@ pub struct AuditArgs {
     #[arg(long, env = "AEGIS_AUDIT_MAX_FILE_BYTES", default_value_t = aegis_audit::sink::DEFAULT_MAX_FILE_BYTES,
           value_parser = clap::value_parser!(u64).range(4096..))]
     pub audit_max_file_bytes: u64,
+    /// Fold identical requests that change nothing (a workload fetching the same answer
+    /// again) made within this many milliseconds into one line with a count; 0 writes a
+    /// line per request.
+    #[arg(long, env = "AEGIS_AUDIT_FOLD_MS", default_value_t = aegis_audit::sink::DEFAULT_FOLD.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=aegis_audit::sink::MAX_FOLD.as_millis() as u64))]
+    pub audit_fold_ms: u64,
 }
 
 /// The audit file under the data directory unless told otherwise.
@@ -142,6 +148,7 @@ impl AuditArgs {
         aegis_audit::SinkConfig {
             stdout: self.audit_stdout,
             max_file_bytes: self.audit_max_file_bytes,
+            fold: std::time::Duration::from_millis(self.audit_fold_ms),
             ..aegis_audit::SinkConfig::new(file)
         }
     }
