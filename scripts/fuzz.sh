@@ -2,7 +2,7 @@
 # Run every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for a bounded time
 # and fail on any crash or property failure, naming the input that caused it.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET]    default 20 s per target
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]    default 30 s per target
 #
 # Environment:
 #   AEGIS_FUZZ_TARGETS   space-separated targets to run (default: all of them)
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 
-secs="${1:-20}"
+secs="${1:-30}"
 [[ "$secs" =~ ^[1-9][0-9]*$ ]] || {
     echo "fuzz: error: SECONDS_PER_TARGET must be a whole number of seconds above 0, not '$secs'" >&2
     exit 2

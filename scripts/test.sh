@@ -62,5 +62,5 @@ find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x -regextype po
     while read -r old; do rm -f "$CARGO_TARGET_DIR/debug/deps/$old" "$CARGO_TARGET_DIR/debug/deps/$old.d"; done
 echo "== schemathesis (OpenAPI document vs a real Safe)"
 scripts/schemathesis.sh
-echo "== fuzzing (cargo-fuzz 0.13.2, cached in $cache/tools; ${AEGIS_FUZZ_SECONDS:-20} s per target)"
-scripts/fuzz.sh "${AEGIS_FUZZ_SECONDS:-20}"
+echo "== fuzzing (cargo-fuzz 0.13.2, cached in $cache/tools; ${AEGIS_FUZZ_SECONDS:-30} s per target)"
+scripts/fuzz.sh "${AEGIS_FUZZ_SECONDS:-30}"
