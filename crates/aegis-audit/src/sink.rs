@@ -508,16 +508,12 @@ impl Writer {
         }
         self.folds_checked = Instant::now();
         let window = self.cfg.fold;
-        let closed: Vec<FoldKey> = self
-            .folds
-            .iter()
-            .filter(|(_, f)| all || full || f.opened.elapsed() >= window)
-            .map(|(k, _)| FoldKey { secrets: k.secrets.clone(), caller: k.caller.clone(), ..*k })
-            .collect();
+        let (closed, open): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.folds).into_iter().partition(|(_, f)| all || full || f.opened.elapsed() >= window);
+        self.folds = open;
         let mut out: Vec<Repeats> = closed
             .into_iter()
-            .filter_map(|k| {
-                let f = self.folds.remove(&k)?;
+            .filter_map(|(k, f)| {
                 let (id, time) = f.last?;
                 Some(Repeats { event: k.event(id, time), count: f.count, since: f.since })
             })
