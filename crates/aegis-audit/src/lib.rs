@@ -17,5 +17,5 @@ pub mod sink;
 pub mod verify;
 
 pub use line::{Event, Outcome, Phase};
-pub use sink::{Sink, SinkConfig, Unavailable};
+pub use sink::{Sink, SinkConfig, Stats, Unavailable};
 pub use verify::{verify, Finding, FindingKind, Summary};

@@ -91,6 +91,21 @@ impl SinkConfig {
     }
 }
 
+/// What the trail has done since the Safe started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Whether an admin write can be audited now (false: it is refused with 503).
+    pub available: bool,
+    /// Lines written.
+    pub lines: u64,
+    /// Requests folded into another line's `count`.
+    pub folded: u64,
+    /// Events that could not be written (reported in gap lines).
+    pub lost: u64,
+    /// Admin writes refused because the trail could not be written.
+    pub refused: u64,
+}
+
 /// Why an admin write's audit line could not be written or made durable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Unavailable {
@@ -129,6 +144,11 @@ struct Shared {
     close: Mutex<Option<oneshot::Sender<()>>>,
     /// Events handed over and not yet taken by the writer (the queue's bound).
     queued: AtomicUsize,
+    /// Since start: lines written, repeats folded, events lost and admin writes refused.
+    lines: AtomicU64,
+    folded: AtomicU64,
+    lost_total: AtomicU64,
+    refused_total: AtomicU64,
 }
 
 impl Shared {
@@ -144,6 +164,10 @@ impl Shared {
             key: Mutex::new(None),
             close: Mutex::new(None),
             queued: AtomicUsize::new(0),
+            lines: AtomicU64::new(0),
+            folded: AtomicU64::new(0),
+            lost_total: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
         }
     }
 
@@ -151,9 +175,21 @@ impl Shared {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// Counts one missed event in `counter`.
-    fn miss(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts `n` events that were not written (fetches, reads, answers).
+    fn lose(&self, n: u64) {
+        self.lost_total.fetch_add(n, Ordering::Relaxed);
+        self.miss(&self.lost, n);
+    }
+
+    /// Counts one admin write refused because its line could not be written.
+    fn refuse(&self) {
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
+        self.miss(&self.refused, 1);
+    }
+
+    /// Counts `n` missed events in `counter`, for the next gap line.
+    fn miss(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
         let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let _ = self.first_missed_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
     }
@@ -245,12 +281,24 @@ impl Sink {
         self.inner.is_some()
     }
 
+    /// What the trail has done since start (`None` when it is off), for the metrics.
+    pub fn stats(&self) -> Option<Stats> {
+        let s = &self.inner.as_ref()?.shared;
+        Some(Stats {
+            available: s.check().is_ok(),
+            lines: s.lines.load(Ordering::Relaxed),
+            folded: s.folded.load(Ordering::Relaxed),
+            lost: s.lost_total.load(Ordering::Relaxed),
+            refused: s.refused_total.load(Ordering::Relaxed),
+        })
+    }
+
     /// Records an event without waiting. When the queue is full the event
     /// is counted and reported in the next `gap` line.
     pub fn record(&self, event: Event) {
         if let Some(i) = &self.inner {
             if i.try_send((event, None)).is_err() {
-                i.shared.miss(&i.shared.lost);
+                i.shared.lose(1);
             }
         }
     }
@@ -260,12 +308,12 @@ impl Sink {
     pub async fn record_durable(&self, event: Event, wait: Duration) -> Result<(), Unavailable> {
         let Some(i) = &self.inner else { return Ok(()) };
         if let Err(e) = i.shared.check() {
-            i.shared.miss(&i.shared.refused);
+            i.shared.refuse();
             return Err(e);
         }
         let (ack, done) = oneshot::channel();
         if i.try_send((event, Some(ack))).is_err() {
-            i.shared.miss(&i.shared.refused);
+            i.shared.refuse();
             return Err(Unavailable::Full);
         }
         i.writer.unpark();
@@ -491,6 +539,7 @@ impl Writer {
                 }
                 f.count += 1;
                 f.last = Some((id, time));
+                self.shared.folded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             now.push((key.event(id, time), None));
@@ -565,6 +614,7 @@ impl Writer {
         match self.append(&buf, durable) {
             Ok(()) => {
                 self.since_anchor += head.seq - self.head.seq;
+                self.shared.lines.fetch_add(head.seq - self.head.seq, Ordering::Relaxed);
                 self.head = head;
                 self.start = None;
                 self.recovered(taken);
@@ -585,8 +635,7 @@ impl Writer {
     fn lose_repeats(&self, repeats: &[Repeats]) {
         let lost: u64 = repeats.iter().map(|r| r.count).sum();
         if lost > 0 {
-            self.shared.lost.fetch_add(lost - 1, Ordering::Relaxed);
-            self.shared.miss(&self.shared.lost);
+            self.shared.lose(lost);
         }
     }
 
@@ -627,10 +676,10 @@ impl Writer {
         for (_, ack) in batch {
             match ack {
                 Some(a) => {
-                    self.shared.miss(&self.shared.refused);
+                    self.shared.refuse();
                     let _ = a.send(Err(Unavailable::Io(why.to_owned())));
                 }
-                None => self.shared.miss(&self.shared.lost),
+                None => self.shared.lose(1),
             }
         }
         if self.failing_since.is_none() {
@@ -786,6 +835,7 @@ impl Writer {
         match self.append(&buf, true) {
             Ok(()) => {
                 self.head = head;
+                self.shared.lines.fetch_add(1, Ordering::Relaxed);
                 self.since_anchor = 0;
                 self.anchor_due = false;
                 self.last_anchor = Instant::now();

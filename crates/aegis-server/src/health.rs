@@ -33,6 +33,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         s.metrics.transform_failures.set(store.transform_failures() as i64);
     }
     s.metrics.connections_open.set(s.gate.open() as i64);
+    s.metrics.set_audit(s.audit.stats());
     if let Some(sync) = s.sync() {
         s.metrics.set_kube_sync(&sync.summary());
     }

@@ -53,7 +53,14 @@ pub struct Metrics {
     pub kube_sync: Family<KubeSyncLabels, Gauge>,
     /// Age of the oldest change not yet in Kubernetes, in seconds.
     pub kube_sync_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while admin writes can be audited, 0 while they are refused (503), -1 with the trail off.
+    pub audit_available: Gauge,
+    /// Audit lines written, requests folded, events lost and admin writes refused since start.
+    audit: [AuditCounter; 4],
 }
+
+/// An audit counter and the figure of [`aegis_audit::Stats`] it follows.
+type AuditCounter = (Counter, fn(&aegis_audit::Stats) -> u64);
 
 impl Metrics {
     /// Registers every metric.
@@ -72,6 +79,29 @@ impl Metrics {
         let transform_failures = Gauge::default();
         let kube_sync = Family::<KubeSyncLabels, Gauge>::default();
         let kube_sync_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let audit_available = Gauge::default();
+        registry.register(
+            "audit_available",
+            "1 while admin writes can be audited; 0 while the audit file cannot be written and they are refused (503); -1 with the trail off",
+            audit_available.clone(),
+        );
+        let audit: [AuditCounter; 4] = [
+            (Counter::default(), |s| s.lines),
+            (Counter::default(), |s| s.folded),
+            (Counter::default(), |s| s.lost),
+            (Counter::default(), |s| s.refused),
+        ];
+        for ((name, help), (c, _)) in [
+            ("audit_lines", "Audit lines written since start"),
+            ("audit_folded_requests", "Requests folded into another audit line's count (identical repeats)"),
+            ("audit_lost_events", "Audit events that could not be written (each gap line says when)"),
+            ("audit_refused_writes", "Admin writes refused because the audit trail could not be written"),
+        ]
+        .into_iter()
+        .zip(&audit)
+        {
+            registry.register(name, help, c.clone());
+        }
         registry.register(
             "kubernetes_sync_secrets",
             "k8s: secrets by Kubernetes Secret sync state (synced, pending, error, conflict)",
@@ -114,6 +144,20 @@ impl Metrics {
             transform_failures,
             kube_sync,
             kube_sync_lag,
+            audit_available,
+            audit,
+        }
+    }
+
+    /// Sets the audit metrics from the trail's figures (`None`: the trail is off).
+    pub fn set_audit(&self, stats: Option<aegis_audit::Stats>) {
+        let Some(s) = stats else {
+            self.audit_available.set(-1);
+            return;
+        };
+        self.audit_available.set(i64::from(s.available));
+        for (counter, value) in &self.audit {
+            counter.inc_by(value(&s).saturating_sub(counter.get()));
         }
     }
 
@@ -139,5 +183,34 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(&format!("{name} ")))
+    }
+
+    #[test]
+    fn the_audit_metrics_follow_the_trail_and_say_when_it_is_off() {
+        let m = Metrics::new();
+        m.set_audit(None);
+        assert_eq!(line(&m.render(), "aegis_audit_available"), Some("aegis_audit_available -1"));
+        let stats = aegis_audit::Stats { available: false, lines: 7, folded: 5, lost: 3, refused: 2 };
+        m.set_audit(Some(stats));
+        m.set_audit(Some(stats));
+        let text = m.render();
+        for (name, value) in [
+            ("aegis_audit_available", 0),
+            ("aegis_audit_lines_total", 7),
+            ("aegis_audit_folded_requests_total", 5),
+            ("aegis_audit_lost_events_total", 3),
+            ("aegis_audit_refused_writes_total", 2),
+        ] {
+            assert_eq!(line(&text, name), Some(format!("{name} {value}").as_str()), "{text}");
+        }
     }
 }

@@ -55,6 +55,13 @@ fn root_key(safe: &Safe) -> String {
     safe.data_dir().join("root.key").display().to_string()
 }
 
+/// The value of the audit metric `name` (which must be there).
+fn audit_metric(safe: &Safe, name: &str) -> f64 {
+    let text = metrics(safe);
+    assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "no {name} in the metrics:\n{text}");
+    metric(&text, &format!("{name} "))
+}
+
 fn put(value: &str) -> PutSecret {
     PutSecret::new(SecretValue::new(value))
 }
@@ -382,6 +389,9 @@ async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_g
     audit_503("VSecM upsert", admin.vsecm_upsert(&upsert).await);
     audit_503("VSecM delete", admin.vsecm_delete(vec!["billing".into()]).await);
     assert!(t.elapsed() < Duration::from_secs(5), "refusals took {:?}", t.elapsed());
+    assert_eq!(audit_metric(&safe, "aegis_audit_available"), 0.0, "the metrics say the trail is unavailable");
+    assert!(audit_metric(&safe, "aegis_audit_refused_writes_total") >= 6.0);
+    assert!(audit_metric(&safe, "aegis_audit_lost_events_total") > 0.0);
     let read = admin.get("billing", None).await.unwrap();
     assert_eq!((read.info.version, read.value.expose()), (1, "v1"), "a refused write changed the store");
     assert_eq!(admin.history("billing").await.unwrap().versions.len(), 1);
@@ -392,6 +402,7 @@ async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_g
         assert!(t.elapsed() < Duration::from_secs(10), "writes did not resume; log:\n{}", safe.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(audit_metric(&safe, "aegis_audit_available"), 1.0, "available again");
     stop(&mut safe);
     let all = events(&audit);
     let gaps = gap_lines(&all);
@@ -529,6 +540,10 @@ async fn a_fetch_flood_is_folded_into_counted_lines_and_every_fetch_is_counted()
     }
     let took = t.elapsed();
     assert!(workload.vsecm_fetch().await.unwrap().is_some());
+    assert_eq!(audit_metric(&safe, "aegis_audit_available"), 1.0);
+    let folded = audit_metric(&safe, "aegis_audit_folded_requests_total");
+    assert!(folded >= flood as f64 - 10.0, "{folded} requests folded in the metrics");
+    assert!(audit_metric(&safe, "aegis_audit_lines_total") >= 5.0);
     stop(&mut safe);
     let all = events(&trail(&safe));
     let fetches = requests(&all, "fetch");
