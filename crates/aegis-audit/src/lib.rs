@@ -10,8 +10,10 @@
 //! - [`verify`]: checks a trail and names the first line that was changed,
 //!   removed, reordered or truncated.
 //! - [`files`]: where a trail's files are (rotation carries the chain across).
+//! - `fold`: identical requests that change nothing become one counted line.
 
 pub mod files;
+mod fold;
 pub mod line;
 pub mod sink;
 pub mod verify;

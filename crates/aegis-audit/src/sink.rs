@@ -7,12 +7,9 @@
 //! other events are counted; the first line written afterwards is a `gap`
 //! line with those counts.
 //!
-//! Identical requests that change nothing (a workload polling its secret, or
-//! flooding the Safe with fetches) are folded: the first of a series is written
-//! at once, the repeats within the fold window become one line with a `count`.
-//! So the trail grows with the number of callers, not with their request rate.
+//! Identical requests that change nothing are folded (see `fold`): the first
+//! of a series is written at once, its repeats become one line with a `count`.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,6 +24,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::files;
+use crate::fold::{Folds, Repeats};
 use crate::line::{self, anchor_message, Event, Kind, Out, Parsed};
 
 /// Default size at which the audit file is rotated.
@@ -53,11 +51,9 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Lines waiting for standard output; more are dropped there (never in the file).
 const STDOUT_QUEUE: usize = 1024;
 /// Default window in which identical requests that change nothing are folded into one line.
-pub const DEFAULT_FOLD: Duration = Duration::from_secs(1);
+pub const DEFAULT_FOLD: Duration = crate::fold::DEFAULT_WINDOW;
 /// Longest fold window.
-pub const MAX_FOLD: Duration = Duration::from_secs(60);
-/// Most series folded at once; one more writes them all out first.
-const MAX_FOLDS: usize = 4096;
+pub const MAX_FOLD: Duration = crate::fold::MAX_WINDOW;
 
 /// Where and how the trail is written.
 #[derive(Debug, Clone)]
@@ -393,73 +389,14 @@ struct Writer {
     /// The note of a `start` line still to write.
     start: Option<String>,
     stdout: Option<SyncSender<Vec<u8>>>,
-    /// Series of identical requests whose first line is written, by what they have in common.
-    folds: HashMap<FoldKey, Fold>,
-    /// When the folds were last checked for a closed window.
-    folds_checked: Instant,
-}
-
-/// What identical requests that change nothing have in common.
-#[derive(PartialEq, Eq, Hash)]
-struct FoldKey {
-    caller: Arc<str>,
-    action: &'static str,
-    api: &'static str,
-    route: &'static str,
-    secrets: Vec<String>,
-    version: Option<u64>,
-    status: u16,
-}
-
-impl FoldKey {
-    /// Takes an event apart: what a series shares, and its own id and time.
-    fn split(e: Event) -> (Self, Arc<str>, OffsetDateTime) {
-        let key = Self {
-            caller: e.caller,
-            action: e.action,
-            api: e.api,
-            route: e.route,
-            secrets: e.secrets,
-            version: e.version,
-            status: e.status,
-        };
-        (key, e.request_id, e.time)
-    }
-
-    fn event(&self, request_id: Arc<str>, time: OffsetDateTime) -> Event {
-        Event {
-            time,
-            request_id,
-            caller: self.caller.clone(),
-            action: self.action,
-            api: self.api,
-            route: self.route,
-            secrets: self.secrets.clone(),
-            version: self.version,
-            status: self.status,
-            phase: None,
-        }
-    }
-}
-
-/// One series: its first request has its line; the repeats since are counted.
-struct Fold {
-    opened: Instant,
-    count: u64,
-    since: OffsetDateTime,
-    last: Option<(Arc<str>, OffsetDateTime)>,
-}
-
-/// The line that stands for a series' repeats.
-struct Repeats {
-    event: Event,
-    count: u64,
-    since: OffsetDateTime,
+    /// Series of identical requests whose first line is written.
+    folds: Folds,
 }
 
 impl Writer {
     fn new(cfg: SinkConfig, shared: Arc<Shared>) -> io::Result<Self> {
         let stdout = if cfg.stdout { Some(stdout_thread()?) } else { None };
+        let folds = Folds::new(cfg.fold);
         let now = Instant::now();
         Ok(Self {
             cfg,
@@ -477,8 +414,7 @@ impl Writer {
             failing_since: None,
             start: Some("the Safe started".to_owned()),
             stdout,
-            folds: HashMap::new(),
-            folds_checked: now,
+            folds,
         })
     }
 
@@ -521,61 +457,12 @@ impl Writer {
         }
     }
 
-    /// Folds the repeats in `batch`; returns what is to be written now.
-    fn fold(&mut self, batch: Vec<Msg>) -> Vec<Msg> {
-        if self.cfg.fold.is_zero() {
-            return batch;
-        }
-        let mut now = Vec::with_capacity(batch.len());
-        for (e, ack) in batch {
-            if ack.is_some() || e.phase.is_some() {
-                now.push((e, ack));
-                continue;
-            }
-            let (key, id, time) = FoldKey::split(e);
-            if let Some(f) = self.folds.get_mut(&key) {
-                if f.count == 0 {
-                    f.since = time;
-                }
-                f.count += 1;
-                f.last = Some((id, time));
-                self.shared.folded.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            now.push((key.event(id, time), None));
-            let fold = Fold { opened: Instant::now(), count: 0, since: time, last: None };
-            self.folds.insert(key, fold);
-        }
-        now
-    }
-
-    /// The series whose window has closed (all of them when `all`), taken out, oldest first.
-    fn closed_folds(&mut self, all: bool) -> Vec<Repeats> {
-        let full = self.folds.len() >= MAX_FOLDS;
-        if !all && !full && self.folds_checked.elapsed() < TICK {
-            return Vec::new();
-        }
-        self.folds_checked = Instant::now();
-        let window = self.cfg.fold;
-        let (closed, open): (HashMap<_, _>, HashMap<_, _>) =
-            std::mem::take(&mut self.folds).into_iter().partition(|(_, f)| all || full || f.opened.elapsed() >= window);
-        self.folds = open;
-        let mut out: Vec<Repeats> = closed
-            .into_iter()
-            .filter_map(|(k, f)| {
-                let (id, time) = f.last?;
-                Some(Repeats { event: k.event(id, time), count: f.count, since: f.since })
-            })
-            .collect();
-        out.sort_by_key(|r| r.since);
-        out
-    }
-
     /// Writes the pending `start` and `gap` lines, the repeats of series whose
     /// fold window closed (all when `all`) and `batch`, then answers the waiting requests.
     fn write_batch(&mut self, batch: Vec<Msg>, all: bool) {
-        let batch = self.fold(batch);
-        let repeats = self.closed_folds(all);
+        let (batch, folded) = self.folds.fold(batch);
+        self.shared.folded.fetch_add(folded, Ordering::Relaxed);
+        let repeats = self.folds.closed(all);
         let gap = self.failing_since.is_some()
             || self.shared.lost.load(Ordering::Relaxed) > 0
             || self.shared.refused.load(Ordering::Relaxed) > 0;
