@@ -28,8 +28,10 @@ impl Bg {
 
     /// `sh -c SCRIPT`.
     pub fn shell(script: &str, log: &Path) -> Self {
-        let mut c = cmd("sh", &HashMap::new());
-        c.args(["-c", script]);
+        // A shell cannot trap a signal that was ignored when it started (POSIX), and under
+        // `nohup` SIGHUP is: reset it (env execs the shell, so the pid stays the shell's).
+        let mut c = cmd("env", &HashMap::new());
+        c.args(["--default-signal=HUP", "sh", "-c", script]);
         Self::start(c, log)
     }
 
