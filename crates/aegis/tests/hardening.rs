@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, AEGIS};
 
-/// Starts `program args` in `dir` with unlimited core files (and `wrap` before it).
+/// Starts `program args` in `dir` with unlimited core files (and `wrap` before it),
+/// every signal at its default action: a test run from a shell's background job or
+/// under `nohup` inherits SIGQUIT, SIGINT or SIGHUP ignored, and would wait forever.
 fn start(dir: &Path, wrap: &[&str], program: &str, args: &[&str]) -> Child {
     let log = fs::File::create(dir.join("out.log")).unwrap();
     Command::new("prlimit")
         .arg("--core=unlimited")
         .arg("--")
+        .args(["env", "--default-signal"])
         .args(wrap)
         .arg(program)
         .args(args)
@@ -57,7 +60,19 @@ fn status_field(child: &Child, field: &str) -> String {
 fn crash(mut child: Child, signal: &str, dir: &Path) -> Vec<String> {
     let ok = Command::new("kill").args(["-s", signal, &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
-    let status = child.wait().unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let ignored = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            let ignored = ignored.lines().find(|l| l.starts_with("SigIgn")).unwrap_or_default().to_owned();
+            let _ = child.kill();
+            panic!("the process survived SIG{signal} for 30 s ({ignored})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(!status.success(), "the process survived SIG{signal}");
     fs::read_dir(dir)
         .unwrap()
