@@ -500,9 +500,7 @@ impl Writer {
         let durable = batch.iter().any(|(_, a)| a.is_some());
         match self.append(&buf, durable) {
             Ok(()) => {
-                self.since_anchor += head.seq - self.head.seq;
-                self.shared.lines.fetch_add(head.seq - self.head.seq, Ordering::Relaxed);
-                self.head = head;
+                self.since_anchor += self.advance(head);
                 self.start = None;
                 self.recovered(taken);
                 for (_, ack) in batch {
@@ -516,6 +514,14 @@ impl Writer {
                 self.failed(&why, taken, batch)
             }
         }
+    }
+
+    /// Moves the chain head past lines just written, and counts them; returns how many.
+    fn advance(&mut self, head: Head) -> u64 {
+        let written = head.seq - self.head.seq;
+        self.shared.lines.fetch_add(written, Ordering::Relaxed);
+        self.head = head;
+        written
     }
 
     /// Counts the repeats whose line was not written as lost (the next `gap` line reports them).
@@ -721,8 +727,7 @@ impl Writer {
         push(&mut buf, &mut head, &out);
         match self.append(&buf, true) {
             Ok(()) => {
-                self.head = head;
-                self.shared.lines.fetch_add(1, Ordering::Relaxed);
+                self.advance(head);
                 self.since_anchor = 0;
                 self.anchor_due = false;
                 self.last_anchor = Instant::now();
