@@ -112,7 +112,7 @@ fn tricky_string() -> impl Strategy<Value = String> {
     prop_oneof![
         "\\PC{0,12}",
         "[ \t\n:#*&!|>'\"%@`-]{0,4}[a-z0-9]{0,4}[ \t\n:#-]{0,3}",
-        prop::sample::select(vec!["yes", "~", "2024-01-02", "0x1F", "1e3", ".inf", "null", "- x", "0o17", "+1"])
+        prop::sample::select(vec!["yes", "~", "2024-01-02", "0x1F", "1e3", ".inf", "null", "- x", "0o17", "+1", "<<"])
             .prop_map(str::to_owned),
     ]
 }

@@ -18,6 +18,8 @@ use serde_json::{Map, Value};
 const INDENT: isize = 4;
 /// Longer keys are written as `? key` (libyaml's simple-key limit).
 const MAX_SIMPLE_KEY: usize = 128;
+/// The merge key of YAML 1.1, which most readers still honour.
+const MERGE_KEY: &str = "<<";
 
 /// Writes `map` as a YAML document, ending with the line break yaml.v3 ends
 /// every document with (a text file ends with a newline).
@@ -300,7 +302,10 @@ fn select_style(s: &str, simple_key: bool) -> Style {
     } else {
         Style::Double
     };
-    if simple_key && a.multiline {
+    // A plain `<<` key is YAML's merge key: yaml.v3 writes it plain, and
+    // yaml.v3 itself (like other YAML 1.1 readers) then merges its value
+    // into the mapping or refuses the document. Quoted, it is the key.
+    if simple_key && (a.multiline || s == MERGE_KEY) {
         style = Style::Double;
     }
     if style == Style::Plain && (!a.plain || (s.is_empty() && simple_key)) {
@@ -888,6 +893,17 @@ mod tests {
         for (json, go) in YAML_V3 {
             assert_eq!(tf(json, None, Format::Yaml), *go, "{json}");
         }
+    }
+
+    #[test]
+    fn a_merge_key_is_quoted_so_that_it_reads_back_as_a_key() {
+        // yaml.v3 writes `<<: null` here, which yaml.v3 reads back as a
+        // merge and refuses ("map merge requires map..."); with a mapping
+        // value it silently merges it: the data changes. Aegis quotes it.
+        assert_eq!(tf(r#"{"<<":null}"#, None, Format::Yaml), "\"<<\": null\n");
+        assert_eq!(tf(r#"{"<<":{"a":1},"b":2}"#, None, Format::Yaml), "\"<<\":\n    a: 1\nb: 2\n");
+        // As a value it is a string to every reader, and stays plain as yaml.v3 writes it.
+        assert_eq!(tf(r#"{"x":"<<","y":"<<<"}"#, None, Format::Yaml), "x: <<\n\"y\": <<<\n");
     }
 
     #[test]
