@@ -1,7 +1,8 @@
 //! Reads the YAML the transformation writes with an independent YAML 1.2
 //! parser (`yaml-rust2`'s event parser) and compares it with the JSON it
 //! came from. Plain scalars are resolved here by the YAML 1.2 core schema
-//! (not by yaml-rust2's looser rules, which read `0x-4F` as a number).
+//! (not by yaml-rust2's looser rules, which read `0x-4F` as a number), and a
+//! plain `<<` key, which YAML 1.1 readers take for a merge key, is refused.
 
 use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -55,6 +56,12 @@ impl MarkedEventReceiver for Tree {
                     self.error = Some("a tagged scalar".to_owned());
                 }
                 let plain = style == TScalarStyle::Plain;
+                // YAML 1.2 has no merge key, but 1.1 readers (Go's yaml.v3 among
+                // them) merge the value of a plain `<<` key into the mapping.
+                let key = matches!(self.stack.last(), Some(Node::Map(items)) if items.len() % 2 == 0);
+                if plain && key && text == "<<" {
+                    self.error = Some("a plain `<<` key, a merge key to YAML 1.1 readers".to_owned());
+                }
                 self.push(Node::Scalar(if plain { resolve(&text) } else { Value::String(text) }));
             }
             Event::SequenceStart(..) => self.stack.push(Node::Seq(Vec::new())),
