@@ -56,6 +56,9 @@ pub const MAX_ACTION_REFERENCES: usize = 64;
 /// The function every action is preceded by; it counts one step.
 pub(super) const STEP_FUNC: &str = "_aegis_step";
 
+/// The function every printing action's value goes through (see [`go_print`]).
+pub(super) const PRINT_FUNC: &str = "_aegis_print";
+
 /// What one render may cost. The nesting, `printf` and reference limits are
 /// constants ([`MAX_NESTING`], [`MAX_PRINTF_SIZE`], [`MAX_ACTION_REFERENCES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +228,69 @@ fn check_result(result: Result<Value, FuncError>, limit: Option<usize>) -> Resul
     Ok(value)
 }
 
+/// A value as Go's `text/template` prints it. Scalars as `gtmpl` prints
+/// them; arrays as `[a b]` and maps as `map[k:v k2:v2]` with the keys
+/// sorted, nested the same way, a JSON `null` inside them as `<nil>`
+/// (`gtmpl` prints them in Rust's debug form, maps in no fixed order, so
+/// the same value could render differently from one run to the next).
+/// Not a step (the action was counted); refused once over the output limit.
+fn go_print(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = METER.with(|m| m.borrow().as_ref().map(|m| m.budget.max_output_bytes));
+    match args {
+        [value @ (Value::Array(_) | Value::Map(_) | Value::Object(_))] => go_text(value, limit).map(Value::String),
+        [value] => Ok(Value::String(value.to_string())),
+        _ => Err(FuncError::ExactlyXArgs(PRINT_FUNC.to_owned(), 1)),
+    }
+}
+
+/// Go's text of an array or a map, within the output limit.
+fn go_text(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
+    fn write(value: &Value, out: &mut String, limit: usize) -> bool {
+        match value {
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    if !write(item, out, limit) {
+                        return false;
+                    }
+                }
+                out.push(']');
+            }
+            Value::Map(map) | Value::Object(map) => {
+                out.push_str("map[");
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str(key);
+                    out.push(':');
+                    if !write(&map[key], out, limit) {
+                        return false;
+                    }
+                }
+                out.push(']');
+            }
+            Value::NoValue | Value::Nil => out.push_str("<nil>"),
+            scalar => {
+                use std::fmt::Write;
+                let _ = write!(out, "{scalar}");
+            }
+        }
+        out.len() <= limit
+    }
+    let mut out = String::new();
+    if write(value, &mut out, limit.unwrap_or(usize::MAX)) {
+        Ok(out)
+    } else {
+        check_size(out.len(), limit).map(|()| out)
+    }
+}
+
 /// Counts one step; prints nothing.
 fn step(_: &[Value]) -> Result<Value, FuncError> {
     charge()?;
@@ -257,16 +323,28 @@ metered! {
     call => gtmpl::funcs::call,
 }
 
+/// `gtmpl`'s `print` (a space between two operands that are not strings),
+/// with arrays and maps printed as Go prints them ([`go_text`]).
 fn print(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
     check_size(args_len(args), limit)?;
-    check_result(gtmpl::funcs::print(args), limit)
+    let mut out = String::new();
+    let mut after_string = true;
+    for arg in args {
+        let is_string = matches!(arg, Value::String(_));
+        if !is_string && !after_string {
+            out.push(' ');
+        }
+        out.push_str(&go_arg(arg, limit)?);
+        after_string = is_string;
+    }
+    check_result(Ok(Value::String(out)), limit)
 }
 
 fn println(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
     check_size(args_len(args).saturating_add(1), limit)?;
-    check_result(gtmpl::funcs::println(args), limit)
+    check_result(gtmpl::funcs::println(&go_args(args, limit)?), limit)
 }
 
 fn urlquery(args: &[Value]) -> Result<Value, FuncError> {
@@ -281,7 +359,27 @@ fn printf(args: &[Value]) -> Result<Value, FuncError> {
         let estimate = printf_estimate(format, rest)?;
         check_size(estimate, limit)?;
     }
-    check_result(gtmpl::funcs::printf(args), limit)
+    check_result(gtmpl::funcs::printf(&go_args(args, limit)?), limit)
+}
+
+/// An argument as `print` shows it: arrays and maps as Go prints them.
+fn go_arg(arg: &Value, limit: Option<usize>) -> Result<String, FuncError> {
+    match arg {
+        Value::Array(_) | Value::Map(_) | Value::Object(_) => go_text(arg, limit),
+        Value::String(s) => Ok(s.clone()),
+        other => Ok(other.to_string()),
+    }
+}
+
+/// The arguments with arrays and maps replaced by their text as Go prints
+/// them, for `printf` (`%v`, `%s`) and `println`.
+fn go_args(args: &[Value], limit: Option<usize>) -> Result<Vec<Value>, FuncError> {
+    args.iter()
+        .map(|arg| match arg {
+            Value::Array(_) | Value::Map(_) | Value::Object(_) => go_text(arg, limit).map(Value::String),
+            other => Ok(other.clone()),
+        })
+        .collect()
 }
 
 /// The built-in functions, each counting a step, and the step function.
@@ -303,6 +401,7 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     ("index", index as Func),
     ("call", call as Func),
     (STEP_FUNC, step as Func),
+    (PRINT_FUNC, go_print as Func),
 ];
 
 /// An argument as `gtmpl` reads a `*` width or precision: an integer.

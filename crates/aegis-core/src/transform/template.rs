@@ -162,11 +162,13 @@ fn parse_template(scanned: &Scanned) -> Result<gtmpl::Template, TemplateError> {
     .map_err(|_| TemplateError::new("the template engine failed on this template".to_owned()))?
 }
 
-/// Parse errors quote the text around the error, which now holds the step calls.
+/// Parse errors quote the text around the error, which now holds the step
+/// and print calls.
 fn strip_step(message: &str) -> String {
     message
         .replace(&format!("{{{{{STEP}}}}}", STEP = budget::STEP_FUNC), "")
         .replace(&format!("{{{{- {STEP}}}}}", STEP = budget::STEP_FUNC), "")
+        .replace(&format!(" | {PRINT}", PRINT = budget::PRINT_FUNC), "")
 }
 
 /// A writer that fails once `limit` bytes are written, which stops `gtmpl`.
@@ -327,21 +329,58 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
         text.push_str(&template[offset..start]);
         if action.comment {
             text.push_str(&template[start..end]);
-        } else if trim {
-            text.push_str("{{- ");
-            text.push_str(budget::STEP_FUNC);
-            text.push_str("}}{{");
-            text.push_str(&template[template.len() - body.len()..end]);
         } else {
-            text.push_str("{{");
-            text.push_str(budget::STEP_FUNC);
-            text.push_str("}}");
-            text.push_str(&template[start..end]);
+            let own = if trim {
+                text.push_str("{{- ");
+                text.push_str(budget::STEP_FUNC);
+                text.push_str("}}{{");
+                &template[template.len() - body.len()..end]
+            } else {
+                text.push_str("{{");
+                text.push_str(budget::STEP_FUNC);
+                text.push_str("}}");
+                &template[start..end]
+            };
+            push_printed(&mut text, own, prints(word, body));
         }
         offset = end;
     }
     text.push_str(&template[offset..]);
     Ok(Scanned { text, depth: deepest })
+}
+
+/// Whether an action prints its pipeline's value: it is no block keyword
+/// and declares or assigns no variable.
+fn prints(word: &str, body: &str) -> bool {
+    const KEYWORDS: [&str; 10] = ["if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"];
+    if KEYWORDS.contains(&word) {
+        return false;
+    }
+    let Some(var) = body.trim_start().strip_prefix('$') else { return true };
+    let rest = var.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_').trim_start();
+    !(rest.starts_with(":=") || rest.starts_with(',') || (rest.starts_with('=') && !rest.starts_with("==")))
+}
+
+/// Pushes an action (its text up to and including `}}`); a printing action
+/// gets its value printed by [`budget::PRINT_FUNC`], as Go prints it: `gtmpl`
+/// prints arrays and maps in Rust's debug form, maps in no fixed order.
+fn push_printed(text: &mut String, action: &str, printed: bool) {
+    if !printed {
+        text.push_str(action);
+        return;
+    }
+    let close = action.len() - 2;
+    let bytes = action.as_bytes();
+    // A trim marker (` -}}`, only with a space in `gtmpl`) stays at the end.
+    let close = if close >= 2 && bytes[close - 1] == b'-' && bytes[close - 2] == b' ' {
+        close - 2
+    } else {
+        close
+    };
+    text.push_str(&action[..close]);
+    text.push_str(" | ");
+    text.push_str(budget::PRINT_FUNC);
+    text.push_str(&action[close..]);
 }
 
 /// The first two words of an action, e.g. `("else", "if")`.
@@ -925,5 +964,54 @@ mod tests {
         let template = "{{.port}} {{.id}} {{.ratio}} {{.on}} {{index .tags 0}} {{.db.host}}";
         assert_eq!(tf(value, Some(template), Format::Raw), "5432 12345678 1.5 true a h");
         assert_eq!(tf(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
+    }
+
+    /// Arrays and maps print as Go's `text/template` prints them (outputs
+    /// recorded with Go's `text/template` over the same JSON decoded into a
+    /// `map[string]any`), the same on every render: `gtmpl` alone prints
+    /// them in Rust's debug form, and maps in an order that changes.
+    #[test]
+    fn arrays_and_maps_print_as_go_prints_them_every_time() {
+        let value = r#"{"b":"x","a":1,"c":null,"d":[1,"two",null,{"z":1,"y":[]}],"e":{"g":"h","f":{"k":true}},"s":"plain"}"#;
+        let cases = [
+            ("{{.}}", "map[a:1 b:x c:<nil> d:[1 two <nil> map[y:[] z:1]] e:map[f:map[k:true] g:h] s:plain]"),
+            ("{{.d}}", "[1 two <nil> map[y:[] z:1]]"),
+            (r#"{{printf "%v|%v" .e .d}}"#, "map[f:map[k:true] g:h]|[1 two <nil> map[y:[] z:1]]"),
+            (r#"{{print .d .e 1 "s" .e}}"#, "[1 two <nil> map[y:[] z:1]] map[f:map[k:true] g:h] 1smap[f:map[k:true] g:h]"),
+            ("{{println .d .s}}", "[1 two <nil> map[y:[] z:1]] plain\n"),
+            ("{{with .e}}{{.}}{{end}}", "map[f:map[k:true] g:h]"),
+            ("{{range .d}}{{.}},{{end}}", "1,two,<no value>,map[y:[] z:1],"),
+            ("{{$x := .e}}{{$x}}", "map[f:map[k:true] g:h]"),
+            ("{{.missing}}", "<no value>"),
+            ("{{.c}}", "<no value>"),
+            ("a {{- .e -}} b", "amap[f:map[k:true] g:h]b"),
+            ("{{.e.f}}", "map[k:true]"),
+            ("{{index .d 3}}", "map[y:[] z:1]"),
+            (r#"{{ .s | printf "%s" }}"#, "plain"),
+            ("{{$y := 5}}{{$y}}{{if eq $y 5}}!{{end}}", "5!"),
+        ];
+        for (template, go) in cases {
+            for _ in 0..8 {
+                assert_eq!(tf(value, Some(template), Format::Raw), go, "{template}");
+            }
+        }
+    }
+
+    #[test]
+    fn printing_a_map_larger_than_the_output_limit_is_over_budget() {
+        let big = "v".repeat(600);
+        let value = format!(r#"{{"a":"{big}","b":"{big}"}}"#);
+        let budget = Budget { max_output_bytes: 1000, ..Budget::default() };
+        for template in ["{{.}}", "{{print .}}", r#"{{printf "%v" .}}"#, "{{println .}}"] {
+            let e = over(&value, template, &budget);
+            assert!(!e.to_string().contains("vvv"), "{e}");
+        }
+        assert!(transform(&value, Some(&Template::unchecked("{{.a}}")), Format::Raw, &budget).is_ok());
+    }
+
+    #[test]
+    fn parse_errors_do_not_show_the_print_call() {
+        let e = validate_template("{{.a | }}").unwrap_err().to_string();
+        assert!(!e.contains("_aegis"), "{e}");
     }
 }
