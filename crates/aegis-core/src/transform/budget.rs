@@ -59,6 +59,15 @@ pub(super) const STEP_FUNC: &str = "_aegis_step";
 /// The function every printing action's value goes through (see [`go_print`]).
 pub(super) const PRINT_FUNC: &str = "_aegis_print";
 
+/// The function a `range` pipeline's value goes through (see [`sorted_range`]).
+pub(super) const RANGE_FUNC: &str = "_aegis_range";
+
+/// The function that gives a `range`'s key variable its key (see [`range_key`]).
+pub(super) const KEY_FUNC: &str = "_aegis_key";
+
+/// The function that tells whether a `range` ran no iteration (see [`range_empty`]).
+pub(super) const EMPTY_FUNC: &str = "_aegis_range_empty";
+
 /// What one render may cost. The nesting, `printf` and reference limits are
 /// constants ([`MAX_NESTING`], [`MAX_PRINTF_SIZE`], [`MAX_ACTION_REFERENCES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,17 @@ pub(super) struct Meter {
     started: Instant,
     /// Why the render was stopped, once it was.
     exceeded: Option<String>,
+    /// For each `range` of the template (by its number), what it visits:
+    /// how many entries, and the keys of a map, sorted.
+    ranges: Vec<Visit>,
+}
+
+/// What a `range` visits.
+#[derive(Clone, Default)]
+struct Visit {
+    len: usize,
+    /// The keys of a map, sorted; `None` for an array.
+    keys: Option<Vec<String>>,
 }
 
 thread_local! {
@@ -123,7 +143,8 @@ pub(super) struct Metered(());
 impl Metered {
     pub(super) fn start(budget: Budget) -> Self {
         METER.with(|m| {
-            *m.borrow_mut() = Some(Meter { budget, steps: 0, started: Instant::now(), exceeded: None });
+            *m.borrow_mut() =
+                Some(Meter { budget, steps: 0, started: Instant::now(), exceeded: None, ranges: Vec::new() });
         });
         Metered(())
     }
@@ -291,6 +312,71 @@ fn go_text(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
     }
 }
 
+/// Which `range` of the template a call is for.
+fn range_number(arg: Option<&Value>) -> Result<usize, FuncError> {
+    match arg {
+        Some(Value::Number(n)) => {
+            n.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or(FuncError::UnableToConvertFromValue)
+        }
+        _ => Err(FuncError::UnableToConvertFromValue),
+    }
+}
+
+/// `range N` over a map visits its values sorted by key, as Go does: the
+/// map becomes an array of its values in key order, and the keys are kept
+/// for [`range_key`]. A missing value or nil becomes an empty array (Go
+/// runs no iteration over them; `gtmpl` fails). Anything else is returned
+/// as it is.
+fn sorted_range(args: &[Value]) -> Result<Value, FuncError> {
+    let [n, value] = args else { return Err(FuncError::ExactlyXArgs(RANGE_FUNC.to_owned(), 2)) };
+    let n = range_number(Some(n))?;
+    let (visit, value) = match value {
+        Value::Map(map) | Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let keys: Vec<String> = entries.iter().map(|(k, _)| (*k).clone()).collect();
+            (
+                Visit { len: keys.len(), keys: Some(keys) },
+                Value::Array(entries.into_iter().map(|(_, v)| v.clone()).collect()),
+            )
+        }
+        Value::Array(items) => (Visit { len: items.len(), keys: None }, value.clone()),
+        // Go runs no iteration (the `else`, if any) over a missing value or nil.
+        Value::NoValue | Value::Nil => (Visit::default(), Value::Array(Vec::new())),
+        other => (Visit::default(), other.clone()),
+    };
+    METER.with(|m| {
+        if let Some(meter) = m.borrow_mut().as_mut() {
+            if meter.ranges.len() <= n {
+                meter.ranges.resize(n + 1, Visit::default());
+            }
+            meter.ranges[n] = visit;
+        }
+    });
+    Ok(value)
+}
+
+/// Whether `range N` ran no iteration: its `else` runs only then, as in Go.
+fn range_empty(args: &[Value]) -> Result<Value, FuncError> {
+    let n = range_number(args.first())?;
+    let len = METER.with(|m| m.borrow().as_ref().and_then(|m| m.ranges.get(n).map(|v| v.len)));
+    Ok(Value::Bool(len.unwrap_or(0) == 0))
+}
+
+/// The key of iteration `i` of `range N`: the map's key, or `i` itself
+/// when it visits an array.
+fn range_key(args: &[Value]) -> Result<Value, FuncError> {
+    let [n, index] = args else { return Err(FuncError::ExactlyXArgs(KEY_FUNC.to_owned(), 2)) };
+    let n = range_number(Some(n))?;
+    let i = range_number(Some(index));
+    let key = METER.with(|m| {
+        let m = m.borrow();
+        let keys = m.as_ref()?.ranges.get(n)?.keys.as_ref()?;
+        keys.get(i.ok()?).cloned()
+    });
+    Ok(key.map_or_else(|| index.clone(), Value::String))
+}
+
 /// Counts one step; prints nothing.
 fn step(_: &[Value]) -> Result<Value, FuncError> {
     charge()?;
@@ -402,6 +488,9 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     ("call", call as Func),
     (STEP_FUNC, step as Func),
     (PRINT_FUNC, go_print as Func),
+    (RANGE_FUNC, sorted_range as Func),
+    (KEY_FUNC, range_key as Func),
+    (EMPTY_FUNC, range_empty as Func),
 ];
 
 /// An argument as `gtmpl` reads a `*` width or precision: an integer.

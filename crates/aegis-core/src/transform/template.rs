@@ -116,6 +116,9 @@ pub fn validate_template(template: &str) -> Result<(), TemplateError> {
 /// action, and how deep it nests.
 struct Scanned {
     text: String,
+    /// The template with only the steps added: what a parse error is
+    /// reported on, so that it never shows the other rewrites.
+    plain: String,
     depth: usize,
 }
 
@@ -150,25 +153,29 @@ fn with_stack<T: Send>(depth: usize, f: impl FnOnce() -> T + Send) -> Result<T, 
 fn parse_template(scanned: &Scanned) -> Result<gtmpl::Template, TemplateError> {
     // A trailing comment closes an action left open by a case check_actions
     // misjudged, so the lexer always ends; it renders nothing otherwise.
-    let guarded = format!("{}{{{{/* */}}}}", scanned.text);
-    // A last line of defence: a gtmpl panic we did not foresee becomes an
-    // error instead of taking the caller down.
-    let _quiet = quiet::Quiet::enter();
-    std::panic::catch_unwind(move || {
-        let mut parsed = gtmpl::Template::default();
-        parsed.add_funcs(budget::FUNCS);
-        parsed.parse(guarded).map(|()| parsed).map_err(|e| TemplateError::new(strip_step(&e.to_string())))
+    let parse = |text: &str| {
+        let guarded = format!("{text}{{{{/* */}}}}");
+        // A last line of defence: a gtmpl panic we did not foresee becomes an
+        // error instead of taking the caller down.
+        let _quiet = quiet::Quiet::enter();
+        std::panic::catch_unwind(move || {
+            let mut parsed = gtmpl::Template::default();
+            parsed.add_funcs(budget::FUNCS);
+            parsed.parse(guarded).map(|()| parsed).map_err(|e| TemplateError::new(strip_step(&e.to_string())))
+        })
+        .map_err(|_| TemplateError::new("the template engine failed on this template".to_owned()))?
+    };
+    parse(&scanned.text).map_err(|e| match parse(&scanned.plain) {
+        Err(plain) => plain,
+        Ok(_) => e,
     })
-    .map_err(|_| TemplateError::new("the template engine failed on this template".to_owned()))?
 }
 
-/// Parse errors quote the text around the error, which now holds the step
-/// and print calls.
+/// Parse errors quote the text around the error, which now holds the step calls.
 fn strip_step(message: &str) -> String {
     message
         .replace(&format!("{{{{{STEP}}}}}", STEP = budget::STEP_FUNC), "")
         .replace(&format!("{{{{- {STEP}}}}}", STEP = budget::STEP_FUNC), "")
-        .replace(&format!(" | {PRINT}", PRINT = budget::PRINT_FUNC), "")
 }
 
 /// A writer that fails once `limit` bytes are written, which stops `gtmpl`.
@@ -266,6 +273,10 @@ mod quiet {
 /// left to the parser.
 fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
     let mut text = String::with_capacity(template.len() + template.len() / 2);
+    let mut plain = String::with_capacity(template.len() + template.len() / 2);
+    // For each open block: its range number, and whether it has an else, if it is a range.
+    let mut ranges: Vec<Option<(usize, bool)>> = Vec::new();
+    let mut numbered = 0usize;
     // The nesting each open block adds: 1, plus 1 per `else if` of its chain.
     let mut blocks: Vec<usize> = Vec::new();
     let mut open = 0usize;
@@ -301,9 +312,18 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
         }
         let (word, next) = keywords(body);
         let mut closes = 0;
+        let mut role = Role::Other;
         match word {
-            "if" | "with" | "range" => {
+            "if" | "with" => {
                 blocks.push(1);
+                ranges.push(None);
+                open += 1;
+            }
+            "range" => {
+                role = Role::Range(numbered);
+                blocks.push(1);
+                ranges.push(Some((numbered, false)));
+                numbered += 1;
                 open += 1;
             }
             "else" if next == "if" => {
@@ -312,7 +332,21 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
                     open += 1;
                 }
             }
-            "end" => closes = blocks.pop().unwrap_or(0),
+            "else" => {
+                // A range's else gets an `if` around it (one more level).
+                if let (Some(Some((n, has_else))), Some(chain)) = (ranges.last_mut(), blocks.last_mut()) {
+                    role = Role::RangeElse(*n);
+                    *has_else = true;
+                    *chain += 1;
+                    open += 1;
+                }
+            }
+            "end" => {
+                closes = blocks.pop().unwrap_or(0);
+                if let Some(Some((_, true))) = ranges.pop() {
+                    role = Role::RangeElseEnd;
+                }
+            }
             _ => {}
         }
         let depth = open + action.parens;
@@ -327,32 +361,58 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
         let end = template.len() - body.len() + action.len;
         counted = at - 1 + template[start..end].chars().count();
         text.push_str(&template[offset..start]);
+        plain.push_str(&template[offset..start]);
         if action.comment {
             text.push_str(&template[start..end]);
+            plain.push_str(&template[start..end]);
         } else {
-            let own = if trim {
-                text.push_str("{{- ");
-                text.push_str(budget::STEP_FUNC);
-                text.push_str("}}{{");
-                &template[template.len() - body.len()..end]
+            let (step, own) = if trim {
+                (format!("{{{{- {}}}}}{{{{", budget::STEP_FUNC), &template[template.len() - body.len()..end])
             } else {
-                text.push_str("{{");
-                text.push_str(budget::STEP_FUNC);
-                text.push_str("}}");
-                &template[start..end]
+                (format!("{{{{{}}}}}", budget::STEP_FUNC), &template[start..end])
             };
-            push_printed(&mut text, own, prints(word, body));
+            text.push_str(&step);
+            plain.push_str(&step);
+            plain.push_str(own);
+            match role {
+                Role::Range(n) => push_sorted_range(&mut text, own, n),
+                Role::RangeElse(n) => {
+                    // gtmpl runs a range's else also after the iterations; Go only when there were none.
+                    text.push_str(own);
+                    let trim = if pipeline_end(own) < own.len() - 2 { " -" } else { "" };
+                    text.push_str(&format!("{{{{if {} {n}{trim}}}}}", budget::EMPTY_FUNC));
+                }
+                Role::RangeElseEnd => {
+                    text.push_str(if trim { "end}}{{" } else { "{{end}}" });
+                    text.push_str(own);
+                }
+                Role::Other => push_printed(&mut text, own, prints(word, body)),
+            }
         }
         offset = end;
     }
     text.push_str(&template[offset..]);
-    Ok(Scanned { text, depth: deepest })
+    plain.push_str(&template[offset..]);
+    Ok(Scanned { text, plain, depth: deepest })
+}
+
+/// What the rewrite does with an action besides the step before it.
+enum Role {
+    /// `range` number n: it visits a map sorted by key.
+    Range(usize),
+    /// The `else` of range number n: only when it ran no iteration.
+    RangeElse(usize),
+    /// The `end` of a range with an `else`: it also closes the `if` around the `else`.
+    RangeElseEnd,
+    /// Printed (if it prints anything) as Go prints it.
+    Other,
 }
 
 /// Whether an action prints its pipeline's value: it is no block keyword
 /// and declares or assigns no variable.
 fn prints(word: &str, body: &str) -> bool {
-    const KEYWORDS: [&str; 10] = ["if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"];
+    const KEYWORDS: [&str; 10] =
+        ["if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"];
     if KEYWORDS.contains(&word) {
         return false;
     }
@@ -369,18 +429,68 @@ fn push_printed(text: &mut String, action: &str, printed: bool) {
         text.push_str(action);
         return;
     }
-    let close = action.len() - 2;
-    let bytes = action.as_bytes();
     // A trim marker (` -}}`, only with a space in `gtmpl`) stays at the end.
-    let close = if close >= 2 && bytes[close - 1] == b'-' && bytes[close - 2] == b' ' {
-        close - 2
-    } else {
-        close
-    };
+    let close = pipeline_end(action);
     text.push_str(&action[..close]);
     text.push_str(" | ");
     text.push_str(budget::PRINT_FUNC);
     text.push_str(&action[close..]);
+}
+
+/// Where an action (its text up to and including `}}`) ends its pipeline:
+/// before `}}`, or before a trim marker ` -}}`.
+fn pipeline_end(action: &str) -> usize {
+    let close = action.len() - 2;
+    let bytes = action.as_bytes();
+    if close >= 2 && bytes[close - 1] == b'-' && bytes[close - 2] == b' ' {
+        close - 2
+    } else {
+        close
+    }
+}
+
+/// Where the key variable of `range $k, $v := ...` is in the action.
+fn range_key(action: &str, close: usize) -> Option<std::ops::Range<usize>> {
+    let var = |from: usize| -> Option<std::ops::Range<usize>> {
+        let rest = &action[from..close];
+        let at = from + (rest.len() - rest.trim_start().len());
+        let name = action[at..close].strip_prefix('$')?;
+        let len = name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len());
+        Some(at..at + 1 + len)
+    };
+    let key = var(action.find("range")? + "range".len())?;
+    let comma = &action[key.end..close];
+    let after_comma = key.end + (comma.len() - comma.trim_start().len());
+    let value = var(action[after_comma..close].strip_prefix(',').map(|_| after_comma + 1)?)?;
+    action[value.end..close].trim_start().starts_with(":=").then_some(key)
+}
+
+/// Pushes a `range` action so that it visits a map's entries sorted by key,
+/// as Go does (`gtmpl` visits them in its `HashMap`'s order, which changes
+/// from one render to the next): the pipeline's value goes through
+/// [`budget::RANGE_FUNC`], which turns a map into its values in key order,
+/// and the key variable of `range $k, $v := ...` is declared from
+/// [`budget::KEY_FUNC`] at the start of each iteration. `n` numbers the
+/// ranges of the template.
+fn push_sorted_range(text: &mut String, action: &str, n: usize) {
+    let close = pipeline_end(action);
+    let index = format!("$_aegis_index{n}");
+    let key = range_key(action, close);
+    match &key {
+        Some(key) => {
+            text.push_str(&action[..key.start]);
+            text.push_str(&index);
+            text.push_str(&action[key.end..close]);
+        }
+        None => text.push_str(&action[..close]),
+    }
+    text.push_str(&format!(" | {} {n}", budget::RANGE_FUNC));
+    text.push_str(&action[close..]);
+    if let Some(key) = key {
+        // With a trim marker, the text after the range is trimmed after this action.
+        let trim = if close < action.len() - 2 { " -" } else { "" };
+        text.push_str(&format!("{{{{{} := {} {n} {index}{trim}}}}}", &action[key], budget::KEY_FUNC));
+    }
 }
 
 /// The first two words of an action, e.g. `("else", "if")`.
@@ -966,18 +1076,23 @@ mod tests {
         assert_eq!(tf(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
     }
 
-    /// Arrays and maps print as Go's `text/template` prints them (outputs
-    /// recorded with Go's `text/template` over the same JSON decoded into a
-    /// `map[string]any`), the same on every render: `gtmpl` alone prints
-    /// them in Rust's debug form, and maps in an order that changes.
+    /// Arrays and maps print, and `range` visits them, as Go's
+    /// `text/template` does (outputs recorded with Go's `text/template` over
+    /// the same JSON decoded into a `map[string]any`), the same on every
+    /// render: `gtmpl` alone prints them in Rust's debug form, visits maps
+    /// in an order that changes, and runs a range's else after iterations.
     #[test]
-    fn arrays_and_maps_print_as_go_prints_them_every_time() {
-        let value = r#"{"b":"x","a":1,"c":null,"d":[1,"two",null,{"z":1,"y":[]}],"e":{"g":"h","f":{"k":true}},"s":"plain"}"#;
+    fn arrays_and_maps_print_and_range_as_in_go_every_time() {
+        let value =
+            r#"{"b":"x","a":1,"c":null,"d":[1,"two",null,{"z":1,"y":[]}],"e":{"g":"h","f":{"k":true}},"s":"plain"}"#;
         let cases = [
             ("{{.}}", "map[a:1 b:x c:<nil> d:[1 two <nil> map[y:[] z:1]] e:map[f:map[k:true] g:h] s:plain]"),
             ("{{.d}}", "[1 two <nil> map[y:[] z:1]]"),
             (r#"{{printf "%v|%v" .e .d}}"#, "map[f:map[k:true] g:h]|[1 two <nil> map[y:[] z:1]]"),
-            (r#"{{print .d .e 1 "s" .e}}"#, "[1 two <nil> map[y:[] z:1]] map[f:map[k:true] g:h] 1smap[f:map[k:true] g:h]"),
+            (
+                r#"{{print .d .e 1 "s" .e}}"#,
+                "[1 two <nil> map[y:[] z:1]] map[f:map[k:true] g:h] 1smap[f:map[k:true] g:h]",
+            ),
             ("{{println .d .s}}", "[1 two <nil> map[y:[] z:1]] plain\n"),
             ("{{with .e}}{{.}}{{end}}", "map[f:map[k:true] g:h]"),
             ("{{range .d}}{{.}},{{end}}", "1,two,<no value>,map[y:[] z:1],"),
@@ -989,6 +1104,31 @@ mod tests {
             ("{{index .d 3}}", "map[y:[] z:1]"),
             (r#"{{ .s | printf "%s" }}"#, "plain"),
             ("{{$y := 5}}{{$y}}{{if eq $y 5}}!{{end}}", "5!"),
+            // range visits a map's entries sorted by key, as Go does.
+            ("{{range .e}}{{.}};{{end}}", "map[k:true];h;"),
+            (
+                "{{range $v := .}}{{$v}};{{end}}",
+                "1;x;<no value>;[1 two <nil> map[y:[] z:1]];map[f:map[k:true] g:h];plain;",
+            ),
+            (
+                "{{range $k, $v := .}}{{$k}}={{$v}} {{end}}",
+                "a=1 b=x c=<no value> d=[1 two <nil> map[y:[] z:1]] e=map[f:map[k:true] g:h] s=plain ",
+            ),
+            (
+                r#"{{range $k, $v := .e}}{{if eq $k "f"}}{{range $k, $v := $v}}{{$k}}={{$v}}{{end}}{{end}}{{$k}};{{end}}"#,
+                "k=truef;g;",
+            ),
+            ("{{range $k, $v := .d}}{{$k}}{{end}}", "0123"),
+            ("{{range $i, $v := .d}}{{$i}}{{end}}|{{range $k, $v := .e}}{{$k}}{{end}}", "0123|fg"),
+            ("{{range $kv, $k := .e}}{{$kv}}{{end}}", "fg"),
+            ("{{range .missing}}x{{else}}none{{end}}|{{range .e}}{{else}}none{{end}}", "none|"),
+            ("a {{- range $k, $v := .e -}} [{{$k}}] {{- end}}", "a[f][g]"),
+            ("{{- range $k, $v := .e}} {{$k}}{{end}}", " f g"),
+            // A range's else runs only when there was no iteration, as in Go.
+            ("{{range .d}}{{.}},{{else}}none{{end}}", "1,two,<no value>,map[y:[] z:1],"),
+            ("[{{range .e -}} x {{- else -}} none {{- end}}]", "[xx]"),
+            ("[{{range .nope -}} x {{- else -}} none {{- end}}]", "[none]"),
+            ("{{range .nope}}x{{else}}{{range $k, $v := .e}}{{$k}}{{else}}-{{end}}{{end}}", "fg"),
         ];
         for (template, go) in cases {
             for _ in 0..8 {
