@@ -53,6 +53,10 @@ pub const MAX_PRINTF_SIZE: usize = 9_999;
 /// arguments are held at once.
 pub const MAX_ACTION_REFERENCES: usize = 64;
 
+/// What the names of Aegis's own template functions and variables start
+/// with; templates may not use such names.
+pub(super) const RESERVED: &str = "_aegis_";
+
 /// The function every action is preceded by; it counts one step.
 pub(super) const STEP_FUNC: &str = "_aegis_step";
 

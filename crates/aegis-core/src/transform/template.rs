@@ -102,8 +102,9 @@ impl Template {
 /// `template`, which can recurse until the stack overflows), line breaks
 /// inside an action, non-ASCII characters inside an action outside quoted
 /// strings, nesting deeper than [`MAX_NESTING`], more than
-/// [`MAX_ACTION_REFERENCES`] data references in one action and `printf`
-/// widths or precisions above [`MAX_PRINTF_SIZE`].
+/// [`MAX_ACTION_REFERENCES`] data references in one action, `printf`
+/// widths or precisions above [`MAX_PRINTF_SIZE`], and names starting with
+/// `_aegis_` (Aegis's own functions and variables).
 pub fn validate_template(template: &str) -> Result<(), TemplateError> {
     if template.is_empty() {
         return Ok(());
@@ -560,6 +561,11 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
             }
             ')' => parens = parens.saturating_sub(1),
             '.' | '$' => references += 1,
+            '_' if body[i..].starts_with(budget::RESERVED)
+                && !body[..i].ends_with(|p: char| p == '.' || p == '_' || p.is_ascii_alphanumeric()) =>
+            {
+                return Err(syntax("a name starting with _aegis_ (reserved for Aegis's own functions and variables)"));
+            }
             '\r' | '\n' => return Err(syntax("line break (actions must be on one line)")),
             c if !c.is_ascii() => return Err(syntax("non-ASCII character outside a quoted string")),
             _ => {}
@@ -758,6 +764,9 @@ mod tests {
             ("{{'\\q'}}", "escape"),
             ("{{printf \"%99999d\" 1}}", "printf"),
             ("{{printf \"%.123456f\" 1.5}}", "printf"),
+            ("{{.a | _aegis_range 99999999999 | len}}", "reserved"),
+            ("{{range $_aegis_index0, $v := .}}{{end}}", "reserved"),
+            ("{{_aegis_step}}", "reserved"),
         ];
         for (template, why) in cases {
             let err = validate_template(template).unwrap_err();
@@ -770,6 +779,8 @@ mod tests {
         let value = r#"{"a":"x","n":5}"#;
         let cases = [
             ("{{/* note */}}{{.a}}", "x"),
+            // Only names are reserved: not text, fields or parts of names.
+            (r#"{{"_aegis_step"}}{{._aegis_x}}{{.a_aegis_b}}{{$x_aegis_ := 1}}"#, "_aegis_step<no value><no value>"),
             ("{{- .a -}} ", "x"),
             ("caf\u{e9} {{.a}}", "caf\u{e9} x"),
             ("{{printf \"%d-%s-\u{e9}\" .n .a}}", "5-x-\u{e9}"),
