@@ -263,8 +263,18 @@ fn go_print(args: &[Value]) -> Result<Value, FuncError> {
     let limit = METER.with(|m| m.borrow().as_ref().map(|m| m.budget.max_output_bytes));
     match args {
         [value @ (Value::Array(_) | Value::Map(_) | Value::Object(_))] => go_text(value, limit).map(Value::String),
-        [value] => Ok(Value::String(value.to_string())),
+        [value] => Ok(Value::String(scalar_text(value))),
         _ => Err(FuncError::ExactlyXArgs(PRINT_FUNC.to_owned(), 1)),
+    }
+}
+
+/// A scalar as Go prints it: a float as Go's `%v` of a float64 (`1.5e+06`,
+/// where `gtmpl` prints `1500000`); integers in full (Aegis keeps JSON
+/// integers as integers, where Go would print `1.2345678e+07`).
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), super::yaml::go_float),
+        other => other.to_string(),
     }
 }
 
@@ -301,10 +311,7 @@ fn go_text(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
                 out.push(']');
             }
             Value::NoValue | Value::Nil => out.push_str("<nil>"),
-            scalar => {
-                use std::fmt::Write;
-                let _ = write!(out, "{scalar}");
-            }
+            scalar => out.push_str(&scalar_text(scalar)),
         }
         out.len() <= limit
     }
@@ -399,13 +406,6 @@ macro_rules! metered {
 }
 
 metered! {
-    eq => gtmpl::funcs::eq,
-    ne => gtmpl::funcs::ne,
-    lt => gtmpl::funcs::lt,
-    le => gtmpl::funcs::le,
-    gt => gtmpl::funcs::gt,
-    ge => gtmpl::funcs::ge,
-    len => gtmpl::funcs::len,
     and => gtmpl::funcs::and,
     or => gtmpl::funcs::or,
     not => gtmpl::funcs::not,
@@ -418,6 +418,10 @@ metered! {
 fn print(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
     check_size(args_len(args), limit)?;
+    print_text(args, limit)
+}
+
+fn print_text(args: &[Value], limit: Option<usize>) -> Result<Value, FuncError> {
     let mut out = String::new();
     let mut after_string = true;
     for arg in args {
@@ -437,19 +441,220 @@ fn println(args: &[Value]) -> Result<Value, FuncError> {
     check_result(gtmpl::funcs::println(&go_args(args, limit)?), limit)
 }
 
+/// Go's `urlquery`: the arguments' text (as `print` gives it), escaped as
+/// Go's `url.QueryEscape` does (`gtmpl` escapes a space as `%20` and leaves
+/// `&`, `=`, `+` and others as they are).
 fn urlquery(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
     check_size(args_len(args).saturating_mul(3), limit)?;
-    check_result(gtmpl::funcs::urlquery(args), limit)
+    let text = args_text(args, limit)?;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    check_result(Ok(Value::String(out)), limit)
+}
+
+/// Go's `html`: the arguments' text with `<`, `>`, `&`, `'`, `"` escaped as
+/// Go's `template.HTMLEscapeString` does (NUL becomes U+FFFD).
+fn html(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    check_size(args_len(args).saturating_mul(6), limit)?;
+    let text = args_text(args, limit)?;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("&#34;"),
+            '\'' => out.push_str("&#39;"),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\0' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    check_result(Ok(Value::String(out)), limit)
+}
+
+/// Go's `js`: the arguments' text escaped for JavaScript as Go's
+/// `template.JSEscapeString` does. Go keeps the characters Unicode calls
+/// printable; here that is approximated by what is not a control, format
+/// or separator character (other than the space).
+fn js(args: &[Value]) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    check_size(args_len(args).saturating_mul(6), limit)?;
+    let text = args_text(args, limit)?;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '"' => out.push_str("\\\""),
+            '<' => out.push_str("\\u003C"),
+            '>' => out.push_str("\\u003E"),
+            '&' => out.push_str("\\u0026"),
+            '=' => out.push_str("\\u003D"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u00{:02X}", u32::from(c))),
+            c if !c.is_ascii() && !printable(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    check_result(Ok(Value::String(out)), limit)
+}
+
+/// Unicode's printable characters, near enough for `js`: not a control,
+/// not a space other than U+0020, not a format character that is commonly met.
+fn printable(c: char) -> bool {
+    !(c.is_control()
+        || c.is_whitespace()
+        || matches!(c, '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
+            | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}'))
+}
+
+/// The text of `urlquery`, `html` and `js`'s arguments: one string as it
+/// is, anything else as `print` gives it (Go's `evalArgs`).
+fn args_text(args: &[Value], limit: Option<usize>) -> Result<String, FuncError> {
+    match args {
+        [Value::String(s)] => Ok(s.clone()),
+        _ => match print_text(args, limit)? {
+            Value::String(s) => Ok(s),
+            _ => Err(FuncError::UnableToConvertFromValue),
+        },
+    }
+}
+
+/// Go's `slice`: `slice x i j` is `x[i:j]` of a string (in bytes) or an
+/// array; no index is `x`, one is `x[i:]`. Out of range, or inside a
+/// character of a string, it fails, as in Go (which would cut the character).
+fn slice(args: &[Value]) -> Result<Value, FuncError> {
+    charge()?;
+    let Some((item, indexes)) = args.split_first() else {
+        return Err(FuncError::AtLeastXArgs("slice".to_owned(), 1));
+    };
+    let len = match item {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.len(),
+        _ => return Err(FuncError::Generic("slice needs a string or an array".to_owned())),
+    };
+    let index = |v: &Value| match v {
+        Value::Number(n) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
+        _ => None,
+    };
+    let bounds: Option<Vec<usize>> = indexes.iter().map(index).collect();
+    let (from, to) = match bounds.as_deref() {
+        Some([]) => (0, len),
+        Some([i]) => (*i, len),
+        Some([i, j]) => (*i, *j),
+        _ => return Err(FuncError::Generic("slice takes a string or an array and up to two indexes".to_owned())),
+    };
+    if from > to || to > len {
+        return Err(FuncError::Generic(format!("slice index out of range: {from}:{to} of {len}")));
+    }
+    match item {
+        Value::String(s) => s
+            .get(from..to)
+            .map(|part| Value::String(part.to_owned()))
+            .ok_or_else(|| FuncError::Generic("slice would cut a character of the string".to_owned())),
+        Value::Array(items) => Ok(Value::Array(items[from..to].to_vec())),
+        _ => Err(FuncError::UnableToConvertFromValue),
+    }
+}
+
+/// Go's `len`, which `gtmpl` lacks for maps.
+fn len(args: &[Value]) -> Result<Value, FuncError> {
+    charge()?;
+    match args {
+        [Value::Map(map) | Value::Object(map)] => Ok(Value::from(map.len())),
+        _ => gtmpl::funcs::len(args),
+    }
+}
+
+/// Numbers compared by value, whatever their kind: Aegis keeps JSON
+/// integers as integers, so `lt .port 10.0` (as a VSecM template, where
+/// every number is a float64, has to write it) compares 5432 with 10.
+fn compare_numbers(a: &Number, b: &Number) -> Option<std::cmp::Ordering> {
+    let int = |n: &Number| n.as_u64().map(i128::from).or_else(|| n.as_i64().map(i128::from));
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        _ => {
+            #[allow(clippy::cast_precision_loss)] // a float is compared as a float
+            let float = |n: &Number| n.as_f64().or_else(|| int(n).map(|i| i as f64)).unwrap_or(f64::NAN);
+            float(a).partial_cmp(&float(b))
+        }
+    }
+}
+
+fn equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(std::cmp::Ordering::Equal),
+        _ => a == b,
+    }
+}
+
+/// Go's `eq`: `eq a b c` is `a == b || a == c` (`gtmpl` requires all).
+fn eq(args: &[Value]) -> Result<Value, FuncError> {
+    charge()?;
+    let Some((first, rest)) = args.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+        return Err(FuncError::AtLeastXArgs("eq".to_owned(), 2));
+    };
+    Ok(Value::Bool(rest.iter().any(|other| equal(first, other))))
+}
+
+fn ne(args: &[Value]) -> Result<Value, FuncError> {
+    charge()?;
+    match args {
+        [a, b] => Ok(Value::Bool(!equal(a, b))),
+        _ => Err(FuncError::ExactlyXArgs("ne".to_owned(), 2)),
+    }
+}
+
+/// `lt`, `le`, `gt`, `ge`: numbers by value (see [`compare_numbers`]),
+/// anything else as `gtmpl` compares it.
+fn order(args: &[Value], name: &str, want: fn(std::cmp::Ordering) -> bool, inner: Func) -> Result<Value, FuncError> {
+    charge()?;
+    match args {
+        [Value::Number(a), Value::Number(b)] => compare_numbers(a, b)
+            .map(|o| Value::Bool(want(o)))
+            .ok_or_else(|| FuncError::Generic(format!("{name}: numbers that cannot be compared"))),
+        _ => inner(args),
+    }
+}
+
+fn lt(args: &[Value]) -> Result<Value, FuncError> {
+    order(args, "lt", std::cmp::Ordering::is_lt, gtmpl::funcs::lt)
+}
+
+fn le(args: &[Value]) -> Result<Value, FuncError> {
+    order(args, "le", std::cmp::Ordering::is_le, gtmpl::funcs::le)
+}
+
+fn gt(args: &[Value]) -> Result<Value, FuncError> {
+    order(args, "gt", std::cmp::Ordering::is_gt, gtmpl::funcs::gt)
+}
+
+fn ge(args: &[Value]) -> Result<Value, FuncError> {
+    order(args, "ge", std::cmp::Ordering::is_ge, gtmpl::funcs::ge)
 }
 
 fn printf(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
-    if let Some((Value::String(format), rest)) = args.split_first() {
-        let estimate = printf_estimate(format, rest)?;
+    let mut args = go_args(args, limit)?;
+    if let Some((Value::String(format), rest)) = args.split_first_mut() {
+        let (estimate, shown) = printf_estimate(format, rest)?;
         check_size(estimate, limit)?;
+        // `%v` of a float as Go prints it (`gtmpl` cannot format a float with `%v`).
+        for at in shown {
+            if let Some(arg @ Value::Number(_)) = rest.get_mut(at) {
+                *arg = Value::String(scalar_text(arg));
+            }
+        }
     }
-    check_result(gtmpl::funcs::printf(&go_args(args, limit)?), limit)
+    check_result(gtmpl::funcs::printf(&args), limit)
 }
 
 /// An argument as `print` shows it: arrays and maps as Go prints them.
@@ -457,7 +662,7 @@ fn go_arg(arg: &Value, limit: Option<usize>) -> Result<String, FuncError> {
     match arg {
         Value::Array(_) | Value::Map(_) | Value::Object(_) => go_text(arg, limit),
         Value::String(s) => Ok(s.clone()),
-        other => Ok(other.to_string()),
+        other => Ok(scalar_text(other)),
     }
 }
 
@@ -485,6 +690,9 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     ("or", or as Func),
     ("not", not as Func),
     ("urlquery", urlquery as Func),
+    ("html", html as Func),
+    ("js", js as Func),
+    ("slice", slice as Func),
     ("print", print as Func),
     ("println", println as Func),
     ("printf", printf as Func),
@@ -521,8 +729,9 @@ fn number_abs(n: &Number) -> Option<u128> {
 /// integer, so the same argument is checked here. When the format is beyond
 /// this walk (malformed), `gtmpl` fails on it too; as a precaution every
 /// integer argument is then held to the width limit if the format has a `*`.
-pub(super) fn printf_estimate(format: &str, args: &[Value]) -> Result<usize, FuncError> {
+pub(super) fn printf_estimate(format: &str, args: &[Value]) -> Result<(usize, Vec<usize>), FuncError> {
     let mut estimate = format.len();
+    let mut shown = Vec::new();
     let mut next = 0usize;
     let mut rest = format;
     while let Some(i) = rest.find('%') {
@@ -532,10 +741,10 @@ pub(super) fn printf_estimate(format: &str, args: &[Value]) -> Result<usize, Fun
             continue;
         }
         let Some(end) = spec.find(|c: char| "vVtTbcdoqxXUeEfFgGsp".contains(c)) else {
-            return malformed(format, args, estimate);
+            return malformed(format, args, estimate).map(|e| (e, shown));
         };
         let Some(verb) = Verb::parse(&spec[..end]) else {
-            return malformed(format, args, estimate);
+            return malformed(format, args, estimate).map(|e| (e, shown));
         };
         let size = |part: Size, next: &mut usize| -> Result<u128, FuncError> {
             let n = match part {
@@ -562,12 +771,15 @@ pub(super) fn printf_estimate(format: &str, args: &[Value]) -> Result<usize, Fun
         let precision = size(verb.precision, &mut next)?;
         let at = verb.arg_index.unwrap_or(next);
         next = at + 1;
+        if spec.as_bytes().get(end) == Some(&b'v') {
+            shown.push(at);
+        }
         let printed = args.get(at).map_or(0, |v| printed_len(v, spec.as_bytes().get(end) == Some(&b'q')));
         // A float is printed with all its integer digits (up to 309) plus the precision.
         estimate = estimate.saturating_add((width + precision) as usize).saturating_add(printed).saturating_add(320);
         rest = &spec[end + 1..];
     }
-    Ok(estimate)
+    Ok((estimate, shown))
 }
 
 fn malformed(format: &str, args: &[Value], estimate: usize) -> Result<usize, FuncError> {

@@ -1148,6 +1148,40 @@ mod tests {
         }
     }
 
+    /// The functions `gtmpl` lacks or runs differently from Go (`eq` with
+    /// several arguments, numbers of different kinds compared, floats
+    /// printed, `len` of a map, `urlquery`, `html`, `js`, `slice`), against
+    /// outputs recorded with Go's `text/template` over the same JSON.
+    #[test]
+    fn functions_give_what_go_gives() {
+        let value = r##"{"u":"admin","f":1.5,"arr":["a","b","c"],"m":{"k":"v","j":"w"},"q":"a b&c=d+e","url":"a=b+c/d?e#f~g_h.i-j","h":"<a href='x'>\"&","n":3,"e6":1500000.5,"em7":0.0000001,"fl2":0.1,"neg":-7,"jsv":"a\tb\u00a0c\u200bd<=>&'\"\\ é😀\u0001"}"##;
+        let cases = [
+            ("{{if eq .u \"x\" \"admin\"}}multi{{end}}|{{if eq .u \"x\" \"y\"}}no{{else}}none{{end}}", "multi|none"),
+            ("{{if lt .f 10.0}}lt{{end}}|{{if gt .f 1.0}}gt{{end}}|{{if le .f 1.5}}le{{end}}|{{if ge .f 2.0}}ge{{end}}|{{if ne .f 1.5}}ne{{end}}", "lt|gt|le||"),
+            ("{{.e6}} {{.em7}} {{.f}} {{.fl2}} {{.neg}}", "1.5000005e+06 1e-07 1.5 0.1 -7"),
+            ("{{print .e6 .f}}|{{print .u .f .f \"x\" .arr}}", "1.5000005e+06 1.5|admin1.5 1.5x[a b c]"),
+            ("{{printf \"%v|%v|%-6v|%v\" .e6 .f .u .arr}}", "1.5000005e+06|1.5|admin |[a b c]"),
+            ("{{html .h}}|{{html .h .n}}", "&lt;a href=&#39;x&#39;&gt;&#34;&amp;|&lt;a href=&#39;x&#39;&gt;&#34;&amp;3"),
+            ("{{js .jsv}}", "a\\u0009b\\u00A0c\\u200Bd\\u003C\\u003D\\u003E\\u0026\\'\\\"\\\\ é😀\\u0001"),
+            ("{{urlquery .q}}|{{urlquery .q .n}}|{{urlquery .url}}", "a+b%26c%3Dd%2Be|a+b%26c%3Dd%2Be3|a%3Db%2Bc%2Fd%3Fe%23f~g_h.i-j"),
+            ("{{slice .arr 1}}|{{slice .arr 1 2}}|{{slice .u}}|{{slice .u 1 3}}|{{slice .arr 3}}", "[b c]|[b]|admin|dm|[]"),
+            ("{{len .m}}|{{len .u}}|{{len .arr}}", "2|5|3"),
+            ("{{index .m \"k\"}}|{{index .arr 2}}", "v|c"),
+        ];
+        for (template, go) in cases {
+            assert_eq!(tf(value, Some(template), Format::Raw), go, "{template}");
+        }
+        // Aegis keeps JSON integers as integers: they compare with integer and float literals alike.
+        let value = r#"{"port":5432}"#;
+        let template = "{{if eq .port 5432}}a{{end}}{{if eq .port 5432.0}}b{{end}}{{if lt .port 10000.5}}c{{end}}";
+        assert_eq!(tf(value, Some(template), Format::Raw), "abc");
+        // Out of range, or inside a character: the template fails, and the value is kept.
+        let value = r#"{"u":"admin","s":"é"}"#;
+        for template in ["{{slice .u 2 9}}", "{{slice .u 3 1}}", "{{slice .s 1}}"] {
+            assert_eq!(tf(value, Some(template), Format::Raw), value, "{template}");
+        }
+    }
+
     #[test]
     fn printing_a_map_larger_than_the_output_limit_is_over_budget() {
         let big = "v".repeat(600);

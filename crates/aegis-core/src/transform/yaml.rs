@@ -466,7 +466,7 @@ fn number_text(n: &serde_json::Number) -> String {
 
 /// Go's shortest `%g`: exponent form when the exponent is below -4 or
 /// at least 6 (`1e+06`, `1e-07`), plain decimal otherwise.
-fn go_float(f: f64) -> String {
+pub(super) fn go_float(f: f64) -> String {
     let sci = format!("{f:e}"); // shortest round-trip digits: "-1.2345e6"
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
