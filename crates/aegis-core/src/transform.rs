@@ -50,6 +50,7 @@
 
 mod budget;
 mod format;
+mod gofmt;
 mod template;
 mod yaml;
 

@@ -508,7 +508,7 @@ fn js(args: &[Value]) -> Result<Value, FuncError> {
 
 /// Unicode's printable characters, near enough for `js`: not a control,
 /// not a space other than U+0020, not a format character that is commonly met.
-fn printable(c: char) -> bool {
+pub(super) fn printable(c: char) -> bool {
     !(c.is_control()
         || c.is_whitespace()
         || matches!(c, '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
@@ -592,8 +592,17 @@ fn compare_numbers(a: &Number, b: &Number) -> Option<std::cmp::Ordering> {
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(std::cmp::Ordering::Equal),
+        (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
+            float_pair(a, b).is_some_and(|(x, y)| x == y)
+        }
         _ => a == b,
     }
+}
+
+/// A number and a float `gtmpl` could only hold as text (see
+/// `template_number`), both as floats.
+fn float_pair(a: &Value, b: &Value) -> Option<(f64, f64)> {
+    Some((super::gofmt::float_of(a)?, super::gofmt::float_of(b)?))
 }
 
 /// Go's `eq`: `eq a b c` is `a == b || a == c` (`gtmpl` requires all).
@@ -621,6 +630,12 @@ fn order(args: &[Value], name: &str, want: fn(std::cmp::Ordering) -> bool, inner
         [Value::Number(a), Value::Number(b)] => compare_numbers(a, b)
             .map(|o| Value::Bool(want(o)))
             .ok_or_else(|| FuncError::Generic(format!("{name}: numbers that cannot be compared"))),
+        [a @ Value::Number(_), b @ Value::String(_)] | [a @ Value::String(_), b @ Value::Number(_)] => {
+            match float_pair(a, b).and_then(|(x, y)| x.partial_cmp(&y)) {
+                Some(o) => Ok(Value::Bool(want(o))),
+                None => inner(args),
+            }
+        }
         _ => inner(args),
     }
 }
@@ -643,6 +658,12 @@ fn ge(args: &[Value]) -> Result<Value, FuncError> {
 
 fn printf(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
+    if let Some((Value::String(format), rest)) = args.split_first() {
+        check_size(printf_estimate(format, rest)?.0, limit)?;
+        if let Some(text) = super::gofmt::sprintf(format, rest, &|v| go_text(v, limit)) {
+            return check_result(text.map(Value::String), limit);
+        }
+    }
     let mut args = go_args(args, limit)?;
     if let Some((Value::String(format), rest)) = args.split_first_mut() {
         let (estimate, shown) = printf_estimate(format, rest)?;

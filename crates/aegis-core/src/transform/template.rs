@@ -687,13 +687,28 @@ fn to_template_value(json: serde_json::Value) -> gtmpl::Value {
 }
 
 /// Integers stay integers (printed in full); other numbers are floats.
+///
+/// `gtmpl` holds a float as a float only when it is positive with a
+/// fraction of at least `f64::EPSILON`: it truncates any other to an
+/// integer (-1.5 becomes -1, 1e-20 becomes 0) and saturates a large one
+/// (1e21 becomes 18446744073709551615). A whole float below a million is
+/// held as that integer (Go prints both alike); any other float the
+/// engine cannot hold reaches the template as its text, as Go prints it
+/// (`-1.5`, `1e+21`), so that it prints right, though it then compares
+/// and formats as text.
 fn template_number(n: &serde_json::Number) -> gtmpl::Value {
     if let Some(u) = n.as_u64() {
         gtmpl::Value::from(u)
     } else if let Some(i) = n.as_i64() {
         gtmpl::Value::from(i)
     } else {
-        n.as_f64().map_or(gtmpl::Value::NoValue, gtmpl::Value::from)
+        match n.as_f64() {
+            Some(f) if f.fract() >= f64::EPSILON => gtmpl::Value::from(f),
+            #[allow(clippy::cast_possible_truncation)] // whole and below a million
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e6 => gtmpl::Value::from(f as i64),
+            Some(f) => gtmpl::Value::String(super::yaml::go_float(f)),
+            None => gtmpl::Value::NoValue,
+        }
     }
 }
 
@@ -1087,6 +1102,13 @@ mod tests {
         assert_eq!(tf(value, Some("{{if eq .port 5432}}pg{{end}}"), Format::Raw), "pg");
     }
 
+    /// Each template renders `value` as Go's `text/template` did.
+    fn renders_as_go(value: &str, cases: &[(&str, &str)]) {
+        for (template, go) in cases {
+            assert_eq!(tf(value, Some(template), Format::Raw), *go, "{template}");
+        }
+    }
+
     /// Arrays and maps print, and `range` visits them, as Go's
     /// `text/template` does (outputs recorded with Go's `text/template` over
     /// the same JSON decoded into a `map[string]any`), the same on every
@@ -1141,10 +1163,8 @@ mod tests {
             ("[{{range .nope -}} x {{- else -}} none {{- end}}]", "[none]"),
             ("{{range .nope}}x{{else}}{{range $k, $v := .e}}{{$k}}{{else}}-{{end}}{{end}}", "fg"),
         ];
-        for (template, go) in cases {
-            for _ in 0..8 {
-                assert_eq!(tf(value, Some(template), Format::Raw), go, "{template}");
-            }
+        for _ in 0..8 {
+            renders_as_go(value, &cases);
         }
     }
 
@@ -1168,9 +1188,7 @@ mod tests {
             ("{{len .m}}|{{len .u}}|{{len .arr}}", "2|5|3"),
             ("{{index .m \"k\"}}|{{index .arr 2}}", "v|c"),
         ];
-        for (template, go) in cases {
-            assert_eq!(tf(value, Some(template), Format::Raw), go, "{template}");
-        }
+        renders_as_go(value, &cases);
         // Aegis keeps JSON integers as integers: they compare with integer and float literals alike.
         let value = r#"{"port":5432}"#;
         let template = "{{if eq .port 5432}}a{{end}}{{if eq .port 5432.0}}b{{end}}{{if lt .port 10000.5}}c{{end}}";
@@ -1180,6 +1198,49 @@ mod tests {
         for template in ["{{slice .u 2 9}}", "{{slice .u 3 1}}", "{{slice .s 1}}"] {
             assert_eq!(tf(value, Some(template), Format::Raw), value, "{template}");
         }
+    }
+
+    /// `printf` as Go's `fmt.Sprintf` formats (outputs recorded with Go's
+    /// `text/template` over the same JSON, its integers decoded as int64s,
+    /// as Aegis keeps them): quoting with `%q`, padding, signs, bases,
+    /// `%e`, wrong verbs and missing or extra arguments.
+    #[test]
+    fn printf_formats_as_go_does() {
+        let value = r##"{"s": "ab", "n": 3, "neg": -3, "ff": 255, "e8": 8, "n5": 5, "f": 1.5, "qs": "a\"b\\c\td\u0001\u00e9\u00a0", "x": "x", "zw": "\u200b\ud83d\ude00", "f1005": 1.005, "pi": 3.14159, "f25": 2.5, "fm15": -1.5, "f225": 2.25, "fbig": 1234.5678, "fsmall": 0.000123, "e21": 1e+21, "f35": 3.5, "t": true, "fa": false, "n65": 65, "emoji": 128512, "arr": ["a", 1], "m": {"k": "v"}, "e6": 1500000.5, "em7": 1e-07, "u": "admin", "zero": 0, "nul": null, "tiny": 1e-20, "m2": -2.0, "big2": 2000000.0}"##;
+        let cases = [
+            ("{{printf \"%05s|%-5s|%5s|%.1s|%5.1s\" .s .s .s .s .s}}", "000ab|ab   |   ab|a|    a"),
+            ("{{printf \"%5d|%-5d|%05d|%+d|% d|%.3d|%08.3d|%x|%X|%#x|%o|%#o|%b\" .n .n .neg .n .n .n .n .ff .ff .ff .e8 .e8 .n5}}", "    3|3    |-0003|+3| 3|003|     003|ff|FF|0xff|10|010|101"),
+            ("{{printf \"%5v|%-5v|%05v|%v\" .s .f .f .n}}", "   ab|1.5  |001.5|3"),
+            ("{{printf \"%q|%10q|%-10q|%q\" .qs .x .x .zw}}", "\"a\\\"b\\\\c\\td\\x01é\\u00a0\"|       \"x\"|\"x\"       |\"\\u200b😀\""),
+            ("{{printf \"%f|%.2f|%8.3f|%-8.2f|%08.3f|%+.1f|%e|%.2e|%E|%.0f|%.0f\" .f .f1005 .pi .f25 .fm15 .f225 .fbig .fsmall .e21 .f25 .f35}}", "1.500000|1.00|   3.142|2.50    |-001.500|+2.2|1.234568e+03|1.23e-04|1.000000E+21|2|4"),
+            ("{{printf \"%t|%6t|%c|%c\" .t .fa .n65 .emoji}}", "true| false|A|😀"),
+            ("{{printf \"%d|%s|%d\" .x .n .missing}}", "%!d(string=x)|%!s(int64=3)|%!d(<nil>)"),
+            ("{{printf \"%s %s\" .x}}", "x %!s(MISSING)"),
+            ("{{printf \"%s\" .x .s .n}}", "x%!(EXTRA string=ab, int64=3)"),
+            ("{{printf \"%v|%s|%d\" .missing .missing .t}}", "<nil>|%!s(<nil>)|%!d(bool=true)"),
+            ("{{printf \"100%%\"}}", "100%"),
+            ("{{printf \"%v|%v\" .arr .m}}", "[a 1]|map[k:v]"),
+            ("{{printf \"%x|%X\" .s .s}}", "6162|6162"),
+            ("{{printf \"%v %v %v\" .f .e6 .em7}}", "1.5 1.5000005e+06 1e-07"),
+            ("{{printf \"%q\" .u}}", "\"admin\""),
+            ("{{printf \"{\\\"pw\\\": %q}\" .qs}}", "{\"pw\": \"a\\\"b\\\\c\\td\\x01é\\u00a0\"}"),
+            ("{{printf \"%s:%d\" .u .n}}", "admin:3"),
+            ("{{printf \"%6.2f%%\" .f}}", "  1.50%"),
+            ("{{printf \"%+v|% v|%+d\" .n .n .neg}}", "3| 3|-3"),
+            ("{{printf \"%-08d|\" .n}}", "3       |"),
+            ("{{printf \"%#o|%#b|%#X\" .zero .n5 .ff}}", "0|0b101|0XFF"),
+            ("{{printf \"%.0d|%.0d\" .zero .n}}", "|3"),
+            ("{{printf \"%s\" .t}}", "%!s(bool=true)"),
+            ("{{printf \"%z\" .n}}", "%!z(int64=3)"),
+            ("{{printf \"%5q\" .u}}", "\"admin\""),
+            ("{{printf \"%.3q\" .u}}", "\"adm\""),
+            ("{{printf \"%v\" .nul}}", "<nil>"),
+            ("{{.fm15}} {{.e21}} {{.tiny}} {{.m2}} {{.big2}}", "-1.5 1e+21 1e-20 -2 2e+06"),
+            ("{{printf \"%.1f|%v|%e\" .fm15 .fm15 .e21}}", "-1.5|-1.5|1.000000e+21"),
+        ];
+        renders_as_go(value, &cases);
+        // VSecM holds every number as a float64, so %f of a JSON integer is a float there too.
+        assert_eq!(tf(r#"{"n":3}"#, Some(r#"{{printf "%.2f" .n}}"#), Format::Raw), "3.00");
     }
 
     #[test]
