@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(STATUS, get(native::status))
         .route(ROTATE_ROOT_KEY, post(native::rotate))
         .route(OPENAPI, get(native::openapi))
+        .layer(axum::middleware::from_fn(strict_query))
         .layer(axum::middleware::from_fn(label))
         .fallback(|| async { error::ApiError::not_found("no such endpoint; the API is described at /v1/openapi.yaml") })
         .layer(DefaultBodyLimit::max(limit))
@@ -135,6 +136,52 @@ async fn label(req: axum::extract::Request, next: axum::middleware::Next) -> axu
     let mut resp = next.run(req).await;
     resp.extensions_mut().insert(RouteLabel(route));
     resp
+}
+
+/// The query parameters each native route takes; any other is refused with
+/// a 400 that names it, so that a typo (`?versoin=2`) is not silently
+/// ignored (and the current version answered). The watch parses its own
+/// query; the VSecM routes keep VSecM's leniency.
+fn allowed_query(method: &axum::http::Method, route: &str) -> Option<&'static [&'static str]> {
+    use axum::http::Method;
+    use routes::*;
+    match (method, route) {
+        (_, WORKLOAD_WATCH) => None,
+        (&Method::GET, SECRETS) => Some(&["deleted"]),
+        (&Method::GET, SECRET) => Some(&["version"]),
+        (_, r) if r.starts_with("/v1/") => Some(&[]),
+        _ => None,
+    }
+}
+
+/// Refuses query parameters a native route does not take (see [`allowed_query`]).
+async fn strict_query(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(route) = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned()) else {
+        return next.run(req).await;
+    };
+    let Some(allowed) = allowed_query(req.method(), &route) else { return next.run(req).await };
+    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()).map(|q| q.0);
+        let unknown = match &pairs {
+            Ok(pairs) => pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())).map(|(k, _)| k.as_str()),
+            Err(_) => Some(""),
+        };
+        if let Some(key) = unknown {
+            let shown: String = key.chars().take(40).collect();
+            let takes = match allowed {
+                [] => "takes no query parameters".to_owned(),
+                keys => format!("takes only the query parameter {}", keys.join(", ")),
+            };
+            let why = if pairs.is_err() { "a query that is not form-encoded".to_owned() } else { format!("'{shown}'") };
+            let method = req.method().clone();
+            return error::ApiError::bad_request(format!(
+                "{method} {route} {takes}, not {why}; the API is described at /v1/openapi.yaml"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The label of a route template: the template itself from [`routes`], else `other`.

@@ -23,8 +23,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Wait when none is given.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(25);
 
-/// Query of the watch endpoint.
+/// Query of the watch endpoint (nothing else: a typo is refused, not ignored).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WatchQuery {
     #[serde(default)]
     pub(crate) revision: u64,

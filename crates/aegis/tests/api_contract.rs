@@ -114,3 +114,51 @@ async fn a_stored_template_over_the_budget_is_a_500_on_every_workload_route() {
     assert_eq!(s, 500, "{text}");
     assert!(text.contains("cannot be rendered") && serde_json::from_str::<serde_json::Value>(&text).is_err(), "{text}");
 }
+
+#[tokio::test]
+async fn a_query_parameter_a_route_does_not_take_is_refused_by_name() {
+    let safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    let work = safe.client(&safe.workload_env("billing")).await;
+    let (s, text) = admin.raw(Method::PUT, "/v1/secrets/billing", br#"{"value":"v1"}"#.to_vec()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    let (s, text) = admin.raw(Method::PUT, "/v1/secrets/billing", br#"{"value":"v2"}"#.to_vec()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    // A typo is not ignored: it would have answered the current version, not version 1.
+    let (s, text) = admin.raw(Method::GET, "/v1/secrets/billing?versoin=1", Vec::new()).await.unwrap();
+    assert_eq!(s, 400, "{text}");
+    let why = error_body(&text);
+    assert!(why.contains("'versoin'") && why.contains("takes only the query parameter version"), "{why}");
+    let (s, text) = admin.raw(Method::GET, "/v1/secrets/billing?version=1", Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("\"value\":\"v1\""), "{text}");
+    // A write with a query writes nothing.
+    let (s, text) =
+        admin.raw(Method::PUT, "/v1/secrets/billing?version=9", br#"{"value":"v3"}"#.to_vec()).await.unwrap();
+    assert_eq!(s, 400, "{text}");
+    assert!(error_body(&text).contains("takes no query parameters"), "{text}");
+    let cases = [
+        (&admin, Method::GET, "/v1/secrets?deleted=true&x=1"),
+        (&admin, Method::DELETE, "/v1/secrets/billing?force"),
+        (&admin, Method::POST, "/v1/secrets/billing/undelete?x"),
+        (&admin, Method::POST, "/v1/secrets/billing/rollback?version=1"),
+        (&admin, Method::GET, "/v1/secrets/billing/versions?all=1"),
+        (&admin, Method::DELETE, "/v1/secrets/billing/versions/1?x=y"),
+        (&admin, Method::POST, "/v1/encrypt?armor=1"),
+        (&admin, Method::GET, "/v1/status?verbose"),
+        (&admin, Method::GET, "/v1/openapi.yaml?v=2"),
+        (&work, Method::GET, "/v1/workload/secret?name=other"),
+        (&work, Method::GET, "/v1/workload/watch?revison=1"),
+    ];
+    for (client, method, path) in cases {
+        let (s, text) = client.raw(method.clone(), path, Vec::new()).await.unwrap();
+        assert_eq!(s, 400, "{method} {path}: {text}");
+        error_body(&text);
+    }
+    let (s, text) = admin.raw(Method::GET, "/v1/secrets/billing", Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("\"value\":\"v2\"") && !text.contains("deleted_at"), "nothing changed: {text}");
+    // VSecM's routes keep VSecM's leniency.
+    let (s, text) = work.raw(Method::GET, "/workload/v1/secrets?x=1", Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+}
