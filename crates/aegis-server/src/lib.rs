@@ -138,18 +138,22 @@ async fn label(req: axum::extract::Request, next: axum::middleware::Next) -> axu
     resp
 }
 
-/// The query parameters each native route takes; any other is refused with
-/// a 400 that names it, so that a typo (`?versoin=2`) is not silently
+/// The query parameters each native operation takes; any other is refused
+/// with a 400 that names it, so that a typo (`?versoin=2`) is not silently
 /// ignored (and the current version answered). The watch parses its own
-/// query; the VSecM routes keep VSecM's leniency.
+/// query, the VSecM routes keep VSecM's leniency, and a method a route does
+/// not serve gets its 405.
 fn allowed_query(method: &axum::http::Method, route: &str) -> Option<&'static [&'static str]> {
     use axum::http::Method;
     use routes::*;
+    const NONE: &[&str] = &[];
     match (method, route) {
-        (_, WORKLOAD_WATCH) => None,
         (&Method::GET, SECRETS) => Some(&["deleted"]),
         (&Method::GET, SECRET) => Some(&["version"]),
-        (_, r) if r.starts_with("/v1/") => Some(&[]),
+        (&Method::PUT | &Method::DELETE, SECRET)
+        | (&Method::POST, UNDELETE | ROLLBACK | ENCRYPT | UNSEAL | ROTATE_ROOT_KEY)
+        | (&Method::GET, VERSIONS | WORKLOAD_SECRET | STATUS | OPENAPI)
+        | (&Method::DELETE, VERSION) => Some(NONE),
         _ => None,
     }
 }

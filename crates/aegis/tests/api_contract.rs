@@ -158,6 +158,9 @@ async fn a_query_parameter_a_route_does_not_take_is_refused_by_name() {
     let (s, text) = admin.raw(Method::GET, "/v1/secrets/billing", Vec::new()).await.unwrap();
     assert_eq!(s, 200, "{text}");
     assert!(text.contains("\"value\":\"v2\"") && !text.contains("deleted_at"), "nothing changed: {text}");
+    // A method the route does not serve is still a 405, query or not.
+    let (s, text) = admin.raw(Method::PATCH, "/v1/secrets?deleted=true", Vec::new()).await.unwrap();
+    assert_eq!(s, 405, "{text}");
     // VSecM's routes keep VSecM's leniency.
     let (s, text) = work.raw(Method::GET, "/workload/v1/secrets?x=1", Vec::new()).await.unwrap();
     assert_eq!(s, 200, "{text}");
