@@ -161,29 +161,29 @@ fn allowed_query(method: &axum::http::Method, route: &str) -> Option<&'static [&
 /// Refuses query parameters a native route does not take (see [`allowed_query`]).
 async fn strict_query(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let Some(route) = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned()) else {
+    // Most requests carry no query: nothing to look up for them.
+    if req.uri().query().is_none_or(str::is_empty) {
         return next.run(req).await;
+    }
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("other", |m| route_label(m.as_str()));
+    let Some(allowed) = allowed_query(req.method(), route) else { return next.run(req).await };
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()).map(|q| q.0);
+    let unknown = match &pairs {
+        Ok(pairs) => pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())).map(|(k, _)| k.as_str()),
+        Err(_) => Some(""),
     };
-    let Some(allowed) = allowed_query(req.method(), &route) else { return next.run(req).await };
-    if req.uri().query().is_some_and(|q| !q.is_empty()) {
-        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()).map(|q| q.0);
-        let unknown = match &pairs {
-            Ok(pairs) => pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())).map(|(k, _)| k.as_str()),
-            Err(_) => Some(""),
+    if let Some(key) = unknown {
+        let shown: String = key.chars().take(40).collect();
+        let takes = match allowed {
+            [] => "takes no query parameters".to_owned(),
+            keys => format!("takes only the query parameter {}", keys.join(", ")),
         };
-        if let Some(key) = unknown {
-            let shown: String = key.chars().take(40).collect();
-            let takes = match allowed {
-                [] => "takes no query parameters".to_owned(),
-                keys => format!("takes only the query parameter {}", keys.join(", ")),
-            };
-            let why = if pairs.is_err() { "a query that is not form-encoded".to_owned() } else { format!("'{shown}'") };
-            let method = req.method().clone();
-            return error::ApiError::bad_request(format!(
-                "{method} {route} {takes}, not {why}; the API is described at /v1/openapi.yaml"
-            ))
-            .into_response();
-        }
+        let why = if pairs.is_err() { "a query that is not form-encoded".to_owned() } else { format!("'{shown}'") };
+        let method = req.method().clone();
+        return error::ApiError::bad_request(format!(
+            "{method} {route} {takes}, not {why}; the API is described at /v1/openapi.yaml"
+        ))
+        .into_response();
     }
     next.run(req).await
 }

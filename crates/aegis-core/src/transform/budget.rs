@@ -262,8 +262,7 @@ fn check_result(result: Result<Value, FuncError>, limit: Option<usize>) -> Resul
 fn go_print(args: &[Value]) -> Result<Value, FuncError> {
     let limit = METER.with(|m| m.borrow().as_ref().map(|m| m.budget.max_output_bytes));
     match args {
-        [value @ (Value::Array(_) | Value::Map(_) | Value::Object(_))] => go_text(value, limit).map(Value::String),
-        [value] => Ok(Value::String(scalar_text(value))),
+        [value] => go_arg(value, limit).map(Value::String),
         _ => Err(FuncError::ExactlyXArgs(PRINT_FUNC.to_owned(), 1)),
     }
 }
@@ -445,75 +444,60 @@ fn println(args: &[Value]) -> Result<Value, FuncError> {
 /// Go's `url.QueryEscape` does (`gtmpl` escapes a space as `%20` and leaves
 /// `&`, `=`, `+` and others as they are).
 fn urlquery(args: &[Value]) -> Result<Value, FuncError> {
-    let limit = charge()?;
-    check_size(args_len(args).saturating_mul(3), limit)?;
-    let text = args_text(args, limit)?;
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
+    escaped(args, 3, |c, out| match c {
+        'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' => out.push(c),
+        ' ' => out.push('+'),
+        c => {
+            let mut bytes = [0u8; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
         }
-    }
-    check_result(Ok(Value::String(out)), limit)
+    })
 }
 
 /// Go's `html`: the arguments' text with `<`, `>`, `&`, `'`, `"` escaped as
 /// Go's `template.HTMLEscapeString` does (NUL becomes U+FFFD).
 fn html(args: &[Value]) -> Result<Value, FuncError> {
-    let limit = charge()?;
-    check_size(args_len(args).saturating_mul(6), limit)?;
-    let text = args_text(args, limit)?;
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\0' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    check_result(Ok(Value::String(out)), limit)
+    escaped(args, 6, |c, out| match c {
+        '"' => out.push_str("&#34;"),
+        '\'' => out.push_str("&#39;"),
+        '&' => out.push_str("&amp;"),
+        '<' => out.push_str("&lt;"),
+        '>' => out.push_str("&gt;"),
+        '\0' => out.push('\u{FFFD}'),
+        c => out.push(c),
+    })
 }
 
 /// Go's `js`: the arguments' text escaped for JavaScript as Go's
 /// `template.JSEscapeString` does. Go keeps the characters Unicode calls
-/// printable; here that is approximated by what is not a control, format
-/// or separator character (other than the space).
+/// printable; here that is approximated (see [`super::gofmt::printable`]).
 fn js(args: &[Value]) -> Result<Value, FuncError> {
-    let limit = charge()?;
-    check_size(args_len(args).saturating_mul(6), limit)?;
-    let text = args_text(args, limit)?;
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '"' => out.push_str("\\\""),
-            '<' => out.push_str("\\u003C"),
-            '>' => out.push_str("\\u003E"),
-            '&' => out.push_str("\\u0026"),
-            '=' => out.push_str("\\u003D"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u00{:02X}", u32::from(c))),
-            c if !c.is_ascii() && !printable(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    check_result(Ok(Value::String(out)), limit)
+    escaped(args, 6, |c, out| match c {
+        '\\' => out.push_str("\\\\"),
+        '\'' => out.push_str("\\'"),
+        '"' => out.push_str("\\\""),
+        '<' => out.push_str("\\u003C"),
+        '>' => out.push_str("\\u003E"),
+        '&' => out.push_str("\\u0026"),
+        '=' => out.push_str("\\u003D"),
+        c if u32::from(c) < 0x20 => out.push_str(&format!("\\u00{:02X}", u32::from(c))),
+        c if !c.is_ascii() && !super::gofmt::printable(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+        c => out.push(c),
+    })
 }
 
-/// Unicode's printable characters, near enough for `js`: not a control,
-/// not a space other than U+0020, not a format character that is commonly met.
-pub(super) fn printable(c: char) -> bool {
-    !(c.is_control()
-        || c.is_whitespace()
-        || matches!(c, '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
-            | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}'))
+/// One step: the arguments' text (Go's `evalArgs`) with each character
+/// written by `escape`, refused when at most `growth` bytes per byte could
+/// pass the output limit.
+fn escaped(args: &[Value], growth: usize, escape: fn(char, &mut String)) -> Result<Value, FuncError> {
+    let limit = charge()?;
+    check_size(args_len(args).saturating_mul(growth), limit)?;
+    let text = args_text(args, limit)?;
+    let mut out = String::with_capacity(text.len());
+    text.chars().for_each(|c| escape(c, &mut out));
+    check_result(Ok(Value::String(out)), limit)
 }
 
 /// The text of `urlquery`, `html` and `js`'s arguments: one string as it
@@ -658,21 +642,22 @@ fn ge(args: &[Value]) -> Result<Value, FuncError> {
 
 fn printf(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
+    let mut shown = Vec::new();
     if let Some((Value::String(format), rest)) = args.split_first() {
-        check_size(printf_estimate(format, rest)?.0, limit)?;
+        // Estimated on the arguments as they are: arrays and maps are
+        // estimated larger than the text they are replaced with below.
+        let estimate;
+        (estimate, shown) = printf_estimate(format, rest)?;
+        check_size(estimate, limit)?;
         if let Some(text) = super::gofmt::sprintf(format, rest, &|v| go_text(v, limit)) {
             return check_result(text.map(Value::String), limit);
         }
     }
     let mut args = go_args(args, limit)?;
-    if let Some((Value::String(format), rest)) = args.split_first_mut() {
-        let (estimate, shown) = printf_estimate(format, rest)?;
-        check_size(estimate, limit)?;
-        // `%v` of a float as Go prints it (`gtmpl` cannot format a float with `%v`).
-        for at in shown {
-            if let Some(arg @ Value::Number(_)) = rest.get_mut(at) {
-                *arg = Value::String(scalar_text(arg));
-            }
+    // `%v` of a float as Go prints it (`gtmpl` cannot format a float with `%v`).
+    for at in shown {
+        if let Some(arg @ Value::Number(_)) = args.get_mut(at + 1) {
+            *arg = Value::String(scalar_text(arg));
         }
     }
     check_result(gtmpl::funcs::printf(&args), limit)

@@ -338,7 +338,7 @@ pub(super) fn quote(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
             c if u32::from(c) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-            c if c == ' ' || (!c.is_ascii() && super::budget::printable(c)) || (c.is_ascii() && !c.is_control()) => {
+            c if c == ' ' || (!c.is_ascii() && printable(c)) || (c.is_ascii() && !c.is_control()) => {
                 out.push(c);
             }
             c if u32::from(c) < 0x10000 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
@@ -347,4 +347,15 @@ pub(super) fn quote(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// Unicode's printable characters (Go's `unicode.IsPrint`), near enough
+/// for `%q` and `js`: not a control, not a space other than U+0020, not a
+/// format or private-use character that is commonly met.
+pub(super) fn printable(c: char) -> bool {
+    !(c.is_control()
+        || c.is_whitespace()
+        || matches!(c, '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
+            | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}'))
 }

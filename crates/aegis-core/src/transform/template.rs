@@ -380,8 +380,7 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
                 Role::RangeElse(n) => {
                     // gtmpl runs a range's else also after the iterations; Go only when there were none.
                     text.push_str(own);
-                    let trim = if pipeline_end(own) < own.len() - 2 { " -" } else { "" };
-                    text.push_str(&format!("{{{{if {} {n}{trim}}}}}", budget::EMPTY_FUNC));
+                    text.push_str(&format!("{{{{if {} {n}{}}}}}", budget::EMPTY_FUNC, right_trim(own)));
                 }
                 Role::RangeElseEnd => {
                     text.push_str(if trim { "end}}{{" } else { "{{end}}" });
@@ -450,6 +449,16 @@ fn pipeline_end(action: &str) -> usize {
     }
 }
 
+/// The action's trim marker (` -`) for an action added right after it, so
+/// that the text that follows is still trimmed; empty without one.
+fn right_trim(action: &str) -> &'static str {
+    if pipeline_end(action) < action.len() - 2 {
+        " -"
+    } else {
+        ""
+    }
+}
+
 /// Where the key variable of `range $k, $v := ...` is in the action.
 fn range_key(action: &str, close: usize) -> Option<std::ops::Range<usize>> {
     let var = |from: usize| -> Option<std::ops::Range<usize>> {
@@ -489,7 +498,7 @@ fn push_sorted_range(text: &mut String, action: &str, n: usize) {
     text.push_str(&action[close..]);
     if let Some(key) = key {
         // With a trim marker, the text after the range is trimmed after this action.
-        let trim = if close < action.len() - 2 { " -" } else { "" };
+        let trim = right_trim(action);
         text.push_str(&format!("{{{{{} := {} {n} {index}{trim}}}}}", &action[key], budget::KEY_FUNC));
     }
 }
