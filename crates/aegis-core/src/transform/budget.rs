@@ -195,7 +195,7 @@ fn charge() -> Result<Option<usize>, FuncError> {
 }
 
 /// Refuses a result estimated (or found) to be larger than the output limit.
-fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), FuncError> {
+pub(super) fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), FuncError> {
     match limit {
         Some(limit) if estimate > limit => METER.with(|m| {
             let mut m = m.borrow_mut();
@@ -211,7 +211,7 @@ fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), FuncError> {
     }
 }
 
-fn printf_size_error(size: u128) -> FuncError {
+pub(super) fn printf_size_error(size: u128) -> FuncError {
     let why = format!(
         "printf width or precision {size} is larger than the limit of {MAX_PRINTF_SIZE} (template printf limit)"
     );
@@ -272,7 +272,7 @@ fn go_print(args: &[Value]) -> Result<Value, FuncError> {
 /// integers as integers, where Go would print `1.2345678e+07`).
 fn scalar_text(value: &Value) -> String {
     match value {
-        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), super::yaml::go_float),
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), super::gofmt::go_float),
         other => other.to_string(),
     }
 }
@@ -620,6 +620,14 @@ fn order(args: &[Value], name: &str, want: fn(std::cmp::Ordering) -> bool, inner
                 None => inner(args),
             }
         }
+        // Two floats `gtmpl` could only hold as text: by value, not as text.
+        [a @ Value::String(_), b @ Value::String(_)] => {
+            let pair = super::gofmt::float_text_of(a).zip(super::gofmt::float_text_of(b));
+            match pair.and_then(|(x, y)| x.partial_cmp(&y)) {
+                Some(o) => Ok(Value::Bool(want(o))),
+                None => inner(args),
+            }
+        }
         _ => inner(args),
     }
 }
@@ -649,7 +657,7 @@ fn printf(args: &[Value]) -> Result<Value, FuncError> {
         let estimate;
         (estimate, shown) = printf_estimate(format, rest)?;
         check_size(estimate, limit)?;
-        if let Some(text) = super::gofmt::sprintf(format, rest, &|v| go_text(v, limit)) {
+        if let Some(text) = super::gofmt::sprintf(format, rest, limit, &|v| go_text(v, limit)) {
             return check_result(text.map(Value::String), limit);
         }
     }
@@ -746,7 +754,7 @@ pub(super) fn printf_estimate(format: &str, args: &[Value]) -> Result<(usize, Ve
             rest = after;
             continue;
         }
-        let Some(end) = spec.find(|c: char| "vVtTbcdoqxXUeEfFgGsp".contains(c)) else {
+        let Some(end) = spec.find(|c: char| "vVtTbcdoOqxXUeEfFgGsp".contains(c)) else {
             return malformed(format, args, estimate).map(|e| (e, shown));
         };
         let Some(verb) = Verb::parse(&spec[..end]) else {

@@ -2,6 +2,7 @@
 //! guards that keep the engine safe, rendered within a [`Budget`], and
 //! the fields it could not fill dropped.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::budget::{self, Budget, MAX_ACTION_REFERENCES, MAX_NESTING, MAX_PRINTF_SIZE};
@@ -375,6 +376,7 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
             text.push_str(&step);
             plain.push_str(&step);
             plain.push_str(own);
+            let own = &with_floats(own, own.len() - action.len, &action.floats);
             match role {
                 Role::Range(n) => push_sorted_range(&mut text, own, n),
                 Role::RangeElse(n) => {
@@ -394,6 +396,29 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
     text.push_str(&template[offset..]);
     plain.push_str(&template[offset..]);
     Ok(Scanned { text, plain, depth: deepest })
+}
+
+/// An action with its float literals that `gtmpl` would truncate replaced
+/// by their text as Go prints them (`-1.5` becomes `"-1.5"`): the functions
+/// print, format and compare such text as the number, as they do for the
+/// same numbers in the data (see `template_number`). `shift` is where the
+/// body starts in `action`.
+fn with_floats<'a>(action: &'a str, shift: usize, floats: &[(std::ops::Range<usize>, String)]) -> Cow<'a, str> {
+    if floats.is_empty() {
+        return Cow::Borrowed(action);
+    }
+    let mut out = String::with_capacity(action.len() + 8 * floats.len());
+    let mut from = 0;
+    for (range, text) in floats {
+        let Some(before) = action.get(from..shift + range.start) else { continue };
+        out.push_str(before);
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        from = shift + range.end;
+    }
+    out.push_str(&action[from..]);
+    Cow::Owned(out)
 }
 
 /// What the rewrite does with an action besides the step before it.
@@ -528,6 +553,9 @@ struct Action {
     references: usize,
     /// Whether it is a comment.
     comment: bool,
+    /// Float literals `gtmpl` cannot hold: their place in the body and
+    /// their text as Go prints them.
+    floats: Vec<(std::ops::Range<usize>, String)>,
 }
 
 /// Scans an action's body up to and including its closing `}}`.
@@ -541,13 +569,17 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
             (_, true) => end + 4,
             _ => return Err(syntax("comment end before closing delimiter")),
         };
-        return Ok(Action { len, parens: 0, references: 0, comment: true });
+        return Ok(Action { len, parens: 0, references: 0, comment: true, floats: Vec::new() });
     }
     let (mut parens, mut deepest, mut references) = (0usize, 0usize, 0usize);
+    let mut floats = Vec::new();
     let mut chars = body.char_indices();
     while let Some((i, c)) = chars.next() {
         if body[i..].starts_with("}}") {
-            return Ok(Action { len: i + 2, parens: deepest, references, comment: false });
+            return Ok(Action { len: i + 2, parens: deepest, references, comment: false, floats });
+        }
+        if let Some(float) = misheld_float(body, i) {
+            floats.push(float);
         }
         match c {
             '"' | '\'' => skip_quoted(&mut chars, c).map_err(|e| match e {
@@ -581,6 +613,45 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
         }
     }
     Err(syntax("unclosed action (no matching }})"))
+}
+
+/// A float literal starting at `at` that `gtmpl` would not hold as Go
+/// does, with its text as Go prints it: `gtmpl` truncates a negative or
+/// tiny one to an integer (`-1.5` to -1, `1e-20` to 0) and saturates a
+/// large one. Go holds a literal with a point or an exponent as a float64;
+/// such a literal that is whole and below a million prints and compares
+/// the same as the integer `gtmpl` makes of it.
+fn misheld_float(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)> {
+    let bytes = body.as_bytes();
+    let next_is_digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
+    let starts = match bytes[at] {
+        b'0'..=b'9' => true,
+        b'+' | b'-' => next_is_digit(at + 1) || (bytes.get(at + 1) == Some(&b'.') && next_is_digit(at + 2)),
+        b'.' => next_is_digit(at + 1),
+        _ => false,
+    };
+    let after_word =
+        body[..at].ends_with(|p: char| p.is_ascii_alphanumeric() || matches!(p, '_' | '.' | '$' | ')' | '+' | '-'));
+    if !starts || after_word {
+        return None;
+    }
+    let mut end = at + usize::from(matches!(bytes[at], b'+' | b'-'));
+    if body[end..].starts_with("0x") || body[end..].starts_with("0X") {
+        return None;
+    }
+    while let Some(&b) = bytes.get(end) {
+        let sign_of_exponent = matches!(b, b'+' | b'-') && matches!(bytes[end - 1], b'e' | b'E');
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || sign_of_exponent) {
+            break;
+        }
+        end += 1;
+    }
+    let literal = &body[at..end];
+    if !literal.contains(['.', 'e', 'E']) {
+        return None;
+    }
+    let f = literal.parse::<f64>().ok().filter(|f| f.is_finite())?;
+    (!super::gofmt::gtmpl_holds(f)).then(|| (at..end, super::gofmt::go_float(f)))
 }
 
 /// Why a quoted string is refused.
@@ -712,10 +783,10 @@ fn template_number(n: &serde_json::Number) -> gtmpl::Value {
         gtmpl::Value::from(i)
     } else {
         match n.as_f64() {
-            Some(f) if f.fract() >= f64::EPSILON => gtmpl::Value::from(f),
             #[allow(clippy::cast_possible_truncation)] // whole and below a million
-            Some(f) if f.fract() == 0.0 && f.abs() < 1e6 => gtmpl::Value::from(f as i64),
-            Some(f) => gtmpl::Value::String(super::yaml::go_float(f)),
+            Some(f) if super::gofmt::gtmpl_holds(f) && f.fract() == 0.0 => gtmpl::Value::from(f as i64),
+            Some(f) if super::gofmt::gtmpl_holds(f) => gtmpl::Value::from(f),
+            Some(f) => gtmpl::Value::String(super::gofmt::go_float(f)),
             None => gtmpl::Value::NoValue,
         }
     }
@@ -913,6 +984,12 @@ mod tests {
         // A format from the data with many wide verbs.
         let format = "%9999d".repeat(200);
         over(&format!(r#"{{"f":"{format}"}}"#), "{{printf .f 1}}", &Budget::default());
+        // Verbs the size estimate does not walk: an unknown verb keeps its
+        // width in Go's `%!z(...)` text, so the result is bounded as it grows.
+        for format in ["%[1]*z".repeat(2000), "%[1]*O".repeat(2000)] {
+            let err = over(&format!(r#"{{"f":"{format}"}}"#), "{{printf .f 9999 7}}", &Budget::default());
+            assert!(err.reason().contains("output"), "{err}");
+        }
     }
 
     #[test]
@@ -1250,6 +1327,97 @@ mod tests {
         renders_as_go(value, &cases);
         // VSecM holds every number as a float64, so %f of a JSON integer is a float there too.
         assert_eq!(tf(r#"{"n":3}"#, Some(r#"{{printf "%.2f" .n}}"#), Format::Raw), "3.00");
+    }
+
+    /// `%g`, `%U`, `%O`, `*` widths and precisions, `[n]` indexes, zero
+    /// padding before a prefix, and flags in `%!verb(...)`, as Go formats
+    /// them (outputs recorded with Go's `text/template`, integers as int64s).
+    #[test]
+    fn printf_formats_the_rest_of_gos_verbs_as_go_does() {
+        let value = r#"{"s": "ab", "n": 3, "neg": -3, "ff": 255, "e8": 8, "n5": 5, "f": 1.5, "x": "x", "f1005": 1.005, "pi": 3.14159, "f25": 2.5, "fm15": -1.5, "fbig": 1234.5678, "fsmall": 0.000123, "e21": 1e+21, "f35": 3.5, "t": true, "n65": 65, "emoji": 128512, "e6": 1500000.5, "em7": 1e-07, "u": "admin", "zero": 0, "tiny": 1e-20, "m2": -2.0, "big2": 2000000.0, "e100": 1e100, "f123456": 123456.5, "f1234567": 1234567.5, "f99": 99.5, "f99999": 99999.5}"#;
+        let cases = [
+            (
+                r#"{{printf "%g|%g|%g|%g|%g|%g|%g|%g" .f .e6 .em7 .fbig .fsmall .e21 .tiny .big2}}"#,
+                "1.5|1.5000005e+06|1e-07|1234.5678|0.000123|1e+21|1e-20|2e+06",
+            ),
+            (r#"{{printf "%G|%G" .e21 .em7}}"#, "1E+21|1E-07"),
+            (
+                r#"{{printf "%.3g|%.3g|%.3g|%.3g|%.10g|%.1g|%.0g|%.2g" .pi .fbig .fsmall .e21 .pi .f25 .f35 .f1005}}"#,
+                "3.14|1.23e+03|0.000123|1e+21|3.14159|2|4|1",
+            ),
+            (
+                r#"{{printf "%8.3g|%-8.3g|%08.3g|%+g|% g|%+.2g" .pi .pi .fm15 .f .f .fbig}}"#,
+                "    3.14|3.14    |-00001.5|+1.5| 1.5|+1.2e+03",
+            ),
+            (r#"{{printf "%g|%g|%g|%g" .m2 .e100 .f123456 .f1234567}}"#, "-2|1e+100|123456.5|1.2345675e+06"),
+            (r#"{{printf "%.3g|%.5g|%.2g|%.4g" .f123456 .f1234567 .f99 .f99999}}"#, "1.23e+05|1.2346e+06|1e+02|1e+05"),
+            (r#"{{printf "%g|%.3g|%g" .s .t .missing}}"#, "%!g(string=ab)|%!g(bool=true)|%!g(<nil>)"),
+            (
+                r#"{{printf "%U|%U|%8U|%-8U|%.6U|%08U" .n65 .emoji .n65 .n65 .n65 .n65}}"#,
+                "U+0041|U+1F600|  U+0041|U+0041  |U+000041|  U+0041",
+            ),
+            (r#"{{printf "%U|%U|%U" .s .f .neg}}"#, "%!U(string=ab)|%!U(float64=1.5)|U+FFFFFFFFFFFFFFFD"),
+            (r#"{{printf "%#U|%#8U|%#U" .n65 .n65 .n5}}"#, "U+0041 'A'|U+0041 'A'|U+0005"),
+            (
+                r#"{{printf "%*d|%-*d|%*d|%.*f|%*.*f|%*s" .n5 .n .n5 .n .neg .n .n .pi .e8 .n .pi .n5 .s}}"#,
+                "    3|3    |3  |3.142|   3.142|   ab",
+            ),
+            (r#"{{printf "%*d" .s .n}}"#, "%!(BADWIDTH)3"),
+            (r#"{{printf "%*d" .f .n}}"#, "%!(BADWIDTH)3"),
+            (r#"{{printf "%.*d" .neg .n}}"#, "%!(BADPREC)3"),
+            (r#"{{printf "%[2]d %[1]d|%[1]s %[1]s" .n .ff .s}}"#, "255 3|%!s(int64=3) %!s(int64=3)"),
+            (r#"{{printf "%[2]s %s" .s .u .x}}"#, "admin x"),
+            (r#"{{printf "%[3]d" .n}}"#, "%!d(BADINDEX)"),
+            (r#"{{printf "%[0]d" .n}}"#, "%!d(BADINDEX)"),
+            (r#"{{printf "%[1]d %d %d" .n .ff}}"#, "3 255 %!d(MISSING)"),
+            (r#"{{printf "%d %d %[1]d" .n .ff}}"#, "3 255 3"),
+            (r#"{{printf "%[x]d" .n}}"#, "%!d(BADINDEX)"),
+            (r#"{{printf "%[2]*[1]d|" .n .n5}}"#, "    3|"),
+            (r#"{{printf "%[1]" .n}}"#, "%!(NOVERB)"),
+            (r#"{{printf "%[1]d" .n .ff}}"#, "3"),
+            (r#"{{printf "%[1]*d" .n5}}"#, "%!d(MISSING)"),
+            (r#"{{printf "%[2]d %[2]d %d" .n .ff}}"#, "255 255 %!d(MISSING)"),
+            (r#"{{printf "%[1]d %[3]d %d" .n .ff}}"#, "3 %!d(BADINDEX) 255"),
+            (
+                r#"{{printf "%#08x|%#08o|%+08d|%08.3d|% 08d|%#-8x|%O|%#O|%08O|%#o|%-#8o|" .ff .e8 .n .n .n .ff .e8 .e8 .e8 .zero .e8}}"#,
+                "0x000000ff|00000010|+0000003|     003| 0000003|0xff    |0o10|0o010|0o00000010|0|010     |",
+            ),
+            (r#"{{printf "%08s|%-08s|%08q" .s .s .s}}"#, "000000ab|ab      |0000\"ab\""),
+            (r#"{{printf "%5.1%|%-5%|%[2]%" .n}}"#, "%|%|%"),
+            (r#"{{printf "%d %!" .n}}"#, "3 %!!(MISSING)"),
+            (r#"{{printf "%.d|%5.|" .n .n}}"#, "3|%!|(int64=    3)"),
+        ];
+        renders_as_go(value, &cases);
+        // VSecM holds every number as a float64: %g of a JSON integer is a float's text there too.
+        assert_eq!(tf(value, Some(r#"{{printf "%g|%g|%g|%.2g" .n .neg .zero .ff}}"#), Format::Raw), "3|-3|0|2.6e+02");
+    }
+
+    /// Float literals written in the template print and compare as Go's
+    /// (outputs recorded with Go's `text/template`); `gtmpl` alone truncates
+    /// `-1.5` to -1 and `1e-20` to 0 and saturates `1e21`.
+    #[test]
+    fn float_literals_in_the_template_are_the_numbers_go_reads() {
+        let value = r#"{"fm15": -1.5, "f": 1.5, "x": "a-1.5", "n": 3}"#;
+        let cases = [
+            (
+                "{{-1.5}} {{1e-20}} {{1e21}} {{-2.25e3}} {{-0.0}} {{-1e3}} {{.5}} {{-.5}}",
+                "-1.5 1e-20 1e+21 -2250 -0 -1000 0.5 -0.5",
+            ),
+            (
+                r#"{{if lt .fm15 -1.25}}lt{{else}}ge{{end}} {{if eq .fm15 -1.5}}eq{{end}} {{printf "%.2f|%v|%g" -1.5 -1.5 -2.5e-7}}"#,
+                "lt eq -1.50|-1.5|-2.5e-07",
+            ),
+            ("{{if lt .f -1.0}}a{{else}}b{{end}}", "b"),
+            ("{{$x := -0.25}}{{$x}}", "-0.25"),
+            ("{{- -1.5 -}} {{ -2.5 }}", "-1.5-2.5"),
+            (r#"{{.x}} {{"-1.5"}} {{print "x" -1.5}}"#, "a-1.5 -1.5 x-1.5"),
+            ("{{printf \"%.1f\" -1e-20}} {{if gt 1e21 1e20}}big{{end}}", "-0.0 big"),
+        ];
+        renders_as_go(value, &cases);
+        // Such floats in the data compare by value with each other too.
+        let value = r#"{"fm15": -1.5, "m125": -1.25, "e21": 1e21, "e20": 1e20, "tiny": 1e-20, "m0": -0.0}"#;
+        let template = "{{if lt .fm15 .m125}}lt{{end}} {{if gt .m125 -1.5}}gt{{end}} {{if le .e21 .e20}}le{{else}}nle{{end}} {{if ge .tiny .tiny}}ge{{end}} {{.m0}}";
+        renders_as_go(value, &[(template, "lt gt nle ge -0")]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! double-quoted with escapes; multi-line strings are `|` literals. Keys
 //! longer than 128 bytes or spanning lines use the `? key` form.
 
+use super::gofmt::go_float;
 use serde_json::{Map, Value};
 
 /// yaml.v3's default indentation.
@@ -462,38 +463,6 @@ fn number_text(n: &serde_json::Number) -> String {
         return n.to_string();
     }
     n.as_f64().map_or_else(|| n.to_string(), go_float)
-}
-
-/// Go's shortest `%g`: exponent form when the exponent is below -4 or
-/// at least 6 (`1e+06`, `1e-07`), plain decimal otherwise.
-pub(super) fn go_float(f: f64) -> String {
-    let sci = format!("{f:e}"); // shortest round-trip digits: "-1.2345e6"
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    if digits.is_empty() {
-        return sci;
-    }
-    if !(-4..6).contains(&exp) {
-        let (first, rest) = digits.split_at(1);
-        let dot = if rest.is_empty() { "" } else { "." };
-        let exp_sign = if exp < 0 { '-' } else { '+' };
-        return format!("{sign}{first}{dot}{rest}e{exp_sign}{:02}", exp.abs());
-    }
-    let point = usize::try_from(exp + 1).unwrap_or(0);
-    let text = if exp < 0 {
-        let zeros = "0".repeat(usize::try_from(-exp - 1).unwrap_or(0));
-        format!("0.{zeros}{digits}")
-    } else if digits.len() <= point {
-        format!("{digits}{}", "0".repeat(point - digits.len()))
-    } else {
-        format!("{}.{}", &digits[..point], &digits[point..])
-    };
-    format!("{sign}{text}")
 }
 
 /// Whether yaml.v3 would write `s` without quotes as far as its meaning goes:
