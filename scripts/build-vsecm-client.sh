@@ -33,27 +33,10 @@ gb_args --print-path "$bin" 2,17 "$@"
     gb_die "the sources are missing: expected go.mod, go.sum and main.go in $src"
 command -v go >/dev/null ||
     gb_die "the Go toolchain is not installed (need Go >= 1.23.2, the 'go' line of the SDK's go.mod); install Go and re-run"
-command -v sha256sum >/dev/null || gb_die "sha256sum not found (coreutils)"
 
 src="$(cd "$src" && pwd)"
-go_version="$(GOTOOLCHAIN=local go version)" || gb_die "'go version' failed"
-hash="$(
-    {
-        echo "$go_version"
-        echo "build-vsecm-client v1"
-        cd "$src"
-        for f in go.mod go.sum $(ls -- *.go | LC_ALL=C sort); do
-            echo "== $f"
-            cat -- "$f"
-        done
-    } | sha256sum | cut -d' ' -f1
-)"
-
-if [[ -x "$bin" && -f "$bin.source-hash" && "$(cat "$bin.source-hash")" == "$hash" ]]; then
-    gb_log "using cached $bin (sources unchanged)"
-    echo "$bin"
-    exit 0
-fi
+gb_local_build "$bin" "$src" "build-vsecm-client v1" go.mod go.sum
+hash="$GB_HASH"
 
 mkdir -p "$dir/bin"
 gb_go_env "$dir" 0 "need Go >= 1.23.2, the 'go' line of the SDK's go.mod"
@@ -63,7 +46,7 @@ export GOFLAGS="-mod=readonly -modcacherw -trimpath -buildvcs=false"
 
 staging="$bin.tmp.$$"
 trap 'rm -f "$staging"' EXIT
-gb_log "building $src with $go_version (first build downloads the SDK and its dependencies)"
+gb_log "building $src with $GB_GO_VERSION (first build downloads the SDK and its dependencies)"
 start=$(date +%s)
 if ! (cd "$src" && go build -o "$staging" .); then
     gb_die "go build of $src failed (see the Go output above). The client needs $want_sdk and its dependencies from the Go module proxy (GOPROXY=$(go env GOPROXY))."

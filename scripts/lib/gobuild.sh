@@ -109,3 +109,30 @@ gb_install() {
     go clean -cache >/dev/null 2>&1 || true
     rm -rf "$GOCACHE"
 }
+
+# gb_local_build BIN SRC TAG FILE...: for a Go program built from sources in the clone,
+# sets GB_HASH to the hash of the Go version, TAG and the sources (the FILEs that exist
+# and SRC's *.go, sorted) and GB_GO_VERSION; prints BIN and exits when BIN was built
+# from the same hash.
+gb_local_build() {
+    local bin="$1" src="$2" tag="$3"
+    shift 3
+    command -v sha256sum >/dev/null || gb_die "sha256sum not found (coreutils)"
+    GB_GO_VERSION="$(GOTOOLCHAIN=local go version)" || gb_die "'go version' failed"
+    GB_HASH="$(
+        {
+            echo "$GB_GO_VERSION"
+            echo "$tag"
+            cd "$src"
+            for f in "$@" $(ls -- *.go | LC_ALL=C sort); do
+                echo "== $f"
+                cat -- "$f"
+            done
+        } | sha256sum | cut -d' ' -f1
+    )"
+    if [[ -x "$bin" && -f "$bin.source-hash" && "$(cat "$bin.source-hash")" == "$GB_HASH" ]]; then
+        gb_log "using cached $bin (sources unchanged)"
+        echo "$bin"
+        exit 0
+    fi
+}

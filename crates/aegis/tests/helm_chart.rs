@@ -31,7 +31,8 @@ use ::kube::core::GroupVersionKind;
 use ::kube::discovery::{self, Scope};
 use aegis_core::roles::{Role, RoleRules};
 use aegis_core::spiffe::SpiffeId;
-use common::kube::{repo_root, KubeCluster};
+use common::kube::KubeCluster;
+use common::repo_root;
 use serde_json::Value;
 
 /// The namespace every test installs into (VSecM's).

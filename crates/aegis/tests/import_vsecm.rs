@@ -277,7 +277,7 @@ async fn a_wrong_root_key_imports_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_root_key_can_come_from_vsecms_kubernetes_secret() {
     let cluster = common::kube::KubeCluster::start().await;
-    let rbac = common::kube::repo_root().join("deploy/kubernetes/safe-rbac.yaml");
+    let rbac = common::repo_root().join("deploy/kubernetes/safe-rbac.yaml");
     cluster.apply_yaml(rbac.to_str().unwrap()).await;
     let kubeconfig = cluster.service_account_kubeconfig("vsecm-system", "aegis-safe").await;
     let key_text = fs::read_to_string(fixtures().join("root-key.txt")).unwrap();

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use ::kube::api::{Api, ListParams, PostParams};
 use ::kube::Client;
-use common::kube::{client_from_kubeconfig, repo_root, KubeCluster};
+use common::kube::{client_from_kubeconfig, KubeCluster};
+use common::repo_root;
 use k8s_openapi::api::core::v1::Secret;
 
 fn secret(name: &str, key: &str, value: &str) -> Secret {

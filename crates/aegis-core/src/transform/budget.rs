@@ -72,6 +72,15 @@ pub(super) const KEY_FUNC: &str = "_aegis_key";
 /// The function that tells whether a `range` ran no iteration (see [`range_empty`]).
 pub(super) const EMPTY_FUNC: &str = "_aegis_range_empty";
 
+/// What Go prints for a missing value.
+pub(super) const NO_VALUE: &str = "<no value>";
+
+/// The function a float literal `gtmpl` would truncate becomes (see [`float`]).
+pub(super) const FLOAT_FUNC: &str = "_aegis_float";
+
+/// The function a field chain such as `.a.b` is evaluated by (see [`field`]).
+pub(super) const FIELD_FUNC: &str = "_aegis_field";
+
 /// What one render may cost. The nesting, `printf` and reference limits are
 /// constants ([`MAX_NESTING`], [`MAX_PRINTF_SIZE`], [`MAX_ACTION_REFERENCES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +271,8 @@ fn check_result(result: Result<Value, FuncError>, limit: Option<usize>) -> Resul
 fn go_print(args: &[Value]) -> Result<Value, FuncError> {
     let limit = METER.with(|m| m.borrow().as_ref().map(|m| m.budget.max_output_bytes));
     match args {
+        // A missing value, or JSON null, prints as Go prints them: `<no value>`.
+        [Value::NoValue | Value::Nil] => Ok(Value::String(NO_VALUE.to_owned())),
         [value] => go_arg(value, limit).map(Value::String),
         _ => Err(FuncError::ExactlyXArgs(PRINT_FUNC.to_owned(), 1)),
     }
@@ -279,47 +290,7 @@ fn scalar_text(value: &Value) -> String {
 
 /// Go's text of an array or a map, within the output limit.
 fn go_text(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
-    fn write(value: &Value, out: &mut String, limit: usize) -> bool {
-        match value {
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(' ');
-                    }
-                    if !write(item, out, limit) {
-                        return false;
-                    }
-                }
-                out.push(']');
-            }
-            Value::Map(map) | Value::Object(map) => {
-                out.push_str("map[");
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort_unstable();
-                for (i, key) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(' ');
-                    }
-                    out.push_str(key);
-                    out.push(':');
-                    if !write(&map[key], out, limit) {
-                        return false;
-                    }
-                }
-                out.push(']');
-            }
-            Value::NoValue | Value::Nil => out.push_str("<nil>"),
-            scalar => out.push_str(&scalar_text(scalar)),
-        }
-        out.len() <= limit
-    }
-    let mut out = String::new();
-    if write(value, &mut out, limit.unwrap_or(usize::MAX)) {
-        Ok(out)
-    } else {
-        check_size(out.len(), limit).map(|()| out)
-    }
+    super::gofmt::go_value(value, limit)
 }
 
 /// Which `range` of the template a call is for.
@@ -341,7 +312,7 @@ fn sorted_range(args: &[Value]) -> Result<Value, FuncError> {
     let [n, value] = args else { return Err(FuncError::ExactlyXArgs(RANGE_FUNC.to_owned(), 2)) };
     let n = range_number(Some(n))?;
     let (visit, value) = match value {
-        Value::Map(map) | Value::Object(map) => {
+        Value::Map(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let keys: Vec<String> = entries.iter().map(|(k, _)| (*k).clone()).collect();
@@ -353,6 +324,8 @@ fn sorted_range(args: &[Value]) -> Result<Value, FuncError> {
         Value::Array(items) => (Visit { len: items.len(), keys: None }, value.clone()),
         // Go runs no iteration (the `else`, if any) over a missing value or nil.
         Value::NoValue | Value::Nil => (Visit::default(), Value::Array(Vec::new())),
+        // A float `gtmpl` cannot hold (a one-entry object, see `gofmt::float_value`): Go cannot range over it.
+        Value::Object(_) => return Err(FuncError::Generic("range can't iterate over a number".to_owned())),
         other => (Visit::default(), other.clone()),
     };
     METER.with(|m| {
@@ -387,6 +360,40 @@ fn range_key(args: &[Value]) -> Result<Value, FuncError> {
     Ok(key.map_or_else(|| index.clone(), Value::String))
 }
 
+/// `_aegis_field x "a" "b"` is Go's `x.a.b` on JSON data: a field of a map
+/// is its entry or missing, a field of a missing value is missing, and a
+/// field of JSON null or of anything else fails (`gtmpl` fails on a field of
+/// a missing value, where Go gives `<no value>`). Not a step (the action was
+/// counted).
+fn field(args: &[Value]) -> Result<Value, FuncError> {
+    let Some((mut value, names)) = args.split_first() else {
+        return Err(FuncError::AtLeastXArgs(FIELD_FUNC.to_owned(), 2));
+    };
+    let missing = Value::NoValue;
+    for name in names {
+        let Value::String(name) = name else { return Err(FuncError::UnableToConvertFromValue) };
+        value = match value {
+            Value::Map(map) => map.get(name).unwrap_or(&missing),
+            Value::NoValue => &missing,
+            Value::Nil => return Err(FuncError::Generic(format!("nil pointer evaluating interface {{}}.{name}"))),
+            _ => return Err(FuncError::Generic(format!("can't evaluate field {name} in type interface {{}}"))),
+        };
+    }
+    Ok(value.clone())
+}
+
+/// `_aegis_float "-1.5"`: a float literal of the template that `gtmpl`
+/// would truncate, as the template sees such a float (see
+/// [`super::gofmt::float_value`]). Not a step.
+fn float(args: &[Value]) -> Result<Value, FuncError> {
+    match args {
+        [Value::String(text)] => {
+            text.parse().map(super::gofmt::float_value).map_err(|_| FuncError::UnableToConvertFromValue)
+        }
+        _ => Err(FuncError::ExactlyXArgs(FLOAT_FUNC.to_owned(), 1)),
+    }
+}
+
 /// Counts one step; prints nothing.
 fn step(_: &[Value]) -> Result<Value, FuncError> {
     charge()?;
@@ -408,7 +415,6 @@ metered! {
     and => gtmpl::funcs::and,
     or => gtmpl::funcs::or,
     not => gtmpl::funcs::not,
-    index => gtmpl::funcs::index,
     call => gtmpl::funcs::call,
 }
 
@@ -434,10 +440,13 @@ fn print_text(args: &[Value], limit: Option<usize>) -> Result<Value, FuncError> 
     check_result(Ok(Value::String(out)), limit)
 }
 
+/// Go's `println`: the arguments as `print` shows them, a space between
+/// every two, and a line break.
 fn println(args: &[Value]) -> Result<Value, FuncError> {
     let limit = charge()?;
     check_size(args_len(args).saturating_add(1), limit)?;
-    check_result(gtmpl::funcs::println(&go_args(args, limit)?), limit)
+    let texts: Vec<String> = args.iter().map(|a| go_arg(a, limit)).collect::<Result<_, _>>()?;
+    check_result(Ok(Value::String(format!("{}\n", texts.join(" ")))), limit)
 }
 
 /// Go's `urlquery`: the arguments' text (as `print` gives it), escaped as
@@ -501,8 +510,15 @@ fn escaped(args: &[Value], growth: usize, escape: fn(char, &mut String)) -> Resu
 }
 
 /// The text of `urlquery`, `html` and `js`'s arguments: one string as it
-/// is, anything else as `print` gives it (Go's `evalArgs`).
+/// is, anything else as `print` gives it (Go's `evalArgs`), except that a
+/// missing value or JSON null is the text `<no value>`, as in Go.
 fn args_text(args: &[Value], limit: Option<usize>) -> Result<String, FuncError> {
+    let missing = |v: &Value| matches!(v, Value::NoValue | Value::Nil);
+    if args.iter().any(missing) {
+        let args: Vec<Value> =
+            args.iter().map(|v| if missing(v) { Value::String(NO_VALUE.to_owned()) } else { v.clone() }).collect();
+        return args_text(&args, limit);
+    }
     match args {
         [Value::String(s)] => Ok(s.clone()),
         _ => match print_text(args, limit)? {
@@ -520,9 +536,9 @@ fn slice(args: &[Value]) -> Result<Value, FuncError> {
     let Some((item, indexes)) = args.split_first() else {
         return Err(FuncError::AtLeastXArgs("slice".to_owned(), 1));
     };
-    let len = match item {
-        Value::String(s) => s.len(),
-        Value::Array(items) => items.len(),
+    let len = match super::gofmt::arg_of(item) {
+        Some(super::gofmt::Arg::Str(s)) => s.len(),
+        Some(super::gofmt::Arg::Array(items)) => items.len(),
         _ => return Err(FuncError::Generic("slice needs a string or an array".to_owned())),
     };
     let index = |v: &Value| match v {
@@ -549,103 +565,163 @@ fn slice(args: &[Value]) -> Result<Value, FuncError> {
     }
 }
 
-/// Go's `len`, which `gtmpl` lacks for maps.
+/// Go's `len`: of a string (in bytes), an array or a map (`gtmpl` lacks
+/// maps); anything else fails, as in Go.
 fn len(args: &[Value]) -> Result<Value, FuncError> {
+    use super::gofmt::{arg_of, Arg};
     charge()?;
-    match args {
-        [Value::Map(map) | Value::Object(map)] => Ok(Value::from(map.len())),
-        _ => gtmpl::funcs::len(args),
+    let [item] = args else { return Err(FuncError::ExactlyXArgs("len".to_owned(), 1)) };
+    match arg_of(item) {
+        Some(Arg::Str(s)) => Ok(Value::from(s.len())),
+        Some(Arg::Array(items)) => Ok(Value::from(items.len())),
+        Some(Arg::Map(map)) => Ok(Value::from(map.len())),
+        Some(Arg::Nil) => Err(FuncError::Generic("len of nil pointer".to_owned())),
+        _ => Err(FuncError::Generic("len of a value that is not a string, an array or a map".to_owned())),
     }
 }
 
-/// Numbers compared by value, whatever their kind: Aegis keeps JSON
-/// integers as integers, so `lt .port 10.0` (as a VSecM template, where
-/// every number is a float64, has to write it) compares 5432 with 10.
-fn compare_numbers(a: &Number, b: &Number) -> Option<std::cmp::Ordering> {
-    let int = |n: &Number| n.as_u64().map(i128::from).or_else(|| n.as_i64().map(i128::from));
-    match (int(a), int(b)) {
-        (Some(x), Some(y)) => Some(x.cmp(&y)),
-        _ => {
-            #[allow(clippy::cast_precision_loss)] // a float is compared as a float
-            let float = |n: &Number| n.as_f64().or_else(|| int(n).map(|i| i as f64)).unwrap_or(f64::NAN);
-            float(a).partial_cmp(&float(b))
+/// Go's `index x k1 k2 ...`: a map's entry by a string key (missing if it
+/// has none), an array's element by an integer in range, a string's byte;
+/// any other key or item fails, as in Go.
+fn index(args: &[Value]) -> Result<Value, FuncError> {
+    use super::gofmt::{arg_of, Arg};
+    charge()?;
+    let Some((item, keys)) = args.split_first() else {
+        return Err(FuncError::AtLeastXArgs("index".to_owned(), 1));
+    };
+    let mut item = item.clone();
+    for key in keys {
+        let at = |len: usize| match arg_of(key) {
+            Some(Arg::Int(i)) => usize::try_from(i)
+                .ok()
+                .filter(|&i| i < len)
+                .ok_or_else(|| FuncError::Generic(format!("index out of range: {i}"))),
+            _ => Err(FuncError::Generic(
+                "cannot index an array or a string with a value that is not an integer".to_owned(),
+            )),
+        };
+        item = match arg_of(&item) {
+            Some(Arg::Map(map)) => match arg_of(key) {
+                Some(Arg::Str(k)) => map.get(k).cloned().unwrap_or(Value::NoValue),
+                _ => return Err(FuncError::Generic("a map's key must be a string".to_owned())),
+            },
+            Some(Arg::Array(items)) => items[at(items.len())?].clone(),
+            Some(Arg::Str(s)) => Value::from(s.as_bytes()[at(s.len())?]),
+            Some(Arg::Nil) => return Err(FuncError::Generic("index of untyped nil".to_owned())),
+            _ => {
+                return Err(FuncError::Generic(
+                    "can't index a value that is not a map, an array or a string".to_owned(),
+                ))
+            }
+        };
+    }
+    Ok(item)
+}
+
+/// Why two values cannot be compared, in Go's words.
+fn incomparable(why: &str) -> FuncError {
+    FuncError::Generic(why.to_owned())
+}
+
+/// Go's `eq` of two values. Go compares values of one basic kind (bool,
+/// number, string) and nil with anything; it refuses to compare other
+/// pairs. Numbers compare by value whatever their kind: Aegis keeps JSON
+/// integers as integers, so `eq .port 5432.0` (as a VSecM template, where
+/// every number is a float64, has to write it) compares 5432 with 5432.
+fn equal(a: &Value, b: &Value) -> Result<bool, FuncError> {
+    use super::gofmt::{arg_of, Arg};
+    let (Some(x), Some(y)) = (arg_of(a), arg_of(b)) else { return Err(incomparable("non-comparable type")) };
+    Ok(match (x, y) {
+        (Arg::Nil, Arg::Nil) => true,
+        (Arg::Nil, _) | (_, Arg::Nil) => false,
+        (Arg::Bool(p), Arg::Bool(q)) => p == q,
+        (Arg::Str(p), Arg::Str(q)) => p == q,
+        (x @ (Arg::Int(_) | Arg::Float(_)), y @ (Arg::Int(_) | Arg::Float(_))) => {
+            compare_numbers(&x, &y) == Some(std::cmp::Ordering::Equal)
         }
+        (Arg::Array(_) | Arg::Map(_), Arg::Array(_) | Arg::Map(_)) => return Err(incomparable("non-comparable type")),
+        _ => return Err(incomparable("incompatible types for comparison")),
+    })
+}
+
+/// Go's order of two values (`lt` and the others): numbers (by value,
+/// whatever their kind) and strings (by bytes); anything else is refused.
+fn order_of(a: &Value, b: &Value) -> Result<std::cmp::Ordering, FuncError> {
+    use super::gofmt::{arg_of, Arg};
+    let (Some(x), Some(y)) = (arg_of(a), arg_of(b)) else { return Err(incomparable("invalid type for comparison")) };
+    match (x, y) {
+        (Arg::Str(p), Arg::Str(q)) => Ok(p.cmp(q)),
+        (x @ (Arg::Int(_) | Arg::Float(_)), y @ (Arg::Int(_) | Arg::Float(_))) => {
+            compare_numbers(&x, &y).ok_or_else(|| incomparable("numbers that cannot be compared"))
+        }
+        (Arg::Str(_) | Arg::Int(_) | Arg::Float(_), Arg::Str(_) | Arg::Int(_) | Arg::Float(_)) => {
+            Err(incomparable("incompatible types for comparison"))
+        }
+        _ => Err(incomparable("invalid type for comparison")),
     }
 }
 
-fn equal(a: &Value, b: &Value) -> bool {
+/// Two numbers by value: integers exactly, anything with a float as floats.
+fn compare_numbers(a: &super::gofmt::Arg<'_>, b: &super::gofmt::Arg<'_>) -> Option<std::cmp::Ordering> {
+    use super::gofmt::Arg;
+    #[allow(clippy::cast_precision_loss)] // a float is compared as a float
+    let float = |n: &Arg<'_>| match n {
+        Arg::Int(i) => Some(*i as f64),
+        Arg::Float(f) => Some(*f),
+        _ => None,
+    };
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(std::cmp::Ordering::Equal),
-        (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
-            float_pair(a, b).is_some_and(|(x, y)| x == y)
-        }
-        _ => a == b,
+        (Arg::Int(x), Arg::Int(y)) => Some(x.cmp(y)),
+        _ => float(a)?.partial_cmp(&float(b)?),
     }
 }
 
-/// A number and a float `gtmpl` could only hold as text (see
-/// `template_number`), both as floats.
-fn float_pair(a: &Value, b: &Value) -> Option<(f64, f64)> {
-    Some((super::gofmt::float_of(a)?, super::gofmt::float_of(b)?))
-}
-
-/// Go's `eq`: `eq a b c` is `a == b || a == c` (`gtmpl` requires all).
+/// Go's `eq`: `eq a b c` is `a == b || a == c` (`gtmpl` requires all); a
+/// pair Go cannot compare fails, as in Go, once it is reached.
 fn eq(args: &[Value]) -> Result<Value, FuncError> {
     charge()?;
     let Some((first, rest)) = args.split_first().filter(|(_, rest)| !rest.is_empty()) else {
         return Err(FuncError::AtLeastXArgs("eq".to_owned(), 2));
     };
-    Ok(Value::Bool(rest.iter().any(|other| equal(first, other))))
+    for other in rest {
+        if equal(first, other)? {
+            return Ok(Value::Bool(true));
+        }
+    }
+    Ok(Value::Bool(false))
 }
 
 fn ne(args: &[Value]) -> Result<Value, FuncError> {
     charge()?;
     match args {
-        [a, b] => Ok(Value::Bool(!equal(a, b))),
+        [a, b] => Ok(Value::Bool(!equal(a, b)?)),
         _ => Err(FuncError::ExactlyXArgs("ne".to_owned(), 2)),
     }
 }
 
-/// `lt`, `le`, `gt`, `ge`: numbers by value (see [`compare_numbers`]),
-/// anything else as `gtmpl` compares it.
-fn order(args: &[Value], name: &str, want: fn(std::cmp::Ordering) -> bool, inner: Func) -> Result<Value, FuncError> {
+/// `lt`, `le`, `gt`, `ge` (see [`order_of`]).
+fn order(args: &[Value], name: &str, want: fn(std::cmp::Ordering) -> bool) -> Result<Value, FuncError> {
     charge()?;
     match args {
-        [Value::Number(a), Value::Number(b)] => compare_numbers(a, b)
-            .map(|o| Value::Bool(want(o)))
-            .ok_or_else(|| FuncError::Generic(format!("{name}: numbers that cannot be compared"))),
-        [a @ Value::Number(_), b @ Value::String(_)] | [a @ Value::String(_), b @ Value::Number(_)] => {
-            match float_pair(a, b).and_then(|(x, y)| x.partial_cmp(&y)) {
-                Some(o) => Ok(Value::Bool(want(o))),
-                None => inner(args),
-            }
-        }
-        // Two floats `gtmpl` could only hold as text: by value, not as text.
-        [a @ Value::String(_), b @ Value::String(_)] => {
-            let pair = super::gofmt::float_text_of(a).zip(super::gofmt::float_text_of(b));
-            match pair.and_then(|(x, y)| x.partial_cmp(&y)) {
-                Some(o) => Ok(Value::Bool(want(o))),
-                None => inner(args),
-            }
-        }
-        _ => inner(args),
+        [a, b] => Ok(Value::Bool(want(order_of(a, b)?))),
+        _ => Err(FuncError::ExactlyXArgs(name.to_owned(), 2)),
     }
 }
 
 fn lt(args: &[Value]) -> Result<Value, FuncError> {
-    order(args, "lt", std::cmp::Ordering::is_lt, gtmpl::funcs::lt)
+    order(args, "lt", std::cmp::Ordering::is_lt)
 }
 
 fn le(args: &[Value]) -> Result<Value, FuncError> {
-    order(args, "le", std::cmp::Ordering::is_le, gtmpl::funcs::le)
+    order(args, "le", std::cmp::Ordering::is_le)
 }
 
 fn gt(args: &[Value]) -> Result<Value, FuncError> {
-    order(args, "gt", std::cmp::Ordering::is_gt, gtmpl::funcs::gt)
+    order(args, "gt", std::cmp::Ordering::is_gt)
 }
 
 fn ge(args: &[Value]) -> Result<Value, FuncError> {
-    order(args, "ge", std::cmp::Ordering::is_ge, gtmpl::funcs::ge)
+    order(args, "ge", std::cmp::Ordering::is_ge)
 }
 
 fn printf(args: &[Value]) -> Result<Value, FuncError> {
@@ -657,7 +733,7 @@ fn printf(args: &[Value]) -> Result<Value, FuncError> {
         let estimate;
         (estimate, shown) = printf_estimate(format, rest)?;
         check_size(estimate, limit)?;
-        if let Some(text) = super::gofmt::sprintf(format, rest, limit, &|v| go_text(v, limit)) {
+        if let Some(text) = super::gofmt::sprintf(format, rest, limit) {
             return check_result(text.map(Value::String), limit);
         }
     }
@@ -671,11 +747,13 @@ fn printf(args: &[Value]) -> Result<Value, FuncError> {
     check_result(gtmpl::funcs::printf(&args), limit)
 }
 
-/// An argument as `print` shows it: arrays and maps as Go prints them.
+/// An argument as `print` shows it: arrays and maps as Go prints them, a
+/// missing value or JSON null as `<nil>` (Go passes them as nil).
 fn go_arg(arg: &Value, limit: Option<usize>) -> Result<String, FuncError> {
     match arg {
         Value::Array(_) | Value::Map(_) | Value::Object(_) => go_text(arg, limit),
         Value::String(s) => Ok(s.clone()),
+        Value::NoValue | Value::Nil => Ok("<nil>".to_owned()),
         other => Ok(scalar_text(other)),
     }
 }
@@ -717,6 +795,8 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     (RANGE_FUNC, sorted_range as Func),
     (KEY_FUNC, range_key as Func),
     (EMPTY_FUNC, range_empty as Func),
+    (FIELD_FUNC, field as Func),
+    (FLOAT_FUNC, float as Func),
 ];
 
 /// An argument as `gtmpl` reads a `*` width or precision: an integer.

@@ -15,6 +15,8 @@
 //! `%!d(float64=3)`), and formats them as floats with `%f`, `%e` and `%g`
 //! as VSecM does.
 
+use std::collections::HashMap;
+
 use gtmpl_value::{FuncError, Number, Value};
 
 use super::budget::{check_size, printf_size_error, MAX_PRINTF_SIZE};
@@ -32,18 +34,13 @@ struct Spec {
 }
 
 /// `fmt.Sprintf(format, args...)`, or `None` for a format this does not
-/// cover. `collection` gives Go's text of an array or a map. Walks the
+/// cover. Walks the
 /// format as Go's `doPrintf` does: flags, an optional `[n]` index, a width
 /// (digits or `*`), `.` and a precision (digits or `*`, also after an
 /// index), an optional `[n]`, the verb. A width or precision above
 /// [`MAX_PRINTF_SIZE`] is refused, wherever it comes from, and so is a
 /// result past the output limit, as soon as it is.
-pub(super) fn sprintf(
-    format: &str,
-    args: &[Value],
-    limit: Option<usize>,
-    collection: &dyn Fn(&Value) -> Result<String, FuncError>,
-) -> Option<Result<String, FuncError>> {
+pub(super) fn sprintf(format: &str, args: &[Value], limit: Option<usize>) -> Option<Result<String, FuncError>> {
     let mut out = String::with_capacity(format.len());
     let mut walk = Walk { bytes: format.as_bytes(), at: 0, arg: 0, reordered: false, good: true };
     let end = format.len();
@@ -128,9 +125,8 @@ pub(super) fn sprintf(
             out.push('%');
             continue;
         }
-        // Not a verb of Go's at all: Go names the verb and the value.
-        let unknown = !"vTtbcdoOqxXUeEfFgGsp".contains(verb);
-        if !unknown && !"vsqdxXoObctfFeEgGU".contains(verb) {
+        // `%T`, `%p` and Go syntax (`%#v`) are left to `gtmpl`.
+        if matches!(verb, 'T' | 'p') || (verb == 'v' && spec.sharp) {
             return None;
         }
         if !walk.good {
@@ -142,18 +138,21 @@ pub(super) fn sprintf(
             continue;
         };
         walk.arg += 1;
-        if unknown {
-            out.push_str(&bad_verb(verb, arg, &spec, collection)?);
-            continue;
-        }
-        match verb_text(verb, &spec, arg, collection) {
-            Some(Ok(text)) => out.push_str(&text),
-            Some(Err(e)) => return Some(Err(e)),
-            None => return None,
+        // `+` with `v` asks for field names (Go's `plusV`), not a sign.
+        let spec = if verb == 'v' { Spec { plus: false, ..spec } } else { spec };
+        match format_value(verb, &spec, arg, 0, limit)? {
+            Ok(text) => out.push_str(&text),
+            Err(e) => return Some(Err(e)),
         }
     }
     if !walk.reordered && walk.arg < args.len() {
-        let extra: Vec<String> = args[walk.arg..].iter().map(|a| typed(a, collection)).collect::<Option<_>>()?;
+        let mut extra = Vec::new();
+        for arg in &args[walk.arg..] {
+            match typed(arg, limit)? {
+                Ok(text) => extra.push(text),
+                Err(e) => return Some(Err(e)),
+            }
+        }
         out.push_str(&format!("%!(EXTRA {})", extra.join(", ")));
     }
     Some(Ok(out))
@@ -233,130 +232,316 @@ impl Walk<'_> {
     }
 }
 
-/// One verb applied to one argument; `None` where this does not follow Go.
-fn verb_text(
+/// What a value is to Go's `fmt`: a JSON integer is an int64, any other
+/// number (also one `gtmpl` cannot hold, see [`float_value`]) a float64,
+/// JSON null and a missing value nil.
+pub(super) enum Arg<'a> {
+    Str(&'a str),
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Nil,
+    Array(&'a [Value]),
+    Map(&'a HashMap<String, Value>),
+}
+
+pub(super) fn arg_of(value: &Value) -> Option<Arg<'_>> {
+    Some(match value {
+        Value::String(s) => Arg::Str(s),
+        Value::Object(_) => Arg::Float(held_float(value)?),
+        Value::Number(n) => integer(n).map_or_else(|| n.as_f64().map(Arg::Float), |i| Some(Arg::Int(i)))?,
+        Value::Bool(b) => Arg::Bool(*b),
+        Value::NoValue | Value::Nil => Arg::Nil,
+        Value::Array(items) => Arg::Array(items),
+        Value::Map(map) => Arg::Map(map),
+        Value::Function(_) => return None,
+    })
+}
+
+/// One verb applied to one value, as Go's `printArg` (`depth` 0) and
+/// `printValue` (inside an array or a map) do; `None` where this does not
+/// follow Go. The result is refused once past the output limit.
+fn format_value(
     verb: char,
     spec: &Spec,
-    arg: &Value,
-    collection: &dyn Fn(&Value) -> Result<String, FuncError>,
+    value: &Value,
+    depth: usize,
+    limit: Option<usize>,
 ) -> Option<Result<String, FuncError>> {
-    let text = match (verb, arg) {
-        ('v', Value::Array(_) | Value::Map(_) | Value::Object(_)) if !spec.sharp && !spec.plus => {
-            return Some(collection(arg).map(|t| pad_text(&t, spec)));
+    let text = match arg_of(value)? {
+        // Inside an array or a map, nil is written as it is, whatever the flags.
+        Arg::Nil if depth > 0 => "<nil>".to_owned(),
+        Arg::Nil if verb == 'v' => pad_text("<nil>", spec),
+        Arg::Nil => format!("%!{verb}(<nil>)"),
+        Arg::Array(items) => {
+            let mut out = String::from("[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                match format_value(verb, spec, item, depth + 1, limit)? {
+                    Ok(text) => out.push_str(&text),
+                    Err(e) => return Some(Err(e)),
+                }
+                if let Err(e) = check_size(out.len(), limit) {
+                    return Some(Err(e));
+                }
+            }
+            out.push(']');
+            out
         }
-        // `+` with `v` asks for field names, not a sign.
-        ('v', Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::NoValue | Value::Nil) if !spec.sharp => {
-            value_text(arg, &Spec { plus: false, ..*spec }, collection)?
+        Arg::Map(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            let mut out = String::from("map[");
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                let key_text = format_value(verb, spec, &Value::String(key.clone()), depth + 1, limit)?;
+                let value_text = format_value(verb, spec, &map[key], depth + 1, limit)?;
+                match (key_text, value_text) {
+                    (Ok(k), Ok(v)) => {
+                        out.push_str(&k);
+                        out.push(':');
+                        out.push_str(&v);
+                    }
+                    (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
+                }
+                if let Err(e) = check_size(out.len(), limit) {
+                    return Some(Err(e));
+                }
+            }
+            out.push(']');
+            out
         }
-        ('s', Value::String(s)) => pad_text(truncate(s, spec.precision), spec),
-        ('q', Value::String(s)) if !spec.plus && !spec.sharp => {
-            pad_text(&quote(truncate(s, spec.precision), '"'), spec)
-        }
-        ('t', Value::Bool(b)) => pad_text(if *b { "true" } else { "false" }, spec),
-        ('d' | 'x' | 'X' | 'o' | 'O' | 'b', Value::Number(n)) => {
-            let i = integer(n)?;
-            let radix = match verb {
-                'd' => 10,
-                'x' | 'X' => 16,
-                'o' | 'O' => 8,
-                _ => 2,
-            };
-            int_text(i, radix, verb, spec)
-        }
-        ('x' | 'X', Value::String(s)) if !spec.sharp && !spec.space => {
-            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-            pad_text(truncate_bytes(&if verb == 'X' { hex.to_uppercase() } else { hex }, spec.precision), spec)
-        }
-        ('c', Value::Number(n)) => pad_text(&rune_of(integer(n)?).to_string(), spec),
-        ('q', Value::Number(n)) if !spec.plus && !spec.sharp && integer(n).is_some() => {
-            pad_text(&quote(&rune_of(integer(n)?).to_string(), '\''), spec)
-        }
-        ('U', Value::Number(n)) if integer(n).is_some() => unicode_text(integer(n)?, spec),
-        ('f' | 'F' | 'e' | 'E' | 'g' | 'G', Value::Number(_) | Value::String(_))
-            if !spec.sharp && float_of(arg).is_some() =>
-        {
-            let f = float_of(arg)?;
-            let body = match verb {
-                'f' | 'F' => format!("{:.*}", spec.precision.unwrap_or(6), f.abs()),
-                'e' | 'E' => exponent(&format!("{:.*e}", spec.precision.unwrap_or(6), f.abs()), verb == 'E'),
-                _ => go_g(f.abs(), spec.precision, verb == 'G'),
-            };
-            float_text(&format!("{}{body}", if f.is_sign_negative() { "-" } else { "" }), spec)
-        }
-        // Go's text for a verb that does not fit the value, e.g. `%!d(string=x)`.
-        ('s' | 'q' | 'd' | 'x' | 'X' | 'o' | 'O' | 'b' | 'c' | 't' | 'f' | 'F' | 'e' | 'E' | 'g' | 'G' | 'U', _)
-            if bad_verb_is_plain(verb, arg) =>
-        {
-            bad_verb(verb, arg, spec, collection)?
-        }
-        _ => return None,
+        Arg::Bool(b) if matches!(verb, 't' | 'v') => pad_text(if b { "true" } else { "false" }, spec),
+        Arg::Int(i) => match verb {
+            // VSecM holds every JSON number as a float64: the float verbs take an integer as one.
+            #[allow(clippy::cast_precision_loss)] // Go formats the float64 it holds
+            'e' | 'E' | 'f' | 'F' | 'g' | 'G' => float_verb(verb, spec, i as f64)?,
+            'v' | 'd' => int_text(i, 10, verb, spec),
+            'b' => int_text(i, 2, verb, spec),
+            'o' | 'O' => int_text(i, 8, verb, spec),
+            'x' | 'X' => int_text(i, 16, verb, spec),
+            'c' => pad_text(&rune_of(i).to_string(), spec),
+            'q' => pad_text(&quote(&rune_of(i).to_string(), '\'', spec.plus), spec),
+            'U' => unicode_text(i, spec),
+            _ => return bad_verb(verb, spec, value, limit),
+        },
+        Arg::Float(f) => match float_verb(verb, spec, f) {
+            Some(text) => text,
+            None => return bad_verb(verb, spec, value, limit),
+        },
+        Arg::Str(s) => match verb {
+            'v' | 's' => pad_text(truncate(s, spec.precision), spec),
+            'x' | 'X' => hex_bytes(s, verb == 'X', spec),
+            'q' => pad_text(&quote_string(truncate(s, spec.precision), spec), spec),
+            _ => return bad_verb(verb, spec, value, limit),
+        },
+        Arg::Bool(_) => return bad_verb(verb, spec, value, limit),
     };
     Some(Ok(text))
 }
 
+/// A value as Go's `%v` prints it (arrays as `[a b]`, maps as
+/// `map[k:v]` with the keys sorted, null inside them as `<nil>`), refused
+/// once past the output limit.
+pub(super) fn go_value(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
+    format_value('v', &Spec::default(), value, 0, limit).unwrap_or(Err(FuncError::UnableToConvertFromValue))
+}
+
 /// Go's `%!verb(type=value)`: the value printed as `%v` with the verb's
 /// flags, width and precision.
-fn bad_verb(
-    verb: char,
-    arg: &Value,
-    spec: &Spec,
-    collection: &dyn Fn(&Value) -> Result<String, FuncError>,
-) -> Option<String> {
-    Some(match arg {
-        Value::NoValue | Value::Nil => format!("%!{verb}(<nil>)"),
-        _ => format!("%!{verb}({}={})", type_name(arg)?, value_text(arg, spec, collection)?),
-    })
-}
-
-/// Whether Go writes `%!verb(type=value)` for this pair (and not something
-/// this does not reproduce, such as `%s` applied inside an array).
-fn bad_verb_is_plain(verb: char, arg: &Value) -> bool {
-    match arg {
-        Value::String(_) => !matches!(verb, 'x' | 'X'),
-        Value::Bool(_) | Value::NoValue | Value::Nil => true,
-        Value::Number(n) => {
-            matches!(verb, 's' | 't')
-                || (integer(n).is_none() && matches!(verb, 'd' | 'o' | 'O' | 'b' | 'c' | 'q' | 'U'))
-        }
-        _ => false,
+fn bad_verb(verb: char, spec: &Spec, value: &Value, limit: Option<usize>) -> Option<Result<String, FuncError>> {
+    if matches!(arg_of(value)?, Arg::Nil) {
+        return Some(Ok(format!("%!{verb}(<nil>)")));
     }
+    let name = type_name(value)?;
+    Some(format_value('v', spec, value, 0, limit)?.map(|text| format!("%!{verb}({name}={text})")))
 }
 
-/// Go's type name of a value, as `%!verb(...)` and `%!(EXTRA ...)` show it:
-/// a JSON integer is an int64 here, any other number a float64.
-fn type_name(arg: &Value) -> Option<&'static str> {
-    Some(match arg {
-        Value::String(_) => "string",
-        Value::Number(n) if integer(n).is_some() => "int64",
-        Value::Number(_) => "float64",
-        Value::Bool(_) => "bool",
-        Value::Array(_) => "[]interface {}",
-        Value::Map(_) | Value::Object(_) => "map[string]interface {}",
-        Value::NoValue | Value::Nil | Value::Function(_) => return None,
+/// Go's type name of a value, as `%!verb(...)` and `%!(EXTRA ...)` show it.
+fn type_name(value: &Value) -> Option<&'static str> {
+    Some(match arg_of(value)? {
+        Arg::Str(_) => "string",
+        Arg::Int(_) => "int64",
+        Arg::Float(_) => "float64",
+        Arg::Bool(_) => "bool",
+        Arg::Array(_) => "[]interface {}",
+        Arg::Map(_) => "map[string]interface {}",
+        Arg::Nil => return None,
     })
 }
 
 /// `type=value` as Go writes it in `%!(EXTRA ...)`, without flags.
-fn typed(arg: &Value, collection: &dyn Fn(&Value) -> Result<String, FuncError>) -> Option<String> {
-    match arg {
-        Value::NoValue | Value::Nil => Some("<nil>".to_owned()),
-        _ => Some(format!("{}={}", type_name(arg)?, value_text(arg, &Spec::default(), collection)?)),
+fn typed(value: &Value, limit: Option<usize>) -> Option<Result<String, FuncError>> {
+    match type_name(value) {
+        None => Some(Ok("<nil>".to_owned())),
+        Some(name) => Some(format_value('v', &Spec::default(), value, 0, limit)?.map(|text| format!("{name}={text}"))),
     }
 }
 
-/// A value as Go's `%v` prints it, with the flags, width and precision.
-fn value_text(arg: &Value, spec: &Spec, collection: &dyn Fn(&Value) -> Result<String, FuncError>) -> Option<String> {
-    Some(match arg {
-        Value::String(s) => pad_text(truncate(s, spec.precision), spec),
-        Value::Number(n) => match integer(n) {
-            Some(i) => int_text(i, 10, 'v', spec),
-            None => float_text(&go_g(n.as_f64()?, spec.precision, false), spec),
-        },
-        Value::Bool(b) => pad_text(if *b { "true" } else { "false" }, spec),
-        Value::NoValue | Value::Nil => pad_text("<nil>", spec),
-        Value::Array(_) | Value::Map(_) | Value::Object(_) => pad_text(&collection(arg).ok()?, spec),
-        Value::Function(_) => return None,
-    })
+/// A float with a float verb (`v b g G x X f F e E`), as Go's `fmtFloat`
+/// writes it; `None` for any other verb.
+fn float_verb(verb: char, spec: &Spec, f: f64) -> Option<String> {
+    let body = match verb {
+        'v' | 'g' | 'G' => go_g(f.abs(), spec.precision, verb == 'G'),
+        'f' | 'F' => format!("{:.*}", spec.precision.unwrap_or(6), f.abs()),
+        'e' | 'E' => exponent(&format!("{:.*e}", spec.precision.unwrap_or(6), f.abs()), verb == 'E'),
+        'b' => binary_float(f.abs()),
+        'x' | 'X' => hex_float(f.abs(), spec.precision, verb == 'X'),
+        _ => return None,
+    };
+    let body = if spec.sharp && verb != 'b' { sharp_float(&body, verb, spec.precision) } else { body };
+    Some(float_text(&format!("{}{body}", if f.is_sign_negative() { "-" } else { "" }), spec))
+}
+
+/// Go's `#` flag on a float: always a decimal point, and with `%v`, `%g`,
+/// `%G` and `%x` the trailing zeros up to the precision (6 without one).
+fn sharp_float(num: &str, verb: char, precision: Option<usize>) -> String {
+    let mut digits: isize = if matches!(verb, 'v' | 'g' | 'G' | 'x') {
+        precision.map_or(6, |p| isize::try_from(p).unwrap_or(isize::MAX))
+    } else {
+        0
+    };
+    let tail_at = num
+        .char_indices()
+        .find(|&(_, c)| matches!(c, 'p' | 'P') || (matches!(c, 'e' | 'E') && !matches!(verb, 'x' | 'X')))
+        .map_or(num.len(), |(i, _)| i);
+    let (mantissa, tail) = num.split_at(tail_at);
+    let mut out = mantissa.to_owned();
+    let mut nonzero = false;
+    for c in mantissa.chars().filter(|&c| c != '.') {
+        nonzero = nonzero || c != '0';
+        if nonzero {
+            digits -= 1;
+        }
+    }
+    if !mantissa.contains('.') {
+        if mantissa == "0" {
+            digits -= 1;
+        }
+        out.push('.');
+    }
+    while digits > 0 {
+        out.push('0');
+        digits -= 1;
+    }
+    out.push_str(tail);
+    out
+}
+
+/// `%b` of a float: decimal mantissa and binary exponent (`4503599627370496p-52`).
+fn binary_float(f: f64) -> String {
+    let (mant, exp) = mantissa_exponent(f);
+    format!("{mant}p{:+}", exp - 52)
+}
+
+/// A float's 53-bit mantissa (with its leading 1, if normal) and the
+/// power of two of that leading bit: `f = mant * 2^(exp - 52)`.
+fn mantissa_exponent(f: f64) -> (u64, i64) {
+    let bits = f.to_bits();
+    let exp = i64::try_from((bits >> 52) & 0x7ff).unwrap_or(0);
+    let mant = bits & ((1 << 52) - 1);
+    if exp == 0 {
+        (mant, 1 - 1023)
+    } else {
+        (mant | 1 << 52, exp - 1023)
+    }
+}
+
+/// `%x` of a float, as Go's `strconv.FormatFloat(f, 'x', precision)`:
+/// `0x1.8p+00`, the mantissa rounded to `precision` hex digits if given.
+fn hex_float(f: f64, precision: Option<usize>, upper: bool) -> String {
+    let (mut mant, mut exp) = mantissa_exponent(f);
+    if mant == 0 {
+        exp = 0;
+    }
+    // The leading 1 (if any) at bit 60.
+    mant <<= 8;
+    while mant != 0 && mant & (1 << 60) == 0 {
+        mant <<= 1;
+        exp -= 1;
+    }
+    if let Some(p) = precision.filter(|&p| p < 15) {
+        let shift = u32::try_from(p * 4).unwrap_or(0);
+        let extra = (mant << shift) & ((1 << 60) - 1);
+        mant >>= 60 - shift;
+        if extra | (mant & 1) > 1 << 59 {
+            mant += 1;
+        }
+        mant <<= 60 - shift;
+        if mant & (1 << 61) != 0 {
+            mant >>= 1;
+            exp += 1;
+        }
+    }
+    let hex = |d: u64| {
+        let c = char::from_digit(u32::try_from(d & 15).unwrap_or(0), 16).unwrap_or('0');
+        if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c
+        }
+    };
+    let mut out = format!("0{}{}", if upper { 'X' } else { 'x' }, (mant >> 60) & 1);
+    mant <<= 4;
+    match precision {
+        None if mant != 0 => {
+            out.push('.');
+            while mant != 0 {
+                out.push(hex(mant >> 60));
+                mant <<= 4;
+            }
+        }
+        Some(p) if p > 0 => {
+            out.push('.');
+            for _ in 0..p {
+                out.push(hex(mant >> 60));
+                mant <<= 4;
+            }
+        }
+        _ => {}
+    }
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{out}{}{sign}{:02}", if upper { 'P' } else { 'p' }, exp.unsigned_abs())
+}
+
+/// `%x` and `%X` of a string (Go's `fmtSbx`): two hex digits per byte (up
+/// to the precision), with `#` a `0x` before them (before each with a
+/// space), with a space flag a space between bytes.
+fn hex_bytes(s: &str, upper: bool, spec: &Spec) -> String {
+    let bytes = &s.as_bytes()[..spec.precision.map_or(s.len(), |p| p.min(s.len()))];
+    if bytes.is_empty() {
+        return pad_text("", spec);
+    }
+    let prefix = if upper { "0X" } else { "0x" };
+    let mut out = String::new();
+    if spec.sharp {
+        out.push_str(prefix);
+    }
+    for (i, b) in bytes.iter().enumerate() {
+        if spec.space && i > 0 {
+            out.push(' ');
+            if spec.sharp {
+                out.push_str(prefix);
+            }
+        }
+        out.push_str(&if upper { format!("{b:02X}") } else { format!("{b:02x}") });
+    }
+    pad_text(&out, spec)
+}
+
+/// `%q` of a string: with `#`, in backquotes when Go can (`strconv.CanBackquote`);
+/// with `+`, quoted with only ASCII; else Go's `strconv.Quote`.
+fn quote_string(s: &str, spec: &Spec) -> String {
+    let backquotable = !s.chars().any(|c| (c < ' ' && c != '\t') || c == '`' || c == '\u{7f}' || c == '\u{FEFF}');
+    if spec.sharp && backquotable {
+        format!("`{s}`")
+    } else {
+        quote(s, '"', spec.plus)
+    }
 }
 
 /// An integer as a character, U+FFFD where it is none (as Go does).
@@ -381,27 +566,31 @@ fn unicode_text(i: i128, spec: &Spec) -> String {
 }
 
 /// Whether `gtmpl` holds a float as Go does: one with a positive fraction
-/// as that float, a whole one below a million as the integer it equals
-/// (Go prints both alike). It truncates any other to an integer (-1.5
-/// becomes -1, 1e-20 becomes 0) or saturates it (1e21), so such a float
-/// reaches the template as its text as Go prints it (`-1.5`, `1e+21`).
+/// as that float, and zero (as the integer 0, so that it is false in an
+/// `if`). It truncates any other to an integer (-1.5 becomes -1, 1e-20
+/// becomes 0), saturates it (1e21) or makes a whole one an integer (2.0
+/// becomes 2, which `%d` and `*` take, where Go refuses a float64), so
+/// such a float reaches the template as a [`float_value`].
 pub(super) fn gtmpl_holds(f: f64) -> bool {
-    f.fract() >= f64::EPSILON || (f.fract() == 0.0 && f.abs() < 1e6 && !(f == 0.0 && f.is_sign_negative()))
+    f.fract() >= f64::EPSILON || f == 0.0
 }
 
-/// A float that reached the template as its text because `gtmpl` could
-/// not hold it (see [`gtmpl_holds`]).
-pub(super) fn float_text_of(value: &Value) -> Option<f64> {
-    float_of(value).filter(|&f| matches!(value, Value::String(_)) && !gtmpl_holds(f))
+/// A float `gtmpl` cannot hold (see [`gtmpl_holds`]) as the template sees
+/// it: a one-entry `Value::Object` (JSON objects are `Value::Map`s, so
+/// nothing else is one) holding Go's text of the float under the empty
+/// key, which no field name can reach. The functions print, format and
+/// compare it as the float; `if` finds it true (it is never zero).
+pub(super) fn float_value(f: f64) -> Value {
+    Value::Object(HashMap::from([(String::new(), Value::String(go_float(f)))]))
 }
 
-/// A number as a float: a JSON number, or one that reached the template
-/// as its text because `gtmpl` cannot hold it (see `template_number`).
-pub(super) fn float_of(value: &Value) -> Option<f64> {
+/// The float a [`float_value`] carries.
+pub(super) fn held_float(value: &Value) -> Option<f64> {
     match value {
-        #[allow(clippy::cast_precision_loss)] // Go formats the float64 it holds
-        Value::Number(n) => n.as_f64().or_else(|| integer(n).map(|i| i as f64)),
-        Value::String(s) => s.parse::<f64>().ok().filter(|f| f.is_finite() && go_float(*f) == *s),
+        Value::Object(map) => match map.get("") {
+            Some(Value::String(text)) => text.parse().ok(),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -416,10 +605,6 @@ fn truncate(s: &str, precision: Option<usize>) -> &str {
         Some((at, _)) => &s[..at],
         None => s,
     }
-}
-
-fn truncate_bytes(s: &str, precision: Option<usize>) -> &str {
-    precision.map_or(s, |p| s.get(..p.saturating_mul(2).min(s.len())).unwrap_or(s))
 }
 
 /// Text padded to the width with spaces (or zeros with `0`), on the left
@@ -603,7 +788,7 @@ fn fixed(digits: &str, exp: i32, decimals: usize) -> String {
 /// Go's `strconv.Quote`: a double-quoted string, with `"` and `\`
 /// escaped, the usual escapes for control characters, and `\x`, `\u` or
 /// `\U` (lowercase hex) for other characters that are not printable.
-pub(super) fn quote(s: &str, q: char) -> String {
+pub(super) fn quote(s: &str, q: char, ascii: bool) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push(q);
     for c in s.chars() {
@@ -621,7 +806,7 @@ pub(super) fn quote(s: &str, q: char) -> String {
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
             c if u32::from(c) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-            c if c == ' ' || (!c.is_ascii() && printable(c)) || (c.is_ascii() && !c.is_control()) => {
+            c if c == ' ' || (!ascii && !c.is_ascii() && printable(c)) || (c.is_ascii() && !c.is_control()) => {
                 out.push(c);
             }
             c if u32::from(c) < 0x10000 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
@@ -640,5 +825,6 @@ pub(super) fn printable(c: char) -> bool {
         || c.is_whitespace()
         || matches!(c, '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
             | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}'))
+            | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}'
+            | '\u{F0000}'..='\u{10FFFF}'))
 }

@@ -5,11 +5,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::budget::{self, Budget, MAX_ACTION_REFERENCES, MAX_NESTING, MAX_PRINTF_SIZE};
+use super::budget::{self, Budget, MAX_ACTION_REFERENCES, MAX_NESTING, MAX_PRINTF_SIZE, NO_VALUE};
 use super::parse_object;
-
-/// The text Go's `text/template` (and `gtmpl`) prints for a missing value.
-const NO_VALUE: &str = "<no value>";
 
 /// A template that is refused: Go's `text/template` syntax (as `gtmpl`
 /// parses it) rejects it, the engine cannot run it safely, or it is over its
@@ -376,7 +373,7 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
             text.push_str(&step);
             plain.push_str(&step);
             plain.push_str(own);
-            let own = &with_floats(own, own.len() - action.len, &action.floats);
+            let own = &with_rewrites(own, own.len() - action.len, &action.rewrites);
             match role {
                 Role::Range(n) => push_sorted_range(&mut text, own, n),
                 Role::RangeElse(n) => {
@@ -398,23 +395,22 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
     Ok(Scanned { text, plain, depth: deepest })
 }
 
-/// An action with its float literals that `gtmpl` would truncate replaced
-/// by their text as Go prints them (`-1.5` becomes `"-1.5"`): the functions
-/// print, format and compare such text as the number, as they do for the
-/// same numbers in the data (see `template_number`). `shift` is where the
-/// body starts in `action`.
-fn with_floats<'a>(action: &'a str, shift: usize, floats: &[(std::ops::Range<usize>, String)]) -> Cow<'a, str> {
-    if floats.is_empty() {
+/// An action with its rewrites applied (see [`rewrite_at`]): a float
+/// literal that `gtmpl` would truncate becomes a call that gives the float
+/// as the same numbers in the data reach the template (`-1.5` becomes
+/// `(_aegis_float "-1.5")`, see `template_number`), and a field chain
+/// becomes a call that evaluates it as Go does. `shift` is where the body
+/// starts in `action`.
+fn with_rewrites<'a>(action: &'a str, shift: usize, rewrites: &[(std::ops::Range<usize>, String)]) -> Cow<'a, str> {
+    if rewrites.is_empty() {
         return Cow::Borrowed(action);
     }
-    let mut out = String::with_capacity(action.len() + 8 * floats.len());
+    let mut out = String::with_capacity(action.len() + 24 * rewrites.len());
     let mut from = 0;
-    for (range, text) in floats {
+    for (range, text) in rewrites {
         let Some(before) = action.get(from..shift + range.start) else { continue };
         out.push_str(before);
-        out.push('"');
         out.push_str(text);
-        out.push('"');
         from = shift + range.end;
     }
     out.push_str(&action[from..]);
@@ -553,9 +549,9 @@ struct Action {
     references: usize,
     /// Whether it is a comment.
     comment: bool,
-    /// Float literals `gtmpl` cannot hold: their place in the body and
-    /// their text as Go prints them.
-    floats: Vec<(std::ops::Range<usize>, String)>,
+    /// What the rewrite replaces in the body, in order: float literals
+    /// `gtmpl` cannot hold, and field chains (see [`rewrite_at`]).
+    rewrites: Vec<(std::ops::Range<usize>, String)>,
 }
 
 /// Scans an action's body up to and including its closing `}}`.
@@ -569,17 +565,17 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
             (_, true) => end + 4,
             _ => return Err(syntax("comment end before closing delimiter")),
         };
-        return Ok(Action { len, parens: 0, references: 0, comment: true, floats: Vec::new() });
+        return Ok(Action { len, parens: 0, references: 0, comment: true, rewrites: Vec::new() });
     }
     let (mut parens, mut deepest, mut references) = (0usize, 0usize, 0usize);
-    let mut floats = Vec::new();
+    let mut rewrites = Vec::new();
     let mut chars = body.char_indices();
     while let Some((i, c)) = chars.next() {
         if body[i..].starts_with("}}") {
-            return Ok(Action { len: i + 2, parens: deepest, references, comment: false, floats });
+            return Ok(Action { len: i + 2, parens: deepest, references, comment: false, rewrites });
         }
-        if let Some(float) = misheld_float(body, i) {
-            floats.push(float);
+        if let Some(rewrite) = rewrite_at(body, i) {
+            rewrites.push(rewrite);
         }
         match c {
             '"' | '\'' => skip_quoted(&mut chars, c).map_err(|e| match e {
@@ -616,11 +612,10 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
 }
 
 /// A float literal starting at `at` that `gtmpl` would not hold as Go
-/// does, with its text as Go prints it: `gtmpl` truncates a negative or
-/// tiny one to an integer (`-1.5` to -1, `1e-20` to 0) and saturates a
-/// large one. Go holds a literal with a point or an exponent as a float64;
-/// such a literal that is whole and below a million prints and compares
-/// the same as the integer `gtmpl` makes of it.
+/// does (see [`super::gofmt::gtmpl_holds`]), with the call that gives it:
+/// Go holds a literal with a point or an exponent as a float64, where
+/// `gtmpl` truncates a negative or tiny one to an integer (`-1.5` to -1,
+/// `1e-20` to 0), saturates a large one and makes a whole one an integer.
 fn misheld_float(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)> {
     let bytes = body.as_bytes();
     let next_is_digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
@@ -651,7 +646,50 @@ fn misheld_float(body: &str, at: usize) -> Option<(std::ops::Range<usize>, Strin
         return None;
     }
     let f = literal.parse::<f64>().ok().filter(|f| f.is_finite())?;
-    (!super::gofmt::gtmpl_holds(f)).then(|| (at..end, super::gofmt::go_float(f)))
+    (!super::gofmt::gtmpl_holds(f))
+        .then(|| (at..end, format!("({} \"{}\")", budget::FLOAT_FUNC, super::gofmt::go_float(f))))
+}
+
+/// What the rewrite replaces at `at` in an action's body, if anything: a
+/// float literal `gtmpl` would truncate (see [`misheld_float`]), or a field
+/// chain (see [`field_chain`]).
+fn rewrite_at(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)> {
+    misheld_float(body, at).or_else(|| field_chain(body, at))
+}
+
+/// A field chain starting at `at` whose evaluation `gtmpl` gets wrong, with
+/// the call that evaluates it as Go does ([`budget::FIELD_FUNC`]): `.a.b`
+/// becomes `(_aegis_field . "a" "b")` and `$x.a` becomes `(_aegis_field $x
+/// "a")`. `gtmpl` fails on a field of a missing value, where Go gives
+/// `<no value>`. A single field of dot (`.a`) or of the data (`$.a`) is
+/// left as it is: a map's entry or missing, in both.
+fn field_chain(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)> {
+    let bytes = body.as_bytes();
+    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let prev = body[..at].bytes().next_back();
+    if prev.is_some_and(|p| is_name(p) || matches!(p, b'.' | b'$' | b')' | b']')) {
+        return None;
+    }
+    let (root, mut end, rooted_in_dot) = match bytes[at] {
+        b'.' => (".".to_owned(), at, true),
+        b'$' => {
+            let len = bytes[at + 1..].iter().take_while(|&&b| is_name(b)).count();
+            (body[at..at + 1 + len].to_owned(), at + 1 + len, false)
+        }
+        _ => return None,
+    };
+    let mut names = Vec::new();
+    while bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_') {
+        let len = bytes[end + 1..].iter().take_while(|&&b| is_name(b)).count();
+        names.push(&body[end + 1..end + 1 + len]);
+        end += 1 + len;
+    }
+    let plain = names.len() < 2 && (rooted_in_dot || root == "$");
+    if names.is_empty() || plain {
+        return None;
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    Some((at..end, format!("({} {root} {})", budget::FIELD_FUNC, quoted.join(" "))))
 }
 
 /// Why a quoted string is refused.
@@ -757,7 +795,8 @@ pub(super) fn apply_template(value: &str, template: &str, budget: &Budget) -> Re
 fn to_template_value(json: serde_json::Value) -> gtmpl::Value {
     use serde_json::Value as J;
     match json {
-        J::Null => gtmpl::Value::NoValue,
+        // Nil, not missing: a field of null fails in Go, a field of a missing value does not.
+        J::Null => gtmpl::Value::Nil,
         J::Bool(b) => gtmpl::Value::Bool(b),
         J::Number(n) => template_number(&n),
         J::String(s) => gtmpl::Value::String(s),
@@ -770,12 +809,12 @@ fn to_template_value(json: serde_json::Value) -> gtmpl::Value {
 ///
 /// `gtmpl` holds a float as a float only when it is positive with a
 /// fraction of at least `f64::EPSILON`: it truncates any other to an
-/// integer (-1.5 becomes -1, 1e-20 becomes 0) and saturates a large one
-/// (1e21 becomes 18446744073709551615). A whole float below a million is
-/// held as that integer (Go prints both alike); any other float the
-/// engine cannot hold reaches the template as its text, as Go prints it
-/// (`-1.5`, `1e+21`), so that it prints right, though it then compares
-/// and formats as text.
+/// integer (-1.5 becomes -1, 1e-20 becomes 0), saturates a large one
+/// (1e21 becomes 18446744073709551615) and makes a whole one an integer.
+/// Zero is held as the integer 0 (false in an `if`, as in Go); any other
+/// float the engine cannot hold reaches the template as a value only
+/// Aegis's functions make (see [`super::gofmt::float_value`]), which they
+/// print, format and compare as the float.
 fn template_number(n: &serde_json::Number) -> gtmpl::Value {
     if let Some(u) = n.as_u64() {
         gtmpl::Value::from(u)
@@ -786,7 +825,7 @@ fn template_number(n: &serde_json::Number) -> gtmpl::Value {
             #[allow(clippy::cast_possible_truncation)] // whole and below a million
             Some(f) if super::gofmt::gtmpl_holds(f) && f.fract() == 0.0 => gtmpl::Value::from(f as i64),
             Some(f) if super::gofmt::gtmpl_holds(f) => gtmpl::Value::from(f),
-            Some(f) => gtmpl::Value::String(super::gofmt::go_float(f)),
+            Some(f) => super::gofmt::float_value(f),
             None => gtmpl::Value::NoValue,
         }
     }
@@ -1400,8 +1439,8 @@ mod tests {
         let value = r#"{"fm15": -1.5, "f": 1.5, "x": "a-1.5", "n": 3}"#;
         let cases = [
             (
-                "{{-1.5}} {{1e-20}} {{1e21}} {{-2.25e3}} {{-0.0}} {{-1e3}} {{.5}} {{-.5}}",
-                "-1.5 1e-20 1e+21 -2250 -0 -1000 0.5 -0.5",
+                "{{-1.5}} {{1e-20}} {{1e21}} {{-2.25e3}} {{-1e3}} {{.5}} {{-.5}} {{2.0}}",
+                "-1.5 1e-20 1e+21 -2250 -1000 0.5 -0.5 2",
             ),
             (
                 r#"{{if lt .fm15 -1.25}}lt{{else}}ge{{end}} {{if eq .fm15 -1.5}}eq{{end}} {{printf "%.2f|%v|%g" -1.5 -1.5 -2.5e-7}}"#,
@@ -1412,12 +1451,20 @@ mod tests {
             ("{{- -1.5 -}} {{ -2.5 }}", "-1.5-2.5"),
             (r#"{{.x}} {{"-1.5"}} {{print "x" -1.5}}"#, "a-1.5 -1.5 x-1.5"),
             ("{{printf \"%.1f\" -1e-20}} {{if gt 1e21 1e20}}big{{end}}", "-0.0 big"),
+            // A whole float is a float64 to Go: `%d` and `*` refuse it.
+            ("{{printf \"%d|%*d|%v\" 2.0 2.0 7 2.0}}", "%!d(float64=2)|%!(BADWIDTH)7|2"),
         ];
         renders_as_go(value, &cases);
         // Such floats in the data compare by value with each other too.
-        let value = r#"{"fm15": -1.5, "m125": -1.25, "e21": 1e21, "e20": 1e20, "tiny": 1e-20, "m0": -0.0}"#;
-        let template = "{{if lt .fm15 .m125}}lt{{end}} {{if gt .m125 -1.5}}gt{{end}} {{if le .e21 .e20}}le{{else}}nle{{end}} {{if ge .tiny .tiny}}ge{{end}} {{.m0}}";
-        renders_as_go(value, &[(template, "lt gt nle ge -0")]);
+        let value = r#"{"fm15": -1.5, "m125": -1.25, "e21": 1e21, "e20": 1e20, "tiny": 1e-20, "two": 2.0}"#;
+        let template = "{{if lt .fm15 .m125}}lt{{end}} {{if gt .m125 -1.5}}gt{{end}} {{if le .e21 .e20}}le{{else}}nle{{end}} {{if ge .tiny .tiny}}ge{{end}} {{.two}} {{printf \"%d\" .two}}";
+        renders_as_go(value, &[(template, "lt gt nle ge 2 %!d(float64=2)")]);
+        // Zero is the one float held as an integer, so that `if` finds it false:
+        // -0.0 then prints `0`, where Go prints `-0`.
+        assert_eq!(
+            tf(r#"{"z": -0.0}"#, Some("{{.z}}{{if .z}}t{{else}}f{{end}}{{if -0.0}}t{{else}}f{{end}}"), Format::Raw),
+            "0ff"
+        );
     }
 
     #[test]

@@ -337,7 +337,11 @@ fn analyze(s: &str) -> Analysis {
     let chars: Vec<char> = s.chars().collect();
     let spaces = SpaceFlags::of(&chars);
     let tabs = chars.contains(&'\t');
-    let special = chars.iter().any(|&c| c != '\t' && !is_printable(c));
+    // Beyond yaml.v3: the line and paragraph separators (U+2028, U+2029),
+    // which yaml.v3 writes as they are, are escaped (`\L`, `\P`) in double
+    // quotes: a YAML 1.1 reader (yaml.v3 too) takes them for line breaks and
+    // folds them, a YAML 1.2 reader for text and keeps the indentation after.
+    let special = chars.iter().any(|&c| (c != '\t' && !is_printable(c)) || matches!(c, '\u{2028}' | '\u{2029}'));
     let multiline = chars.iter().any(|&c| is_break(c));
     let edge = spaces.leading_space || spaces.leading_break || spaces.trailing_space || spaces.trailing_break;
     let mixed = spaces.space_break || tabs || special;
@@ -832,8 +836,8 @@ mod tests {
             "t1: \"true\"\nt2: \"True\"\nt3: \"yes\"\nt4: \"on\"\nt5: \"null\"\nt6: \"~\"\nt7: \"123\"\nt8: \"1.5\"\nt9: \"0x1F\"\nt10: \"1e3\"\nt11: \".5\"\nt12: \"2024-01-02\"\nt13: \"1:20\"\nt14: \"0o17\"\nt16: '-'\nt17: '---'\nt20: <<\nt21: \"1_000\"\nt23: \"2024-01-02T03:04:05Z\"\nt25: \"Y\"\nt26: nO\nt27: \"Off\"\n",
         ),
         (
-            "{\"emoji\":\"\u{1f600}\",\"nbsp\":\"a\\u00a0b\",\"ctrl\":\"a\\u0001b\",\"del\":\"a\\u007fb\",\"uni\":\"h\u{e9}llo\",\"bom\":\"\\ufeffx\",\"nel\":\"a\\u0085b\",\"cr\":\"a\\rb\"}",
-            "bom: \"\\uFEFF\\x78\"\ncr: \"a\\rb\"\nctrl: \"a\\x01b\"\ndel: \"a\\x7Fb\"\nemoji: \"\\U0001F600\"\nnbsp: a\u{a0}b\nnel: \"a\\Nb\"\nuni: h\u{e9}llo\n",
+            "{\"emoji\":\"\u{1f600}\",\"nbsp\":\"a\\u00a0b\",\"ctrl\":\"a\\u0001b\",\"del\":\"a\\u007fb\",\"uni\":\"h\u{e9}llo\",\"bom\":\"\\ufeffx\",\"nel\":\"a\\u0085b\",\"cr\":\"a\\rb\",\"ls\":\"a\u{2028}b\",\"ps\":\"\u{2029}\"}",
+            "bom: \"\\uFEFF\\x78\"\ncr: \"a\\rb\"\nctrl: \"a\\x01b\"\ndel: \"a\\x7Fb\"\nemoji: \"\\U0001F600\"\nls: \"a\\Lb\"\nnbsp: a\u{a0}b\nnel: \"a\\Nb\"\nps: \"\\P\"\nuni: h\u{e9}llo\n",
         ),
         (
             "{\"*k\":\"v\",\"k k\":\"v\",\"1\":\"a\",\"10\":\"b\",\"2\":\"c\",\"a10\":\"x\",\"a2\":\"y\",\"A\":\"z\",\"_\":\"w\",\"\":\"empty\",\"true\":\"t\"}",

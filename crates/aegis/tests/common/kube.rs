@@ -38,7 +38,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::common::free_port;
+use crate::common::{env_or_build, free_port, tail};
 
 /// How long the API server may take to report ready (it is about 3 s here).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,11 +47,6 @@ pub const TOKEN_TTL_SECONDS: i64 = 3600;
 /// Issuer (and audience) of this cluster's ServiceAccount tokens.
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
 /// The directory with `etcd`, `kube-apiserver` and `kube-controller-manager`:
 /// `AEGIS_KUBE_BIN_DIR` if set, else what `scripts/build-kube.sh` prints last
 /// (instant when cached; about 11 minutes on 2 cores the first time). Panics with
@@ -59,10 +54,13 @@ pub fn repo_root() -> PathBuf {
 pub fn kube_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = match std::env::var("AEGIS_KUBE_BIN_DIR") {
-            Ok(v) if !v.trim().is_empty() => PathBuf::from(v.trim()),
-            _ => build_kube(),
-        };
+        let dir = env_or_build(
+            "AEGIS_KUBE_BIN_DIR",
+            "scripts/build-kube.sh",
+            "the Kubernetes binaries are missing; these tests need etcd, kube-apiserver and \
+             kube-controller-manager: run scripts/build-kube.sh (needs Go and the Go module proxy) or set \
+             AEGIS_KUBE_BIN_DIR to a directory with them",
+        );
         for b in ["etcd", "kube-apiserver", "kube-controller-manager"] {
             assert!(
                 dir.join(b).is_file(),
@@ -72,34 +70,6 @@ pub fn kube_bin_dir() -> &'static Path {
         }
         dir
     })
-}
-
-fn build_kube() -> PathBuf {
-    let script = repo_root().join("scripts/build-kube.sh");
-    eprintln!("AEGIS_KUBE_BIN_DIR is not set: running {} (builds once, then cached)", script.display());
-    let t = Instant::now();
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "the Kubernetes binaries are missing and {} failed ({}): it needs Go and the Go module proxy; \
-         or set AEGIS_KUBE_BIN_DIR to a directory with etcd, kube-apiserver and kube-controller-manager",
-        script.display(),
-        out.status
-    );
-    eprintln!("{} done after {:.1}s", script.display(), t.elapsed().as_secs_f64());
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim())
-}
-
-/// `tail -n` of a log, for failure reports.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A certificate and its key, PEM.

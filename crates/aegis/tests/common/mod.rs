@@ -356,3 +356,37 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The path in `var`, or else the last line printed by the repo's build `script`
+/// (which builds once and caches). Panics with `hint` if the script fails.
+pub fn env_or_build(var: &str, script: &str, hint: &str) -> PathBuf {
+    if let Ok(v) = std::env::var(var) {
+        if !v.trim().is_empty() {
+            return PathBuf::from(v);
+        }
+    }
+    let script = repo_root().join(script);
+    eprintln!("running {} (builds once, then cached)", script.display());
+    let t = std::time::Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{hint} ({} failed: {})", script.display(), out.status);
+    eprintln!("{} done after {:.1}s", script.display(), t.elapsed().as_secs_f64());
+    PathBuf::from(stdout(&out).lines().last().unwrap_or_default().trim())
+}
+
+/// `tail -n` of a file, for failure reports.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

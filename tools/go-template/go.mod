@@ -1,0 +1,3 @@
+module aegis.dev/tools/go-template
+
+go 1.22
