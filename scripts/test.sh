@@ -28,7 +28,7 @@ if ! command -v curl >/dev/null; then
     { apt-get update -qq && apt-get install -y -qq curl >/dev/null; } || { echo "error: curl is needed by the tests; install it" >&2; exit 1; }
 fi
 
-command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE, Kubernetes, Helm and VSecM's Go client (install Go >= 1.26.6)" >&2; exit 1; }
+command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE, Kubernetes, Helm, VSecM's Go client and the Go template reference (install Go >= 1.26.6)" >&2; exit 1; }
 
 echo "== SPIRE (built once from the Go module proxy, cached in $cache/spire)"
 AEGIS_SPIRE_BIN_DIR="$(scripts/build-spire.sh | tail -n1)"
@@ -44,6 +44,10 @@ export AEGIS_HELM_BIN
 echo "   $AEGIS_HELM_BIN"
 echo "== VSecM's Go client (github.com/spiffe/vsecm-sdk-go v0.5.1, cached in $cache/vsecm-client)"
 scripts/build-vsecm-client.sh | tail -n1
+echo "== Go's text/template, the reference of the differential template test (standard library only, cached in $cache/go-template)"
+AEGIS_GO_TEMPLATE="$(scripts/build-go-template.sh | tail -n1)"
+export AEGIS_GO_TEMPLATE
+echo "   $AEGIS_GO_TEMPLATE"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
