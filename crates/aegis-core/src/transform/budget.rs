@@ -204,7 +204,7 @@ fn charge() -> Result<Option<usize>, FuncError> {
 }
 
 /// Refuses a result estimated (or found) to be larger than the output limit.
-pub(super) fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), FuncError> {
+fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), FuncError> {
     match limit {
         Some(limit) if estimate > limit => METER.with(|m| {
             let mut m = m.borrow_mut();
@@ -220,7 +220,7 @@ pub(super) fn check_size(estimate: usize, limit: Option<usize>) -> Result<(), Fu
     }
 }
 
-pub(super) fn printf_size_error(size: u128) -> FuncError {
+fn printf_size_error(size: u128) -> FuncError {
     let why = format!(
         "printf width or precision {size} is larger than the limit of {MAX_PRINTF_SIZE} (template printf limit)"
     );
@@ -290,7 +290,18 @@ fn scalar_text(value: &Value) -> String {
 
 /// Go's text of an array or a map, within the output limit.
 fn go_text(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
-    super::gofmt::go_value(value, limit)
+    super::gofmt::go_value(value, limit).map_err(|r| refused(r, limit))
+}
+
+/// The budget's error for a formatting `gofmt` refused.
+fn refused(why: super::gofmt::Refused, limit: Option<usize>) -> FuncError {
+    match why {
+        super::gofmt::Refused::Output => {
+            check_size(usize::MAX, limit).err().unwrap_or(FuncError::UnableToConvertFromValue)
+        }
+        super::gofmt::Refused::Size(size) => printf_size_error(size as u128),
+        super::gofmt::Refused::Unprintable => FuncError::UnableToConvertFromValue,
+    }
 }
 
 /// Which `range` of the template a call is for.
@@ -733,8 +744,8 @@ fn printf(args: &[Value]) -> Result<Value, FuncError> {
         let estimate;
         (estimate, shown) = printf_estimate(format, rest)?;
         check_size(estimate, limit)?;
-        if let Some(text) = super::gofmt::sprintf(format, rest, limit) {
-            return check_result(text.map(Value::String), limit);
+        if let Some(text) = super::gofmt::sprintf(format, rest, limit, MAX_PRINTF_SIZE) {
+            return check_result(text.map(Value::String).map_err(|r| refused(r, limit)), limit);
         }
     }
     let mut args = go_args(args, limit)?;

@@ -17,9 +17,26 @@
 
 use std::collections::HashMap;
 
-use gtmpl_value::{FuncError, Number, Value};
+use gtmpl_value::{Number, Value};
 
-use super::budget::{check_size, printf_size_error, MAX_PRINTF_SIZE};
+/// Why a formatting was refused; the caller turns it into the budget's error.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The result grew past the output limit.
+    Output,
+    /// A width or precision above the printf limit.
+    Size(usize),
+    /// A value Go cannot print (a function).
+    Unprintable,
+}
+
+/// Refuses a result past the output limit.
+fn within(len: usize, limit: Option<usize>) -> Result<(), Refused> {
+    match limit {
+        Some(limit) if len > limit => Err(Refused::Output),
+        _ => Ok(()),
+    }
+}
 
 /// A verb's flags, width and precision.
 #[derive(Default, Clone, Copy)]
@@ -38,14 +55,19 @@ struct Spec {
 /// format as Go's `doPrintf` does: flags, an optional `[n]` index, a width
 /// (digits or `*`), `.` and a precision (digits or `*`, also after an
 /// index), an optional `[n]`, the verb. A width or precision above
-/// [`MAX_PRINTF_SIZE`] is refused, wherever it comes from, and so is a
+/// `max_size` (the template printf limit) is refused, wherever it comes from, and so is a
 /// result past the output limit, as soon as it is.
-pub(super) fn sprintf(format: &str, args: &[Value], limit: Option<usize>) -> Option<Result<String, FuncError>> {
+pub(super) fn sprintf(
+    format: &str,
+    args: &[Value],
+    limit: Option<usize>,
+    max_size: usize,
+) -> Option<Result<String, Refused>> {
     let mut out = String::with_capacity(format.len());
     let mut walk = Walk { bytes: format.as_bytes(), at: 0, arg: 0, reordered: false, good: true };
     let end = format.len();
     while walk.at < end {
-        if let Err(e) = check_size(out.len(), limit) {
+        if let Err(e) = within(out.len(), limit) {
             return Some(Err(e));
         }
         let literal = walk.at;
@@ -113,8 +135,8 @@ pub(super) fn sprintf(format: &str, args: &[Value], limit: Option<usize>) -> Opt
         if !after_index {
             walk.index(args.len());
         }
-        if let Some(size) = [spec.width, spec.precision].into_iter().flatten().find(|&n| n > MAX_PRINTF_SIZE) {
-            return Some(Err(printf_size_error(size as u128)));
+        if let Some(size) = [spec.width, spec.precision].into_iter().flatten().find(|&n| n > max_size) {
+            return Some(Err(Refused::Size(size)));
         }
         let Some(verb) = format.get(walk.at..).and_then(|rest| rest.chars().next()) else {
             out.push_str("%!(NOVERB)");
@@ -267,7 +289,7 @@ fn format_value(
     value: &Value,
     depth: usize,
     limit: Option<usize>,
-) -> Option<Result<String, FuncError>> {
+) -> Option<Result<String, Refused>> {
     let text = match arg_of(value)? {
         // Inside an array or a map, nil is written as it is, whatever the flags.
         Arg::Nil if depth > 0 => "<nil>".to_owned(),
@@ -283,7 +305,7 @@ fn format_value(
                     Ok(text) => out.push_str(&text),
                     Err(e) => return Some(Err(e)),
                 }
-                if let Err(e) = check_size(out.len(), limit) {
+                if let Err(e) = within(out.len(), limit) {
                     return Some(Err(e));
                 }
             }
@@ -308,7 +330,7 @@ fn format_value(
                     }
                     (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
                 }
-                if let Err(e) = check_size(out.len(), limit) {
+                if let Err(e) = within(out.len(), limit) {
                     return Some(Err(e));
                 }
             }
@@ -347,13 +369,13 @@ fn format_value(
 /// A value as Go's `%v` prints it (arrays as `[a b]`, maps as
 /// `map[k:v]` with the keys sorted, null inside them as `<nil>`), refused
 /// once past the output limit.
-pub(super) fn go_value(value: &Value, limit: Option<usize>) -> Result<String, FuncError> {
-    format_value('v', &Spec::default(), value, 0, limit).unwrap_or(Err(FuncError::UnableToConvertFromValue))
+pub(super) fn go_value(value: &Value, limit: Option<usize>) -> Result<String, Refused> {
+    format_value('v', &Spec::default(), value, 0, limit).unwrap_or(Err(Refused::Unprintable))
 }
 
 /// Go's `%!verb(type=value)`: the value printed as `%v` with the verb's
 /// flags, width and precision.
-fn bad_verb(verb: char, spec: &Spec, value: &Value, limit: Option<usize>) -> Option<Result<String, FuncError>> {
+fn bad_verb(verb: char, spec: &Spec, value: &Value, limit: Option<usize>) -> Option<Result<String, Refused>> {
     if matches!(arg_of(value)?, Arg::Nil) {
         return Some(Ok(format!("%!{verb}(<nil>)")));
     }
@@ -375,7 +397,7 @@ fn type_name(value: &Value) -> Option<&'static str> {
 }
 
 /// `type=value` as Go writes it in `%!(EXTRA ...)`, without flags.
-fn typed(value: &Value, limit: Option<usize>) -> Option<Result<String, FuncError>> {
+fn typed(value: &Value, limit: Option<usize>) -> Option<Result<String, Refused>> {
     match type_name(value) {
         None => Some(Ok("<nil>".to_owned())),
         Some(name) => Some(format_value('v', &Spec::default(), value, 0, limit)?.map(|text| format!("{name}={text}"))),
