@@ -564,7 +564,8 @@ fn slice(args: &[Value]) -> Result<Value, FuncError> {
         _ => return Err(FuncError::Generic("slice takes a string or an array and up to two indexes".to_owned())),
     };
     if from > to || to > len {
-        return Err(FuncError::Generic(format!("slice index out of range: {from}:{to} of {len}")));
+        // Not the indexes or the length: they may come from the secret's data.
+        return Err(FuncError::Generic("slice index out of range".to_owned()));
     }
     match item {
         Value::String(s) => s
@@ -606,7 +607,8 @@ fn index(args: &[Value]) -> Result<Value, FuncError> {
             Some(Arg::Int(i)) => usize::try_from(i)
                 .ok()
                 .filter(|&i| i < len)
-                .ok_or_else(|| FuncError::Generic(format!("index out of range: {i}"))),
+                // Not the index: it may come from the secret's data.
+                .ok_or_else(|| FuncError::Generic("index out of range".to_owned())),
             _ => Err(FuncError::Generic(
                 "cannot index an array or a string with a value that is not an integer".to_owned(),
             )),
