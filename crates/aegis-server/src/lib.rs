@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 mod extract;
 pub mod health;
+pub mod inflight;
 pub mod limits;
 pub mod metrics;
 pub mod native;

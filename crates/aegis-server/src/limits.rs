@@ -29,6 +29,26 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 pub const DEFAULT_SENTINEL_RESERVE: usize = 64;
 /// Default connections one SPIFFE ID may hold.
 pub const DEFAULT_PER_IDENTITY: usize = 256;
+/// Default connections of all identities with no role together (they may only read the API document).
+pub const DEFAULT_NO_ROLE_POOL: usize = 64;
+/// Default HTTP/2 streams one connection may have open at once.
+pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 32;
+/// Default requests (watches aside) one SPIFFE ID other than the Sentinel's may have in flight.
+pub const DEFAULT_REQUESTS_PER_IDENTITY: usize = 64;
+/// Default watches one SPIFFE ID may hold.
+pub const DEFAULT_WATCHES_PER_IDENTITY: usize = 32;
+/// Default watches of all identities together.
+pub const DEFAULT_MAX_WATCHES: usize = 8192;
+/// Default request body bytes being read or held at once, all callers together.
+pub const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 32 << 20;
+/// Default request body bytes one SPIFFE ID may have in flight.
+pub const DEFAULT_BODY_BYTES_PER_IDENTITY: usize = 8 << 20;
+/// Default connections the health port holds at once.
+pub const DEFAULT_HEALTH_CONNECTIONS: usize = 32;
+/// Default connections one peer address may hold on the health port.
+pub const DEFAULT_HEALTH_PER_PEER: usize = 8;
+/// Default longest life of a health-port connection.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The limits as configured; `None` means "derive from the descriptor limit".
 #[derive(Debug, Clone, Default)]
@@ -41,6 +61,26 @@ pub struct ConnLimitSettings {
     pub sentinel_reserve: Option<usize>,
     /// Connections one SPIFFE ID (other than the Sentinel's) may hold.
     pub per_identity: Option<usize>,
+    /// Connections of all identities with no role together.
+    pub no_role_pool: Option<usize>,
+    /// HTTP/2 streams open at once on one connection.
+    pub streams_per_connection: Option<u32>,
+    /// Requests (watches aside) one SPIFFE ID other than the Sentinel's may have in flight.
+    pub requests_per_identity: Option<usize>,
+    /// Watches one SPIFFE ID may hold.
+    pub watches_per_identity: Option<usize>,
+    /// Watches of all identities together.
+    pub max_watches: Option<usize>,
+    /// Request body bytes in flight, all callers together.
+    pub body_bytes_in_flight: Option<usize>,
+    /// Request body bytes one SPIFFE ID may have in flight.
+    pub body_bytes_per_identity: Option<usize>,
+    /// Connections the health port holds at once.
+    pub health_connections: Option<usize>,
+    /// Connections one peer address may hold on the health port.
+    pub health_per_peer: Option<usize>,
+    /// Longest life of a health-port connection.
+    pub health_timeout: Option<Duration>,
 }
 
 /// The limits in force, every one of them a number.
@@ -56,6 +96,26 @@ pub struct ConnLimits {
     pub shared_pool: usize,
     /// Connections one SPIFFE ID other than the Sentinel's may hold.
     pub per_identity: usize,
+    /// Connections of all identities with no role together (a part of the pool).
+    pub no_role_pool: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub streams_per_connection: u32,
+    /// Requests (watches aside) one SPIFFE ID other than the Sentinel's may have in flight.
+    pub requests_per_identity: usize,
+    /// Watches one SPIFFE ID may hold.
+    pub watches_per_identity: usize,
+    /// Watches of all identities together.
+    pub max_watches: usize,
+    /// Request body bytes in flight, all callers together.
+    pub body_bytes_in_flight: usize,
+    /// Request body bytes one SPIFFE ID may have in flight.
+    pub body_bytes_per_identity: usize,
+    /// Connections the health port holds at once.
+    pub health_connections: usize,
+    /// Connections one peer address may hold on the health port.
+    pub health_per_peer: usize,
+    /// Longest life of a health-port connection.
+    pub health_timeout: Duration,
 }
 
 impl ConnLimitSettings {
@@ -69,7 +129,33 @@ impl ConnLimitSettings {
             self.sentinel_reserve.unwrap_or(DEFAULT_SENTINEL_RESERVE.min(max_connections / 4)).max(1);
         let shared_pool = max_connections.saturating_sub(max_handshakes + sentinel_reserve).max(1);
         let per_identity = self.per_identity.unwrap_or(DEFAULT_PER_IDENTITY.min(shared_pool / 4)).clamp(1, shared_pool);
-        ConnLimits { max_connections, max_handshakes, sentinel_reserve, shared_pool, per_identity }
+        let no_role_pool = self.no_role_pool.unwrap_or(DEFAULT_NO_ROLE_POOL.min(shared_pool / 4)).clamp(1, shared_pool);
+        let max_watches = self.max_watches.unwrap_or(DEFAULT_MAX_WATCHES).max(1);
+        let body_bytes_in_flight = self.body_bytes_in_flight.unwrap_or(DEFAULT_BODY_BYTES_IN_FLIGHT).max(1);
+        let health_connections = self.health_connections.unwrap_or(DEFAULT_HEALTH_CONNECTIONS).max(1);
+        ConnLimits {
+            health_connections,
+            health_per_peer: self.health_per_peer.unwrap_or(DEFAULT_HEALTH_PER_PEER).clamp(1, health_connections),
+            health_timeout: self.health_timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT).max(Duration::from_millis(100)),
+            max_connections,
+            max_handshakes,
+            sentinel_reserve,
+            shared_pool,
+            per_identity,
+            no_role_pool,
+            streams_per_connection: self.streams_per_connection.unwrap_or(DEFAULT_STREAMS_PER_CONNECTION).max(1),
+            requests_per_identity: self.requests_per_identity.unwrap_or(DEFAULT_REQUESTS_PER_IDENTITY).max(1),
+            watches_per_identity: self
+                .watches_per_identity
+                .unwrap_or(DEFAULT_WATCHES_PER_IDENTITY)
+                .clamp(1, max_watches),
+            max_watches,
+            body_bytes_in_flight,
+            body_bytes_per_identity: self
+                .body_bytes_per_identity
+                .unwrap_or(DEFAULT_BODY_BYTES_PER_IDENTITY)
+                .clamp(1, body_bytes_in_flight),
+        }
     }
 }
 
@@ -84,6 +170,8 @@ pub enum Refusal {
     SharedPool,
     /// This identity holds its limit already.
     Identity,
+    /// Identities with no role hold all the connections kept for them.
+    NoRole,
 }
 
 /// Labels of the refused-connection counter.
@@ -114,6 +202,11 @@ impl Refusal {
                  (AEGIS_MAX_CONNECTIONS_PER_IDENTITY)",
                 limits.per_identity
             ),
+            Refusal::NoRole => format!(
+                "this SPIFFE ID has no role, and identities with no role hold all {} connections kept for them; \
+                 register it as a workload or the Sentinel (AEGIS_MAX_CONNECTIONS_NO_ROLE)",
+                limits.no_role_pool
+            ),
         }
     }
 }
@@ -125,6 +218,7 @@ pub struct Gate {
     open: AtomicUsize,
     handshaking: AtomicUsize,
     shared: AtomicUsize,
+    no_role: AtomicUsize,
     per_id: Mutex<HashMap<String, usize>>,
 }
 
@@ -145,6 +239,7 @@ pub struct HandshakeSlot {
 pub struct IdentitySlot {
     gate: Arc<Gate>,
     id: Option<String>,
+    no_role: bool,
 }
 
 fn take(counter: &AtomicUsize, max: usize) -> bool {
@@ -163,6 +258,7 @@ impl Gate {
             open: AtomicUsize::new(0),
             handshaking: AtomicUsize::new(0),
             shared: AtomicUsize::new(0),
+            no_role: AtomicUsize::new(0),
             per_id: Mutex::new(HashMap::new()),
         })
     }
@@ -192,8 +288,15 @@ impl Gate {
     /// Admits an authenticated connection of `role` with SPIFFE ID `id`.
     pub fn admit(self: &Arc<Self>, role: &Role, id: &str) -> Result<IdentitySlot, Refusal> {
         if matches!(role, Role::Sentinel) {
-            return Ok(IdentitySlot { gate: self.clone(), id: None });
+            return Ok(IdentitySlot { gate: self.clone(), id: None, no_role: false });
         }
+        // Roles granted nothing (no role, Scout) share a small part of the pool.
+        let no_role = matches!(role, Role::Unknown | Role::Scout);
+        if no_role && !take(&self.no_role, self.limits.no_role_pool) {
+            return Err(Refusal::NoRole);
+        }
+        // From here on the slot's drop gives back what it took.
+        let mut slot = IdentitySlot { gate: self.clone(), id: None, no_role };
         if !take(&self.shared, self.limits.shared_pool) {
             return Err(Refusal::SharedPool);
         }
@@ -205,7 +308,8 @@ impl Gate {
             return Err(Refusal::Identity);
         }
         *n += 1;
-        Ok(IdentitySlot { gate: self.clone(), id: Some(id.to_owned()) })
+        slot.id = Some(id.to_owned());
+        Ok(slot)
     }
 }
 
@@ -223,6 +327,9 @@ impl Drop for HandshakeSlot {
 
 impl Drop for IdentitySlot {
     fn drop(&mut self) {
+        if self.no_role {
+            give(&self.gate.no_role);
+        }
         let Some(id) = self.id.take() else { return };
         give(&self.gate.shared);
         let mut map = self.gate.per_id.lock().unwrap_or_else(|e| e.into_inner());
@@ -313,6 +420,7 @@ mod tests {
             max_handshakes: Some(2),
             sentinel_reserve: Some(3),
             per_identity: Some(2),
+            ..Default::default()
         }
         .resolve(1000);
         assert_eq!(limits.shared_pool, 5);
@@ -335,12 +443,27 @@ mod tests {
     }
 
     #[test]
+    fn identities_with_no_role_share_a_small_part_of_the_pool() {
+        let limits =
+            ConnLimitSettings { max_connections: Some(100), no_role_pool: Some(2), ..Default::default() }.resolve(1000);
+        let gate = Gate::new(limits);
+        let a = gate.admit(&Role::Unknown, "spiffe://x/a").unwrap();
+        let _b = gate.admit(&Role::Scout, "spiffe://x/b").unwrap();
+        assert_eq!(gate.admit(&Role::Unknown, "spiffe://x/c").unwrap_err(), Refusal::NoRole);
+        // Workloads are not counted against it.
+        let _w = gate.admit(&wl(), "spiffe://x/w").unwrap();
+        drop(a);
+        assert!(gate.admit(&Role::Unknown, "spiffe://x/c").is_ok());
+        assert_eq!(gate.no_role.load(Ordering::Acquire), 1, "a dropped slot gives its place back");
+    }
+
+    #[test]
     fn handshakes_and_the_global_limit_refuse_and_free() {
         let limits = ConnLimitSettings {
             max_connections: Some(4),
             max_handshakes: Some(1),
             sentinel_reserve: Some(1),
-            per_identity: None,
+            ..Default::default()
         }
         .resolve(1000);
         let gate = Gate::new(limits);

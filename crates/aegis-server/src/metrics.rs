@@ -45,6 +45,10 @@ pub struct Metrics {
     pub connections_idle_closed: Counter,
     /// Failed accepts (usually too many open files).
     pub accept_errors: Counter,
+    /// Health-port connections refused by its limits.
+    pub health_refused: Counter,
+    /// Watches held now.
+    pub watches_open: Gauge,
     /// 1 while sealed.
     pub sealed: Gauge,
     /// Transformations found over the template budget since start.
@@ -74,6 +78,8 @@ impl Metrics {
         let connections_refused = Family::<RefusalLabels, Counter>::default();
         let connections_idle_closed = Counter::default();
         let accept_errors = Counter::default();
+        let health_refused = Counter::default();
+        let watches_open = Gauge::default();
         let sealed = Gauge::default();
         sealed.set(1);
         let transform_failures = Gauge::default();
@@ -124,6 +130,12 @@ impl Metrics {
             connections_idle_closed.clone(),
         );
         registry.register("accept_errors", "Failed accepts (e.g. too many open files)", accept_errors.clone());
+        registry.register(
+            "health_connections_refused",
+            "Connections to the health port refused by its limits (AEGIS_HEALTH_MAX_CONNECTIONS and per peer)",
+            health_refused.clone(),
+        );
+        registry.register("watches_open", "Watches (long polls) held now", watches_open.clone());
         registry.register("sealed", "1 while the Safe waits for its root key", sealed.clone());
         registry.register(
             "transform_failures",
@@ -140,6 +152,8 @@ impl Metrics {
             connections_refused,
             connections_idle_closed,
             accept_errors,
+            health_refused,
+            watches_open,
             sealed,
             transform_failures,
             kube_sync,

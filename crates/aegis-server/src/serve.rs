@@ -179,14 +179,9 @@ pub async fn start_with(
     let health_addr = health_listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr: state.settings.health_listen, source })?;
-    let health_app = health::router(state.clone());
     let mut tasks = vec![
         tokio::spawn(serve(listener, tls, state.clone())),
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(health_listener, health_app).await {
-                tracing::error!(error = %e, "health server stopped");
-            }
-        }),
+        tokio::spawn(health::serve(health_listener, state.clone())),
     ];
     tasks.extend(retry);
     tracing::info!(%addr, %health_addr, spiffe_id = %me.spiffe_id(), "Safe listening");
@@ -194,7 +189,7 @@ pub async fn start_with(
 }
 
 /// The shortest and longest pause after a failed accept.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
+pub(crate) const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 
 /// Longest a refused connection is kept to tell the client why.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
@@ -385,6 +380,14 @@ impl Drop for InFlight {
     }
 }
 
+/// The most an HTTP/1.1 request head (and read buffer) or an HTTP/2 header list
+/// may take: request heads of both APIs are a few hundred bytes.
+const HEAD_BUFFER: usize = 16 * 1024;
+/// HTTP/2 flow-control windows: what a client may send before the Safe reads
+/// it, per stream and per connection (hyper's defaults are 1 MiB each).
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+
 async fn serve_hyper<S>(
     io: Prefixed<S>,
     peer: SocketAddr,
@@ -411,8 +414,15 @@ async fn serve_hyper<S>(
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline).max_buf_size(HEAD_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(state.gate.limits().streams_per_connection)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(HEAD_BUFFER as u32);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // A closing connection gets as long as a request may take to finish what is in flight.
@@ -457,6 +467,18 @@ const DRAIN_FACTOR: u64 = 4;
 /// limit), so the client is not cut off before it reads the answer.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Request<Body>, ApiError> {
     use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    if limit == 0 {
+        // Not a byte is read: the stream is reset or the connection closed after the answer.
+        if req.body().size_hint().exact() != Some(0) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "this request takes no body: only the Sentinel sends request bodies",
+            ));
+        }
+        let (parts, _) = req.into_parts();
+        return Ok(Request::from_parts(parts, Body::empty()));
+    }
     let max = limit as u64;
     let drain = max.saturating_add(max.saturating_mul(DRAIN_FACTOR));
     let declared =
@@ -507,20 +529,32 @@ async fn handle(
         path_route,
         start + state.settings.request_timeout,
     );
-    req.extensions_mut().insert(caller);
     // Writes taken up by the store writer after the deadline are refused
     // (not applied); a write taken up before it gets a grace to commit. When
     // even that runs out, the answer says whether the write may have been applied.
     let timeout = state.settings.request_timeout;
     let ticket = Ticket::new(start + timeout);
-    let limit = state.settings.max_body_bytes;
+    // Authorized on the head: nothing of the body is read before the caller's
+    // role allows the route and the request fits the in-flight budgets.
+    let admitted = {
+        use hyper::body::Body as _;
+        let size = req.body().size_hint().exact();
+        state.in_flight.admit(&caller, &method, path_route, size, state.settings.max_body_bytes)
+    };
+    req.extensions_mut().insert(caller);
     let call = Ticket::scope(
         ticket.clone(),
         scope.run(async move {
-            match read_body(req, limit).await {
+            let held = match admitted {
+                Ok(held) => held,
+                Err(refused) => return Ok(refused),
+            };
+            let resp = match read_body(req, held.body_limit).await {
                 Ok(req) => app.oneshot(req).await,
                 Err(refused) => Ok(refused.into_response()),
-            }
+            };
+            drop(held);
+            resp
         }),
     );
     let resp = match tokio::time::timeout(timeout + commit_grace(timeout), call).instrument(span.clone()).await {
@@ -544,7 +578,11 @@ async fn handle(
     let micros = latency.as_micros() as u64;
     if status >= 400 {
         let reason = resp.extensions().get::<crate::error::Reason>().map_or("", |r| r.0.as_str());
-        tracing::info!(status, latency_us = micros, reason, "request refused");
+        // A caller can be refused as fast as it can ask: INFO lines are rate-limited, DEBUG has each.
+        match state.refused_log.hit() {
+            Some(skipped) => tracing::info!(status, latency_us = micros, reason, skipped, "request refused"),
+            None => tracing::debug!(status, latency_us = micros, reason, "request refused"),
+        }
     } else {
         tracing::debug!(status, latency_us = micros, "request served");
     }

@@ -78,6 +78,9 @@ pub struct Settings {
     pub audit: aegis_audit::SinkConfig,
 }
 
+/// Refused requests get at most one INFO line per this interval (ten a second).
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_millis(100);
+
 /// Shared state of the Safe.
 pub struct AppState {
     /// The settings.
@@ -89,6 +92,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Connection limits and counts.
     pub gate: Arc<Gate>,
+    /// Requests, watches and body bytes in flight.
+    pub in_flight: crate::inflight::InFlight,
+    /// Refused requests are logged at INFO at most this often (the rest at DEBUG).
+    pub refused_log: crate::limits::LogLimiter,
     /// Copies of `k8s:` secrets kept outside the Safe, if enabled.
     sync: Option<Arc<dyn SecretSync>>,
     /// The audit trail.
@@ -110,8 +117,11 @@ impl AppState {
             source,
         })?;
         let gate = Gate::new(settings.conn_limits.resolve(crate::limits::fd_soft_limit()));
+        let in_flight = crate::inflight::InFlight::new(gate.limits());
         Ok(Arc::new(Self {
             gate,
+            in_flight,
+            refused_log: crate::limits::LogLimiter::new(REFUSED_LOG_EVERY),
             settings,
             store: ArcSwapOption::empty(),
             backend,

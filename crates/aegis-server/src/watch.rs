@@ -56,6 +56,9 @@ pub fn parse_query(query: Option<&str>) -> Result<WatchQuery, ApiError> {
 /// Waits until the caller's secret is at another revision than asked, or the wait ends.
 pub async fn next_event(s: &AppState, c: &Caller, q: WatchQuery) -> Result<WatchEvent, ApiError> {
     let w = c.require_workload()?;
+    // Counted per identity and in total, over both HTTP/1.1 and HTTP/2.
+    let _watch =
+        s.in_flight.watches.take(c.id.as_str(), 1).map_err(|o| crate::inflight::refusal(&s.in_flight.watches, o))?;
     let store = s.store()?;
     let name = w.secret_name()?;
     // Leave room under the request deadline so the answer is never a timeout.

@@ -281,6 +281,36 @@ pub struct LimitArgs {
     /// Connections one SPIFFE ID other than the Sentinel's may hold (default: 256, at most a quarter of the workloads' pool).
     #[arg(long, env = "AEGIS_MAX_CONNECTIONS_PER_IDENTITY", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_identity: Option<u64>,
+    /// Connections of all SPIFFE IDs with no role together (default: 64, at most a quarter of the pool).
+    #[arg(long, env = "AEGIS_MAX_CONNECTIONS_NO_ROLE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_no_role: Option<u64>,
+    /// HTTP/2 streams open at once on one connection (default: 32).
+    #[arg(long, env = "AEGIS_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: Option<u32>,
+    /// Requests, watches aside, one SPIFFE ID other than the Sentinel's may have in flight (default: 64).
+    #[arg(long, env = "AEGIS_MAX_REQUESTS_PER_IDENTITY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests_per_identity: Option<u64>,
+    /// Watches one SPIFFE ID may hold, over all its connections and streams (default: 32).
+    #[arg(long, env = "AEGIS_MAX_WATCHES_PER_IDENTITY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watches_per_identity: Option<u64>,
+    /// Watches of all SPIFFE IDs together (default: 8192).
+    #[arg(long, env = "AEGIS_MAX_WATCHES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watches: Option<u64>,
+    /// Request body bytes being read or held at once, all callers together (default: 32 MiB).
+    #[arg(long, env = "AEGIS_MAX_BODY_BYTES_IN_FLIGHT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_body_bytes_in_flight: Option<u64>,
+    /// Request body bytes one SPIFFE ID may have in flight (default: 8 MiB).
+    #[arg(long, env = "AEGIS_MAX_BODY_BYTES_PER_IDENTITY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_body_bytes_per_identity: Option<u64>,
+    /// Connections the unauthenticated health port holds at once (default: 32).
+    #[arg(long, env = "AEGIS_HEALTH_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_max_connections: Option<u64>,
+    /// Health-port connections one peer address may hold (default: 8).
+    #[arg(long, env = "AEGIS_HEALTH_MAX_CONNECTIONS_PER_PEER", value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_max_connections_per_peer: Option<u64>,
+    /// Longest life of a health-port connection, in milliseconds (default: 10000).
+    #[arg(long, env = "AEGIS_HEALTH_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(100..))]
+    pub health_timeout_ms: Option<u64>,
 }
 
 impl LimitArgs {
@@ -291,6 +321,16 @@ impl LimitArgs {
             max_handshakes: n(self.max_handshakes),
             sentinel_reserve: n(self.sentinel_reserve),
             per_identity: n(self.max_connections_per_identity),
+            no_role_pool: n(self.max_connections_no_role),
+            streams_per_connection: self.max_streams_per_connection,
+            requests_per_identity: n(self.max_requests_per_identity),
+            watches_per_identity: n(self.max_watches_per_identity),
+            max_watches: n(self.max_watches),
+            body_bytes_in_flight: n(self.max_body_bytes_in_flight),
+            body_bytes_per_identity: n(self.max_body_bytes_per_identity),
+            health_connections: n(self.health_max_connections),
+            health_per_peer: n(self.health_max_connections_per_peer),
+            health_timeout: self.health_timeout_ms.map(Duration::from_millis),
         }
     }
 }
