@@ -280,7 +280,10 @@ async fn connection(
     };
     let id = tls.get_ref().1.peer_certificates().and_then(|chain| peer_spiffe_id(chain).ok());
     let Some(id) = id else {
-        tracing::info!(%peer, "client certificate has no usable SPIFFE ID");
+        state.metrics.handshake_failures.inc();
+        if let Some(skipped) = noisy.handshake.hit() {
+            tracing::info!(%peer, skipped, "client certificate has no usable SPIFFE ID");
+        }
         return;
     };
     let caller = Arc::new(Caller { role: state.settings.roles.classify(&id), id });

@@ -357,3 +357,33 @@ async fn a_safe_held_to_256_mib_survives_every_flood_and_serves_others() {
     println!("peak memory of the Safe's cgroup: {:?} bytes", limit.peak());
     safe.kill9();
 }
+
+/// A caller refused as fast as it can ask does not fill the log: refused requests get
+/// at most ten INFO lines a second (with the number held back), and each one a DEBUG line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_logged_at_info_at_most_ten_times_a_second() {
+    let safe = Safe::dev();
+    let billing = safe.workload_env("billing");
+    let send = h2(&billing, safe.port).await;
+    let t = Instant::now();
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        answers.extend(burst(&send, 30, "GET", "/v1/secrets", Bytes::new()).await);
+    }
+    let took = t.elapsed();
+    assert_eq!(count(&answers, 403), 300, "a workload may not list secrets");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = safe.plain_log_text();
+    let refused: Vec<&str> =
+        log.lines().filter(|l| l.contains("request refused") && l.contains("status=403")).collect();
+    let info = refused.iter().filter(|l| l.contains(" INFO ")).count();
+    let debug = refused.iter().filter(|l| l.contains(" DEBUG ")).count();
+    let most = (took.as_secs_f64() * 10.0).ceil() as usize + 2;
+    println!("300 refusals in {took:?}: {info} INFO lines, {debug} DEBUG lines");
+    assert!((1..=most).contains(&info), "{info} INFO lines for 300 refusals in {took:?} (at most {most})");
+    assert_eq!(info + debug, 300, "every refusal is logged once, at INFO or DEBUG");
+    assert!(
+        refused.iter().any(|l| l.contains(" INFO ") && l.contains("skipped=")),
+        "INFO lines say how many were held back"
+    );
+}
