@@ -922,3 +922,42 @@ async fn a_failing_rotation_is_logged_once_with_a_count_not_every_tick() {
     assert!(errors >= 1, "the failure is logged; log:\n{log}");
     assert!(errors <= 2, "a failing rotation was logged {errors} times in 4 s");
 }
+
+#[test]
+fn an_audit_trail_limit_below_two_files_is_refused_at_start_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = HashMap::from([
+        ("AEGIS_AUDIT_MAX_FILE_BYTES".to_owned(), "8192".to_owned()),
+        ("AEGIS_AUDIT_MAX_TOTAL_BYTES".to_owned(), "8192".to_owned()),
+    ]);
+    // `timeout`: a Safe that wrongly starts is stopped rather than holding the test.
+    let out = cmd("timeout", &env)
+        .args(["30", AEGIS, "dev", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("AEGIS_AUDIT_MAX_TOTAL_BYTES"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varied_requests_past_a_callers_share_of_series_fold_into_one_counted_line() {
+    // A long window: without the per-caller limit every distinct request would be a line of its own.
+    let mut safe = Safe::dev_with(&["--audit-fold-ms", "60000", "--audit-fold-series-per-caller", "16"], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    let reads = 400;
+    for i in 0..reads {
+        let r = admin.get(&format!("nothing-{i}"), None).await;
+        assert!(matches!(r, Err(ClientError::Refused { status: 404, .. })), "{r:?}");
+    }
+    stop(&mut safe);
+    let all = events(&trail(&safe));
+    let lines = requests(&all, "read");
+    let catch_all: Vec<_> = lines.iter().filter(|l| l["varied"] == true).collect();
+    assert!(lines.len() <= 16 + 1, "{} lines for {reads} varied reads", lines.len());
+    assert_eq!(catch_all.len(), 1, "{catch_all:?}");
+    assert_eq!(counted(&lines), reads, "every read is counted");
+    assert!(catch_all[0]["secrets"].is_null() && catch_all[0]["caller"] == admin.spiffe_id().as_str());
+}

@@ -218,22 +218,50 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 async fn tail(a: TailArgs) -> Result<(), CliError> {
     let path = a.trail.current();
     let keep = |line: &[u8]| Parsed::parse(line).is_some_and(|p| p.matches(a.caller.as_deref(), a.secret.as_deref()));
-    let text =
-        std::fs::read(&path).map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
-    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let matching: Vec<&[u8]> = text[..complete].split(|&b| b == b'\n').filter(|l| keep(l)).collect();
+    let (matching, complete) = last_matching(&path, a.lines, &keep)
+        .map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
     let mut out = std::io::stdout().lock();
-    for l in &matching[matching.len().saturating_sub(a.lines)..] {
+    for l in &matching {
         print_line(&mut out, l)?;
     }
     drop(out);
     if !a.follow {
         return Ok(());
     }
-    let mut pos = (identity(&path), complete as u64);
+    let mut pos = (identity(&path), complete);
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         pos = follow(&path, pos, &keep)?;
+    }
+}
+
+/// The last `n` complete lines of `path` that `keep` accepts, read a line at
+/// a time (memory holds `n` lines, whatever the file's size), and where the
+/// complete lines end.
+fn last_matching(
+    path: &Path,
+    n: usize,
+    keep: &impl Fn(&[u8]) -> bool,
+) -> std::io::Result<(std::collections::VecDeque<Vec<u8>>, u64)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut found = std::collections::VecDeque::new();
+    let mut complete = 0;
+    loop {
+        let mut line = Vec::new();
+        let read = reader.by_ref().take(aegis_audit::files::MAX_LINE + 1).read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            // The end, a partial last line (still being written), or damage: stop at the last whole line.
+            return Ok((found, complete));
+        }
+        complete += read as u64;
+        line.pop();
+        if n > 0 && keep(&line) {
+            if found.len() == n {
+                found.pop_front();
+            }
+            found.push_back(line);
+        }
     }
 }
 
