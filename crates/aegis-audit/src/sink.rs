@@ -9,6 +9,13 @@
 //!
 //! Identical requests that change nothing are folded (see `fold`): the first
 //! of a series is written at once, its repeats become one line with a `count`.
+//!
+//! The trail cannot fill its disk or block the admin: rotated files past the
+//! size or age limit are deleted (a `retention` line records it), and below
+//! the reserve of free space only admin writes' lines are written. An audit
+//! file moved or deleted is noticed before the next write and replaced. After
+//! every anchor its position is sealed in the head file (see `head`), and at
+//! start the trail read back is compared with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
