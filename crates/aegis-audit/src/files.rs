@@ -2,7 +2,7 @@
 //! `<name>.000001`, `<name>.000002`… (oldest first), and reading the last line.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Longest line the sink writes; a longer "line" at the end of a file is damage.
@@ -49,6 +49,16 @@ pub fn trail_files(current: &Path) -> io::Result<Vec<PathBuf>> {
         files.push(current.to_owned());
     }
     Ok(files)
+}
+
+/// The `seq` of the first line of a file, if it has a readable one.
+pub fn first_seq(path: &Path) -> Option<u64> {
+    let mut line = Vec::new();
+    BufReader::new(File::open(path).ok()?).take(MAX_LINE + 1).read_until(b'\n', &mut line).ok()?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    crate::line::Parsed::parse(&line).map(|p| p.seq)
 }
 
 /// The end of a file: its last complete line, and where complete lines end

@@ -7,6 +7,13 @@
 //! line with a `count` when the window closes. So the trail grows with the
 //! number of callers, not with their request rate. Admin writes (events with a
 //! phase, or waited for) are never folded.
+//!
+//! Folding degrades gracefully instead of stopping: a caller that opens more
+//! than its share of series (varied requests: other names, versions, statuses)
+//! has the rest folded into one catch-all line of its own per window, and past
+//! the limit of series in all, new requests fold into one catch-all line for
+//! every caller. Memory stays bounded by the limits, and every request is
+//! still counted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +27,10 @@ use crate::line::Event;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
 /// Longest window.
 pub const MAX_WINDOW: Duration = Duration::from_secs(60);
-/// Most series folded at once; one more writes them all out first.
-const MAX_SERIES: usize = 4096;
+/// Default most series folded at once (past it, requests fold into the catch-all line).
+pub const DEFAULT_MAX_SERIES: usize = 4096;
+/// Default most series of one caller (past it, its requests fold into its own catch-all line).
+pub const DEFAULT_MAX_SERIES_PER_CALLER: usize = 64;
 /// How often the series are checked for a closed window.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -76,31 +85,65 @@ struct Series {
     last: Option<(Arc<str>, OffsetDateTime)>,
 }
 
+/// A catch-all series: requests past the limits, counted with the last of them.
+struct Varied {
+    opened: Instant,
+    count: u64,
+    since: OffsetDateTime,
+    last: Option<(Key, Arc<str>, OffsetDateTime)>,
+}
+
 /// The line that stands for a series' repeats: the last of them, with their
-/// number and when the first of them ended.
+/// number and when the first of them ended. `varied`: a catch-all line, whose
+/// requests differed (its event's caller is empty when it stands for many).
 pub(crate) struct Repeats {
     pub event: Event,
     pub count: u64,
     pub since: OffsetDateTime,
+    pub varied: bool,
+}
+
+/// The limits of folding.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldLimits {
+    /// Window in which identical requests are folded (zero: nothing is folded).
+    pub window: Duration,
+    /// Most series at once.
+    pub max_series: usize,
+    /// Most series of one caller at once.
+    pub per_caller: usize,
 }
 
 /// The open series.
 pub(crate) struct Folds {
-    window: Duration,
+    limits: FoldLimits,
     series: HashMap<Key, Series>,
+    /// Open series per caller.
+    callers: HashMap<Arc<str>, usize>,
+    /// Each caller's catch-all series (at most `max_series` of them).
+    varied: HashMap<Arc<str>, Varied>,
+    /// The catch-all of everyone past every limit.
+    overflow: Option<Varied>,
     checked: Instant,
 }
 
 impl Folds {
-    /// Folds within `window` (zero: nothing is folded).
-    pub fn new(window: Duration) -> Self {
-        Self { window, series: HashMap::new(), checked: Instant::now() }
+    /// Folds within the limits' window (zero: nothing is folded).
+    pub fn new(limits: FoldLimits) -> Self {
+        Self {
+            limits,
+            series: HashMap::new(),
+            callers: HashMap::new(),
+            varied: HashMap::new(),
+            overflow: None,
+            checked: Instant::now(),
+        }
     }
 
     /// Takes the repeats out of `batch`: returns what is to be written now,
     /// and how many requests were folded.
     pub fn fold<A>(&mut self, batch: Vec<(Event, Option<A>)>) -> (Vec<(Event, Option<A>)>, u64) {
-        if self.window.is_zero() {
+        if self.limits.window.is_zero() {
             return (batch, 0);
         }
         let mut now = Vec::with_capacity(batch.len());
@@ -120,34 +163,78 @@ impl Folds {
                 folded += 1;
                 continue;
             }
-            now.push((key.event(id, time), None));
-            self.series.insert(key, Series { opened: Instant::now(), count: 0, since: time, last: None });
+            let mine = self.callers.get(&key.caller).copied().unwrap_or(0);
+            if mine < self.limits.per_caller && self.series.len() < self.limits.max_series {
+                now.push((key.event(id, time), None));
+                *self.callers.entry(key.caller.clone()).or_default() += 1;
+                self.series.insert(key, Series { opened: Instant::now(), count: 0, since: time, last: None });
+                continue;
+            }
+            self.fold_varied(key, id, time);
+            folded += 1;
         }
         (now, folded)
     }
 
-    /// The repeats of the series whose window has closed (all of them when
-    /// `all`, or when there are too many series), oldest first.
+    /// Counts a request past the limits in its caller's catch-all, or in everyone's past that.
+    fn fold_varied(&mut self, key: Key, id: Arc<str>, time: OffsetDateTime) {
+        let fresh = || Varied { opened: Instant::now(), count: 0, since: time, last: None };
+        let slot = if self.varied.contains_key(&key.caller) || self.varied.len() < self.limits.max_series {
+            self.varied.entry(key.caller.clone()).or_insert_with(fresh)
+        } else {
+            self.overflow.get_or_insert_with(fresh)
+        };
+        slot.count += 1;
+        slot.last = Some((key, id, time));
+    }
+
+    /// The repeats of the series whose window has closed (all of them when `all`), oldest first.
     pub fn closed(&mut self, all: bool) -> Vec<Repeats> {
-        let full = self.series.len() >= MAX_SERIES;
-        if !all && !full && self.checked.elapsed() < CHECK_EVERY {
+        if !all && self.checked.elapsed() < CHECK_EVERY {
             return Vec::new();
         }
         self.checked = Instant::now();
-        let window = self.window;
-        let (closed, open): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.series)
-            .into_iter()
-            .partition(|(_, s)| all || full || s.opened.elapsed() >= window);
+        let window = self.limits.window;
+        let done = |opened: Instant| all || opened.elapsed() >= window;
+        let (closed, open): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.series).into_iter().partition(|(_, s)| done(s.opened));
         self.series = open;
-        let mut out: Vec<Repeats> = closed
-            .into_iter()
-            .filter_map(|(k, s)| {
-                let (id, time) = s.last?;
-                Some(Repeats { event: k.event(id, time), count: s.count, since: s.since })
-            })
-            .collect();
+        let mut out = Vec::new();
+        for (k, s) in closed {
+            if let Some(n) = self.callers.get_mut(&k.caller) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.callers.remove(&k.caller);
+                }
+            }
+            if let Some((id, time)) = s.last {
+                out.push(Repeats { event: k.event(id, time), count: s.count, since: s.since, varied: false });
+            }
+        }
+        let (closed, open): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.varied).into_iter().partition(|(_, v)| done(v.opened));
+        self.varied = open;
+        out.extend(closed.into_values().filter_map(|v| v.repeats(false)));
+        if self.overflow.as_ref().is_some_and(|v| done(v.opened)) {
+            out.extend(self.overflow.take().and_then(|v| v.repeats(true)));
+        }
         out.sort_by_key(|r| r.since);
         out
+    }
+}
+
+impl Varied {
+    /// The catch-all line: the last request's action and route, with no names,
+    /// version or status (they differed); `many`: no caller either.
+    fn repeats(self, many: bool) -> Option<Repeats> {
+        let (key, id, time) = self.last?;
+        let mut event = key.event(id, time);
+        event.secrets = Vec::new();
+        event.version = None;
+        if many {
+            event.caller = Arc::from("");
+        }
+        Some(Repeats { event, count: self.count, since: self.since, varied: true })
     }
 }
 
@@ -173,9 +260,20 @@ mod tests {
         (e, None)
     }
 
+    fn limits(window: Duration, max_series: usize, per_caller: usize) -> FoldLimits {
+        FoldLimits { window, max_series, per_caller }
+    }
+
+    fn varied(i: usize, caller: &str, name: &str) -> (Event, Option<()>) {
+        let (mut e, a) = fetch(i, 404);
+        e.caller = Arc::from(caller);
+        e.secrets = vec![name.to_owned()];
+        (e, a)
+    }
+
     #[test]
     fn the_first_of_a_series_passes_its_repeats_are_counted_until_the_window_closes() {
-        let mut f = Folds::new(Duration::from_secs(30));
+        let mut f = Folds::new(limits(Duration::from_secs(30), 4096, 64));
         let batch = vec![fetch(0, 200), fetch(1, 200), fetch(2, 404), fetch(3, 200)];
         let (now, folded) = f.fold(batch);
         let ids: Vec<&str> = now.iter().map(|(e, _)| &*e.request_id).collect();
@@ -194,22 +292,39 @@ mod tests {
 
     #[test]
     fn a_zero_window_folds_nothing() {
-        let mut f = Folds::new(Duration::ZERO);
+        let mut f = Folds::new(limits(Duration::ZERO, 4096, 64));
         let (now, folded) = f.fold(vec![fetch(0, 200), fetch(1, 200)]);
         assert_eq!((now.len(), folded), (2, 0));
     }
 
     #[test]
-    fn too_many_series_are_written_out_at_once() {
-        let mut f = Folds::new(Duration::from_secs(30));
-        let batch = (0..MAX_SERIES * 2).map(|i| {
-            let (mut e, a) = fetch(i, 200);
-            e.secrets = vec![format!("s{}", i % MAX_SERIES)];
-            (e, a)
-        });
+    fn varied_requests_past_a_callers_share_fold_into_its_own_catch_all_line() {
+        let mut f = Folds::new(limits(Duration::from_secs(30), 4096, 4));
+        let mut batch: Vec<_> = (0..1000).map(|i| varied(i, "spiffe://td/a", &format!("n{i}"))).collect();
+        batch.push(varied(1000, "spiffe://td/b", "n0"));
+        let (now, folded) = f.fold(batch);
+        assert_eq!((now.len(), folded), (5, 996), "4 lines of a, 1 of b; the rest counted");
+        let repeats = f.closed(true);
+        assert_eq!(repeats.len(), 1, "one catch-all line");
+        let r = &repeats[0];
+        assert!(r.varied && &*r.event.caller == "spiffe://td/a" && r.event.secrets.is_empty());
+        assert_eq!((r.count, &*r.event.request_id), (996, "r999"));
+    }
+
+    #[test]
+    fn past_the_series_limit_requests_fold_into_one_line_instead_of_a_line_each() {
+        let mut f = Folds::new(limits(Duration::from_secs(30), 8, 64));
+        let batch = (0..200).map(|i| varied(i, &format!("spiffe://td/c{}", i / 10), &format!("n{i}")));
         let (now, folded) = f.fold(batch.collect());
-        assert_eq!((now.len(), folded as usize), (MAX_SERIES, MAX_SERIES));
-        assert_eq!(f.closed(false).len(), MAX_SERIES, "the table is full: every series is written out");
-        assert!(f.series.is_empty());
+        assert_eq!((now.len(), folded), (8, 192), "8 series, then everything is counted");
+        let (now, folded) = f.fold((200..1200).map(|i| varied(i, "spiffe://td/z", &format!("n{i}"))).collect());
+        assert_eq!((now.len(), folded), (0, 1000), "still folded, never a line per request");
+        assert!(f.series.len() <= 8 && f.varied.len() <= 8, "memory stays bounded");
+        let repeats = f.closed(true);
+        assert_eq!(repeats.iter().map(|r| r.count).sum::<u64>(), 1192, "every request is counted");
+        let many: Vec<_> = repeats.iter().filter(|r| r.event.caller.is_empty()).collect();
+        assert_eq!(many.len(), 1, "one line for every caller past the limits");
+        assert!(repeats.iter().all(|r| r.varied));
+        assert!(f.series.is_empty() && f.varied.is_empty() && f.callers.is_empty());
     }
 }

@@ -10,14 +10,17 @@
 //! - [`verify`]: checks a trail and names the first line that was changed,
 //!   removed, reordered or truncated.
 //! - [`files`]: where a trail's files are (rotation carries the chain across).
+//! - [`head`]: the sealed head, kept with the store's records, that proves the newest lines are there.
 //! - `fold`: identical requests that change nothing become one counted line.
 
 pub mod files;
 mod fold;
+pub mod head;
 pub mod line;
 pub mod sink;
 pub mod verify;
 
+pub use head::Head;
 pub use line::{Event, Outcome, Phase};
 pub use sink::{Sink, SinkConfig, Stats, Unavailable};
-pub use verify::{verify, Finding, FindingKind, Summary};
+pub use verify::{verify, verify_with_head, Finding, FindingKind, Summary};

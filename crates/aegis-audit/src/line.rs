@@ -84,6 +84,8 @@ pub enum Kind {
     Gap,
     /// An HMAC over the chain so far.
     Anchor,
+    /// Rotated files deleted by retention: the trail now starts at `first_kept`.
+    Retention,
 }
 
 /// A line as written, fields in this order; those that do not apply are left out.
@@ -130,6 +132,20 @@ pub(crate) struct Out<'a> {
     /// Gap: when the trail stopped being written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// Folded lines that stand for requests that differed (a caller's catch-all series).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub varied: Option<bool>,
+    /// Retention: rotated files deleted, and the first event of the oldest file kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_files: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_kept: Option<u64>,
+    /// Start: the trail ended before the anchor its sealed head records (newest lines removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_head_seq: Option<u64>,
+    /// Start: the sealed head was missing although the trail had lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_missing: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +204,15 @@ pub struct Parsed {
     /// An anchor's MAC.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Retention lines: the first event of the oldest file kept.
+    #[serde(default)]
+    pub first_kept: Option<u64>,
+    /// Start lines: the Safe found the trail cut back before this anchor of its sealed head.
+    #[serde(default)]
+    pub cut_head_seq: Option<u64>,
+    /// Start lines: the Safe found no sealed head although the trail had lines.
+    #[serde(default)]
+    pub head_missing: Option<bool>,
 }
 
 impl Parsed {

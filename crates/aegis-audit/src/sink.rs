@@ -9,6 +9,13 @@
 //!
 //! Identical requests that change nothing are folded (see `fold`): the first
 //! of a series is written at once, its repeats become one line with a `count`.
+//!
+//! The trail cannot fill its disk or block the admin: rotated files past the
+//! size or age limit are deleted (a `retention` line records it), and below
+//! the reserve of free space only admin writes' lines are written. An audit
+//! file moved or deleted is noticed before the next write and replaced. After
+//! every anchor its position is sealed in the head file (see `head`), and at
+//! start the trail read back is compared with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -24,7 +31,8 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::files;
-use crate::fold::{Folds, Repeats};
+use crate::fold::{FoldLimits, Folds, Repeats};
+use crate::head::Head as SealedHead;
 use crate::line::{self, anchor_message, Event, Kind, Out, Parsed};
 
 /// Default size at which the audit file is rotated.
@@ -48,12 +56,29 @@ const MAX_BATCH: usize = 4096;
 const GATHER: Duration = Duration::from_millis(5);
 /// Pause between attempts to open an audit file that could not be opened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two attempts to rotate a file that could not be rotated.
+const ROTATE_RETRY: Duration = Duration::from_secs(1);
+/// A failure that repeats (rotation, the head file) is logged at most once per this period, with the repeats counted.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Lines waiting for standard output; more are dropped there (never in the file).
 const STDOUT_QUEUE: usize = 1024;
+/// Default most bytes of the whole trail (current and rotated files); past it the oldest rotated files are deleted
+/// (half the chart's 1 GiB volume, which also holds the records).
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
+/// Default longest time a rotated file is kept (since its last line).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default free space kept on the audit file system for admin writes' lines: below it, other lines are counted, not written.
+pub const DEFAULT_RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+/// How often retention looks for rotated files past their age (it also runs after each rotation and at start).
+const RETAIN_EVERY: Duration = Duration::from_secs(600);
 /// Default window in which identical requests that change nothing are folded into one line.
 pub const DEFAULT_FOLD: Duration = crate::fold::DEFAULT_WINDOW;
 /// Longest fold window.
 pub const MAX_FOLD: Duration = crate::fold::MAX_WINDOW;
+/// Default most series folded at once.
+pub const DEFAULT_FOLD_MAX_SERIES: usize = crate::fold::DEFAULT_MAX_SERIES;
+/// Default most series of one caller folded at once.
+pub const DEFAULT_FOLD_SERIES_PER_CALLER: usize = crate::fold::DEFAULT_MAX_SERIES_PER_CALLER;
 
 /// Where and how the trail is written.
 #[derive(Debug, Clone)]
@@ -71,6 +96,18 @@ pub struct SinkConfig {
     /// Window in which identical requests that change nothing are folded
     /// into one line (zero: one line per request).
     pub fold: Duration,
+    /// The sealed head file (see [`crate::head`]), kept with the store's records; `None`: no head.
+    pub head: Option<PathBuf>,
+    /// Most series folded at once; past it, requests fold into one catch-all line.
+    pub fold_max_series: usize,
+    /// Most series of one caller; past it, its requests fold into its own catch-all line.
+    pub fold_series_per_caller: usize,
+    /// Most bytes of the whole trail: the oldest rotated files past it are deleted.
+    pub max_total_bytes: u64,
+    /// Rotated files whose last line is older than this are deleted (zero: kept whatever their age).
+    pub max_age: Duration,
+    /// Free space kept for admin writes' lines (zero: none).
+    pub reserve_bytes: u64,
 }
 
 impl SinkConfig {
@@ -83,6 +120,12 @@ impl SinkConfig {
             anchor_every: DEFAULT_ANCHOR_EVERY,
             queue: DEFAULT_QUEUE,
             fold: DEFAULT_FOLD,
+            head: None,
+            fold_max_series: crate::fold::DEFAULT_MAX_SERIES,
+            fold_series_per_caller: crate::fold::DEFAULT_MAX_SERIES_PER_CALLER,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            max_age: DEFAULT_MAX_AGE,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -370,6 +413,39 @@ struct OpenFile {
     regular: bool,
 }
 
+/// The `start` line still to write: why, and what the Safe found when it read the trail back.
+#[derive(Default)]
+struct StartNote {
+    note: String,
+    cut_head_seq: Option<u64>,
+    head_missing: bool,
+}
+
+impl From<String> for StartNote {
+    fn from(note: String) -> Self {
+        Self { note, ..Self::default() }
+    }
+}
+
+/// A failure logged at most once per [`LOG_EVERY`]: counts the repeats in between.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl Throttle {
+    /// `Some(repeats not logged since the last time)` when this one is to be logged.
+    fn ready(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     cfg: SinkConfig,
@@ -386,8 +462,20 @@ struct Writer {
     unsynced: bool,
     last_sync: Instant,
     failing_since: Option<OffsetDateTime>,
-    /// The note of a `start` line still to write.
-    start: Option<String>,
+    /// The `start` line still to write.
+    start: Option<StartNote>,
+    /// When a rotation that failed is tried again.
+    next_rotate: Instant,
+    rotate_errors: Throttle,
+    head_errors: Throttle,
+    retention_errors: Throttle,
+    /// Rotated files deleted by retention and the first event kept, for the next `retention` line.
+    retention: Option<(u64, u64)>,
+    last_retain: Instant,
+    /// Retention is to run at the next housekeeping (after the trail was read back at start).
+    retain_due: bool,
+    /// Whether the file system had less free space than the reserve at the last look.
+    low_space: bool,
     stdout: Option<SyncSender<Vec<u8>>>,
     /// Series of identical requests whose first line is written.
     folds: Folds,
@@ -396,7 +484,11 @@ struct Writer {
 impl Writer {
     fn new(cfg: SinkConfig, shared: Arc<Shared>) -> io::Result<Self> {
         let stdout = if cfg.stdout { Some(stdout_thread()?) } else { None };
-        let folds = Folds::new(cfg.fold);
+        let folds = Folds::new(FoldLimits {
+            window: cfg.fold,
+            max_series: cfg.fold_max_series.max(1),
+            per_caller: cfg.fold_series_per_caller.max(1),
+        });
         let now = Instant::now();
         Ok(Self {
             cfg,
@@ -412,7 +504,15 @@ impl Writer {
             unsynced: false,
             last_sync: now,
             failing_since: None,
-            start: Some("the Safe started".to_owned()),
+            start: Some("the Safe started".to_owned().into()),
+            next_rotate: now,
+            rotate_errors: Throttle::default(),
+            head_errors: Throttle::default(),
+            retention_errors: Throttle::default(),
+            retention: None,
+            last_retain: now,
+            retain_due: false,
+            low_space: false,
             stdout,
             folds,
         })
@@ -462,13 +562,26 @@ impl Writer {
     fn write_batch(&mut self, batch: Vec<Msg>, all: bool) {
         let (batch, folded) = self.folds.fold(batch);
         self.shared.folded.fetch_add(folded, Ordering::Relaxed);
-        let repeats = self.folds.closed(all);
-        let gap = self.failing_since.is_some()
+        let mut repeats = self.folds.closed(all);
+        let mut gap = self.failing_since.is_some()
             || self.shared.lost.load(Ordering::Relaxed) > 0
             || self.shared.refused.load(Ordering::Relaxed) > 0;
-        if batch.is_empty() && repeats.is_empty() && !gap && self.start.is_none() {
+        let mut batch = batch;
+        if !(batch.is_empty() && repeats.is_empty()) && self.below_reserve() {
+            // The reserve is for admin writes: other lines are counted (the gap line written once there is
+            // room again says how many), so that a flood of them cannot use up the space admin lines need.
+            self.lose_repeats(&std::mem::take(&mut repeats));
+            let before = batch.len();
+            batch.retain(|(e, ack)| ack.is_some() || e.phase.is_some());
+            if batch.len() < before {
+                self.shared.lose((before - batch.len()) as u64);
+            }
+            gap = self.failing_since.is_some();
+        }
+        if batch.is_empty() && repeats.is_empty() && !gap && self.start.is_none() && self.retention.is_none() {
             return;
         }
+        self.check_moved();
         if self.cfg.file.is_some() && !self.loaded {
             // The first open reads the chain head from the trail: before any line is built.
             if let Err(why) = self.open().map(|_| ()) {
@@ -479,18 +592,30 @@ impl Writer {
         let mut buf = Vec::with_capacity(256 * (batch.len() + 2));
         let mut head = self.head;
         let now = OffsetDateTime::now_utc();
-        if let Some(note) = &self.start {
+        if let Some(start) = &self.start {
             let bare = Out::bare(head.seq, Kind::Start, now, hex::encode(head.hash));
-            let out = Out { note: Some(note.clone()), ..bare };
+            let out = Out {
+                note: Some(start.note.clone()),
+                cut_head_seq: start.cut_head_seq,
+                head_missing: start.head_missing.then_some(true),
+                ..bare
+            };
             push(&mut buf, &mut head, &out);
         }
         let taken = gap.then(|| self.push_gap(&mut buf, &mut head, now));
-        for r in &repeats {
+        if let Some((deleted, first_kept)) = self.retention {
             let out = Out {
-                count: Some(r.count),
-                since: Some(line::rfc3339(r.since)),
-                ..Out::request(head.seq, &r.event, hex::encode(head.hash))
+                deleted_files: Some(deleted),
+                first_kept: Some(first_kept),
+                note: Some(
+                    "rotated files past the retention limits were deleted: the trail starts at first_kept".into(),
+                ),
+                ..Out::bare(head.seq, Kind::Retention, now, hex::encode(head.hash))
             };
+            push(&mut buf, &mut head, &out);
+        }
+        for r in &repeats {
+            let out = repeats_line(head.seq, r, hex::encode(head.hash));
             push(&mut buf, &mut head, &out);
         }
         for (e, _) in &batch {
@@ -502,6 +627,7 @@ impl Writer {
             Ok(()) => {
                 self.since_anchor += self.advance(head);
                 self.start = None;
+                self.retention = None;
                 self.recovered(taken);
                 for (_, ack) in batch {
                     if let Some(a) = ack {
@@ -643,6 +769,8 @@ impl Writer {
     }
 
     fn open_file(&mut self, path: &Path) -> io::Result<OpenFile> {
+        // The directory may have been removed while the Safe ran: make it again.
+        create_private_dir(aegis_fs::parent_dir(path))?;
         // Non-blocking open: a FIFO with no reader fails (ENXIO) instead of hanging.
         let file =
             OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
@@ -661,6 +789,7 @@ impl Writer {
             len = tail.complete_len;
             if !self.loaded {
                 self.load_head(path, tail.last)?;
+                self.retain_due = true;
             }
         }
         self.loaded = true;
@@ -676,23 +805,119 @@ impl Writer {
                 None => None,
             },
         };
-        if let Some(l) = last {
-            let seq = Parsed::parse(&l).map(|p| p.seq + 1);
+        if let Some(l) = &last {
+            let seq = Parsed::parse(l).map(|p| p.seq + 1);
             if seq.is_none() {
                 tracing::error!(
                     "the last line of the audit trail is not an audit event; the chain goes on from its hash"
                 );
             }
-            self.head = Head { seq: seq.unwrap_or(0), hash: line::hash(&l) };
-            self.start = Some("the Safe started; the chain goes on from the trail's last line".to_owned());
+            self.head = Head { seq: seq.unwrap_or(0), hash: line::hash(l) };
+            self.start = Some("the Safe started; the chain goes on from the trail's last line".to_owned().into());
         }
+        self.compare_sealed_head(path, last.is_some());
         Ok(())
+    }
+
+    /// Compares the trail just read back with its sealed head: a trail that ends
+    /// before the head's anchor was cut, and the `start` line says so.
+    fn compare_sealed_head(&mut self, path: &Path, had_lines: bool) {
+        let Some(head_path) = self.cfg.head.clone() else { return };
+        let sealed = match SealedHead::read(&head_path) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, head = %head_path.display(), "cannot read the audit head; it is treated as missing");
+                None
+            }
+        };
+        // A head of another audit file (the trail was moved with --audit-file) says nothing about this one.
+        let sealed = sealed.filter(|h| h.file == path.display().to_string());
+        let start = self.start.get_or_insert_with(StartNote::default);
+        match sealed {
+            None if had_lines => {
+                tracing::warn!(
+                    head = %head_path.display(),
+                    "the audit head is missing although the trail has lines: whether its newest lines were removed \
+                     cannot be proven (the start line records it)"
+                );
+                start.head_missing = true;
+            }
+            None => {}
+            Some(h) => {
+                let last = self.head.seq.checked_sub(1).filter(|_| had_lines);
+                let cut = last.is_none_or(|n| n < h.seq || (n == h.seq && hex::encode(self.head.hash) != h.hash));
+                if cut {
+                    tracing::error!(
+                        head_seq = h.seq,
+                        trail_end = ?last,
+                        "the audit trail was cut back: it ends before the anchor its sealed head records (newest lines \
+                         or files removed); the start line records it and `aegis audit verify` reports it"
+                    );
+                    start.cut_head_seq = Some(h.seq);
+                    start.note = format!(
+                        "the Safe started; the trail was cut back: its sealed head records event {} but the trail ends \
+                         {}; the chain goes on from what is left",
+                        h.seq,
+                        last.map_or("empty".to_owned(), |n| format!("at event {n}"))
+                    );
+                }
+            }
+        }
+    }
+
+    /// Records the anchor just written (`seq`, whose line hashes to `hash`) in the sealed head.
+    fn write_head(&mut self, seq: u64, hash: &[u8; 32]) {
+        let (Some(path), Some(key), Some(file)) = (&self.cfg.head, &self.key, &self.cfg.file) else { return };
+        let head = SealedHead::seal(key, seq, hash, file, line::rfc3339(OffsetDateTime::now_utc()));
+        if let Err(e) = head.write(path) {
+            if let Some(skipped) = self.head_errors.ready() {
+                tracing::error!(
+                    error = %e, head = %path.display(), skipped,
+                    "cannot write the audit head: verify can then only prove the trail up to an older anchor"
+                );
+            }
+        }
+    }
+
+    /// Notices an audit file moved or deleted (its path now names another
+    /// file, or none): the next line starts a new file at the path, rather
+    /// than going on into a file nobody will find.
+    fn check_moved(&mut self) {
+        let (Some(path), Some(open)) = (&self.cfg.file, &self.file) else { return };
+        use std::os::unix::fs::MetadataExt;
+        let same = match (std::fs::metadata(path), open.file.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        tracing::warn!(
+            file = %path.display(),
+            "the audit file was moved or deleted while the Safe ran: a new one is started at its path; the lines \
+             written before are in the moved file (or lost if it was deleted), and verify reports them missing"
+        );
+        self.file = None;
+        self.next_open = Instant::now();
+        self.start = Some(
+            "the audit file was moved or deleted while the Safe ran; the chain goes on from the last line written to it"
+                .to_owned()
+                .into(),
+        );
     }
 
     /// The timed fsync, anchors and rotation.
     fn housekeeping(&mut self) {
         if self.failing_since.is_some() {
             return;
+        }
+        self.check_moved();
+        if self.start.is_some() && self.file.is_none() && self.loaded {
+            // Reopen at once, so that a trail that cannot be written is seen (and reported) now.
+            self.write_batch(Vec::new(), false);
+            if self.failing_since.is_some() {
+                return;
+            }
         }
         if self.unsynced && self.last_sync.elapsed() >= SYNC_EVERY {
             if let Err(why) = self.append(&[], true) {
@@ -708,6 +933,92 @@ impl Writer {
         }
         if self.file.as_ref().is_some_and(|f| f.regular && f.len >= self.cfg.max_file_bytes) {
             self.rotate();
+        }
+        if self.loaded && (self.retain_due || self.last_retain.elapsed() >= RETAIN_EVERY) {
+            self.retain();
+        }
+        if self.retention.is_some() {
+            self.write_batch(Vec::new(), false);
+        }
+    }
+
+    /// Whether the audit file system has less free space than the reserve
+    /// (then only admin writes' lines are written); logs each change.
+    fn below_reserve(&mut self) -> bool {
+        let Some(path) = &self.cfg.file else { return false };
+        if self.cfg.reserve_bytes == 0 || self.file.as_ref().is_some_and(|f| !f.regular) {
+            return false;
+        }
+        let Ok(fs) = nix::sys::statvfs::statvfs(aegis_fs::parent_dir(path)) else { return false };
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+        let free = (fs.blocks_available() as u64).saturating_mul(fs.fragment_size() as u64);
+        let low = free < self.cfg.reserve_bytes;
+        if low != self.low_space {
+            self.low_space = low;
+            if low {
+                tracing::warn!(
+                    free,
+                    reserve = self.cfg.reserve_bytes,
+                    "the audit file system has less free space than its reserve: fetch and read lines are counted, \
+                     not written, so that admin writes can still be recorded; free space (see docs/AUDIT.md)"
+                );
+            } else {
+                tracing::info!(free, "the audit file system has room again: every line is written");
+            }
+        }
+        low
+    }
+
+    /// Deletes the oldest rotated files past the size or age limit; the next
+    /// batch writes a `retention` line saying where the trail now starts.
+    fn retain(&mut self) {
+        self.last_retain = Instant::now();
+        self.retain_due = false;
+        let Some(path) = self.cfg.file.clone() else { return };
+        let rotated = match files::rotated_files(&path) {
+            Ok(r) => r,
+            Err(e) => return self.retention_error(&e),
+        };
+        let sized: Vec<(PathBuf, u64, Option<Duration>)> = rotated
+            .into_iter()
+            .filter_map(|(_, p)| {
+                let m = std::fs::metadata(&p).ok().filter(std::fs::Metadata::is_file)?;
+                let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+                Some((p, m.len(), age))
+            })
+            .collect();
+        let current = self.file.as_ref().map_or(0, |f| f.len);
+        let mut total = current + sized.iter().map(|(_, len, _)| len).sum::<u64>();
+        let mut deleted = 0;
+        for (p, len, age) in &sized {
+            let too_old = !self.cfg.max_age.is_zero() && age.is_some_and(|a| a > self.cfg.max_age);
+            // Room for the current file to grow to its full size: the trail never passes the limit.
+            if total.saturating_add(self.cfg.max_file_bytes) <= self.cfg.max_total_bytes && !too_old {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(p) {
+                self.retention_error(&e);
+                break;
+            }
+            total -= len;
+            deleted += 1;
+        }
+        if deleted == 0 {
+            return;
+        }
+        let _ = aegis_fs::sync_dir(aegis_fs::parent_dir(&path));
+        let first_kept = files::trail_files(&path)
+            .ok()
+            .and_then(|f| f.first().and_then(|p| files::first_seq(p)))
+            .unwrap_or(self.head.seq);
+        let before = self.retention.map_or(0, |(n, _)| n);
+        self.retention = Some((before + deleted, first_kept));
+        tracing::info!(deleted, first_kept, "audit retention deleted the oldest rotated files (size or age limit)");
+    }
+
+    fn retention_error(&mut self, e: &io::Error) {
+        if let Some(skipped) = self.retention_errors.ready() {
+            tracing::error!(error = %e, skipped, "audit retention could not delete the oldest rotated files");
         }
     }
 
@@ -725,9 +1036,11 @@ impl Writer {
         let mut buf = Vec::with_capacity(256);
         let mut head = self.head;
         push(&mut buf, &mut head, &out);
+        let seq = self.head.seq;
         match self.append(&buf, true) {
             Ok(()) => {
                 self.advance(head);
+                self.write_head(seq, &head.hash);
                 self.since_anchor = 0;
                 self.anchor_due = false;
                 self.last_anchor = Instant::now();
@@ -739,7 +1052,12 @@ impl Writer {
     /// Anchors, then moves the file aside as the next rotated file; the next line starts a new file.
     fn rotate(&mut self) {
         let Some(path) = self.cfg.file.clone() else { return };
-        self.anchor();
+        if Instant::now() < self.next_rotate {
+            return;
+        }
+        if self.since_anchor > 0 {
+            self.anchor();
+        }
         if self.failing_since.is_some() {
             return;
         }
@@ -749,9 +1067,19 @@ impl Writer {
             Ok(()) => {
                 self.file = None;
                 self.next_open = Instant::now();
-                self.start = Some(format!("rotated: the chain goes on from {}", to.display()));
+                self.start = Some(format!("rotated: the chain goes on from {}", to.display()).into());
+                self.retain();
             }
-            Err(e) => tracing::error!(error = %e, "could not rotate the audit file; it keeps growing"),
+            Err(e) => {
+                self.next_rotate = Instant::now() + ROTATE_RETRY;
+                if let Some(skipped) = self.rotate_errors.ready() {
+                    tracing::error!(
+                        error = %e, file = %path.display(), skipped,
+                        "could not rotate the audit file; it keeps growing (retried every second, logged once a \
+                         minute: `skipped` counts the failures not logged)"
+                    );
+                }
+            }
         }
     }
 
@@ -765,6 +1093,32 @@ impl Writer {
                 let _ = self.append(&[], true);
             }
         }
+    }
+}
+
+/// The line of a series' repeats; a catch-all line leaves out what its requests did not share.
+fn repeats_line(seq: u64, r: &Repeats, prev: String) -> Out<'_> {
+    let out = Out { count: Some(r.count), since: Some(line::rfc3339(r.since)), ..Out::request(seq, &r.event, prev) };
+    if !r.varied {
+        return out;
+    }
+    Out {
+        caller: (!r.event.caller.is_empty()).then_some(&*r.event.caller),
+        secrets: None,
+        version: None,
+        result: None,
+        status: None,
+        varied: Some(true),
+        note: Some(
+            if r.event.caller.is_empty() {
+                "requests of many callers past the fold limit: counted, not itemized"
+            } else {
+                "requests of this caller that differed (names, versions, statuses) past its share of folded series: \
+                 counted, not itemized"
+            }
+            .to_owned(),
+        ),
+        ..out
     }
 }
 
@@ -924,5 +1278,39 @@ mod tests {
         let counts: Vec<Option<u64>> = ok.iter().map(|l| l["count"].as_u64()).collect();
         assert_eq!(counts, [None, Some(1), None, Some(1), None, Some(1)], "written before the Safe stops: {ok:?}");
         sink.close(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn rotated_files_past_their_age_are_deleted_and_the_trail_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = RootKey::generate();
+        let cfg = |max_age| SinkConfig { max_file_bytes: 2000, max_age, ..SinkConfig::new(Some(path.clone())) };
+        let sink = Sink::start(cfg(Duration::ZERO)).unwrap();
+        sink.set_key(key.audit_key());
+        for i in 0..60 {
+            let e = Event { phase: Some(Phase::Done), ..fetch(i, "spiffe://td/admin", 200) };
+            sink.record_durable(e, Duration::from_secs(5)).await.unwrap();
+        }
+        sink.close(Duration::from_secs(5)).await;
+        let rotated = files::rotated_files(&path).unwrap();
+        assert!(rotated.len() >= 3, "{rotated:?}");
+        let year_ago = std::time::SystemTime::now() - Duration::from_secs(365 * 86_400);
+        for (_, p) in &rotated[..2] {
+            File::options().write(true).open(p).unwrap().set_modified(year_ago).unwrap();
+        }
+        let sink = Sink::start(cfg(Duration::from_secs(86_400))).unwrap();
+        sink.set_key(key.audit_key());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sink.close(Duration::from_secs(5)).await;
+        let files = files::trail_files(&path).unwrap();
+        assert!(!files.contains(&rotated[0].1) && !files.contains(&rotated[1].1), "{files:?}");
+        assert!(files.contains(&rotated[2].1), "younger files are kept: {files:?}");
+        let s = crate::verify(&files, &[key.audit_key()]).unwrap();
+        assert!(s.first_seq > 0 && s.retained_from == Some(s.first_seq), "{s:?}");
+        std::fs::remove_file(&files[0]).unwrap();
+        let files = files::trail_files(&path).unwrap();
+        let f = crate::verify(&files, &[key.audit_key()]).unwrap_err();
+        assert_eq!(f.kind, crate::FindingKind::Incomplete, "{f}");
     }
 }

@@ -1,14 +1,27 @@
-//! Checks a trail: the hash chain line by line and, with the root keys, the
-//! anchors' MACs. Names the first line that was changed, removed, reordered
-//! or truncated.
+//! Checks a trail: the hash chain line by line, with the root keys the
+//! anchors' MACs, and with the sealed head that the newest lines are there.
+//! Names the first line that was changed, removed, reordered or truncated.
+//!
+//! The files are read as a stream, a line at a time, so memory stays bounded
+//! whatever the size of the trail: one line (at most [`MAX_LINE`] bytes) and
+//! a short lookahead of [`LOOKAHEAD`] lines to tell a reordering from a removal.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use aegis_crypto::AuditKey;
 
+use crate::files::MAX_LINE;
+use crate::head::Head;
 use crate::line::{self, anchor_message, Kind, Parsed, GENESIS};
+
+/// Lines read ahead, at most, to tell lines moved later from lines removed.
+pub const LOOKAHEAD: usize = 64;
+/// Read buffer per file.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// What is wrong at a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +34,12 @@ pub enum FindingKind {
     Reordered,
     /// A file ends in the middle of a line.
     Truncated,
-    /// An anchor's MAC does not match: forged, or lines before it were rewritten.
+    /// An anchor's (or the head's) MAC does not match: forged, or lines before it were rewritten.
     Forged,
     /// The trail does not begin at its first event (earlier files or lines missing).
     Incomplete,
+    /// The trail ends before the anchor the sealed head records: its newest lines or files were removed.
+    Cut,
     /// A file could not be read.
     Unreadable,
 }
@@ -53,6 +68,10 @@ impl fmt::Display for Finding {
 pub struct Summary {
     /// Lines checked.
     pub lines: u64,
+    /// The first and the last event checked.
+    pub first_seq: u64,
+    /// The last event checked (`None`: no line).
+    pub last_seq: Option<u64>,
     /// Anchors whose MAC was checked.
     pub anchors_checked: u64,
     /// Anchors under a root key that was not given (not checked).
@@ -61,18 +80,22 @@ pub struct Summary {
     pub missing_keys: BTreeSet<String>,
     /// Lines after the last anchor (covered by the chain only).
     pub after_last_anchor: u64,
+    /// The first event kept by the Safe's retention, as its newest retention line records it.
+    pub retained_from: Option<u64>,
+    /// The head the trail reached, and whether its MAC was checked (`None`: no head given).
+    pub head: Option<(Head, bool)>,
 }
 
 /// One line of one file.
-struct Entry<'a> {
-    file: &'a Path,
+struct Entry {
+    file: usize,
     line: usize,
-    bytes: &'a [u8],
+    bytes: Vec<u8>,
 }
 
 /// The previous line, as the next one must refer to it.
-struct Prev<'a> {
-    file: &'a Path,
+struct Prev {
+    file: usize,
     line: usize,
     seq: u64,
     hash: [u8; 32],
@@ -80,130 +103,251 @@ struct Prev<'a> {
 
 /// Checks the trail made of `files` (oldest first) with the anchor keys `keys`.
 pub fn verify(files: &[PathBuf], keys: &[AuditKey]) -> Result<Summary, Finding> {
-    let mut contents = Vec::with_capacity(files.len());
-    for f in files {
-        let bytes =
-            std::fs::read(f).map_err(|e| finding(f, 0, FindingKind::Unreadable, format!("cannot read: {e}")))?;
-        contents.push((f.as_path(), bytes));
-    }
-    let mut entries = Vec::new();
-    for (file, bytes) in &contents {
-        split(file, bytes, &mut entries)?;
-    }
-    check(&entries, keys)
+    verify_with_head(files, keys, None)
 }
 
-/// Splits a file into lines; a last line without its newline is a truncation.
-fn split<'a>(file: &'a Path, bytes: &'a [u8], out: &mut Vec<Entry<'a>>) -> Result<(), Finding> {
-    let mut rest = bytes;
-    let mut line = 0;
-    while !rest.is_empty() {
-        line += 1;
-        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-            return Err(finding(
-                file,
-                line,
-                FindingKind::Truncated,
-                "the file ends in the middle of this line: truncated",
-            ));
-        };
-        out.push(Entry { file, line, bytes: &rest[..end] });
-        rest = &rest[end + 1..];
+/// Checks the trail made of `files` (oldest first) with the anchor keys `keys`
+/// and, if given, the sealed `head`: the trail must reach the anchor it records.
+pub fn verify_with_head(files: &[PathBuf], keys: &[AuditKey], head: Option<&Head>) -> Result<Summary, Finding> {
+    let mut reader = Reader { files, next_file: 0, current: None, ahead: VecDeque::new() };
+    let mut check = Check::new(files, keys, head)?;
+    while let Some(entry) = reader.next() {
+        check.line(&mut reader, entry?)?;
     }
-    Ok(())
+    check.end()
 }
 
-fn check(entries: &[Entry<'_>], keys: &[AuditKey]) -> Result<Summary, Finding> {
-    let mut summary = Summary::default();
-    let mut prev: Option<Prev<'_>> = None;
-    for (i, e) in entries.iter().enumerate() {
-        let Some(p) = Parsed::parse(e.bytes) else {
-            return Err(at(e, FindingKind::Changed, "this line is not an audit event: changed"));
-        };
-        let hash = line::hash(e.bytes);
-        match &prev {
-            None => first_line(e, &p)?,
-            Some(before) => link(entries, i, before, &p)?,
+/// The lines of the files, one at a time, with a bounded lookahead.
+struct Reader<'a> {
+    files: &'a [PathBuf],
+    next_file: usize,
+    current: Option<(usize, BufReader<File>, usize)>,
+    ahead: VecDeque<Result<Entry, Finding>>,
+}
+
+impl Reader<'_> {
+    fn next(&mut self) -> Option<Result<Entry, Finding>> {
+        self.ahead.pop_front().or_else(|| self.read())
+    }
+
+    /// Reads the next line from the files; a last line without its newline is a truncation.
+    fn read(&mut self) -> Option<Result<Entry, Finding>> {
+        loop {
+            if self.current.is_none() {
+                let idx = self.next_file;
+                let path = self.files.get(idx)?;
+                self.next_file += 1;
+                match File::open(path) {
+                    Ok(f) => self.current = Some((idx, BufReader::with_capacity(READ_BUFFER, f), 0)),
+                    Err(e) => return Some(Err(finding(path, 0, FindingKind::Unreadable, format!("cannot read: {e}")))),
+                }
+            }
+            let (file, reader, line) = self.current.as_mut()?;
+            let (file, path) = (*file, &self.files[*file]);
+            let mut bytes = Vec::new();
+            match reader.by_ref().take(MAX_LINE + 1).read_until(b'\n', &mut bytes) {
+                Ok(0) => self.current = None,
+                Ok(n) => {
+                    *line += 1;
+                    if bytes.last() == Some(&b'\n') {
+                        bytes.pop();
+                        return Some(Ok(Entry { file, line: *line, bytes }));
+                    }
+                    let detail = if n as u64 > MAX_LINE {
+                        "this line is longer than any audit line: changed"
+                    } else {
+                        "the file ends in the middle of this line: truncated"
+                    };
+                    let kind = if n as u64 > MAX_LINE { FindingKind::Changed } else { FindingKind::Truncated };
+                    return Some(Err(finding(path, *line, kind, detail)));
+                }
+                Err(e) => return Some(Err(finding(path, *line, FindingKind::Unreadable, format!("cannot read: {e}")))),
+            }
         }
-        if p.kind == Kind::Anchor {
-            anchor(e, &p, keys, &mut summary)?;
-            summary.after_last_anchor = 0;
-        } else {
-            summary.after_last_anchor += 1;
+    }
+
+    /// Whether one of the next [`LOOKAHEAD`] lines is event `seq`.
+    fn later_has(&mut self, seq: u64) -> bool {
+        while self.ahead.len() < LOOKAHEAD && self.ahead.back().is_none_or(Result::is_ok) {
+            match self.read() {
+                Some(x) => self.ahead.push_back(x),
+                None => break,
+            }
         }
-        summary.lines += 1;
-        prev = Some(Prev { file: e.file, line: e.line, seq: p.seq, hash });
+        self.ahead.iter().flatten().any(|x| Parsed::parse(&x.bytes).is_some_and(|q| q.seq == seq))
     }
-    Ok(summary)
 }
 
-fn first_line(e: &Entry<'_>, p: &Parsed) -> Result<(), Finding> {
-    if p.seq == 0 && p.prev == GENESIS {
-        return Ok(());
-    }
-    Err(at(
-        e,
-        FindingKind::Incomplete,
-        &format!(
-            "the trail starts at event {} instead of event 0: earlier lines or files are missing (give every file, \
-             oldest first)",
-            p.seq
-        ),
-    ))
+/// The checks' state as lines go by.
+struct Check<'a> {
+    files: &'a [PathBuf],
+    keys: &'a [AuditKey],
+    head: Option<&'a Head>,
+    head_found: bool,
+    summary: Summary,
+    prev: Option<Prev>,
+    /// Where the trail starts, when it does not start at event 0 (checked at the end).
+    late_start: Option<(usize, usize, u64)>,
 }
 
-/// Checks that line `i` follows `before`, and says what happened if not.
-fn link(entries: &[Entry<'_>], i: usize, before: &Prev<'_>, p: &Parsed) -> Result<(), Finding> {
-    let e = &entries[i];
-    let expected = before.seq + 1;
-    if p.prev == hex::encode(before.hash) {
-        return if p.seq == expected {
-            Ok(())
-        } else {
-            Err(at(e, FindingKind::Changed, &format!("event number {} where {expected} belongs: changed", p.seq)))
+impl<'a> Check<'a> {
+    fn new(files: &'a [PathBuf], keys: &'a [AuditKey], head: Option<&'a Head>) -> Result<Self, Finding> {
+        let mut summary = Summary::default();
+        if let Some(h) = head {
+            let authentic = h.authentic(keys);
+            if authentic == Some(false) {
+                let detail = "the audit head's MAC does not match: it was forged or changed";
+                return Err(finding(Path::new(crate::head::HEAD_FILE), 1, FindingKind::Forged, detail));
+            }
+            summary.head = Some((h.clone(), authentic.is_some()));
+        }
+        Ok(Self { files, keys, head, head_found: false, summary, prev: None, late_start: None })
+    }
+
+    fn at(&self, file: usize, line: usize, kind: FindingKind, detail: impl Into<String>) -> Finding {
+        finding(&self.files[file], line, kind, detail)
+    }
+
+    fn line(&mut self, reader: &mut Reader<'_>, e: Entry) -> Result<(), Finding> {
+        let Some(p) = Parsed::parse(&e.bytes) else {
+            return Err(self.at(e.file, e.line, FindingKind::Changed, "this line is not an audit event: changed"));
         };
+        let hash = line::hash(&e.bytes);
+        match &self.prev {
+            None if p.seq == 0 && p.prev == GENESIS => {}
+            None => self.late_start = Some((e.file, e.line, p.seq)),
+            Some(before) => self.link(reader, &e, before, &p)?,
+        }
+        // An anchor's own MAC first: a forged anchor is named as such, not as a line the head disowns.
+        self.kind(&e, &p)?;
+        self.head_line(&e, &p, &hash)?;
+        self.summary.lines += 1;
+        if self.prev.is_none() {
+            self.summary.first_seq = p.seq;
+        }
+        self.summary.last_seq = Some(p.seq);
+        self.prev = Some(Prev { file: e.file, line: e.line, seq: p.seq, hash });
+        Ok(())
     }
-    if p.seq == expected {
+
+    /// The line the head records must be exactly the line there.
+    fn head_line(&mut self, e: &Entry, p: &Parsed, hash: &[u8; 32]) -> Result<(), Finding> {
+        let Some(h) = self.head.filter(|h| h.seq == p.seq) else { return Ok(()) };
+        if h.hash != hex::encode(hash) {
+            let detail = format!(
+                "this is not the line the audit head records for event {} (written {}): the trail was rewritten",
+                h.seq, h.time
+            );
+            return Err(self.at(e.file, e.line, FindingKind::Changed, detail));
+        }
+        self.head_found = true;
+        Ok(())
+    }
+
+    /// What each kind of line adds: anchors' MACs, retention, restarts that found the trail cut.
+    fn kind(&mut self, e: &Entry, p: &Parsed) -> Result<(), Finding> {
+        match p.kind {
+            Kind::Anchor => {
+                self.anchor(e, p)?;
+                self.summary.after_last_anchor = 0;
+                return Ok(());
+            }
+            Kind::Retention => self.summary.retained_from = self.summary.retained_from.max(p.first_kept),
+            Kind::Start if p.cut_head_seq.is_some() => {
+                let detail = format!(
+                    "when the Safe started here, the trail ended before event {} that its sealed head recorded: the \
+                     newest lines or files before this line were removed",
+                    p.cut_head_seq.unwrap_or_default()
+                );
+                return Err(self.at(e.file, e.line, FindingKind::Cut, detail));
+            }
+            Kind::Start
+                if p.head_missing == Some(true)
+                    && self.summary.anchors_checked + self.summary.anchors_unchecked > 0 =>
+            {
+                let detail = "when the Safe started here, the audit head was missing although the trail was anchored: \
+                              whether the newest lines or files before this line were removed cannot be proven";
+                return Err(self.at(e.file, e.line, FindingKind::Cut, detail));
+            }
+            _ => {}
+        }
+        self.summary.after_last_anchor += 1;
+        Ok(())
+    }
+
+    /// Checks that `e` follows `before`, and says what happened if not.
+    fn link(&self, reader: &mut Reader<'_>, e: &Entry, before: &Prev, p: &Parsed) -> Result<(), Finding> {
+        let expected = before.seq + 1;
+        if p.prev == hex::encode(before.hash) {
+            return if p.seq == expected {
+                Ok(())
+            } else {
+                let detail = format!("event number {} where {expected} belongs: changed", p.seq);
+                Err(self.at(e.file, e.line, FindingKind::Changed, detail))
+            };
+        }
+        if p.seq == expected {
+            let detail = format!(
+                "this line was changed (line {} of {} records another hash for it)",
+                e.line,
+                self.files[e.file].display()
+            );
+            return Err(self.at(before.file, before.line, FindingKind::Changed, detail));
+        }
+        if p.seq < expected || reader.later_has(expected) {
+            let detail = format!("event {} comes where event {expected} belongs: lines were reordered", p.seq);
+            return Err(self.at(e.file, e.line, FindingKind::Reordered, detail));
+        }
         let detail =
-            format!("this line was changed (line {} of {} records another hash for it)", e.line, e.file.display());
-        return Err(Finding { file: before.file.to_owned(), line: before.line, kind: FindingKind::Changed, detail });
+            format!("{} line(s) removed before this line (events {expected} to {})", p.seq - expected, p.seq - 1);
+        Err(self.at(e.file, e.line, FindingKind::Removed, detail))
     }
-    let later = entries[i + 1..].iter().any(|x| Parsed::parse(x.bytes).is_some_and(|q| q.seq == expected));
-    if p.seq < expected || later {
-        return Err(at(
-            e,
-            FindingKind::Reordered,
-            &format!("event {} comes where event {expected} belongs: lines were reordered", p.seq),
-        ));
-    }
-    Err(at(
-        e,
-        FindingKind::Removed,
-        &format!("{} line(s) removed before this line (events {expected} to {})", p.seq - expected, p.seq - 1),
-    ))
-}
 
-fn anchor(e: &Entry<'_>, p: &Parsed, keys: &[AuditKey], summary: &mut Summary) -> Result<(), Finding> {
-    let key_id = p.key_id.as_deref().unwrap_or_default();
-    let Some(key) = keys.iter().find(|k| k.id().to_string() == key_id) else {
-        summary.anchors_unchecked += 1;
-        summary.missing_keys.insert(key_id.to_owned());
-        return Ok(());
-    };
-    let tag = p.mac.as_deref().and_then(|m| hex::decode(m).ok()).unwrap_or_default();
-    if key.verify(&anchor_message(p.seq, &p.prev, key_id), &tag) {
-        summary.anchors_checked += 1;
-        return Ok(());
+    fn anchor(&mut self, e: &Entry, p: &Parsed) -> Result<(), Finding> {
+        let key_id = p.key_id.as_deref().unwrap_or_default();
+        let Some(key) = self.keys.iter().find(|k| k.id().to_string() == key_id) else {
+            self.summary.anchors_unchecked += 1;
+            self.summary.missing_keys.insert(key_id.to_owned());
+            return Ok(());
+        };
+        let tag = p.mac.as_deref().and_then(|m| hex::decode(m).ok()).unwrap_or_default();
+        if key.verify(&anchor_message(p.seq, &p.prev, key_id), &tag) {
+            self.summary.anchors_checked += 1;
+            return Ok(());
+        }
+        let detail =
+            "this anchor's MAC does not match: it was forged, or lines before it were rewritten with a new chain";
+        Err(self.at(e.file, e.line, FindingKind::Forged, detail))
     }
-    Err(at(
-        e,
-        FindingKind::Forged,
-        "this anchor's MAC does not match: it was forged, or lines before it were rewritten with a new chain",
-    ))
-}
 
-fn at(e: &Entry<'_>, kind: FindingKind, detail: &str) -> Finding {
-    finding(e.file, e.line, kind, detail)
+    /// What only the whole trail tells: where it starts, and whether it reaches its head.
+    fn end(self) -> Result<Summary, Finding> {
+        if let Some((file, line, seq)) = self.late_start {
+            if self.summary.retained_from.is_none_or(|kept| seq > kept) {
+                let detail = format!(
+                    "the trail starts at event {seq} instead of event 0: earlier lines or files are missing and no \
+                     retention line of the Safe records their deletion (give every file, oldest first)"
+                );
+                return Err(self.at(file, line, FindingKind::Incomplete, detail));
+            }
+        }
+        if let Some(h) = self.head.filter(|_| !self.head_found) {
+            let (file, line, ends) = match &self.prev {
+                Some(p) => (p.file, p.line, format!("ends at event {}", p.seq)),
+                None => (self.files.len().saturating_sub(1), 0, "is empty".to_owned()),
+            };
+            let detail = format!(
+                "the trail {ends}, but the Safe's sealed audit head records event {} (an anchor written {}): the \
+                 newest lines or files were removed",
+                h.seq, h.time
+            );
+            return Err(match self.files.get(file) {
+                Some(_) => self.at(file, line, FindingKind::Cut, detail),
+                None => finding(Path::new(crate::head::HEAD_FILE), 1, FindingKind::Cut, detail),
+            });
+        }
+        Ok(self.summary)
+    }
 }
 
 fn finding(file: &Path, line: usize, kind: FindingKind, detail: impl Into<String>) -> Finding {

@@ -51,6 +51,11 @@ fn verify(safe: &Safe, args: &[&str]) -> std::process::Output {
     safe.aegis(&HashMap::new(), &a)
 }
 
+/// The Safe's sealed audit head, kept with its records.
+fn head_file(safe: &Safe) -> String {
+    safe.data_dir().join("data/audit.head").display().to_string()
+}
+
 fn root_key(safe: &Safe) -> String {
     safe.data_dir().join("root.key").display().to_string()
 }
@@ -201,6 +206,10 @@ fn verify_copy(safe: &Safe, lines: &[String], extra: &[&str]) -> (Option<i32>, S
     let mut args = vec![copy.to_str().unwrap(), "--root-key-file"];
     let key = root_key(safe);
     args.push(&key);
+    let head = head_file(safe);
+    if !extra.contains(&"--no-head") {
+        args.extend(["--head", &head]);
+    }
     args.extend(extra);
     let out = verify(safe, &args);
     (out.status.code(), stderr(&out))
@@ -227,7 +236,7 @@ async fn aegis_audit_verify_names_the_first_line_changed_removed_reordered_trunc
         ("changed", changed, format!("{copy}:{n}: this line was changed")),
         ("removed", removed, format!("{copy}:{n}: 1 line(s) removed")),
         ("reordered", reordered, format!("{copy}:{n}: event")),
-        ("cut at the end", cut_end, "line(s) after its last anchor (lines cut off at the end".to_owned()),
+        ("cut at the end", cut_end, "the newest lines or files were removed".to_owned()),
     ];
     for (what, tamper, expect) in cases {
         let mut l = good.clone();
@@ -367,7 +376,9 @@ async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_g
     let audit = mnt.path().join("audit.log");
     // A line per fetch (no folding): folded, the 40 fetches would make one line, which can still fit
     // in the last page of the full tmpfs; a line each runs out of space.
-    let mut safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap(), "--audit-fold-ms", "0"], None);
+    // No reserve: this test fills the disk to the last byte (the reserve has its own test).
+    let args = ["--audit-file", audit.to_str().unwrap(), "--audit-fold-ms", "0", "--audit-reserve-bytes", "0"];
+    let mut safe = Safe::dev_with(&args, None);
     let admin = safe.client(&safe.admin_env()).await;
     let workload = safe.client(&safe.workload_env("billing")).await;
     admin.put("billing", &put("v1")).await.unwrap();
@@ -412,7 +423,11 @@ async fn a_full_disk_refuses_admin_writes_with_503_changes_nothing_and_fetches_g
     assert!(lost > 0 && lost <= fetches + 30, "lost {lost}: {}", gaps[0]);
     assert!(refused >= 6, "refused {refused}: {}", gaps[0]);
     assert!(gaps[0]["from"].as_str().unwrap() <= gaps[0]["time"].as_str().unwrap());
-    let text = ok(verify(&safe, &[audit.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    let head = head_file(&safe);
+    let text = ok(verify(
+        &safe,
+        &[audit.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--head", &head, "--complete"],
+    ));
     assert!(text.starts_with("ok:"), "{text}");
     assert!(safe.log_text().contains("the audit trail cannot be written"), "the log says why");
 }
@@ -515,7 +530,11 @@ async fn a_blocked_audit_file_never_holds_a_request_past_its_deadline() {
     let refused_writes = requests(&all, "write").into_iter().filter(|e| e["status"] == 503).count();
     assert!(refused_writes >= 8, "{refused_writes} refused writes recorded");
     assert!(requests(&all, "fetch").len() >= 600, "fetches queued while blocked are written afterwards");
-    let text = ok(verify(&safe, &[copy.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--complete"]));
+    let head = head_file(&safe);
+    let text = ok(verify(
+        &safe,
+        &[copy.to_str().unwrap(), "--root-key-file", &root_key(&safe), "--head", &head, "--complete"],
+    ));
     assert!(text.starts_with("ok:"), "{text}");
 }
 
@@ -618,4 +637,338 @@ async fn aegis_audit_tail_filters_by_caller_and_secret_and_follows_the_file() {
     let got = reader.join().unwrap();
     assert!(got.iter().all(|l| l.contains("\"secrets\":[\"late\"]")), "{got:?}");
     assert!(got[0].contains("\"intent\"") && got[1].contains("\"done\""), "{got:?}");
+}
+
+/// Every line of `files`, in order.
+fn all_lines(files: &[PathBuf]) -> Vec<String> {
+    files.iter().flat_map(|f| lines_of(f)).collect()
+}
+
+/// Removes every anchor and recomputes the chain, as a forger without the key would.
+fn without_anchors(lines: &[String]) -> Vec<String> {
+    use sha2::Digest;
+    let mut out: Vec<String> = Vec::new();
+    for l in lines.iter().filter(|l| !l.contains("\"type\":\"anchor\"")) {
+        let mut v: Value = serde_json::from_str(l).unwrap();
+        let (seq, prev) = match out.last() {
+            Some(p) => {
+                let pv: Value = serde_json::from_str(p).unwrap();
+                (pv["seq"].as_u64().unwrap() + 1, hex::encode(sha2::Sha256::digest(p.as_bytes())))
+            }
+            None => (0, "0".repeat(64)),
+        };
+        v["seq"] = seq.into();
+        v["prev"] = prev.into();
+        out.push(serde_json::to_string(&v).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_cut_back_rewritten_or_missing_its_newest_files_is_refused_and_a_restart_records_the_cut() {
+    let mut safe = Safe::dev_with(&["--audit-max-file-bytes", "4096"], None);
+    busy_trail(&mut safe).await;
+    stop(&mut safe);
+    let data = safe.data_dir().join("data").display().to_string();
+    let key = root_key(&safe);
+    let files = aegis_audit::files::trail_files(&trail(&safe)).unwrap();
+    assert!(files.len() >= 4, "rotated into {} files", files.len());
+    let text = ok(verify(&safe, &["--data-dir", &data, "--root-key-file", &key, "--complete"]));
+    assert!(text.contains("proven: the trail reaches the Safe's sealed head"), "{text}");
+    let good = all_lines(&files);
+    // Cut back to an earlier anchor: a valid trail by itself, even with --complete.
+    let anchors: Vec<usize> = (0..good.len()).filter(|&i| good[i].contains("\"type\":\"anchor\"")).collect();
+    let earlier = anchors[anchors.len() / 2];
+    let (code, err) = verify_copy(&safe, &good[..=earlier], &["--complete"]);
+    assert_eq!(code, Some(1), "a trail cut back to an anchor was accepted: {err}");
+    assert!(err.contains("the newest lines or files were removed"), "{err}");
+    // Rewritten without anchors (the whole chain recomputed).
+    let (code, err) = verify_copy(&safe, &without_anchors(&good), &[]);
+    assert_eq!(code, Some(1), "a trail rewritten without anchors was accepted: {err}");
+    // With the root key, verify needs the head, and says why.
+    let (code, err) = verify_copy(&safe, &good, &["--no-head"]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = verify(&safe, &[files[0].to_str().unwrap(), "--root-key-file", &key]);
+    fails(out, 1, "no audit head at");
+    // The newest file deleted.
+    let newest = files.last().unwrap();
+    let kept = std::fs::read(newest).unwrap();
+    std::fs::remove_file(newest).unwrap();
+    let out = verify(&safe, &["--data-dir", &data, "--root-key-file", &key]);
+    fails(out, 1, "the newest lines or files were removed");
+    // A restart does not silently go on from what is left: its start line records the cut.
+    safe.start();
+    safe.wait_ready();
+    stop(&mut safe);
+    let after = all_lines(&aegis_audit::files::trail_files(&trail(&safe)).unwrap());
+    let start = after.iter().find(|l| l.contains("cut_head_seq")).unwrap_or_else(|| panic!("no cut recorded"));
+    assert!(start.contains("\"type\":\"start\"") && start.contains("the trail was cut back"), "{start}");
+    assert!(safe.log_text().contains("the audit trail was cut back"), "the log says so");
+    let out = verify(&safe, &["--data-dir", &data, "--root-key-file", &key]);
+    fails(out, 1, "the trail ended before event");
+    // Deleting the head too is recorded as well.
+    std::fs::write(newest, kept).unwrap();
+    std::fs::remove_file(head_file(&safe)).unwrap();
+    safe.start();
+    safe.wait_ready();
+    stop(&mut safe);
+    let after = all_lines(&aegis_audit::files::trail_files(&trail(&safe)).unwrap());
+    assert!(after.iter().any(|l| l.contains("\"head_missing\":true")), "a missing head is recorded");
+}
+
+/// Peak resident memory (KiB) of `aegis args`, from the kernel's accounting of the child (GNU time).
+fn peak_rss_kib(args: &[&str]) -> (std::process::Output, u64) {
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kib=%M", AEGIS])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run /usr/bin/time (GNU time measures the memory of verify): {e}"));
+    let err = stderr(&out);
+    let kib = err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("peak-rss-kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GNU time gave no peak RSS: {err}"));
+    (out, kib)
+}
+
+/// A trail of at least `bytes` written by the real sink under `key`, with its head at `dir/audit.head`.
+async fn large_trail(dir: &Path, key: &aegis_crypto::RootKey, bytes: u64) -> PathBuf {
+    use aegis_audit::{Event, Phase, Sink, SinkConfig};
+    let path = dir.join("audit/audit.log");
+    let cfg =
+        SinkConfig { fold: Duration::ZERO, head: Some(dir.join("audit.head")), ..SinkConfig::new(Some(path.clone())) };
+    let sink = Sink::start(cfg).unwrap();
+    sink.set_key(key.audit_key());
+    // 64 names make lines of about 1.5 KB.
+    let names: Vec<String> = (0..64).map(|i| format!("a-rather-long-secret-name-{i:04}")).collect();
+    let event = |i: usize| Event {
+        time: time::OffsetDateTime::now_utc(),
+        request_id: format!("r{i}").into(),
+        caller: "spiffe://vsecm.com/workload/billing/ns/default/sa/billing/n/billing-0".into(),
+        action: "list",
+        api: "native",
+        route: "/v1/secrets",
+        secrets: names.clone(),
+        version: None,
+        status: 200,
+        phase: None,
+    };
+    let size =
+        || -> u64 { aegis_audit::files::trail_files(&path).unwrap().iter().map(|f| f.metadata().unwrap().len()).sum() };
+    let mut i = 0;
+    while size() < bytes {
+        for _ in 0..4000 {
+            sink.record(event(i));
+            i += 1;
+        }
+        let done = Event { phase: Some(Phase::Done), ..event(i) };
+        sink.record_durable(done, Duration::from_secs(60)).await.unwrap();
+    }
+    sink.close(Duration::from_secs(30)).await;
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aegis_audit_verify_streams_a_large_trail_in_bounded_memory() {
+    const TRAIL: u64 = 96 << 20;
+    const BOUND_KIB: u64 = 32 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let key = aegis_crypto::RootKey::generate();
+    let path = large_trail(dir.path(), &key, TRAIL).await;
+    let key_file = dir.path().join("root.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file).unwrap();
+        std::io::Write::write_all(&mut f, key.to_text().as_bytes()).unwrap();
+    }
+    let head = dir.path().join("audit.head");
+    let (out, kib) = peak_rss_kib(&[
+        "audit",
+        "verify",
+        "--audit-file",
+        path.to_str().unwrap(),
+        "--head",
+        head.to_str().unwrap(),
+        "--root-key-file",
+        key_file.to_str().unwrap(),
+        "--complete",
+    ]);
+    let text = stdout(&out);
+    eprintln!("verify of a {} MiB trail: peak RSS {kib} KiB", TRAIL >> 20);
+    assert!(out.status.success(), "verify failed: {text}{}", stderr(&out));
+    assert!(text.contains("proven: the trail reaches the Safe's sealed head"), "{text}");
+    assert!(kib < BOUND_KIB, "verify of a {} MiB trail peaked at {kib} KiB (bound {BOUND_KIB} KiB)", TRAIL >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_flood_cannot_use_the_reserve_and_admin_writes_are_recorded_to_the_last() {
+    let mnt = tempfile::tempdir().unwrap();
+    let _mount = small_tmpfs(mnt.path());
+    let audit = mnt.path().join("audit.log");
+    // A line per fetch (no folding), so that the flood alone would fill the 256 KiB disk.
+    let args = [
+        "--audit-file",
+        audit.to_str().unwrap(),
+        "--audit-fold-ms",
+        "0",
+        "--audit-reserve-bytes",
+        "131072",
+        "--audit-max-file-bytes",
+        "1048576",
+        "--audit-max-total-bytes",
+        "2097152",
+    ];
+    let mut safe = Safe::dev_with(&args, None);
+    let admin = safe.client(&safe.admin_env()).await;
+    let workload = safe.client(&safe.workload_env("billing")).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    for _ in 0..1000 {
+        workload.fetch().await.unwrap().unwrap();
+    }
+    let t = Instant::now();
+    while audit_metric(&safe, "aegis_audit_lost_events_total") == 0.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the flood never reached the reserve; log:\n{}",
+            safe.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 2..22 {
+        admin.put("billing", &put(&format!("v{i}"))).await.unwrap_or_else(|e| panic!("admin write {i} refused: {e}"));
+    }
+    assert_eq!(audit_metric(&safe, "aegis_audit_available"), 1.0);
+    stop(&mut safe);
+    let all = events(&audit);
+    let writes: Vec<_> = requests(&all, "write").into_iter().filter(|e| e["phase"] == "done").collect();
+    assert_eq!(writes.len(), 21, "every admin write is in the trail");
+    let fetched = requests(&all, "fetch").len();
+    assert!(fetched < 1000, "fetch lines stopped at the reserve ({fetched} written)");
+    assert!(safe.log_text().contains("less free space than its reserve"), "the log says why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_oldest_rotated_files_and_verify_accepts_what_it_kept() {
+    let mut safe = Safe::dev_with(&["--audit-max-file-bytes", "4096", "--audit-max-total-bytes", "16384"], None);
+    busy_trail(&mut safe).await;
+    busy_trail(&mut safe).await;
+    stop(&mut safe);
+    let files = aegis_audit::files::trail_files(&trail(&safe)).unwrap();
+    let total: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert!(total <= 16384 + 4096, "the trail is {total} bytes in {} files", files.len());
+    assert!(!files[0].to_str().unwrap().ends_with(".000001"), "the oldest files were deleted: {files:?}");
+    let all = all_lines(&files);
+    assert!(all.iter().any(|l| l.contains("\"type\":\"retention\"")), "a retention line records the deletion");
+    let data = safe.data_dir().join("data").display().to_string();
+    let key = root_key(&safe);
+    let text = ok(verify(&safe, &["--data-dir", &data, "--root-key-file", &key, "--complete"]));
+    assert!(text.contains("deleted by the Safe's retention"), "{text}");
+    // Deleting more than retention did is not accepted.
+    std::fs::remove_file(&files[0]).unwrap();
+    let out = verify(&safe, &["--data-dir", &data, "--root-key-file", &key]);
+    fails(out, 1, "no retention line of the Safe records their deletion");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_or_deleted_audit_file_is_reopened_and_an_unwritable_one_drops_the_metric() {
+    let mnt = tempfile::tempdir().unwrap();
+    let dir = mnt.path().join("audit");
+    let audit = dir.join("audit.log");
+    let safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap()], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    admin.put("billing", &put("v1")).await.unwrap();
+    let written = |version: u64| {
+        let all = events(&audit);
+        let done = all.iter().any(|e| e["phase"] == "done" && e["version"] == version);
+        assert!(done, "the write of version {version} is not in {}", audit.display());
+        assert!(all[0]["note"].as_str().unwrap().contains("moved or deleted"), "{}", all[0]);
+    };
+    std::fs::rename(&audit, mnt.path().join("moved.log")).unwrap();
+    admin.put("billing", &put("v2")).await.unwrap();
+    written(2);
+    std::fs::remove_file(&audit).unwrap();
+    admin.put("billing", &put("v3")).await.unwrap();
+    written(3);
+    // The directory replaced by a file: no line can be written, and the metric says so at once.
+    // (The writer may make the directory again between the two steps: then try again.)
+    let replaced = (0..20).any(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(&dir, b"not a directory").is_ok()
+    });
+    assert!(replaced, "could not replace the audit directory by a file");
+    let t = Instant::now();
+    while audit_metric(&safe, "aegis_audit_available") != 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the metric stayed 1; log:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    audit_503("put, audit directory gone", admin.put("billing", &put("v4")).await);
+    std::fs::remove_file(&dir).unwrap();
+    let t = Instant::now();
+    while admin.put("billing", &put("v4")).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "writes did not resume; log:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(audit_metric(&safe, "aegis_audit_available"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rotation_is_logged_once_with_a_count_not_every_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let backing = dir.path().join("backing");
+    std::fs::write(&audit, b"").unwrap();
+    std::fs::write(&backing, b"").unwrap();
+    // A file bind-mounted on the audit file (as a Kubernetes subPath is) cannot be renamed: rotation fails.
+    let status = std::process::Command::new("mount").arg("--bind").arg(&backing).arg(&audit).status().unwrap();
+    assert!(status.success(), "bind-mounting a file failed ({status}); this test needs root (CAP_SYS_ADMIN)");
+    let _mount = Mount(audit.clone());
+    let mut safe = Safe::dev_with(&["--audit-file", audit.to_str().unwrap(), "--audit-max-file-bytes", "4096"], None);
+    busy_trail(&mut safe).await;
+    // Rotation is due at every tick (100 ms) from now on.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = safe.plain_log_text();
+    let errors = log.lines().filter(|l| l.contains("could not rotate the audit file")).count();
+    assert!(errors >= 1, "the failure is logged; log:\n{log}");
+    assert!(errors <= 2, "a failing rotation was logged {errors} times in 4 s");
+}
+
+#[test]
+fn an_audit_trail_limit_below_two_files_is_refused_at_start_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = HashMap::from([
+        ("AEGIS_AUDIT_MAX_FILE_BYTES".to_owned(), "8192".to_owned()),
+        ("AEGIS_AUDIT_MAX_TOTAL_BYTES".to_owned(), "8192".to_owned()),
+    ]);
+    // `timeout`: a Safe that wrongly starts is stopped rather than holding the test.
+    let out = cmd("timeout", &env)
+        .args(["30", AEGIS, "dev", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("AEGIS_AUDIT_MAX_TOTAL_BYTES"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varied_requests_past_a_callers_share_of_series_fold_into_one_counted_line() {
+    // A long window: without the per-caller limit every distinct request would be a line of its own.
+    let mut safe = Safe::dev_with(&["--audit-fold-ms", "60000", "--audit-fold-series-per-caller", "16"], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    let reads = 400;
+    for i in 0..reads {
+        let r = admin.get(&format!("nothing-{i}"), None).await;
+        assert!(matches!(r, Err(ClientError::Refused { status: 404, .. })), "{r:?}");
+    }
+    stop(&mut safe);
+    let all = events(&trail(&safe));
+    let lines = requests(&all, "read");
+    let catch_all: Vec<_> = lines.iter().filter(|l| l["varied"] == true).collect();
+    assert!(lines.len() <= 16 + 1, "{} lines for {reads} varied reads", lines.len());
+    assert_eq!(catch_all.len(), 1, "{catch_all:?}");
+    assert_eq!(counted(&lines), reads, "every read is counted");
+    assert!(catch_all[0]["secrets"].is_null() && catch_all[0]["caller"] == admin.spiffe_id().as_str());
 }

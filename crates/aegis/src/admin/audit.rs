@@ -62,6 +62,13 @@ struct VerifyArgs {
     /// whole lines cut off at the end).
     #[arg(long)]
     complete: bool,
+    /// The Safe's sealed audit head (default: DATA_DIR/audit.head): the trail must reach the
+    /// anchor it records, which proves that no newest lines or files were removed.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_head")]
+    head: Option<PathBuf>,
+    /// Check without the head: whether the newest lines or files were removed is then NOT proven.
+    #[arg(long)]
+    no_head: bool,
 }
 
 #[derive(Args, Debug)]
@@ -96,7 +103,7 @@ async fn verify(a: VerifyArgs) -> Result<(), CliError> {
         aegis_audit::files::trail_files(&current)
             .map_err(|e| CliError::new(CONFIG, format!("cannot list the audit trail {}: {e}", current.display())))?
     } else {
-        a.files
+        a.files.clone()
     };
     if files.is_empty() {
         return Err(CliError::new(
@@ -108,8 +115,16 @@ async fn verify(a: VerifyArgs) -> Result<(), CliError> {
     for p in &a.root_key_files {
         keys.push(load_root_key(&KeySource::File(p.clone())).await?.audit_key());
     }
-    let s =
-        aegis_audit::verify(&files, &keys).map_err(|f| CliError::new(FAILURE, format!("audit trail broken: {f}")))?;
+    let head = read_head(&a, !keys.is_empty())?;
+    let s = aegis_audit::verify_with_head(&files, &keys, head.as_ref())
+        .map_err(|f| CliError::new(FAILURE, format!("audit trail broken: {f}")))?;
+    if a.complete && s.head.is_none() {
+        return Err(CliError::new(
+            FAILURE,
+            "audit trail not proven complete: no audit head was checked, so whether the newest lines or files were \
+             removed is unknown (--complete needs the head: give --head FILE)",
+        ));
+    }
     if a.complete && s.after_last_anchor > 0 {
         let last = files.last().map(|p| p.display().to_string()).unwrap_or_default();
         return Err(CliError::new(
@@ -125,13 +140,60 @@ async fn verify(a: VerifyArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The sealed head to check the trail's end against. With a root key it is
+/// required (unless --no-head): without it a trail cut back to any anchor verifies.
+fn read_head(a: &VerifyArgs, required: bool) -> Result<Option<aegis_audit::Head>, CliError> {
+    if a.no_head {
+        return Ok(None);
+    }
+    let path = a.head.clone().unwrap_or_else(|| aegis_audit::head::default_path(&a.trail.data_dir));
+    match aegis_audit::Head::read(&path) {
+        Ok(Some(h)) => Ok(Some(h)),
+        Ok(None) if !required => Ok(None),
+        Ok(None) => Err(CliError::new(
+            FAILURE,
+            format!(
+                "no audit head at {}: without it, a trail whose newest lines or files were removed cannot be told \
+                 from a whole one. Give the Safe's head with --head FILE (it is DATA_DIR/audit.head), or --no-head \
+                 to check the rest anyway",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(CliError::new(FAILURE, format!("cannot read the audit head {}: {e}", path.display()))),
+    }
+}
+
 fn report(files: &[PathBuf], s: &aegis_audit::Summary) -> String {
     let mut out = format!(
-        "ok: {} lines in {} file(s), chain intact; {} anchor(s) checked",
+        "ok: {} lines in {} file(s), chain intact (events {} to {}); {} anchor(s) checked",
         s.lines,
         files.len(),
+        s.first_seq,
+        s.last_seq.map_or("none".to_owned(), |n| n.to_string()),
         s.anchors_checked
     );
+    match &s.head {
+        Some((h, true)) => out.push_str(&format!(
+            "\nproven: the trail reaches the Safe's sealed head (anchor at event {}, written {}): no newer anchored \
+             lines or files were removed before then (a head file replaced by an older copy of itself is not \
+             detected: see docs/AUDIT.md)",
+            h.seq, h.time
+        )),
+        Some((h, false)) => out.push_str(&format!(
+            "\nthe trail reaches the head file's event {}, but its MAC is NOT checked (no root key for key id {})",
+            h.seq, h.key_id
+        )),
+        None => {
+            out.push_str("\nNOT proven: that the newest lines or files were not removed (no audit head was checked)")
+        }
+    }
+    if let Some(kept) = s.retained_from.filter(|_| s.first_seq > 0) {
+        out.push_str(&format!(
+            "\nevents before {} were deleted by the Safe's retention (its newest retention line says the trail \
+             starts at event {kept}); they cannot be checked",
+            s.first_seq
+        ));
+    }
     if s.anchors_unchecked > 0 {
         out.push_str(&format!(
             "\nMACs NOT checked for {} anchor(s) (root key ids {}): give --root-key-file for them. The hash chain \
@@ -142,7 +204,8 @@ fn report(files: &[PathBuf], s: &aegis_audit::Summary) -> String {
     }
     if s.after_last_anchor > 0 {
         out.push_str(&format!(
-            "\nthe last {} line(s) follow the last anchor (normal while the Safe runs; --complete refuses it)",
+            "\nNOT proven: the last {} line(s) follow the last anchor and are covered by the chain only: they could \
+             have been cut off or rewritten (normal while the Safe runs; --complete refuses it)",
             s.after_last_anchor
         ));
     }
@@ -155,22 +218,50 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 async fn tail(a: TailArgs) -> Result<(), CliError> {
     let path = a.trail.current();
     let keep = |line: &[u8]| Parsed::parse(line).is_some_and(|p| p.matches(a.caller.as_deref(), a.secret.as_deref()));
-    let text =
-        std::fs::read(&path).map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
-    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let matching: Vec<&[u8]> = text[..complete].split(|&b| b == b'\n').filter(|l| keep(l)).collect();
+    let (matching, complete) = last_matching(&path, a.lines, &keep)
+        .map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
     let mut out = std::io::stdout().lock();
-    for l in &matching[matching.len().saturating_sub(a.lines)..] {
+    for l in &matching {
         print_line(&mut out, l)?;
     }
     drop(out);
     if !a.follow {
         return Ok(());
     }
-    let mut pos = (identity(&path), complete as u64);
+    let mut pos = (identity(&path), complete);
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         pos = follow(&path, pos, &keep)?;
+    }
+}
+
+/// The last `n` complete lines of `path` that `keep` accepts, read a line at
+/// a time (memory holds `n` lines, whatever the file's size), and where the
+/// complete lines end.
+fn last_matching(
+    path: &Path,
+    n: usize,
+    keep: &impl Fn(&[u8]) -> bool,
+) -> std::io::Result<(std::collections::VecDeque<Vec<u8>>, u64)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut found = std::collections::VecDeque::new();
+    let mut complete = 0;
+    loop {
+        let mut line = Vec::new();
+        let read = reader.by_ref().take(aegis_audit::files::MAX_LINE + 1).read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            // The end, a partial last line (still being written), or damage: stop at the last whole line.
+            return Ok((found, complete));
+        }
+        complete += read as u64;
+        line.pop();
+        if n > 0 && keep(&line) {
+            if found.len() == n {
+                found.pop_front();
+            }
+            found.push_back(line);
+        }
     }
 }
 

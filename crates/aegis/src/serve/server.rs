@@ -125,6 +125,29 @@ pub struct AuditArgs {
     #[arg(long, env = "AEGIS_AUDIT_FOLD_MS", default_value_t = aegis_audit::sink::DEFAULT_FOLD.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=aegis_audit::sink::MAX_FOLD.as_millis() as u64))]
     pub audit_fold_ms: u64,
+    /// Most bytes of the whole audit trail (current and rotated files): the oldest rotated
+    /// files are deleted to stay under it. At least twice --audit-max-file-bytes.
+    #[arg(long, env = "AEGIS_AUDIT_MAX_TOTAL_BYTES", default_value_t = aegis_audit::sink::DEFAULT_MAX_TOTAL_BYTES)]
+    pub audit_max_total_bytes: u64,
+    /// Rotated audit files older than this many days are deleted; 0 keeps them whatever their age.
+    #[arg(long, env = "AEGIS_AUDIT_MAX_AGE_DAYS", default_value_t = aegis_audit::sink::DEFAULT_MAX_AGE.as_secs() / 86_400,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub audit_max_age_days: u64,
+    /// Free bytes kept on the audit file system for admin writes' lines: below it, fetch and
+    /// read lines are counted (in the next gap line), not written. 0: no reserve.
+    #[arg(long, env = "AEGIS_AUDIT_RESERVE_BYTES", default_value_t = aegis_audit::sink::DEFAULT_RESERVE_BYTES)]
+    pub audit_reserve_bytes: u64,
+    /// Most series of identical requests folded at once; past it, requests of every caller
+    /// fold into one catch-all line per window.
+    #[arg(long, env = "AEGIS_AUDIT_FOLD_MAX_SERIES", default_value_t = aegis_audit::sink::DEFAULT_FOLD_MAX_SERIES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub audit_fold_max_series: u64,
+    /// Most series of one caller folded at once; past it, its varied requests fold into one
+    /// catch-all line of its own per window.
+    #[arg(long, env = "AEGIS_AUDIT_FOLD_SERIES_PER_CALLER",
+          default_value_t = aegis_audit::sink::DEFAULT_FOLD_SERIES_PER_CALLER as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub audit_fold_series_per_caller: u64,
 }
 
 /// The audit file under the data directory unless told otherwise.
@@ -134,7 +157,17 @@ pub fn default_audit_file(data_dir: &std::path::Path) -> PathBuf {
 
 impl AuditArgs {
     /// The sink's settings for a Safe whose records are in `data_dir`.
-    pub fn config(&self, data_dir: &std::path::Path) -> aegis_audit::SinkConfig {
+    pub fn config(&self, data_dir: &std::path::Path) -> Result<aegis_audit::SinkConfig, CliError> {
+        if self.audit_max_total_bytes < self.audit_max_file_bytes.saturating_mul(2) {
+            return Err(CliError::new(
+                CONFIG,
+                format!(
+                    "AEGIS_AUDIT_MAX_TOTAL_BYTES (--audit-max-total-bytes) is {} but must be at least twice \
+                     AEGIS_AUDIT_MAX_FILE_BYTES ({}): raise it, or lower the file size",
+                    self.audit_max_total_bytes, self.audit_max_file_bytes
+                ),
+            ));
+        }
         let file = match &self.audit_file {
             Some(p) if p.as_os_str() == "off" => None,
             Some(p) if !p.as_os_str().is_empty() => Some(p.clone()),
@@ -145,12 +178,19 @@ impl AuditArgs {
                 "the audit trail file is off (--audit-file off): admin actions and fetches are not recorded in a file"
             );
         }
-        aegis_audit::SinkConfig {
+        Ok(aegis_audit::SinkConfig {
             stdout: self.audit_stdout,
             max_file_bytes: self.audit_max_file_bytes,
             fold: std::time::Duration::from_millis(self.audit_fold_ms),
+            // The head is kept with the records, out of reach of a cut of the audit directory.
+            head: file.is_some().then(|| aegis_audit::head::default_path(data_dir)),
+            max_total_bytes: self.audit_max_total_bytes,
+            max_age: std::time::Duration::from_secs(self.audit_max_age_days * 86_400),
+            reserve_bytes: self.audit_reserve_bytes,
+            fold_max_series: usize::try_from(self.audit_fold_max_series).unwrap_or(usize::MAX),
+            fold_series_per_caller: usize::try_from(self.audit_fold_series_per_caller).unwrap_or(usize::MAX),
             ..aegis_audit::SinkConfig::new(file)
-        }
+        })
     }
 }
 
@@ -379,7 +419,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         conn_limits: a.limits.conn_limits(),
         roles: roles()?,
         template_budget: template_budget(a),
-        audit: a.audit.config(&a.data_dir),
+        audit: a.audit.config(&a.data_dir)?,
     })
 }
 
