@@ -511,6 +511,25 @@ async fn namespaces_are_bounded_and_watched_only_while_a_secret_names_them() {
     wait_watches(&k, none + 1.0, "default only after the restart").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(namespaced_secret_watches(&k).await, none + 1.0, "no watch comes back for a deleted secret");
+
+    // An undelete is not checked at write time: the watches still stop at the limit.
+    let six: Vec<String> = (0..6).map(|i| format!("revived-{i}")).collect();
+    let six: Vec<&str> = six.iter().map(String::as_str).collect();
+    c.put("k8s:revived", &put("r", &six, None)).await.unwrap();
+    wait_watches(&k, none + 7.0, "default and the six of k8s:revived").await;
+    c.delete("k8s:revived").await.unwrap();
+    wait_watches(&k, none + 1.0, "default only, k8s:revived deleted").await;
+    let eleven: Vec<String> = (0..11).map(|i| format!("filler-{i}")).collect();
+    let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    c.put("k8s:filler", &put("f", &eleven, None)).await.unwrap();
+    wait_watches(&k, none + 12.0, "the limit").await;
+    c.undelete("k8s:revived").await.unwrap();
+    eventually("the log saying namespaces over the limit are not watched", CATCH_UP, || async {
+        safe.plain_log_text().contains("over the limit of watched namespaces").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(namespaced_secret_watches(&k).await, none + 12.0, "never more watches than the limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
