@@ -35,7 +35,7 @@ use axum::Router;
 pub use rootkey::{FileStore, KeyStoreError, RootKeyStore};
 pub use serve::{serve, start, start_with, Running};
 pub use state::{AppState, RootKeyMode, Settings};
-pub use sync::SecretSync;
+pub use sync::{Refusal, SecretSync};
 
 /// The route templates of the mTLS API: the one table `router` is built from
 /// and metric and log labels are taken from (templates, never secret names).

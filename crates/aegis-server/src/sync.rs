@@ -18,21 +18,31 @@ use axum::http::StatusCode;
 
 use crate::error::ApiError;
 
+/// Why [`SecretSync::check_write`] refuses a write. The messages never hold
+/// a value (nor a key taken from one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A Kubernetes Secret is in the way, or the data cannot become one: 409.
+    Conflict(String),
+    /// The write breaks a limit of the sync (e.g. too many namespaces): 400.
+    Limit(String),
+}
+
 /// A boxed future, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Keeps copies of `k8s:` secrets outside the Safe.
 pub trait SecretSync: Send + Sync {
     /// Runs before a write of `value` with `meta` to the `k8s:` secret `name`
-    /// is stored. `Err` refuses the write with its message (a 409, so it must
-    /// never hold the value); it must answer within a short bound, and accept
-    /// the write when it cannot know.
+    /// is stored. `Err` refuses the write with its message (a 409 or a 400,
+    /// so it must never hold the value); it must answer within a short bound,
+    /// and accept the write when it cannot know.
     fn check_write<'a>(
         &'a self,
         name: &'a SecretName,
         value: &'a SecretValue,
         meta: &'a SecretMeta,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), Refusal>>;
 
     /// The store is open (the Safe was unsealed): follow its commits from now
     /// on, starting with every secret it holds. Called once per store.
@@ -56,5 +66,8 @@ pub(crate) async fn check(
     if name.kind() != SecretKind::Kubernetes {
         return Ok(());
     }
-    sync.check_write(name, value, meta).await.map_err(|why| ApiError::new(StatusCode::CONFLICT, why))
+    sync.check_write(name, value, meta).await.map_err(|r| match r {
+        Refusal::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
+        Refusal::Limit(why) => ApiError::bad_request(why),
+    })
 }

@@ -291,10 +291,11 @@ async fn a_secret_aegis_does_not_manage_is_never_taken_over() {
     let out = tokio::task::block_in_place(|| safe.safe(&admin, &["-w", "k8s:theirs", "-s", "mine"]));
     assert!(!out.status.success());
 
-    // Data Kubernetes would refuse is refused on the write too, naming the key, not the value.
+    // Data Kubernetes would refuse is refused on the write too, describing
+    // the key (its position and length), quoting neither it nor the value.
     let err = c.put("k8s:badkey", &put(r#"{"bad key": "CANARY-bad"}"#, &[], None)).await.unwrap_err().to_string();
-    assert!(err.contains("'bad key'") && err.contains("not a valid Kubernetes Secret key"), "{err}");
-    assert!(!err.contains("CANARY-bad"), "{err}");
+    assert!(err.contains("key 1 of 1") && err.contains("not a valid Kubernetes Secret key"), "{err}");
+    assert!(!err.contains("bad key") && !err.contains("CANARY-bad"), "{err}");
 
     // Kubernetes is unchanged.
     let after = k.secrets("default").get("theirs").await.unwrap();
@@ -411,6 +412,256 @@ async fn a_restart_reconciles_every_secret_and_removes_only_this_safes_orphans()
     k.wait_data("team-a", "deleted", &[("VALUE", "two")]).await;
     k.wait_gone("team-a", "orphan").await;
     assert!(k.data("team-a", "elsewhere").await.is_some(), "another Safe's Secret must stay");
+}
+
+/// Grants the `aegis-safe` ServiceAccount the Secrets of every namespace,
+/// existing or not (as a cluster-wide install would): its watches then hold.
+const SECRETS_EVERYWHERE: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: aegis-test-secrets-everywhere
+rules:
+- apiGroups: [\"\"]
+  resources: [\"secrets\"]
+  verbs: [\"get\", \"list\", \"watch\", \"create\", \"update\", \"patch\", \"delete\"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: aegis-test-secrets-everywhere
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: aegis-test-secrets-everywhere
+subjects:
+- kind: ServiceAccount
+  name: aegis-safe
+  namespace: vsecm-system
+";
+
+/// Watches of Secrets in single namespaces open on the API server now (its
+/// own gauge; the controller manager's watches are cluster-wide, not counted).
+async fn namespaced_secret_watches(k: &Setup) -> f64 {
+    let req = hyper::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = k.cluster.admin_client().request_text(req).await.unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_longrunning_requests{"))
+        .filter(|l| l.contains("resource=\"secrets\"") && l.contains("verb=\"WATCH\""))
+        .filter(|l| l.contains("scope=\"namespace\""))
+        .collect();
+    lines.iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Waits until the API server holds `want` namespaced Secret watches.
+async fn wait_watches(k: &Setup, want: f64, what: &str) {
+    eventually(&format!("{want} namespaced Secret watches ({what})"), CATCH_UP, || async {
+        let n = namespaced_secret_watches(k).await;
+        (n == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_bounded_and_watched_only_while_a_secret_names_them() {
+    let k = Setup::new(&[], &[]).await;
+    k.cluster.apply_yaml(SECRETS_EVERYWHERE).await;
+    let none = namespaced_secret_watches(&k).await;
+    let mut safe = k.safe(&[("AEGIS_K8S_MAX_NAMESPACES", "12")]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:base", &put("b", &[], None)).await.unwrap();
+    wait_state(&c, "k8s:base", "synced").await;
+    wait_watches(&k, none + 1.0, "default only").await;
+
+    // Over the limit (12 with `default`): a 400 naming the limit and its setting; nothing stored.
+    let many: Vec<String> = (0..12).map(|i| format!("nowhere-{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let err = c.put("k8s:wide", &put("w", &many, None)).await.unwrap_err().to_string();
+    assert!(err.contains("400"), "{err}");
+    assert!(err.contains("AEGIS_K8S_MAX_NAMESPACES") && err.contains("limit is 12"), "{err}");
+    assert!(c.list(true).await.unwrap().secrets.iter().all(|i| i.name != "k8s:wide"));
+    let flood: Vec<String> = (0..3000).map(|i| format!("flood-{i}")).collect();
+    let flood: Vec<&str> = flood.iter().map(String::as_str).collect();
+    let err = c.put("k8s:flood", &put("w", &flood, None)).await.unwrap_err().to_string();
+    assert!(err.contains("400") && err.contains("AEGIS_K8S_MAX_NAMESPACES"), "{err}");
+
+    // At the limit: accepted; names need not exist; one watch per namespace.
+    c.put("k8s:wide", &put("w", &many[..11], None)).await.unwrap();
+    c.put("k8s:also", &put("a", &many[..2], None)).await.unwrap();
+    wait_watches(&k, none + 12.0, "default and 11 more").await;
+    let err = c.put("k8s:more", &put("m", &["one-too-many"], None)).await.unwrap_err().to_string();
+    assert!(err.contains("400") && err.contains("limit is 12"), "{err}");
+
+    // A watch stops when no secret names its namespace any more.
+    c.delete("k8s:wide").await.unwrap();
+    wait_watches(&k, none + 3.0, "default and the two of k8s:also").await;
+    c.put("k8s:also", &put("a", &["default"], None)).await.unwrap();
+    wait_watches(&k, none + 1.0, "default only, again").await;
+
+    // Deleted secrets get no watch after a restart.
+    tokio::task::block_in_place(|| {
+        safe.kill9();
+        safe.start();
+        safe.wait_ready();
+    });
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:after", &put("x", &[], None)).await.unwrap();
+    wait_state(&c, "k8s:after", "synced").await;
+    wait_state(&c, "k8s:base", "synced").await;
+    wait_watches(&k, none + 1.0, "default only after the restart").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(namespaced_secret_watches(&k).await, none + 1.0, "no watch comes back for a deleted secret");
+
+    // An undelete is not checked at write time: the watches still stop at the limit.
+    let six: Vec<String> = (0..6).map(|i| format!("revived-{i}")).collect();
+    let six: Vec<&str> = six.iter().map(String::as_str).collect();
+    c.put("k8s:revived", &put("r", &six, None)).await.unwrap();
+    wait_watches(&k, none + 7.0, "default and the six of k8s:revived").await;
+    c.delete("k8s:revived").await.unwrap();
+    wait_watches(&k, none + 1.0, "default only, k8s:revived deleted").await;
+    let eleven: Vec<String> = (0..11).map(|i| format!("filler-{i}")).collect();
+    let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    c.put("k8s:filler", &put("f", &eleven, None)).await.unwrap();
+    wait_watches(&k, none + 12.0, "the limit").await;
+    c.undelete("k8s:revived").await.unwrap();
+    eventually("the log saying namespaces over the limit are not watched", CATCH_UP, || async {
+        safe.plain_log_text().contains("over the limit of watched namespaces").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(namespaced_secret_watches(&k).await, none + 12.0, "never more watches than the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_secrets_of_names_the_safe_lacks_are_never_counted() {
+    let k = Setup::new(&[], &[]).await;
+    let safe = k.safe(&[]);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:real", &put("r", &[], None)).await.unwrap();
+    wait_state(&c, "k8s:real", "synced").await;
+
+    // Anyone who may create Secrets in a watched namespace labels some, naming
+    // secrets the Safe never had (as an orphan of this Safe would).
+    for i in 0..25 {
+        let phantom: Secret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": format!("phantom-{i}"), "labels": {"app.kubernetes.io/managed-by": "aegis"},
+                         "annotations": {"aegis.dev/secret": format!("k8s:phantom-{i}"), "aegis.dev/version": "1",
+                                         "aegis.dev/instance": "default"}},
+            "type": "Opaque", "stringData": {"VALUE": "x"}
+        }))
+        .unwrap();
+        k.secrets("default").create(&PostParams::default(), &phantom).await.unwrap();
+    }
+    // They are orphans of this instance: removed, and never counted.
+    for i in 0..25 {
+        k.wait_gone("default", &format!("phantom-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = c.status().await.unwrap().kubernetes.unwrap();
+    assert_eq!((s.synced, s.pending, s.errors, s.conflicts), (1, 0, 0, 0), "{s:?}");
+    let m = common::metrics(&safe);
+    assert_eq!(common::metric(&m, "aegis_kubernetes_sync_secrets{state=\"pending\"}"), 0.0, "{m}");
+    assert_eq!(common::metric(&m, "aegis_kubernetes_sync_secrets{state=\"synced\"}"), 1.0, "{m}");
+    assert_eq!(common::metric(&m, "aegis_kubernetes_sync_lag_seconds"), 0.0, "{m}");
+    assert!(c.list(true).await.unwrap().secrets.iter().all(|i| !i.name.starts_with("k8s:phantom")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_from_the_value_or_a_template_is_never_quoted_in_the_answer_or_the_log() {
+    let k = Setup::new(&[], &[]).await;
+    let safe = k.safe(&[]);
+    let admin = safe.admin_env();
+    let c = safe.client(&admin).await;
+    // The key (a password pasted as a field name) from the value...
+    let err = c.put("k8s:keyed", &put(r#"{"CANARY-key-61d0 pw": "v"}"#, &[], None)).await.unwrap_err().to_string();
+    assert!(err.contains("409") && err.contains("not a valid Kubernetes Secret key"), "{err}");
+    assert!(err.contains("key 1 of 1") && err.contains("18 bytes long"), "{err}");
+    assert!(!err.contains("CANARY-key-61d0"), "{err}");
+    // ... from a template's output ...
+    let tmpl = r#"{"{{.k}}":"x"}"#;
+    let err = c.put("k8s:keyed", &put(r#"{"k": "CANARY-tkey-28b7 !"}"#, &[], Some(tmpl))).await.unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("409") && err.contains("not a valid Kubernetes Secret key"), "{err}");
+    assert!(!err.contains("CANARY-tkey-28b7"), "{err}");
+    // ... and through VSecM's `safe`.
+    let out =
+        tokio::task::block_in_place(|| safe.safe(&admin, &["-w", "k8s:keyed", "-s", r#"{"CANARY-safe-key x": "v"}"#]));
+    assert!(!out.status.success());
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(!text.contains("CANARY-safe-key"), "{text}");
+    assert!(c.list(true).await.unwrap().secrets.iter().all(|i| i.name != "k8s:keyed"));
+    assert_no_values_in_log(&safe, &["CANARY-key-61d0", "CANARY-tkey-28b7", "CANARY-safe-key"]);
+}
+
+/// Asks the health port for `/healthz` and returns how long the answer took.
+async fn healthz_latency(port: u16) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        assert!(buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200"), "healthz did not say 200");
+    };
+    tokio::time::timeout(Duration::from_secs(60), probe).await.expect("healthz answered within 60 s");
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_responsive_while_copies_of_a_templated_secret_are_edited() {
+    let spaces = ["edit-a", "edit-b", "edit-c", "edit-d"];
+    let k = Setup::new(&spaces, &[]).await;
+    // One async worker thread, as the chart's one CPU gives the Safe.
+    let safe = k.safe(&[("TOKIO_WORKER_THREADS", "1"), ("AEGIS_LOG", "info")]);
+    let c = safe.client(&safe.admin_env()).await;
+    // A template that takes a good part of the template budget to render.
+    let list: Vec<&str> = vec!["1"; 25_000];
+    let value = format!(r#"{{"user": "u", "l": [{}]}}"#, list.join(","));
+    let tmpl = r#"{"USER":"{{.user}}{{range .l}}{{$x := printf "%9000d" .}}{{end}}"}"#;
+    let t = Instant::now();
+    c.put("k8s:heavy", &put(&value, &spaces, Some(tmpl))).await.unwrap();
+    eprintln!("write with the heavy template took {:?}", t.elapsed());
+    for ns in spaces {
+        k.wait_data(ns, "heavy", &[("USER", "u")]).await;
+    }
+    wait_state(&c, "k8s:heavy", "synced").await;
+
+    let mut baseline = Duration::ZERO;
+    for _ in 0..10 {
+        baseline = baseline.max(healthz_latency(safe.health).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Edit an annotation of every copy, again and again, while probing /healthz.
+    let editor = {
+        let apis: Vec<Api<Secret>> = spaces.iter().map(|ns| k.secrets(ns)).collect();
+        tokio::spawn(async move {
+            for round in 0..15 {
+                for api in &apis {
+                    let edit = serde_json::json!({"metadata": {"annotations": {"touched": round.to_string()}}});
+                    api.patch("heavy", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+                }
+            }
+        })
+    };
+    let mut worst = Duration::ZERO;
+    while !editor.is_finished() {
+        worst = worst.max(healthz_latency(safe.health).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    editor.await.unwrap();
+    for _ in 0..20 {
+        worst = worst.max(healthz_latency(safe.health).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("/healthz: baseline max {baseline:?}, max while editing {worst:?}");
+    // Generous: idle answers take milliseconds; a liveness probe gives up at 3 s.
+    let bound = (baseline * 20).clamp(Duration::from_secs(2), Duration::from_secs(3));
+    assert!(worst < bound, "/healthz took {worst:?} while copies were edited (baseline {baseline:?})");
+    // The annotation edits changed nothing that matters: still synced, no repair needed.
+    let i = wait_state(&c, "k8s:heavy", "synced").await;
+    assert_eq!(i.kubernetes.unwrap().synced_version, Some(1));
 }
 
 // ---- benchmarks (ignored; run explicitly, see docs/BENCHMARKS.md) ----

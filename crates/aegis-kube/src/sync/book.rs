@@ -128,6 +128,11 @@ impl Book {
         (backoff(first, t.attempts), new)
     }
 
+    /// Forgets `name`: it is not in the store, so it is not counted.
+    pub fn forget(&self, name: &SecretName) {
+        self.lock().remove(name);
+    }
+
     /// Namespaces the last sync of `name` wrote copies to.
     pub fn namespaces(&self, name: &SecretName) -> BTreeSet<String> {
         self.lock().get(name).map(|t| t.namespaces.clone()).unwrap_or_default()

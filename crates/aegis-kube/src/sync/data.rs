@@ -39,12 +39,23 @@ pub enum DataError {
     /// The template is over the template budget.
     #[error("the template cannot be rendered: {0}")]
     Template(String),
-    /// A key Kubernetes refuses.
+    /// A key Kubernetes refuses. The key itself is never quoted: it comes
+    /// from the value (or a template's output) and may be part of a secret.
     #[error(
-        "the key '{0}' is not a valid Kubernetes Secret key (1 to 253 of letters, digits, '-', '_' and '.'); \
+        "key {position} of {count} (in alphabetical order; {len} bytes long) is not a valid Kubernetes Secret \
+         key: {rule}; Kubernetes accepts 1 to 253 of letters, digits, '-', '_' and '.' (not '.' or '..' alone); \
          rename the field"
     )]
-    BadKey(String),
+    BadKey {
+        /// 1-based position among the keys, in alphabetical order.
+        position: usize,
+        /// How many keys there are.
+        count: usize,
+        /// The key's length in bytes.
+        len: usize,
+        /// Which rule it breaks.
+        rule: &'static str,
+    },
 }
 
 /// The data of the Secret for `value` under `meta`.
@@ -61,8 +72,10 @@ pub fn secret_data(value: &SecretValue, meta: &SecretMeta, budget: &Budget) -> R
         }
         None => without_template(raw),
     };
-    if let Some(bad) = map.keys().find(|k| !valid_key(k)) {
-        return Err(DataError::BadKey(bad.escape_debug().to_string()));
+    let count = map.len();
+    let bad = map.keys().enumerate().find_map(|(i, k)| key_rule_broken(k).map(|rule| (i + 1, k.len(), rule)));
+    if let Some((position, len, rule)) = bad {
+        return Err(DataError::BadKey { position, count, len, rule });
     }
     Ok(SecretData(map.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()))
 }
@@ -79,13 +92,19 @@ fn string_object(text: &str) -> Option<BTreeMap<String, String>> {
     serde_json::from_str(text).ok()
 }
 
-/// Whether Kubernetes accepts `k` as a Secret key.
-fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= MAX_KEY_LEN
-        && k != "."
-        && k != ".."
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+/// The rule of Kubernetes Secret keys that `k` breaks, if any (never the key).
+fn key_rule_broken(k: &str) -> Option<&'static str> {
+    if k.is_empty() {
+        Some("it is empty")
+    } else if k.len() > MAX_KEY_LEN {
+        Some("it is longer than 253 bytes")
+    } else if k == "." || k == ".." {
+        Some("it is '.' or '..'")
+    } else if !k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        Some("it holds a character other than letters, digits, '-', '_' and '.'")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -133,10 +152,18 @@ mod tests {
     }
 
     #[test]
-    fn keys_kubernetes_refuses_are_named() {
-        let err = data(r#"{"bad key": "x"}"#, None).unwrap_err();
-        assert!(err.to_string().contains("'bad key'"), "{err}");
-        assert!(!err.to_string().contains("\"x\""), "{err}");
+    fn keys_kubernetes_refuses_are_described_never_quoted() {
+        let err = data(r#"{"a": "1", "bad key CANARY": "x"}"#, None).unwrap_err().to_string();
+        assert!(err.contains("key 2 of 2") && err.contains("14 bytes long"), "{err}");
+        assert!(err.contains("a character other than letters"), "{err}");
+        assert!(!err.contains("CANARY") && !err.contains("\"x\""), "{err}");
+        let long = format!(r#"{{"{}": "x"}}"#, "k".repeat(254));
+        assert!(data(&long, None).unwrap_err().to_string().contains("longer than 253"));
+        assert!(data(r#"{"..": "x"}"#, None).unwrap_err().to_string().contains("'.' or '..'"));
+        assert!(data(r#"{"": "x"}"#, None).unwrap_err().to_string().contains("it is empty"));
+        // From a template's output too.
+        let err = data(r#"{"a": "b"}"#, Some(r#"{"CANARY key":"{{.a}}"}"#)).unwrap_err().to_string();
+        assert!(!err.contains("CANARY"), "{err}");
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //! watcher (`watch.rs`), which import this module and never each other's
 //! decisions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use aegis_core::transform::Budget;
 use aegis_core::SecretName;
 use aegis_store::Entry;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use sha2::{Digest, Sha256};
 
 use super::data::{secret_data, DataError, SecretData};
 use super::{Ctx, INSTANCE_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SECRET_ANNOTATION, VERSION_ANNOTATION};
@@ -30,16 +34,85 @@ pub(super) enum Desired {
 }
 
 impl Desired {
-    /// What `entry` (the store's, if any) must look like in Kubernetes.
-    pub(super) fn of(ctx: &Ctx, entry: Option<&Entry>) -> Desired {
-        let Some((v, value)) = entry.and_then(|e| e.doc.live()) else { return Desired::Absent };
-        match secret_data(value, &v.meta, &ctx.cfg.template_budget) {
+    /// What `entry` (the store's, if any) must look like in Kubernetes,
+    /// computed off the async threads (it may render a template).
+    pub(super) async fn of(ctx: &Ctx, entry: Option<Arc<Entry>>) -> Desired {
+        let Some(entry) = entry.filter(|e| e.doc.live().is_some()) else { return Desired::Absent };
+        let budget = ctx.cfg.template_budget;
+        ctx.off_runtime(move || Desired::compute(&entry, &budget)).await.unwrap_or_else(|| {
+            Desired::Invalid(DataError::Template("the render stopped unexpectedly; see the Safe's log".to_owned()))
+        })
+    }
+
+    /// [`Desired::of`], on the calling thread.
+    fn compute(entry: &Entry, budget: &Budget) -> Desired {
+        let Some((v, value)) = entry.doc.live() else { return Desired::Absent };
+        match secret_data(value, &v.meta, budget) {
             Ok(data) => {
                 Desired::Present { version: v.number, namespaces: v.meta.namespaces.iter().cloned().collect(), data }
             }
             Err(e) => Desired::Invalid(e),
         }
     }
+
+    /// What the watchers compare copies with: no value, only a digest.
+    pub(super) fn fingerprint(&self, revision: u64) -> Fingerprint {
+        let wants = match self {
+            Desired::Present { version, namespaces, data } => {
+                Wants::Copies { version: *version, namespaces: namespaces.clone(), digest: digest(Some(&data.0)) }
+            }
+            Desired::Absent => Wants::Nothing,
+            Desired::Invalid(_) => Wants::Unknown,
+        };
+        Fingerprint { revision, wants }
+    }
+}
+
+/// What the copies of a secret at `revision` must be, without its data: a
+/// watcher decides from it whether a copy drifted, without rendering.
+#[derive(Debug)]
+pub(super) struct Fingerprint {
+    /// The store's revision of the secret it was computed for.
+    pub revision: u64,
+    /// What it asks for.
+    pub wants: Wants,
+}
+
+/// See [`Fingerprint`].
+#[derive(Debug)]
+pub(super) enum Wants {
+    /// A copy holding `version` in each namespace, its data hashing to `digest`.
+    Copies { version: u64, namespaces: BTreeSet<String>, digest: [u8; 32] },
+    /// No copy.
+    Nothing,
+    /// The data cannot be a Secret: the sync retries on its own.
+    Unknown,
+}
+
+impl Fingerprint {
+    /// Whether the copy `obj` in `ns` is what is wanted (`Unknown`: yes, as
+    /// nothing a watcher could do would help).
+    pub(super) fn accepts(&self, ns: &str, obj: &Secret, keep_on_delete: bool) -> bool {
+        match &self.wants {
+            Wants::Copies { version, namespaces, digest: want } => {
+                namespaces.contains(ns) && same_meta(obj, *version) && digest(obj.data.as_ref()) == *want
+            }
+            Wants::Nothing => keep_on_delete,
+            Wants::Unknown => true,
+        }
+    }
+}
+
+/// SHA-256 over the keys and values with their lengths, so no two maps share it.
+fn digest(data: Option<&BTreeMap<String, ByteString>>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (k, v) in data.into_iter().flatten() {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.0.len() as u64).to_le_bytes());
+        h.update(&v.0);
+    }
+    h.finalize().into()
 }
 
 /// Whose a Secret is.
@@ -83,9 +156,30 @@ pub(super) fn secret_of(obj: &Secret, instance: &str) -> Option<SecretName> {
 
 /// Whether `obj` already is what `desired` asks for.
 pub(super) fn matches(obj: &Secret, version: u64, data: &SecretData) -> bool {
+    same_meta(obj, version) && obj.data.as_ref().map_or(data.0.is_empty(), |d| *d == data.0)
+}
+
+/// Whether `obj` is a live Opaque Secret annotated with `version`.
+fn same_meta(obj: &Secret, version: u64) -> bool {
     let ann = |k: &str| obj.metadata.annotations.as_ref().and_then(|a| a.get(k)).map(String::as_str);
     obj.metadata.deletion_timestamp.is_none()
         && obj.type_.as_deref() == Some("Opaque")
         && ann(VERSION_ANNOTATION) == Some(version.to_string().as_str())
-        && obj.data.as_ref().map_or(data.0.is_empty(), |d| *d == data.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bs(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+        pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()
+    }
+
+    #[test]
+    fn the_digest_tells_data_apart_and_empty_equals_none() {
+        assert_eq!(digest(None), digest(Some(&bs(&[]))));
+        assert_ne!(digest(Some(&bs(&[("ab", "c")]))), digest(Some(&bs(&[("a", "bc")]))));
+        assert_ne!(digest(Some(&bs(&[("a", "1")]))), digest(Some(&bs(&[("a", "2")]))));
+        assert_eq!(digest(Some(&bs(&[("a", "1"), ("b", "2")]))), digest(Some(&bs(&[("b", "2"), ("a", "1")]))));
+    }
 }

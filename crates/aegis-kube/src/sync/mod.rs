@@ -17,9 +17,20 @@
 //! - failures are retried with capped exponential backoff
 //!   ([`book::RETRY_FIRST`] to [`book::RETRY_CAP`]); the state of each secret
 //!   is in [`SecretSync::state`];
-//! - managed Secrets are watched in every target namespace, so a copy edited
-//!   or deleted by hand is restored within moments, and a restart syncs
-//!   every `k8s:` secret again.
+//! - managed Secrets are watched in every namespace a live `k8s:` secret
+//!   names (one watch per namespace, stopped when no secret names it any
+//!   more; at most [`SyncConfig::max_namespaces`]), so a copy edited or
+//!   deleted by hand is restored within moments, and a restart syncs every
+//!   `k8s:` secret again;
+//! - templates are rendered off the async threads, at most
+//!   [`SyncConfig::render_threads`] at once, and only when a secret changes
+//!   or a copy drifts: the watchers compare copies with a digest;
+//! - only secrets the store holds are counted in the state; a labelled
+//!   Secret naming an unknown secret is removed (it is an orphan of this
+//!   instance) and never counted;
+//! - a Secret is created with a create-only request and changed only under
+//!   the `resourceVersion` it was seen with, so a Secret someone else creates
+//!   at the same moment is never taken over.
 //!
 //! No value reaches a log line, an error or a `Debug` output: the Secret
 //! data is held in [`data::SecretData`], whose `Debug` shows keys only, and
@@ -32,6 +43,11 @@ mod ops;
 pub mod queue;
 mod watch;
 
+/// Default of [`SyncConfig::max_namespaces`].
+pub const DEFAULT_MAX_NAMESPACES: usize = 100;
+/// Default of [`SyncConfig::render_threads`].
+pub const DEFAULT_RENDER_THREADS: usize = 2;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,12 +57,14 @@ use aegis_core::api::{KubeSync, KubeSyncSummary};
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::transform::Budget;
 use aegis_core::{SecretKind, SecretName};
-use aegis_server::sync::{BoxFuture, SecretSync};
+use aegis_server::sync::{BoxFuture, Refusal, SecretSync};
 use aegis_store::Store;
 use kube::Client;
 
 use book::{Book, Problem};
+use desired::Fingerprint;
 use queue::WorkQueue;
+use tokio::sync::Semaphore;
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "aegis";
@@ -77,6 +95,14 @@ pub struct SyncConfig {
     pub workers: usize,
     /// What rendering a template may cost (the Safe's template budget).
     pub template_budget: Budget,
+    /// Most distinct namespaces all live `k8s:` secrets may name together:
+    /// each costs a watch (a connection to the API server). A write over it
+    /// is refused.
+    pub max_namespaces: usize,
+    /// Most Secret data computed at once (templates rendered), each on a
+    /// blocking thread, so the sync never takes the async threads nor all
+    /// blocking ones.
+    pub render_threads: usize,
 }
 
 impl Default for SyncConfig {
@@ -88,6 +114,8 @@ impl Default for SyncConfig {
             request_timeout: Duration::from_secs(10),
             workers: 32,
             template_budget: Budget::default(),
+            max_namespaces: DEFAULT_MAX_NAMESPACES,
+            render_threads: DEFAULT_RENDER_THREADS,
         }
     }
 }
@@ -101,8 +129,12 @@ struct Ctx {
     queue: WorkQueue,
     /// Namespaces -> names of the managed copies seen there by the watchers.
     observed: Mutex<HashMap<SecretName, BTreeSet<String>>>,
-    /// Namespaces watched.
-    watched: Mutex<BTreeSet<String>>,
+    /// The namespaces watched, and the secrets naming each.
+    watches: Mutex<watch::Watches>,
+    /// What each secret's copies must look like, by revision (no values).
+    fingerprints: Mutex<HashMap<SecretName, Arc<Fingerprint>>>,
+    /// Slots for work off the async threads ([`SyncConfig::render_threads`]).
+    slots: Semaphore,
     /// Set when the API server could not be reached; cleared by any answer.
     api_down: AtomicBool,
     /// When the API server last could not be reached.
@@ -125,15 +157,18 @@ impl std::fmt::Debug for Syncer {
 impl Syncer {
     /// A sync over `client`; it starts when the Safe's store opens.
     pub fn new(client: Client, cfg: SyncConfig) -> Self {
+        let slots = Semaphore::new(cfg.render_threads.clamp(1, Semaphore::MAX_PERMITS));
         Self {
             ctx: Arc::new(Ctx {
                 client,
                 cfg,
+                slots,
+                fingerprints: Mutex::new(HashMap::new()),
                 store: OnceLock::new(),
                 book: Book::default(),
                 queue: WorkQueue::default(),
                 observed: Mutex::new(HashMap::new()),
-                watched: Mutex::new(BTreeSet::new()),
+                watches: Mutex::new(watch::Watches::default()),
                 api_down: AtomicBool::new(false),
                 unreachable_at: Mutex::new(None),
             }),
@@ -147,7 +182,7 @@ impl SecretSync for Syncer {
         name: &'a SecretName,
         value: &'a SecretValue,
         meta: &'a SecretMeta,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(ops::check_write(&self.ctx, name, value, meta))
     }
 
@@ -178,6 +213,37 @@ impl SecretSync for Syncer {
 impl Ctx {
     fn store(&self) -> Option<&Store> {
         self.store.get()
+    }
+
+    /// Runs `f` on a blocking thread once one of the sync's slots is free:
+    /// CPU work (a template render, parsing a value) never runs on the async
+    /// threads, and never on more than [`SyncConfig::render_threads`] at once.
+    /// `None` if `f` panicked.
+    async fn off_runtime<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _slot = self.slots.acquire().await.ok()?;
+        tokio::task::spawn_blocking(f).await.ok()
+    }
+
+    fn fingerprint(&self, name: &SecretName) -> Option<Arc<Fingerprint>> {
+        self.fingerprints.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    fn set_fingerprint(&self, name: &SecretName, fp: Option<Fingerprint>) {
+        let mut f = self.fingerprints.lock().unwrap_or_else(|e| e.into_inner());
+        match fp {
+            Some(fp) => f.insert(name.clone(), Arc::new(fp)),
+            None => f.remove(name),
+        };
+    }
+
+    /// Forgets what the watchers saw in `ns` (its watch stopped).
+    fn forget_observed_in(&self, ns: &str) {
+        let mut o = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        o.retain(|_, nss| {
+            nss.remove(ns);
+            !nss.is_empty()
+        });
     }
 
     /// Notes an answer from the API server; if it had been unreachable,
@@ -222,30 +288,21 @@ impl Ctx {
 }
 
 /// Follows the store's commits: every `k8s:` secret at a revision not seen
-/// yet is queued (all of them on the first pass).
+/// yet is queued (all of them on the first pass). Each sync of a secret
+/// watches the namespaces it names now and looks for left-over copies in
+/// those it named before, so nothing is watched for deleted secrets.
 async fn follow(ctx: Arc<Ctx>, store: Store) {
     let mut commits = store.subscribe();
-    let mut first = true;
     loop {
         commits.borrow_and_update();
         for e in store.list() {
             if e.doc.name.kind() != SecretKind::Kubernetes {
                 continue;
             }
-            if first {
-                // Watch everywhere a copy may be, so that copies left over
-                // while the Safe was down are found.
-                for v in &e.doc.versions {
-                    for ns in &v.meta.namespaces {
-                        watch::ensure(&ctx, ns);
-                    }
-                }
-            }
             if ctx.book.saw(&e.doc.name, e.doc.revision) {
                 ctx.queue.push(e.doc.name.clone());
             }
         }
-        first = false;
         if commits.changed().await.is_err() {
             return;
         }

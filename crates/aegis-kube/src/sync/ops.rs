@@ -3,12 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aegis_core::secret::{SecretMeta, SecretValue};
-use aegis_core::SecretName;
+use aegis_core::{SecretKind, SecretName};
+use aegis_server::sync::Refusal;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::Api;
 
 use super::book::Problem;
@@ -21,6 +24,9 @@ use super::{
 
 /// After the API server could not be reached, writes skip the check for this long.
 const CHECK_SKIP_WINDOW: Duration = Duration::from_secs(5);
+
+/// Requests one sync of a secret sends at once (one per namespace).
+const NAMESPACES_AT_ONCE: usize = 8;
 
 fn conflict(ns: &str, k8s: &str, owner: &Owner) -> String {
     match owner {
@@ -54,7 +60,13 @@ fn classify(ctx: &Ctx, e: kube::Error, verb: &str, ns: &str, k8s: &str) -> Probl
                     s.message
                 )),
                 409 => Problem::Transient(format!("the Secret '{ns}/{k8s}' changed while Aegis wrote it")),
-                400 | 422 => Problem::Error(format!("Kubernetes refused the Secret '{ns}/{k8s}': {}", s.message)),
+                // The API server's message may quote the Secret's keys (taken
+                // from the value): only its code and reason are shown.
+                400 | 422 => Problem::Error(format!(
+                    "Kubernetes refused the Secret '{ns}/{k8s}' ({} {}; its message is left out as it may quote \
+                     the data); check the secret's keys and size",
+                    s.code, s.reason
+                )),
                 code => Problem::Transient(format!(
                     "the Kubernetes API answered {code} {} to {verb} '{ns}/{k8s}'",
                     s.reason
@@ -117,7 +129,11 @@ fn manifest(ns: &str, k8s: &str, name: &SecretName, version: u64, data: &SecretD
     }
 }
 
-/// Makes the Secret in `ns` hold `version` of `name`.
+/// Makes the Secret in `ns` hold `version` of `name`. A Secret that is not
+/// there is created with a create-only request, one that is ours is changed
+/// only at the `resourceVersion` it was seen with: a Secret someone else
+/// creates or changes meanwhile makes the request fail (409), and the next
+/// try finds whose it is. Aegis never takes over a Secret it did not create.
 async fn ensure(
     ctx: &Ctx,
     ns: &str,
@@ -130,13 +146,22 @@ async fn ensure(
     let limit = ctx.cfg.request_timeout;
     let current = timed(ctx, limit, api.get_opt(k8s), "get", ns, k8s).await?;
     let mut body = manifest(ns, k8s, name, version, data, ctx);
-    if let Some(obj) = &current {
-        match owner(obj, name, &ctx.cfg.instance) {
-            Owner::Ours if matches(obj, version, data) => return Ok(()),
-            // A precondition: if the Secret changes hands meanwhile, the apply fails.
-            Owner::Ours => body.metadata.resource_version = obj.metadata.resource_version.clone(),
-            other => return Err(Problem::Conflict(conflict(ns, k8s, &other))),
-        }
+    let Some(obj) = &current else {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+        timed(ctx, limit, api.create(&params, &body), "create", ns, k8s).await?;
+        ctx.set_observed(name, ns, true);
+        tracing::debug!(secret = %name, namespace = ns, version, "Kubernetes Secret created");
+        return Ok(());
+    };
+    match owner(obj, name, &ctx.cfg.instance) {
+        Owner::Ours if matches(obj, version, data) => return Ok(()),
+        // A precondition: if the Secret changes hands meanwhile, the apply fails.
+        Owner::Ours => body.metadata.resource_version = obj.metadata.resource_version.clone(),
+        other => return Err(Problem::Conflict(conflict(ns, k8s, &other))),
+    }
+    if body.metadata.resource_version.is_none() {
+        // Without a resourceVersion the apply would be unconditional.
+        return Err(Problem::Transient(format!("the Secret '{ns}/{k8s}' has no resourceVersion yet")));
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = timed(ctx, limit, api.patch(k8s, &params, &Patch::Apply(&body)), "patch", ns, k8s).await?;
@@ -210,39 +235,43 @@ fn worst(problems: Vec<Problem>) -> Option<Problem> {
 
 /// Makes Kubernetes match `name` as the store holds it now. Returns the
 /// pause before the next try when it failed.
-pub(super) async fn sync_one(ctx: &std::sync::Arc<Ctx>, name: &SecretName) -> Option<Duration> {
+pub(super) async fn sync_one(ctx: &Arc<Ctx>, name: &SecretName) -> Option<Duration> {
     let store = ctx.store()?;
     let k8s = name.kubernetes_name()?;
-    let entry = store.get(name);
-    let revision = entry.as_ref().map_or(0, |e| e.doc.revision);
+    let Some(entry) = store.get(name) else {
+        remove_orphans(ctx, name, k8s).await;
+        return None;
+    };
+    let revision = entry.doc.revision;
     // Every namespace a copy may be in: those of the versions kept, those
     // last written, those the watchers saw.
-    let mut stale: BTreeSet<String> = entry
-        .as_ref()
-        .map(|e| e.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().cloned()).collect())
-        .unwrap_or_default();
+    let mut stale: BTreeSet<String> =
+        entry.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().cloned()).collect();
     stale.extend(ctx.book.namespaces(name));
     stale.extend(ctx.observed(name));
-    let desired = Desired::of(ctx, entry.as_deref());
+    let desired = Desired::of(ctx, Some(entry)).await;
+    ctx.set_fingerprint(name, Some(desired.fingerprint(revision)));
     let (present, version) = match &desired {
         Desired::Present { namespaces, version, .. } => (namespaces.clone(), Some(*version)),
-        Desired::Absent if ctx.cfg.keep_on_delete => {
-            ctx.book.synced(name, revision, None, BTreeSet::new());
-            return None;
-        }
         Desired::Absent => (BTreeSet::new(), None),
         Desired::Invalid(e) => {
-            let (wait, new) = ctx.book.failed(name, revision, Problem::Error(e.to_string()));
+            let p = Problem::Error(e.to_string());
+            let (wait, new) = ctx.book.failed(name, revision, p.clone());
             if new {
-                log_problem(name, &Problem::Error(e.to_string()), wait);
+                log_problem(name, &p, wait);
             }
-            return Some(wait);
+            // Bad keys stay bad until the next write (which queues the
+            // secret); a render over a time budget may pass later.
+            return matches!(e, DataError::Template(_)).then_some(wait);
         }
     };
-    stale.retain(|ns| !present.contains(ns));
-    for ns in present.iter().chain(stale.iter()) {
-        watch::ensure(ctx, ns);
+    // Only namespaces named now are watched: none for a deleted secret.
+    watch::set(ctx, name, &present);
+    if version.is_none() && ctx.cfg.keep_on_delete {
+        ctx.book.synced(name, revision, None, BTreeSet::new());
+        return None;
     }
+    stale.retain(|ns| !present.contains(ns));
     let mut jobs = Vec::new();
     if let Desired::Present { version, data, .. } = &desired {
         for ns in &present {
@@ -252,8 +281,9 @@ pub(super) async fn sync_one(ctx: &std::sync::Arc<Ctx>, name: &SecretName) -> Op
     for ns in &stale {
         jobs.push(futures::future::Either::Right(remove(ctx, ns, k8s, name)));
     }
-    let problems: Vec<Problem> = futures::future::join_all(jobs).await.into_iter().filter_map(Result::err).collect();
-    match worst(problems) {
+    let results: Vec<Result<(), Problem>> =
+        futures::stream::iter(jobs).buffer_unordered(NAMESPACES_AT_ONCE).collect().await;
+    match worst(results.into_iter().filter_map(Result::err).collect()) {
         None => {
             ctx.book.synced(name, revision, version, present);
             None
@@ -268,49 +298,105 @@ pub(super) async fn sync_one(ctx: &std::sync::Arc<Ctx>, name: &SecretName) -> Op
     }
 }
 
-/// The check before a write of a `k8s:` secret: refuses data Kubernetes
-/// would refuse and a Secret in the way that Aegis does not manage; accepts
-/// when the API server does not answer in time.
+/// `name` is not in the store: the labelled Secrets of this instance naming
+/// it are orphans, removed (unless copies are kept on delete) and never
+/// counted in the state; they are tried once, as the watchers report them
+/// again on their next listing.
+async fn remove_orphans(ctx: &Arc<Ctx>, name: &SecretName, k8s: &str) {
+    ctx.book.forget(name);
+    ctx.set_fingerprint(name, None);
+    watch::set(ctx, name, &BTreeSet::new());
+    for ns in ctx.observed(name) {
+        if !ctx.cfg.keep_on_delete {
+            if let Err(p) = remove(ctx, &ns, k8s, name).await {
+                tracing::debug!(secret = %name, namespace = %ns, reason = %p.reason(), "orphan Secret not removed");
+            }
+        }
+        ctx.set_observed(name, &ns, false);
+    }
+}
+
+/// The check before a write of a `k8s:` secret: refuses a write over the
+/// namespace limit, data Kubernetes would refuse and a Secret in the way
+/// that Aegis does not manage; accepts when the API server does not answer
+/// in time.
 pub(super) async fn check_write(
     ctx: &Ctx,
     name: &SecretName,
     value: &SecretValue,
     meta: &SecretMeta,
-) -> Result<(), String> {
-    let refused = |e: DataError| format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored");
-    if meta.template.is_some() {
-        // A render may take up to the template budget's time: off the async threads.
-        let (value, meta, budget) = (value.clone(), meta.clone(), ctx.cfg.template_budget);
-        tokio::task::spawn_blocking(move || secret_data(&value, &meta, &budget).map(drop))
-            .await
-            .map_err(|_| "the Kubernetes Secret data check failed; see the Safe's log".to_owned())?
-            .map_err(refused)?;
-    } else {
-        secret_data(value, meta, &ctx.cfg.template_budget).map_err(refused)?;
-    }
+) -> Result<(), Refusal> {
+    namespace_limit(ctx, name, meta)?;
+    let refused = |e: DataError| {
+        Refusal::Conflict(format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored"))
+    };
+    // Parsing the value and rendering a template are CPU work: off the async threads.
+    let (v, m, budget) = (value.clone(), meta.clone(), ctx.cfg.template_budget);
+    ctx.off_runtime(move || secret_data(&v, &m, &budget).map(drop))
+        .await
+        .ok_or_else(|| Refusal::Conflict("the Kubernetes Secret data check failed; see the Safe's log".to_owned()))?
+        .map_err(refused)?;
     let Some(k8s) = name.kubernetes_name() else { return Ok(()) };
     // Known to be down just now: do not make every write wait for it.
     if ctx.unreachable_within(CHECK_SKIP_WINDOW) {
         return Ok(());
     }
     let limit = ctx.cfg.check_timeout;
-    let looks = meta.namespaces.iter().map(|ns| async move {
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-        match timed(ctx, limit, api.get_opt(k8s), "get", ns, k8s).await {
-            Ok(Some(obj)) => match owner(&obj, name, &ctx.cfg.instance) {
-                Owner::Ours => Ok(()),
-                other => Err(conflict(ns, k8s, &other)),
-            },
-            // Not there, or not known in time: the sync reports it later.
-            Ok(None) | Err(_) => Ok(()),
-        }
-    });
-    let refusals: Vec<String> = futures::future::join_all(looks).await.into_iter().filter_map(Result::err).collect();
+    let looks: Vec<_> = meta
+        .namespaces
+        .iter()
+        .map(|ns| async move {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            match timed(ctx, limit, api.get_opt(k8s), "get", ns, k8s).await {
+                Ok(Some(obj)) => match owner(&obj, name, &ctx.cfg.instance) {
+                    Owner::Ours => Ok(()),
+                    other => Err(conflict(ns, k8s, &other)),
+                },
+                // Not there, or not known in time: the sync reports it later.
+                Ok(None) | Err(_) => Ok(()),
+            }
+        })
+        .collect();
+    let results: Vec<Result<(), String>> =
+        futures::stream::iter(looks).buffer_unordered(NAMESPACES_AT_ONCE).collect().await;
+    let refusals: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     if refusals.is_empty() {
         Ok(())
     } else {
-        Err(format!("{}; nothing was stored", refusals.join("; ")))
+        Err(Refusal::Conflict(format!("{}; nothing was stored", refusals.join("; "))))
     }
+}
+
+/// Refuses a write that would make all live `k8s:` secrets together name
+/// more than [`super::SyncConfig::max_namespaces`] distinct namespaces:
+/// each is a watch, a connection to the API server, held as long as a
+/// secret names it.
+fn namespace_limit(ctx: &Ctx, name: &SecretName, meta: &SecretMeta) -> Result<(), Refusal> {
+    let max = ctx.cfg.max_namespaces;
+    let mine: BTreeSet<&str> = meta.namespaces.iter().map(String::as_str).collect();
+    let over = |total: usize| {
+        Refusal::Limit(format!(
+            "secret '{name}' names {} namespaces, which would make the k8s: secrets name {total} or more distinct \
+             namespaces together; the limit is {max} (setting AEGIS_K8S_MAX_NAMESPACES; each namespace costs the \
+             Safe a watch on the Kubernetes API): name fewer namespaces or raise the limit; nothing was stored",
+            mine.len()
+        ))
+    };
+    if mine.len() > max {
+        return Err(over(mine.len()));
+    }
+    let Some(store) = ctx.store() else { return Ok(()) };
+    let mut all = mine.clone();
+    let entries = store.list();
+    for e in entries.iter().filter(|e| e.doc.name.kind() == SecretKind::Kubernetes && e.doc.name != *name) {
+        if let Some((v, _)) = e.doc.live() {
+            all.extend(v.meta.namespaces.iter().map(String::as_str));
+            if all.len() > max {
+                return Err(over(all.len()));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -343,6 +429,76 @@ mod tests {
         assert_eq!(secret_of(&secret(&[], &ours), "other"), None);
         let elsewhere = [(SECRET_ANNOTATION, "k8s:other"), (INSTANCE_ANNOTATION, "default")];
         assert_eq!(secret_of(&secret(&[], &elsewhere), "default"), None, "name and annotation must agree");
+    }
+
+    /// A kube client over a fake API server: `answer` maps (method, path) to
+    /// (status, JSON body); every request is recorded.
+    fn fake_client(
+        answer: fn(&str, &str) -> (u16, serde_json::Value),
+    ) -> (kube::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+            log.lock().unwrap().push(format!("{method} {path}"));
+            let (code, body) = answer(&method, &path);
+            let resp = http::Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap();
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        (kube::Client::new(svc, "default"), seen)
+    }
+
+    fn status(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "m",
+                           "reason": reason, "code": code})
+    }
+
+    #[tokio::test]
+    async fn a_secret_created_between_the_get_and_the_write_is_never_taken_over() {
+        // The get finds nothing; someone creates the Secret before the write:
+        // the write must be create-only (a POST that fails with 409), never an
+        // apply (a PATCH would merge into the other Secret and take it over).
+        let (client, seen) = fake_client(|method, _| match method {
+            "GET" => (404, status(404, "NotFound")),
+            "POST" => (409, status(409, "AlreadyExists")),
+            _ => (200, serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}})),
+        });
+        let syncer = super::super::Syncer::new(client, super::super::SyncConfig::default());
+        let name = SecretName::parse("k8s:db").unwrap();
+        let data = SecretData(BTreeMap::from([("a".to_owned(), k8s_openapi::ByteString(b"1".to_vec()))]));
+        let got = ensure(&syncer.ctx, "default", "db", &name, 1, &data).await;
+        assert!(matches!(got, Err(Problem::Transient(_))), "{got:?}");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, vec!["GET /api/v1/namespaces/default/secrets/db", "POST /api/v1/namespaces/default/secrets"]);
+    }
+
+    #[tokio::test]
+    async fn an_update_is_conditional_on_the_resource_version_seen() {
+        // Ours, outdated: the apply carries the resourceVersion of the get.
+        let (client, seen) = fake_client(|method, _| match method {
+            "GET" => (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "db", "namespace": "default", "resourceVersion": "41",
+                        "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+                        "annotations": {SECRET_ANNOTATION: "k8s:db", INSTANCE_ANNOTATION: "default",
+                                        VERSION_ANNOTATION: "1"}},
+                    "data": {"a": "MQ=="}}),
+            ),
+            _ => (409, status(409, "Conflict")),
+        });
+        let syncer = super::super::Syncer::new(client, super::super::SyncConfig::default());
+        let name = SecretName::parse("k8s:db").unwrap();
+        let data = SecretData(BTreeMap::from([("a".to_owned(), k8s_openapi::ByteString(b"2".to_vec()))]));
+        let got = ensure(&syncer.ctx, "default", "db", &name, 2, &data).await;
+        assert!(matches!(got, Err(Problem::Transient(_))), "{got:?}");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[1].starts_with("PATCH "), "{seen:?}");
     }
 
     #[test]

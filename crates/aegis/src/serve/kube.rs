@@ -27,6 +27,16 @@ pub struct KubeArgs {
     #[arg(long = "k8s-check-timeout-ms", env = "AEGIS_K8S_CHECK_TIMEOUT_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=30_000))]
     pub check_timeout_ms: u64,
+    /// Most distinct namespaces all `k8s:` secrets may name together (each is a watch on the Kubernetes API).
+    #[arg(long = "k8s-max-namespaces", env = "AEGIS_K8S_MAX_NAMESPACES",
+          default_value_t = aegis_kube::sync::DEFAULT_MAX_NAMESPACES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub max_namespaces: usize,
+    /// Most Kubernetes Secret data the sync computes at once (templates rendered), each on a blocking thread.
+    #[arg(long = "k8s-render-threads", env = "AEGIS_K8S_RENDER_THREADS",
+          default_value_t = aegis_kube::sync::DEFAULT_RENDER_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub render_threads: usize,
     /// Kubeconfig of the Kubernetes API (default: the pod's ServiceAccount).
     #[arg(long = "kubeconfig", env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -44,6 +54,8 @@ impl KubeArgs {
             keep_on_delete: self.keep_on_delete,
             check_timeout: Duration::from_millis(self.check_timeout_ms),
             template_budget: budget,
+            max_namespaces: self.max_namespaces,
+            render_threads: self.render_threads,
             ..SyncConfig::default()
         })
     }
