@@ -194,6 +194,11 @@ fn follow(path: &Path, (ino, offset): (u64, u64), keep: &impl Fn(&[u8]) -> bool)
     Ok((now, start + complete as u64))
 }
 
+/// Prints one JSON line with terminal controls escaped (JSON escapes: same meaning).
 fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), CliError> {
-    out.write_all(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(CliError::failure)
+    let text = String::from_utf8_lossy(line);
+    out.write_all(crate::output::json_printable(&text).as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(CliError::failure)
 }
