@@ -53,6 +53,11 @@ pub(super) enum Owner {
     Other(String),
 }
 
+/// The instance name every Safe had before instance names were unique. A Secret
+/// annotated with it and with one of this Safe's secrets is this Safe's: after an
+/// upgrade a Safe takes back its own Secrets (and re-annotates them), never others'.
+pub(super) const LEGACY_INSTANCE: &str = "default";
+
 /// Whose `obj` is, for the Aegis secret `name` of this `instance`.
 pub(super) fn owner(obj: &Secret, name: &SecretName, instance: &str) -> Owner {
     let label = obj.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
@@ -61,7 +66,7 @@ pub(super) fn owner(obj: &Secret, name: &SecretName, instance: &str) -> Owner {
     }
     let ann = |k: &str| obj.metadata.annotations.as_ref().and_then(|a| a.get(k)).cloned().unwrap_or_default();
     let their_instance = ann(INSTANCE_ANNOTATION);
-    if their_instance != instance {
+    if their_instance != instance && their_instance != LEGACY_INSTANCE {
         return Owner::Other(format!("the Aegis Safe instance '{}'", their_instance.escape_debug()));
     }
     let theirs = ann(SECRET_ANNOTATION);
@@ -81,10 +86,11 @@ pub(super) fn secret_of(obj: &Secret, instance: &str) -> Option<SecretName> {
     (name.kubernetes_name() == obj.metadata.name.as_deref()).then_some(name)
 }
 
-/// Whether `obj` already is what `desired` asks for.
-pub(super) fn matches(obj: &Secret, version: u64, data: &SecretData) -> bool {
+/// Whether `obj` already is what `desired` asks for, annotated with this `instance`.
+pub(super) fn matches(obj: &Secret, instance: &str, version: u64, data: &SecretData) -> bool {
     let ann = |k: &str| obj.metadata.annotations.as_ref().and_then(|a| a.get(k)).map(String::as_str);
     obj.metadata.deletion_timestamp.is_none()
+        && ann(INSTANCE_ANNOTATION) == Some(instance)
         && obj.type_.as_deref() == Some("Opaque")
         && ann(VERSION_ANNOTATION) == Some(version.to_string().as_str())
         && obj.data.as_ref().map_or(data.0.is_empty(), |d| *d == data.0)

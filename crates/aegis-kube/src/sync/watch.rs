@@ -89,7 +89,9 @@ async fn run(ctx: Arc<Ctx>, ns: String) {
 fn wanted(ctx: &Ctx, name: &SecretName, ns: &str, obj: &Secret) -> bool {
     let Some(store) = ctx.store() else { return true };
     match Desired::of(ctx, store.get(name).as_deref()) {
-        Desired::Present { version, namespaces, data } => namespaces.contains(ns) && matches(obj, version, &data),
+        Desired::Present { version, namespaces, data } => {
+            namespaces.contains(ns) && matches(obj, &ctx.cfg.instance, version, &data)
+        }
         Desired::Absent => ctx.cfg.keep_on_delete,
         Desired::Invalid(_) => false,
     }
