@@ -27,8 +27,8 @@ pub enum ConnectError {
     Client(String),
 }
 
-/// Builds a client from `kubeconfig` when given (the caller reads `KUBECONFIG`
-/// in its configuration type), else from the in-cluster environment.
+/// Builds a client from `kubeconfig` when given and not empty (the caller reads
+/// `KUBECONFIG` in its configuration type), else from the in-cluster environment.
 pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, ConnectError> {
     Client::try_from(config(kubeconfig).await?).map_err(|e| ConnectError::Client(e.to_string()))
 }
@@ -47,7 +47,8 @@ pub async fn connect_with_timeout(
 }
 
 async fn config(kubeconfig: Option<&std::path::Path>) -> Result<Config, ConnectError> {
-    match kubeconfig {
+    // An empty KUBECONFIG means unset, as kubectl reads it.
+    match kubeconfig.filter(|p| !p.as_os_str().is_empty()) {
         Some(path) => {
             let bad = |reason: String| ConnectError::BadKubeconfig { path: path.display().to_string(), reason };
             let file = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;

@@ -6,6 +6,9 @@
 //!   `{}` (VSecM's chart creates it so) → a new key is written with optimistic
 //!   concurrency: create when absent, else update with the `resourceVersion`
 //!   that was read. A Safe that loses the race (409) reads the winner's key.
+//!   Only a first start: while the data directory holds sealed records, a
+//!   missing or placeholder key is a lost key, and the Safe stops without
+//!   writing (a new key would open none of them; restore it from backup).
 //! - Rotation: the next key goes to a second data key, `KEY_TXT_NEXT`, before
 //!   any record is re-sealed; one update then moves it to `KEY_TXT`. Every
 //!   update carries the `resourceVersion` it read, so nothing is overwritten
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_crypto::RootKey;
-use aegis_server::rootkey::{KeyStoreError, KeyStoreResult, RootKeyStore};
+use aegis_server::rootkey::{IfAbsent, KeyStoreError, KeyStoreResult, RootKeyStore};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -386,10 +389,24 @@ impl SecretStore {
         .into()
     }
 
-    /// One attempt at loading the key, creating it when absent.
-    async fn try_load_or_create(&self) -> Result<(Arc<RootKey>, bool), Failure> {
+    /// Refuses to write a key when `if_absent` says records exist; `what` says what was found.
+    fn may_generate(&self, if_absent: IfAbsent, what: &str) -> Result<(), Failure> {
+        match if_absent {
+            IfAbsent::Generate => Ok(()),
+            IfAbsent::Refuse { records } => Err(KeyStoreError::Missing {
+                what: format!("the root key {} {what}", self.secret_ref()),
+                place: format!("data key {KEY_TXT} of {}", self.secret_ref()),
+                records,
+            }
+            .into()),
+        }
+    }
+
+    /// One attempt at loading the key, creating it when absent and `if_absent` allows it.
+    async fn try_load_or_create(&self, if_absent: IfAbsent) -> Result<(Arc<RootKey>, bool), Failure> {
         for _ in 0..CONFLICT_TRIES {
             let Some(mut secret) = self.get().await? else {
+                self.may_generate(if_absent, "does not exist")?;
                 let key = Arc::new(RootKey::generate());
                 if self.create(&key).await? {
                     return Ok((key, true));
@@ -400,6 +417,7 @@ impl SecretStore {
             if let Some(key) = self.stored_key(&secret) {
                 return Ok((key?, false));
             }
+            self.may_generate(if_absent, &format!("holds no key in {KEY_TXT} (missing, empty or {{}})"))?;
             let key = Arc::new(RootKey::generate());
             if let Some(mut old) = secret.data_mut().insert(KEY_TXT.to_owned(), key_bytes(&key)) {
                 old.0.zeroize();
@@ -493,7 +511,7 @@ impl RootKeyStore for SecretStore {
         format!("Kubernetes {} (data key {KEY_TXT})", self.secret_ref())
     }
 
-    fn load_or_create(&self) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>> {
+    fn load_or_create(&self, if_absent: IfAbsent) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>> {
         Box::pin(async move {
             let started = Instant::now();
             let limit = self.settings.start_wait;
@@ -502,7 +520,7 @@ impl RootKeyStore for SecretStore {
             let mut outage: Option<Instant> = None;
             let mut back: Option<Instant> = None;
             loop {
-                let result = self.try_load_or_create().await;
+                let result = self.try_load_or_create(if_absent).await;
                 match &result {
                     Err(f) if f.transient => outage = Some(Instant::now()),
                     _ if outage.is_some() && back.is_none() => back = Some(Instant::now()),

@@ -32,7 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use rootkey::{FileStore, KeyStoreError, RootKeyStore};
+pub use rootkey::{FileStore, IfAbsent, KeyStoreError, RootKeyStore};
 pub use serve::{serve, start, start_with, Running};
 pub use state::{AppState, RootKeyMode, Settings};
 pub use sync::{Refusal, SecretSync};

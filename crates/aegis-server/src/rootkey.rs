@@ -48,6 +48,43 @@ pub enum KeyStoreError {
     /// The store could not be used; the message names it and says what to do.
     #[error("{0}")]
     Unavailable(String),
+    /// The store holds no key although sealed records exist: the key was lost.
+    #[error(
+        "{what}, but the data directory holds {records} sealed record(s) that only the lost root key opens: the \
+         root key was deleted or emptied. Restore it from your backup into {place}; the Safe wrote nothing (a new \
+         key would not open the records)"
+    )]
+    Missing {
+        /// What was found, e.g. `root key file /x/root.key does not exist`.
+        what: String,
+        /// Where the key must be restored to.
+        place: String,
+        /// Records in the data directory.
+        records: usize,
+    },
+}
+
+/// What a store does when it holds no root key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfAbsent {
+    /// First start (no record exists): generate and store a key.
+    Generate,
+    /// This many sealed records exist: a new key could not open them, so refuse and write nothing.
+    Refuse {
+        /// Records in the data directory.
+        records: usize,
+    },
+}
+
+impl IfAbsent {
+    /// Generate only while the data directory holds no record.
+    pub fn for_records(records: usize) -> Self {
+        if records == 0 {
+            Self::Generate
+        } else {
+            Self::Refuse { records }
+        }
+    }
 }
 
 /// The result of a root key store operation.
@@ -62,8 +99,9 @@ pub trait RootKeyStore: Send + Sync + fmt::Debug {
     /// Where the key lives, for logs and errors (e.g. `root key file /x/root.key`).
     fn describe(&self) -> String;
 
-    /// Loads the root key, generating and storing one on first start; `true` if it was generated.
-    fn load_or_create(&self) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>>;
+    /// Loads the root key; when the store holds none, generates and stores one if `if_absent`
+    /// allows it (else [`KeyStoreError::Missing`]). `true` if it was generated.
+    fn load_or_create(&self, if_absent: IfAbsent) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>>;
 
     /// The next key of an unfinished rotation, if there is one.
     fn read_next(&self) -> BoxFuture<'_, KeyStoreResult<Option<Arc<RootKey>>>>;
@@ -104,8 +142,8 @@ impl RootKeyStore for FileStore {
         format!("root key file {}", self.path.display())
     }
 
-    fn load_or_create(&self) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>> {
-        Box::pin(async move { load_or_create(&self.path) })
+    fn load_or_create(&self, if_absent: IfAbsent) -> BoxFuture<'_, KeyStoreResult<(Arc<RootKey>, bool)>> {
+        Box::pin(async move { load_or_create_if(&self.path, if_absent) })
     }
 
     fn read_next(&self) -> BoxFuture<'_, KeyStoreResult<Option<Arc<RootKey>>>> {
@@ -171,8 +209,20 @@ pub fn write(path: &Path, key: &RootKey) -> KeyStoreResult<()> {
 
 /// Loads the key, creating one on first start.
 pub fn load_or_create(path: &Path) -> KeyStoreResult<(Arc<RootKey>, bool)> {
+    load_or_create_if(path, IfAbsent::Generate)
+}
+
+/// Loads the key; when the file is missing, creates one only if `if_absent` allows it.
+pub fn load_or_create_if(path: &Path, if_absent: IfAbsent) -> KeyStoreResult<(Arc<RootKey>, bool)> {
     if let Some(k) = read(path)? {
         return Ok((k, false));
+    }
+    if let IfAbsent::Refuse { records } = if_absent {
+        return Err(KeyStoreError::Missing {
+            what: format!("root key file {} does not exist", path.display()),
+            place: path.display().to_string(),
+            records,
+        });
     }
     let key = Arc::new(RootKey::generate());
     write(path, &key)?;
@@ -229,7 +279,7 @@ mod tests {
     async fn the_file_store_keeps_a_next_key_until_it_is_promoted_or_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("root.key"));
-        let (key, created) = store.load_or_create().await.unwrap();
+        let (key, created) = store.load_or_create(IfAbsent::Generate).await.unwrap();
         assert!(created);
         assert!(store.read_next().await.unwrap().is_none());
         let next = Arc::new(RootKey::generate());
@@ -238,10 +288,10 @@ mod tests {
         store.discard_next().await.unwrap();
         store.discard_next().await.unwrap();
         assert!(store.read_next().await.unwrap().is_none());
-        assert_eq!(store.load_or_create().await.unwrap().0.id(), key.id());
+        assert_eq!(store.load_or_create(IfAbsent::Generate).await.unwrap().0.id(), key.id());
         store.write_next(next.clone()).await.unwrap();
         store.promote_next().await.unwrap();
-        let (loaded, created) = store.load_or_create().await.unwrap();
+        let (loaded, created) = store.load_or_create(IfAbsent::Refuse { records: 1 }).await.unwrap();
         assert!(!created);
         assert_eq!(loaded.id(), next.id());
         fs::write(next_path(store.path()), "not a key").unwrap();
@@ -251,5 +301,19 @@ mod tests {
         let moved = store.move_next_aside().await.unwrap();
         assert!(moved.contains("root.key.next.unreadable-"), "{moved}");
         assert!(store.read_next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_file_is_not_replaced_while_records_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("root.key"));
+        let e = store.load_or_create(IfAbsent::for_records(3)).await.err().unwrap();
+        assert!(matches!(e, KeyStoreError::Missing { records: 3, .. }), "{e}");
+        let m = e.to_string();
+        assert!(m.contains("does not exist") && m.contains("3 sealed record(s)") && m.contains("backup"), "{m}");
+        assert!(!store.path().exists(), "nothing was written");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let (_, created) = store.load_or_create(IfAbsent::for_records(0)).await.unwrap();
+        assert!(created, "a first start (no record) still generates the key");
     }
 }

@@ -64,7 +64,10 @@ async fn load_root_key(state: &Arc<AppState>) -> Result<Option<JoinHandle<()>>, 
         tracing::warn!("root key mode is manual: the Safe is sealed until an admin provides the root key");
         return Ok(None);
     };
-    let (key, created) = keys.load_or_create().await?;
+    // A key is generated only for an empty data directory: over existing records it
+    // would open nothing, and the lost key could no longer be restored unnoticed.
+    let if_absent = rootkey::IfAbsent::for_records(state.sealed_records().await?);
+    let (key, created) = keys.load_or_create(if_absent).await?;
     if created {
         tracing::info!(store = %keys.describe(), key_id = %key.id(), "generated a new root key");
     } else {

@@ -142,6 +142,16 @@ impl AppState {
         self.store.load_full().ok_or_else(ApiError::sealed)
     }
 
+    /// How many sealed records the data directory holds (readable or not): a
+    /// root key store that lost its key must not get a new one over them.
+    pub async fn sealed_records(&self) -> Result<usize, StartError> {
+        let backend = self.backend.clone();
+        let listed = tokio::task::spawn_blocking(move || backend.list())
+            .await
+            .map_err(|_| StartError::Load("listing the data directory failed".to_owned()))??;
+        Ok(listed.0.len() + listed.1.len())
+    }
+
     /// Whether a root key is loaded.
     pub fn is_sealed(&self) -> bool {
         self.store.load().is_none()

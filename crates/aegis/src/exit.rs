@@ -63,7 +63,8 @@ pub fn finish(r: Result<(), CliError>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            // Messages quote paths, names and the Safe's answers: never raw to a terminal.
+            eprintln!("error: {}", crate::output::printable(&e.message));
             std::process::ExitCode::from(e.code)
         }
     }

@@ -390,6 +390,38 @@ fn typos_and_bad_values_are_refused_naming_the_field() {
     }
 }
 
+/// The `k8s:` instance name is unique per release (two Safes never remove each
+/// other's Secrets), can be set, and the schema refuses names the Safe would refuse.
+#[test]
+fn the_k8s_instance_is_unique_per_release_and_can_be_set() {
+    let instance_args = |objs: &[Value]| -> Vec<String> {
+        args(container(find(objs, "StatefulSet", "vsecm-safe")))
+            .into_iter()
+            .filter(|a| a.starts_with("--k8s-instance"))
+            .collect()
+    };
+    let k8s = chart_dir().join("ci/k8s-namespaces-values.yaml").display().to_string();
+    assert_eq!(instance_args(&render(Some("k8s-namespaces-values.yaml"))), ["--k8s-instance=vsecm-system/aegis"]);
+    assert_eq!(instance_args(&render(None)), Vec::<String>::new(), "no sync, no instance");
+    let chart = chart_dir().display().to_string();
+    let out = helm(&["template", "other", &chart, "--namespace", "team-b", "-f", &k8s]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let objs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let objs: Vec<Value> = objs.into_iter().filter(|d| !d.is_null()).collect();
+    assert_eq!(instance_args(&objs), ["--k8s-instance=team-b/other"]);
+    let set = |v: &str| {
+        template(&["-f".to_owned(), k8s.clone(), "--set-string".to_owned(), format!("k8sSecrets.instance={v}")])
+    };
+    let text = set("payments safe").unwrap();
+    let objs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let objs: Vec<Value> = objs.into_iter().filter(|d| !d.is_null()).collect();
+    assert_eq!(instance_args(&objs), ["--k8s-instance=payments safe"]);
+    for bad in ["a\u{1b}[2Kb".to_owned(), "x".repeat(254)] {
+        let err = set(&bad).err().unwrap_or_else(|| panic!("the schema accepted the instance {bad:?}"));
+        assert!(err.contains("instance"), "{err}");
+    }
+}
+
 /// Every pod spec of the rendered workloads with the kind and name of its owner.
 fn pod_specs(objs: &[Value]) -> Vec<(String, &Value)> {
     objs.iter()

@@ -238,6 +238,37 @@ async fn damaged_records_are_reported_by_name_and_the_rest_is_imported() {
     }
 }
 
+/// A file name is whatever the directory holds: terminal escapes, line breaks, C1
+/// controls and bidirectional overrides in it are shown escaped in the text report,
+/// the JSON report and the error, so no file can forge or hide a line of the report.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_names_cannot_forge_the_report() {
+    let safe = Safe::dev();
+    let d = copy_data();
+    let evil = "x\u{1b}[2K\r\u{1b}[32mnew        billing (version 1)\nunchanged  fake\u{9b}31m\u{202e}gpj";
+    fs::write(d.path().join(format!("{evil}.age")), b"not an age file").unwrap();
+    let controls = |t: &str| t.chars().filter(|c| c.is_control() && *c != '\n' || *c == '\u{202e}').count();
+
+    let out = import(&safe, d.path(), &fixtures().join("root-key.txt"), &["--dry-run"]);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "stdout: {text}\nstderr: {err}");
+    assert_eq!(controls(&text), 0, "raw controls in the report: {text:?}");
+    assert_eq!(controls(&err), 0, "raw controls in the error: {err:?}");
+    // One line per file and the summary: the name's line break forged none.
+    assert_eq!(text.lines().count(), written().len() + 2, "{text}");
+    let shown = "x\\u{1b}[2K\\r\\u{1b}[32mnew        billing (version 1)\\nunchanged  fake\\u{9b}31m\\u{202e}gpj";
+    assert!(text.lines().any(|l| l.starts_with("failed") && l.contains(shown)), "{text}");
+    assert!(err.contains(shown), "{err}");
+    assert_eq!(report(&text).get("fake"), None, "{text}");
+
+    let out = import(&safe, d.path(), &fixtures().join("root-key.txt"), &["--dry-run", "-o", "json"]);
+    let text = stdout(&out);
+    assert_eq!(controls(&text), 0, "raw controls in the JSON report: {text:?}");
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = json["secrets"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&evil), "the JSON report keeps the exact name: {names:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_root_key_imports_nothing() {
     let safe = Safe::dev();

@@ -310,6 +310,116 @@ async fn rotation_writes_the_secret_and_a_crash_at_any_point_loses_nothing() {
     assert_no_key_material(&safe.log_text(), &[&first, &second, &pending, &next]);
 }
 
+/// A root key Secret deleted or emptied while the data directory holds records: the
+/// Safe stops (exit 64) saying to restore the key, and writes nothing; the restored
+/// key starts it again with every secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_root_key_is_never_replaced_while_records_exist() {
+    let (cluster, kubeconfig) = cluster().await;
+    let mut safe = kube_safe(&kubeconfig);
+    safe.start();
+    safe.wait_ready();
+    let admin = safe.admin_env();
+    ok(safe.aegis(&admin, &["put", "kept", "--value", "kept-value"]));
+    let key = stored_key(&cluster).await;
+    safe.kill9();
+
+    secrets_api(&cluster).delete(NAME, &Default::default()).await.unwrap();
+    safe.start();
+    assert_eq!(wait_exit(&mut safe, Duration::from_secs(60)).code(), Some(CONFIG), "{}", safe.log_text());
+    assert!(secret_data(&cluster).await.is_none(), "no Secret was created");
+    let log = safe.log_text();
+    assert!(log.contains("the root key Secret vsecm-system/vsecm-root-key does not exist"), "{log}");
+    assert!(log.contains("1 sealed record(s)") && log.contains("Restore it from your backup"), "{log}");
+
+    // Emptied, or VSecM's placeholder: the same, and the Secret is left as it was.
+    for placeholder in ["", "{}"] {
+        put_secret(&cluster, BTreeMap::from([("KEY_TXT".into(), bytes(placeholder))])).await;
+        safe.start();
+        assert_eq!(wait_exit(&mut safe, Duration::from_secs(60)).code(), Some(CONFIG), "{}", safe.log_text());
+        assert_eq!(secret_data(&cluster).await.unwrap()["KEY_TXT"], placeholder.as_bytes(), "nothing was written");
+        assert!(safe.log_text().contains("holds no key in KEY_TXT"), "{}", safe.log_text());
+    }
+    assert_eq!(safe.log_text().matches("generated a new root key").count(), 1, "{}", safe.log_text());
+
+    put_secret(&cluster, BTreeMap::from([("KEY_TXT".into(), bytes(&key.to_text()))])).await;
+    safe.start();
+    safe.wait_ready();
+    assert_eq!(ok(safe.aegis(&admin, &["get", "kept"])).trim(), "kept-value");
+    assert_no_key_material(&safe.log_text(), &[&key]);
+}
+
+/// The same rule for the file store: a deleted key file is not replaced while records exist.
+#[test]
+fn a_lost_root_key_file_is_never_replaced_while_records_exist() {
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("root.key");
+    let mut safe = Safe::server_unstarted(&["--root-key-file", file.to_str().unwrap()]);
+    safe.start();
+    safe.wait_ready();
+    let admin = safe.admin_env();
+    ok(safe.aegis(&admin, &["put", "kept", "--value", "kept-value"]));
+    safe.kill9();
+    let saved = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    safe.start();
+    assert_eq!(wait_exit(&mut safe, Duration::from_secs(60)).code(), Some(CONFIG), "{}", safe.log_text());
+    assert!(!file.exists(), "no key file was written");
+    let log = safe.log_text();
+    assert!(log.contains(&format!("root key file {} does not exist", file.display())), "{log}");
+    assert!(log.contains("1 sealed record(s)") && log.contains("Restore it from your backup"), "{log}");
+
+    std::fs::write(&file, saved).unwrap();
+    safe.start();
+    safe.wait_ready();
+    assert_eq!(ok(safe.aegis(&admin, &["get", "kept"])).trim(), "kept-value");
+}
+
+/// An empty `KUBECONFIG` is unset, as kubectl reads it: the Safe uses its pod's
+/// ServiceAccount for both the root key and the `k8s:` sync. The pod is made real
+/// enough: a private mount namespace (the tests run as root) with the token, CA and
+/// namespace files at the in-cluster path, and the in-cluster environment variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_kubeconfig_means_the_pods_service_account() {
+    let (cluster, kubeconfig) = cluster().await;
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let token = text.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("a token in the kubeconfig");
+    let sa = tempfile::tempdir().unwrap();
+    std::fs::write(sa.path().join("token"), token).unwrap();
+    std::fs::copy(cluster.ca_file(), sa.path().join("ca.crt")).unwrap();
+    std::fs::write(sa.path().join("namespace"), NS).unwrap();
+
+    let mut safe = Safe::server_unstarted(&["--root-key-store", "kubernetes", "--k8s-secrets"]);
+    let env = HashMap::from([
+        ("AEGIS_LOG".to_owned(), "debug".to_owned()),
+        ("KUBECONFIG".to_owned(), String::new()),
+        ("KUBERNETES_SERVICE_HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), cluster.port.to_string()),
+        ("AEGIS_TEST_SA_DIR".to_owned(), sa.path().display().to_string()),
+    ]);
+    let pod = "mount -t tmpfs tmpfs /run && d=/run/secrets/kubernetes.io/serviceaccount && mkdir -p $d && \
+               cp \"$AEGIS_TEST_SA_DIR\"/* $d/ && exec \"$@\"";
+    let log = std::fs::File::create(&safe.log).unwrap();
+    let child = cmd("unshare", &env)
+        .args(["--mount", "--propagation", "private", "sh", "-c", pod, "sh", AEGIS])
+        .args(&safe.args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("run unshare (util-linux)");
+    safe.child = Some(child);
+    safe.wait_ready();
+    stored_key(&cluster).await;
+    ok(safe.aegis(&safe.admin_env(), &["put", "k8s:in-cluster", "--value", "v", "--namespace", "default"]));
+    let api: Api<Secret> = Api::namespaced(cluster.admin_client(), "default");
+    let t = Instant::now();
+    while api.get_opt("in-cluster").await.unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the sync never wrote the Secret:\n{}", safe.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_missing_a_right_gets_an_error_naming_it() {
     let (cluster, _) = cluster().await;

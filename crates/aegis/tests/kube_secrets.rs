@@ -384,6 +384,8 @@ async fn a_restart_reconciles_every_secret_and_removes_only_this_safes_orphans()
     c.put("k8s:deleted", &put("two", &["team-a"], None)).await.unwrap();
     k.wait_data("team-a", "edited", &[("VALUE", "one")]).await;
     k.wait_data("team-a", "deleted", &[("VALUE", "two")]).await;
+    let instance = instance_of(&k.secrets("team-a").get("edited").await.unwrap());
+    assert!(instance.starts_with("aegis-"), "a generated instance name: {instance}");
     tokio::task::block_in_place(|| safe.kill9());
 
     // While the Safe is down: an edit, a delete, and two labelled Secrets that
@@ -391,18 +393,10 @@ async fn a_restart_reconciles_every_secret_and_removes_only_this_safes_orphans()
     let edit = serde_json::json!({"stringData": {"VALUE": "tampered"}});
     k.secrets("team-a").patch("edited", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
     k.secrets("team-a").delete("deleted", &DeleteParams::default()).await.unwrap();
-    let labelled = |name: &str, instance: &str| -> Secret {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "aegis"},
-                         "annotations": {"aegis.dev/secret": format!("k8s:{name}"), "aegis.dev/version": "1",
-                                         "aegis.dev/instance": instance}},
-            "type": "Opaque", "stringData": {"VALUE": "x"}
-        }))
-        .unwrap()
-    };
-    k.secrets("team-a").create(&PostParams::default(), &labelled("orphan", "default")).await.unwrap();
+    k.secrets("team-a").create(&PostParams::default(), &labelled("orphan", &instance)).await.unwrap();
     k.secrets("team-a").create(&PostParams::default(), &labelled("elsewhere", "other-safe")).await.unwrap();
+    // One of the old shared default instance: no secret of this Safe backs it, so it stays.
+    k.secrets("team-a").create(&PostParams::default(), &labelled("legacy", "default")).await.unwrap();
 
     tokio::task::block_in_place(|| {
         safe.start();
@@ -412,6 +406,74 @@ async fn a_restart_reconciles_every_secret_and_removes_only_this_safes_orphans()
     k.wait_data("team-a", "deleted", &[("VALUE", "two")]).await;
     k.wait_gone("team-a", "orphan").await;
     assert!(k.data("team-a", "elsewhere").await.is_some(), "another Safe's Secret must stay");
+    assert!(k.data("team-a", "legacy").await.is_some(), "a Secret of the old default instance must stay");
+    assert_eq!(instance_of(&k.secrets("team-a").get("edited").await.unwrap()), instance, "kept across restarts");
+}
+
+/// A Secret labelled as Aegis's, of the Aegis secret `k8s:<name>` and `instance`.
+fn labelled(name: &str, instance: &str) -> Secret {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "aegis"},
+                     "annotations": {"aegis.dev/secret": format!("k8s:{name}"), "aegis.dev/version": "1",
+                                     "aegis.dev/instance": instance}},
+        "type": "Opaque", "stringData": {"VALUE": "x"}
+    }))
+    .unwrap()
+}
+
+/// The `aegis.dev/instance` annotation of `s`.
+fn instance_of(s: &Secret) -> String {
+    s.metadata.annotations.as_ref().and_then(|a| a.get("aegis.dev/instance")).cloned().unwrap_or_default()
+}
+
+/// Two Safes with their default instance names keep Secrets in one namespace: neither
+/// deletes the other's, also when each restarts and reconciles (with one shared default
+/// name they deleted and re-created each other's Secrets without end). A Secret of the
+/// old shared default instance is taken back by the Safe whose secret it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_safes_in_one_namespace_never_delete_each_others_secrets() {
+    let k = Setup::new(&["shared"], &[]).await;
+    k.secrets("shared").create(&PostParams::default(), &labelled("from-a-old", "default")).await.unwrap();
+    k.secrets("shared").create(&PostParams::default(), &labelled("nobodys", "default")).await.unwrap();
+    let mut a = k.safe(&[]);
+    let mut b = k.safe(&[]);
+    let (ca, cb) = (a.client(&a.admin_env()).await, b.client(&b.admin_env()).await);
+    ca.put("k8s:from-a", &put("CANARY-a", &["shared"], None)).await.unwrap();
+    cb.put("k8s:from-b", &put("CANARY-b", &["shared"], None)).await.unwrap();
+    let sa = k.wait_data("shared", "from-a", &[("VALUE", "CANARY-a")]).await;
+    let sb = k.wait_data("shared", "from-b", &[("VALUE", "CANARY-b")]).await;
+    let (ia, ib) = (instance_of(&sa), instance_of(&sb));
+    assert!(ia.starts_with("aegis-") && ib.starts_with("aegis-") && ia != ib, "{ia} {ib}");
+
+    // The upgrade case: A's write takes back the copy of the old default instance.
+    ca.put("k8s:from-a-old", &put("CANARY-a-old", &["shared"], None)).await.unwrap();
+    let old = k.wait_data("shared", "from-a-old", &[("VALUE", "CANARY-a-old")]).await;
+    assert_eq!(instance_of(&old), ia);
+    wait_state(&ca, "k8s:from-a-old", "synced").await;
+
+    // Each Safe restarts (and reconciles, removing its own orphans), then writes again.
+    for (i, (safe, name)) in [(&mut b, "k8s:from-b-2"), (&mut a, "k8s:from-a-2")].into_iter().enumerate() {
+        tokio::task::block_in_place(|| {
+            safe.restart();
+            safe.wait_ready();
+        });
+        let c = safe.client(&safe.admin_env()).await;
+        c.put(name, &put("CANARY-2", &["shared"], None)).await.unwrap();
+        k.wait_data("shared", name.trim_start_matches("k8s:"), &[("VALUE", "CANARY-2")]).await;
+        for n in [["k8s:from-b", "k8s:from-a"][i], name] {
+            wait_state(&c, n, "synced").await;
+        }
+    }
+    let c = a.client(&a.admin_env()).await;
+    wait_state(&c, "k8s:from-a", "synced").await;
+    for (name, before) in [("from-a", &sa), ("from-b", &sb)] {
+        let now = k.secrets("shared").get(name).await.unwrap();
+        assert_eq!(now.metadata.uid, before.metadata.uid, "{name} was deleted and re-created");
+    }
+    assert!(k.data("shared", "nobodys").await.is_some(), "a Secret of the old default instance no Safe holds stays");
+    assert_no_values_in_log(&a, &["CANARY-a", "CANARY-a-old"]);
+    assert_no_values_in_log(&b, &["CANARY-b"]);
 }
 
 /// Grants the `aegis-safe` ServiceAccount the Secrets of every namespace,

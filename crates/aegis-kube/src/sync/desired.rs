@@ -92,10 +92,10 @@ pub(super) enum Wants {
 impl Fingerprint {
     /// Whether the copy `obj` in `ns` is what is wanted (`Unknown`: yes, as
     /// nothing a watcher could do would help).
-    pub(super) fn accepts(&self, ns: &str, obj: &Secret, keep_on_delete: bool) -> bool {
+    pub(super) fn accepts(&self, ns: &str, obj: &Secret, instance: &str, keep_on_delete: bool) -> bool {
         match &self.wants {
             Wants::Copies { version, namespaces, digest: want } => {
-                namespaces.contains(ns) && same_meta(obj, *version) && digest(obj.data.as_ref()) == *want
+                namespaces.contains(ns) && same_meta(obj, instance, *version) && digest(obj.data.as_ref()) == *want
             }
             Wants::Nothing => keep_on_delete,
             Wants::Unknown => true,
@@ -126,6 +126,11 @@ pub(super) enum Owner {
     Other(String),
 }
 
+/// The instance name every Safe had before instance names were unique. A Secret
+/// annotated with it and with one of this Safe's secrets is this Safe's: after an
+/// upgrade a Safe takes back its own Secrets (and re-annotates them), never others'.
+pub(super) const LEGACY_INSTANCE: &str = "default";
+
 /// Whose `obj` is, for the Aegis secret `name` of this `instance`.
 pub(super) fn owner(obj: &Secret, name: &SecretName, instance: &str) -> Owner {
     let label = obj.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
@@ -134,7 +139,7 @@ pub(super) fn owner(obj: &Secret, name: &SecretName, instance: &str) -> Owner {
     }
     let ann = |k: &str| obj.metadata.annotations.as_ref().and_then(|a| a.get(k)).cloned().unwrap_or_default();
     let their_instance = ann(INSTANCE_ANNOTATION);
-    if their_instance != instance {
+    if their_instance != instance && their_instance != LEGACY_INSTANCE {
         return Owner::Other(format!("the Aegis Safe instance '{}'", their_instance.escape_debug()));
     }
     let theirs = ann(SECRET_ANNOTATION);
@@ -155,14 +160,15 @@ pub(super) fn secret_of(obj: &Secret, instance: &str) -> Option<SecretName> {
 }
 
 /// Whether `obj` already is what `desired` asks for.
-pub(super) fn matches(obj: &Secret, version: u64, data: &SecretData) -> bool {
-    same_meta(obj, version) && obj.data.as_ref().map_or(data.0.is_empty(), |d| *d == data.0)
+pub(super) fn matches(obj: &Secret, instance: &str, version: u64, data: &SecretData) -> bool {
+    same_meta(obj, instance, version) && obj.data.as_ref().map_or(data.0.is_empty(), |d| *d == data.0)
 }
 
-/// Whether `obj` is a live Opaque Secret annotated with `version`.
-fn same_meta(obj: &Secret, version: u64) -> bool {
+/// Whether `obj` is a live Opaque Secret of this `instance` annotated with `version`.
+fn same_meta(obj: &Secret, instance: &str, version: u64) -> bool {
     let ann = |k: &str| obj.metadata.annotations.as_ref().and_then(|a| a.get(k)).map(String::as_str);
     obj.metadata.deletion_timestamp.is_none()
+        && ann(INSTANCE_ANNOTATION) == Some(instance)
         && obj.type_.as_deref() == Some("Opaque")
         && ann(VERSION_ANNOTATION) == Some(version.to_string().as_str())
 }

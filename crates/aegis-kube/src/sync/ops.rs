@@ -154,7 +154,7 @@ async fn ensure(
         return Ok(());
     };
     match owner(obj, name, &ctx.cfg.instance) {
-        Owner::Ours if matches(obj, version, data) => return Ok(()),
+        Owner::Ours if matches(obj, &ctx.cfg.instance, version, data) => return Ok(()),
         // A precondition: if the Secret changes hands meanwhile, the apply fails.
         Owner::Ours => body.metadata.resource_version = obj.metadata.resource_version.clone(),
         other => return Err(Problem::Conflict(conflict(ns, k8s, &other))),
@@ -420,15 +420,22 @@ mod tests {
     #[test]
     fn only_labelled_secrets_of_this_instance_and_secret_are_ours() {
         let n = SecretName::parse("k8s:db").unwrap();
-        let ours = [(SECRET_ANNOTATION, "k8s:db"), (INSTANCE_ANNOTATION, "default")];
-        assert_eq!(owner(&secret(&[(MANAGED_BY_LABEL, MANAGED_BY)], &ours), &n, "default"), Owner::Ours);
-        assert_eq!(owner(&secret(&[], &ours), &n, "default"), Owner::Unmanaged);
-        assert_eq!(owner(&secret(&[(MANAGED_BY_LABEL, "helm")], &ours), &n, "default"), Owner::Unmanaged);
+        let ours = [(SECRET_ANNOTATION, "k8s:db"), (INSTANCE_ANNOTATION, "mine")];
+        assert_eq!(owner(&secret(&[(MANAGED_BY_LABEL, MANAGED_BY)], &ours), &n, "mine"), Owner::Ours);
+        assert_eq!(owner(&secret(&[], &ours), &n, "mine"), Owner::Unmanaged);
+        assert_eq!(owner(&secret(&[(MANAGED_BY_LABEL, "helm")], &ours), &n, "mine"), Owner::Unmanaged);
         assert!(matches!(owner(&secret(&[(MANAGED_BY_LABEL, MANAGED_BY)], &ours), &n, "other"), Owner::Other(_)));
-        assert_eq!(secret_of(&secret(&[], &ours), "default"), Some(n.clone()));
+        assert_eq!(secret_of(&secret(&[], &ours), "mine"), Some(n.clone()));
         assert_eq!(secret_of(&secret(&[], &ours), "other"), None);
-        let elsewhere = [(SECRET_ANNOTATION, "k8s:other"), (INSTANCE_ANNOTATION, "default")];
-        assert_eq!(secret_of(&secret(&[], &elsewhere), "default"), None, "name and annotation must agree");
+        let elsewhere = [(SECRET_ANNOTATION, "k8s:other"), (INSTANCE_ANNOTATION, "mine")];
+        assert_eq!(secret_of(&secret(&[], &elsewhere), "mine"), None, "name and annotation must agree");
+        // The old shared default: a Safe takes back its own secret's Secret, nothing else.
+        let legacy = [(SECRET_ANNOTATION, "k8s:db"), (INSTANCE_ANNOTATION, "default")];
+        let labelled = |a: &[(&str, &str)]| secret(&[(MANAGED_BY_LABEL, MANAGED_BY)], a);
+        assert_eq!(owner(&labelled(&legacy), &n, "mine"), Owner::Ours);
+        let legacy_other = [(SECRET_ANNOTATION, "k8s:other"), (INSTANCE_ANNOTATION, "default")];
+        assert!(matches!(owner(&labelled(&legacy_other), &n, "mine"), Owner::Other(_)));
+        assert_eq!(secret_of(&labelled(&legacy), "mine"), None, "never an orphan of this Safe");
     }
 
     /// A kube client over a fake API server: `answer` maps (method, path) to

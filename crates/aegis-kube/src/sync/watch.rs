@@ -159,7 +159,7 @@ fn wanted(ctx: &Ctx, name: &SecretName, ns: &str, obj: &Secret) -> bool {
         return ctx.cfg.keep_on_delete;
     }
     match ctx.fingerprint(name) {
-        Some(fp) if fp.revision == entry.doc.revision => fp.accepts(ns, obj, ctx.cfg.keep_on_delete),
+        Some(fp) if fp.revision == entry.doc.revision => fp.accepts(ns, obj, &ctx.cfg.instance, ctx.cfg.keep_on_delete),
         _ => false,
     }
 }

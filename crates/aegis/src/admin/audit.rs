@@ -32,7 +32,7 @@ enum AuditCmd {
 #[derive(Args, Debug)]
 struct Trail {
     /// The Safe's audit file (default: DATA_DIR/audit/audit.log); rotated files are FILE.000001, FILE.000002…
-    #[arg(long, env = "AEGIS_AUDIT_FILE")]
+    #[arg(long, env = "AEGIS_AUDIT_FILE", value_parser = crate::cli::path_or_empty())]
     audit_file: Option<PathBuf>,
     /// The Safe's data directory (for the default audit file).
     #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
@@ -285,6 +285,11 @@ fn follow(path: &Path, (ino, offset): (u64, u64), keep: &impl Fn(&[u8]) -> bool)
     Ok((now, start + complete as u64))
 }
 
+/// Prints one JSON line with terminal controls escaped (JSON escapes: same meaning).
 fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), CliError> {
-    out.write_all(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(CliError::failure)
+    let text = String::from_utf8_lossy(line);
+    out.write_all(crate::output::json_printable(&text).as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(CliError::failure)
 }

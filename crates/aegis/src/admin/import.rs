@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::connect::client;
 use crate::exit::{CliError, CONFIG, FAILURE};
-use crate::output::{print_json, Output};
+use crate::output::{print_json, printable, Output};
 
 /// Default cap on one `.age` file (VSecM values are small; Aegis's own request cap is of this order).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -69,7 +69,7 @@ pub struct VsecmArgs {
     #[arg(long, value_name = "NAMESPACE", default_value = aegis_kube::rootkey::DEFAULT_NAMESPACE)]
     root_key_namespace: String,
     /// Kubeconfig for --root-key-secret (else in-cluster settings).
-    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE", value_parser = crate::cli::path_or_empty())]
     kubeconfig: Option<PathBuf>,
     /// Only list what would change (new / changed / unchanged per secret); write nothing.
     #[arg(long)]
@@ -326,10 +326,12 @@ fn print(report: &Report, output: Output) -> Result<(), CliError> {
             Change::Unchanged => "unchanged",
             Change::Failed => "failed",
         };
+        // File names are whatever the directory holds: escaped, so none can forge a line.
+        let name = printable(&l.name);
         match (&l.version, &l.reason) {
-            (_, Some(why)) => println!("{label:<10} {}: {why}", l.name),
-            (Some(v), None) => println!("{label:<10} {} (version {v})", l.name),
-            (None, None) => println!("{label:<10} {}", l.name),
+            (_, Some(why)) => println!("{label:<10} {name}: {}", printable(why)),
+            (Some(v), None) => println!("{label:<10} {name} (version {v})"),
+            (None, None) => println!("{label:<10} {name}"),
         }
     }
     let count = |c| report.secrets.iter().filter(|l| l.change == c).count();

@@ -115,7 +115,7 @@ pub async fn run(args: &[String]) -> Result<(), CliError> {
     if a.list {
         let list = client().await?.vsecm_list(a.encrypt).await?;
         let s = serde_json::to_string_pretty(&list).map_err(|e| fail(&e.to_string()))?;
-        println!("{s}");
+        println!("{}", crate::output::json_printable(&s));
         return Ok(());
     }
     let input_keys = match a.input_keys {
@@ -141,6 +141,6 @@ pub async fn run(args: &[String]) -> Result<(), CliError> {
         not_before: Some(a.nbf),
         expires: Some(a.exp),
     };
-    println!("{}", execute(&client().await?, action).await?);
+    println!("{}", crate::output::printable(&execute(&client().await?, action).await?));
     Ok(())
 }

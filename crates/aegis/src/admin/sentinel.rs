@@ -82,7 +82,10 @@ pub async fn run(a: SentinelArgs) -> Result<(), CliError> {
 async fn init(file: &std::path::Path, force: bool, missing_ok: bool) -> Result<(), CliError> {
     let absent = matches!(std::fs::metadata(file), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     if missing_ok && absent {
-        eprintln!("no init-command file at {}: nothing to apply", file.display());
+        eprintln!(
+            "no init-command file at {}: nothing to apply",
+            crate::output::printable(&file.display().to_string())
+        );
         return Ok(());
     }
     let c = client().await?;

@@ -28,7 +28,8 @@ pub async fn unseal(a: UnsealArgs) -> Result<(), CliError> {
         None => read_stdin("root key")?,
     };
     let s = c.unseal(key).await?;
-    println!("unsealed: {} secrets, root key {}", s.secrets, s.key_id.unwrap_or_default());
+    let line = format!("unsealed: {} secrets, root key {}", s.secrets, s.key_id.unwrap_or_default());
+    println!("{}", crate::output::printable(&line));
     Ok(())
 }
 
@@ -39,12 +40,14 @@ pub async fn status(out: Out) -> Result<(), CliError> {
         return print_json(&s);
     }
     let state = if s.sealed { "sealed" } else { "unsealed" };
-    println!(
+    let line = format!(
         "{state}; {} secrets; root key {}; aegis {}",
         s.secrets,
         s.key_id.unwrap_or_else(|| "-".into()),
         s.version
     );
+    // The Safe's answer: printed with terminal controls escaped, like every answer.
+    println!("{}", crate::output::printable(&line));
     if let Some(k) = &s.kubernetes {
         println!(
             "kubernetes secrets: {} synced, {} pending, {} errors, {} conflicts; oldest change waiting {} ms",
@@ -60,6 +63,7 @@ pub async fn rotate_root_key(out: Out) -> Result<(), CliError> {
     if out.output == Output::Json {
         return print_json(&r);
     }
-    println!("root key rotated: new key {}, {} records re-encrypted", r.key_id, r.records);
+    let line = format!("root key rotated: new key {}, {} records re-encrypted", r.key_id, r.records);
+    println!("{}", crate::output::printable(&line));
     Ok(())
 }

@@ -26,7 +26,7 @@ pub struct ServerArgs {
     #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
     pub data_dir: PathBuf,
     /// Keep the root key in this file (generated on first start).
-    #[arg(long, env = "AEGIS_ROOT_KEY_FILE", conflicts_with = "manual_root_key")]
+    #[arg(long, env = "AEGIS_ROOT_KEY_FILE", conflicts_with = "manual_root_key", value_parser = crate::cli::path_or_empty())]
     pub root_key_file: Option<PathBuf>,
     /// Keep the root key in memory only: start sealed until an admin runs `safe -i` or `aegis unseal`.
     #[arg(long, env = "AEGIS_MANUAL_ROOT_KEY")]
@@ -110,7 +110,7 @@ pub struct TemplateArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct AuditArgs {
     /// The audit trail file (default: DATA_DIR/audit/audit.log); `off` keeps no file.
-    #[arg(long, env = "AEGIS_AUDIT_FILE", value_name = "PATH|off")]
+    #[arg(long, env = "AEGIS_AUDIT_FILE", value_name = "PATH|off", value_parser = crate::cli::path_or_empty())]
     pub audit_file: Option<PathBuf>,
     /// Also print every audit line on standard output (JSON lines, for log collectors).
     #[arg(long, env = "AEGIS_AUDIT_STDOUT")]
@@ -433,7 +433,7 @@ pub async fn serve(
     identity: Arc<dyn IdentitySource>,
     kube: &crate::serve::kube::KubeArgs,
 ) -> Result<(), CliError> {
-    let sync = kube.sync(settings.template_budget).await?;
+    let sync = kube.sync(settings.template_budget, &settings.data_dir).await?;
     let running =
         aegis_server::start_with(settings, identity, sync).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
@@ -503,6 +503,21 @@ mod tests {
         assert_eq!(describe(&file_wins), "root key file /k/root.key");
         let store_wins = mode(&["--vsecm-safe-root-key-store", "k8s", "--root-key-store", "manual"]).unwrap();
         assert_eq!(describe(&store_wins), "manual");
+    }
+
+    #[test]
+    fn empty_path_settings_are_unset() {
+        for args in
+            [&["--kubeconfig", ""][..], &["--root-key-file", "", "--root-key-store", "manual"], &["--audit-file", ""]]
+        {
+            let mut argv = vec!["aegis"];
+            argv.extend(args);
+            let a = Cmd::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}")).server;
+            assert!(a.kube.kubeconfig.as_ref().is_none_or(|p| p.as_os_str().is_empty()));
+        }
+        let kube = mode(&["--root-key-store", "kubernetes", "--kubeconfig", ""]).unwrap();
+        assert!(describe(&kube).starts_with("Kubernetes Secret"));
+        assert_eq!(describe(&mode(&["--root-key-file", "", "--root-key-store", "manual"]).unwrap()), "manual");
     }
 
     #[test]
