@@ -78,6 +78,9 @@ enum BenchCmd {
         /// Value size in bytes.
         #[arg(long, default_value_t = 256)]
         size: usize,
+        /// The API the writes go through.
+        #[arg(long, value_enum, default_value = "native")]
+        api: write::WriteApi,
     },
     /// Time from an acknowledged write to a sidecar's file holding it (run as the admin,
     /// with `aegis sidecar --path FILE` running as the workload that owns SECRET).
@@ -172,8 +175,8 @@ async fn run(a: BenchArgs) -> Result<(), CliError> {
         BenchCmd::Fetch { connections, seconds, new_connection } => {
             print(&fetch::fetch(connections, Duration::from_secs(seconds), new_connection).await?)
         }
-        BenchCmd::Write { writers, seconds, size } => {
-            print(&write::write(writers, Duration::from_secs(seconds), size).await?)
+        BenchCmd::Write { writers, seconds, size, api } => {
+            print(&write::write(writers, Duration::from_secs(seconds), size, api).await?)
         }
         BenchCmd::Propagation { updates, file, secret } => print(&write::propagation(updates, &file, &secret).await?),
         BenchCmd::Watchers(a) => print(&watchers::run(a).await?),

@@ -9,7 +9,28 @@ use aegis_core::secret::SecretValue;
 
 use crate::{report, Report};
 
-pub(crate) async fn write(writers: usize, dur: Duration, size: usize) -> Result<Report, CliError> {
+/// Which API a write goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum WriteApi {
+    /// `PUT /v1/secrets/{name}`.
+    Native,
+    /// VSecM's upsert, `POST /sentinel/v1/secrets`, one workload a request.
+    Vsecm,
+}
+
+/// One write through `api`; errors are counted, not told.
+async fn write_one(c: &aegis_sdk::Client, api: WriteApi, name: &str, value: &str) -> bool {
+    match api {
+        WriteApi::Native => c.put(name, &put_req(value.to_owned())).await.is_ok(),
+        WriteApi::Vsecm => {
+            let body = serde_json::json!({ "workloads": [name], "value": value }).to_string().into_bytes();
+            let r = c.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", body).await;
+            r.is_ok_and(|(status, _)| status == 200)
+        }
+    }
+}
+
+pub(crate) async fn write(writers: usize, dur: Duration, size: usize, api: WriteApi) -> Result<Report, CliError> {
     let client = aegis::connect::client().await?;
     let value = "x".repeat(size.max(1));
     let start = Instant::now();
@@ -21,11 +42,11 @@ pub(crate) async fn write(writers: usize, dur: Duration, size: usize) -> Result<
                 let mut errors = 0u64;
                 let mut i = 0u64;
                 while start.elapsed() < dur {
-                    let req = put_req(v.clone());
                     let t0 = Instant::now();
-                    match c.put(&format!("bench-{w}-{}", i % 64), &req).await {
-                        Ok(_) => lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
-                        Err(_) => errors += 1,
+                    if write_one(&c, api, &format!("bench-{w}-{}", i % 64), &v).await {
+                        lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    } else {
+                        errors += 1;
                     }
                     i += 1;
                 }
@@ -34,7 +55,16 @@ pub(crate) async fn write(writers: usize, dur: Duration, size: usize) -> Result<
         })
         .collect();
     let (all, errors) = crate::gather(tasks).await?;
-    Ok(report(format!("durable writes, {writers} writers, {size}-byte values"), all, errors, start.elapsed()))
+    let through = match api {
+        WriteApi::Native => "native PUT",
+        WriteApi::Vsecm => "VSecM upsert",
+    };
+    Ok(report(
+        format!("durable writes ({through}), {writers} writers, {size}-byte values"),
+        all,
+        errors,
+        start.elapsed(),
+    ))
 }
 
 fn put_req(value: String) -> PutSecret {

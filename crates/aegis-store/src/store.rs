@@ -81,7 +81,14 @@ impl Store {
     /// replacing the records fail midway, the error is
     /// [`StoreError::PartlyStored`], naming exactly which were stored.)
     /// Returns the entries in the order of their first change.
-    pub async fn apply_group(&self, mutations: Vec<(SecretName, Mutation)>) -> Result<Vec<Arc<Entry>>, StoreError> {
+    pub async fn apply_group(&self, mut mutations: Vec<(SecretName, Mutation)>) -> Result<Vec<Arc<Entry>>, StoreError> {
+        if mutations.len() == 1 {
+            // One record is written atomically on its own: it joins the next
+            // batch with other writers' changes instead of a commit of its own.
+            if let Some((name, mutation)) = mutations.pop() {
+                return self.apply(name, mutation).await.map(|entry| vec![entry]);
+            }
+        }
         let (reply, rx) = oneshot::channel();
         let ticket = crate::Ticket::current();
         self.tx.send(Job::Group { mutations, reply, ticket }).await.map_err(|_| StoreError::Closed)?;

@@ -485,6 +485,68 @@ mod tests {
         }
     }
 
+    /// A backend that counts its commits, each taking a few milliseconds as an fsync would.
+    #[derive(Default)]
+    struct Counting {
+        batches: std::sync::atomic::AtomicUsize,
+        groups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Backend for Counting {
+        fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError> {
+            Ok((Vec::new(), Vec::new()))
+        }
+        fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+            Err(StoreError::NotFound(name.to_owned()))
+        }
+        fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            records.iter().map(|_| Ok(())).collect()
+        }
+        fn write_group(&self, _: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+            self.groups.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            Ok(())
+        }
+        fn quarantine(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "counting test backend".to_owned()
+        }
+    }
+
+    /// VSecM's upsert of one workload is a group of one change: it must share a
+    /// commit with other writers' changes, not take a commit (two fsyncs) of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_of_one_change_share_commits_with_other_writers() {
+        let backend = Arc::new(Counting::default());
+        let keyring = Keyring::new(Arc::new(RootKey::generate()));
+        let (store, _) = crate::Store::open(backend.clone(), keyring, crate::StoreOptions::default()).await.unwrap();
+        let store = Arc::new(store);
+        let writers: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let name = SecretName::parse(&format!("w{i}")).unwrap();
+                    store.apply_group(vec![(name, put(None))]).await.unwrap().len()
+                })
+            })
+            .collect();
+        for w in writers {
+            assert_eq!(w.await.unwrap(), 1);
+        }
+        assert_eq!(store.len(), 64);
+        let (batches, groups) = (backend.batches.load(Ordering::SeqCst), backend.groups.load(Ordering::SeqCst));
+        assert_eq!(groups, 0, "a group of one change took a commit of its own");
+        assert!(batches < 32, "64 concurrent writes took {batches} commits");
+        // A group of several changes is still one all-or-nothing commit.
+        let two = ["a", "b"].map(|n| (SecretName::parse(n).unwrap(), put(None)));
+        assert_eq!(store.apply_group(two.into()).await.unwrap().len(), 2);
+        assert_eq!(backend.groups.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn a_failed_loader_thread_fails_the_load_and_names_its_records() {
         let keyring = Keyring::new(Arc::new(RootKey::generate()));
