@@ -83,7 +83,7 @@ impl Template {
         }
         Self::check_size(text, budget)?;
         let _turn = super::work::Turn::take(budget.max_parallel_renders);
-        validate_template(text)?;
+        validate_within(text, budget)?;
         Ok(Some(Self(text.to_owned())))
     }
 
@@ -120,10 +120,16 @@ impl Template {
 /// widths or precisions above [`MAX_PRINTF_SIZE`], and names starting with
 /// `_aegis_` (Aegis's own functions and variables).
 pub fn validate_template(template: &str) -> Result<(), TemplateError> {
+    validate_within(template, &Budget::default())
+}
+
+/// [`validate_template`], with parsing held to `budget`'s work limit.
+fn validate_within(template: &str, budget: &Budget) -> Result<(), TemplateError> {
     if template.is_empty() {
         return Ok(());
     }
     let scanned = check_actions(template)?;
+    budget.check_parse_cost(scanned.parse_cost).map_err(TemplateError::budget)?;
     with_stack(scanned.depth, || parse_template(&scanned).map(drop))?
 }
 
@@ -135,6 +141,9 @@ struct Scanned {
     /// reported on, so that it never shows the other rewrites.
     plain: String,
     depth: usize,
+    /// About the bytes `gtmpl` holds while it parses `text` (see
+    /// [`budget::PARSE_BYTES_PER_ACTION_BYTE`]).
+    parse_cost: usize,
 }
 
 /// Nesting up to this depth is parsed and run on the caller's thread; deeper
@@ -215,16 +224,16 @@ impl std::io::Write for Capped {
     }
 }
 
-/// Runs a parsed template (whose rewritten text is `text_len` bytes) within
-/// `budget`: `Ok(None)` when it fails (or the engine panics), an error when
-/// it exceeds the budget.
+/// Runs a parsed template (whose parse cost `parse_cost` bytes of work)
+/// within `budget`: `Ok(None)` when it fails (or the engine panics), an
+/// error when it exceeds the budget.
 fn render(
     parsed: &gtmpl::Template,
     data: gtmpl::Value,
-    text_len: usize,
+    parse_cost: usize,
     budget: &Budget,
 ) -> Result<Option<String>, TemplateError> {
-    let meter = budget::Metered::start(*budget, data.clone(), text_len);
+    let meter = budget::Metered::start(*budget, data.clone(), parse_cost);
     let context = gtmpl::Context::from(data);
     let mut out = Capped { out: Vec::new(), limit: budget.max_output_bytes, over: false };
     let ran = {
@@ -307,6 +316,8 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
     // start for every action, which is quadratic in the template's length).
     let mut counted = 0usize;
     let mut declarations = 0usize;
+    // Bytes of the template outside actions (text, cheap to parse).
+    let mut text_bytes = 0usize;
     while let Some(found) = template[offset..].find("{{") {
         let start = offset + found;
         let at = counted + template[offset..start].chars().count() + 1;
@@ -390,6 +401,7 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
         let end = template.len() - body.len() + action.len;
         counted = at - 1 + template[start..end].chars().count();
         text.push_str(&template[offset..start]);
+        text_bytes += start - offset;
         plain.push_str(&template[offset..start]);
         if action.comment {
             text.push_str(&template[start..end]);
@@ -421,8 +433,12 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
         offset = end;
     }
     text.push_str(&template[offset..]);
+    text_bytes += template.len() - offset;
     plain.push_str(&template[offset..]);
-    Ok(Scanned { text, plain, depth: deepest })
+    let parse_cost = (text.len() - text_bytes)
+        .saturating_mul(budget::PARSE_BYTES_PER_ACTION_BYTE)
+        .saturating_add(text_bytes.saturating_mul(budget::PARSE_BYTES_PER_TEXT_BYTE));
+    Ok(Scanned { text, plain, depth: deepest, parse_cost })
 }
 
 /// An action with its rewrites applied (see [`rewrite_at`]): a float
@@ -864,9 +880,10 @@ pub(super) fn apply_template(value: &str, template: &str, budget: &Budget) -> Re
         Err(e) if e.is_over_budget() => return Err(e),
         Err(_) => return Ok(None),
     };
+    budget.check_parse_cost(scanned.parse_cost).map_err(TemplateError::budget)?;
     let data = to_template_value(serde_json::Value::Object(object));
     let rendered = with_stack(scanned.depth, || match parse_template(&scanned) {
-        Ok(parsed) => render(&parsed, data, scanned.text.len(), budget),
+        Ok(parsed) => render(&parsed, data, scanned.parse_cost, budget),
         Err(_) => Ok(None),
     })??;
     Ok(rendered.map(drop_missing))
@@ -1181,6 +1198,23 @@ mod tests {
         assert!(e.reason().contains("larger than the limit of 65536 bytes"), "{e}");
     }
 
+    /// Issue 19, item 4: parsing is inside the budget: a template whose
+    /// parse would hold more than the work limit is refused before it is
+    /// parsed, at write time and when a stored one is rendered; text
+    /// outside actions is cheap.
+    #[test]
+    fn parsing_counts_as_work() {
+        let small = Budget { max_work_bytes: 100_000, ..Budget::default() };
+        let actions = "{{.a}}".repeat(20);
+        assert!(Template::parse_within(&actions, &small).is_ok());
+        let e = Template::parse_within(&"{{.a}}".repeat(200), &small).unwrap_err();
+        assert!(e.is_over_budget() && e.reason().starts_with("parsing it takes about"), "{e}");
+        assert!(e.reason().contains("AEGIS_TEMPLATE_MAX_WORK_BYTES"), "{e}");
+        let e = over(r#"{"a":"b"}"#, &"{{.a}}".repeat(200), &small);
+        assert!(e.reason().starts_with("parsing it takes about"), "{e}");
+        assert!(Template::parse_within(&format!("{{{{.a}}}}{}", "x".repeat(20_000)), &small).is_ok());
+    }
+
     #[test]
     fn declarations_are_bounded_and_dollar_stays_the_data() {
         let ok = "{{$v := .a}}".repeat(MAX_DECLARATIONS);
@@ -1296,8 +1330,8 @@ mod tests {
         // 85,000 actions in 1 MiB: the lexical walk must not be quadratic.
         let template = "{{.a}}/*x*/".repeat(85_000);
         let started = std::time::Instant::now();
-        assert_eq!(validate_template(&template), Ok(()));
-        let roomy = Budget { max_template_bytes: usize::MAX, ..Budget::default() };
+        assert!(check_actions(&template).is_ok());
+        let roomy = Budget { max_template_bytes: usize::MAX, max_work_bytes: usize::MAX, ..Budget::default() };
         let out = transform(r#"{"a":"1"}"#, Some(&Template::unchecked(&template)), Format::Raw, &roomy).unwrap();
         assert_eq!(out.len(), 85_000 * 6);
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());

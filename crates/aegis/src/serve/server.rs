@@ -101,7 +101,7 @@ pub struct TemplateArgs {
     /// Most steps of one template render: actions, range iterations, function calls (template budget).
     #[arg(long, env = "AEGIS_TEMPLATE_MAX_STEPS", default_value_t = aegis_core::transform::DEFAULT_MAX_STEPS)]
     pub template_max_steps: u64,
-    /// Most bytes of values one template render may copy: the template's text and every value it passes
+    /// Most bytes one template render may hold or copy: parsing the template and every value it passes
     /// to a function, prints, ranges over, tests or keeps in a variable (template budget).
     #[arg(long, env = "AEGIS_TEMPLATE_MAX_WORK_BYTES", default_value_t = aegis_core::transform::DEFAULT_MAX_WORK_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(4096..))]
