@@ -318,6 +318,10 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
     let mut declarations = 0usize;
     // Bytes of the template outside actions (text, cheap to parse).
     let mut text_bytes = 0usize;
+    // Unless the template declares `$` itself (Go lets it), `$.field` is
+    // read from the data directly (see `budget::ROOT_FUNC`). Conservative: a
+    // `$ :=` inside a quoted string also counts.
+    let dollar_is_data = !template.match_indices('$').any(|(i, _)| declares_dollar(&template[i + 1..]));
     while let Some(found) = template[offset..].find("{{") {
         let start = offset + found;
         let at = counted + template[offset..start].chars().count() + 1;
@@ -334,7 +338,7 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
             body = trimmed;
             trim = true;
         }
-        let action = action_len(body, at)?;
+        let action = action_len(body, at, dollar_is_data)?;
         check_keyword(body).map_err(|why| TemplateError::new(format!("{why} (the action at character {at})")))?;
         if action.references > MAX_ACTION_REFERENCES {
             return Err(TemplateError::budget(format!(
@@ -626,7 +630,7 @@ struct Action {
 }
 
 /// Scans an action's body up to and including its closing `}}`.
-fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
+fn action_len(body: &str, at: usize, dollar_is_data: bool) -> Result<Action, TemplateError> {
     let syntax = |why: &str| TemplateError::new(format!("{why} in the action at character {at}"));
     if let Some(comment) = body.strip_prefix("/*") {
         let end = comment.find("*/").ok_or_else(|| syntax("unclosed comment"))? + 4;
@@ -645,7 +649,7 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
         if body[i..].starts_with("}}") {
             return Ok(Action { len: i + 2, parens: deepest, references, declarations, comment: false, rewrites });
         }
-        if let Some(rewrite) = rewrite_at(body, i) {
+        if let Some(rewrite) = rewrite_at(body, i, dollar_is_data) {
             rewrites.push(rewrite);
         }
         match c {
@@ -673,9 +677,6 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
                 rewrites.push((i..i + 1, format!(" | {})", budget::METER_FUNC)));
             }
             ':' if body[i..].starts_with(":=") => declarations += 1,
-            '$' if declares_dollar(&body[i + 1..]) => {
-                return Err(syntax("declaring or assigning the variable $ (it is always the data)"));
-            }
             '.' | '$' => references += 1,
             '_' if body[i..].starts_with(budget::RESERVED)
                 && !body[..i].ends_with(|p: char| p == '.' || p == '_' || p.is_ascii_alphanumeric()) =>
@@ -691,8 +692,7 @@ fn action_len(body: &str, at: usize) -> Result<Action, TemplateError> {
 }
 
 /// Whether `$` followed by `rest` declares or assigns `$` itself (`$ :=`,
-/// `$ =`, `$, $v :=`): `$.field` is read from the data directly (see
-/// `budget::ROOT_FUNC`), so `$` must stay the data.
+/// `$ =`, `$, $v :=`), after which `$` is no longer the data.
 fn declares_dollar(rest: &str) -> bool {
     if rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
         return false;
@@ -743,8 +743,8 @@ fn misheld_float(body: &str, at: usize) -> Option<(std::ops::Range<usize>, Strin
 /// What the rewrite replaces at `at` in an action's body, if anything: a
 /// float literal `gtmpl` would truncate (see [`misheld_float`]), or a field
 /// chain (see [`field_chain`]).
-fn rewrite_at(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)> {
-    misheld_float(body, at).or_else(|| field_chain(body, at))
+fn rewrite_at(body: &str, at: usize, dollar_is_data: bool) -> Option<(std::ops::Range<usize>, String)> {
+    misheld_float(body, at).or_else(|| field_chain(body, at, dollar_is_data))
 }
 
 /// A field chain starting at `at` whose evaluation `gtmpl` gets wrong, with
@@ -754,8 +754,11 @@ fn rewrite_at(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)>
 /// `<no value>`. A single field of dot (`.a`) is left as it is: a map's
 /// entry or missing, in both. A chain of the data (`$.a`, `$.a.b`) becomes
 /// `(_aegis_root "a" "b")`, read without copying all of `$` (see
-/// [`budget::ROOT_FUNC`]).
-fn field_chain(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)> {
+/// [`budget::ROOT_FUNC`]), unless the template declares `$` itself
+/// (`dollar_is_data` false): then `$.a` is `(_aegis_field $ "a")`, a
+/// variable's field like the others (so a field of a missing `$` is
+/// `<no value>`, as in Go).
+fn field_chain(body: &str, at: usize, dollar_is_data: bool) -> Option<(std::ops::Range<usize>, String)> {
     let bytes = body.as_bytes();
     let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let prev = body[..at].bytes().next_back();
@@ -781,7 +784,7 @@ fn field_chain(body: &str, at: usize) -> Option<(std::ops::Range<usize>, String)
         return None;
     }
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    if root == "$" {
+    if root == "$" && dollar_is_data {
         // Read from the data without copying all of `$` (see `budget::ROOT_FUNC`).
         return Some((at..end, format!("({} {})", budget::ROOT_FUNC, quoted.join(" "))));
     }
@@ -1216,7 +1219,7 @@ mod tests {
     }
 
     #[test]
-    fn declarations_are_bounded_and_dollar_stays_the_data() {
+    fn declarations_are_bounded_and_dollar_may_be_declared_as_in_go() {
         let ok = "{{$v := .a}}".repeat(MAX_DECLARATIONS);
         assert!(validate_template(&ok).is_ok());
         let e = validate_template(&format!("{ok}{{{{range $i, $x := .a}}}}{{{{end}}}}")).unwrap_err();
@@ -1224,12 +1227,10 @@ mod tests {
             e.is_over_budget() && e.reason().contains("more than the limit of 100 (template variable declarations)"),
             "{e}"
         );
-        for template in ["{{$ := 1}}", "{{$ = 1}}", "{{range $, $v := .a}}{{end}}", "{{if $ := .a}}{{end}}"] {
-            let e = validate_template(template).unwrap_err();
-            assert!(e.reason().contains("declaring or assigning the variable $"), "{template}: {e}");
-        }
-        // `$` as a value, compared or printed, is fine.
-        assert_eq!(tf(r#"{"a":"b"}"#, Some("{{if eq $.a \"b\"}}{{$.a}}{{end}}"), Format::Raw), "b");
+        // Go lets a template declare `$`; then `$.b` is that variable's field (output recorded with Go).
+        let value = r#"{"a":{"b":"inner"},"b":"outer"}"#;
+        assert_eq!(tf(value, Some("{{$.b}}|{{$ := .a}}{{$.b}}|{{$.a.b}}"), Format::Raw), "outer|inner|<no value>");
+        assert_eq!(tf(value, Some("{{if eq $.b \"outer\"}}{{$.b}}{{end}}"), Format::Raw), "outer");
     }
 
     #[test]
