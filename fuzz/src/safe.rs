@@ -23,7 +23,13 @@ use tower::ServiceExt;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The template budget of the in-process Safe: small, so fuzzing reaches it.
-pub const BUDGET: Budget = Budget { max_output_bytes: 4096, max_steps: 2_000, max_time: Duration::from_millis(200) };
+pub const BUDGET: Budget = Budget {
+    max_output_bytes: 4096,
+    max_steps: 2_000,
+    max_work_bytes: 256 * 1024,
+    max_template_bytes: 4096,
+    max_parallel_renders: aegis_core::transform::DEFAULT_MAX_PARALLEL_RENDERS,
+};
 
 /// One answer of the Safe.
 pub struct Answer {

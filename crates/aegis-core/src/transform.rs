@@ -35,28 +35,34 @@
 //! [`validate_template`]). A stored template that is refused, fails or makes
 //! the engine panic leaves the value untouched.
 //!
-//! Every render runs within a [`Budget`]: output size, steps (actions, range
-//! iterations, function calls) and time, plus the fixed bounds on nesting
-//! ([`MAX_NESTING`]), `printf` widths ([`MAX_PRINTF_SIZE`]) and data
-//! references per action ([`MAX_ACTION_REFERENCES`]). A template over its
-//! budget is an error, never a fallback to the value: see [`transform`].
+//! Every render runs within a [`Budget`]: template size, output size, steps
+//! (actions, range iterations, function calls) and bytes of values copied,
+//! plus the fixed bounds on nesting ([`MAX_NESTING`]), declarations
+//! ([`MAX_DECLARATIONS`]), `printf` widths ([`MAX_PRINTF_SIZE`]) and data
+//! references per action ([`MAX_ACTION_REFERENCES`]). All are counted, none
+//! is a time, so a template fits on every machine under any load or on none.
+//! A template over its budget is an error, never a fallback to the value:
+//! see [`transform`]. At most [`Budget::max_parallel_renders`] renders run
+//! at once in the process.
 //!
 //! The intermediate copies of the value made here (parsed JSON, template
 //! engine values) are not zeroized; the caller owns the returned `String`.
 //!
 //! One job per submodule: `template` (the guards, parsing and rendering),
-//! `budget` (what one render may cost), `format` (the json/yaml/raw
+//! `budget` (what one render may cost), `work` (bytes copied, renders at
+//! once), `format` (the json/yaml/raw
 //! selection) and `yaml` (the yaml.v3-compatible writer).
 
 mod budget;
 mod format;
 mod gofmt;
 mod template;
+mod work;
 mod yaml;
 
 pub use budget::{
-    Budget, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STEPS, DEFAULT_MAX_TIME, DEFAULT_MAX_TIME_MS, MAX_ACTION_REFERENCES,
-    MAX_NESTING, MAX_PRINTF_SIZE,
+    Budget, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL_RENDERS, DEFAULT_MAX_STEPS, DEFAULT_MAX_TEMPLATE_BYTES,
+    DEFAULT_MAX_WORK_BYTES, MAX_ACTION_REFERENCES, MAX_DECLARATIONS, MAX_NESTING, MAX_PRINTF_SIZE,
 };
 pub use format::Format;
 pub use template::{validate_template, Template, TemplateError};

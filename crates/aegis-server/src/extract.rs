@@ -67,14 +67,17 @@ pub async fn view(value: &SecretValue, meta: &SecretMeta, budget: Budget) -> Res
     blocking("the template check", move || Data::compute(&value, &meta, &budget)).await
 }
 
-/// Parses a template (a malformed one is a 400 with the reason), on a blocking
-/// thread: a deeply nested template takes a while to check.
-async fn template(text: Option<&str>) -> Result<Option<Template>, ApiError> {
+/// Parses a template (a malformed one, or one larger than the budget's
+/// size limit, is a 400 with the reason), on a blocking thread: a deeply
+/// nested template takes a while to check.
+async fn template(text: Option<&str>, budget: Budget) -> Result<Option<Template>, ApiError> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(None),
         Some(t) => {
+            // Refused before it is copied or parsed.
+            Template::check_size(t, &budget).map_err(|e| ApiError::bad_request(e.to_string()))?;
             let t = t.to_owned();
-            blocking("the template check", move || Template::parse(&t)).await
+            blocking("the template check", move || Template::parse_within(&t, &budget)).await
         }
     }
 }
@@ -95,20 +98,22 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
 
 /// Builds delivery metadata from the optional fields both APIs accept, each
 /// parsed once into its type (a namespace, a format, a validity window).
-/// Namespace items are trimmed, as before; times are `now`/`never`/RFC 3339.
+/// Namespace items are trimmed, as before; times are `now`/`never`/RFC 3339;
+/// the template is held to `budget` (its size first, before it is parsed).
 pub async fn meta(
     namespaces: Option<&[String]>,
     template: Option<&str>,
     format: Option<Format>,
     not_before: Option<&str>,
     expires: Option<&str>,
+    budget: Budget,
 ) -> Result<SecretMeta, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut m = SecretMeta::defaults(now);
     if let Some(list) = namespaces.filter(|l| !l.is_empty()) {
         m.namespaces = list.iter().map(|n| Namespace::parse(n.trim()).map(String::from)).collect::<Result<_, _>>()?;
     }
-    m.template = self::template(template).await?;
+    m.template = self::template(template, budget).await?;
     m.format = format.unwrap_or_default();
     let window = ValidityWindow::parse(not_before.unwrap_or(""), expires.unwrap_or(""), now)?;
     m.not_before = window.not_before;

@@ -112,6 +112,7 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
         format,
         req.not_before.as_deref(),
         req.expires_after.as_deref(),
+        s.settings.template_budget,
     )
     .await?;
     let stamps = stamps(req.created.as_deref(), req.updated.as_deref())?;

@@ -138,6 +138,7 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
         Some(Format::parse_lenient(&req.format)),
         Some(&req.not_before),
         Some(&req.expires),
+        s.settings.template_budget,
     )
     .await?;
     let view = extract::view(&value, &meta, s.settings.template_budget).await?;

@@ -176,6 +176,9 @@ fn field() -> BoxedStrategy<String> {
         2 => (0..6u8, 0..4u8).prop_map(|(n, m)| format!(".k{n}.k{m}")),
         1 => Just(".".to_owned()),
         1 => Just("$".to_owned()),
+        // Fields of the data, which Aegis reads without copying `$`.
+        1 => (0..6u8).prop_map(|n| format!("$.k{n}")),
+        1 => (0..6u8, 0..4u8).prop_map(|(n, m)| format!("$.k{n}.k{m}")),
     ]
     .boxed()
 }

@@ -1,5 +1,8 @@
-//! What one template may cost: output, steps, time, nesting, printf sizes
-//! and data references per action.
+//! What one template may cost: size, output, steps, bytes of values
+//! copied, nesting, declarations, printf sizes and data references per
+//! action. Every bound is counted by the renderer itself, never by a clock,
+//! so a template that fits its budget once fits it on any machine under any
+//! load.
 //!
 //! `gtmpl` has no hooks for any of this, so the budget is enforced from the
 //! outside:
@@ -10,18 +13,24 @@
 //!   `super::template::check_actions`) by a call to [`STEP_FUNC`], and every built-in
 //!   function is replaced by a wrapper; each such call is one step. A range
 //!   iteration runs at least the step before its `{{end}}`, so iterations are
-//!   counted too. Each step also checks the clock. The counters live in a
-//!   thread-local [`Meter`], set for the duration of one render (rendering is
-//!   synchronous, so it cannot be seen by another render).
+//!   counted too. The counters live in a thread-local [`Meter`], set for the
+//!   duration of one render (rendering is synchronous, so it cannot be seen by
+//!   another render).
+//! - Every value `gtmpl` copies reaches a point where its size is counted
+//!   (see `super::work`): the arguments of every function, every printed
+//!   value, every `range`, `if` and `with` pipeline, every declared or
+//!   assigned variable, every parenthesized pipeline and every field chain;
+//!   `$.field` is read from the meter's copy of the data, without copying
+//!   `$`. The sum is held to [`Budget::max_work_bytes`], which bounds both
+//!   the time a render takes and the memory it holds.
 //! - `printf`, `print`, `println` and `urlquery` estimate the size of their
 //!   result before building it and refuse when it would pass the output limit;
 //!   `printf` also checks widths and precisions, including the `*` forms that
 //!   take them from the arguments at run time.
-//! - Nesting and data references are bounded lexically, before `gtmpl`'s
-//!   recursive parser sees the template.
+//! - The template's size, nesting, declarations and data references are
+//!   bounded lexically, before `gtmpl`'s recursive parser sees the template.
 
 use std::cell::RefCell;
-use std::time::{Duration, Instant};
 
 use gtmpl_value::{Func, FuncError, Number, Value};
 
@@ -34,11 +43,33 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// function calls).
 pub const DEFAULT_MAX_STEPS: u64 = 100_000;
 
-/// Default longest time one render may take, in milliseconds.
-pub const DEFAULT_MAX_TIME_MS: u64 = 1_000;
+/// Default most bytes of values one render may copy (see [`Budget::max_work_bytes`]):
+/// 32 MiB, some 30 times the largest secret a default Safe accepts.
+pub const DEFAULT_MAX_WORK_BYTES: usize = 32 * 1024 * 1024;
 
-/// Default longest time one render may take.
-pub const DEFAULT_MAX_TIME: Duration = Duration::from_millis(DEFAULT_MAX_TIME_MS);
+/// Default largest template, in bytes: 64 KiB. VSecM's templates are a
+/// line or a few dozen; the limit keeps `gtmpl`'s parser (which holds every
+/// token and node of the template at once) small.
+pub const DEFAULT_MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+
+/// Default most templates rendered at once in the whole process (writes,
+/// start-up, the Kubernetes sync): each render may hold up to its budget.
+pub const DEFAULT_MAX_PARALLEL_RENDERS: usize = 2;
+
+/// About the bytes `gtmpl`'s parser holds per byte of (rewritten) action
+/// text: every token is a separate allocation, sent through a channel, and
+/// every node a large enum in its own vector (measured: 110 to 145 bytes per
+/// byte, whatever the mix of actions). Parsing counts as work, so a template
+/// whose parse would not fit the work limit is refused before it is parsed.
+pub(super) const PARSE_BYTES_PER_ACTION_BYTE: usize = 128;
+
+/// The same for text outside actions: one token and one node per run of text.
+pub(super) const PARSE_BYTES_PER_TEXT_BYTE: usize = 4;
+
+/// Most variable declarations (`:=`) in one template. `gtmpl` looks a
+/// variable up by walking all of those in scope, so this bounds the cost of
+/// every reference. Not configurable.
+pub const MAX_DECLARATIONS: usize = 100;
 
 /// Deepest nesting of blocks (`if`, `with`, `range`, each `else if` of a
 /// chain) plus parentheses inside an action. `gtmpl` parses, runs and drops
@@ -81,21 +112,45 @@ pub(super) const FLOAT_FUNC: &str = "_aegis_float";
 /// The function a field chain such as `.a.b` is evaluated by (see [`field`]).
 pub(super) const FIELD_FUNC: &str = "_aegis_field";
 
-/// What one render may cost. The nesting, `printf` and reference limits are
-/// constants ([`MAX_NESTING`], [`MAX_PRINTF_SIZE`], [`MAX_ACTION_REFERENCES`]).
+/// The function a field chain of the data such as `$.a` becomes (see [`root_field`]).
+pub(super) const ROOT_FUNC: &str = "_aegis_root";
+
+/// The function that counts the bytes of a pipeline's value (see [`meter`]).
+pub(super) const METER_FUNC: &str = "_aegis_meter";
+
+/// What one render may cost. The nesting, declaration, `printf` and
+/// reference limits are constants ([`MAX_NESTING`], [`MAX_DECLARATIONS`],
+/// [`MAX_PRINTF_SIZE`], [`MAX_ACTION_REFERENCES`]). Nothing here is a time:
+/// every bound is counted by the renderer, so whether a template fits does
+/// not depend on the machine or its load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Largest output, and largest string any function may build, in bytes.
     pub max_output_bytes: usize,
     /// Most steps: actions run, range iterations and function calls.
     pub max_steps: u64,
-    /// Longest time one render may take.
-    pub max_time: Duration,
+    /// Most bytes of values one render copies: the template's own text
+    /// (parsed), every value passed to a function, printed, ranged over,
+    /// tested by `if`/`with`, stored in a variable or produced by a
+    /// parenthesized pipeline or field chain. Bounds the work of a render
+    /// and the memory it holds.
+    pub max_work_bytes: usize,
+    /// Largest template, in bytes: larger ones are refused before parsing.
+    pub max_template_bytes: usize,
+    /// Most renders running at once in the process (all budgets share one
+    /// count); a render waits for its turn.
+    pub max_parallel_renders: usize,
 }
 
 impl Default for Budget {
     fn default() -> Self {
-        Self { max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES, max_steps: DEFAULT_MAX_STEPS, max_time: DEFAULT_MAX_TIME }
+        Self {
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_steps: DEFAULT_MAX_STEPS,
+            max_work_bytes: DEFAULT_MAX_WORK_BYTES,
+            max_template_bytes: DEFAULT_MAX_TEMPLATE_BYTES,
+            max_parallel_renders: DEFAULT_MAX_PARALLEL_RENDERS,
+        }
     }
 }
 
@@ -116,12 +171,38 @@ impl Budget {
         )
     }
 
-    fn time_exceeded(&self) -> String {
+    fn work_exceeded(&self) -> String {
         format!(
-            "it runs longer than the limit of {} ms (template time limit, AEGIS_TEMPLATE_MAX_TIME_MS); \
-             simplify the template",
-            self.max_time.as_millis()
+            "it copies more than {} bytes of values (template work limit: the template's text and every value \
+             it passes to a function, prints, ranges over, tests or stores in a variable, \
+             AEGIS_TEMPLATE_MAX_WORK_BYTES); refer to the fields you need rather than to . or $, \
+             or simplify the template",
+            self.max_work_bytes
         )
+    }
+
+    /// Why a template whose parse costs `cost` bytes is refused, if that is over the work limit.
+    pub(super) fn check_parse_cost(&self, cost: usize) -> Result<(), String> {
+        if cost <= self.max_work_bytes {
+            return Ok(());
+        }
+        Err(format!(
+            "parsing it takes about {cost} bytes, more than the limit of {} bytes (template work limit, \
+             AEGIS_TEMPLATE_MAX_WORK_BYTES); write a smaller template",
+            self.max_work_bytes
+        ))
+    }
+
+    /// Why a template of `len` bytes is refused, if it is larger than the limit.
+    pub(super) fn check_template_size(&self, len: usize) -> Result<(), String> {
+        if len <= self.max_template_bytes {
+            return Ok(());
+        }
+        Err(format!(
+            "the template is {len} bytes, larger than the limit of {} bytes (template size limit, \
+             AEGIS_TEMPLATE_MAX_BYTES); write a smaller template",
+            self.max_template_bytes
+        ))
     }
 }
 
@@ -129,7 +210,10 @@ impl Budget {
 pub(super) struct Meter {
     budget: Budget,
     steps: u64,
-    started: Instant,
+    /// Bytes of values copied so far (see [`Budget::max_work_bytes`]).
+    work: usize,
+    /// The data (`$`), read by [`ROOT_FUNC`] without copying all of it.
+    root: Value,
     /// Why the render was stopped, once it was.
     exceeded: Option<String>,
     /// For each `range` of the template (by its number), what it visits:
@@ -154,10 +238,12 @@ thread_local! {
 pub(super) struct Metered(());
 
 impl Metered {
-    pub(super) fn start(budget: Budget) -> Self {
+    /// Starts a render over `root` of a template whose parse cost
+    /// `parse_cost` bytes (parsing it was work too).
+    pub(super) fn start(budget: Budget, root: Value, parse_cost: usize) -> Self {
         METER.with(|m| {
             *m.borrow_mut() =
-                Some(Meter { budget, steps: 0, started: Instant::now(), exceeded: None, ranges: Vec::new() });
+                Some(Meter { budget, steps: 0, work: parse_cost, root, exceeded: None, ranges: Vec::new() });
         });
         Metered(())
     }
@@ -181,9 +267,10 @@ fn stop(meter: &mut Meter, why: String) -> FuncError {
     err
 }
 
-/// Charges one step; fails once the steps or the time are spent. Outside a
-/// render (no meter) everything is allowed.
-fn charge() -> Result<Option<usize>, FuncError> {
+/// Charges one step and the bytes of the function's arguments (`gtmpl`
+/// copied each of them); fails once the steps or the work are spent.
+/// Outside a render (no meter) everything is allowed.
+fn charge(args: &[Value]) -> Result<Option<usize>, FuncError> {
     METER.with(|m| {
         let mut m = m.borrow_mut();
         let Some(meter) = m.as_mut() else { return Ok(None) };
@@ -195,11 +282,26 @@ fn charge() -> Result<Option<usize>, FuncError> {
             let why = meter.budget.steps_exceeded();
             return Err(stop(meter, why));
         }
-        if meter.started.elapsed() > meter.budget.max_time {
-            let why = meter.budget.time_exceeded();
-            return Err(stop(meter, why));
-        }
+        add_work(meter, args.iter().map(super::work::size_of))?;
         Ok(Some(meter.budget.max_output_bytes))
+    })
+}
+
+/// Adds the bytes `sizes` to the work; fails once it passes the limit.
+fn add_work(meter: &mut Meter, sizes: impl Iterator<Item = usize>) -> Result<(), FuncError> {
+    meter.work = sizes.fold(meter.work, usize::saturating_add);
+    if meter.work > meter.budget.max_work_bytes {
+        let why = meter.budget.work_exceeded();
+        return Err(stop(meter, why));
+    }
+    Ok(())
+}
+
+/// Charges the bytes of `values` (copied by `gtmpl` on their way here), not a step.
+fn spend(values: &[Value]) -> Result<(), FuncError> {
+    METER.with(|m| match m.borrow_mut().as_mut() {
+        Some(meter) => add_work(meter, values.iter().map(super::work::size_of)),
+        None => Ok(()),
     })
 }
 
@@ -269,6 +371,7 @@ fn check_result(result: Result<Value, FuncError>, limit: Option<usize>) -> Resul
 /// the same value could render differently from one run to the next).
 /// Not a step (the action was counted); refused once over the output limit.
 fn go_print(args: &[Value]) -> Result<Value, FuncError> {
+    spend(args)?;
     let limit = METER.with(|m| m.borrow().as_ref().map(|m| m.budget.max_output_bytes));
     match args {
         // A missing value, or JSON null, prints as Go prints them: `<no value>`.
@@ -322,6 +425,9 @@ fn range_number(arg: Option<&Value>) -> Result<usize, FuncError> {
 fn sorted_range(args: &[Value]) -> Result<Value, FuncError> {
     let [n, value] = args else { return Err(FuncError::ExactlyXArgs(RANGE_FUNC.to_owned(), 2)) };
     let n = range_number(Some(n))?;
+    // Copied on its way here, copied again below, and each item once more by `gtmpl`.
+    spend(std::slice::from_ref(value))?;
+    spend(std::slice::from_ref(value))?;
     let (visit, value) = match value {
         Value::Map(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
@@ -377,19 +483,53 @@ fn range_key(args: &[Value]) -> Result<Value, FuncError> {
 /// a missing value, where Go gives `<no value>`). Not a step (the action was
 /// counted).
 fn field(args: &[Value]) -> Result<Value, FuncError> {
-    let Some((mut value, names)) = args.split_first() else {
+    let Some((value, names)) = args.split_first() else {
         return Err(FuncError::AtLeastXArgs(FIELD_FUNC.to_owned(), 2));
     };
-    let missing = Value::NoValue;
+    // `gtmpl` copied the whole variable to get here.
+    spend(std::slice::from_ref(value))?;
+    let found = lookup(value, names)?.clone();
+    spend(std::slice::from_ref(&found))?;
+    Ok(found)
+}
+
+/// What a missing field reads as.
+static MISSING: Value = Value::NoValue;
+
+/// The field `names` of `value`, as [`field`] describes.
+fn lookup<'v>(mut value: &'v Value, names: &[Value]) -> Result<&'v Value, FuncError> {
     for name in names {
         let Value::String(name) = name else { return Err(FuncError::UnableToConvertFromValue) };
         value = match value {
-            Value::Map(map) => map.get(name).unwrap_or(&missing),
-            Value::NoValue => &missing,
+            Value::Map(map) => map.get(name).unwrap_or(&MISSING),
+            Value::NoValue => &MISSING,
             Value::Nil => return Err(FuncError::Generic(format!("nil pointer evaluating interface {{}}.{name}"))),
             _ => return Err(FuncError::Generic(format!("can't evaluate field {name} in type interface {{}}"))),
         };
     }
+    Ok(value)
+}
+
+/// `_aegis_root "a" "b"` is Go's `$.a.b`, read from the meter's copy of
+/// the data: `gtmpl` would copy all of `$` for each such reference, which
+/// inside a `range` is the whole secret once per iteration. Not a step.
+fn root_field(args: &[Value]) -> Result<Value, FuncError> {
+    let found = METER.with(|m| match m.borrow().as_ref() {
+        Some(meter) => lookup(&meter.root, args).cloned(),
+        None => Err(FuncError::Generic("$ is read outside a render".to_owned())),
+    })?;
+    spend(std::slice::from_ref(&found))?;
+    Ok(found)
+}
+
+/// `X | _aegis_meter` is X, its bytes counted: the value of every pipeline
+/// whose result `gtmpl` copies and keeps without passing it to a function
+/// (a declared variable, an `if` or `with`, a parenthesized pipeline). Not a step.
+fn meter(args: &[Value]) -> Result<Value, FuncError> {
+    let [value] = args else { return Err(FuncError::ExactlyXArgs(METER_FUNC.to_owned(), 1)) };
+    // Copied on its way here and once more when it is returned.
+    spend(args)?;
+    spend(args)?;
     Ok(value.clone())
 }
 
@@ -406,8 +546,8 @@ fn float(args: &[Value]) -> Result<Value, FuncError> {
 }
 
 /// Counts one step; prints nothing.
-fn step(_: &[Value]) -> Result<Value, FuncError> {
-    charge()?;
+fn step(args: &[Value]) -> Result<Value, FuncError> {
+    charge(args)?;
     Ok(Value::String(String::new()))
 }
 
@@ -415,7 +555,7 @@ macro_rules! metered {
     ($($name:ident => $inner:path),* $(,)?) => {
         $(
             fn $name(args: &[Value]) -> Result<Value, FuncError> {
-                charge()?;
+                charge(args)?;
                 $inner(args)
             }
         )*
@@ -432,7 +572,7 @@ metered! {
 /// `gtmpl`'s `print` (a space between two operands that are not strings),
 /// with arrays and maps printed as Go prints them ([`go_text`]).
 fn print(args: &[Value]) -> Result<Value, FuncError> {
-    let limit = charge()?;
+    let limit = charge(args)?;
     check_size(args_len(args), limit)?;
     print_text(args, limit)
 }
@@ -454,7 +594,7 @@ fn print_text(args: &[Value], limit: Option<usize>) -> Result<Value, FuncError> 
 /// Go's `println`: the arguments as `print` shows them, a space between
 /// every two, and a line break.
 fn println(args: &[Value]) -> Result<Value, FuncError> {
-    let limit = charge()?;
+    let limit = charge(args)?;
     check_size(args_len(args).saturating_add(1), limit)?;
     let texts: Vec<String> = args.iter().map(|a| go_arg(a, limit)).collect::<Result<_, _>>()?;
     check_result(Ok(Value::String(format!("{}\n", texts.join(" ")))), limit)
@@ -512,7 +652,7 @@ fn js(args: &[Value]) -> Result<Value, FuncError> {
 /// written by `escape`, refused when at most `growth` bytes per byte could
 /// pass the output limit.
 fn escaped(args: &[Value], growth: usize, escape: fn(char, &mut String)) -> Result<Value, FuncError> {
-    let limit = charge()?;
+    let limit = charge(args)?;
     check_size(args_len(args).saturating_mul(growth), limit)?;
     let text = args_text(args, limit)?;
     let mut out = String::with_capacity(text.len());
@@ -543,7 +683,7 @@ fn args_text(args: &[Value], limit: Option<usize>) -> Result<String, FuncError> 
 /// array; no index is `x`, one is `x[i:]`. Out of range, or inside a
 /// character of a string, it fails, as in Go (which would cut the character).
 fn slice(args: &[Value]) -> Result<Value, FuncError> {
-    charge()?;
+    charge(args)?;
     let Some((item, indexes)) = args.split_first() else {
         return Err(FuncError::AtLeastXArgs("slice".to_owned(), 1));
     };
@@ -581,7 +721,7 @@ fn slice(args: &[Value]) -> Result<Value, FuncError> {
 /// maps); anything else fails, as in Go.
 fn len(args: &[Value]) -> Result<Value, FuncError> {
     use super::gofmt::{arg_of, Arg};
-    charge()?;
+    charge(args)?;
     let [item] = args else { return Err(FuncError::ExactlyXArgs("len".to_owned(), 1)) };
     match arg_of(item) {
         Some(Arg::Str(s)) => Ok(Value::from(s.len())),
@@ -597,7 +737,7 @@ fn len(args: &[Value]) -> Result<Value, FuncError> {
 /// any other key or item fails, as in Go.
 fn index(args: &[Value]) -> Result<Value, FuncError> {
     use super::gofmt::{arg_of, Arg};
-    charge()?;
+    charge(args)?;
     let Some((item, keys)) = args.split_first() else {
         return Err(FuncError::AtLeastXArgs("index".to_owned(), 1));
     };
@@ -692,7 +832,7 @@ fn compare_numbers(a: &super::gofmt::Arg<'_>, b: &super::gofmt::Arg<'_>) -> Opti
 /// Go's `eq`: `eq a b c` is `a == b || a == c` (`gtmpl` requires all); a
 /// pair Go cannot compare fails, as in Go, once it is reached.
 fn eq(args: &[Value]) -> Result<Value, FuncError> {
-    charge()?;
+    charge(args)?;
     let Some((first, rest)) = args.split_first().filter(|(_, rest)| !rest.is_empty()) else {
         return Err(FuncError::AtLeastXArgs("eq".to_owned(), 2));
     };
@@ -705,7 +845,7 @@ fn eq(args: &[Value]) -> Result<Value, FuncError> {
 }
 
 fn ne(args: &[Value]) -> Result<Value, FuncError> {
-    charge()?;
+    charge(args)?;
     match args {
         [a, b] => Ok(Value::Bool(!equal(a, b)?)),
         _ => Err(FuncError::ExactlyXArgs("ne".to_owned(), 2)),
@@ -714,7 +854,7 @@ fn ne(args: &[Value]) -> Result<Value, FuncError> {
 
 /// `lt`, `le`, `gt`, `ge` (see [`order_of`]).
 fn order(args: &[Value], name: &str, want: fn(std::cmp::Ordering) -> bool) -> Result<Value, FuncError> {
-    charge()?;
+    charge(args)?;
     match args {
         [a, b] => Ok(Value::Bool(want(order_of(a, b)?))),
         _ => Err(FuncError::ExactlyXArgs(name.to_owned(), 2)),
@@ -738,7 +878,7 @@ fn ge(args: &[Value]) -> Result<Value, FuncError> {
 }
 
 fn printf(args: &[Value]) -> Result<Value, FuncError> {
-    let limit = charge()?;
+    let limit = charge(args)?;
     let mut shown = Vec::new();
     if let Some((Value::String(format), rest)) = args.split_first() {
         // Estimated on the arguments as they are: arrays and maps are
@@ -810,6 +950,8 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     (EMPTY_FUNC, range_empty as Func),
     (FIELD_FUNC, field as Func),
     (FLOAT_FUNC, float as Func),
+    (METER_FUNC, meter as Func),
+    (ROOT_FUNC, root_field as Func),
 ];
 
 /// An argument as `gtmpl` reads a `*` width or precision: an integer.

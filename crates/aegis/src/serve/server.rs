@@ -101,9 +101,23 @@ pub struct TemplateArgs {
     /// Most steps of one template render: actions, range iterations, function calls (template budget).
     #[arg(long, env = "AEGIS_TEMPLATE_MAX_STEPS", default_value_t = aegis_core::transform::DEFAULT_MAX_STEPS)]
     pub template_max_steps: u64,
-    /// Longest one template render may take, in milliseconds (template budget).
-    #[arg(long, env = "AEGIS_TEMPLATE_MAX_TIME_MS", default_value_t = DEFAULT_TEMPLATE_MAX_TIME_MS)]
-    pub template_max_time_ms: u64,
+    /// Most bytes one template render may hold or copy: parsing the template and every value it passes
+    /// to a function, prints, ranges over, tests or keeps in a variable (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_WORK_BYTES", default_value_t = aegis_core::transform::DEFAULT_MAX_WORK_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub template_max_work_bytes: u64,
+    /// Largest template a secret may have, in bytes; larger ones are refused with a 400 (template budget).
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_BYTES", default_value_t = aegis_core::transform::DEFAULT_MAX_TEMPLATE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub template_max_bytes: u64,
+    /// Most template renders running at once in the Safe (writes, start-up, Kubernetes sync); others wait.
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_PARALLEL", default_value_t = aegis_core::transform::DEFAULT_MAX_PARALLEL_RENDERS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub template_max_parallel: u64,
+    /// No longer used: a render's cost is counted (steps, bytes), not timed, so it does not depend on the
+    /// machine's load. Accepted so that old configurations still start; a warning says it is ignored.
+    #[arg(long, env = "AEGIS_TEMPLATE_MAX_TIME_MS", hide = true)]
+    pub template_max_time_ms: Option<u64>,
 }
 
 /// The audit trail flags, shared by `aegis server` and `aegis dev` (see docs/AUDIT.md).
@@ -375,16 +389,23 @@ impl LimitArgs {
     }
 }
 
-/// The default template time limit, in milliseconds.
-pub const DEFAULT_TEMPLATE_MAX_TIME_MS: u64 = aegis_core::transform::DEFAULT_MAX_TIME_MS;
-
 /// The template budget from the flags.
 pub fn template_budget(a: &ServerArgs) -> aegis_core::transform::Budget {
     let a = &a.templates;
+    if a.template_max_time_ms.is_some() {
+        tracing::warn!(
+            "AEGIS_TEMPLATE_MAX_TIME_MS (--template-max-time-ms) is no longer used and is ignored: a template's cost \
+             is counted in steps and bytes (AEGIS_TEMPLATE_MAX_STEPS, AEGIS_TEMPLATE_MAX_WORK_BYTES), which do not \
+             depend on the machine's load; remove the setting"
+        );
+    }
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     aegis_core::transform::Budget {
         max_output_bytes: a.template_max_output_bytes,
         max_steps: a.template_max_steps,
-        max_time: Duration::from_millis(a.template_max_time_ms),
+        max_work_bytes: size(a.template_max_work_bytes),
+        max_template_bytes: size(a.template_max_bytes),
+        max_parallel_renders: size(a.template_max_parallel),
     }
 }
 
