@@ -131,10 +131,10 @@ impl InFlight {
         route: &'static str,
         body_size: Option<u64>,
         max_body: usize,
-    ) -> Result<Admitted, Response> {
+    ) -> Result<Admitted, Box<Response>> {
         if !matches!(caller.role, Role::Sentinel) {
             if sentinel_only(method, route) {
-                caller.require_sentinel().map_err(IntoResponse::into_response)?;
+                caller.require_sentinel().map_err(|e| Box::new(e.into_response()))?;
             }
             let request = match route {
                 routes::WORKLOAD_WATCH => None,
@@ -187,10 +187,10 @@ pub fn refusal(t: &Tally, over: Over) -> ApiError {
 }
 
 /// [`refusal`] as an answer, with `Retry-After`.
-fn refuse(t: &Tally, over: Over) -> Response {
+fn refuse(t: &Tally, over: Over) -> Box<Response> {
     let mut resp = refusal(t, over).into_response();
     resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+    Box::new(resp)
 }
 
 /// The variable that raises a limit.

@@ -553,7 +553,7 @@ async fn handle(
         scope.run(async move {
             let held = match admitted {
                 Ok(held) => held,
-                Err(refused) => return Ok(refused),
+                Err(refused) => return Ok(*refused),
             };
             let resp = match read_body(req, held.body_limit).await {
                 Ok(req) => app.oneshot(req).await,
