@@ -317,10 +317,12 @@ async fn a_safe_held_to_256_mib_survives_every_flood_and_serves_others() {
             Some(tls)
         }));
     }
-    // 3. The health port: 1,200 half-sent requests.
+    // 3. The health port: 1,200 half-sent requests, from another address than the probes'.
     let mut health = Vec::new();
     for _ in 0..1200 {
-        if let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", safe.health)).await {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, 3], 0))).unwrap();
+        if let Ok(mut tcp) = sock.connect(([127, 0, 0, 1], safe.health).into()).await {
             let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\ncontent-length: 100000\r\n").await;
             health.push(tcp);
         }

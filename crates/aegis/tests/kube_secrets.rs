@@ -597,7 +597,7 @@ async fn namespaces_are_bounded_and_watched_only_while_a_secret_names_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labelled_secrets_of_names_the_safe_lacks_are_never_counted() {
     let k = Setup::new(&[], &[]).await;
-    let safe = k.safe(&[]);
+    let safe = k.safe(&[("AEGIS_K8S_INSTANCE", "phantom-test")]);
     let c = safe.client(&safe.admin_env()).await;
     c.put("k8s:real", &put("r", &[], None)).await.unwrap();
     wait_state(&c, "k8s:real", "synced").await;
@@ -609,7 +609,7 @@ async fn labelled_secrets_of_names_the_safe_lacks_are_never_counted() {
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": format!("phantom-{i}"), "labels": {"app.kubernetes.io/managed-by": "aegis"},
                          "annotations": {"aegis.dev/secret": format!("k8s:phantom-{i}"), "aegis.dev/version": "1",
-                                         "aegis.dev/instance": "default"}},
+                                         "aegis.dev/instance": "phantom-test"}},
             "type": "Opaque", "stringData": {"VALUE": "x"}
         }))
         .unwrap();
@@ -676,7 +676,13 @@ async fn healthz_stays_responsive_while_copies_of_a_templated_secret_are_edited(
     let spaces = ["edit-a", "edit-b", "edit-c", "edit-d"];
     let k = Setup::new(&spaces, &[]).await;
     // One async worker thread, as the chart's one CPU gives the Safe.
-    let safe = k.safe(&[("TOKIO_WORKER_THREADS", "1"), ("AEGIS_LOG", "info")]);
+    // The template below copies far more than the default work budget: raised, so that
+    // rendering takes a noticeable time (what this test is about), not refused.
+    let safe = k.safe(&[
+        ("TOKIO_WORKER_THREADS", "1"),
+        ("AEGIS_LOG", "info"),
+        ("AEGIS_TEMPLATE_MAX_WORK_BYTES", "1073741824"),
+    ]);
     let c = safe.client(&safe.admin_env()).await;
     // A template that takes a good part of the template budget to render.
     let list: Vec<&str> = vec!["1"; 25_000];
