@@ -102,12 +102,23 @@ pub struct InFlight {
 }
 
 /// What a request holds while it is served.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admitted {
     _request: Option<Held>,
     _body: Option<Held>,
-    /// The most body bytes this request may send.
-    pub body_limit: usize,
+    /// What is done with the request's body.
+    pub body: BodyRule,
+}
+
+/// What is done with a request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRule {
+    /// Read, up to this many bytes.
+    Read(usize),
+    /// Refused with 413 if there is one, unread: the route takes none from this caller.
+    Refuse,
+    /// Dropped unread: the router answers without it (404, 405).
+    Discard,
 }
 
 impl InFlight {
@@ -136,11 +147,14 @@ impl InFlight {
             if sentinel_only(method, route) {
                 caller.require_sentinel().map_err(|e| Box::new(e.into_response()))?;
             }
+            if !serves(method, route) {
+                return Ok(Admitted { _request: None, _body: None, body: BodyRule::Discard });
+            }
             let request = match route {
                 routes::WORKLOAD_WATCH => None,
                 _ => Some(self.requests.take(caller.id.as_str(), 1).map_err(|o| refuse(&self.requests, o))?),
             };
-            return Ok(Admitted { _request: request, _body: None, body_limit: 0 });
+            return Ok(Admitted { _request: request, _body: None, body: BodyRule::Refuse });
         }
         // The body's known length (declared, or none at all), else the most a body may be.
         let declared = body_size.map_or(max_body, |n| usize::try_from(n).unwrap_or(usize::MAX).min(max_body));
@@ -150,19 +164,31 @@ impl InFlight {
             0 => None,
             n => Some(self.body_bytes.take(caller.id.as_str(), n).map_err(|o| refuse(&self.body_bytes, o))?),
         };
-        Ok(Admitted { _request: None, _body: body, body_limit: max_body })
+        Ok(Admitted { _request: None, _body: body, body: BodyRule::Read(max_body) })
     }
 }
 
-/// Routes (and methods) that only the Sentinel may use: all but the workload
-/// reads, the watch and the OpenAPI document. Unknown paths and methods are
-/// left to the router (404, 405), with no body read.
+/// Routes (and methods) that only the Sentinel may use: every method a route
+/// serves, but for the workload reads, the watch and the OpenAPI document.
+/// Unknown paths and methods a route does not serve are left to the router
+/// (404, 405), with no body read.
 fn sentinel_only(method: &Method, route: &'static str) -> bool {
     use routes::*;
+    !matches!(route, WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI) && serves(method, route)
+}
+
+/// Whether the router serves `method` on `route` (axum answers HEAD wherever GET is served).
+fn serves(method: &Method, route: &'static str) -> bool {
+    use routes::*;
+    let get = *method == Method::GET || *method == Method::HEAD;
     match route {
-        "other" => false,
-        WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI => false,
-        _ => method != Method::OPTIONS,
+        SENTINEL_SECRETS => get || *method == Method::POST || *method == Method::DELETE,
+        SECRET => get || *method == Method::PUT || *method == Method::DELETE,
+        SENTINEL_KEYS | UNDELETE | ROLLBACK | ENCRYPT | UNSEAL | ROTATE_ROOT_KEY => *method == Method::POST,
+        VERSION => *method == Method::DELETE,
+        SENTINEL_KEYSTONE | SECRETS | VERSIONS | STATUS => get,
+        WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI => get,
+        _ => false,
     }
 }
 
@@ -243,10 +269,13 @@ mod tests {
         let upsert = f.admit(&wl, &Method::POST, routes::SENTINEL_SECRETS, None, 1 << 20).unwrap_err();
         assert_eq!(upsert.status(), StatusCode::FORBIDDEN);
         let fetch = f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).unwrap();
-        assert_eq!(fetch.body_limit, 0);
+        assert_eq!(fetch.body, BodyRule::Refuse);
         let _second = f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRETS, None, 1 << 20).unwrap();
         let third = f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).unwrap_err();
         assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        // A method the route does not serve is the router's 405, whoever asks; its body is not read.
+        let trace = f.admit(&nobody, &Method::TRACE, routes::SECRET, None, 1 << 20).unwrap();
+        assert_eq!(trace.body, BodyRule::Discard);
         // Watches are counted as watches, not as requests.
         assert!(f.admit(&wl, &Method::GET, routes::WORKLOAD_WATCH, None, 1 << 20).is_ok());
         drop(fetch);

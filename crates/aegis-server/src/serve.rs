@@ -28,6 +28,7 @@ use aegis_core::SpiffeId;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::inflight::BodyRule;
 use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
 use crate::state::{AppState, Settings};
@@ -467,24 +468,28 @@ async fn serve_hyper<S>(
 /// declared larger than that is refused at once.
 const DRAIN_FACTOR: u64 = 4;
 
-/// Reads the whole body (within `limit`) before routing. An oversized body
+/// Applies `rule` to the body before routing: refused or dropped unread, or
+/// read whole (within the limit). An oversized body
 /// is a 413: refused at once when its declared length is far over the limit,
 /// otherwise after reading the rest of it (up to [`DRAIN_FACTOR`] times the
 /// limit), so the client is not cut off before it reads the answer.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Request<Body>, ApiError> {
+async fn read_body(req: Request<Incoming>, rule: BodyRule) -> Result<Request<Body>, ApiError> {
     use http_body_util::BodyExt;
     use hyper::body::Body as _;
-    if limit == 0 {
-        // Not a byte is read: the stream is reset or the connection closed after the answer.
-        if req.body().size_hint().exact() != Some(0) {
+    // Refused or dropped, not a byte is read: the stream is reset or the connection closed after the answer.
+    let limit = match rule {
+        BodyRule::Read(limit) => limit,
+        BodyRule::Refuse if req.body().size_hint().exact() != Some(0) => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "this request takes no body: only the Sentinel sends request bodies",
-            ));
+            ))
         }
-        let (parts, _) = req.into_parts();
-        return Ok(Request::from_parts(parts, Body::empty()));
-    }
+        BodyRule::Refuse | BodyRule::Discard => {
+            let (parts, _) = req.into_parts();
+            return Ok(Request::from_parts(parts, Body::empty()));
+        }
+    };
     let max = limit as u64;
     let drain = max.saturating_add(max.saturating_mul(DRAIN_FACTOR));
     let declared =
@@ -555,7 +560,7 @@ async fn handle(
                 Ok(held) => held,
                 Err(refused) => return Ok(*refused),
             };
-            let resp = match read_body(req, held.body_limit).await {
+            let resp = match read_body(req, held.body).await {
                 Ok(req) => app.oneshot(req).await,
                 Err(refused) => Ok(refused.into_response()),
             };
