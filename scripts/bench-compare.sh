@@ -48,17 +48,21 @@ build() {
     if [[ ! -x "$bin/aegis" || ( -n "${2:-}" && ! -x "$bin/aegis-bench" ) ]]; then
         rm -rf "$src" && mkdir -p "$src" "$bin"
         git archive "$rev" | tar -x -C "$src"
+        # The archive's files carry the commit's time, older than the other commit's
+        # build in the shared target directory: made new, so cargo rebuilds them.
+        find "$src" -type f -exec touch {} +
         local pkgs=(-p aegis)
         [[ -n "${2:-}" ]] && pkgs+=(-p aegis-bench)
         echo "bench-compare: building ${rev:0:10} in release mode" >&2
-        (cd "$src" && CARGO_TARGET_DIR="$cache/target" cargo build --release --locked -q "${pkgs[@]}") >&2
-        cp "$cache/target/release/aegis" "$bin/"
-        [[ -n "${2:-}" ]] && cp "$cache/target/release/aegis-bench" "$bin/"
+        (cd "$src" && CARGO_TARGET_DIR="$cache/target" cargo build --release --locked -q "${pkgs[@]}") >&2 ||
+            { echo "bench-compare: error: building ${rev:0:10} failed (see above)" >&2; exit 1; }
+        cp "$cache/target/release/aegis" "$bin/" || exit 1
+        if [[ -n "${2:-}" ]]; then cp "$cache/target/release/aegis-bench" "$bin/" || exit 1; fi
     fi
     echo "$bin"
 }
-base_bin="$(build "$base_sha")"
-head_bin="$(build "$head_sha" with-bench)"
+base_bin="$(build "$base_sha")" || exit 1
+head_bin="$(build "$head_sha" with-bench)" || exit 1
 bench="$head_bin/aegis-bench"
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
