@@ -31,11 +31,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) {
     let l = state.gate.limits();
     let held = Tally::new("health connections", l.health_per_peer, l.health_connections);
     let (refused_log, accept_log) = (LogLimiter::new(Duration::from_secs(1)), LogLimiter::new(Duration::from_secs(1)));
-    let mut backoff = crate::serve::ACCEPT_BACKOFF.0;
+    let mut backoff = crate::limits::ACCEPT_BACKOFF.0;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => {
-                backoff = crate::serve::ACCEPT_BACKOFF.0;
+                backoff = crate::limits::ACCEPT_BACKOFF.0;
                 c
             }
             Err(e) => {
@@ -43,7 +43,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) {
                     tracing::warn!(error = %e, skipped, "health port: accept failed; backing off");
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(crate::serve::ACCEPT_BACKOFF.1);
+                backoff = (backoff * 2).min(crate::limits::ACCEPT_BACKOFF.1);
                 continue;
             }
         };

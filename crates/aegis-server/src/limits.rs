@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_WATCHES: usize = 8192;
 pub const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 32 << 20;
 /// Default request body bytes one SPIFFE ID may have in flight.
 pub const DEFAULT_BODY_BYTES_PER_IDENTITY: usize = 8 << 20;
+/// The shortest and longest pause after a failed accept (both ports).
+pub const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 /// Default connections the health port holds at once.
 pub const DEFAULT_HEALTH_CONNECTIONS: usize = 32;
 /// Default connections one peer address may hold on the health port.

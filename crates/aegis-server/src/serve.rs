@@ -29,7 +29,7 @@ use aegis_core::SpiffeId;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::inflight::BodyRule;
-use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
+use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot, ACCEPT_BACKOFF};
 use crate::metrics::RequestLabels;
 use crate::state::{AppState, Settings};
 use crate::watchconn::Prefixed;
@@ -191,9 +191,6 @@ pub async fn start_with(
     tracing::info!(%addr, %health_addr, spiffe_id = %me.spiffe_id(), "Safe listening");
     Ok(Running { state, addr, health_addr, tasks })
 }
-
-/// The shortest and longest pause after a failed accept.
-pub(crate) const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 
 /// Longest a refused connection is kept to tell the client why.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);

@@ -64,7 +64,7 @@ pub fn finish(r: Result<(), CliError>) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Messages quote paths, names and the Safe's answers: never raw to a terminal.
-            eprintln!("error: {}", crate::output::printable(&e.message));
+            eprintln!("error: {}", crate::escape::printable(&e.message));
             std::process::ExitCode::from(e.code)
         }
     }

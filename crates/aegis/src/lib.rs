@@ -8,10 +8,12 @@
 pub mod admin;
 pub mod cli;
 pub mod connect;
+pub mod escape;
 pub mod exit;
 pub mod harden;
 pub mod output;
 pub mod serve;
+pub mod values;
 pub mod workload;
 
 /// `tracing` format on standard error.

@@ -32,7 +32,7 @@ enum AuditCmd {
 #[derive(Args, Debug)]
 struct Trail {
     /// The Safe's audit file (default: DATA_DIR/audit/audit.log); rotated files are FILE.000001, FILE.000002…
-    #[arg(long, env = "AEGIS_AUDIT_FILE", value_parser = crate::cli::path_or_empty())]
+    #[arg(long, env = "AEGIS_AUDIT_FILE", value_parser = crate::values::path_or_empty())]
     audit_file: Option<PathBuf>,
     /// The Safe's data directory (for the default audit file).
     #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]

@@ -69,7 +69,7 @@ pub struct VsecmArgs {
     #[arg(long, value_name = "NAMESPACE", default_value = aegis_kube::rootkey::DEFAULT_NAMESPACE)]
     root_key_namespace: String,
     /// Kubeconfig for --root-key-secret (else in-cluster settings).
-    #[arg(long, env = "KUBECONFIG", value_name = "FILE", value_parser = crate::cli::path_or_empty())]
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE", value_parser = crate::values::path_or_empty())]
     kubeconfig: Option<PathBuf>,
     /// Only list what would change (new / changed / unchanged per secret); write nothing.
     #[arg(long)]

@@ -39,7 +39,7 @@ pub struct KubeArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub render_threads: usize,
     /// Kubeconfig of the Kubernetes API (default: the pod's ServiceAccount).
-    #[arg(long = "kubeconfig", env = "KUBECONFIG", value_parser = crate::cli::path_or_empty())]
+    #[arg(long = "kubeconfig", env = "KUBECONFIG", value_parser = crate::values::path_or_empty())]
     pub kubeconfig: Option<PathBuf>,
 }
 

@@ -26,7 +26,7 @@ pub struct ServerArgs {
     #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
     pub data_dir: PathBuf,
     /// Keep the root key in this file (generated on first start).
-    #[arg(long, env = "AEGIS_ROOT_KEY_FILE", conflicts_with = "manual_root_key", value_parser = crate::cli::path_or_empty())]
+    #[arg(long, env = "AEGIS_ROOT_KEY_FILE", conflicts_with = "manual_root_key", value_parser = crate::values::path_or_empty())]
     pub root_key_file: Option<PathBuf>,
     /// Keep the root key in memory only: start sealed until an admin runs `safe -i` or `aegis unseal`.
     #[arg(long, env = "AEGIS_MANUAL_ROOT_KEY")]
@@ -124,7 +124,7 @@ pub struct TemplateArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct AuditArgs {
     /// The audit trail file (default: DATA_DIR/audit/audit.log); `off` keeps no file.
-    #[arg(long, env = "AEGIS_AUDIT_FILE", value_name = "PATH|off", value_parser = crate::cli::path_or_empty())]
+    #[arg(long, env = "AEGIS_AUDIT_FILE", value_name = "PATH|off", value_parser = crate::values::path_or_empty())]
     pub audit_file: Option<PathBuf>,
     /// Also print every audit line on standard output (JSON lines, for log collectors).
     #[arg(long, env = "AEGIS_AUDIT_STDOUT")]
