@@ -65,7 +65,9 @@ base_bin="$(build "$base_sha")" || exit 1
 head_bin="$(build "$head_sha" with-bench)" || exit 1
 bench="$head_bin/aegis-bench"
 results="$(mktemp)"
-trap 'rm -f "$results"' EXIT
+SAFE_PID="" LAUNCHER=""
+# A run that fails half-way leaves no Safe behind.
+trap 'rm -f "$results"; [[ -n "$SAFE_PID" ]] && kill -TERM "$SAFE_PID" 2>/dev/null; true' EXIT
 ticks="$(getconf CLK_TCK)"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -96,6 +98,7 @@ start_safe() {
 stop_safe() {
     kill -TERM "$SAFE_PID" 2>/dev/null || true
     wait "$LAUNCHER" 2>/dev/null || true
+    SAFE_PID=""
 }
 
 # One run of load $3 against a fresh Safe of $2 (side $1); appends a JSON line to the results.
