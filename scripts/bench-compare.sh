@@ -73,11 +73,15 @@ ticks="$(getconf CLK_TCK)"
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
+# A port nothing listens on now (the kernel's choice).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 # Starts a dev Safe of $1 in $2 (optionally under strace writing to $3); sets SAFE_PID and PORTS.
 start_safe() {
     local bin="$1" dir="$2" trace="${3:-}"
-    local port=$((30000 + RANDOM % 20000)) health
-    health=$((port + 1))
+    local port health
+    port="$(free_port)"
+    health="$(free_port)"
     local cmd=("$bin/aegis" dev --data-dir "$dir/dev" --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health")
     if [[ -n "$trace" ]]; then
         strace -f -qq -c -e trace=fsync,fdatasync -o "$trace" "${cmd[@]}" >"$dir/log" 2>&1 &
@@ -107,7 +111,7 @@ run() {
     dir="$(mktemp -d)"
     start_safe "$bin" "$dir" "$trace"
     local admin workload
-    admin="$(set -a; source "$dir/dev/env"; set +a; env | grep -E '^(AEGIS|VSECM|SPIFFE)_' | tr '\n' ' ')"
+    admin="$(sed -n 's/^export //p' "$dir/dev/env" | tr -d "'" | tr '\n' ' ')"
     env $admin "$bin/aegis" put billing --value "bench-value-of-64-bytes-0123456789abcdef0123456789abcdef" >/dev/null
     workload="$("$bin/aegis" dev svid --workload billing --data-dir "$dir/dev" | sed -n 's/^export //p' | tr -d "'" | tr '\n' ' ')"
     local args who
