@@ -31,22 +31,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) {
     let l = state.gate.limits();
     let held = Tally::new("health connections", l.health_per_peer, l.health_connections);
     let (refused_log, accept_log) = (LogLimiter::new(Duration::from_secs(1)), LogLimiter::new(Duration::from_secs(1)));
-    let mut backoff = crate::limits::ACCEPT_BACKOFF.0;
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => {
-                backoff = crate::limits::ACCEPT_BACKOFF.0;
-                c
-            }
-            Err(e) => {
-                if let Some(skipped) = accept_log.hit() {
-                    tracing::warn!(error = %e, skipped, "health port: accept failed; backing off");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(crate::limits::ACCEPT_BACKOFF.1);
-                continue;
-            }
-        };
+        let (tcp, peer) = crate::limits::accept(&listener, "health", &accept_log, || ()).await;
         // Refused at once, so a held port fails probes fast instead of stalling them.
         let Ok(slot) = held.take(&peer.ip().to_string(), 1) else {
             state.metrics.health_refused.inc();

@@ -44,7 +44,7 @@ pub const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 32 << 20;
 /// Default request body bytes one SPIFFE ID may have in flight.
 pub const DEFAULT_BODY_BYTES_PER_IDENTITY: usize = 8 << 20;
 /// The shortest and longest pause after a failed accept (both ports).
-pub const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 /// Default connections the health port holds at once.
 pub const DEFAULT_HEALTH_CONNECTIONS: usize = 32;
 /// Default connections one peer address may hold on the health port.
@@ -370,6 +370,32 @@ impl LogLimiter {
                 let skipped = s.1;
                 *s = (Some(now), 0);
                 Some(skipped)
+            }
+        }
+    }
+}
+
+/// The next connection of `listener` (the API's or the health port's). A failed
+/// accept, usually too many open files, is counted with `on_error`, logged as
+/// often as `log` lets (naming `port`), and followed by a pause that doubles from
+/// 5 ms to 500 ms, so the loop waits for descriptors instead of spinning.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    port: &'static str,
+    log: &LogLimiter,
+    on_error: impl Fn(),
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    let mut backoff = ACCEPT_BACKOFF.0;
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                on_error();
+                if let Some(skipped) = log.hit() {
+                    tracing::warn!(error = %e, port, skipped, "accept failed; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
             }
         }
     }

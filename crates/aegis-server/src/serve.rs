@@ -29,7 +29,7 @@ use aegis_core::SpiffeId;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::inflight::BodyRule;
-use crate::limits::{HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot, ACCEPT_BACKOFF};
+use crate::limits::{accept, HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
 use crate::state::{AppState, Settings};
 use crate::watchconn::Prefixed;
@@ -214,24 +214,11 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state:
     let app = router(state.clone());
     let acceptor = TlsAcceptor::from(tls);
     let noisy = Arc::new(Noisy::new());
-    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => {
-                backoff = ACCEPT_BACKOFF.0;
-                c
-            }
-            Err(e) => {
-                // Usually too many open files: back off instead of spinning.
-                state.metrics.accept_errors.inc();
-                if let Some(skipped) = noisy.accept.hit() {
-                    tracing::warn!(error = %e, skipped, "accept failed; backing off");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
-                continue;
-            }
-        };
+        let (tcp, peer) = accept(&listener, "api", &noisy.accept, || {
+            state.metrics.accept_errors.inc();
+        })
+        .await;
         let slots = match state.gate.accept() {
             Ok(s) => s,
             Err(why) => {
