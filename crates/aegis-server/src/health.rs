@@ -29,7 +29,12 @@ const HEAD_BUFFER: usize = 8192;
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) {
     let app = router(state.clone());
     let l = state.gate.limits();
-    let held = Tally::new("health connections", l.health_per_peer, l.health_connections);
+    let held = Tally::new(
+        "health connections",
+        l.health_per_peer,
+        l.health_connections,
+        ["AEGIS_HEALTH_MAX_CONNECTIONS_PER_PEER", "AEGIS_HEALTH_MAX_CONNECTIONS"],
+    );
     let (refused_log, accept_log) = (LogLimiter::new(Duration::from_secs(1)), LogLimiter::new(Duration::from_secs(1)));
     loop {
         let (tcp, peer) = crate::limits::accept(&listener, "health", &accept_log, || ()).await;

@@ -23,6 +23,8 @@ use crate::routes;
 #[derive(Debug)]
 pub struct Tally {
     what: &'static str,
+    /// The variables that raise `each` and `total`, named in refusals.
+    settings: [&'static str; 2],
     each: usize,
     total: usize,
     counts: Mutex<(usize, HashMap<String, usize>)>,
@@ -46,9 +48,10 @@ pub struct Held {
 }
 
 impl Tally {
-    /// A tally of `what` with at most `each` per identity and `total` in all.
-    pub fn new(what: &'static str, each: usize, total: usize) -> Arc<Self> {
-        Arc::new(Self { what, each, total, counts: Mutex::new((0, HashMap::new())) })
+    /// A tally of `what` with at most `each` per identity and `total` in all,
+    /// raised by the variables `settings` (for `each`, for `total`).
+    pub fn new(what: &'static str, each: usize, total: usize, settings: [&'static str; 2]) -> Arc<Self> {
+        Arc::new(Self { what, settings, each, total, counts: Mutex::new((0, HashMap::new())) })
     }
 
     /// The maxima (per identity, in total).
@@ -125,9 +128,24 @@ impl InFlight {
     /// Tallies under `limits`.
     pub fn new(l: &ConnLimits) -> Self {
         Self {
-            requests: Tally::new("requests", l.requests_per_identity, usize::MAX),
-            watches: Tally::new("watches", l.watches_per_identity, l.max_watches),
-            body_bytes: Tally::new("body bytes", l.body_bytes_per_identity, l.body_bytes_in_flight),
+            requests: Tally::new(
+                "requests",
+                l.requests_per_identity,
+                usize::MAX,
+                ["AEGIS_MAX_REQUESTS_PER_IDENTITY", "AEGIS_MAX_REQUESTS_PER_IDENTITY"],
+            ),
+            watches: Tally::new(
+                "watches",
+                l.watches_per_identity,
+                l.max_watches,
+                ["AEGIS_MAX_WATCHES_PER_IDENTITY", "AEGIS_MAX_WATCHES"],
+            ),
+            body_bytes: Tally::new(
+                "body bytes",
+                l.body_bytes_per_identity,
+                l.body_bytes_in_flight,
+                ["AEGIS_MAX_BODY_BYTES_PER_IDENTITY", "AEGIS_MAX_BODY_BYTES_IN_FLIGHT"],
+            ),
         }
     }
 
@@ -201,13 +219,12 @@ pub fn refusal(t: &Tally, over: Over) -> ApiError {
             StatusCode::TOO_MANY_REQUESTS,
             format!(
                 "this SPIFFE ID has its limit of {each} {} in flight; wait for some to finish ({})",
-                t.what,
-                setting(t.what, true)
+                t.what, t.settings[0]
             ),
         ),
         Over::Total => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the Safe has its limit of {total} {} in flight; retry later ({})", t.what, setting(t.what, false)),
+            format!("the Safe has its limit of {total} {} in flight; retry later ({})", t.what, t.settings[1]),
         ),
     }
 }
@@ -217,17 +234,6 @@ fn refuse(t: &Tally, over: Over) -> Box<Response> {
     let mut resp = refusal(t, over).into_response();
     resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     Box::new(resp)
-}
-
-/// The variable that raises a limit.
-fn setting(what: &str, each: bool) -> &'static str {
-    match (what, each) {
-        ("requests", _) => "AEGIS_MAX_REQUESTS_PER_IDENTITY",
-        ("watches", true) => "AEGIS_MAX_WATCHES_PER_IDENTITY",
-        ("watches", false) => "AEGIS_MAX_WATCHES",
-        (_, true) => "AEGIS_MAX_BODY_BYTES_PER_IDENTITY",
-        (_, false) => "AEGIS_MAX_BODY_BYTES_IN_FLIGHT",
-    }
 }
 
 #[cfg(test)]
@@ -241,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_tally_bounds_each_identity_and_the_total_and_frees_on_drop() {
-        let t = Tally::new("watches", 2, 3);
+        let t = Tally::new("watches", 2, 3, ["EACH", "TOTAL"]);
         let a1 = t.take("a", 1).unwrap();
         let _a2 = t.take("a", 1).unwrap();
         assert_eq!(t.take("a", 1).unwrap_err(), Over::Identity);
