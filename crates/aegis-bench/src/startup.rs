@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue, DEFAULT_MAX_VERSIONS};
 use aegis_core::{SecretName, SpiffeId};
 use aegis_crypto::{Keyring, RootKey};
-use aegis_store::{Backend, DirBackend};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,9 +38,9 @@ fn populate(dir: &Path, n: usize, size: usize) -> Result<(), CliError> {
     }
     let _ = std::fs::remove_dir_all(dir);
     let key = Arc::new(RootKey::generate());
-    aegis_server::rootkey::write(&dir.join("root.key"), &key).map_err(CliError::failure)?;
+    aegis_store::rootkey::write(&dir.join("root.key"), &key).map_err(CliError::failure)?;
     let ring = Keyring::new(key);
-    let backend = DirBackend::open(&dir.join("data")).map_err(CliError::failure)?;
+    let backend = aegis::serve::adapters::backend(&dir.join("data"))?;
     let now = OffsetDateTime::now_utc();
     let value: String = "v".repeat(size);
     for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_crypto::RootKey;
-use aegis_server::rootkey::{IfAbsent, KeyStoreError, KeyStoreResult, RootKeyStore};
+use aegis_store::{IfAbsent, KeyStoreError, KeyStoreResult, RootKeyStore};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -5,7 +5,7 @@
 
 use aegis_core::api::ErrorBody;
 use aegis_core::secret::OpError;
-use aegis_store::{StoreError, Undeliverable};
+use aegis_store::{Refusal, StoreError, Undeliverable};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -109,6 +109,15 @@ impl From<aegis_core::InvalidInput> for ApiError {
 impl From<Undeliverable> for ApiError {
     fn from(e: Undeliverable) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Conflict(why) => Self::new(StatusCode::CONFLICT, why),
+            Refusal::Limit(why) => Self::bad_request(why),
+        }
     }
 }
 
@@ -237,7 +246,7 @@ pub enum StartError {
     Store(#[from] aegis_store::StoreError),
     /// The root key store is unusable.
     #[error(transparent)]
-    RootKey(#[from] crate::rootkey::KeyStoreError),
+    RootKey(#[from] aegis_store::KeyStoreError),
     /// Loading with the root key failed.
     #[error("could not load the secrets: {0}")]
     Load(String),

@@ -18,10 +18,9 @@ pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod path;
-pub mod rootkey;
 pub mod serve;
 pub mod state;
-pub mod sync;
+mod sync;
 pub mod vsecm;
 pub mod watch;
 pub mod watchconn;
@@ -32,10 +31,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use rootkey::{FileStore, IfAbsent, KeyStoreError, RootKeyStore};
-pub use serve::{serve, start, start_with, Running};
-pub use state::{AppState, RootKeyMode, Settings};
-pub use sync::{Refusal, SecretSync};
+pub use serve::{serve, start, Running};
+pub use state::{Adapters, AppState, RootKeyMode, Settings};
 
 /// The route templates of the mTLS API: the one table `router` is built from
 /// and metric and log labels are taken from (templates, never secret names).

@@ -31,9 +31,9 @@ use crate::error::ApiError;
 use crate::inflight::BodyRule;
 use crate::limits::{accept, HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
-use crate::state::{AppState, Settings};
+use crate::state::{Adapters, AppState, Settings};
 use crate::watchconn::Prefixed;
-use crate::{health, path_label, rootkey, router, RouteLabel};
+use crate::{health, path_label, router, RouteLabel};
 
 pub use crate::error::StartError;
 
@@ -61,13 +61,13 @@ const ROTATION_RETRY: (Duration, Duration) = (Duration::from_secs(5), Duration::
 /// loaded so records already re-sealed under it open) and the returned task
 /// retries with backoff.
 async fn load_root_key(state: &Arc<AppState>) -> Result<Option<JoinHandle<()>>, StartError> {
-    let Some(keys) = state.settings.root_key.store() else {
+    let Some(keys) = state.root_key().store() else {
         tracing::warn!("root key mode is manual: the Safe is sealed until an admin provides the root key");
         return Ok(None);
     };
     // A key is generated only for an empty data directory: over existing records it
     // would open nothing, and the lost key could no longer be restored unnoticed.
-    let if_absent = rootkey::IfAbsent::for_records(state.sealed_records().await?);
+    let if_absent = aegis_store::IfAbsent::for_records(state.sealed_records().await?);
     let (key, created) = keys.load_or_create(if_absent).await?;
     if created {
         tracing::info!(store = %keys.describe(), key_id = %key.id(), "generated a new root key");
@@ -76,7 +76,7 @@ async fn load_root_key(state: &Arc<AppState>) -> Result<Option<JoinHandle<()>>, 
     }
     let next = match keys.read_next().await {
         Ok(next) => next,
-        Err(e @ rootkey::KeyStoreError::Invalid { .. }) => {
+        Err(e @ aegis_store::KeyStoreError::Invalid { .. }) => {
             // Only records sealed under it need it: try without it first.
             if let Err(load) = state.unseal(Keyring::new(key)).await {
                 return Err(StartError::Load(format!(
@@ -147,23 +147,19 @@ async fn retry_rotation(state: Arc<AppState>) {
     }
 }
 
-/// Checks the identity, loads the root key (or stays sealed), binds both ports and starts serving.
-pub async fn start(settings: Settings, identity: Arc<dyn IdentitySource>) -> Result<Running, StartError> {
-    start_with(settings, identity, None).await
-}
-
-/// [`start`], keeping copies of `k8s:` secrets through `sync` when given.
-pub async fn start_with(
+/// Checks the identity, loads the root key (or stays sealed), binds both
+/// ports and starts serving on the given adapters.
+pub async fn start(
     settings: Settings,
+    adapters: Adapters,
     identity: Arc<dyn IdentitySource>,
-    sync: Option<Arc<dyn crate::SecretSync>>,
 ) -> Result<Running, StartError> {
     let me = identity.current();
     if !settings.roles.is_safe(me.spiffe_id()) {
         return Err(StartError::NotSafe(me.spiffe_id().to_string()));
     }
     let (fd_soft, fd_hard) = crate::limits::raise_fd_limit();
-    let state = AppState::with_sync(settings, sync)?;
+    let state = AppState::new(settings, adapters)?;
     let l = state.gate.limits();
     tracing::info!(
         fd_soft,

@@ -2,7 +2,6 @@
 //! while sealed) and metrics.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use aegis_core::api::Rotated;
 use aegis_core::roles::RoleRules;
 use aegis_core::transform::Budget;
 use aegis_crypto::{Keyring, RootKey};
-use aegis_store::{Backend, DirBackend, LoadReport, Store, StoreOptions};
+use aegis_store::{Backend, KeyStoreError, LoadReport, RootKeyStore, SecretSync, Store, StoreOptions};
 use arc_swap::ArcSwapOption;
 use axum::http::StatusCode;
 use tokio::sync::Mutex;
@@ -19,8 +18,6 @@ use crate::error::ApiError;
 use crate::error::StartError;
 use crate::limits::{ConnLimitSettings, Gate};
 use crate::metrics::Metrics;
-use crate::rootkey::{self, RootKeyStore};
-use crate::sync::SecretSync;
 
 /// Where the root key comes from.
 #[derive(Debug, Clone)]
@@ -32,11 +29,6 @@ pub enum RootKeyMode {
 }
 
 impl RootKeyMode {
-    /// The root key in a file, generated on first start.
-    pub fn file(path: impl Into<PathBuf>) -> Self {
-        Self::Stored(Arc::new(rootkey::FileStore::new(path)))
-    }
-
     /// The store, unless the key is typed in.
     pub fn store(&self) -> Option<&Arc<dyn RootKeyStore>> {
         match self {
@@ -46,6 +38,17 @@ impl RootKeyMode {
     }
 }
 
+/// The adapters the Safe runs on, chosen and opened by the binary (see
+/// `crates/aegis/src/serve/`): this crate never opens a store itself.
+pub struct Adapters {
+    /// Where sealed records live.
+    pub backend: Arc<dyn Backend>,
+    /// Where the root key comes from.
+    pub root_key: RootKeyMode,
+    /// Copies of `k8s:` secrets kept outside the Safe, if enabled.
+    pub sync: Option<Arc<dyn SecretSync>>,
+}
+
 /// Everything the Safe is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -53,10 +56,6 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Plain health/metrics address.
     pub health_listen: SocketAddr,
-    /// Directory of sealed records.
-    pub data_dir: PathBuf,
-    /// Root key source.
-    pub root_key: RootKeyMode,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Versions kept per secret.
@@ -86,7 +85,8 @@ pub struct AppState {
     /// The settings.
     pub settings: Settings,
     store: ArcSwapOption<Store>,
-    backend: Arc<DirBackend>,
+    backend: Arc<dyn Backend>,
+    root_key: RootKeyMode,
     unseal_lock: Mutex<()>,
     /// Prometheus metrics.
     pub metrics: Metrics,
@@ -103,15 +103,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A sealed state over the data directory.
-    pub fn new(settings: Settings) -> Result<Arc<Self>, StartError> {
-        Self::with_sync(settings, None)
-    }
-
-    /// A sealed state over the data directory that keeps copies of `k8s:`
-    /// secrets through `sync` (started at each unseal).
-    pub fn with_sync(settings: Settings, sync: Option<Arc<dyn SecretSync>>) -> Result<Arc<Self>, StartError> {
-        let backend = Arc::new(DirBackend::open(&settings.data_dir)?);
+    /// A sealed state over `adapters.backend` that keeps copies of `k8s:`
+    /// secrets through `adapters.sync` (started at each unseal).
+    pub fn new(settings: Settings, adapters: Adapters) -> Result<Arc<Self>, StartError> {
+        let Adapters { backend, root_key, sync } = adapters;
         let audit = aegis_audit::Sink::start(settings.audit.clone()).map_err(|source| StartError::Audit {
             path: settings.audit.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             source,
@@ -125,11 +120,17 @@ impl AppState {
             settings,
             store: ArcSwapOption::empty(),
             backend,
+            root_key,
             unseal_lock: Mutex::new(()),
             metrics: Metrics::new(),
             sync,
             audit,
         }))
+    }
+
+    /// Where the root key comes from.
+    pub fn root_key(&self) -> &RootKeyMode {
+        &self.root_key
     }
 
     /// The sync of `k8s:` secrets, if enabled.
@@ -142,13 +143,13 @@ impl AppState {
         self.store.load_full().ok_or_else(ApiError::sealed)
     }
 
-    /// How many sealed records the data directory holds (readable or not): a
-    /// root key store that lost its key must not get a new one over them.
+    /// How many sealed records the backend holds (readable or not): a root
+    /// key store that lost its key must not get a new one over them.
     pub async fn sealed_records(&self) -> Result<usize, StartError> {
         let backend = self.backend.clone();
         let listed = tokio::task::spawn_blocking(move || backend.list())
             .await
-            .map_err(|_| StartError::Load("listing the data directory failed".to_owned()))??;
+            .map_err(|_| StartError::Load(format!("listing the records in {} failed", self.backend.describe())))??;
         Ok(listed.0.len() + listed.1.len())
     }
 
@@ -172,7 +173,7 @@ impl AppState {
             template_budget: self.settings.template_budget,
             ..StoreOptions::default()
         };
-        let backend: Arc<dyn Backend> = self.backend.clone();
+        let backend = self.backend.clone();
         let audit_key = keyring.current().audit_key();
         let (store, report) = Store::open(backend, keyring, opts).await?;
         self.audit.set_key(audit_key);
@@ -207,7 +208,7 @@ impl AppState {
     /// reused: records may already be sealed under it, so it must never be
     /// replaced.
     pub async fn rotate_root_key(&self) -> Result<Rotated, ApiError> {
-        let Some(keys) = self.settings.root_key.store() else {
+        let Some(keys) = self.root_key.store() else {
             return Err(ApiError::bad_request(
                 "root key rotation needs a root key store (--root-key-file or --root-key-store kubernetes); in \
                  manual mode, export the secrets and restart with a new key",
@@ -235,7 +236,7 @@ impl AppState {
     /// Finishes an unfinished rotation: re-seals every record under the
     /// store's next key and makes it the root key. `None` if there is none.
     pub async fn finish_rotation(&self) -> Result<Option<Rotated>, ApiError> {
-        let Some(keys) = self.settings.root_key.store() else {
+        let Some(keys) = self.root_key.store() else {
             return Ok(None);
         };
         let _guard = self.unseal_lock.lock().await;
@@ -271,7 +272,7 @@ impl AppState {
     }
 }
 
-fn internal(e: rootkey::KeyStoreError) -> ApiError {
+fn internal(e: KeyStoreError) -> ApiError {
     tracing::error!(error = %e, "root key store");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not read or write the root key store; see the Safe's log")
 }

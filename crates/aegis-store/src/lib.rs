@@ -14,8 +14,10 @@ mod dir;
 mod entry;
 mod error;
 pub mod record;
+pub mod rootkey;
 mod shared;
 mod store;
+mod sync;
 mod ticket;
 mod writer;
 
@@ -24,6 +26,8 @@ pub use dir::{file_name, name_header, name_of_file, read_name_header, DirBackend
 pub use entry::Stamps;
 pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};
 pub use error::StoreError;
+pub use rootkey::{FileStore, IfAbsent, KeyStoreError, KeyStoreResult, RootKeyStore};
 pub use shared::StoreOptions;
 pub use store::Store;
+pub use sync::{BoxFuture, Refusal, SecretSync};
 pub use ticket::Ticket;

@@ -160,7 +160,7 @@ async fn names_stored_by_older_versions_still_load() {
     safe.kill9();
     {
         // Write records as an older version could have: the store takes any stored-rule name.
-        let (key, _) = aegis_server::rootkey::load_or_create(&safe.data_dir().join("root.key")).unwrap();
+        let (key, _) = aegis_store::rootkey::load_or_create(&safe.data_dir().join("root.key")).unwrap();
         let backend = Arc::new(aegis_store::DirBackend::open(&safe.data_dir().join("data")).unwrap());
         let (store, _) =
             aegis_store::Store::open(backend, aegis_crypto::Keyring::new(key), aegis_store::StoreOptions::default())

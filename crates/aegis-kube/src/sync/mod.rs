@@ -57,8 +57,8 @@ use aegis_core::api::{KubeSync, KubeSyncSummary};
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::transform::Budget;
 use aegis_core::{SecretKind, SecretName};
-use aegis_server::sync::{BoxFuture, Refusal, SecretSync};
 use aegis_store::Store;
+use aegis_store::{BoxFuture, Refusal, SecretSync};
 use kube::Client;
 
 use book::{Book, Problem};
@@ -141,8 +141,8 @@ struct Ctx {
     unreachable_at: Mutex<Option<Instant>>,
 }
 
-/// The Kubernetes Secret sync; plug it into the Safe with
-/// `aegis_server::start_with`.
+/// The Kubernetes Secret sync: an adapter of the [`SecretSync`] port, given
+/// to the Safe by the binary.
 #[derive(Clone)]
 pub struct Syncer {
     ctx: Arc<Ctx>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::{SecretKind, SecretName};
-use aegis_server::sync::Refusal;
+use aegis_store::Refusal;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};

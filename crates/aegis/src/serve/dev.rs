@@ -163,6 +163,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         vsecm_tls_port: format!(":{}", a.listen.port()),
     };
     let mut s = settings(&server)?;
+    let root_key = crate::serve::server::root_key_mode(&server)?;
     s.roles = RoleRules::from_lookup(|k| (k == "SPIFFE_TRUST_DOMAIN").then(|| td.to_owned())).map_err(cfg_err)?;
     let identity = FileSource::start(safe, FILE_POLL_INTERVAL).await.map_err(cfg_err)?;
     eprintln!(
@@ -172,5 +173,5 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         a.data_dir.display()
     );
     let identity: Arc<dyn aegis_identity::IdentitySource> = identity;
-    crate::serve::server::serve(s, identity, &server.kube).await
+    crate::serve::server::serve(s, root_key, &server, identity).await
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aegis_kube::{SyncConfig, Syncer};
-use aegis_server::SecretSync;
+use aegis_store::SecretSync;
 use clap::Args;
 
 use crate::exit::{CliError, CONFIG};

@@ -1,6 +1,7 @@
 //! Running the Safe: `aegis server` (production identity) and `aegis dev`
 //! (a throw-away local CA on one machine).
 
+pub mod adapters;
 pub mod dev;
 pub mod kube;
 pub mod server;

@@ -309,7 +309,7 @@ pub fn root_key_mode(a: &ServerArgs) -> Result<RootKeyMode, CliError> {
         };
     match (kind, file) {
         (RootKeyStoreKind::Kubernetes, _) => a.root_key_secret.store(a.kube.kubeconfig.as_deref()),
-        (RootKeyStoreKind::File, Some(p)) => Ok(RootKeyMode::file(p.clone())),
+        (RootKeyStoreKind::File, Some(p)) => Ok(RootKeyMode::Stored(Arc::new(aegis_store::FileStore::new(p)))),
         (RootKeyStoreKind::File, None) => {
             Err(CliError::new(CONFIG, "--root-key-store file needs --root-key-file PATH (AEGIS_ROOT_KEY_FILE)"))
         }
@@ -423,15 +423,12 @@ pub fn roles() -> Result<RoleRules, CliError> {
 
 /// Builds the Safe's settings.
 pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
-    let root_key = root_key_mode(a)?;
     Ok(Settings {
         listen: match a.listen {
             Some(l) => l,
             None => default_listen(a)?,
         },
         health_listen: a.health_listen,
-        data_dir: a.data_dir.clone(),
-        root_key,
         max_body_bytes: a.max_body_bytes,
         max_versions: usize::from(a.max_versions),
         request_timeout: Duration::from_millis(a.request_timeout_ms),
@@ -447,16 +444,17 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
 /// Longest the Safe waits at shutdown for the audit trail's last anchor.
 const AUDIT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Starts the Safe with `identity` (and the Kubernetes Secret sync of
-/// `k8s:` secrets when `kube` enables it) and serves until interrupted.
+/// Starts the Safe with `identity` on the adapters `a` asks for (the root key
+/// in `root_key`) and serves until interrupted.
 pub async fn serve(
     settings: Settings,
+    root_key: RootKeyMode,
+    a: &ServerArgs,
     identity: Arc<dyn IdentitySource>,
-    kube: &crate::serve::kube::KubeArgs,
 ) -> Result<(), CliError> {
-    let sync = kube.sync(settings.template_budget, &settings.data_dir).await?;
+    let adapters = crate::serve::adapters::open(a, root_key, settings.template_budget).await?;
     let running =
-        aegis_server::start_with(settings, identity, sync).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+        aegis_server::start(settings, adapters, identity).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
     crate::stop_requested().await;
     tracing::info!("shutting down");
@@ -470,10 +468,16 @@ pub async fn serve(
 /// `aegis server`.
 pub async fn run(a: ServerArgs) -> Result<(), CliError> {
     let settings = settings(&a)?;
-    let cfg = IdentityConfig::from_settings(a.svid_cert, a.svid_key, a.svid_bundle, &a.spiffe_endpoint_socket)
-        .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+    let root_key = root_key_mode(&a)?;
+    let cfg = IdentityConfig::from_settings(
+        a.svid_cert.clone(),
+        a.svid_key.clone(),
+        a.svid_bundle.clone(),
+        &a.spiffe_endpoint_socket,
+    )
+    .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     let identity = aegis_identity::start_source(&cfg).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
-    serve(settings, identity, &a.kube)
+    serve(settings, root_key, &a, identity)
         .await
         .map_err(|e| CliError::new(if e.code == 0 { FAILURE } else { e.code }, e.message))
 }

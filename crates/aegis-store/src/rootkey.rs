@@ -1,5 +1,5 @@
-//! Where the root key lives: the [`RootKeyStore`] trait, and its file
-//! implementation ([`FileStore`]). Another store (a Kubernetes Secret) lives in
+//! A port: where the root key lives. The [`RootKeyStore`] trait, and its file
+//! adapter ([`FileStore`]). Another adapter (a Kubernetes Secret) lives in
 //! the `aegis-kube` crate, so this crate builds without a Kubernetes client.
 //!
 //! Every store keeps two slots: the root key and, during a rotation, the next
