@@ -51,8 +51,8 @@ fn populate(dir: &Path, n: usize, size: usize) -> Result<(), CliError> {
             doc.put(SecretValue::new(value.clone()), SecretMeta::defaults(now), None, now, DEFAULT_MAX_VERSIONS)
                 .map_err(CliError::failure)?;
             let plain = serde_json::to_vec(&doc).map_err(CliError::failure)?;
-            records
-                .push((name.to_string(), ring.seal(name.as_str(), doc.revision, &plain).map_err(CliError::failure)?));
+            let sealed = ring.seal(name.as_str(), doc.revision, &plain).map_err(CliError::failure)?;
+            records.push((name, sealed));
         }
         if let Some(e) = backend.write_batch(&records).into_iter().find_map(Result::err) {
             return Err(CliError::failure(e));

@@ -150,7 +150,7 @@ impl AppState {
         let listed = tokio::task::spawn_blocking(move || backend.list())
             .await
             .map_err(|_| StartError::Load(format!("listing the records in {} failed", self.backend.describe())))??;
-        Ok(listed.0.len() + listed.1.len())
+        Ok(listed.names.len() + listed.unnamed.len())
     }
 
     /// Whether a root key is loaded.

@@ -1,16 +1,55 @@
-//! Where sealed records live.
+//! The storage port: where sealed records live.
+//!
+//! A backend stores opaque sealed records (the envelope of [`crate::record`],
+//! bound to its name, revision and key id) under typed secret names; it never
+//! sees a plaintext value or a key. The directory adapter ([`crate::DirBackend`])
+//! is the default; another adapter passes the conformance suite
+//! ([`crate::conformance`], feature `conformance`) unchanged.
+//!
+//! The trait is blocking on purpose: the store calls it only from blocking
+//! threads (one writer at a time, the loader on every core), the directory
+//! adapter's work is blocking system calls (`fsync`), and an adapter over an
+//! async client (PostgreSQL) drives its futures there with
+//! `tokio::runtime::Handle::block_on`. See docs/ARCHITECTURE.md, "Ports and adapters".
+
+use aegis_core::SecretName;
 
 use crate::StoreError;
 
-/// Entries that could not be read, as (name or file, reason).
-pub type Unreadable = Vec<(String, String)>;
+/// One sealed record, as the store hands it to a backend.
+pub type SealedRecord = (SecretName, Vec<u8>);
+
+/// What a backend holds, by name.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The name of every record the backend could name.
+    pub names: Vec<SecretName>,
+    /// Entries it could not name (damaged, or not records at all).
+    pub unnamed: Vec<Unnamed>,
+}
+
+/// An entry a backend holds but cannot name: reported at start-up, left in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unnamed {
+    /// Where it is, in the backend's terms (a file name, a row key).
+    pub locator: String,
+    /// Why it cannot be named.
+    pub reason: String,
+}
+
+/// Where a record that could not be opened was kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where its bytes are now, in the backend's terms (a path, a table and key).
+    pub kept_at: String,
+}
 
 /// Why a group write failed, and which of its records were stored anyway
 /// (empty unless replacing the records failed midway).
 #[derive(Debug)]
 pub struct GroupError {
     /// Names whose new record is in place (in the order given).
-    pub stored: Vec<String>,
+    pub stored: Vec<SecretName>,
     /// The failure.
     pub error: StoreError,
 }
@@ -19,25 +58,27 @@ pub struct GroupError {
 ///
 /// Methods block; the store calls them from blocking threads.
 pub trait Backend: Send + Sync + 'static {
-    /// The names of every record. Entries whose name cannot be decoded are
-    /// reported in the second list as (file, reason) instead of failing the load.
-    fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError>;
+    /// The names of every record; entries that cannot be named are listed
+    /// apart instead of failing the load.
+    fn list(&self) -> Result<Listing, StoreError>;
 
     /// One record's sealed bytes.
-    fn read(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+    fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError>;
 
     /// Writes the records durably and atomically per record: when this returns
     /// `Ok` for a record, it survives a crash; when it fails, the previous record is intact.
-    fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>>;
+    fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>>;
 
-    /// Writes the records all or nothing: every record goes to a durable
-    /// temporary file first, and if any of those fails, all are removed and
-    /// nothing is stored. Only if replacing the records then fails midway are
-    /// some stored: the error lists exactly which.
-    fn write_group(&self, records: &[(String, Vec<u8>)]) -> Result<(), GroupError>;
+    /// Writes the records all or nothing: if any cannot be made durable,
+    /// nothing is stored. Only if replacing the records then fails midway
+    /// (a backend without multi-record transactions) are some stored: the
+    /// error lists exactly which.
+    fn write_group(&self, records: &[SealedRecord]) -> Result<(), GroupError>;
 
-    /// Moves a record that cannot be opened out of the way, keeping its bytes for inspection.
-    fn quarantine(&self, name: &str, reason: &str) -> Result<(), StoreError>;
+    /// Takes a record that cannot be opened out of service, keeping its bytes
+    /// for inspection with `reason`, and says where they are. The name is
+    /// then free: the record no longer loads.
+    fn set_aside(&self, name: &SecretName, reason: &str) -> Result<SetAside, StoreError>;
 
     /// A short description for logs (e.g. the directory path).
     fn describe(&self) -> String;

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::backend::{GroupError, Unreadable};
+use aegis_core::SecretName;
+
+use crate::backend::{GroupError, Listing, SealedRecord, SetAside, Unnamed};
 use crate::writer::copy_io;
 use crate::{Backend, StoreError};
 
@@ -154,13 +156,16 @@ impl DirBackend {
 
     /// Writes every record to its temporary file, in parallel; one result per
     /// record, in order (a writer thread that fails counts for each of its records).
-    fn write_temps(&self, records: &[(String, Vec<u8>)]) -> Vec<io::Result<PathBuf>> {
+    fn write_temps(&self, records: &[SealedRecord]) -> Vec<io::Result<PathBuf>> {
         let chunk = records.len().div_ceil(WRITE_THREADS).max(1);
         std::thread::scope(|s| {
             let handles: Vec<_> = records
                 .chunks(chunk)
                 .map(|part| {
-                    (part.len(), s.spawn(move || part.iter().map(|(n, b)| self.write_temp(n, b)).collect::<Vec<_>>()))
+                    (
+                        part.len(),
+                        s.spawn(move || part.iter().map(|(n, b)| self.write_temp(n.as_str(), b)).collect::<Vec<_>>()),
+                    )
                 })
                 .collect();
             handles
@@ -198,31 +203,29 @@ fn io_err(name: &str, source: io::Error) -> StoreError {
 }
 
 impl Backend for DirBackend {
-    fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError> {
+    fn list(&self) -> Result<Listing, StoreError> {
         let open_err = |source| StoreError::Open { path: self.dir.display().to_string(), source };
-        let mut names = Vec::new();
-        let mut bad = Vec::new();
+        let mut listing = Listing::default();
         for entry in fs::read_dir(&self.dir).map_err(open_err)? {
             let file = entry.map_err(open_err)?.file_name().to_string_lossy().into_owned();
             if !file.ends_with(EXT) {
                 continue;
             }
-            if file.starts_with(HASHED) {
-                match self.hashed_name(&file) {
-                    Ok(name) => names.push(name),
-                    Err(e) => bad.push((file, e.to_string())),
-                }
-                continue;
-            }
-            match name_of_file(&file) {
-                Some(name) => names.push(name),
-                None => bad.push((file, "file name is not a valid encoded secret name".to_owned())),
+            let name = if file.starts_with(HASHED) {
+                self.hashed_name(&file).map_err(|e| e.to_string())
+            } else {
+                name_of_file(&file).ok_or_else(|| "file name is not a valid encoded secret name".to_owned())
+            };
+            match name.and_then(|n| SecretName::parse_stored(&n).map_err(|e| e.to_string())) {
+                Ok(name) => listing.names.push(name),
+                Err(reason) => listing.unnamed.push(Unnamed { locator: file, reason }),
             }
         }
-        Ok((names, bad))
+        Ok(listing)
     }
 
-    fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+    fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError> {
+        let name = name.as_str();
         let path = self.record_path(name);
         if !is_hashed(name) {
             return fs::read(path).map_err(|e| io_err(name, e));
@@ -239,12 +242,13 @@ impl Backend for DirBackend {
         read().map_err(|e| io_err(name, e))
     }
 
-    fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
+    fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>> {
         let temps = self.write_temps(records);
         let mut results: Vec<Result<(), StoreError>> = records
             .iter()
             .zip(temps)
             .map(|((name, _), tmp)| {
+                let name = name.as_str();
                 let tmp = tmp.map_err(|e| io_err(name, e))?;
                 fs::rename(&tmp, self.record_path(name)).map_err(|e| {
                     let _ = fs::remove_file(&tmp);
@@ -256,18 +260,20 @@ impl Backend for DirBackend {
             tracing::error!(error = %e, "directory fsync failed");
             for (r, (name, _)) in results.iter_mut().zip(records) {
                 if r.is_ok() {
-                    *r = Err(io_err(name, crate::writer::copy_io(&e)));
+                    *r = Err(io_err(name.as_str(), crate::writer::copy_io(&e)));
                 }
             }
         }
         results
     }
 
-    fn write_group(&self, records: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+    fn write_group(&self, records: &[SealedRecord]) -> Result<(), GroupError> {
         write_group(self, records)
     }
 
-    fn quarantine(&self, name: &str, reason: &str) -> Result<(), StoreError> {
+    /// Moves the file into `quarantine/` with a `.reason` file beside it.
+    fn set_aside(&self, name: &SecretName, reason: &str) -> Result<SetAside, StoreError> {
+        let name = name.as_str();
         let qdir = self.dir.join(QUARANTINE);
         fs::create_dir_all(&qdir).map_err(|e| io_err(name, e))?;
         let src = self.record_path(name);
@@ -276,7 +282,8 @@ impl Backend for DirBackend {
         fs::rename(&src, &dst).map_err(|e| io_err(name, e))?;
         let note = qdir.join(format!("{}.{stamp}.reason", file_name(name)));
         fs::write(note, format!("{reason}\n")).map_err(|e| io_err(name, e))?;
-        self.sync_dir().map_err(|e| io_err(name, e))
+        self.sync_dir().map_err(|e| io_err(name, e))?;
+        Ok(SetAside { kept_at: dst.display().to_string() })
     }
 
     fn describe(&self) -> String {
@@ -286,30 +293,30 @@ impl Backend for DirBackend {
 
 /// All or nothing: every temporary file is written and fsynced before any
 /// record is replaced; a failed temporary write removes them all.
-fn write_group(b: &DirBackend, records: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
-    let fail = |stored: Vec<String>, name: &str, e: io::Error| GroupError { stored, error: io_err(name, e) };
+fn write_group(b: &DirBackend, records: &[SealedRecord]) -> Result<(), GroupError> {
+    let fail = |stored: Vec<SecretName>, name: &str, e: io::Error| GroupError { stored, error: io_err(name, e) };
     let temps = b.write_temps(records);
     let failed = records.iter().zip(&temps).find_map(|((n, _), t)| t.as_ref().err().map(|e| (n, copy_io(e))));
     if let Some((name, e)) = failed {
         for tmp in temps.iter().flatten() {
             let _ = fs::remove_file(tmp);
         }
-        return Err(fail(Vec::new(), name, e));
+        return Err(fail(Vec::new(), name.as_str(), e));
     }
     let temps: Vec<PathBuf> = temps.into_iter().flatten().collect();
     let mut stored = Vec::with_capacity(records.len());
     for (i, ((name, _), tmp)) in records.iter().zip(&temps).enumerate() {
-        if let Err(e) = fs::rename(tmp, b.record_path(name)) {
+        if let Err(e) = fs::rename(tmp, b.record_path(name.as_str())) {
             for t in &temps[i..] {
                 let _ = fs::remove_file(t);
             }
             let _ = b.sync_dir();
-            return Err(fail(stored, name, e));
+            return Err(fail(stored, name.as_str(), e));
         }
         stored.push(name.clone());
     }
     b.sync_dir().map_err(|e| {
-        let first = stored.first().cloned().unwrap_or_default();
+        let first = stored.first().map(|n| n.as_str().to_owned()).unwrap_or_default();
         fail(stored.clone(), &first, e)
     })
 }
@@ -385,19 +392,31 @@ mod tests {
         assert_eq!(name_of_file(".x.rec").as_deref(), Some(".x"));
     }
 
+    fn n(s: &str) -> SecretName {
+        SecretName::parse_stored(s).unwrap()
+    }
+
+    fn recs(pairs: &[(&str, &[u8])]) -> Vec<SealedRecord> {
+        pairs.iter().map(|(name, v)| (n(name), v.to_vec())).collect()
+    }
+
+    fn names(b: &DirBackend) -> Vec<String> {
+        let mut names: Vec<String> = b.list().unwrap().names.iter().map(ToString::to_string).collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn batch_write_load_and_quarantine() {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let recs = vec![("a".to_owned(), b"one".to_vec()), ("k8s:b".to_owned(), b"two".to_vec())];
-        assert!(b.write_batch(&recs).iter().all(Result::is_ok));
-        let (mut names, bad) = b.list().unwrap();
-        names.sort();
-        assert_eq!(names, vec!["a".to_owned(), "k8s:b".to_owned()]);
-        assert!(bad.is_empty());
-        assert_eq!(b.read("k8s:b").unwrap(), b"two".to_vec());
-        b.quarantine("a", "test").unwrap();
-        assert_eq!(b.list().unwrap().0.len(), 1);
+        assert!(b.write_batch(&recs(&[("a", b"one"), ("k8s:b", b"two")])).iter().all(Result::is_ok));
+        assert_eq!(names(&b), ["a", "k8s:b"]);
+        assert!(b.list().unwrap().unnamed.is_empty());
+        assert_eq!(b.read(&n("k8s:b")).unwrap(), b"two".to_vec());
+        let aside = b.set_aside(&n("a"), "test").unwrap();
+        assert!(aside.kept_at.contains("/quarantine/a.rec."), "{aside:?}");
+        assert_eq!(names(&b), ["k8s:b"]);
         assert!(tmp.path().join("quarantine").read_dir().unwrap().count() == 2);
         let mode = fs::metadata(b.record_path("k8s:b")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -407,16 +426,16 @@ mod tests {
     fn group_write_reports_exactly_what_was_stored() {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let recs = |v: &[u8]| ["a", "b", "c"].map(|n| (n.to_owned(), v.to_vec())).to_vec();
+        let recs = |v: &[u8]| recs(&[("a", v), ("b", v), ("c", v)]);
         b.write_group(&recs(b"v1")).unwrap();
         // A non-empty directory where "b"'s record should be makes its rename fail.
         fs::remove_file(b.record_path("b")).unwrap();
         fs::create_dir(b.record_path("b")).unwrap();
         fs::write(b.record_path("b").join("x"), b"").unwrap();
         let e = b.write_group(&recs(b"v2")).unwrap_err();
-        assert_eq!(e.stored, vec!["a".to_owned()]);
-        assert_eq!(b.read("a").unwrap(), b"v2".to_vec());
-        assert_eq!(b.read("c").unwrap(), b"v1".to_vec());
+        assert_eq!(e.stored, vec![n("a")]);
+        assert_eq!(b.read(&n("a")).unwrap(), b"v2".to_vec());
+        assert_eq!(b.read(&n("c")).unwrap(), b"v1".to_vec());
         assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
             .unwrap()
             .file_name()
@@ -436,12 +455,12 @@ mod tests {
     fn failed_write_leaves_previous_record() {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        assert!(b.write_batch(&[("a".to_owned(), b"v1".to_vec())])[0].is_ok());
+        assert!(b.write_batch(&recs(&[("a", b"v1")]))[0].is_ok());
         // A directory where the record file should be makes the rename fail.
         fs::remove_file(b.record_path("a")).unwrap();
         fs::create_dir(b.record_path("a")).unwrap();
         fs::write(b.record_path("a").join("x"), b"").unwrap();
-        let r = b.write_batch(&[("a".to_owned(), b"v2".to_vec())]);
+        let r = b.write_batch(&recs(&[("a", b"v2")]));
         assert!(r[0].is_err());
         assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
             .unwrap()
@@ -485,28 +504,22 @@ mod tests {
         let a = long_name(253);
         let k = format!("k8s:{}", "x".repeat(236));
         let u = "ü".repeat(100);
-        let recs = vec![
-            (a.clone(), b"one".to_vec()),
-            (k.clone(), b"two".to_vec()),
-            (u.clone(), b"three".to_vec()),
-            ("short".to_owned(), b"four".to_vec()),
-        ];
-        assert!(b.write_batch(&recs).iter().all(Result::is_ok));
-        let (mut names, bad) = b.list().unwrap();
-        names.sort();
+        let written = recs(&[(&a, b"one"), (&k, b"two"), (&u, b"three"), ("short", b"four")]);
+        assert!(b.write_batch(&written).iter().all(Result::is_ok));
         let mut want = vec![a.clone(), k.clone(), u.clone(), "short".to_owned()];
         want.sort();
-        assert_eq!(names, want);
-        assert!(bad.is_empty(), "{bad:?}");
-        assert_eq!(b.read(&a).unwrap(), b"one".to_vec());
-        assert_eq!(b.read(&k).unwrap(), b"two".to_vec());
-        assert_eq!(b.read(&u).unwrap(), b"three".to_vec());
-        assert_eq!(b.read("short").unwrap(), b"four".to_vec());
+        assert_eq!(names(&b), want);
+        let unnamed = b.list().unwrap().unnamed;
+        assert!(unnamed.is_empty(), "{unnamed:?}");
+        assert_eq!(b.read(&n(&a)).unwrap(), b"one".to_vec());
+        assert_eq!(b.read(&n(&k)).unwrap(), b"two".to_vec());
+        assert_eq!(b.read(&n(&u)).unwrap(), b"three".to_vec());
+        assert_eq!(b.read(&n("short")).unwrap(), b"four".to_vec());
         // Overwrite in place.
-        assert!(b.write_batch(&[(a.clone(), b"one-b".to_vec())])[0].is_ok());
-        assert_eq!(b.read(&a).unwrap(), b"one-b".to_vec());
-        b.quarantine(&a, "test").unwrap();
-        assert_eq!(b.list().unwrap().0.len(), 3);
+        assert!(b.write_batch(&recs(&[(&a, b"one-b")]))[0].is_ok());
+        assert_eq!(b.read(&n(&a)).unwrap(), b"one-b".to_vec());
+        b.set_aside(&n(&a), "test").unwrap();
+        assert_eq!(b.list().unwrap().names.len(), 3);
         assert_eq!(tmp.path().join("quarantine").read_dir().unwrap().count(), 2);
         assert!(longest_file_name(tmp.path()) <= 255);
     }
@@ -517,20 +530,19 @@ mod tests {
         let b = DirBackend::open(tmp.path()).unwrap();
         let a = long_name(230);
         let c = long_name(240);
-        let recs = vec![(a.clone(), b"one".to_vec()), (c.clone(), b"two".to_vec())];
-        assert!(b.write_batch(&recs).iter().all(Result::is_ok));
+        assert!(b.write_batch(&recs(&[(&a, b"one"), (&c, b"two")])).iter().all(Result::is_ok));
         // Put c's file (header naming c) where a's file belongs.
         fs::copy(b.record_path(&c), b.record_path(&a)).unwrap();
-        let err = b.read(&a).unwrap_err().to_string();
+        let err = b.read(&n(&a)).unwrap_err().to_string();
         assert!(err.contains("names another secret"), "{err}");
-        let (names, bad) = b.list().unwrap();
-        assert_eq!(names, vec![c.clone()]);
-        assert_eq!(bad.len(), 1);
-        assert!(bad[0].1.contains("does not match"), "{bad:?}");
+        assert_eq!(names(&b), vec![c.clone()]);
+        let unnamed = b.list().unwrap().unnamed;
+        assert_eq!(unnamed.len(), 1);
+        assert!(unnamed[0].reason.contains("does not match"), "{unnamed:?}");
         // A hashed file with no header at all.
         fs::write(b.record_path(&a), b"garbage").unwrap();
-        assert!(b.read(&a).is_err());
-        assert_eq!(b.list().unwrap().1.len(), 1);
+        assert!(b.read(&n(&a)).is_err());
+        assert_eq!(b.list().unwrap().unnamed.len(), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use aegis_crypto::Keyring;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backend::{Listing, Unnamed};
 use crate::entry::{Data, Entry, LoadReport, Mutation, Quarantined};
 use crate::record::{self, seal, OpenError};
 use crate::shared::Shared;
@@ -194,7 +195,7 @@ async fn commit_group(
     let mut docs = Vec::with_capacity(order.len());
     for name in &order {
         let Some((doc, data)) = work.remove(name) else { continue };
-        records.push((name.to_string(), seal(&keyring, &doc)?));
+        records.push((name.clone(), seal(&keyring, &doc)?));
         docs.push((doc, data));
     }
     let b = backend.clone();
@@ -234,12 +235,13 @@ async fn commit_group(
         }
         Err(e) => {
             let not_stored: Vec<String> =
-                order.iter().map(ToString::to_string).filter(|n| !e.stored.contains(n)).collect();
+                order.iter().filter(|n| !e.stored.contains(n)).map(ToString::to_string).collect();
             let source = match &e.error {
                 StoreError::Io { source, .. } => copy_io(source),
                 other => io::Error::other(other.to_string()),
             };
-            let err = StoreError::PartlyStored { stored: e.stored, not_stored, source };
+            let stored = e.stored.iter().map(ToString::to_string).collect();
+            let err = StoreError::PartlyStored { stored, not_stored, source };
             tracing::error!(error = %err, "group write failed midway");
             Err(err)
         }
@@ -260,7 +262,7 @@ async fn persist(
     for (name, (doc, data)) in work {
         match seal(&keyring, &doc) {
             Ok(bytes) => {
-                records.push((name.to_string(), bytes));
+                records.push((name.clone(), bytes));
                 docs.push((name, doc, data));
             }
             Err(e) => {
@@ -303,10 +305,8 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
         shared.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.doc.clone()).collect();
     let total = docs.len();
     for chunk in docs.chunks(1024) {
-        let records = chunk
-            .iter()
-            .map(|d| Ok((d.name.to_string(), seal(&keyring, d)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let records =
+            chunk.iter().map(|d| Ok((d.name.clone(), seal(&keyring, d)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let b = backend.clone();
         let results = tokio::task::spawn_blocking(move || b.write_batch(&records))
             .await
@@ -331,9 +331,14 @@ pub(crate) async fn load(
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
 }
 
-fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str, budget: &Budget) -> Result<Entry, OpenError> {
+fn open_record(
+    backend: &dyn Backend,
+    keyring: &Keyring,
+    name: &SecretName,
+    budget: &Budget,
+) -> Result<Entry, OpenError> {
     let bytes = backend.read(name).map_err(|e| OpenError::Bad(e.to_string()))?;
-    let doc = record::open(keyring, name, &bytes)?;
+    let doc = record::open(keyring, name.as_str(), &bytes)?;
     drop(bytes);
     // A template over the budget makes this one secret an error, never a
     // failed (or stalled) start-up.
@@ -341,8 +346,8 @@ fn open_record(backend: &dyn Backend, keyring: &Keyring, name: &str, budget: &Bu
 }
 
 /// The error for a loader thread that died (a bug): names the records it held.
-fn loader_failed(part: &[String]) -> StoreError {
-    let (first, last) = (part.first().map_or("", String::as_str), part.last().map_or("", String::as_str));
+fn loader_failed(part: &[SecretName]) -> StoreError {
+    let (first, last) = (part.first().map_or("", SecretName::as_str), part.last().map_or("", SecretName::as_str));
     StoreError::Io {
         name: first.to_owned(),
         source: io::Error::other(format!(
@@ -360,10 +365,10 @@ fn load_blocking(
     keyring: &Keyring,
     budget: &Budget,
 ) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
-    let (names, unreadable) = backend.list()?;
+    let Listing { names, unnamed } = backend.list()?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     let chunk = names.len().div_ceil(threads).max(1);
-    let opened: Vec<(String, Result<Entry, OpenError>)> = std::thread::scope(|s| {
+    let opened: Vec<(SecretName, Result<Entry, OpenError>)> = std::thread::scope(|s| {
         let hs: Vec<_> = names
             .chunks(chunk)
             .map(|part| {
@@ -399,7 +404,7 @@ fn load_blocking(
                         "stored secret name breaks the current name rule: it is loaded and can still be read and deleted, \
                          but takes no new value; copy it to an allowed name and delete this one"
                     );
-                    report.legacy_names.push(name.clone());
+                    report.legacy_names.push(name.to_string());
                 }
                 if entry.transform_error().is_some() {
                     report.transform_failures += 1;
@@ -408,17 +413,23 @@ fn load_blocking(
             }
             Err(OpenError::UnknownKey(_)) => {}
             Err(OpenError::Bad(reason)) => {
-                tracing::error!(secret = %name, %reason, "record cannot be opened; moved to quarantine");
-                if let Err(e) = backend.quarantine(&name, &reason) {
-                    tracing::error!(secret = %name, error = %e, "could not quarantine record");
+                match backend.set_aside(&name, &reason) {
+                    Ok(aside) => tracing::error!(
+                        secret = %name, %reason, kept_at = %aside.kept_at,
+                        "record cannot be opened; moved to quarantine"
+                    ),
+                    Err(e) => tracing::error!(
+                        secret = %name, %reason, error = %e,
+                        "record cannot be opened, and could not be set aside"
+                    ),
                 }
-                report.quarantined.push(Quarantined { name, reason });
+                report.quarantined.push(Quarantined { name: name.to_string(), reason });
             }
         }
     }
-    for (name, reason) in unreadable {
-        tracing::error!(file = %name, %reason, "record cannot be read");
-        report.quarantined.push(Quarantined { name, reason });
+    for Unnamed { locator, reason } in unnamed {
+        tracing::error!(entry = %locator, %reason, "stored entry cannot be named; left in place");
+        report.quarantined.push(Quarantined { name: locator, reason });
     }
     report.loaded = map.len();
     Ok((map, report))
@@ -428,7 +439,7 @@ fn load_blocking(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::backend::{GroupError, Unreadable};
+    use crate::backend::{GroupError, SealedRecord, SetAside};
     use crate::entry::Stamps;
     use aegis_core::secret::{SecretMeta, SecretValue};
     use aegis_crypto::RootKey;
@@ -462,23 +473,24 @@ mod tests {
     struct PanicsOn(&'static str);
 
     impl Backend for PanicsOn {
-        fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError> {
-            Ok(((0..8).map(|i| format!("s{i}")).collect(), Vec::new()))
+        fn list(&self) -> Result<Listing, StoreError> {
+            let names = (0..8).map(|i| SecretName::parse(&format!("s{i}")).unwrap()).collect();
+            Ok(Listing { names, unnamed: Vec::new() })
         }
-        fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-            if name == self.0 {
+        fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError> {
+            if name.as_str() == self.0 {
                 panic!("test backend: reading {name} fails");
             }
-            Err(StoreError::NotFound(name.to_owned()))
+            Err(StoreError::NotFound(name.to_string()))
         }
-        fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
+        fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>> {
             records.iter().map(|_| Ok(())).collect()
         }
-        fn write_group(&self, _: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+        fn write_group(&self, _: &[SealedRecord]) -> Result<(), GroupError> {
             Ok(())
         }
-        fn quarantine(&self, _: &str, _: &str) -> Result<(), StoreError> {
-            Ok(())
+        fn set_aside(&self, _: &SecretName, _: &str) -> Result<SetAside, StoreError> {
+            Ok(SetAside { kept_at: String::new() })
         }
         fn describe(&self) -> String {
             "panicking test backend".to_owned()
@@ -493,24 +505,24 @@ mod tests {
     }
 
     impl Backend for Counting {
-        fn list(&self) -> Result<(Vec<String>, Unreadable), StoreError> {
-            Ok((Vec::new(), Vec::new()))
+        fn list(&self) -> Result<Listing, StoreError> {
+            Ok(Listing::default())
         }
-        fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-            Err(StoreError::NotFound(name.to_owned()))
+        fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError> {
+            Err(StoreError::NotFound(name.to_string()))
         }
-        fn write_batch(&self, records: &[(String, Vec<u8>)]) -> Vec<Result<(), StoreError>> {
+        fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>> {
             self.batches.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(5));
             records.iter().map(|_| Ok(())).collect()
         }
-        fn write_group(&self, _: &[(String, Vec<u8>)]) -> Result<(), GroupError> {
+        fn write_group(&self, _: &[SealedRecord]) -> Result<(), GroupError> {
             self.groups.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(5));
             Ok(())
         }
-        fn quarantine(&self, _: &str, _: &str) -> Result<(), StoreError> {
-            Ok(())
+        fn set_aside(&self, _: &SecretName, _: &str) -> Result<SetAside, StoreError> {
+            Ok(SetAside { kept_at: String::new() })
         }
         fn describe(&self) -> String {
             "counting test backend".to_owned()
