@@ -10,6 +10,8 @@
 //! [`Keyring`]: aegis_crypto::Keyring
 
 mod backend;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod dir;
 mod entry;
 mod error;
