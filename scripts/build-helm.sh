@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build `helm` (Helm 3) from the Go module proxy, pinned to one release, and cache
-# it outside the clone. The chart tests (crates/aegis/tests/helm_chart.rs) use it.
+# it outside the clone. The chart tests (crates/aegis/tests/system/helm_chart.rs) use it.
 #
 #   scripts/build-helm.sh             build (or reuse) the binary; prints the bin dir
 #   scripts/build-helm.sh --print-dir print the bin dir without building

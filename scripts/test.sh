@@ -28,6 +28,13 @@ if ! command -v curl >/dev/null; then
     { apt-get update -qq && apt-get install -y -qq curl >/dev/null; } || { echo "error: curl is needed by the tests; install it" >&2; exit 1; }
 fi
 
+# First, as it takes two seconds: every path, link, setting, crate, flag and test the
+# docs name exists (the script's own tests show it fails on a doc that names one that does not).
+command -v python3 >/dev/null || { echo "error: python3 (>= 3.11) is needed by the doc check and schemathesis; install it" >&2; exit 1; }
+echo "== doc check (scripts/check_docs.py and its tests)"
+python3 scripts/test_check_docs.py
+python3 scripts/check_docs.py
+
 command -v go >/dev/null || { echo "error: the Go toolchain is needed to build SPIRE, Kubernetes, Helm, VSecM's Go client and the Go template reference (install Go >= 1.26.6)" >&2; exit 1; }
 
 echo "== SPIRE (built once from the Go module proxy, cached in $cache/spire)"

@@ -1,5 +1,5 @@
 // go-template renders templates with Go's own text/template, as VSecM does, for
-// Aegis's differential test (crates/aegis/tests/go_templates.rs).
+// Aegis's differential test (crates/aegis/tests/system/go_templates.rs).
 //
 // Each line of standard input is a JSON object {"value": "...", "template": "..."};
 // each line of standard output answers it with {"modes": [{"out": ..., "err": ...}, ...]}:

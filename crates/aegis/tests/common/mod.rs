@@ -1,7 +1,9 @@
 //! Shared harness: starts the real `aegis` binary and talks to it over real mTLS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod delivery;
 pub mod kube;
+pub mod spire;
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,19 +17,23 @@ pub const SAFE: &str = env!("CARGO_BIN_EXE_safe");
 
 /// A free port below the kernel's ephemeral range (32768 and up), so that no
 /// outgoing connection of a parallel test can take it between this check and
-/// the Safe's bind. Each call hands out a new port.
+/// the Safe's bind. Each call hands out a new port. The count starts at a place
+/// picked by the process id (so parallel test processes seldom meet) and wraps
+/// from 32000 back to 20000: one test binary runs every system test, and a start
+/// near the top of the range must not run out.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ =
-        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 32_000, "ran out of test ports");
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() % 500) * 20, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port between {FIRST} and {} on 127.0.0.1", FIRST + SPAN)
 }
 
 /// A command with a clean environment plus `env`.

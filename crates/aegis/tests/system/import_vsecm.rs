@@ -12,9 +12,8 @@
 //! (`tools/vsecm-client`), the same client that recorded the fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "common/spire.rs"]
-mod harness;
+use crate::common;
+use crate::common::spire as harness;
 
 use std::collections::HashMap;
 use std::fs;

@@ -8,9 +8,8 @@
 //! registered where a test uses the Rust SDK in-process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "common/spire.rs"]
-mod harness;
+use crate::common;
+use crate::common::spire as harness;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,7 +4,7 @@
 //! body has the documented shape.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use aegis_sdk::Method;
 use common::*;

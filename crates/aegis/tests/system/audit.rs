@@ -5,7 +5,7 @@
 //! while fetches go on, and the gap is recorded when the file recovers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

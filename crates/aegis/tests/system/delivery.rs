@@ -2,9 +2,8 @@
 //! processes against a real `aegis dev` Safe, including a kill -9 of the Safe.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "common/delivery.rs"]
-mod helpers;
+use crate::common;
+use crate::common::delivery as helpers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

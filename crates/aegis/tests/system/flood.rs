@@ -5,7 +5,7 @@
 //! Safe held to 256 MiB (the Helm chart's default) must not be killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! ServiceAccount bound to deploy/kubernetes/safe-rbac.yaml, never as the admin.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

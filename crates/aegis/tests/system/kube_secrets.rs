@@ -5,10 +5,10 @@
 //! as the admin. Every wait polls for its condition with a deadline.
 //!
 //! The two benchmarks of docs/BENCHMARKS.md are the ignored tests `bench_*`:
-//! `cargo test --release -p aegis --test kube_secrets -- --ignored --nocapture bench_`.
+//! `cargo test --release -p aegis --test system -- --ignored --nocapture kube_secrets::bench_`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -3,7 +3,7 @@
 //! oversized body gets a 413 on HTTP/1.1 and HTTP/2 alike.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Authorization matrix, bad input, sealed start and no plaintext anywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

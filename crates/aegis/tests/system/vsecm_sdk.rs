@@ -13,9 +13,8 @@
 //! SPIRE, without the Go client or without root they fail and say why.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "common/spire.rs"]
-mod harness;
+use crate::common;
+use crate::common::spire as harness;
 
 use std::collections::HashMap;
 use std::fs;

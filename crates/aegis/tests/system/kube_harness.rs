@@ -4,7 +4,7 @@
 //! manager makes ServiceAccounts, and the API server survives a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! and in the CLI, no silent trimming, and names older versions stored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! key rotation that fails on a full disk never stops the Safe from starting.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

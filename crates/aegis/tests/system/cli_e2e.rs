@@ -1,7 +1,7 @@
 //! End to end through both CLIs and both APIs against a real `aegis dev`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

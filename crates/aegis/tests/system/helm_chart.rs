@@ -17,9 +17,8 @@
 //! skip: without `helm` the tests fail and say how to get it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "common/spire.rs"]
-mod harness;
+use crate::common;
+use crate::common::spire as harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

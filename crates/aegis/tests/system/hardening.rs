@@ -2,7 +2,7 @@
 //! memory when asked and allowed (crates/aegis/src/harden.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

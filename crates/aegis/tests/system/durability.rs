@@ -1,7 +1,7 @@
 //! kill -9 while many writers write: every acknowledged write survives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! counted, not timed, so a busy machine does not change what is served.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The Sentinel init-command runner and the watch API against a real `aegis dev`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
