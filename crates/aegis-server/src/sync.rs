@@ -53,6 +53,13 @@ pub trait SecretSync: Send + Sync {
 
     /// Totals over every `k8s:` secret.
     fn summary(&self) -> KubeSyncSummary;
+
+    /// Whether copies are kept at all. A Safe whose sync is off plugs in a
+    /// stand-in that only refuses `k8s:` writes, saying why; it answers
+    /// `false` here so that the status and the metrics show no sync.
+    fn keeps_copies(&self) -> bool {
+        true
+    }
 }
 
 /// Asks `sync` whether a write of `name` may be stored; only `k8s:` secrets are checked.
@@ -62,12 +69,40 @@ pub(crate) async fn check(
     value: &SecretValue,
     meta: &SecretMeta,
 ) -> Result<(), ApiError> {
-    let Some(sync) = sync else { return Ok(()) };
     if name.kind() != SecretKind::Kubernetes {
         return Ok(());
     }
+    // Stored but never synced would be a silent trap: the workload waits for a
+    // Kubernetes Secret that never comes. The binary plugs in a stand-in that
+    // says why; this is the answer of a Safe built without one.
+    let Some(sync) = sync else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{name} is not stored: this Safe keeps no Kubernetes Secrets, so its Kubernetes Secret would never \
+                 be written; give the Safe a Kubernetes API with the sync on, or store the secret without the k8s: prefix"
+            ),
+        ));
+    };
     sync.check_write(name, value, meta).await.map_err(|r| match r {
         Refusal::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
         Refusal::Limit(why) => ApiError::bad_request(why),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_sync_k8s_writes_are_refused_and_others_pass() {
+        let (value, meta) = (SecretValue::new("v"), SecretMeta::defaults(time::OffsetDateTime::UNIX_EPOCH));
+        let plain = SecretName::parse("db").unwrap();
+        assert!(check(None, &plain, &value, &meta).await.is_ok());
+        let k8s = SecretName::parse("k8s:db").unwrap();
+        let e = check(None, &k8s, &value, &meta).await.err().unwrap();
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(e.message().contains("k8s:db is not stored") && e.message().contains("k8s: prefix"), "{}", e.message());
+    }
 }

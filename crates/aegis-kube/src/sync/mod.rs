@@ -39,6 +39,7 @@
 pub mod book;
 pub mod data;
 mod desired;
+pub mod off;
 mod ops;
 pub mod queue;
 mod watch;

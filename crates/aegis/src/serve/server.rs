@@ -455,8 +455,9 @@ pub async fn serve(
     kube: &crate::serve::kube::KubeArgs,
 ) -> Result<(), CliError> {
     let sync = kube.sync(settings.template_budget, &settings.data_dir).await?;
-    let running =
-        aegis_server::start_with(settings, identity, sync).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
+    let running = aegis_server::start_with(settings, identity, Some(sync))
+        .await
+        .map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
     crate::stop_requested().await;
     tracing::info!("shutting down");
