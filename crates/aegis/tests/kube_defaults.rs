@@ -130,3 +130,54 @@ async fn a_kubeconfig_turns_the_sync_on_and_false_turns_it_off() {
     refused_everywhere(&safe, &["sync is turned off"]).await;
     assert!(api.get_opt("db").await.unwrap().is_none(), "a Safe with the sync off wrote a Secret");
 }
+
+/// RFC 3339 to the second, `secs` from now.
+fn in_secs(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.replace_nanosecond(0).unwrap().format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// The validity window applies to the Kubernetes copies, by a timer: no copy
+/// before `notBefore`, and the copy is deleted once the secret expires, with
+/// no write in between. The margins are seconds wide, and every wait polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_copies_follow_the_validity_window() {
+    let (cluster, kubeconfig) = cluster().await;
+    let api: Api<Secret> = Api::namespaced(cluster.admin_client(), "default");
+    let safe = dev_safe(&[("KUBECONFIG", &kubeconfig.display().to_string())]);
+    let admin = safe.admin_env();
+    let c = safe.client(&admin).await;
+
+    // Expires in 15 s: the copy appears, then goes when the secret expires.
+    let expires = in_secs(15);
+    let mut p = put("short-lived");
+    p.expires_after = Some(expires.clone());
+    c.put("k8s:soon", &p).await.unwrap();
+    // Starts in 5 s: no copy until then.
+    let not_before = in_secs(5);
+    let mut p = put("later");
+    p.not_before = Some(not_before.clone());
+    c.put("k8s:later", &p).await.unwrap();
+
+    eventually("the Secret default/soon", CATCH_UP, || async { api.get_opt("soon").await.unwrap() }).await;
+    let later =
+        eventually("the Secret default/later", CATCH_UP, || async { api.get_opt("later").await.unwrap() }).await;
+    let created = serde_json::to_value(later.metadata.creation_timestamp.unwrap()).unwrap();
+    let created = created.as_str().unwrap();
+    let parse = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    assert!(parse(created) >= parse(&not_before), "default/later created at {created}, before notBefore {not_before}");
+
+    eventually("the expired default/soon deleted", CATCH_UP, || async {
+        api.get_opt("soon").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        time::OffsetDateTime::now_utc() > parse(&expires),
+        "default/soon was deleted before it expired at {expires}"
+    );
+    assert!(api.get_opt("later").await.unwrap().is_some(), "a secret inside its window keeps its copy");
+    // Still stored, and the sync does not bring the copy back.
+    assert!(c.list(true).await.unwrap().secrets.iter().any(|i| i.name == "k8s:soon"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(api.get_opt("soon").await.unwrap().is_none(), "the copy of an expired secret came back");
+}
