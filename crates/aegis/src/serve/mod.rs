@@ -4,3 +4,4 @@
 pub mod dev;
 pub mod kube;
 pub mod server;
+pub mod vsecm_env;
