@@ -181,3 +181,44 @@ async fn kubernetes_copies_follow_the_validity_window() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(api.get_opt("soon").await.unwrap().is_none(), "the copy of an expired secret came back");
 }
+
+/// In a pod (the in-cluster variables and the ServiceAccount token at its path),
+/// with no flag and no kubeconfig, the sync is on. The pod is made real enough as in
+/// `kube_rootkey.rs`: a private mount namespace (the tests run as root) with the
+/// token, CA and namespace files at the in-cluster path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pod_the_sync_is_on_without_any_flag() {
+    let (cluster, kubeconfig) = cluster().await;
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let token = text.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("a token in the kubeconfig");
+    let sa = tempfile::tempdir().unwrap();
+    std::fs::write(sa.path().join("token"), token).unwrap();
+    std::fs::copy(cluster.ca_file(), sa.path().join("ca.crt")).unwrap();
+    std::fs::write(sa.path().join("namespace"), "vsecm-system").unwrap();
+
+    let key = sa.path().join("root.key");
+    let mut safe = Safe::server_unstarted(&["--root-key-file", key.to_str().unwrap()]);
+    let env = HashMap::from([
+        ("AEGIS_LOG".to_owned(), "debug".to_owned()),
+        ("KUBERNETES_SERVICE_HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), cluster.port.to_string()),
+        ("AEGIS_TEST_SA_DIR".to_owned(), sa.path().display().to_string()),
+    ]);
+    let pod = "mount -t tmpfs tmpfs /run && d=/run/secrets/kubernetes.io/serviceaccount && mkdir -p $d && \
+               cp \"$AEGIS_TEST_SA_DIR\"/token \"$AEGIS_TEST_SA_DIR\"/ca.crt \"$AEGIS_TEST_SA_DIR\"/namespace $d/ && \
+               exec \"$@\"";
+    let log = std::fs::File::create(&safe.log).unwrap();
+    let child = common::cmd("unshare", &env)
+        .args(["--mount", "--propagation", "private", "sh", "-c", pod, "sh", common::AEGIS])
+        .args(&safe.args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("run unshare (util-linux)");
+    safe.child = Some(child);
+    tokio::task::block_in_place(|| safe.wait_ready());
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("k8s:in-pod", &put("v")).await.unwrap();
+    let api: Api<Secret> = Api::namespaced(cluster.admin_client(), "default");
+    eventually("the Secret default/in-pod", CATCH_UP, || async { api.get_opt("in-pod").await.unwrap() }).await;
+}
