@@ -10,4 +10,5 @@ pub mod sync;
 
 pub use client::{connect, connect_with_timeout, ConnectError};
 pub use rootkey::{SecretStore, SecretStoreSettings};
+pub use sync::off::SyncOff;
 pub use sync::{SyncConfig, Syncer};

@@ -99,7 +99,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     s.metrics.connections_open.set(s.gate.open() as i64);
     s.metrics.watches_open.set(s.in_flight.watches.held() as i64);
     s.metrics.set_audit(s.audit.stats());
-    if let Some(sync) = s.sync() {
+    if let Some(sync) = s.sync().filter(|sync| sync.keeps_copies()) {
         s.metrics.set_kube_sync(&sync.summary());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())

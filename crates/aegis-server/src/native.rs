@@ -293,7 +293,7 @@ fn status_of(s: &AppState) -> Status {
         secrets: store.as_ref().map_or(0, |st| st.len()),
         key_id: store.map(|st| st.keyring().current().id().to_string()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        kubernetes: s.sync().map(|sync| sync.summary()),
+        kubernetes: s.sync().filter(|sync| sync.keeps_copies()).map(|sync| sync.summary()),
     }
 }
 

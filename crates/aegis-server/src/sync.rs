@@ -3,6 +3,7 @@
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::{SecretKind, SecretName};
 use aegis_store::SecretSync;
+use axum::http::StatusCode;
 
 use crate::error::ApiError;
 
@@ -13,9 +14,37 @@ pub(crate) async fn check(
     value: &SecretValue,
     meta: &SecretMeta,
 ) -> Result<(), ApiError> {
-    let Some(sync) = sync else { return Ok(()) };
     if name.kind() != SecretKind::Kubernetes {
         return Ok(());
     }
+    // Stored but never synced would be a silent trap: the workload waits for a
+    // Kubernetes Secret that never comes. The binary plugs in a stand-in that
+    // says why; this is the answer of a Safe built without one.
+    let Some(sync) = sync else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{name} is not stored: this Safe keeps no Kubernetes Secrets, so its Kubernetes Secret would never \
+                 be written; give the Safe a Kubernetes API with the sync on, or store the secret without the k8s: prefix"
+            ),
+        ));
+    };
     sync.check_write(name, value, meta).await.map_err(ApiError::from)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_sync_k8s_writes_are_refused_and_others_pass() {
+        let (value, meta) = (SecretValue::new("v"), SecretMeta::defaults(time::OffsetDateTime::UNIX_EPOCH));
+        let plain = SecretName::parse("db").unwrap();
+        assert!(check(None, &plain, &value, &meta).await.is_ok());
+        let k8s = SecretName::parse("k8s:db").unwrap();
+        let e = check(None, &k8s, &value, &meta).await.err().unwrap();
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(e.message().contains("k8s:db is not stored") && e.message().contains("k8s: prefix"), "{}", e.message());
+    }
 }

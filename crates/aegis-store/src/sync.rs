@@ -51,4 +51,11 @@ pub trait SecretSync: Send + Sync {
 
     /// Totals over every `k8s:` secret.
     fn summary(&self) -> KubeSyncSummary;
+
+    /// Whether copies are kept at all. A Safe whose sync is off plugs in a
+    /// stand-in that only refuses `k8s:` writes, saying why; it answers
+    /// `false` here so that the status and the metrics show no sync.
+    fn keeps_copies(&self) -> bool {
+        true
+    }
 }

@@ -37,14 +37,15 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match &self.cmd {
             Command::Dev(a) if a.serves() => "info",
-            Command::Server(_) | Command::Sidecar(_) | Command::Init(_) | Command::Run(_) | Command::Sentinel(_) => {
-                "info"
-            }
+            Command::Server(a) => a.vsecm_log_filter().unwrap_or("info"),
+            Command::Sidecar(_) | Command::Init(_) | Command::Run(_) | Command::Sentinel(_) => "info",
             _ => "warn",
         }
     }
 }
 
+// Parsed once per process: the size of the Safe's settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a Safe with a throw-away local CA, for trying Aegis on one machine.

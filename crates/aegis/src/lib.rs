@@ -65,11 +65,12 @@ impl LogArgs {
         })
     }
 
-    /// The filter to use: `-v` flags, else `--log`/`AEGIS_LOG`, else `default`.
+    /// The filter to use: `-v` flags, else `--log`/`AEGIS_LOG` (unless empty), else `default`.
     pub fn filter_or(&self, default: &str) -> String {
         match (self.verbose, &self.filter) {
-            (0, Some(f)) => f.clone(),
-            (0, None) => default.to_owned(),
+            // Empty is unset (as KUBECONFIG=""), so the command's default applies.
+            (0, Some(f)) if !f.trim().is_empty() => f.clone(),
+            (0, _) => default.to_owned(),
             (1, _) => "info".to_owned(),
             (2, _) => "debug".to_owned(),
             _ => "trace".to_owned(),

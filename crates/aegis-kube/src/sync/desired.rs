@@ -29,6 +29,9 @@ pub(super) enum Desired {
     },
     /// Deleted, destroyed or unknown: no Secret (or kept, by configuration).
     Absent,
+    /// Live, but before its `notBefore` or after its `expires`: no Secret,
+    /// whatever the configuration (workloads get nothing either).
+    Outside,
     /// Live, but its data cannot be a Secret.
     Invalid(DataError),
 }
@@ -38,6 +41,9 @@ impl Desired {
     /// computed off the async threads (it may render a template).
     pub(super) async fn of(ctx: &Ctx, entry: Option<Arc<Entry>>) -> Desired {
         let Some(entry) = entry.filter(|e| e.doc.live().is_some()) else { return Desired::Absent };
+        if entry.doc.live().is_some_and(|(v, _)| !v.meta.valid_at(time::OffsetDateTime::now_utc())) {
+            return Desired::Outside;
+        }
         let budget = ctx.cfg.template_budget;
         ctx.off_runtime(move || Desired::compute(&entry, &budget)).await.unwrap_or_else(|| {
             Desired::Invalid(DataError::Template("the render stopped unexpectedly; see the Safe's log".to_owned()))
@@ -62,6 +68,7 @@ impl Desired {
                 Wants::Copies { version: *version, namespaces: namespaces.clone(), digest: digest(Some(&data.0)) }
             }
             Desired::Absent => Wants::Nothing,
+            Desired::Outside => Wants::NoCopy,
             Desired::Invalid(_) => Wants::Unknown,
         };
         Fingerprint { revision, wants }
@@ -83,8 +90,10 @@ pub(super) struct Fingerprint {
 pub(super) enum Wants {
     /// A copy holding `version` in each namespace, its data hashing to `digest`.
     Copies { version: u64, namespaces: BTreeSet<String>, digest: [u8; 32] },
-    /// No copy.
+    /// No copy (unless copies of deleted secrets are kept).
     Nothing,
+    /// No copy, whatever the configuration: outside the validity window.
+    NoCopy,
     /// The data cannot be a Secret: the sync retries on its own.
     Unknown,
 }
@@ -98,6 +107,7 @@ impl Fingerprint {
                 namespaces.contains(ns) && same_meta(obj, instance, *version) && digest(obj.data.as_ref()) == *want
             }
             Wants::Nothing => keep_on_delete,
+            Wants::NoCopy => false,
             Wants::Unknown => true,
         }
     }

@@ -11,6 +11,8 @@
 //!   ([`VERSION_ANNOTATION`]) and the Safe instance ([`INSTANCE_ANNOTATION`]);
 //! - a copy in a namespace the secret no longer lists is deleted, and so are
 //!   all copies of a deleted secret (unless [`SyncConfig::keep_on_delete`]);
+//! - the validity window applies to the copies: none before `notBefore`,
+//!   deleted when the secret expires, on time by a timer (`window.rs`);
 //! - a Secret without the label is never touched: the write is refused when
 //!   that is known in time ([`SecretSync::check_write`]), else the secret's
 //!   state says `conflict`;
@@ -39,9 +41,11 @@
 pub mod book;
 pub mod data;
 mod desired;
+pub mod off;
 mod ops;
 pub mod queue;
 mod watch;
+mod window;
 
 /// Default of [`SyncConfig::max_namespaces`].
 pub const DEFAULT_MAX_NAMESPACES: usize = 100;
@@ -139,6 +143,8 @@ struct Ctx {
     api_down: AtomicBool,
     /// When the API server last could not be reached.
     unreachable_at: Mutex<Option<Instant>>,
+    /// The validity window boundary each secret's timer waits for.
+    windows: Mutex<HashMap<SecretName, time::OffsetDateTime>>,
 }
 
 /// The Kubernetes Secret sync: an adapter of the [`SecretSync`] port, given
@@ -171,6 +177,7 @@ impl Syncer {
                 watches: Mutex::new(watch::Watches::default()),
                 api_down: AtomicBool::new(false),
                 unreachable_at: Mutex::new(None),
+                windows: Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -13,10 +13,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::Api;
+use time::OffsetDateTime;
 
 use super::book::Problem;
 use super::data::{secret_data, DataError, SecretData};
 use super::desired::{matches, owner, Desired, Owner};
+use super::window;
 use super::{
     log_problem, watch, Ctx, FIELD_MANAGER, INSTANCE_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SECRET_ANNOTATION,
     VERSION_ANNOTATION,
@@ -249,11 +251,13 @@ pub(super) async fn sync_one(ctx: &Arc<Ctx>, name: &SecretName) -> Option<Durati
         entry.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().cloned()).collect();
     stale.extend(ctx.book.namespaces(name));
     stale.extend(ctx.observed(name));
+    let boundary = entry.doc.live().and_then(|(v, _)| window::next_boundary(&v.meta, OffsetDateTime::now_utc()));
     let desired = Desired::of(ctx, Some(entry)).await;
     ctx.set_fingerprint(name, Some(desired.fingerprint(revision)));
+    window::arm(ctx, name, boundary);
     let (present, version) = match &desired {
         Desired::Present { namespaces, version, .. } => (namespaces.clone(), Some(*version)),
-        Desired::Absent => (BTreeSet::new(), None),
+        Desired::Absent | Desired::Outside => (BTreeSet::new(), None),
         Desired::Invalid(e) => {
             let p = Problem::Error(e.to_string());
             let (wait, new) = ctx.book.failed(name, revision, p.clone());
@@ -267,7 +271,7 @@ pub(super) async fn sync_one(ctx: &Arc<Ctx>, name: &SecretName) -> Option<Durati
     };
     // Only namespaces named now are watched: none for a deleted secret.
     watch::set(ctx, name, &present);
-    if version.is_none() && ctx.cfg.keep_on_delete {
+    if matches!(desired, Desired::Absent) && ctx.cfg.keep_on_delete {
         ctx.book.synced(name, revision, None, BTreeSet::new());
         return None;
     }
@@ -305,6 +309,7 @@ pub(super) async fn sync_one(ctx: &Arc<Ctx>, name: &SecretName) -> Option<Durati
 async fn remove_orphans(ctx: &Arc<Ctx>, name: &SecretName, k8s: &str) {
     ctx.book.forget(name);
     ctx.set_fingerprint(name, None);
+    window::arm(ctx, name, None);
     watch::set(ctx, name, &BTreeSet::new());
     for ns in ctx.observed(name) {
         if !ctx.cfg.keep_on_delete {

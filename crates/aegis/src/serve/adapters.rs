@@ -16,9 +16,10 @@ use crate::serve::server::ServerArgs;
 
 /// Opens the adapters `a` asks for, with the root key store already chosen.
 pub async fn open(a: &ServerArgs, root_key: RootKeyMode, budget: Budget) -> Result<Adapters, CliError> {
-    let backend = backend(&a.data_dir)?;
-    let sync = a.kube.sync(budget, &a.data_dir).await?;
-    Ok(Adapters { backend, root_key, sync })
+    let data_dir = a.data_dir();
+    let backend = backend(&data_dir)?;
+    let sync = a.kube.sync(budget, &data_dir).await?;
+    Ok(Adapters { backend, root_key, sync: Some(sync) })
 }
 
 /// The store of sealed records in `data_dir` (created, mode 0700, if absent).

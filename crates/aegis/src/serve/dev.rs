@@ -142,8 +142,8 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
     std::fs::write(a.data_dir.join("safe-url"), &url).map_err(cfg_err)?;
     let server = ServerArgs {
         listen: Some(a.listen),
-        health_listen: a.health_listen,
-        data_dir: a.data_dir.join("data"),
+        health_listen: Some(a.health_listen),
+        data_dir: Some(a.data_dir.join("data")),
         root_key_file: Some(a.data_dir.join("root.key")),
         manual_root_key: false,
         root_key_store: Some(crate::serve::server::RootKeyStoreKind::File),
@@ -160,6 +160,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         svid_bundle: None,
         spiffe_endpoint_socket: String::new(),
         kube: a.kube.clone(),
+        vsecm: server::VsecmArgs::default(),
         vsecm_tls_port: format!(":{}", a.listen.port()),
     };
     let mut s = settings(&server)?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aegis_kube::{SyncConfig, Syncer};
+use aegis_kube::{SyncConfig, SyncOff, Syncer};
 use aegis_store::SecretSync;
 use clap::Args;
 
@@ -14,9 +14,13 @@ use crate::exit::{CliError, CONFIG};
 /// Settings of the Kubernetes Secret sync (see docs/KUBERNETES.md).
 #[derive(Args, Debug, Clone, Default)]
 pub struct KubeArgs {
-    /// Keep every `k8s:NAME` secret as the Kubernetes Secret NAME in each of its namespaces.
-    #[arg(long = "k8s-secrets", env = "AEGIS_K8S_SECRETS")]
-    pub k8s_secrets: bool,
+    /// Keep every `k8s:NAME` secret as the Kubernetes Secret NAME in each of its namespaces
+    /// (default: on when the Safe has a Kubernetes API; `--k8s-secrets=false` turns it off,
+    /// and `k8s:` writes are then refused).
+    #[arg(long = "k8s-secrets", env = "AEGIS_K8S_SECRETS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "true|false",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub k8s_secrets: Option<bool>,
     /// Keep the Kubernetes Secrets of a deleted `k8s:` secret (VSecM's behaviour) instead of deleting them.
     #[arg(long = "k8s-keep-on-delete", env = "AEGIS_K8S_KEEP_ON_DELETE")]
     pub keep_on_delete: bool,
@@ -41,6 +45,36 @@ pub struct KubeArgs {
     /// Kubeconfig of the Kubernetes API (default: the pod's ServiceAccount).
     #[arg(long = "kubeconfig", env = "KUBECONFIG", value_parser = crate::values::path_or_empty())]
     pub kubeconfig: Option<PathBuf>,
+    /// Set by Kubernetes in every pod: with the ServiceAccount token, the Safe has a Kubernetes API.
+    #[arg(long = "kubernetes-service-host", env = "KUBERNETES_SERVICE_HOST", hide = true)]
+    pub service_host: Option<String>,
+}
+
+/// Where the pod's ServiceAccount token is mounted (the kube client reads it there).
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Whether the Safe can reach a Kubernetes API, and how it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeApi {
+    /// A kubeconfig was given (`--kubeconfig`, `KUBECONFIG`).
+    Kubeconfig(PathBuf),
+    /// In a pod: `KUBERNETES_SERVICE_HOST` is set and the ServiceAccount token is mounted.
+    InCluster,
+    /// Neither.
+    Absent,
+}
+
+impl KubeApi {
+    /// Decides from the settings and whether `token` exists.
+    pub fn detect(kubeconfig: Option<&Path>, service_host: Option<&str>, token: &Path) -> Self {
+        if let Some(k) = kubeconfig.filter(|p| !p.as_os_str().is_empty()) {
+            return Self::Kubeconfig(k.to_path_buf());
+        }
+        if service_host.is_some_and(|h| !h.trim().is_empty()) && token.is_file() {
+            return Self::InCluster;
+        }
+        Self::Absent
+    }
 }
 
 impl KubeArgs {
@@ -66,21 +100,52 @@ impl KubeArgs {
         })
     }
 
-    /// The sync when enabled, connected to the Kubernetes API.
+    /// The sync, connected to the Kubernetes API, when it is on: asked for, or not
+    /// turned off and the Safe has a Kubernetes API (VSecM always wrote `k8s:`
+    /// secrets). Otherwise a stand-in that refuses `k8s:` writes, saying why.
     pub async fn sync(
         &self,
         budget: aegis_core::transform::Budget,
         data_dir: &Path,
-    ) -> Result<Option<Arc<dyn SecretSync>>, CliError> {
-        if !self.k8s_secrets {
-            return Ok(None);
+    ) -> Result<Arc<dyn SecretSync>, CliError> {
+        let api =
+            KubeApi::detect(self.kubeconfig.as_deref(), self.service_host.as_deref(), Path::new(SERVICE_ACCOUNT_TOKEN));
+        match (self.k8s_secrets, &api) {
+            (Some(false), _) => return Ok(off(TURNED_OFF)),
+            (None, KubeApi::Absent) => return Ok(off(NO_API)),
+            _ => {}
         }
         let cfg = self.config(budget, data_dir)?;
-        let client = aegis_kube::connect(self.kubeconfig.as_deref())
-            .await
-            .map_err(|e| CliError::new(CONFIG, format!("--k8s-secrets needs the Kubernetes API: {e}")))?;
-        Ok(Some(Arc::new(Syncer::new(client, cfg))))
+        let client = aegis_kube::connect(self.kubeconfig.as_deref()).await.map_err(|e| {
+            let asked = if self.k8s_secrets.is_some() {
+                "--k8s-secrets (AEGIS_K8S_SECRETS)"
+            } else {
+                "the k8s: sync, on because a Kubernetes API was found,"
+            };
+            CliError::new(
+                CONFIG,
+                format!("{asked} needs the Kubernetes API: {e}; or turn the sync off with --k8s-secrets=false"),
+            )
+        })?;
+        tracing::info!(api = ?api, "k8s: secrets are kept as Kubernetes Secrets");
+        Ok(Arc::new(Syncer::new(client, cfg)))
     }
+}
+
+/// Why a Safe keeps no Kubernetes Secrets, and what to do: the end of the
+/// refusal of a `k8s:` write.
+const NO_API: &str = "this Safe has no Kubernetes API (it does not run in a pod with a ServiceAccount token, and \
+    no --kubeconfig or KUBECONFIG is set), so its Kubernetes Secret would never be written; run the Safe in the \
+    cluster or give it a kubeconfig, or store the secret without the k8s: prefix";
+/// Like [`NO_API`], for a sync turned off.
+const TURNED_OFF: &str = "this Safe's Kubernetes Secret sync is turned off (--k8s-secrets=false or \
+    AEGIS_K8S_SECRETS=false), so its Kubernetes Secret would never be written; turn the sync on, or store the \
+    secret without the k8s: prefix";
+
+/// The stand-in of a sync that is off, logged once at start-up.
+fn off(reason: &'static str) -> Arc<dyn SecretSync> {
+    tracing::warn!(reason, "k8s: secrets are refused");
+    Arc::new(SyncOff::new(reason))
 }
 
 /// Longest instance name (an annotation value has no small limit; this keeps it readable).
@@ -160,6 +225,40 @@ mod tests {
         assert_eq!(args(Some("  ")).config(budget, a.path()).unwrap().instance, first, "kept, and empty is unset");
         assert_ne!(args(None).config(budget, b.path()).unwrap().instance, first, "another Safe, another name");
         assert_eq!(args(Some(" team/safe ")).config(budget, a.path()).unwrap().instance, "team/safe");
+    }
+
+    #[test]
+    fn a_kubernetes_api_is_a_kubeconfig_or_a_pod_with_a_token() {
+        let d = tempfile::tempdir().unwrap();
+        let (token, missing) = (d.path().join("token"), d.path().join("missing"));
+        std::fs::write(&token, "t").unwrap();
+        let kc = Path::new("/k/config");
+        assert_eq!(KubeApi::detect(Some(kc), None, &missing), KubeApi::Kubeconfig(kc.to_path_buf()));
+        assert_eq!(KubeApi::detect(Some(kc), Some("10.0.0.1"), &token), KubeApi::Kubeconfig(kc.to_path_buf()));
+        assert_eq!(KubeApi::detect(Some(Path::new("")), Some("10.0.0.1"), &token), KubeApi::InCluster);
+        assert_eq!(KubeApi::detect(None, Some("10.0.0.1"), &missing), KubeApi::Absent, "no token: no API");
+        assert_eq!(KubeApi::detect(None, Some(" "), &token), KubeApi::Absent, "no service host: not a pod");
+        assert_eq!(KubeApi::detect(None, None, &token), KubeApi::Absent);
+    }
+
+    #[test]
+    fn the_sync_switch_is_on_off_or_unset() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            kube: KubeArgs,
+        }
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["aegis"];
+            argv.extend(args);
+            Cmd::try_parse_from(argv).map(|c| c.kube.k8s_secrets)
+        };
+        assert_eq!(parse(&["--k8s-secrets"]).unwrap(), Some(true));
+        assert_eq!(parse(&["--k8s-secrets=true"]).unwrap(), Some(true));
+        assert_eq!(parse(&["--k8s-secrets=false"]).unwrap(), Some(false));
+        assert_eq!(parse(&["--k8s-secrets=off"]).unwrap(), Some(false));
+        assert!(parse(&["--k8s-secrets=maybe"]).is_err());
     }
 
     #[test]

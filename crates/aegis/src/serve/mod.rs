@@ -5,3 +5,4 @@ pub mod adapters;
 pub mod dev;
 pub mod kube;
 pub mod server;
+pub mod vsecm_env;

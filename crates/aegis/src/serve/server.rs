@@ -19,12 +19,13 @@ pub struct ServerArgs {
     /// mTLS API address (default: 0.0.0.0 and the port of VSECM_SAFE_TLS_PORT, i.e. 8443).
     #[arg(long, env = "AEGIS_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Health, readiness and metrics address (plain HTTP).
-    #[arg(long, env = "AEGIS_HEALTH_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_HEALTH_PORT)))]
-    pub health_listen: SocketAddr,
-    /// Directory of encrypted records.
-    #[arg(long, env = "AEGIS_DATA_DIR", default_value = "/var/local/aegis/data")]
-    pub data_dir: PathBuf,
+    /// Health, readiness and metrics address (plain HTTP; default: 0.0.0.0 and the port of
+    /// VSECM_PROBE_LIVENESS_PORT, else 8081).
+    #[arg(long, env = "AEGIS_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// Directory of encrypted records (default: VSECM_SAFE_DATA_PATH, else /var/local/aegis/data).
+    #[arg(long, env = "AEGIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Keep the root key in this file (generated on first start).
     #[arg(long, env = "AEGIS_ROOT_KEY_FILE", conflicts_with = "manual_root_key", value_parser = crate::values::path_or_empty())]
     pub root_key_file: Option<PathBuf>,
@@ -74,9 +75,79 @@ pub struct ServerArgs {
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     pub kube: crate::serve::kube::KubeArgs,
+    /// VSecM's variables the Safe reads besides its own flags.
+    #[command(flatten)]
+    pub vsecm: VsecmArgs,
     /// VSecM's `VSECM_SAFE_TLS_PORT` (`:8443`), the port when `--listen` is not given.
     #[arg(long = "vsecm-safe-tls-port", env = "VSECM_SAFE_TLS_PORT", hide = true, default_value_t = format!(":{DEFAULT_TLS_PORT}"))]
     pub vsecm_tls_port: String,
+}
+
+/// VSecM's variables that stand in for Aegis settings not given (docs/VSECM-COMPATIBILITY.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct VsecmArgs {
+    /// VSecM's data directory: the data directory when --data-dir is not given.
+    #[arg(long = "vsecm-safe-data-path", env = "VSECM_SAFE_DATA_PATH", hide = true)]
+    pub data_path: Option<PathBuf>,
+    /// VSecM's log level (0 to 7): the log level when AEGIS_LOG is not given.
+    #[arg(long = "vsecm-log-level", env = "VSECM_LOG_LEVEL", hide = true)]
+    pub log_level: Option<String>,
+    /// VSecM's manual root key input: `true` starts sealed, whatever VSECM_SAFE_ROOT_KEY_STORE says.
+    #[arg(long = "vsecm-root-key-input-mode-manual", env = "VSECM_ROOT_KEY_INPUT_MODE_MANUAL", hide = true)]
+    pub input_mode_manual: Option<String>,
+    /// VSecM's liveness probe port (`:8081`): the health port when --health-listen is not given.
+    #[arg(long = "vsecm-probe-liveness-port", env = "VSECM_PROBE_LIVENESS_PORT", hide = true)]
+    pub liveness_port: Option<String>,
+    /// VSecM's readiness probe port: must be the health port (one port answers both probes).
+    #[arg(long = "vsecm-probe-readiness-port", env = "VSECM_PROBE_READINESS_PORT", hide = true)]
+    pub readiness_port: Option<String>,
+    /// VSecM's switch to delete the Kubernetes Secrets of deleted secrets: `false` keeps them
+    /// (as --k8s-keep-on-delete) unless AEGIS_K8S_KEEP_ON_DELETE is given.
+    #[arg(long = "vsecm-safe-sync-deleted-secrets", env = "VSECM_SAFE_SYNC_DELETED_SECRETS", hide = true)]
+    pub sync_deleted: Option<String>,
+}
+
+/// The data directory unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/local/aegis/data";
+
+impl ServerArgs {
+    /// --data-dir, else VSECM_SAFE_DATA_PATH, else [`DEFAULT_DATA_DIR`].
+    pub fn data_dir(&self) -> PathBuf {
+        let vsecm = self.vsecm.data_path.clone().filter(|p| !p.as_os_str().is_empty());
+        self.data_dir.clone().or(vsecm).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// --health-listen, else 0.0.0.0 and VSECM_PROBE_LIVENESS_PORT, else port 8081. A
+    /// readiness port that is not the health port is refused: one port answers both.
+    pub fn health_listen(&self) -> Result<SocketAddr, CliError> {
+        use crate::serve::vsecm_env::probe_port;
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let addr = match (self.health_listen, nonempty(&self.vsecm.liveness_port)) {
+            (Some(a), _) => a,
+            (None, Some(p)) => SocketAddr::from(([0, 0, 0, 0], probe_port("VSECM_PROBE_LIVENESS_PORT", &p)?)),
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], DEFAULT_HEALTH_PORT)),
+        };
+        if let Some(r) = nonempty(&self.vsecm.readiness_port) {
+            let port = probe_port("VSECM_PROBE_READINESS_PORT", &r)?;
+            if port != addr.port() {
+                return Err(CliError::new(
+                    CONFIG,
+                    format!(
+                        "VSECM_PROBE_READINESS_PORT is {port} but the health port is {}: Aegis answers /healthz and \
+                         /readyz on one port; set VSECM_PROBE_READINESS_PORT to it (and point the readiness probe \
+                         there), or unset it",
+                        addr.port()
+                    ),
+                ));
+            }
+        }
+        Ok(addr)
+    }
+
+    /// The log filter VSECM_LOG_LEVEL asks for, if set.
+    pub fn vsecm_log_filter(&self) -> Option<&'static str> {
+        self.vsecm.log_level.as_deref().filter(|l| !l.trim().is_empty()).map(crate::serve::vsecm_env::log_filter)
+    }
 }
 
 /// The Safe's mTLS port unless told otherwise (VSecM's).
@@ -267,7 +338,8 @@ impl RootKeySecretArgs {
 }
 
 /// Where the root key lives. Precedence: --root-key-store (AEGIS_ROOT_KEY_STORE); then
-/// --root-key-file or --manual-root-key; then VSECM_SAFE_ROOT_KEY_STORE=k8s.
+/// --root-key-file or --manual-root-key; then VSECM_ROOT_KEY_INPUT_MODE_MANUAL=true
+/// (manual); then VSECM_SAFE_ROOT_KEY_STORE=k8s.
 pub fn root_key_mode(a: &ServerArgs) -> Result<RootKeyMode, CliError> {
     let file = a.root_key_file.as_ref().filter(|p| !p.as_os_str().is_empty());
     let conflict =
@@ -289,6 +361,12 @@ pub fn root_key_mode(a: &ServerArgs) -> Result<RootKeyMode, CliError> {
             (Some(kind), _, _) => kind,
             (None, Some(_), _) => RootKeyStoreKind::File,
             (None, None, true) => RootKeyStoreKind::Manual,
+            // VSecM's manual mode wins over its store: the key is typed in, never kept in the Secret.
+            (None, None, false)
+                if a.vsecm.input_mode_manual.as_deref().is_some_and(crate::serve::vsecm_env::vsecm_true) =>
+            {
+                RootKeyStoreKind::Manual
+            }
             (None, None, false) => match a.root_key_secret.vsecm_root_key_store.as_deref().map(str::trim) {
                 Some("k8s" | "kubernetes") => RootKeyStoreKind::Kubernetes,
                 Some(other) if !other.is_empty() => {
@@ -428,7 +506,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
             Some(l) => l,
             None => default_listen(a)?,
         },
-        health_listen: a.health_listen,
+        health_listen: a.health_listen()?,
         max_body_bytes: a.max_body_bytes,
         max_versions: usize::from(a.max_versions),
         request_timeout: Duration::from_millis(a.request_timeout_ms),
@@ -437,7 +515,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         conn_limits: a.limits.conn_limits(),
         roles: roles()?,
         template_budget: template_budget(a),
-        audit: a.audit.config(&a.data_dir)?,
+        audit: a.audit.config(&a.data_dir())?,
     })
 }
 
@@ -466,7 +544,16 @@ pub async fn serve(
 }
 
 /// `aegis server`.
-pub async fn run(a: ServerArgs) -> Result<(), CliError> {
+pub async fn run(mut a: ServerArgs) -> Result<(), CliError> {
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default())))
+        .collect();
+    crate::serve::vsecm_env::check(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    if a.vsecm.sync_deleted.as_deref().is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) && !a.kube.keep_on_delete
+    {
+        tracing::info!("VSECM_SAFE_SYNC_DELETED_SECRETS=false: the Kubernetes Secrets of deleted secrets are kept");
+        a.kube.keep_on_delete = true;
+    }
     let settings = settings(&a)?;
     let root_key = root_key_mode(&a)?;
     let cfg = IdentityConfig::from_settings(
@@ -503,6 +590,9 @@ mod tests {
         if !args.contains(&"--vsecm-safe-root-key-store") {
             a.root_key_secret.vsecm_root_key_store = None;
         }
+        if !args.contains(&"--vsecm-root-key-input-mode-manual") {
+            a.vsecm.input_mode_manual = None;
+        }
         root_key_mode(&a)
     }
 
@@ -528,6 +618,37 @@ mod tests {
         assert_eq!(describe(&file_wins), "root key file /k/root.key");
         let store_wins = mode(&["--vsecm-safe-root-key-store", "k8s", "--root-key-store", "manual"]).unwrap();
         assert_eq!(describe(&store_wins), "manual");
+    }
+
+    #[test]
+    fn vsecms_manual_mode_wins_over_its_kubernetes_store() {
+        let manual = ["--vsecm-safe-root-key-store", "k8s", "--vsecm-root-key-input-mode-manual", "true"];
+        assert_eq!(describe(&mode(&manual).unwrap()), "manual", "a manual key, not one in the Secret");
+        let auto = ["--vsecm-safe-root-key-store", "k8s", "--vsecm-root-key-input-mode-manual", "false"];
+        assert!(describe(&mode(&auto).unwrap()).starts_with("Kubernetes Secret"));
+        let mut file = manual.to_vec();
+        file.extend(["--root-key-file", "/k/root.key"]);
+        assert_eq!(describe(&mode(&file).unwrap()), "root key file /k/root.key", "Aegis's own flags win");
+    }
+
+    #[test]
+    fn vsecms_data_path_and_probe_ports_stand_in_for_unset_flags() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["aegis"];
+            argv.extend(args);
+            Cmd::try_parse_from(argv).unwrap().server
+        };
+        let a = parse(&["--vsecm-safe-data-path", "/var/local/vsecm/data", "--vsecm-probe-liveness-port", ":18081"]);
+        assert_eq!(a.data_dir(), PathBuf::from("/var/local/vsecm/data"));
+        assert_eq!(a.health_listen().unwrap(), SocketAddr::from(([0, 0, 0, 0], 18081)));
+        let a = parse(&["--vsecm-safe-data-path", "/v", "--data-dir", "/a", "--health-listen", "127.0.0.1:9"]);
+        assert_eq!((a.data_dir(), a.health_listen().unwrap().port()), (PathBuf::from("/a"), 9));
+        let a = parse(&["--vsecm-probe-liveness-port", ":8081", "--vsecm-probe-readiness-port", ":8082"]);
+        let e = a.health_listen().unwrap_err();
+        assert!(e.code == CONFIG && e.message.contains("VSECM_PROBE_READINESS_PORT is 8082"), "{}", e.message);
+        let a = parse(&["--vsecm-probe-liveness-port", ":8081", "--vsecm-probe-readiness-port", ":8081"]);
+        assert_eq!(a.health_listen().unwrap().port(), 8081);
+        assert_eq!(parse(&["--vsecm-log-level", "6"]).vsecm_log_filter(), Some("debug"));
     }
 
     #[test]

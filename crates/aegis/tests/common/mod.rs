@@ -50,6 +50,28 @@ pub fn cmd(bin: &str, env: &HashMap<String, String>) -> Command {
     c
 }
 
+/// The environment of a Safe whose Kubernetes API cannot be reached just now:
+/// `KUBECONFIG` names a kubeconfig of a closed local port. The `k8s:` sync is
+/// then on (a Safe with no Kubernetes API at all refuses `k8s:` writes), a
+/// `k8s:` write is stored (the sync accepts what it cannot check) and its
+/// Kubernetes Secret stays pending. For tests that store `k8s:` secrets but are
+/// not about Kubernetes. The file is world-readable: Safes of other uids read it.
+pub fn offline_kube_env() -> HashMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("aegis-test-offline-kubeconfig-{}", std::process::id()));
+    if !path.exists() {
+        let text =
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: offline\n  cluster:\n    server: http://127.0.0.1:1\n\
+                    contexts:\n- name: offline\n  context:\n    cluster: offline\n    user: offline\n\
+                    current-context: offline\nusers:\n- name: offline\n  user: {}\n";
+        let tmp = path.with_extension(format!("tmp-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+        fs::write(&tmp, text).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+    }
+    HashMap::from([("KUBECONFIG".to_owned(), path.display().to_string())])
+}
+
 /// Parses `export K='V'` lines.
 pub fn parse_exports(text: &str) -> HashMap<String, String> {
     text.lines()
@@ -123,6 +145,12 @@ impl Safe {
         s.start();
         s.wait_ready();
         s
+    }
+
+    /// `aegis dev` with a Kubernetes API that cannot be reached ([`offline_kube_env`]):
+    /// `k8s:` secrets are stored, for tests of names, import or the Sentinel.
+    pub fn dev_offline_kube() -> Self {
+        Self::dev_with_env(&[], None, offline_kube_env())
     }
 
     /// `aegis server --manual-root-key` with dev-CA SVID files: starts sealed.

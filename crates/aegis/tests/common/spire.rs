@@ -306,11 +306,17 @@ pub struct UidSafe {
 impl UidSafe {
     /// Spawns `aegis server` as `uid` (data and root key under a dir owned by `uid`).
     pub fn spawn(spire: &Spire, uid: u32) -> Self {
+        Self::spawn_with_env(spire, uid, HashMap::new())
+    }
+
+    /// [`UidSafe::spawn`] with extra environment variables.
+    pub fn spawn_with_env(spire: &Spire, uid: u32, extra: HashMap<String, String>) -> Self {
         let home = spire.dir_for(&format!("safe-{uid}"), uid);
         let (port, health) = (free_port(), free_port());
         let log = spire.dir.path().join(format!("safe-{uid}.log"));
         let logf = fs::File::create(&log).unwrap();
-        let env = HashMap::from([("AEGIS_LOG".to_owned(), "debug".to_owned())]);
+        let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "debug".to_owned())]);
+        env.extend(extra);
         let child = spire
             .command_as(
                 uid,
@@ -339,7 +345,12 @@ impl UidSafe {
 
     /// Spawns and waits until `/readyz` answers.
     pub fn start(spire: &Spire, uid: u32) -> Self {
-        let mut s = Self::spawn(spire, uid);
+        Self::start_with_env(spire, uid, HashMap::new())
+    }
+
+    /// [`UidSafe::start`] with extra environment variables.
+    pub fn start_with_env(spire: &Spire, uid: u32, extra: HashMap<String, String>) -> Self {
+        let mut s = Self::spawn_with_env(spire, uid, extra);
         let t = Instant::now();
         while http_ok(s.health, "/readyz").is_none() {
             if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {

@@ -187,7 +187,7 @@ async fn vsecm_api_wire_format() {
     assert!(body.contains("is not a workload"), "{body}");
     assert!(serde_json::from_str::<Value>(&body).is_err(), "must not be JSON: {body}");
 
-    let up = br#"{"workloads":["billing","k8s:db"],"namespaces":null,"value":"{\"a\":\"b\"}","template":"","format":"json","encrypt":false,"notBefore":"now","expires":"never"}"#;
+    let up = br#"{"workloads":["billing","raw:db"],"namespaces":null,"value":"{\"a\":\"b\"}","template":"","format":"json","encrypt":false,"notBefore":"now","expires":"never"}"#;
     let (status, body) = admin.raw(aegis_sdk::Method::POST, "/sentinel/v1/secrets", up.to_vec()).await.unwrap();
     assert_eq!((status, body.as_str()), (200, "OKOK"));
     let (status, body) = work.raw(aegis_sdk::Method::GET, "/workload/v1/secrets", vec![]).await.unwrap();

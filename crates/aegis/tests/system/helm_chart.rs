@@ -202,7 +202,12 @@ fn default_values_install_vsecms_names_and_the_kubernetes_root_key_store() {
     ] {
         assert!(a.contains(&want.to_owned()), "Safe args {a:?} lack {want}");
     }
-    assert!(!a.iter().any(|x| x.starts_with("--k8s-secrets")), "k8s: sync is off by default");
+    let k8s: Vec<&String> = a.iter().filter(|x| x.starts_with("--k8s-")).collect();
+    assert_eq!(
+        k8s,
+        ["--k8s-secrets=false"],
+        "k8s: sync is off by default, explicitly (the Safe would turn it on in a pod)"
+    );
     assert_eq!(safe["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data");
     let probes = container(safe);
     assert_eq!(probes["livenessProbe"]["httpGet"]["path"], "/healthz");

@@ -81,7 +81,7 @@ fn no_values_in(text: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn imported_secrets_fetch_as_from_vsecm() {
-    let safe = Safe::dev();
+    let safe = Safe::dev_offline_kube();
     let fx = fixtures();
     let (data, key) = (fx.join("data"), fx.join("root-key.txt"));
     let before = secret_names(&safe).await;
@@ -206,7 +206,7 @@ fn copy_data() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn damaged_records_are_reported_by_name_and_the_rest_is_imported() {
-    let safe = Safe::dev();
+    let safe = Safe::dev_offline_kube();
     let d = copy_data();
     // Damage one record in its payload (the age MAC fails) and cut another short.
     let p = d.path().join("billing.age");
@@ -316,7 +316,7 @@ async fn the_root_key_can_come_from_vsecms_kubernetes_secret() {
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: vsecm-root-key\n  namespace: vsecm-system\n\
          type: Opaque\nstringData:\n  KEY_TXT: |\n{indented}"
     );
-    let safe = Safe::dev();
+    let safe = Safe::dev_offline_kube();
     let data = fixtures().join("data");
     let run = |name: &str| {
         let args = [
@@ -388,7 +388,7 @@ fn vsecms_go_sdk_fetches_the_imported_secrets_over_spire() {
     for (w, uid) in &workloads {
         spire.wait_svid(*uid, &spiffe_id("workload", w));
     }
-    let safe = UidSafe::start(&spire, SAFE_UID);
+    let safe = UidSafe::start_with_env(&spire, SAFE_UID, common::offline_kube_env());
 
     // The fixtures, where the Sentinel's uid can read them.
     let dir = spire.dir_for("vsecm", SENTINEL_UID);

@@ -58,7 +58,7 @@ fn refused(r: Result<impl std::fmt::Debug, ClientError>, status: u16, msg: &str)
 /// The four examples of the review: each now reaches exactly its own secret or is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn question_mark_and_percent_names_never_reach_another_secret() {
-    let safe = Safe::dev();
+    let safe = Safe::dev_offline_kube();
     let env = safe.admin_env();
     let admin = safe.client(&env).await;
     ok(safe.aegis(&env, &["put", "a", "--value", "value-a"]));
@@ -330,7 +330,7 @@ fn check_name(ctx: &Ctx, case: usize, name: &str) -> Result<(), TestCaseError> {
 #[test]
 fn every_accepted_name_reaches_exactly_its_secret() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let safe = Safe::dev();
+    let safe = Safe::dev_offline_kube();
     let env = safe.admin_env();
     let admin = rt.block_on(safe.client(&env));
     let ctx = Ctx { safe, env, admin, rt, accepted: Default::default(), refused: Default::default() };

@@ -26,7 +26,7 @@ s:applied
 
 #[test]
 fn init_commands_apply_once_and_write_the_keystone() {
-    let safe = Safe::dev();
+    let safe = Safe::dev_offline_kube();
     let admin = safe.admin_env();
     let file = safe.dir.path().join("init");
     std::fs::write(&file, INIT).unwrap();

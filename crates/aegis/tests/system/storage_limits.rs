@@ -175,7 +175,7 @@ fn an_unreadable_next_key_records_need_stops_start_up_with_a_clear_message() {
 
 #[test]
 fn longest_names_can_be_stored_and_fit_the_file_system() {
-    let mut safe = Safe::dev();
+    let mut safe = Safe::dev_offline_kube();
     let env = safe.admin_env();
     let plain = format!("a{}", "b".repeat(252));
     let k8s = format!("k8s:{}", "c".repeat(236));
