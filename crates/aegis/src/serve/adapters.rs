@@ -12,13 +12,18 @@ use aegis_server::{Adapters, RootKeyMode};
 use aegis_store::{Backend, DirBackend};
 
 use crate::exit::{CliError, CONFIG};
-use crate::serve::server::ServerArgs;
+use crate::serve::kube::KubeArgs;
 
-/// Opens the adapters `a` asks for, with the root key store already chosen.
-pub async fn open(a: &ServerArgs, root_key: RootKeyMode, budget: Budget) -> Result<Adapters, CliError> {
-    let data_dir = a.data_dir();
-    let backend = backend(&data_dir)?;
-    let sync = a.kube.sync(budget, &data_dir).await?;
+/// Opens the records in `data_dir` and the sync `kube` asks for, with the
+/// root key store already chosen.
+pub async fn open(
+    data_dir: &Path,
+    kube: &KubeArgs,
+    root_key: RootKeyMode,
+    budget: Budget,
+) -> Result<Adapters, CliError> {
+    let backend = backend(data_dir)?;
+    let sync = kube.sync(budget, data_dir).await?;
     Ok(Adapters { backend, root_key, sync: Some(sync) })
 }
 

@@ -530,7 +530,7 @@ pub async fn serve(
     a: &ServerArgs,
     identity: Arc<dyn IdentitySource>,
 ) -> Result<(), CliError> {
-    let adapters = crate::serve::adapters::open(a, root_key, settings.template_budget).await?;
+    let adapters = crate::serve::adapters::open(&a.data_dir(), &a.kube, root_key, settings.template_budget).await?;
     let running =
         aegis_server::start(settings, adapters, identity).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
