@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::limits::ConnLimits;
-use crate::routes;
+use crate::routes::{self, sentinel_only, serves};
 
 /// A running count per SPIFFE ID and in total, each under its maximum.
 #[derive(Debug)]
@@ -183,30 +183,6 @@ impl InFlight {
             n => Some(self.body_bytes.take(caller.id.as_str(), n).map_err(|o| refuse(&self.body_bytes, o))?),
         };
         Ok(Admitted { _request: None, _body: body, body: BodyRule::Read(max_body) })
-    }
-}
-
-/// Routes (and methods) that only the Sentinel may use: every method a route
-/// serves, but for the workload reads, the watch and the OpenAPI document.
-/// Unknown paths and methods a route does not serve are left to the router
-/// (404, 405), with no body read.
-fn sentinel_only(method: &Method, route: &'static str) -> bool {
-    use routes::*;
-    !matches!(route, WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI) && serves(method, route)
-}
-
-/// Whether the router serves `method` on `route` (axum answers HEAD wherever GET is served).
-fn serves(method: &Method, route: &'static str) -> bool {
-    use routes::*;
-    let get = *method == Method::GET || *method == Method::HEAD;
-    match route {
-        SENTINEL_SECRETS => get || *method == Method::POST || *method == Method::DELETE,
-        SECRET => get || *method == Method::PUT || *method == Method::DELETE,
-        SENTINEL_KEYS | UNDELETE | ROLLBACK | ENCRYPT | UNSEAL | ROTATE_ROOT_KEY => *method == Method::POST,
-        VERSION => *method == Method::DELETE,
-        SENTINEL_KEYSTONE | SECRETS | VERSIONS | STATUS => get,
-        WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI => get,
-        _ => false,
     }
 }
 

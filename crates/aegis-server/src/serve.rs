@@ -31,9 +31,11 @@ use crate::error::ApiError;
 use crate::inflight::BodyRule;
 use crate::limits::{accept, HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
+use crate::router::{router, RouteLabel};
+use crate::routes::path_label;
 use crate::state::{AppState, Settings};
 use crate::watchconn::Prefixed;
-use crate::{health, path_label, rootkey, router, RouteLabel};
+use crate::{health, rootkey};
 
 pub use crate::error::StartError;
 
