@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aegis_core::roles::Role;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
@@ -191,17 +191,14 @@ impl InFlight {
 pub fn refusal(t: &Tally, over: Over) -> ApiError {
     let (each, total) = t.limits();
     match over {
-        Over::Identity => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "this SPIFFE ID has its limit of {each} {} in flight; wait for some to finish ({})",
-                t.what, t.settings[0]
-            ),
-        ),
-        Over::Total => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the Safe has its limit of {total} {} in flight; retry later ({})", t.what, t.settings[1]),
-        ),
+        Over::Identity => ApiError::too_many(format!(
+            "this SPIFFE ID has its limit of {each} {} in flight; wait for some to finish ({})",
+            t.what, t.settings[0]
+        )),
+        Over::Total => ApiError::unavailable(format!(
+            "the Safe has its limit of {total} {} in flight; retry later ({})",
+            t.what, t.settings[1]
+        )),
     }
 }
 
@@ -216,6 +213,7 @@ fn refuse(t: &Tally, over: Over) -> Box<Response> {
 mod tests {
     use super::*;
     use aegis_core::{SpiffeId, WorkloadName};
+    use axum::http::StatusCode;
 
     fn caller(role: Role) -> Caller {
         Caller { id: SpiffeId::parse("spiffe://vsecm.com/x").unwrap(), role }

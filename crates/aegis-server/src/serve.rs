@@ -317,7 +317,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let mut resp = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message.clone()).into_response();
+        let mut resp = ApiError::unavailable(message.clone()).into_response();
         resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         async move { Ok::<_, Infallible>(resp) }
     });
@@ -466,10 +466,7 @@ async fn read_body(req: Request<Incoming>, rule: BodyRule) -> Result<Request<Bod
     let limit = match rule {
         BodyRule::Read(limit) => limit,
         BodyRule::Refuse if req.body().size_hint().exact() != Some(0) => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "this request takes no body: only the Sentinel sends request bodies",
-            ))
+            return Err(ApiError::too_large("this request takes no body: only the Sentinel sends request bodies"))
         }
         BodyRule::Refuse | BodyRule::Discard => {
             let (parts, _) = req.into_parts();

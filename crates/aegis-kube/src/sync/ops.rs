@@ -327,14 +327,12 @@ pub(super) async fn check_write(
     meta: &SecretMeta,
 ) -> Result<(), Refusal> {
     namespace_limit(ctx, name, meta)?;
-    let refused = |e: DataError| {
-        Refusal::Conflict(format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored"))
-    };
+    let refused = |e: DataError| Refusal::Unconvertible { secret: name.clone(), why: e.to_string() };
     // Parsing the value and rendering a template are CPU work: off the async threads.
     let (v, m, budget) = (value.clone(), meta.clone(), ctx.cfg.template_budget);
     ctx.off_runtime(move || secret_data(&v, &m, &budget).map(drop))
         .await
-        .ok_or_else(|| Refusal::Conflict("the Kubernetes Secret data check failed; see the Safe's log".to_owned()))?
+        .ok_or(Refusal::CheckFailed)?
         .map_err(refused)?;
     let Some(k8s) = name.kubernetes_name() else { return Ok(()) };
     // Known to be down just now: do not make every write wait for it.
@@ -363,7 +361,7 @@ pub(super) async fn check_write(
     if refusals.is_empty() {
         Ok(())
     } else {
-        Err(Refusal::Conflict(format!("{}; nothing was stored", refusals.join("; "))))
+        Err(Refusal::InTheWay(refusals))
     }
 }
 
@@ -374,14 +372,7 @@ pub(super) async fn check_write(
 fn namespace_limit(ctx: &Ctx, name: &SecretName, meta: &SecretMeta) -> Result<(), Refusal> {
     let max = ctx.cfg.max_namespaces;
     let mine: BTreeSet<&str> = meta.namespaces.iter().map(String::as_str).collect();
-    let over = |total: usize| {
-        Refusal::Limit(format!(
-            "secret '{name}' names {} namespaces, which would make the k8s: secrets name {total} or more distinct \
-             namespaces together; the limit is {max} (setting AEGIS_K8S_MAX_NAMESPACES; each namespace costs the \
-             Safe a watch on the Kubernetes API): name fewer namespaces or raise the limit; nothing was stored",
-            mine.len()
-        ))
-    };
+    let over = |total: usize| Refusal::TooManyNamespaces { secret: name.clone(), named: mine.len(), total, max };
     if mine.len() > max {
         return Err(over(mine.len()));
     }
