@@ -110,7 +110,7 @@ pub async fn meta(
     let now = OffsetDateTime::now_utc();
     let mut m = SecretMeta::defaults(now);
     if let Some(list) = namespaces.filter(|l| !l.is_empty()) {
-        m.namespaces = list.iter().map(|n| Namespace::parse(n.trim()).map(String::from)).collect::<Result<_, _>>()?;
+        m.namespaces = list.iter().map(|n| Namespace::parse(n.trim())).collect::<Result<_, _>>()?;
     }
     m.template = self::template(template, budget).await?;
     m.format = format.unwrap_or_default();

@@ -46,7 +46,7 @@ pub fn info(doc: &SecretDoc) -> SecretInfo {
         created: rfc3339(doc.created),
         updated: rfc3339(doc.updated),
         deleted: doc.deleted.map(rfc3339),
-        namespaces: meta.map(|m| m.namespaces.clone()).unwrap_or_default(),
+        namespaces: meta.map(|m| m.namespaces.iter().map(|n| n.as_str().to_owned()).collect()).unwrap_or_default(),
         template: meta.and_then(|m| m.template.as_ref().map(|t| t.as_str().to_owned())),
         format: meta.map_or("json", |m| m.format.as_str()).to_owned(),
         not_before: meta.map(|m| rfc3339(m.not_before)).unwrap_or_default(),

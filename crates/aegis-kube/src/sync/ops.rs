@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aegis_core::secret::{SecretMeta, SecretValue};
-use aegis_core::{SecretKind, SecretName};
+use aegis_core::{Namespace, SecretKind, SecretName};
 use aegis_server::sync::Refusal;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -246,7 +246,7 @@ pub(super) async fn sync_one(ctx: &Arc<Ctx>, name: &SecretName) -> Option<Durati
     // Every namespace a copy may be in: those of the versions kept, those
     // last written, those the watchers saw.
     let mut stale: BTreeSet<String> =
-        entry.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().cloned()).collect();
+        entry.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().map(|n| n.as_str().to_owned())).collect();
     stale.extend(ctx.book.namespaces(name));
     stale.extend(ctx.observed(name));
     let desired = Desired::of(ctx, Some(entry)).await;
@@ -344,6 +344,7 @@ pub(super) async fn check_write(
         .namespaces
         .iter()
         .map(|ns| async move {
+            let ns = ns.as_str();
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
             match timed(ctx, limit, api.get_opt(k8s), "get", ns, k8s).await {
                 Ok(Some(obj)) => match owner(&obj, name, &ctx.cfg.instance) {
@@ -371,7 +372,7 @@ pub(super) async fn check_write(
 /// secret names it.
 fn namespace_limit(ctx: &Ctx, name: &SecretName, meta: &SecretMeta) -> Result<(), Refusal> {
     let max = ctx.cfg.max_namespaces;
-    let mine: BTreeSet<&str> = meta.namespaces.iter().map(String::as_str).collect();
+    let mine: BTreeSet<&str> = meta.namespaces.iter().map(Namespace::as_str).collect();
     let over = |total: usize| Refusal::TooManyNamespaces { secret: name.clone(), named: mine.len(), total, max };
     if mine.len() > max {
         return Err(over(mine.len()));
@@ -381,7 +382,7 @@ fn namespace_limit(ctx: &Ctx, name: &SecretName, meta: &SecretMeta) -> Result<()
     let entries = store.list();
     for e in entries.iter().filter(|e| e.doc.name.kind() == SecretKind::Kubernetes && e.doc.name != *name) {
         if let Some((v, _)) = e.doc.live() {
-            all.extend(v.meta.namespaces.iter().map(String::as_str));
+            all.extend(v.meta.namespaces.iter().map(Namespace::as_str));
             if all.len() > max {
                 return Err(over(all.len()));
             }
