@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretValue;
 
+mod values;
+pub use values::{Algorithm, KeystoneStatus, SyncState};
+
 /// `GET /workload/v1/secrets` (VSecM): `created`/`updated` are RFC 3339 times
 /// wrapped in literal double quotes, as VSecM's Go SDK expects.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,7 +85,7 @@ pub struct VsecmList {
     pub secrets: Vec<VsecmListItem>,
     /// With `reveal=true`: `age`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<String>,
+    pub algorithm: Option<Algorithm>,
 }
 
 /// `POST /sentinel/v1/keys`: the root key in three parts.
@@ -103,7 +106,7 @@ pub struct VsecmKeys {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Keystone {
     /// `ready` or `pending`.
-    pub status: String,
+    pub status: KeystoneStatus,
 }
 
 /// `PUT /v1/secrets/{name}`.
@@ -197,7 +200,7 @@ pub struct KubeSync {
     /// `synced` (every Kubernetes copy matches the secret), `pending` (not
     /// yet; retried), `error` (retried; the reason says what to fix) or
     /// `conflict` (a Secret Aegis does not manage is in the way).
-    pub state: String,
+    pub state: SyncState,
     /// The secret's version the Kubernetes Secrets hold, once synced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_version: Option<u64>,
@@ -220,6 +223,29 @@ pub struct KubeSyncSummary {
     pub conflicts: usize,
     /// How long the oldest unsynced change has waited, in milliseconds.
     pub oldest_pending_ms: u64,
+}
+
+impl KubeSyncSummary {
+    /// The secrets in `state`.
+    pub fn count(&self, state: SyncState) -> usize {
+        match state {
+            SyncState::Synced => self.synced,
+            SyncState::Pending => self.pending,
+            SyncState::Error => self.errors,
+            SyncState::Conflict => self.conflicts,
+        }
+    }
+
+    /// Counts one more secret in `state`.
+    pub fn add(&mut self, state: SyncState) {
+        let n = match state {
+            SyncState::Synced => &mut self.synced,
+            SyncState::Pending => &mut self.pending,
+            SyncState::Error => &mut self.errors,
+            SyncState::Conflict => &mut self.conflicts,
+        };
+        *n += 1;
+    }
 }
 
 /// `GET /v1/secrets`.

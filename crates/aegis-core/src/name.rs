@@ -229,9 +229,26 @@ impl fmt::Debug for WorkloadName {
 }
 
 /// A Kubernetes namespace name (an RFC 1123 label): 1 to 63 lower-case
-/// ASCII letters, digits or `-`, not starting or ending with `-`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// ASCII letters, digits or `-`, not starting or ending with `-`. Read back
+/// (from a stored version) under the same rule, which every write has had.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Namespace(String);
+
+impl Default for Namespace {
+    /// `default`, Kubernetes' (and VSecM's) namespace when none is named.
+    fn default() -> Self {
+        Self("default".to_owned())
+    }
+}
+
+impl TryFrom<String> for Namespace {
+    type Error = InvalidInput;
+
+    fn try_from(s: String) -> Result<Self, InvalidInput> {
+        Self::parse(&s)
+    }
+}
 
 impl Namespace {
     /// Parses a namespace name; never trims.
@@ -256,6 +273,13 @@ impl Namespace {
 
     /// The name.
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets a set of namespaces be searched with a `&str` (the name Kubernetes reports).
+impl std::borrow::Borrow<str> for Namespace {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -382,5 +406,14 @@ mod tests {
             let e = Namespace::parse(bad).unwrap_err().to_string();
             assert!(e.starts_with("invalid namespace") && e.contains("1 to 63"), "{e}");
         }
+        assert_eq!(Namespace::default().as_str(), "default");
+    }
+
+    #[test]
+    fn namespaces_are_read_back_under_the_same_rule() {
+        let ns: Vec<Namespace> = serde_json::from_str(r#"["default","apps"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&ns).unwrap(), r#"["default","apps"]"#);
+        let e = serde_json::from_str::<Namespace>(r#""Apps""#).unwrap_err().to_string();
+        assert!(e.contains("invalid namespace") && e.contains("'Apps'"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::error::InvalidInput;
-use crate::name::SecretName;
+use crate::name::{Namespace, SecretName};
 use crate::timefmt::unix_nanos;
 use crate::transform::{Format, Template};
 
@@ -96,7 +96,7 @@ impl fmt::Debug for SecretValue {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretMeta {
     /// Kubernetes namespaces (for `k8s:` secrets); never empty.
-    pub namespaces: Vec<String>,
+    pub namespaces: Vec<Namespace>,
     /// Go text/template applied to a JSON value, if any (checked when it was written).
     pub template: Option<Template>,
     /// Output format.
@@ -113,7 +113,7 @@ impl SecretMeta {
     /// Metadata with VSecM's defaults: namespace `default`, no template, json, valid from now, never expires.
     pub fn defaults(now: OffsetDateTime) -> Self {
         Self {
-            namespaces: vec!["default".to_owned()],
+            namespaces: vec![Namespace::default()],
             template: None,
             format: Format::Json,
             not_before: now,

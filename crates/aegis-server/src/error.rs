@@ -18,9 +18,42 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// Any status with a message for the caller.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// Any status with a message for the caller: private, so that every
+    /// status is picked in this file (by the constructors below and the
+    /// `From` conversions of typed errors).
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self { status, message: message.into() }
+    }
+
+    /// 409: the request conflicts with the Safe's state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 410: what was asked for existed and was destroyed.
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, message)
+    }
+
+    /// 413: the request body is too large, or a request that takes none has one.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    /// 429: the caller's own limit is reached; it should wait for its requests to finish.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, message)
+    }
+
+    /// 503: the Safe cannot serve this now (a shared limit, a refused
+    /// connection, sealed); retrying later may succeed.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// 500: an internal failure; the message says where to look, the details go to the log.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
     /// 400.
@@ -112,15 +145,6 @@ impl From<Undeliverable> for ApiError {
     }
 }
 
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Conflict(why) => Self::new(StatusCode::CONFLICT, why),
-            Refusal::Limit(why) => Self::bad_request(why),
-        }
-    }
-}
-
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
@@ -202,6 +226,25 @@ impl ApiError {
         let mut resp = (self.status, body).into_response();
         resp.extensions_mut().insert(Reason(self.message));
         resp
+    }
+}
+
+impl ApiError {
+    /// The answer with the message as plain text (the health port's probes).
+    pub fn plain_text(self) -> Response {
+        let text = format!("{}\n", self.message);
+        self.respond_with(text)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::TooManyNamespaces { .. } => Self::bad_request(r.to_string()),
+            Refusal::InTheWay(_) | Refusal::Unconvertible { .. } | Refusal::CheckFailed | Refusal::NotKept(_) => {
+                Self::conflict(r.to_string())
+            }
+        }
     }
 }
 

@@ -29,10 +29,9 @@ pub(crate) fn address(s: &AppState, raw: &str) -> Result<SecretName, ApiError> {
 
 /// 413 with the limit named.
 pub fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"),
-    )
+    ApiError::too_large(format!(
+        "request body is larger than the limit of {limit} bytes; send less or raise AEGIS_MAX_BODY_BYTES"
+    ))
 }
 
 /// The request body, or 413 with the limit named.
@@ -91,7 +90,7 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
         Ok(r) => r.map_err(|e| ApiError::bad_request(e.to_string())),
         Err(e) => {
             tracing::error!(error = %e, "{what} did not finish");
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{what} failed; see the Safe's log")))
+            Err(ApiError::internal(format!("{what} failed; see the Safe's log")))
         }
     }
 }
@@ -111,7 +110,7 @@ pub async fn meta(
     let now = OffsetDateTime::now_utc();
     let mut m = SecretMeta::defaults(now);
     if let Some(list) = namespaces.filter(|l| !l.is_empty()) {
-        m.namespaces = list.iter().map(|n| Namespace::parse(n.trim()).map(String::from)).collect::<Result<_, _>>()?;
+        m.namespaces = list.iter().map(|n| Namespace::parse(n.trim())).collect::<Result<_, _>>()?;
     }
     m.template = self::template(template, budget).await?;
     m.format = format.unwrap_or_default();

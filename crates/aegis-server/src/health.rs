@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::error::ApiError;
 use crate::inflight::Tally;
 use crate::limits::LogLimiter;
 use crate::state::AppState;
@@ -83,11 +84,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn ready(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
     if s.is_sealed() {
-        (StatusCode::SERVICE_UNAVAILABLE, "sealed: waiting for the root key\n")
+        ApiError::unavailable("sealed: waiting for the root key").plain_text()
     } else {
-        (StatusCode::OK, "ready\n")
+        "ready\n".into_response()
     }
 }
 

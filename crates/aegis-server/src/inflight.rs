@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aegis_core::roles::Role;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::limits::ConnLimits;
-use crate::routes;
+use crate::routes::{self, sentinel_only, serves};
 
 /// A running count per SPIFFE ID and in total, each under its maximum.
 #[derive(Debug)]
@@ -186,46 +186,19 @@ impl InFlight {
     }
 }
 
-/// Routes (and methods) that only the Sentinel may use: every method a route
-/// serves, but for the workload reads, the watch and the OpenAPI document.
-/// Unknown paths and methods a route does not serve are left to the router
-/// (404, 405), with no body read.
-fn sentinel_only(method: &Method, route: &'static str) -> bool {
-    use routes::*;
-    !matches!(route, WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI) && serves(method, route)
-}
-
-/// Whether the router serves `method` on `route` (axum answers HEAD wherever GET is served).
-fn serves(method: &Method, route: &'static str) -> bool {
-    use routes::*;
-    let get = *method == Method::GET || *method == Method::HEAD;
-    match route {
-        SENTINEL_SECRETS => get || *method == Method::POST || *method == Method::DELETE,
-        SECRET => get || *method == Method::PUT || *method == Method::DELETE,
-        SENTINEL_KEYS | UNDELETE | ROLLBACK | ENCRYPT | UNSEAL | ROTATE_ROOT_KEY => *method == Method::POST,
-        VERSION => *method == Method::DELETE,
-        SENTINEL_KEYSTONE | SECRETS | VERSIONS | STATUS => get,
-        WORKLOAD_SECRETS | WORKLOAD_SECRET | WORKLOAD_WATCH | OPENAPI => get,
-        _ => false,
-    }
-}
-
 /// The refusal of a request over a budget: 429 when it is the caller's own,
 /// 503 when everybody's; both say to retry, and which setting raises it.
 pub fn refusal(t: &Tally, over: Over) -> ApiError {
     let (each, total) = t.limits();
     match over {
-        Over::Identity => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "this SPIFFE ID has its limit of {each} {} in flight; wait for some to finish ({})",
-                t.what, t.settings[0]
-            ),
-        ),
-        Over::Total => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the Safe has its limit of {total} {} in flight; retry later ({})", t.what, t.settings[1]),
-        ),
+        Over::Identity => ApiError::too_many(format!(
+            "this SPIFFE ID has its limit of {each} {} in flight; wait for some to finish ({})",
+            t.what, t.settings[0]
+        )),
+        Over::Total => ApiError::unavailable(format!(
+            "the Safe has its limit of {total} {} in flight; retry later ({})",
+            t.what, t.settings[1]
+        )),
     }
 }
 
@@ -240,6 +213,7 @@ fn refuse(t: &Tally, over: Over) -> Box<Response> {
 mod tests {
     use super::*;
     use aegis_core::{SpiffeId, WorkloadName};
+    use axum::http::StatusCode;
 
     fn caller(role: Role) -> Caller {
         Caller { id: SpiffeId::parse("spiffe://vsecm.com/x").unwrap(), role }

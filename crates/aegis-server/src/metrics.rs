@@ -177,9 +177,8 @@ impl Metrics {
 
     /// Sets the Kubernetes sync gauges from `s`.
     pub fn set_kube_sync(&self, s: &aegis_core::api::KubeSyncSummary) {
-        for (state, n) in [("synced", s.synced), ("pending", s.pending), ("error", s.errors), ("conflict", s.conflicts)]
-        {
-            self.kube_sync.get_or_create(&KubeSyncLabels { state }).set(n as i64);
+        for &state in aegis_core::api::SyncState::ALL {
+            self.kube_sync.get_or_create(&KubeSyncLabels { state: state.as_str() }).set(s.count(state) as i64);
         }
         self.kube_sync_lag.set(s.oldest_pending_ms as f64 / 1000.0);
     }

@@ -15,7 +15,7 @@ use aegis_store::{Entry, Mutation, Stamps, Store};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -46,7 +46,7 @@ pub fn info(doc: &SecretDoc) -> SecretInfo {
         created: rfc3339(doc.created),
         updated: rfc3339(doc.updated),
         deleted: doc.deleted.map(rfc3339),
-        namespaces: meta.map(|m| m.namespaces.clone()).unwrap_or_default(),
+        namespaces: meta.map(|m| m.namespaces.iter().map(|n| n.as_str().to_owned()).collect()).unwrap_or_default(),
         template: meta.and_then(|m| m.template.as_ref().map(|t| t.as_str().to_owned())),
         format: meta.map_or("json", |m| m.format.as_str()).to_owned(),
         not_before: meta.map(|m| rfc3339(m.not_before)).unwrap_or_default(),
@@ -154,10 +154,8 @@ pub async fn get(
             "secret '{n}' has no version {number}; `aegis history {n}` lists the versions kept"
         ))
     })?;
-    let value = v
-        .value
-        .clone()
-        .ok_or_else(|| ApiError::new(StatusCode::GONE, format!("version {number} of secret '{n}' was destroyed")))?;
+    let value =
+        v.value.clone().ok_or_else(|| ApiError::gone(format!("version {number} of secret '{n}' was destroyed")))?;
     let data = (number == e.doc.current).then(|| e.workload_value().cloned()).flatten();
     Ok(Json(SecretRead { info: info_in(&s, &e.doc), read_version: number, value, data }))
 }
@@ -272,7 +270,7 @@ pub async fn encrypt(State(s): St, Extension(c): Who, b: Body) -> Result<Json<En
         .keyring()
         .current()
         .encrypt_for_git(req.value.expose().as_bytes())
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption failed; see the Safe's log"))?;
+        .map_err(|_| ApiError::internal("encryption failed; see the Safe's log"))?;
     Ok(Json(EncryptResponse { ciphertext }))
 }
 

@@ -28,12 +28,14 @@ use aegis_core::SpiffeId;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::health;
 use crate::inflight::BodyRule;
 use crate::limits::{accept, HandshakeSlot, LogLimiter, Refusal, RefusalLabels, Slot};
 use crate::metrics::RequestLabels;
+use crate::router::{router, RouteLabel};
+use crate::routes::path_label;
 use crate::state::{Adapters, AppState, Settings};
 use crate::watchconn::Prefixed;
-use crate::{health, path_label, router, RouteLabel};
 
 pub use crate::error::StartError;
 
@@ -311,7 +313,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let mut resp = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message.clone()).into_response();
+        let mut resp = ApiError::unavailable(message.clone()).into_response();
         resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         async move { Ok::<_, Infallible>(resp) }
     });
@@ -460,10 +462,7 @@ async fn read_body(req: Request<Incoming>, rule: BodyRule) -> Result<Request<Bod
     let limit = match rule {
         BodyRule::Read(limit) => limit,
         BodyRule::Refuse if req.body().size_hint().exact() != Some(0) => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "this request takes no body: only the Sentinel sends request bodies",
-            ))
+            return Err(ApiError::too_large("this request takes no body: only the Sentinel sends request bodies"))
         }
         BodyRule::Refuse | BodyRule::Discard => {
             let (parts, _) = req.into_parts();

@@ -11,7 +11,6 @@ use aegis_core::transform::Budget;
 use aegis_crypto::{Keyring, RootKey};
 use aegis_store::{Backend, KeyStoreError, LoadReport, RootKeyStore, SecretSync, Store, StoreOptions};
 use arc_swap::ArcSwapOption;
-use axum::http::StatusCode;
 use tokio::sync::Mutex;
 
 use crate::error::ApiError;
@@ -165,7 +164,7 @@ impl AppState {
             return if store.keyring().current().id() == keyring.current().id() {
                 Ok((false, LoadReport::default()))
             } else {
-                Err(ApiError::new(StatusCode::CONFLICT, "the Safe is already unsealed with another root key"))
+                Err(ApiError::conflict("the Safe is already unsealed with another root key"))
             };
         }
         let opts = StoreOptions {
@@ -274,5 +273,5 @@ impl AppState {
 
 fn internal(e: KeyStoreError) -> ApiError {
     tracing::error!(error = %e, "root key store");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not read or write the root key store; see the Safe's log")
+    ApiError::internal("could not read or write the root key store; see the Safe's log")
 }

@@ -3,7 +3,6 @@
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::{SecretKind, SecretName};
 use aegis_store::SecretSync;
-use axum::http::StatusCode;
 
 use crate::error::ApiError;
 
@@ -21,13 +20,10 @@ pub(crate) async fn check(
     // Kubernetes Secret that never comes. The binary plugs in a stand-in that
     // says why; this is the answer of a Safe built without one.
     let Some(sync) = sync else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
+        return Err(ApiError::conflict(format!(
                 "{name} is not stored: this Safe keeps no Kubernetes Secrets, so its Kubernetes Secret would never \
                  be written; give the Safe a Kubernetes API with the sync on, or store the secret without the k8s: prefix"
-            ),
-        ));
+        )));
     };
     sync.check_write(name, value, meta).await.map_err(ApiError::from)
 }
@@ -36,6 +32,7 @@ pub(crate) async fn check(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[tokio::test]
     async fn without_a_sync_k8s_writes_are_refused_and_others_pass() {
@@ -46,5 +43,24 @@ mod tests {
         let e = check(None, &k8s, &value, &meta).await.err().unwrap();
         assert_eq!(e.status(), StatusCode::CONFLICT);
         assert!(e.message().contains("k8s:db is not stored") && e.message().contains("k8s: prefix"), "{}", e.message());
+    }
+
+    #[test]
+    fn each_refusal_gets_its_status_and_says_nothing_was_stored() {
+        use aegis_store::Refusal;
+        let secret = SecretName::parse("k8s:db").unwrap();
+        let cases = [
+            (Refusal::InTheWay(vec!["'a/db' is in the way".into(), "'b/db' too".into()]), StatusCode::CONFLICT),
+            (Refusal::Unconvertible { secret: secret.clone(), why: "not an object".into() }, StatusCode::CONFLICT),
+            (Refusal::TooManyNamespaces { secret, named: 3, total: 9, max: 8 }, StatusCode::BAD_REQUEST),
+        ];
+        for (refusal, status) in cases {
+            let text = refusal.to_string();
+            assert!(text.ends_with("nothing was stored"), "{text}");
+            assert_eq!(ApiError::from(refusal).status(), status, "{text}");
+        }
+        assert_eq!(ApiError::from(Refusal::CheckFailed).status(), StatusCode::CONFLICT);
+        let two = Refusal::InTheWay(vec!["one".into(), "two".into()]).to_string();
+        assert_eq!(two, "one; two; nothing was stored");
     }
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use aegis_core::api::{Keystone, VsecmDelete, VsecmKeys, VsecmList, VsecmListItem, VsecmUpsert};
+use aegis_core::api::{
+    Algorithm, Keystone, KeystoneStatus, VsecmDelete, VsecmKeys, VsecmList, VsecmListItem, VsecmUpsert,
+};
 use aegis_core::secret::SecretValue;
 use aegis_core::timefmt::rfc3339;
 use aegis_core::transform::Format;
@@ -12,7 +14,7 @@ use aegis_store::{Mutation, StoreError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -50,25 +52,31 @@ pub async fn fetch(st: St, who: Who) -> Response {
 async fn fetch_inner(State(s): St, Extension(c): Who) -> Result<Response, ApiError> {
     let name = c.require_workload()?;
     let store = s.store()?;
+    // VSecM answers a workload without a secret 404 with an empty body; the
+    // reason goes to the request log only.
     let Ok(secret) = name.secret_name() else {
-        return Ok(StatusCode::NOT_FOUND.into_response());
+        return Ok(empty_404(format!("workload '{name}' has no secret name")));
     };
     crate::audit::note_secret(&secret);
     let Some(entry) = store.get(&secret) else {
-        return Ok(StatusCode::NOT_FOUND.into_response());
+        return Ok(empty_404(format!("secret '{secret}' does not exist")));
     };
     crate::audit::note_version(entry.doc.current);
     let Some(value) = entry.deliverable(OffsetDateTime::now_utc())? else {
-        return Ok(StatusCode::NOT_FOUND.into_response());
+        return Ok(empty_404(format!("secret '{secret}' is deleted or outside its validity window")));
     };
     let out = FetchOut {
         data: value.expose(),
         created: format!("\"{}\"", rfc3339(entry.doc.created)),
         updated: format!("\"{}\"", rfc3339(entry.doc.updated)),
     };
-    let body =
-        serde_json::to_vec(&out).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))?;
+    let body = serde_json::to_vec(&out).map_err(|_| ApiError::internal("encoding failed"))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// VSecM's 404: no body, the reason kept for the log.
+fn empty_404(reason: String) -> Response {
+    ApiError::not_found(reason).respond_with(())
 }
 
 /// Query of the list endpoint.
@@ -94,7 +102,7 @@ pub async fn list(
         let value = if reveal {
             Some(keyring.current().encrypt_for_git(raw.expose().as_bytes()).map_err(|e| {
                 tracing::error!(error = %e, "encrypting for reveal");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption failed; see the Safe's log")
+                ApiError::internal("encryption failed; see the Safe's log")
             })?)
         } else {
             None
@@ -108,7 +116,7 @@ pub async fn list(
             value,
         });
     }
-    Ok(Json(VsecmList { secrets, algorithm: reveal.then(|| "age".to_owned()) }))
+    Ok(Json(VsecmList { secrets, algorithm: reveal.then_some(Algorithm::Age) }))
 }
 
 /// `POST /sentinel/v1/secrets`: upsert, or encrypt-only.
@@ -119,9 +127,11 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let workloads = req.workloads.clone().unwrap_or_default();
     if workloads.is_empty() {
         if req.encrypt {
-            let ct = store.keyring().current().encrypt_for_git(req.value.expose().as_bytes()).map_err(|_| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption failed; see the Safe's log")
-            })?;
+            let ct = store
+                .keyring()
+                .current()
+                .encrypt_for_git(req.value.expose().as_bytes())
+                .map_err(|_| ApiError::internal("encryption failed; see the Safe's log"))?;
             return Ok(ct.into_response());
         }
         return Err(ApiError::bad_request("no workloads given: name at least one (safe -w NAME)"));
@@ -215,5 +225,5 @@ pub async fn keystone(State(s): St, Extension(c): Who) -> Result<Json<Keystone>,
     c.require_sentinel()?;
     let store = s.store()?;
     let ready = SecretName::parse(KEYSTONE).ok().and_then(|n| store.get(&n)).is_some_and(|e| e.doc.live().is_some());
-    Ok(Json(Keystone { status: if ready { "ready" } else { "pending" }.to_owned() }))
+    Ok(Json(Keystone { status: if ready { KeystoneStatus::Ready } else { KeystoneStatus::Pending } }))
 }

@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::auth::Caller;
+use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
 use crate::watch::{next_event, parse_query};
@@ -149,7 +150,10 @@ async fn answer(state: &AppState, caller: &Caller, req: &WatchRequest) -> (Statu
         Ok(ev) => serde_json::to_vec(&ev).map(|b| (StatusCode::OK, b)),
         Err(e) => serde_json::to_vec(&ErrorBody { error: e.message().to_owned() }).map(|b| (e.status(), b)),
     };
-    encoded.unwrap_or_else(|_| (StatusCode::INTERNAL_SERVER_ERROR, b"{\"error\":\"encoding failed\"}".to_vec()))
+    // The fixed body of the error, as that very encoding just failed.
+    encoded.unwrap_or_else(|_| {
+        (ApiError::internal("encoding failed").status(), br#"{"error":"encoding failed"}"#.to_vec())
+    })
 }
 
 /// Serves watch requests on `io` until the peer closes or sends something else.

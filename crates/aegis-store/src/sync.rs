@@ -16,14 +16,47 @@ use aegis_core::SecretName;
 
 use crate::Store;
 
-/// Why [`SecretSync::check_write`] refuses a write. The messages never hold
-/// a value (nor a key taken from one).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why [`SecretSync::check_write`] refuses a write; `error.rs` picks each
+/// one's status (the server's). The messages never hold a value (nor a key taken from one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// A Kubernetes Secret is in the way, or the data cannot become one: 409.
-    Conflict(String),
-    /// The write breaks a limit of the sync (e.g. too many namespaces): 400.
-    Limit(String),
+    /// Copies the sync does not manage are in the way, one reason each
+    /// (naming the copy and what to do): 409.
+    #[error("{}; nothing was stored", .0.join("; "))]
+    InTheWay(Vec<String>),
+    /// The value (through its template) cannot become a copy: 409.
+    #[error("secret '{secret}' cannot become a Kubernetes Secret: {why}; nothing was stored")]
+    Unconvertible {
+        /// The secret written.
+        secret: SecretName,
+        /// What is wrong with its data (never the data).
+        why: String,
+    },
+    /// The check of the data could not be run: 409, the write is not taken.
+    #[error("the Kubernetes Secret data check failed; see the Safe's log")]
+    CheckFailed,
+    /// The Safe keeps no Kubernetes Secrets (no Kubernetes API, or the sync
+    /// is off), so a `k8s:` secret would never become one; the message says
+    /// why and what to do: 409.
+    #[error("{0}")]
+    NotKept(String),
+    /// The write would make the `k8s:` secrets name more namespaces than
+    /// the sync may watch: 400.
+    #[error(
+        "secret '{secret}' names {named} namespaces, which would make the k8s: secrets name {total} or more \
+         distinct namespaces together; the limit is {max} (setting AEGIS_K8S_MAX_NAMESPACES; each namespace costs \
+         the Safe a watch on the Kubernetes API): name fewer namespaces or raise the limit; nothing was stored"
+    )]
+    TooManyNamespaces {
+        /// The secret written.
+        secret: SecretName,
+        /// The namespaces it names.
+        named: usize,
+        /// The distinct namespaces all `k8s:` secrets would name together (at least).
+        total: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A boxed future, as trait objects return them.

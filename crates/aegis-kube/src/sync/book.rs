@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aegis_core::api::{KubeSync, KubeSyncSummary};
+use aegis_core::api::{KubeSync, KubeSyncSummary, SyncState};
 use aegis_core::SecretName;
 
 /// The first pause before a failed secret is tried again.
@@ -32,11 +32,11 @@ impl Problem {
         }
     }
 
-    fn state(&self) -> &'static str {
+    fn state(&self) -> SyncState {
         match self {
-            Problem::Transient(_) => "pending",
-            Problem::Error(_) => "error",
-            Problem::Conflict(_) => "conflict",
+            Problem::Transient(_) => SyncState::Pending,
+            Problem::Error(_) => SyncState::Error,
+            Problem::Conflict(_) => SyncState::Conflict,
         }
     }
 }
@@ -58,11 +58,11 @@ struct Track {
 }
 
 impl Track {
-    fn view(&self, revision: u64) -> (&'static str, Option<&Problem>) {
+    fn view(&self, revision: u64) -> (SyncState, Option<&Problem>) {
         match &self.problem {
             Some(p) => (p.state(), Some(p)),
-            None if self.synced >= revision && self.synced > 0 => ("synced", None),
-            None => ("pending", None),
+            None if self.synced >= revision && self.synced > 0 => (SyncState::Synced, None),
+            None => (SyncState::Pending, None),
         }
     }
 }
@@ -140,21 +140,17 @@ impl Book {
 
     /// Secrets not synced now.
     pub fn behind(&self) -> Vec<SecretName> {
-        self.lock().iter().filter(|(_, t)| t.view(t.seen).0 != "synced").map(|(n, _)| n.clone()).collect()
+        self.lock().iter().filter(|(_, t)| t.view(t.seen).0 != SyncState::Synced).map(|(n, _)| n.clone()).collect()
     }
 
     /// Where `name`, at `revision` in the store, stands.
     pub fn state(&self, name: &SecretName, revision: u64) -> KubeSync {
         let tracks = self.lock();
         let Some(t) = tracks.get(name) else {
-            return KubeSync { state: "pending".to_owned(), synced_version: None, reason: None };
+            return KubeSync { state: SyncState::Pending, synced_version: None, reason: None };
         };
         let (state, problem) = t.view(revision);
-        KubeSync {
-            state: state.to_owned(),
-            synced_version: t.synced_version,
-            reason: problem.map(|p| p.reason().to_owned()),
-        }
+        KubeSync { state, synced_version: t.synced_version, reason: problem.map(|p| p.reason().to_owned()) }
     }
 
     /// Totals over every secret.
@@ -163,12 +159,7 @@ impl Book {
         let mut s = KubeSyncSummary::default();
         let now = Instant::now();
         for t in tracks.values() {
-            match t.view(t.seen).0 {
-                "synced" => s.synced += 1,
-                "error" => s.errors += 1,
-                "conflict" => s.conflicts += 1,
-                _ => s.pending += 1,
-            }
+            s.add(t.view(t.seen).0);
             if let Some(since) = t.behind_since {
                 let ms = u64::try_from(now.duration_since(since).as_millis()).unwrap_or(u64::MAX);
                 s.oldest_pending_ms = s.oldest_pending_ms.max(ms);
@@ -197,12 +188,12 @@ mod tests {
         let b = Book::default();
         assert!(b.saw(&n(), 1));
         assert!(!b.saw(&n(), 1), "the same revision is not news");
-        assert_eq!(b.state(&n(), 1).state, "pending");
+        assert_eq!(b.state(&n(), 1).state, SyncState::Pending);
         assert_eq!(b.summary().pending, 1);
         b.synced(&n(), 1, Some(1), BTreeSet::from(["default".to_owned()]));
         let s = b.state(&n(), 1);
-        assert_eq!((s.state.as_str(), s.synced_version), ("synced", Some(1)));
-        assert_eq!(b.state(&n(), 2).state, "pending", "a later revision is not synced yet");
+        assert_eq!((s.state, s.synced_version), (SyncState::Synced, Some(1)));
+        assert_eq!(b.state(&n(), 2).state, SyncState::Pending, "a later revision is not synced yet");
         let sum = b.summary();
         assert_eq!((sum.synced, sum.pending, sum.oldest_pending_ms), (1, 0, 0));
     }
@@ -213,15 +204,15 @@ mod tests {
         b.saw(&n(), 3);
         b.failed(&n(), 3, Problem::Conflict("in the way".into()));
         let s = b.state(&n(), 3);
-        assert_eq!((s.state.as_str(), s.reason.as_deref()), ("conflict", Some("in the way")));
+        assert_eq!((s.state, s.reason.as_deref()), (SyncState::Conflict, Some("in the way")));
         assert_eq!(b.summary().conflicts, 1);
         b.failed(&n(), 3, Problem::Error("forbidden".into()));
         assert_eq!(b.summary().errors, 1);
         b.failed(&n(), 3, Problem::Transient("down".into()));
-        assert_eq!(b.state(&n(), 3).state, "pending");
+        assert_eq!(b.state(&n(), 3).state, SyncState::Pending);
         assert_eq!(b.behind(), vec![n()]);
         b.synced(&n(), 3, Some(2), BTreeSet::new());
-        assert_eq!(b.state(&n(), 3).state, "synced");
+        assert_eq!(b.state(&n(), 3).state, SyncState::Synced);
         assert!(b.behind().is_empty());
     }
 

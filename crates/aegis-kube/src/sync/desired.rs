@@ -54,9 +54,11 @@ impl Desired {
     fn compute(entry: &Entry, budget: &Budget) -> Desired {
         let Some((v, value)) = entry.doc.live() else { return Desired::Absent };
         match secret_data(value, &v.meta, budget) {
-            Ok(data) => {
-                Desired::Present { version: v.number, namespaces: v.meta.namespaces.iter().cloned().collect(), data }
-            }
+            Ok(data) => Desired::Present {
+                version: v.number,
+                namespaces: v.meta.namespaces.iter().map(|n| n.as_str().to_owned()).collect(),
+                data,
+            },
             Err(e) => Desired::Invalid(e),
         }
     }

@@ -30,7 +30,7 @@ impl SecretSync for SyncOff {
         _meta: &'a SecretMeta,
     ) -> BoxFuture<'a, Result<(), Refusal>> {
         let why = format!("{name} is not stored: {}", self.reason);
-        Box::pin(async move { Err(Refusal::Conflict(why)) })
+        Box::pin(async move { Err(Refusal::NotKept(why)) })
     }
 
     fn start(&self, _store: Store) {}
@@ -60,7 +60,7 @@ mod tests {
         let r = off
             .check_write(&name, &SecretValue::new("v"), &SecretMeta::defaults(time::OffsetDateTime::UNIX_EPOCH))
             .await;
-        assert_eq!(r, Err(Refusal::Conflict("k8s:db is not stored: the sync is off; turn it on".to_owned())));
+        assert_eq!(r, Err(Refusal::NotKept("k8s:db is not stored: the sync is off; turn it on".to_owned())));
         assert!(!off.keeps_copies() && off.state(&name, 1).is_none());
     }
 }

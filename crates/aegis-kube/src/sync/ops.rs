@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aegis_core::secret::{SecretMeta, SecretValue};
-use aegis_core::{SecretKind, SecretName};
+use aegis_core::{Namespace, SecretKind, SecretName};
 use aegis_store::Refusal;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -248,7 +248,7 @@ pub(super) async fn sync_one(ctx: &Arc<Ctx>, name: &SecretName) -> Option<Durati
     // Every namespace a copy may be in: those of the versions kept, those
     // last written, those the watchers saw.
     let mut stale: BTreeSet<String> =
-        entry.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().cloned()).collect();
+        entry.doc.versions.iter().flat_map(|v| v.meta.namespaces.iter().map(|n| n.as_str().to_owned())).collect();
     stale.extend(ctx.book.namespaces(name));
     stale.extend(ctx.observed(name));
     let boundary = entry.doc.live().and_then(|(v, _)| window::next_boundary(&v.meta, OffsetDateTime::now_utc()));
@@ -332,14 +332,12 @@ pub(super) async fn check_write(
     meta: &SecretMeta,
 ) -> Result<(), Refusal> {
     namespace_limit(ctx, name, meta)?;
-    let refused = |e: DataError| {
-        Refusal::Conflict(format!("secret '{name}' cannot become a Kubernetes Secret: {e}; nothing was stored"))
-    };
+    let refused = |e: DataError| Refusal::Unconvertible { secret: name.clone(), why: e.to_string() };
     // Parsing the value and rendering a template are CPU work: off the async threads.
     let (v, m, budget) = (value.clone(), meta.clone(), ctx.cfg.template_budget);
     ctx.off_runtime(move || secret_data(&v, &m, &budget).map(drop))
         .await
-        .ok_or_else(|| Refusal::Conflict("the Kubernetes Secret data check failed; see the Safe's log".to_owned()))?
+        .ok_or(Refusal::CheckFailed)?
         .map_err(refused)?;
     let Some(k8s) = name.kubernetes_name() else { return Ok(()) };
     // Known to be down just now: do not make every write wait for it.
@@ -351,6 +349,7 @@ pub(super) async fn check_write(
         .namespaces
         .iter()
         .map(|ns| async move {
+            let ns = ns.as_str();
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
             match timed(ctx, limit, api.get_opt(k8s), "get", ns, k8s).await {
                 Ok(Some(obj)) => match owner(&obj, name, &ctx.cfg.instance) {
@@ -368,7 +367,7 @@ pub(super) async fn check_write(
     if refusals.is_empty() {
         Ok(())
     } else {
-        Err(Refusal::Conflict(format!("{}; nothing was stored", refusals.join("; "))))
+        Err(Refusal::InTheWay(refusals))
     }
 }
 
@@ -378,15 +377,8 @@ pub(super) async fn check_write(
 /// secret names it.
 fn namespace_limit(ctx: &Ctx, name: &SecretName, meta: &SecretMeta) -> Result<(), Refusal> {
     let max = ctx.cfg.max_namespaces;
-    let mine: BTreeSet<&str> = meta.namespaces.iter().map(String::as_str).collect();
-    let over = |total: usize| {
-        Refusal::Limit(format!(
-            "secret '{name}' names {} namespaces, which would make the k8s: secrets name {total} or more distinct \
-             namespaces together; the limit is {max} (setting AEGIS_K8S_MAX_NAMESPACES; each namespace costs the \
-             Safe a watch on the Kubernetes API): name fewer namespaces or raise the limit; nothing was stored",
-            mine.len()
-        ))
-    };
+    let mine: BTreeSet<&str> = meta.namespaces.iter().map(Namespace::as_str).collect();
+    let over = |total: usize| Refusal::TooManyNamespaces { secret: name.clone(), named: mine.len(), total, max };
     if mine.len() > max {
         return Err(over(mine.len()));
     }
@@ -395,7 +387,7 @@ fn namespace_limit(ctx: &Ctx, name: &SecretName, meta: &SecretMeta) -> Result<()
     let entries = store.list();
     for e in entries.iter().filter(|e| e.doc.name.kind() == SecretKind::Kubernetes && e.doc.name != *name) {
         if let Some((v, _)) = e.doc.live() {
-            all.extend(v.meta.namespaces.iter().map(String::as_str));
+            all.extend(v.meta.namespaces.iter().map(Namespace::as_str));
             if all.len() > max {
                 return Err(over(all.len()));
             }

@@ -33,6 +33,8 @@ struct SafeArgs {
     #[arg(short = 't', long = "template")]
     template: Option<String>,
     /// json, yaml (or raw).
+    // A string, not `FormatArg`: VSecM's `safe` sends any word and its Safe
+    // reads an unknown one as json; this drop-in keeps that.
     #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Encrypt (with -s and no -w), or the value is encrypted (with -w), or encrypted export (with -l).

@@ -8,6 +8,7 @@ use aegis_core::SecretName;
 use crate::connect::{client, read_stdin};
 use crate::exit::CliError;
 use crate::output::{print_json, Out, Output};
+use crate::values::FormatArg;
 
 /// Arguments of `aegis put`.
 #[derive(clap::Args, Debug)]
@@ -25,9 +26,9 @@ pub struct PutArgs {
     /// Go text/template applied to a JSON value.
     #[arg(short = 't', long)]
     template: Option<String>,
-    /// json, yaml or raw.
-    #[arg(short = 'f', long)]
-    format: Option<String>,
+    /// Delivery format (any case).
+    #[arg(short = 'f', long, value_enum, ignore_case = true)]
+    format: Option<FormatArg>,
     /// now or RFC 3339.
     #[arg(long)]
     not_before: Option<String>,
@@ -127,7 +128,7 @@ pub async fn put(a: PutArgs) -> Result<(), CliError> {
         value,
         namespaces: (!a.namespaces.is_empty()).then_some(a.namespaces),
         template: a.template,
-        format: a.format,
+        format: a.format.map(|f| aegis_core::transform::Format::from(f).as_str().to_owned()),
         not_before: a.not_before,
         expires_after: a.expires,
         cas: a.cas,

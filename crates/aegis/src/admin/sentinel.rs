@@ -89,7 +89,7 @@ async fn init(file: &std::path::Path, force: bool, missing_ok: bool) -> Result<(
         return Ok(());
     }
     let c = client().await?;
-    if !force && c.keystone().await?.status == "ready" {
+    if !force && c.keystone().await?.status == aegis_core::api::KeystoneStatus::Ready {
         eprintln!("the keystone secret exists: init commands were already applied; nothing to do (--force re-applies)");
         return Ok(());
     }
