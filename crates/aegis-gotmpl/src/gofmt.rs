@@ -730,7 +730,7 @@ fn exponent(rust: &str, upper: bool) -> String {
 /// Go's `strconv.FormatFloat(f, 'g', -1, 64)`, which `%v` and `print` use:
 /// the shortest digits that read back as `f`, in exponent form when the
 /// exponent is below -4 or at least 6 (`1e+06`, `1e-07`), else plain.
-pub(crate) fn go_float(f: f64) -> String {
+pub(super) fn go_float(f: f64) -> String {
     let Some((digits, exp)) = decimal(&format!("{:e}", f.abs())) else { return f.to_string() };
     let sign = if f.is_sign_negative() { "-" } else { "" };
     if !(-4..6).contains(&exp) {
