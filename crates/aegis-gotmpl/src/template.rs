@@ -268,44 +268,81 @@ mod quiet {
 /// references, printf sizes), and puts a step before each action; syntax is
 /// left to the parser.
 fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
-    let mut text = String::with_capacity(template.len() + template.len() / 2);
-    let mut plain = String::with_capacity(template.len() + template.len() / 2);
-    // For each open block: its range number, and whether it has an else, if it is a range.
-    let mut ranges: Vec<Option<(usize, bool)>> = Vec::new();
-    let mut numbered = 0usize;
-    // The nesting each open block adds: 1, plus 1 per `else if` of its chain.
-    let mut blocks: Vec<usize> = Vec::new();
-    let mut open = 0usize;
-    let mut deepest = 0usize;
-    let mut offset = 0;
-    // Characters before `offset`, counted as the walk goes (not from the
-    // start for every action, which is quadratic in the template's length).
-    let mut counted = 0usize;
-    let mut declarations = 0usize;
-    // Bytes of the template outside actions (text, cheap to parse).
-    let mut text_bytes = 0usize;
-    // Unless the template declares `$` itself (Go lets it), `$.field` is
-    // read from the data directly (see `budget::ROOT_FUNC`). Conservative: a
-    // `$ :=` inside a quoted string also counts.
-    let dollar_is_data = !template.match_indices('$').any(|(i, _)| declares_dollar(&template[i + 1..]));
-    while let Some(found) = template[offset..].find("{{") {
-        let start = offset + found;
-        let at = counted + template[offset..start].chars().count() + 1;
-        let mut body = &template[start + 2..];
-        let mut trim = false;
-        if let Some(trimmed) = body.strip_prefix("- ") {
-            // gtmpl miscounts the bytes to trim after a multi-byte character.
-            let before = template[offset..start].trim_end();
-            if before.chars().next_back().is_some_and(|c| !c.is_ascii()) {
-                return Err(TemplateError::new(format!(
-                    "a {{{{- trim marker right after a non-ASCII character is not supported (the action at character {at})"
-                )));
-            }
-            body = trimmed;
-            trim = true;
+    let mut scan = Scan::new(template);
+    while let Some(found) = template[scan.offset..].find("{{") {
+        scan.action(scan.offset + found)?;
+    }
+    Ok(scan.finish())
+}
+
+/// Where [`check_actions`] is in its walk through a template, and what it
+/// has written so far.
+struct Scan<'a> {
+    template: &'a str,
+    /// The rewritten template (see [`Scanned`]).
+    text: String,
+    /// The template with only the steps added (see [`Scanned`]).
+    plain: String,
+    blocks: Blocks,
+    /// The deepest nesting met so far.
+    deepest: usize,
+    /// Where the walk is: the end of the last action.
+    offset: usize,
+    /// Characters before `offset`, counted as the walk goes (not from the
+    /// start for every action, which is quadratic in the template's length).
+    counted: usize,
+    declarations: usize,
+    /// Bytes of the template outside actions (text, cheap to parse).
+    text_bytes: usize,
+    /// Unless the template declares `$` itself (Go lets it), `$.field` is
+    /// read from the data directly (see `budget::ROOT_FUNC`). Conservative: a
+    /// `$ :=` inside a quoted string also counts.
+    dollar_is_data: bool,
+}
+
+impl<'a> Scan<'a> {
+    fn new(template: &'a str) -> Self {
+        Scan {
+            template,
+            text: String::with_capacity(template.len() + template.len() / 2),
+            plain: String::with_capacity(template.len() + template.len() / 2),
+            blocks: Blocks::default(),
+            deepest: 0,
+            offset: 0,
+            counted: 0,
+            declarations: 0,
+            text_bytes: 0,
+            dollar_is_data: !template.match_indices('$').any(|(i, _)| declares_dollar(&template[i + 1..])),
         }
-        let action = action_len(body, at, dollar_is_data)?;
+    }
+
+    /// Checks the action whose `{{` is at `start`, then writes the text
+    /// before it and the action, rewritten.
+    fn action(&mut self, start: usize) -> Result<(), TemplateError> {
+        let template = self.template;
+        let at = self.counted + template[self.offset..start].chars().count() + 1;
+        let (body, trim) = trim_marker(template, self.offset, start, at)?;
+        let action = action_len(body, at, self.dollar_is_data)?;
         check_keyword(body).map_err(|why| TemplateError::new(format!("{why} (the action at character {at})")))?;
+        self.count(&action, at)?;
+        let (word, next) = keywords(body);
+        let (role, closes) = self.blocks.follow(word, next);
+        let depth = self.blocks.open + action.parens;
+        check_depth(depth, at)?;
+        self.deepest = self.deepest.max(depth);
+        self.blocks.open -= closes;
+        let end = template.len() - body.len() + action.len;
+        self.counted = at - 1 + template[start..end].chars().count();
+        self.push_text(start);
+        self.push_action(Found { span: start..end, body, trim, action, role });
+        self.offset = end;
+        Ok(())
+    }
+
+    /// Refuses an action (at character `at`) with more data references than
+    /// [`MAX_ACTION_REFERENCES`], or that brings the template's declarations
+    /// past [`MAX_DECLARATIONS`].
+    fn count(&mut self, action: &Action, at: usize) -> Result<(), TemplateError> {
         if action.references > MAX_ACTION_REFERENCES {
             return Err(TemplateError::budget(format!(
                 "the action at character {at} refers to data {} times, more than the limit of {MAX_ACTION_REFERENCES} \
@@ -313,102 +350,185 @@ fn check_actions(template: &str) -> Result<Scanned, TemplateError> {
                 action.references
             )));
         }
-        declarations += action.declarations;
-        if declarations > MAX_DECLARATIONS {
+        self.declarations += action.declarations;
+        if self.declarations > MAX_DECLARATIONS {
             return Err(TemplateError::budget(format!(
-                "the action at character {at} declares variable number {declarations}, more than the limit of \
-                 {MAX_DECLARATIONS} (template variable declarations); reuse variables or refer to the data directly"
+                "the action at character {at} declares variable number {}, more than the limit of \
+                 {MAX_DECLARATIONS} (template variable declarations); reuse variables or refer to the data directly",
+                self.declarations
             )));
         }
-        let (word, next) = keywords(body);
-        let mut closes = 0;
-        let mut role = Role::Other;
+        Ok(())
+    }
+
+    /// Writes the text from the walk's offset up to `start`.
+    fn push_text(&mut self, start: usize) {
+        let text = &self.template[self.offset..start];
+        self.text.push_str(text);
+        self.text_bytes += text.len();
+        self.plain.push_str(text);
+    }
+
+    /// Writes an action: a comment as it is; any other with a step before
+    /// it (in both texts) and, in the rewritten one, its rewrites and what
+    /// its role adds.
+    fn push_action(&mut self, found: Found<'_>) {
+        let template = self.template;
+        let Found { span, body, trim, action, role } = found;
+        if action.comment {
+            self.text.push_str(&template[span.clone()]);
+            self.plain.push_str(&template[span]);
+            return;
+        }
+        let (step, own) = if trim {
+            (format!("{{{{- {}}}}}{{{{", budget::STEP_FUNC), &template[template.len() - body.len()..span.end])
+        } else {
+            (format!("{{{{{}}}}}", budget::STEP_FUNC), &template[span])
+        };
+        self.text.push_str(&step);
+        self.plain.push_str(&step);
+        self.plain.push_str(own);
+        let own = &with_rewrites(own, own.len() - action.len, &action.rewrites);
+        push_role(&mut self.text, own, role, trim, body);
+    }
+
+    /// Writes the text after the last action and tells what parsing the
+    /// result costs.
+    fn finish(mut self) -> Scanned {
+        let rest = &self.template[self.offset..];
+        self.text.push_str(rest);
+        self.text_bytes += rest.len();
+        self.plain.push_str(rest);
+        let parse_cost = (self.text.len() - self.text_bytes)
+            .saturating_mul(budget::PARSE_BYTES_PER_ACTION_BYTE)
+            .saturating_add(self.text_bytes.saturating_mul(budget::PARSE_BYTES_PER_TEXT_BYTE));
+        Scanned { text: self.text, plain: self.plain, depth: self.deepest, parse_cost }
+    }
+}
+
+/// One action as [`Scan::action`] found it.
+struct Found<'a> {
+    /// From its `{{` to the end of its `}}` in the template.
+    span: std::ops::Range<usize>,
+    /// What follows `{{` and the trim marker (`- `), if any.
+    body: &'a str,
+    /// Whether it starts with a trim marker (`{{- `).
+    trim: bool,
+    action: Action,
+    role: Role,
+}
+
+/// The body of the action whose `{{` is at `start` (the action at character
+/// `at`; the text before it starts at `offset`), and whether it starts with a
+/// trim marker (`{{- `), which is then not part of the body.
+fn trim_marker(template: &str, offset: usize, start: usize, at: usize) -> Result<(&str, bool), TemplateError> {
+    let body = &template[start + 2..];
+    let Some(trimmed) = body.strip_prefix("- ") else { return Ok((body, false)) };
+    // gtmpl miscounts the bytes to trim after a multi-byte character.
+    let before = template[offset..start].trim_end();
+    if before.chars().next_back().is_some_and(|c| !c.is_ascii()) {
+        return Err(TemplateError::new(format!(
+            "a {{{{- trim marker right after a non-ASCII character is not supported (the action at character {at})"
+        )));
+    }
+    Ok((trimmed, true))
+}
+
+/// Refuses nesting (blocks and parentheses) deeper than [`MAX_NESTING`] at
+/// the action at character `at`.
+fn check_depth(depth: usize, at: usize) -> Result<(), TemplateError> {
+    if depth > MAX_NESTING {
+        return Err(TemplateError::budget(format!(
+            "blocks (if, with, range, else if) and parentheses nest {depth} deep at character {at}, deeper than \
+             the limit of {MAX_NESTING} (template nesting depth); flatten the template"
+        )));
+    }
+    Ok(())
+}
+
+/// The blocks open at a point of the walk.
+#[derive(Default)]
+struct Blocks {
+    /// For each open block: its range number, and whether it has an else, if it is a range.
+    ranges: Vec<Option<(usize, bool)>>,
+    /// How many ranges the walk has met: the number of the next one.
+    numbered: usize,
+    /// The nesting each open block adds: 1, plus 1 per `else if` of its chain.
+    chains: Vec<usize>,
+    /// The nesting all open blocks add.
+    open: usize,
+}
+
+impl Blocks {
+    /// Follows an action whose first two words are `word` and `next`: opens,
+    /// extends or closes a block. Returns the action's role and how much
+    /// nesting it closes (taken off [`Blocks::open`] once its own depth is checked).
+    fn follow(&mut self, word: &str, next: &str) -> (Role, usize) {
         match word {
             "if" | "with" => {
-                blocks.push(1);
-                ranges.push(None);
-                open += 1;
+                self.chains.push(1);
+                self.ranges.push(None);
+                self.open += 1;
             }
             "range" => {
-                role = Role::Range(numbered);
-                blocks.push(1);
-                ranges.push(Some((numbered, false)));
-                numbered += 1;
-                open += 1;
+                let n = self.numbered;
+                self.chains.push(1);
+                self.ranges.push(Some((n, false)));
+                self.numbered += 1;
+                self.open += 1;
+                return (Role::Range(n), 0);
             }
             "else" if next == "if" => {
-                if let Some(chain) = blocks.last_mut() {
+                if let Some(chain) = self.chains.last_mut() {
                     *chain += 1;
-                    open += 1;
+                    self.open += 1;
                 }
             }
-            "else" => {
-                // A range's else gets an `if` around it (one more level).
-                if let (Some(Some((n, has_else))), Some(chain)) = (ranges.last_mut(), blocks.last_mut()) {
-                    role = Role::RangeElse(*n);
-                    *has_else = true;
-                    *chain += 1;
-                    open += 1;
-                }
-            }
+            "else" => return (self.range_else(), 0),
             "end" => {
-                closes = blocks.pop().unwrap_or(0);
-                if let Some(Some((_, true))) = ranges.pop() {
-                    role = Role::RangeElseEnd;
+                let closes = self.chains.pop().unwrap_or(0);
+                if let Some(Some((_, true))) = self.ranges.pop() {
+                    return (Role::RangeElseEnd, closes);
                 }
+                return (Role::Other, closes);
             }
             _ => {}
         }
-        let depth = open + action.parens;
-        if depth > MAX_NESTING {
-            return Err(TemplateError::budget(format!(
-                "blocks (if, with, range, else if) and parentheses nest {depth} deep at character {at}, deeper than \
-                 the limit of {MAX_NESTING} (template nesting depth); flatten the template"
-            )));
-        }
-        deepest = deepest.max(depth);
-        open -= closes;
-        let end = template.len() - body.len() + action.len;
-        counted = at - 1 + template[start..end].chars().count();
-        text.push_str(&template[offset..start]);
-        text_bytes += start - offset;
-        plain.push_str(&template[offset..start]);
-        if action.comment {
-            text.push_str(&template[start..end]);
-            plain.push_str(&template[start..end]);
-        } else {
-            let (step, own) = if trim {
-                (format!("{{{{- {}}}}}{{{{", budget::STEP_FUNC), &template[template.len() - body.len()..end])
-            } else {
-                (format!("{{{{{}}}}}", budget::STEP_FUNC), &template[start..end])
-            };
-            text.push_str(&step);
-            plain.push_str(&step);
-            plain.push_str(own);
-            let own = &with_rewrites(own, own.len() - action.len, &action.rewrites);
-            match role {
-                Role::Range(n) => push_sorted_range(&mut text, own, n),
-                Role::RangeElse(n) => {
-                    // gtmpl runs a range's else also after the iterations; Go only when there were none.
-                    text.push_str(own);
-                    text.push_str(&format!("{{{{if {} {n}{}}}}}", budget::EMPTY_FUNC, right_trim(own)));
-                }
-                Role::RangeElseEnd => {
-                    text.push_str(if trim { "end}}{{" } else { "{{end}}" });
-                    text.push_str(own);
-                }
-                Role::Other => push_pipeline(&mut text, own, pipeline_use(word, next, body)),
-            }
-        }
-        offset = end;
+        (Role::Other, 0)
     }
-    text.push_str(&template[offset..]);
-    text_bytes += template.len() - offset;
-    plain.push_str(&template[offset..]);
-    let parse_cost = (text.len() - text_bytes)
-        .saturating_mul(budget::PARSE_BYTES_PER_ACTION_BYTE)
-        .saturating_add(text_bytes.saturating_mul(budget::PARSE_BYTES_PER_TEXT_BYTE));
-    Ok(Scanned { text, plain, depth: deepest, parse_cost })
+
+    /// An `else` without `if`: a range's else gets an `if` around it (one more level).
+    fn range_else(&mut self) -> Role {
+        if let (Some(Some((n, has_else))), Some(chain)) = (self.ranges.last_mut(), self.chains.last_mut()) {
+            *has_else = true;
+            *chain += 1;
+            self.open += 1;
+            return Role::RangeElse(*n);
+        }
+        Role::Other
+    }
+}
+
+/// Writes an action (its text up to and including `}}`, rewritten) with
+/// what its role adds; `body` is the action's body, `trim` whether it
+/// starts with a trim marker.
+fn push_role(text: &mut String, own: &str, role: Role, trim: bool, body: &str) {
+    match role {
+        Role::Range(n) => push_sorted_range(text, own, n),
+        Role::RangeElse(n) => {
+            // gtmpl runs a range's else also after the iterations; Go only when there were none.
+            text.push_str(own);
+            text.push_str(&format!("{{{{if {} {n}{}}}}}", budget::EMPTY_FUNC, right_trim(own)));
+        }
+        Role::RangeElseEnd => {
+            text.push_str(if trim { "end}}{{" } else { "{{end}}" });
+            text.push_str(own);
+        }
+        Role::Other => {
+            let (word, next) = keywords(body);
+            push_pipeline(text, own, pipeline_use(word, next, body));
+        }
+    }
 }
 
 /// An action with its rewrites applied (see [`rewrite_at`]): a float
