@@ -61,6 +61,8 @@ cargo fmt --all -- --check
 echo "== cargo machete (unused dependencies; cargo-machete 0.9.2, cached in $cache/tools)"
 [ -x "$cache/tools/bin/cargo-machete" ] || cargo install cargo-machete --version 0.9.2 --locked --root "$cache/tools"
 "$cache/tools/bin/cargo-machete"
+echo "== the SDK does not build the template engine (cargo tree)"
+scripts/check-sdk-deps.sh
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"

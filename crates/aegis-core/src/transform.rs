@@ -28,46 +28,33 @@
 //!   has no colon, so a template such as `{{.password}}` yields an empty
 //!   string; Aegis keeps such segments.
 //!
-//! Templates run on `gtmpl`, a Rust port of Go's `text/template`. It differs
-//! from Go in places (its `printf` follows Rust's formatting; arrays and maps
-//! print in Rust's debug form), and it hangs, panics or overflows the stack
-//! on some inputs, so a few constructs are refused (see
-//! [`validate_template`]). A stored template that is refused, fails or makes
-//! the engine panic leaves the value untouched.
+//! The template and YAML engine is the `aegis-gotmpl` crate: its guards
+//! (some constructs are refused, see [`validate_template`]), its [`Budget`]
+//! (counted, never timed) and its YAML writer. A stored template that is
+//! refused, fails or makes the engine panic leaves the value untouched; a
+//! template over its budget is an error, never a fallback to the value: see
+//! [`transform`].
 //!
-//! Every render runs within a [`Budget`]: template size, output size, steps
-//! (actions, range iterations, function calls) and bytes of values copied,
-//! plus the fixed bounds on nesting ([`MAX_NESTING`]), declarations
-//! ([`MAX_DECLARATIONS`]), `printf` widths ([`MAX_PRINTF_SIZE`]) and data
-//! references per action ([`MAX_ACTION_REFERENCES`]). All are counted, none
-//! is a time, so a template fits on every machine under any load or on none.
-//! A template over its budget is an error, never a fallback to the value:
-//! see [`transform`]. At most [`Budget::max_parallel_renders`] renders run
-//! at once in the process.
+//! Without the `transform` feature (the SDK's build) this module holds only
+//! the types a secret's metadata carries, [`Template`] (its text) and
+//! [`Format`]; checking and rendering need the feature, which pulls in the
+//! engine.
 //!
-//! The intermediate copies of the value made here (parsed JSON, template
-//! engine values) are not zeroized; the caller owns the returned `String`.
-//!
-//! One job per submodule: `template` (the guards, parsing and rendering),
-//! `budget` (what one render may cost), `work` (bytes copied, renders at
-//! once), `format` (the json/yaml/raw
-//! selection) and `yaml` (the yaml.v3-compatible writer).
+//! One job per submodule: `template` (the checked template a secret
+//! carries) and `format` (the json/yaml/raw selection).
 
-mod budget;
 mod format;
-mod gofmt;
 mod template;
-mod work;
-mod yaml;
 
-pub use budget::{
-    Budget, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL_RENDERS, DEFAULT_MAX_STEPS, DEFAULT_MAX_TEMPLATE_BYTES,
-    DEFAULT_MAX_WORK_BYTES, MAX_ACTION_REFERENCES, MAX_DECLARATIONS, MAX_NESTING, MAX_PRINTF_SIZE,
-};
 pub use format::Format;
-pub use template::{validate_template, Template, TemplateError};
+pub use template::Template;
 
-use template::apply_template;
+#[cfg(feature = "transform")]
+pub use aegis_gotmpl::{
+    validate_template, Budget, TemplateError, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL_RENDERS,
+    DEFAULT_MAX_STEPS, DEFAULT_MAX_TEMPLATE_BYTES, DEFAULT_MAX_WORK_BYTES, MAX_ACTION_REFERENCES, MAX_DECLARATIONS,
+    MAX_NESTING, MAX_PRINTF_SIZE,
+};
 
 /// Computes what a workload sees for `value` under `template` and `format`,
 /// exactly as described in the module documentation, within `budget`.
@@ -77,6 +64,7 @@ use template::apply_template;
 /// its budget (see [`Budget`] and [`validate_template`]) is an error: its
 /// output is unknown, and serving the raw value instead could hand out
 /// fields the template was meant to leave out.
+#[cfg(feature = "transform")]
 pub fn transform(
     value: &str,
     template: Option<&Template>,
@@ -85,23 +73,40 @@ pub fn transform(
 ) -> Result<String, TemplateError> {
     let value = value.trim();
     let rendered = match template {
-        Some(t) => apply_template(value, t.as_str(), budget)?,
+        Some(t) => aegis_gotmpl::apply_template(value, t.as_str(), budget)?.map(drop_missing),
         None => None,
     };
     let result = rendered.as_deref().unwrap_or(value);
     Ok(format::select(format, value, result))
 }
 
-/// Parses `text` as a JSON object; anything else (arrays, strings, invalid
-/// JSON) is `None`.
-fn parse_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_str(text) {
-        Ok(serde_json::Value::Object(map)) => Some(map),
-        _ => None,
+/// Drops the fields the template could not fill, as VSecM does.
+///
+/// VSecM splits the output at commas and keeps the segments whose text after
+/// the first colon is not exactly `<no value>`: a bare `USER:<no value>` goes,
+/// a quoted `"USER":"<no value>"` (any JSON template) stays, and so does
+/// `USER: <no value>` with a space. Aegis does the same, so a workload gets
+/// the bytes VSecM would deliver, with one deliberate difference: VSecM also
+/// drops every segment without a colon, which empties output such as
+/// `{{.password}}` or cuts a value holding a comma; Aegis keeps them. Output
+/// without `<no value>` is returned untouched.
+#[cfg(feature = "transform")]
+fn drop_missing(rendered: String) -> String {
+    if !rendered.contains(aegis_gotmpl::NO_VALUE) {
+        return rendered;
     }
+    rendered.split(',').filter(|segment| !is_missing_segment(segment)).collect::<Vec<_>>().join(",")
+}
+
+/// Whether a `key:value` segment holds a missing value: the text after its
+/// first colon is exactly `<no value>`.
+#[cfg(feature = "transform")]
+fn is_missing_segment(segment: &str) -> bool {
+    segment.split_once(':').is_some_and(|(_, value)| value == aegis_gotmpl::NO_VALUE)
 }
 
 #[cfg(test)]
+#[cfg(feature = "transform")]
 mod tests {
     use super::*;
 
@@ -163,5 +168,67 @@ mod tests {
     #[test]
     fn empty_template_means_none() {
         assert_eq!(tf(CREDS, Some(""), Format::Json), CREDS);
+    }
+
+    // Fields the template could not fill, dropped as VSecM drops them.
+
+    #[test]
+    fn missing_keys_read_as_vsecm_delivers_them() {
+        let value = r#"{"b":"x"}"#;
+        let cases = [
+            // A quoted `<no value>` is kept, as VSecM keeps it.
+            (r#"{"USER":"{{.a}}"}"#, r#"{"USER":"<no value>"}"#),
+            (r#"{"A":"{{.a}}","B":"{{.b}}"}"#, r#"{"A":"<no value>","B":"x"}"#),
+            (r#"{"B":"{{.b}}", "A":"{{.a}}"}"#, r#"{"B":"x", "A":"<no value>"}"#),
+            // A bare `key:<no value>` segment is dropped.
+            (r#"{"B":"{{.b}}","A":{{.a}},"C":"{{.b}}"}"#, r#"{"B":"x","C":"x"}"#),
+        ];
+        for (template, want) in cases {
+            assert_eq!(tf(value, Some(template), Format::Json), want, "{template}");
+        }
+    }
+
+    #[test]
+    fn template_output_without_missing_keys_keeps_its_formatting() {
+        let value = r#"{"b":"x"}"#;
+        let template = "{ \"B\" : \"{{.b}}\" ,\n \"N\": \"<no value> here\" }";
+        let want = "{ \"B\" : \"x\" ,\n \"N\": \"<no value> here\" }";
+        assert_eq!(tf(value, Some(template), Format::Json), want);
+    }
+
+    #[test]
+    fn json_null_reads_as_missing() {
+        let value = r#"{"a":null,"b":"x"}"#;
+        assert_eq!(tf(value, Some("A:{{.a}},B:{{.b}}"), Format::Raw), "B:x");
+        let template = r#"{"A":"{{.a}}","B":"{{.b}}"}"#;
+        assert_eq!(tf(value, Some(template), Format::Json), r#"{"A":"<no value>","B":"x"}"#);
+    }
+
+    #[test]
+    fn missing_keys_in_text_output_drop_only_bare_segments() {
+        let value = r#"{"u":"admin"}"#;
+        assert_eq!(tf(value, Some("USER:{{.u}},PASS:{{.p}}"), Format::Raw), "USER:admin");
+        assert_eq!(tf(value, Some("PASS:{{.p}},USER:{{.u}}"), Format::Raw), "USER:admin");
+        // VSecM compares the text after the colon exactly: a space or quotes keep it.
+        assert_eq!(tf(value, Some("USER: {{.u}}, PASS: {{.p}}"), Format::Raw), "USER: admin, PASS: <no value>");
+        assert_eq!(
+            tf(value, Some(r#"USER:"{{.u}}","PASS":"{{.p}}""#), Format::Raw),
+            r#"USER:"admin","PASS":"<no value>""#
+        );
+    }
+
+    #[test]
+    fn a_missing_key_in_yaml_output_is_kept_as_text() {
+        let value = r#"{"u":"admin"}"#;
+        let template = r#"{"USER":"{{.u}}","PASS":"{{.p}}"}"#;
+        assert_eq!(tf(value, Some(template), Format::Yaml), "PASS: <no value>\nUSER: admin\n");
+    }
+
+    #[test]
+    fn text_output_without_colons_is_kept() {
+        // VSecM would return an empty string here.
+        let value = r#"{"user":"admin","pass":"s3cr,et"}"#;
+        assert_eq!(tf(value, Some("{{.pass}}"), Format::Raw), "s3cr,et");
+        assert_eq!(tf(value, Some("{{.user}},{{.nope}}"), Format::Raw), "admin,<no value>");
     }
 }

@@ -4,7 +4,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{parse_object, yaml};
 use crate::InvalidInput;
 
 /// The output format of a secret, as VSecM's `-f` flag names it.
@@ -63,12 +62,13 @@ impl fmt::Display for Format {
 
 /// What a workload sees in `format`, given the trimmed `value` and the
 /// template's `result` (the value itself when there is no template output).
+#[cfg(feature = "transform")]
 pub(super) fn select(format: Format, value: &str, result: &str) -> String {
     match format {
-        Format::Json if parse_object(result).is_some() => result.to_owned(),
+        Format::Json if aegis_gotmpl::parse_object(result).is_some() => result.to_owned(),
         Format::Json => value.to_owned(),
-        Format::Yaml => match parse_object(result) {
-            Some(object) => yaml::to_yaml(&object),
+        Format::Yaml => match aegis_gotmpl::parse_object(result) {
+            Some(object) => aegis_gotmpl::to_yaml(&object),
             None => result.to_owned(),
         },
         Format::Raw => result.to_owned(),
@@ -76,6 +76,7 @@ pub(super) fn select(format: Format, value: &str, result: &str) -> String {
 }
 
 #[cfg(test)]
+#[cfg(feature = "transform")]
 mod tests {
     use super::*;
     use crate::transform::tests::{tf, CREDS};

@@ -24,7 +24,7 @@ const MERGE_KEY: &str = "<<";
 
 /// Writes `map` as a YAML document, ending with the line break yaml.v3 ends
 /// every document with (a text file ends with a newline).
-pub(super) fn to_yaml(map: &Map<String, Value>) -> String {
+pub fn to_yaml(map: &Map<String, Value>) -> String {
     if map.is_empty() {
         return "{}\n".to_owned();
     }
@@ -798,22 +798,21 @@ fn digit_run_less(ar: &[char], br: &[char], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::tests::tf;
-    use crate::transform::Format;
+    use crate::tests::yaml;
 
     #[test]
     fn yaml_ends_with_the_line_break_yaml_v3_writes() {
-        assert_eq!(tf(r#"{"a":"b"}"#, None, Format::Yaml), "a: b\n");
-        assert_eq!(tf("{}", None, Format::Yaml), "{}\n");
-        assert_eq!(tf(r#"{"a":[]}"#, None, Format::Yaml), "a: []\n");
+        assert_eq!(yaml(r#"{"a":"b"}"#), "a: b\n");
+        assert_eq!(yaml("{}"), "{}\n");
+        assert_eq!(yaml(r#"{"a":[]}"#), "a: []\n");
     }
 
     #[test]
     fn yaml_ends_with_one_line_break_after_a_literal() {
         // yaml.v3 writes no second break when the literal's own one ended the line.
-        assert_eq!(tf(r#"{"a":"x\n"}"#, None, Format::Yaml), "a: |\n    x\n");
-        assert_eq!(tf(r#"{"a":"x\n\n"}"#, None, Format::Yaml), "a: |+\n    x\n\n");
-        assert_eq!(tf(r#"{"a":"x\ny"}"#, None, Format::Yaml), "a: |-\n    x\n    y\n");
+        assert_eq!(yaml(r#"{"a":"x\n"}"#), "a: |\n    x\n");
+        assert_eq!(yaml(r#"{"a":"x\n\n"}"#), "a: |+\n    x\n\n");
+        assert_eq!(yaml(r#"{"a":"x\ny"}"#), "a: |-\n    x\n    y\n");
     }
 
     /// Outputs of Go's `yaml.Marshal` (gopkg.in/yaml.v3 v3.0.1) for
@@ -864,7 +863,7 @@ mod tests {
     #[test]
     fn yaml_matches_go_yaml_v3() {
         for (json, go) in YAML_V3 {
-            assert_eq!(tf(json, None, Format::Yaml), *go, "{json}");
+            assert_eq!(yaml(json), *go, "{json}");
         }
     }
 
@@ -873,26 +872,26 @@ mod tests {
         // yaml.v3 writes `<<: null` here, which yaml.v3 reads back as a
         // merge and refuses ("map merge requires map..."); with a mapping
         // value it silently merges it: the data changes. Aegis quotes it.
-        assert_eq!(tf(r#"{"<<":null}"#, None, Format::Yaml), "\"<<\": null\n");
-        assert_eq!(tf(r#"{"<<":{"a":1},"b":2}"#, None, Format::Yaml), "\"<<\":\n    a: 1\nb: 2\n");
+        assert_eq!(yaml(r#"{"<<":null}"#), "\"<<\": null\n");
+        assert_eq!(yaml(r#"{"<<":{"a":1},"b":2}"#), "\"<<\":\n    a: 1\nb: 2\n");
         // As a value it is a string to every reader, and stays plain as yaml.v3 writes it.
-        assert_eq!(tf(r#"{"x":"<<","y":"<<<"}"#, None, Format::Yaml), "x: <<\n\"y\": <<<\n");
+        assert_eq!(yaml(r#"{"x":"<<","y":"<<<"}"#), "x: <<\n\"y\": <<<\n");
     }
 
     #[test]
     fn yaml_long_keys_use_the_complex_form() {
         let key = "k".repeat(129);
-        let out = tf(&format!(r#"{{"{key}":"v","a":"b"}}"#), None, Format::Yaml);
+        let out = yaml(&format!(r#"{{"{key}":"v","a":"b"}}"#));
         assert_eq!(out, format!("a: b\n? {key}\n: v\n"));
         let key = "k".repeat(128);
-        let out = tf(&format!(r#"{{"{key}":"v"}}"#), None, Format::Yaml);
+        let out = yaml(&format!(r#"{{"{key}":"v"}}"#));
         assert_eq!(out, format!("{key}: v\n"));
     }
 
     #[test]
     fn yaml_integers_are_not_rounded_through_float64() {
         // Go would write 1.2345678e+07 and 1.2345678901234567e+19.
-        let out = tf(r#"{"a":12345678,"b":12345678901234567890,"c":-7}"#, None, Format::Yaml);
+        let out = yaml(r#"{"a":12345678,"b":12345678901234567890,"c":-7}"#);
         assert_eq!(out, "a: 12345678\nb: 12345678901234567890\nc: -7\n");
     }
 
@@ -900,7 +899,7 @@ mod tests {
     fn yaml_floats_keep_their_exact_value() {
         // Found by the YAML property test: without serde_json's exact float
         // parsing this came out one unit in the last place away (…023e-24).
-        let out = tf(r#"{"a":-9.627326194730022e-24,"b":0.1,"c":1.7976931348623157e308}"#, None, Format::Yaml);
+        let out = yaml(r#"{"a":-9.627326194730022e-24,"b":0.1,"c":1.7976931348623157e308}"#);
         assert_eq!(out, "a: -9.627326194730022e-24\nb: 0.1\nc: 1.7976931348623157e+308\n");
     }
 
@@ -908,14 +907,10 @@ mod tests {
     fn yaml_quotes_numbers_past_64_bits_or_the_float_range() {
         // Found by the transform_yaml_json fuzz target: yaml.v3 leaves these
         // plain (too large for its int64), YAML 1.2 readers read numbers.
-        let out = tf(
-            r#"{"a":"0xffffffffffffdffffffffF","b":"0o7777777777777777777777777","c":"0x","d":"0xg"}"#,
-            None,
-            Format::Yaml,
-        );
+        let out = yaml(r#"{"a":"0xffffffffffffdffffffffF","b":"0o7777777777777777777777777","c":"0x","d":"0xg"}"#);
         assert_eq!(out, "a: \"0xffffffffffffdffffffffF\"\nb: \"0o7777777777777777777777777\"\nc: 0x\nd: 0xg\n");
         // The same for floats past the float range (a YAML 1.2 reader reads infinity).
-        let out = tf(r#"{"a":"000000001e26100000000000000000","b":"-1e999","c":"1e"}"#, None, Format::Yaml);
+        let out = yaml(r#"{"a":"000000001e26100000000000000000","b":"-1e999","c":"1e"}"#);
         assert_eq!(out, "a: \"000000001e26100000000000000000\"\nb: \"-1e999\"\nc: 1e\n");
     }
 
@@ -923,9 +918,9 @@ mod tests {
     fn yaml_literals_keep_a_leading_line_break() {
         // Found by the YAML property test: the header's line break was the
         // value's first one, so these read back as "", "x" and "\n".
-        let out = tf(r#"{"a":"\n","b":"\nx","c":"\n\n","d":"x\ny"}"#, None, Format::Yaml);
+        let out = yaml(r#"{"a":"\n","b":"\nx","c":"\n\n","d":"x\ny"}"#);
         assert_eq!(out, "a: |4+\n\nb: |4-\n\n    x\nc: |4+\n\n\nd: |-\n    x\n    y\n");
-        let out = tf(r#"{"\n":null}"#, None, Format::Yaml);
+        let out = yaml(r#"{"\n":null}"#);
         assert_eq!(out, "? |4+\n\n: null\n");
     }
 
@@ -933,7 +928,7 @@ mod tests {
     fn yaml_literals_with_an_indentation_indicator_only_where_it_is_right() {
         // Found by the YAML property test: in a sequence the content is 2
         // columns in, not the 4 the indicator said (a parse error).
-        let out = tf(r#"{"a":["\n:"," x\ny","x\ny"],"b":[{"c":"\nd"}],"e":{"f":" g\n"}}"#, None, Format::Yaml);
+        let out = yaml(r#"{"a":["\n:"," x\ny","x\ny"],"b":[{"c":"\nd"}],"e":{"f":" g\n"}}"#);
         let want = "a:\n    - \"\\n:\"\n    - \" x\\ny\"\n    - |-\n      x\n      y\nb:\n    - c: \"\\nd\"\ne:\n    f: |4\n         g\n";
         assert_eq!(out, want);
     }

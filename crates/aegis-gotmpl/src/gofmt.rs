@@ -65,119 +65,49 @@ pub(super) fn sprintf(
 ) -> Option<Result<String, Refused>> {
     let mut out = String::with_capacity(format.len());
     let mut walk = Walk { bytes: format.as_bytes(), at: 0, arg: 0, reordered: false, good: true };
-    let end = format.len();
-    while walk.at < end {
+    while walk.at < format.len() {
         if let Err(e) = within(out.len(), limit) {
             return Some(Err(e));
         }
-        let literal = walk.at;
-        while walk.at < end && walk.bytes[walk.at] != b'%' {
-            walk.at += 1;
-        }
-        out.push_str(&format[literal..walk.at]);
-        if walk.at >= end {
+        walk.literal(format, &mut out);
+        if walk.at >= format.len() {
             break;
         }
         walk.at += 1;
         walk.good = true;
-        let mut spec = Spec::default();
-        while let Some(&f) = walk.bytes.get(walk.at) {
-            match f {
-                b'#' => spec.sharp = true,
-                b'0' => spec.zero = !spec.minus,
-                b'+' => spec.plus = true,
-                b'-' => {
-                    spec.minus = true;
-                    spec.zero = false;
-                }
-                b' ' => spec.space = true,
-                _ => break,
-            }
-            walk.at += 1;
-        }
-        let mut after_index = walk.index(args.len());
-        if walk.bytes.get(walk.at) == Some(&b'*') {
-            walk.at += 1;
-            match walk.int_arg(args) {
-                Some(w) => {
-                    spec.width = usize::try_from(w.unsigned_abs()).ok();
-                    if w < 0 {
-                        spec.minus = true;
-                        spec.zero = false;
-                    }
-                }
-                None => out.push_str("%!(BADWIDTH)"),
-            }
-            after_index = false;
-        } else {
-            spec.width = walk.number();
-            if after_index && spec.width.is_some() {
-                walk.good = false;
-            }
-        }
-        if walk.at + 1 < end && walk.bytes[walk.at] == b'.' {
-            walk.at += 1;
-            if after_index {
-                walk.good = false;
-            }
-            after_index = walk.index(args.len());
-            if walk.bytes.get(walk.at) == Some(&b'*') {
-                walk.at += 1;
-                spec.precision = walk.int_arg(args).and_then(|p| usize::try_from(p).ok());
-                if spec.precision.is_none() {
-                    out.push_str("%!(BADPREC)");
-                }
-                after_index = false;
-            } else {
-                spec.precision = Some(walk.number().unwrap_or(0));
-            }
-        }
-        if !after_index {
-            walk.index(args.len());
-        }
-        if let Some(size) = [spec.width, spec.precision].into_iter().flatten().find(|&n| n > max_size) {
-            return Some(Err(Refused::Size(size)));
-        }
+        let spec = match walk.spec(args, &mut out, max_size) {
+            Ok(spec) => spec,
+            Err(e) => return Some(Err(e)),
+        };
         let Some(verb) = format.get(walk.at..).and_then(|rest| rest.chars().next()) else {
             out.push_str("%!(NOVERB)");
             break;
         };
         walk.at += verb.len_utf8();
-        if verb == '%' {
-            out.push('%');
-            continue;
-        }
-        // `%T`, `%p` and Go syntax (`%#v`) are left to `gtmpl`.
-        if matches!(verb, 'T' | 'p') || (verb == 'v' && spec.sharp) {
-            return None;
-        }
-        if !walk.good {
-            out.push_str(&format!("%!{verb}(BADINDEX)"));
-            continue;
-        }
-        let Some(arg) = args.get(walk.arg) else {
-            out.push_str(&format!("%!{verb}(MISSING)"));
-            continue;
-        };
-        walk.arg += 1;
-        // `+` with `v` asks for field names (Go's `plusV`), not a sign.
-        let spec = if verb == 'v' { Spec { plus: false, ..spec } } else { spec };
-        match format_value(verb, &spec, arg, 0, limit)? {
+        match walk.verb(verb, spec, args, limit)? {
             Ok(text) => out.push_str(&text),
             Err(e) => return Some(Err(e)),
         }
     }
     if !walk.reordered && walk.arg < args.len() {
-        let mut extra = Vec::new();
-        for arg in &args[walk.arg..] {
-            match typed(arg, limit)? {
-                Ok(text) => extra.push(text),
-                Err(e) => return Some(Err(e)),
-            }
+        match extra(&args[walk.arg..], limit)? {
+            Ok(text) => out.push_str(&text),
+            Err(e) => return Some(Err(e)),
         }
-        out.push_str(&format!("%!(EXTRA {})", extra.join(", ")));
     }
     Some(Ok(out))
+}
+
+/// Go's `%!(EXTRA type=value, ...)` for the arguments no verb took.
+fn extra(args: &[Value], limit: Option<usize>) -> Option<Result<String, Refused>> {
+    let mut extra = Vec::new();
+    for arg in args {
+        match typed(arg, limit)? {
+            Ok(text) => extra.push(text),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(format!("%!(EXTRA {})", extra.join(", "))))
 }
 
 /// Where `sprintf` is in the format and in the arguments.
@@ -193,6 +123,128 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// Copies the text up to the next `%` (or the end of `format`) to `out`.
+    fn literal(&mut self, format: &str, out: &mut String) {
+        let from = self.at;
+        while self.at < self.bytes.len() && self.bytes[self.at] != b'%' {
+            self.at += 1;
+        }
+        out.push_str(&format[from..self.at]);
+    }
+
+    /// What follows a `%` up to the verb: flags, width and precision, with
+    /// their indexes. Go's notes on a bad `*` argument go to `out`; a width
+    /// or precision above `max_size` is refused.
+    fn spec(&mut self, args: &[Value], out: &mut String, max_size: usize) -> Result<Spec, Refused> {
+        let mut spec = self.flags();
+        let after_index = self.index(args.len());
+        let mut after_index = self.width(args, &mut spec, out, after_index);
+        if self.at + 1 < self.bytes.len() && self.bytes[self.at] == b'.' {
+            after_index = self.precision(args, &mut spec, out, after_index);
+        }
+        if !after_index {
+            self.index(args.len());
+        }
+        match [spec.width, spec.precision].into_iter().flatten().find(|&n| n > max_size) {
+            Some(size) => Err(Refused::Size(size)),
+            None => Ok(spec),
+        }
+    }
+
+    /// The flags `#0+- `.
+    fn flags(&mut self) -> Spec {
+        let mut spec = Spec::default();
+        while let Some(&f) = self.bytes.get(self.at) {
+            match f {
+                b'#' => spec.sharp = true,
+                b'0' => spec.zero = !spec.minus,
+                b'+' => spec.plus = true,
+                b'-' => {
+                    spec.minus = true;
+                    spec.zero = false;
+                }
+                b' ' => spec.space = true,
+                _ => break,
+            }
+            self.at += 1;
+        }
+        spec
+    }
+
+    /// The width: digits, or `*` for the next argument (a negative one
+    /// means `-`). `after_index` tells whether an index came just before;
+    /// returns whether one still stands before the next part.
+    fn width(&mut self, args: &[Value], spec: &mut Spec, out: &mut String, after_index: bool) -> bool {
+        if self.bytes.get(self.at) != Some(&b'*') {
+            spec.width = self.number();
+            if after_index && spec.width.is_some() {
+                self.good = false;
+            }
+            return after_index;
+        }
+        self.at += 1;
+        match self.int_arg(args) {
+            Some(w) => {
+                spec.width = usize::try_from(w.unsigned_abs()).ok();
+                if w < 0 {
+                    spec.minus = true;
+                    spec.zero = false;
+                }
+            }
+            None => out.push_str("%!(BADWIDTH)"),
+        }
+        false
+    }
+
+    /// The precision after the `.` the walk is at: an optional index, then
+    /// digits or `*` for the next argument. `after_index` as for
+    /// [`Walk::width`].
+    fn precision(&mut self, args: &[Value], spec: &mut Spec, out: &mut String, after_index: bool) -> bool {
+        self.at += 1;
+        if after_index {
+            self.good = false;
+        }
+        let after_index = self.index(args.len());
+        if self.bytes.get(self.at) != Some(&b'*') {
+            spec.precision = Some(self.number().unwrap_or(0));
+            return after_index;
+        }
+        self.at += 1;
+        spec.precision = self.int_arg(args).and_then(|p| usize::try_from(p).ok());
+        if spec.precision.is_none() {
+            out.push_str("%!(BADPREC)");
+        }
+        false
+    }
+
+    /// The text for `verb` with `spec`: the next argument formatted, or
+    /// Go's note of what is wrong; `None` for a verb left to `gtmpl`.
+    fn verb(
+        &mut self,
+        verb: char,
+        spec: Spec,
+        args: &[Value],
+        limit: Option<usize>,
+    ) -> Option<Result<String, Refused>> {
+        if verb == '%' {
+            return Some(Ok("%".to_owned()));
+        }
+        // `%T`, `%p` and Go syntax (`%#v`) are left to `gtmpl`.
+        if matches!(verb, 'T' | 'p') || (verb == 'v' && spec.sharp) {
+            return None;
+        }
+        if !self.good {
+            return Some(Ok(format!("%!{verb}(BADINDEX)")));
+        }
+        let Some(arg) = args.get(self.arg) else {
+            return Some(Ok(format!("%!{verb}(MISSING)")));
+        };
+        self.arg += 1;
+        // `+` with `v` asks for field names (Go's `plusV`), not a sign.
+        let spec = if verb == 'v' { Spec { plus: false, ..spec } } else { spec };
+        format_value(verb, &spec, arg, 0, limit)
+    }
+
     /// An optional `[n]` (Go's `argNumber`): moves to argument n and says
     /// whether there was one; a bad index marks the verb `BADINDEX`.
     fn index(&mut self, args: usize) -> bool {
@@ -295,61 +347,12 @@ fn format_value(
         Arg::Nil if depth > 0 => "<nil>".to_owned(),
         Arg::Nil if verb == 'v' => pad_text("<nil>", spec),
         Arg::Nil => format!("%!{verb}(<nil>)"),
-        Arg::Array(items) => {
-            let mut out = String::from("[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(' ');
-                }
-                match format_value(verb, spec, item, depth + 1, limit)? {
-                    Ok(text) => out.push_str(&text),
-                    Err(e) => return Some(Err(e)),
-                }
-                if let Err(e) = within(out.len(), limit) {
-                    return Some(Err(e));
-                }
-            }
-            out.push(']');
-            out
-        }
-        Arg::Map(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            let mut out = String::from("map[");
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(' ');
-                }
-                let key_text = format_value(verb, spec, &Value::String(key.clone()), depth + 1, limit)?;
-                let value_text = format_value(verb, spec, &map[key], depth + 1, limit)?;
-                match (key_text, value_text) {
-                    (Ok(k), Ok(v)) => {
-                        out.push_str(&k);
-                        out.push(':');
-                        out.push_str(&v);
-                    }
-                    (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
-                }
-                if let Err(e) = within(out.len(), limit) {
-                    return Some(Err(e));
-                }
-            }
-            out.push(']');
-            out
-        }
+        Arg::Array(items) => return format_array(verb, spec, items, depth, limit),
+        Arg::Map(map) => return format_map(verb, spec, map, depth, limit),
         Arg::Bool(b) if matches!(verb, 't' | 'v') => pad_text(if b { "true" } else { "false" }, spec),
-        Arg::Int(i) => match verb {
-            // VSecM holds every JSON number as a float64: the float verbs take an integer as one.
-            #[allow(clippy::cast_precision_loss)] // Go formats the float64 it holds
-            'e' | 'E' | 'f' | 'F' | 'g' | 'G' => float_verb(verb, spec, i as f64)?,
-            'v' | 'd' => int_text(i, 10, verb, spec),
-            'b' => int_text(i, 2, verb, spec),
-            'o' | 'O' => int_text(i, 8, verb, spec),
-            'x' | 'X' => int_text(i, 16, verb, spec),
-            'c' => pad_text(&rune_of(i).to_string(), spec),
-            'q' => pad_text(&quote(&rune_of(i).to_string(), '\'', spec.plus), spec),
-            'U' => unicode_text(i, spec),
-            _ => return bad_verb(verb, spec, value, limit),
+        Arg::Int(i) => match format_int(verb, spec, i) {
+            Some(text) => text,
+            None => return bad_verb(verb, spec, value, limit),
         },
         Arg::Float(f) => match float_verb(verb, spec, f) {
             Some(text) => text,
@@ -364,6 +367,83 @@ fn format_value(
         Arg::Bool(_) => return bad_verb(verb, spec, value, limit),
     };
     Some(Ok(text))
+}
+
+/// The elements of an array, as Go's `printValue` writes them: `[a b]`.
+fn format_array(
+    verb: char,
+    spec: &Spec,
+    items: &[Value],
+    depth: usize,
+    limit: Option<usize>,
+) -> Option<Result<String, Refused>> {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        match format_value(verb, spec, item, depth + 1, limit)? {
+            Ok(text) => out.push_str(&text),
+            Err(e) => return Some(Err(e)),
+        }
+        if let Err(e) = within(out.len(), limit) {
+            return Some(Err(e));
+        }
+    }
+    out.push(']');
+    Some(Ok(out))
+}
+
+/// The entries of a map, as Go's `printValue` writes them: `map[k:v]`,
+/// the keys sorted.
+fn format_map(
+    verb: char,
+    spec: &Spec,
+    map: &HashMap<String, Value>,
+    depth: usize,
+    limit: Option<usize>,
+) -> Option<Result<String, Refused>> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_unstable();
+    let mut out = String::from("map[");
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let key_text = format_value(verb, spec, &Value::String(key.clone()), depth + 1, limit)?;
+        let value_text = format_value(verb, spec, &map[key], depth + 1, limit)?;
+        match (key_text, value_text) {
+            (Ok(k), Ok(v)) => {
+                out.push_str(&k);
+                out.push(':');
+                out.push_str(&v);
+            }
+            (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
+        }
+        if let Err(e) = within(out.len(), limit) {
+            return Some(Err(e));
+        }
+    }
+    out.push(']');
+    Some(Ok(out))
+}
+
+/// An integer under `verb`; `None` for a verb Go finds wrong for one.
+fn format_int(verb: char, spec: &Spec, i: i128) -> Option<String> {
+    Some(match verb {
+        // VSecM holds every JSON number as a float64: the float verbs take an integer as one.
+        #[allow(clippy::cast_precision_loss)] // Go formats the float64 it holds
+        // (`float_verb` answers every one of these verbs.)
+        'e' | 'E' | 'f' | 'F' | 'g' | 'G' => return float_verb(verb, spec, i as f64),
+        'v' | 'd' => int_text(i, 10, verb, spec),
+        'b' => int_text(i, 2, verb, spec),
+        'o' | 'O' => int_text(i, 8, verb, spec),
+        'x' | 'X' => int_text(i, 16, verb, spec),
+        'c' => pad_text(&rune_of(i).to_string(), spec),
+        'q' => pad_text(&quote(&rune_of(i).to_string(), '\'', spec.plus), spec),
+        'U' => unicode_text(i, spec),
+        _ => return None,
+    })
 }
 
 /// A value as Go's `%v` prints it (arrays as `[a b]`, maps as
@@ -730,7 +810,7 @@ fn exponent(rust: &str, upper: bool) -> String {
 /// Go's `strconv.FormatFloat(f, 'g', -1, 64)`, which `%v` and `print` use:
 /// the shortest digits that read back as `f`, in exponent form when the
 /// exponent is below -4 or at least 6 (`1e+06`, `1e-07`), else plain.
-pub(crate) fn go_float(f: f64) -> String {
+pub(super) fn go_float(f: f64) -> String {
     let Some((digits, exp)) = decimal(&format!("{:e}", f.abs())) else { return f.to_string() };
     let sign = if f.is_sign_negative() { "-" } else { "" };
     if !(-4..6).contains(&exp) {

@@ -104,7 +104,7 @@ pub(super) const KEY_FUNC: &str = "_aegis_key";
 pub(super) const EMPTY_FUNC: &str = "_aegis_range_empty";
 
 /// What Go prints for a missing value.
-pub(super) const NO_VALUE: &str = "<no value>";
+pub const NO_VALUE: &str = "<no value>";
 
 /// The function a float literal `gtmpl` would truncate becomes (see [`float`]).
 pub(super) const FLOAT_FUNC: &str = "_aegis_float";
