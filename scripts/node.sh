@@ -360,7 +360,7 @@ cmd_import() {
     local f
     for f in "$@"; do
         [[ -f "$f" ]] || die "image archive $f not found (scripts/build-images.sh builds them)"
-        ctr_ images import --no-unpack=false "$f" >/dev/null || die "ctr images import $f failed"
+        ctr_ images import "$f" >/dev/null 2>"$L/ctr-import.log" || { cat "$L/ctr-import.log" >&2; die "ctr images import $f failed"; }
     done
 }
 
@@ -381,7 +381,8 @@ cmd_start() {
     host_net
     write_configs
 
-    bg containerd "$NB/containerd" --config "$K/etc/containerd.toml"
+    # containerd starts its shim from PATH: this build's, not another containerd's.
+    bg containerd env PATH="$NB:$PATH" "$NB/containerd" --config "$K/etc/containerd.toml"
     bg etcd "$KB/etcd" --name=aegis-node --data-dir="$S/etcd" \
         --listen-client-urls=https://127.0.0.1:22379 --advertise-client-urls=https://127.0.0.1:22379 \
         --listen-peer-urls=http://127.0.0.1:22380 --initial-advertise-peer-urls=http://127.0.0.1:22380 \
@@ -411,7 +412,7 @@ cmd_start() {
         --bind-address=127.0.0.1 --secure-port=20259 --v=1
     until_ok containerd 60 ctr_ version
     local f
-    for f in "$images"/pause.tar "$images"/coredns.tar; do ctr_ images import "$f" >/dev/null || die "ctr images import $f failed"; done
+    cmd_import "$images"/pause.tar "$images"/coredns.tar
     mkdir -p "$S/kubelet/plugins/csi.spiffe.io" "$S/kubelet/plugins_registry" "$S/pod-logs" "$K/spire-agent-sockets"
     bg kubelet "$NB/kubelet" --config="$K/etc/kubelet.yaml" --kubeconfig="$S/kubelet.kubeconfig" \
         --root-dir="$S/kubelet" --cert-dir="$S/kubelet/pki" --hostname-override=$NODE --node-ip=$NODE_IP --v=1
@@ -458,7 +459,7 @@ clean_iptables() {
         command -v $ipt >/dev/null || continue
         for t in filter nat mangle raw; do
             { $ipt -t $t -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE|CNI)-' || true; } |
-                grep -vE '^-A (KUBE|CNI)-' | sed 's/^-A/-D/' | while read -r r; do eval "$ipt -t $t $r" 2>/dev/null || true; done
+                { grep -vE '^-A (KUBE|CNI)-' || true; } | sed 's/^-A/-D/' | while read -r r; do eval "$ipt -t $t $r" 2>/dev/null || true; done
             for c in $($ipt -t $t -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/{print $2}'); do $ipt -t $t -F "$c" 2>/dev/null || true; done
             for c in $($ipt -t $t -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/{print $2}'); do $ipt -t $t -X "$c" 2>/dev/null || true; done
         done
