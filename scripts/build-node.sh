@@ -3,7 +3,8 @@
 # proxy, pinned, and cache the stripped binaries outside the clone:
 #   kubelet, kube-scheduler, kube-proxy, kubectl   k8s.io/kubernetes (KUBE_VERSION)
 #   containerd, containerd-shim-runc-v2, ctr       containerd 2.x (CONTAINERD_VERSION)
-#   coredns                                        CoreDNS (COREDNS_VERSION), cluster DNS
+#   coredns                                        CoreDNS (COREDNS_VERSION), cluster DNS, with
+#                                                  only the plugins node.sh's Corefile uses
 #   spiffe-csi-driver                              SPIFFE CSI driver (SPIFFE_CSI_VERSION)
 #   node-registrar                                 tools/node-registrar (registers the CSI driver)
 #   pause                                          the pod sandbox, Kubernetes' own pause.c
@@ -16,7 +17,8 @@
 # same cache (${AEGIS_CACHE_DIR:-$HOME/.cache/aegis}/kube/gocache and gomodcache), then
 # deletes the build cache. Run it before build-kube.sh (scripts/test.sh does).
 # Layout: ${AEGIS_CACHE_DIR:-$HOME/.cache/aegis}/node/<k8s version>/bin/. Idempotent:
-# when every binary exists and the stamp names the pinned versions, nothing is built.
+# each group of binaries whose stamp (bin/.stamp-GROUP) names the pinned version is
+# kept, the others are built.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -36,16 +38,41 @@ GB_NAME=node
 source "$here/lib/gobuild.sh"
 gb_args --print-dir "$bin" 2,20 "$@"
 
-# The stamp: the versions and the registrar's sources the binaries were built from.
+# CoreDNS's plugins built in: those of the Corefile in scripts/node.sh.
+coredns_plugins="cache errors health kubernetes loop ready"
+
+# stamp GROUP: what a group of binaries is built from (its pinned version or sources).
 stamp() {
-    echo "kubernetes $version containerd $containerd_version coredns $coredns_version spiffe-csi $csi_version"
-    cat "$registrar_src/go.mod" "$registrar_src/go.sum" "$registrar_src/main.go" | sha256sum | cut -d' ' -f1
+    case "$1" in
+        kube) echo "kubernetes $version" ;;
+        containerd) echo "containerd $containerd_version" ;;
+        coredns) echo "coredns $coredns_version plugins $coredns_plugins" ;;
+        csi) echo "spiffe-csi $csi_version" ;;
+        registrar) cat "$registrar_src/go.mod" "$registrar_src/go.sum" "$registrar_src/main.go" | sha256sum | cut -d' ' -f1 ;;
+        pause) echo "pause.c of kubernetes $version" ;;
+    esac
+}
+declare -A group=([kube]="kubelet kube-scheduler kube-proxy kubectl" [containerd]="containerd containerd-shim-runc-v2 ctr"
+    [coredns]=coredns [csi]=spiffe-csi-driver [registrar]=node-registrar [pause]=pause)
+
+# cached GROUP: the group's binaries exist in bin and were built from what stamp names.
+cached() {
+    local b
+    for b in ${group[$1]}; do [[ -x "$bin/$b" ]] || return 1; done
+    [[ -f "$bin/.stamp-$1" && "$(cat "$bin/.stamp-$1")" == "$(stamp "$1")" ]]
 }
 
 cached_ok() {
+    local g
+    for g in "${!group[@]}"; do cached "$g" || return 1; done
+}
+
+# reuse GROUP: copies a cached group into the staging dir (true), or says it must be built.
+reuse() {
+    cached "$1" || return 1
     local b
-    for b in "${binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done
-    [[ -f "$bin/.stamp" && "$(cat "$bin/.stamp")" == "$(stamp)" ]]
+    for b in ${group[$1]}; do cp "$bin/$b" "$GB_STAGING/$b"; done
+    gb_log "reusing ${group[$1]} ($(stamp "$1"))"
 }
 
 gb_reuse_or_lock "$dir" "the node binaries ($version)" "$bin"
@@ -84,7 +111,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
 done
-for c in kubelet kube-scheduler kube-proxy kubectl; do
+reuse kube || for c in kubelet kube-scheduler kube-proxy kubectl; do
     t=$(date +%s)
     (cd "$work" && go build -trimpath -tags tools -ldflags "$ldflags" -o "$GB_STAGING/$c" "k8s.io/kubernetes/cmd/$c") ||
         gb_die "building $c of Kubernetes $version failed (see the Go output above)"
@@ -108,24 +135,47 @@ release_build() {
     done
 }
 export GOFLAGS="-modcacherw"
-release_build github.com/containerd/containerd/v2 "$containerd_version" \
+reuse containerd || release_build github.com/containerd/containerd/v2 "$containerd_version" \
     "-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version" "no_btrfs no_devmapper no_zfs" \
     containerd:./cmd/containerd containerd-shim-runc-v2:./cmd/containerd-shim-runc-v2 ctr:./cmd/ctr
-release_build github.com/coredns/coredns "$coredns_version" \
-    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" "" coredns:.
-release_build github.com/spiffe/spiffe-csi "$csi_version" "-s -w" "" spiffe-csi-driver:./cmd/spiffe-csi-driver
+reuse csi || release_build github.com/spiffe/spiffe-csi "$csi_version" "-s -w" "" spiffe-csi-driver:./cmd/spiffe-csi-driver
 
-(cd "$registrar_src" && GOFLAGS="-mod=readonly -modcacherw -buildvcs=false" go build -trimpath -ldflags "-s -w" \
-    -o "$GB_STAGING/node-registrar" .) || gb_die "building tools/node-registrar failed (see the Go output above)"
-gb_log "built node-registrar"
+# CoreDNS: its coremain with only the plugins the node's Corefile uses (CoreDNS's own
+# main imports every plugin, cloud SDKs included: several times the build), in a
+# generated module that requires the release, so its go.mod pins the dependencies.
+build_coredns() {
+    local w="$dir/coredns-work" p t
+    t=$(date +%s)
+    rm -rf "$w"
+    mkdir -p "$w"
+    printf 'module aegis.local/coredns-build\n\ngo 1.26\n\nrequire github.com/coredns/coredns %s\n' "$coredns_version" >"$w/go.mod"
+    {
+        printf '// Command coredns is CoreDNS with the plugins of scripts/node.sh'"'"'s Corefile.\npackage main\n\nimport (\n'
+        for p in $coredns_plugins; do printf '\t_ "github.com/coredns/coredns/plugin/%s"\n' "$p"; done
+        printf '\t"github.com/coredns/coredns/coremain"\n)\n\nfunc main() { coremain.Run() }\n'
+    } >"$w/main.go"
+    (cd "$w" && go build -mod=mod -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" \
+        -o "$GB_STAGING/coredns" .) || gb_die "building CoreDNS $coredns_version failed (see the Go output above)"
+    rm -rf "$w"
+    gb_log "built coredns ($coredns_plugins) in $(($(date +%s) - t))s"
+}
+reuse coredns || build_coredns
+
+reuse registrar || {
+    (cd "$registrar_src" && GOFLAGS="-mod=readonly -modcacherw -buildvcs=false" go build -trimpath -ldflags "-s -w" \
+        -o "$GB_STAGING/node-registrar" .) || gb_die "building tools/node-registrar failed (see the Go output above)"
+    gb_log "built node-registrar"
+}
 # The sandbox ("pause") process, from the pinned Kubernetes source, static as upstream's.
-gcc -Os -Wall -static -DVERSION="$version" -o "$GB_STAGING/pause" "$kube_src/build/pause/linux/pause.c" ||
-    gb_die "building pause from $kube_src/build/pause/linux/pause.c failed"
-strip "$GB_STAGING/pause" 2>/dev/null || true
+reuse pause || {
+    gcc -Os -Wall -static -DVERSION="$version" -o "$GB_STAGING/pause" "$kube_src/build/pause/linux/pause.c" ||
+        gb_die "building pause from $kube_src/build/pause/linux/pause.c failed"
+    strip "$GB_STAGING/pause" 2>/dev/null || true
+}
 
 for b in "${binaries[@]}"; do [[ -x "$GB_STAGING/$b" ]] || gb_die "the build did not produce $b"; done
 [[ "$("$GB_STAGING/kubelet" --version | awk '{print $NF}')" == "$version" ]] || gb_die "kubelet does not report $version"
-stamp >"$GB_STAGING/.stamp"
+for g in "${!group[@]}"; do stamp "$g" >"$GB_STAGING/.stamp-$g"; done
 rm -rf "$work"
 gb_install "$bin"
 gb_log "built the node binaries in $(($(date +%s) - start))s: $bin ($(du -sh "$bin" | cut -f1))"
