@@ -41,6 +41,8 @@ echo "== SPIRE (built once from the Go module proxy, cached in $cache/spire)"
 AEGIS_SPIRE_BIN_DIR="$(scripts/build-spire.sh | tail -n1)"
 export AEGIS_SPIRE_BIN_DIR
 echo "   $AEGIS_SPIRE_BIN_DIR"
+echo "== Kubernetes node (kubelet, kube-scheduler, kube-proxy, kubectl v1.37.2, containerd, CoreDNS, SPIFFE CSI driver; built with kube-apiserver in one Go build cache, cached in $cache/node)"
+scripts/build-node.sh | tail -n1
 echo "== Kubernetes (etcd, kube-apiserver, kube-controller-manager v1.37.2 from the Go module proxy, cached in $cache/kube)"
 AEGIS_KUBE_BIN_DIR="$(scripts/build-kube.sh | tail -n1)"
 export AEGIS_KUBE_BIN_DIR
@@ -73,6 +75,8 @@ find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x -regextype po
     -regex '.*/[^./]+-[0-9a-f]{16}' -printf '%T@ %f\n' |
     sort -rn | awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' |
     while read -r old; do rm -f "$CARGO_TARGET_DIR/debug/deps/$old" "$CARGO_TARGET_DIR/debug/deps/$old.d"; done
+echo "== end to end on a real single-node Kubernetes: image, SPIRE, helm install/upgrade/uninstall, examples (scripts/e2e-node.sh, needs root)"
+scripts/e2e-node.sh
 echo "== schemathesis (OpenAPI document vs a real Safe)"
 scripts/schemathesis.sh
 echo "== fuzzing (cargo-fuzz 0.13.2, cached in $cache/tools; ${AEGIS_FUZZ_SECONDS:-30} s per target)"

@@ -100,11 +100,14 @@ gb_staging() {
 }
 
 # gb_install BIN: replaces BIN with the staged binaries and deletes Go's build cache,
-# which is large and only useful for rebuilding the same version.
+# which is large and only useful for rebuilding the same version, unless
+# AEGIS_GO_KEEP_BUILD_CACHE=1 (scripts/build-node.sh builds the node's binaries in
+# the cache kube-apiserver's build left, then deletes it).
 gb_install() {
     rm -rf "$1"
     mv "$GB_STAGING" "$1"
     trap - EXIT
+    [[ "${AEGIS_GO_KEEP_BUILD_CACHE:-0}" == 1 ]] && return 0
     gb_log "deleting Go's build cache ($(du -sh "$GOCACHE" 2>/dev/null | cut -f1) in $GOCACHE)"
     go clean -cache >/dev/null 2>&1 || true
     rm -rf "$GOCACHE"
