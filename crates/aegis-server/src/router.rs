@@ -7,23 +7,58 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{from_fn, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodRouter};
 use axum::Router;
 
 use crate::error::ApiError;
-use crate::routes::{allowed_query, route_label, ROUTES};
+use crate::routes::{allowed_query, route_label, Endpoint, Route, ROUTES};
 use crate::state::AppState;
+use crate::{native, vsecm, watch};
 
 /// Every route of the mTLS API.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.settings.max_body_bytes;
     ROUTES
         .iter()
-        .fold(Router::new(), |app, r| app.route(r.path, r.method_router()))
+        .fold(Router::new(), |app, r| app.route(r.path, method_router(r)))
         .layer(from_fn(strict_query))
         .layer(from_fn(label))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is described at /v1/openapi.yaml") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The method router serving every operation of `route`.
+fn method_router(route: &Route) -> MethodRouter<Arc<AppState>> {
+    route.ops.iter().fold(MethodRouter::new(), |r, o| r.merge(handler(o.endpoint, o.method.filter())))
+}
+
+/// The handler of `endpoint` for `filter`, its method.
+fn handler(endpoint: Endpoint, filter: axum::routing::MethodFilter) -> MethodRouter<Arc<AppState>> {
+    use Endpoint as E;
+    match endpoint {
+        E::VsecmFetch => on(filter, vsecm::fetch),
+        E::VsecmList => on(filter, vsecm::list),
+        E::VsecmUpsert => on(filter, vsecm::upsert),
+        E::VsecmDelete => on(filter, vsecm::delete),
+        E::VsecmKeys => on(filter, vsecm::keys),
+        E::VsecmKeystone => on(filter, vsecm::keystone),
+        E::List => on(filter, native::list),
+        E::Get => on(filter, native::get),
+        E::Put => on(filter, native::put),
+        E::Delete => on(filter, native::delete),
+        E::Undelete => on(filter, native::undelete),
+        E::Rollback => on(filter, native::rollback),
+        E::History => on(filter, native::history),
+        E::Destroy => on(filter, native::destroy),
+        E::Workload => on(filter, native::workload),
+        E::Watch => on(filter, watch::watch),
+        E::Encrypt => on(filter, native::encrypt),
+        E::Unseal => on(filter, native::unseal),
+        E::Status => on(filter, native::status),
+        E::Rotate => on(filter, native::rotate),
+        E::Openapi => on(filter, native::openapi),
+    }
 }
 
 /// The route label of a served request, in the response's extensions

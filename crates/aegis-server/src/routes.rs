@@ -10,15 +10,11 @@
 //! query parameters.
 //!
 //! Adding a route: write its handler, add one [`Route`] (or one [`Op`]) to
-//! [`ROUTES`], and document it in `openapi.yaml`.
-
-use std::sync::Arc;
+//! [`ROUTES`] with a new [`Endpoint`] (the compiler then asks for its handler
+//! in `router.rs`), and document it in `openapi.yaml`.
 
 use axum::http::Method;
-use axum::routing::{on, MethodFilter, MethodRouter};
-
-use crate::state::AppState;
-use crate::{native, vsecm, watch};
+use axum::routing::MethodFilter;
 
 /// VSecM's workload fetch.
 pub const WORKLOAD_SECRETS: &str = "/workload/v1/secrets";
@@ -106,8 +102,55 @@ impl Query {
     }
 }
 
-/// Builds the method router of one operation for `filter`, its method.
-pub type Handler = fn(MethodFilter) -> MethodRouter<Arc<AppState>>;
+/// What serves an operation: a name the router binds to its handler
+/// ([`crate::router`], an exhaustive match, so an operation without a handler
+/// does not compile). A name, not the handler, so that this table depends on
+/// no handler and every module may read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `vsecm::fetch`.
+    VsecmFetch,
+    /// `vsecm::list`.
+    VsecmList,
+    /// `vsecm::upsert`.
+    VsecmUpsert,
+    /// `vsecm::delete`.
+    VsecmDelete,
+    /// `vsecm::keys`.
+    VsecmKeys,
+    /// `vsecm::keystone`.
+    VsecmKeystone,
+    /// `native::list`.
+    List,
+    /// `native::get`.
+    Get,
+    /// `native::put`.
+    Put,
+    /// `native::delete`.
+    Delete,
+    /// `native::undelete`.
+    Undelete,
+    /// `native::rollback`.
+    Rollback,
+    /// `native::history`.
+    History,
+    /// `native::destroy`.
+    Destroy,
+    /// `native::workload`.
+    Workload,
+    /// `watch::watch`.
+    Watch,
+    /// `native::encrypt`.
+    Encrypt,
+    /// `native::unseal`.
+    Unseal,
+    /// `native::status`.
+    Status,
+    /// `native::rotate`.
+    Rotate,
+    /// `native::openapi`.
+    Openapi,
+}
 
 /// One method of a route.
 #[derive(Clone, Copy)]
@@ -118,8 +161,8 @@ pub struct Op {
     pub action: &'static str,
     /// The query parameters it takes.
     pub query: Query,
-    /// The handler.
-    pub handler: Handler,
+    /// What serves it.
+    pub endpoint: Endpoint,
 }
 
 /// The methods routes serve.
@@ -146,7 +189,8 @@ impl Verb {
         }
     }
 
-    fn filter(self) -> MethodFilter {
+    /// The router's method filter.
+    pub fn filter(self) -> MethodFilter {
         match self {
             Verb::Get => MethodFilter::GET,
             Verb::Post => MethodFilter::POST,
@@ -178,19 +222,15 @@ impl Route {
     pub fn op(&self, method: &Method) -> Option<&'static Op> {
         self.ops.iter().find(|o| o.method.serves(method))
     }
-
-    /// The method router serving every operation.
-    pub fn method_router(&self) -> MethodRouter<Arc<AppState>> {
-        self.ops.iter().fold(MethodRouter::new(), |r, o| r.merge((o.handler)(o.method.filter())))
-    }
 }
 
-const fn op(method: Verb, action: &'static str, query: Query, handler: Handler) -> Op {
-    Op { method, action, query, handler }
+const fn op(method: Verb, action: &'static str, query: Query, endpoint: Endpoint) -> Op {
+    Op { method, action, query, endpoint }
 }
 
 const NONE: Query = Query::Only(&[]);
 const LENIENT: Query = Query::Lenient(&[]);
+use Endpoint as E;
 use Verb::{Delete, Get, Post, Put};
 
 /// Every route of the mTLS API.
@@ -199,112 +239,97 @@ pub static ROUTES: [Route; 17] = [
         path: WORKLOAD_SECRETS,
         api: Api::Vsecm,
         callers: Callers::Any,
-        ops: &[op(Get, "fetch", LENIENT, |m| on(m, vsecm::fetch))],
+        ops: &[op(Get, "fetch", LENIENT, E::VsecmFetch)],
     },
     Route {
         path: SENTINEL_SECRETS,
         api: Api::Vsecm,
         callers: Callers::Sentinel,
         ops: &[
-            op(Get, "list", Query::Lenient(&["reveal"]), |m| on(m, vsecm::list)),
-            op(Post, "write", LENIENT, |m| on(m, vsecm::upsert)),
-            op(Delete, "delete", LENIENT, |m| on(m, vsecm::delete)),
+            op(Get, "list", Query::Lenient(&["reveal"]), E::VsecmList),
+            op(Post, "write", LENIENT, E::VsecmUpsert),
+            op(Delete, "delete", LENIENT, E::VsecmDelete),
         ],
     },
     Route {
         path: SENTINEL_KEYS,
         api: Api::Vsecm,
         callers: Callers::Sentinel,
-        ops: &[op(Post, "unseal", LENIENT, |m| on(m, vsecm::keys))],
+        ops: &[op(Post, "unseal", LENIENT, E::VsecmKeys)],
     },
     Route {
         path: SENTINEL_KEYSTONE,
         api: Api::Vsecm,
         callers: Callers::Sentinel,
-        ops: &[op(Get, "keystone", LENIENT, |m| on(m, vsecm::keystone))],
+        ops: &[op(Get, "keystone", LENIENT, E::VsecmKeystone)],
     },
     Route {
         path: SECRETS,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Get, "list", Query::Only(&["deleted"]), |m| on(m, native::list))],
+        ops: &[op(Get, "list", Query::Only(&["deleted"]), E::List)],
     },
     Route {
         path: SECRET,
         api: Api::Native,
         callers: Callers::Sentinel,
         ops: &[
-            op(Get, "read", Query::Only(&["version"]), |m| on(m, native::get)),
-            op(Put, "write", NONE, |m| on(m, native::put)),
-            op(Delete, "delete", NONE, |m| on(m, native::delete)),
+            op(Get, "read", Query::Only(&["version"]), E::Get),
+            op(Put, "write", NONE, E::Put),
+            op(Delete, "delete", NONE, E::Delete),
         ],
     },
     Route {
         path: UNDELETE,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Post, "undelete", NONE, |m| on(m, native::undelete))],
+        ops: &[op(Post, "undelete", NONE, E::Undelete)],
     },
     Route {
         path: ROLLBACK,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Post, "rollback", NONE, |m| on(m, native::rollback))],
+        ops: &[op(Post, "rollback", NONE, E::Rollback)],
     },
     Route {
         path: VERSIONS,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Get, "history", NONE, |m| on(m, native::history))],
+        ops: &[op(Get, "history", NONE, E::History)],
     },
     Route {
         path: VERSION,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Delete, "destroy", NONE, |m| on(m, native::destroy))],
+        ops: &[op(Delete, "destroy", NONE, E::Destroy)],
     },
     Route {
         path: WORKLOAD_SECRET,
         api: Api::Native,
         callers: Callers::Any,
-        ops: &[op(Get, "fetch", NONE, |m| on(m, native::workload))],
+        ops: &[op(Get, "fetch", NONE, E::Workload)],
     },
     Route {
         path: WORKLOAD_WATCH,
         api: Api::Native,
         callers: Callers::Any,
-        ops: &[op(Get, "watch", Query::Own(&["revision", "wait_ms"]), |m| on(m, watch::watch))],
+        ops: &[op(Get, "watch", Query::Own(&["revision", "wait_ms"]), E::Watch)],
     },
     Route {
         path: ENCRYPT,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Post, "encrypt", NONE, |m| on(m, native::encrypt))],
+        ops: &[op(Post, "encrypt", NONE, E::Encrypt)],
     },
-    Route {
-        path: UNSEAL,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Post, "unseal", NONE, |m| on(m, native::unseal))],
-    },
-    Route {
-        path: STATUS,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Get, "status", NONE, |m| on(m, native::status))],
-    },
+    Route { path: UNSEAL, api: Api::Native, callers: Callers::Sentinel, ops: &[op(Post, "unseal", NONE, E::Unseal)] },
+    Route { path: STATUS, api: Api::Native, callers: Callers::Sentinel, ops: &[op(Get, "status", NONE, E::Status)] },
     Route {
         path: ROTATE_ROOT_KEY,
         api: Api::Native,
         callers: Callers::Sentinel,
-        ops: &[op(Post, "rotate-root-key", NONE, |m| on(m, native::rotate))],
+        ops: &[op(Post, "rotate-root-key", NONE, E::Rotate)],
     },
-    Route {
-        path: OPENAPI,
-        api: Api::Native,
-        callers: Callers::Any,
-        ops: &[op(Get, "openapi", NONE, |m| on(m, native::openapi))],
-    },
+    Route { path: OPENAPI, api: Api::Native, callers: Callers::Any, ops: &[op(Get, "openapi", NONE, E::Openapi)] },
 ];
 
 /// The route with the template `template`.
