@@ -2,7 +2,7 @@
 
 Usage: schemathesis_coverage.py OPENAPI_YAML REPO HAR...
 
-First, every route of the Safe's router (crates/aegis-server/src/lib.rs) must
+First, every route of the Safe's route table (crates/aegis-server/src/routes.rs) must
 be in the document, with each of its methods, and nothing else.
 
 Reads the HAR files that schemathesis wrote (every request it sent and the
@@ -50,21 +50,25 @@ def test_exists(repo, reference):
 
 
 def router_routes(repo):
-    """(METHOD, path) of every `.route(...)` in the Safe's router, `{name}` as in OpenAPI.
+    """(METHOD, path) of every operation in the Safe's route table, `{name}` as in OpenAPI.
 
-    Routes name their path through the `routes` table (`pub const NAME: &str = "/path"`)
-    or, for any route added without it, a string literal."""
-    text = (repo / "crates/aegis-server/src/lib.rs").read_text()
+    Each `Route { path: NAME, ... ops: &[op(Verb, ...), ...] }` of `ROUTES` names its
+    path through a constant (`pub const NAME: &str = "/path"`) and one `op(...)` per method."""
+    source = repo / "crates/aegis-server/src/routes.rs"
+    text = source.read_text()
     table = dict(re.findall(r'pub const ([A-Z_]+): &str = "([^"]+)"', text))
+    start = text.find("pub static ROUTES")
+    if start < 0:
+        raise SystemExit(f"found no ROUTES table in {source}: update this script")
     routes = set()
-    for target, handlers in re.findall(r'\.route\(("[^"]+"|[A-Z_]+),\s*([^\n]+)', text):
-        path = target.strip('"') if target.startswith('"') else table.get(target)
-        if path is None:
-            raise SystemExit(f"route {target} is not in the routes table of crates/aegis-server/src/lib.rs")
-        for method in re.findall(r"\b(get|put|post|delete|patch)\(", handlers):
-            routes.add((method.upper(), path))
+    for block in text[start:].split("Route {")[1:]:
+        name = re.search(r"path: ([A-Z_]+),", block)
+        if name is None or name.group(1) not in table:
+            raise SystemExit(f"a route of {source} names no path constant: update this script")
+        for verb in re.findall(r"\bop\((Get|Put|Post|Delete|Patch),", block):
+            routes.add((verb.upper(), table[name.group(1)]))
     if not routes:
-        raise SystemExit("found no .route(...) in crates/aegis-server/src/lib.rs: update this script")
+        raise SystemExit(f"found no op(...) in the ROUTES table of {source}: update this script")
     return routes
 
 

@@ -75,9 +75,11 @@ find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x -regextype po
     -regex '.*/[^./]+-[0-9a-f]{16}' -printf '%T@ %f\n' |
     sort -rn | awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' |
     while read -r old; do rm -f "$CARGO_TARGET_DIR/debug/deps/$old" "$CARGO_TARGET_DIR/debug/deps/$old.d"; done
-echo "== end to end on a real single-node Kubernetes: image, SPIRE, helm install/upgrade/uninstall, examples (scripts/e2e-node.sh, needs root; the image from the debug binaries cargo test built, AEGIS_IMAGE_PROFILE=release for the Dockerfile's release build)"
-AEGIS_IMAGE_PROFILE="${AEGIS_IMAGE_PROFILE:-debug}" scripts/e2e-node.sh
 echo "== schemathesis (OpenAPI document vs a real Safe)"
 scripts/schemathesis.sh
 echo "== fuzzing (cargo-fuzz 0.13.2, cached in $cache/tools; ${AEGIS_FUZZ_SECONDS:-30} s per target)"
 scripts/fuzz.sh "${AEGIS_FUZZ_SECONDS:-30}"
+# Last: the node changes iptables and kernel settings while it runs (and restores them
+# on stop), so it runs after the tests that use loopback ports.
+echo "== end to end on a real single-node Kubernetes: image, SPIRE, helm install/upgrade/uninstall, examples (scripts/e2e-node.sh, needs root; the image from the debug binaries cargo test built, AEGIS_IMAGE_PROFILE=release for the Dockerfile's release build)"
+AEGIS_IMAGE_PROFILE="${AEGIS_IMAGE_PROFILE:-debug}" scripts/e2e-node.sh

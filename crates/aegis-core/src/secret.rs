@@ -146,6 +146,11 @@ impl VersionNumber {
     pub fn get(self) -> u64 {
         self.0.get()
     }
+
+    /// The number after `n` (never 0; saturates at `u64::MAX`).
+    pub fn after(n: u64) -> Self {
+        Self(std::num::NonZeroU64::MIN.saturating_add(n))
+    }
 }
 
 impl TryFrom<u64> for VersionNumber {
@@ -173,8 +178,8 @@ impl fmt::Display for VersionNumber {
 /// One stored version of a secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Version {
-    /// Version number, from 1, never reused.
-    pub number: u64,
+    /// Version number, from 1, never reused (a stored 0 does not load).
+    pub number: VersionNumber,
     /// The raw value; `None` once destroyed.
     #[serde(serialize_with = "crate::secret::reveal::option")]
     pub value: Option<SecretValue>,
@@ -263,11 +268,11 @@ impl SecretDoc {
 
     /// A version by number.
     pub fn version(&self, number: u64) -> Option<&Version> {
-        self.versions.iter().find(|v| v.number == number)
+        self.versions.iter().find(|v| v.number.get() == number)
     }
 
-    fn next_number(&self) -> u64 {
-        self.versions.last().map_or(self.current, |v| v.number.max(self.current)) + 1
+    fn next_number(&self) -> VersionNumber {
+        VersionNumber::after(self.versions.last().map_or(self.current, |v| v.number.get().max(self.current)))
     }
 
     fn touch(&mut self, now: OffsetDateTime) {
@@ -295,10 +300,10 @@ impl SecretDoc {
         self.versions.push(Version { number, value: Some(value), meta, created: now });
         let excess = self.versions.len().saturating_sub(max_versions.max(1));
         self.versions.drain(..excess);
-        self.current = number;
+        self.current = number.get();
         self.deleted = None;
         self.touch(now);
-        Ok(number)
+        Ok(number.get())
     }
 
     /// Soft delete: the secret disappears for workloads but its history stays.
@@ -327,7 +332,7 @@ impl SecretDoc {
         let v = self
             .versions
             .iter_mut()
-            .find(|v| v.number == number)
+            .find(|v| v.number.get() == number)
             .ok_or(OpError::NoSuchVersion { name: name.clone(), version: number })?;
         if v.value.take().is_none() {
             return Err(OpError::Destroyed { name, version: number });
@@ -417,7 +422,7 @@ mod tests {
             assert_eq!(put(&mut d, &format!("v{i}"), 10), i + 1);
         }
         assert_eq!(d.versions.len(), 10);
-        assert_eq!(d.versions[0].number, 6);
+        assert_eq!(d.versions[0].number.get(), 6);
         assert_eq!(d.live().unwrap().1.expose(), "v14");
         assert!(matches!(
             d.rollback(v(1), OffsetDateTime::now_utc(), 10),

@@ -226,10 +226,10 @@ pub async fn history(State(s): St, Extension(c): Who, p: Segments) -> Result<Jso
         .versions
         .iter()
         .map(|v| VersionInfo {
-            version: v.number,
+            version: v.number.get(),
             created: rfc3339(v.created),
             destroyed: v.value.is_none(),
-            current: v.number == e.doc.current,
+            current: v.number.get() == e.doc.current,
         })
         .collect();
     Ok(Json(History { name: n.to_string(), versions }))

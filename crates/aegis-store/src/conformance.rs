@@ -123,7 +123,7 @@ pub async fn versions_survive_restart<S: Subject>(s: &S) {
     let store = Store::open(s.open(&place), ring, opts).await.unwrap().0;
     let doc = store.get(&name("billing")).unwrap().doc.clone();
     assert_eq!(doc.current, 4);
-    let kept: Vec<u64> = doc.versions.iter().map(|v| v.number).collect();
+    let kept: Vec<u64> = doc.versions.iter().map(|v| v.number.get()).collect();
     assert_eq!(kept, [2, 3, 4], "three versions kept, oldest dropped");
     assert_eq!(doc.version(2).unwrap().value.as_ref().unwrap().expose(), "v2");
 }

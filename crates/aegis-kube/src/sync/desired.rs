@@ -55,7 +55,7 @@ impl Desired {
         let Some((v, value)) = entry.doc.live() else { return Desired::Absent };
         match secret_data(value, &v.meta, budget) {
             Ok(data) => Desired::Present {
-                version: v.number,
+                version: v.number.get(),
                 namespaces: v.meta.namespaces.iter().map(|n| n.as_str().to_owned()).collect(),
                 data,
             },
