@@ -13,7 +13,8 @@ use aegis_core::{SpiffeId, WorkloadName};
 use aegis_crypto::{Keyring, RootKey};
 use aegis_server::auth::Caller;
 use aegis_server::limits::ConnLimitSettings;
-use aegis_server::{AppState, RootKeyMode, Settings};
+use aegis_server::{Adapters, AppState, RootKeyMode, Settings};
+use aegis_store::DirBackend;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -57,13 +58,11 @@ fn root_key() -> Arc<RootKey> {
     KEY.get_or_init(|| Arc::new(RootKey::generate())).clone()
 }
 
-fn settings(data_dir: &Path) -> Settings {
+fn settings() -> Settings {
     let any = "127.0.0.1:0".parse().expect("a socket address");
     Settings {
         listen: any,
         health_listen: any,
-        data_dir: data_dir.to_owned(),
-        root_key: RootKeyMode::Manual,
         max_body_bytes: MAX_BODY_BYTES,
         max_versions: 4,
         request_timeout: Duration::from_secs(10),
@@ -98,7 +97,9 @@ impl Safe {
     pub fn new() -> Self {
         let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
         let dir = tempfile::Builder::new().prefix("aegis-fuzz-").tempdir_in(base).expect("a temporary data directory");
-        let state = AppState::new(settings(dir.path())).expect("the Safe's state");
+        let backend = Arc::new(DirBackend::open(dir.path()).expect("the data directory"));
+        let adapters = Adapters { backend, root_key: RootKeyMode::Manual, sync: None };
+        let state = AppState::new(settings(), adapters).expect("the Safe's state");
         let keyring = Keyring::new(root_key());
         runtime().block_on(state.unseal(keyring)).map_err(|e| e.message().to_owned()).expect("unsealing");
         Self { state, _dir: dir }
