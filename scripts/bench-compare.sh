@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compares the Safe of two commits under the same loads, in alternating rounds,
 # by what does not depend on how busy the machine is: the Safe's own CPU time
-# per operation (utime + stime from /proc) and fsyncs per acknowledged write
+# per operation (utime + stime from /proc) and fsyncs (fsync, fdatasync, syncfs,
+# sync) per acknowledged write
 # (strace, in a separate pass so it never skews the CPU figures). Throughput,
 # p99 and resident memory are reported beside them, but noise decides those.
 #
@@ -84,7 +85,7 @@ start_safe() {
     health="$(free_port)"
     local cmd=("$bin/aegis" dev --data-dir "$dir/dev" --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health")
     if [[ -n "$trace" ]]; then
-        strace -f -qq -c -e trace=fsync,fdatasync -o "$trace" "${cmd[@]}" >"$dir/log" 2>&1 &
+        strace -f -qq -c -e trace=fsync,fdatasync,syncfs,sync -o "$trace" "${cmd[@]}" >"$dir/log" 2>&1 &
     else
         "${cmd[@]}" >"$dir/log" 2>&1 &
     fi
@@ -132,7 +133,7 @@ run() {
     local fsync_count=""
     if [[ -n "$trace" ]]; then
         sleep 0.5
-        fsync_count="$(awk '$NF == "fsync" || $NF == "fdatasync" { n += $4 } END { print n + 0 }' "$trace")"
+        fsync_count="$(awk '$NF == "fsync" || $NF == "fdatasync" || $NF == "syncfs" || $NF == "sync" { n += $4 } END { print n + 0 }' "$trace")"
     fi
     python3 - "$side" "$load" "$((after - before))" "$ticks" "$rss" "$fsync_count" "$report" >>"$results" <<'EOF'
 import json, sys

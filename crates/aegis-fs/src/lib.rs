@@ -81,6 +81,16 @@ fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, WriteErro
 /// Unix: exactly `mode`, whatever the process's umask), writes `parts` one
 /// after the other and fsyncs it. On failure a file it created is removed.
 pub fn write_new(tmp: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    create_new(tmp, parts, mode, true)
+}
+
+/// As [`write_new`], without the fsync: for a caller that has made the bytes
+/// durable elsewhere first (a journal) and syncs the file later.
+pub fn write_new_unsynced(tmp: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    create_new(tmp, parts, mode, false)
+}
+
+fn create_new(tmp: &Path, parts: &[&[u8]], mode: u32, sync: bool) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -96,7 +106,10 @@ pub fn write_new(tmp: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
         for part in parts {
             file.write_all(part)?;
         }
-        file.sync_all()
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         // Best effort, as above.

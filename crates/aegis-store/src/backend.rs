@@ -80,6 +80,14 @@ pub trait Backend: Send + Sync + 'static {
     /// then free: the record no longer loads.
     fn set_aside(&self, name: &SecretName, reason: &str) -> Result<SetAside, StoreError>;
 
+    /// Makes every acknowledged write durable in its final place (a backend
+    /// with a journal checkpoints it). The store calls it when its writer is
+    /// idle and after a root key rotation, so no record sealed with a retired
+    /// key stays behind; a backend that writes in place has nothing to do.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A short description for logs (e.g. the directory path).
     fn describe(&self) -> String;
 }

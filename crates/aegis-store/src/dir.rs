@@ -1,10 +1,12 @@
-//! The default backend: a directory with one file per secret.
+//! The default backend: a directory with one file per secret, and a journal.
 //!
-//! Each write goes to a temporary file in the same directory, is fsynced, and
-//! renamed over the old file; one fsync of the directory then makes the whole
-//! batch's renames durable. Files of one batch are written and fsynced in
-//! parallel so the file system can commit them in one journal transaction. The
-//! temporary files and the directory fsync are `aegis-fs`'s pieces.
+//! A batch of writes is committed by one append to the journal and one
+//! `fdatasync` (see [`crate::journal`]); its records are then written to
+//! temporary files in the same directory and renamed over the old files,
+//! without an fsync each. A checkpoint (one `syncfs`, every 8 MiB of journal,
+//! when the writer is idle, and after a root key rotation) makes those files
+//! durable and empties the journal; at open, what the journal still holds is
+//! written to the files again, so a crash never leaves a committed record stale.
 //!
 //! A short name is the file name (`%XX`-escaped, plus `.rec`). A name whose
 //! file name would pass [`MAX_FILE_NAME`] bytes is stored as
@@ -15,24 +17,26 @@
 //! another secret cannot be opened as that secret.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use aegis_core::SecretName;
 
 use crate::backend::{GroupError, Listing, SealedRecord, SetAside, Unnamed};
+use crate::journal::{self, Journal, CHECKPOINT_BYTES};
 use crate::writer::copy_io;
 use crate::{Backend, StoreError};
 
 const EXT: &str = ".rec";
 const TMP_PREFIX: &str = ".tmp-";
 const QUARANTINE: &str = "quarantine";
-const WRITE_THREADS: usize = 8;
 /// Longest file name (with `.rec`) kept as the escaped name; longer ones are hashed.
 const MAX_FILE_NAME: usize = 200;
 /// First byte of a hashed file name; [`escape`] never produces it.
@@ -45,6 +49,16 @@ const MAGIC: &[u8; 4] = b"AGN1";
 pub struct DirBackend {
     dir: PathBuf,
     counter: AtomicU64,
+    state: Mutex<State>,
+}
+
+/// The journal, and the committed records whose file could not be written yet.
+#[derive(Debug)]
+struct State {
+    journal: Journal,
+    /// Committed in the journal, file not yet replaced (a failed write, retried
+    /// before each commit): read from here, and no checkpoint until it is empty.
+    unapplied: HashMap<SecretName, Vec<u8>>,
 }
 
 /// The file name of the record of `name`: the escaped name plus `.rec`, or
@@ -124,8 +138,9 @@ pub fn name_of_file(file: &str) -> Option<String> {
 }
 
 impl DirBackend {
-    /// Opens (creating if needed, mode 0700) a data directory and removes
-    /// temporary files left by a crash.
+    /// Opens (creating if needed, mode 0700) a data directory, removes
+    /// temporary files left by a crash, writes what the journal still holds to
+    /// the record files and checkpoints.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
         fs::create_dir_all(dir).map_err(open_err)?;
@@ -136,7 +151,68 @@ impl DirBackend {
                 fs::remove_file(entry.path()).map_err(open_err)?;
             }
         }
-        Ok(Self { dir: dir.to_owned(), counter: AtomicU64::new(0) })
+        let (journal, replay) = Journal::open(dir).map_err(open_err)?;
+        let backend = Self {
+            dir: dir.to_owned(),
+            counter: AtomicU64::new(0),
+            state: Mutex::new(State { journal, unapplied: HashMap::new() }),
+        };
+        backend.recover(replay).map_err(open_err)?;
+        Ok(backend)
+    }
+
+    /// Writes the journal's committed records to their files, keeps a damaged
+    /// rest of the journal in quarantine, and checkpoints.
+    fn recover(&self, replay: journal::Replay) -> io::Result<()> {
+        let mut state = self.state();
+        self.apply(&mut state, &replay.records);
+        drop(state);
+        if replay.frames > 0 {
+            tracing::info!(frames = replay.frames, records = replay.records.len(), "journal replayed");
+        }
+        if replay.torn_tail > 0 {
+            tracing::warn!(
+                bytes = replay.torn_tail,
+                "the journal ends in an unfinished append (a crash while writing it, never acknowledged); dropped"
+            );
+        }
+        if let Some((at, why)) = &replay.damaged {
+            let bytes = fs::read(journal::path(&self.dir))?;
+            let kept = self.keep_in_quarantine(journal::FILE, bytes.get(*at as usize..).unwrap_or_default(), why)?;
+            tracing::error!(
+                offset = at, reason = %why, kept_at = %kept.display(), applied_frames = replay.frames,
+                "the journal is damaged: the frames before the damage were applied, the rest was moved to quarantine; \
+                 records written after it may be at an older version, check them"
+            );
+        }
+        let mut state = self.state();
+        if !state.unapplied.is_empty() {
+            // The Safe still starts: those records are served from memory, and
+            // the journal is kept for the next write or start to retry.
+            tracing::error!(
+                records = state.unapplied.len(),
+                "committed records could not be written to their files (is the disk full?); the journal keeps them"
+            );
+            return Ok(());
+        }
+        state.journal.checkpoint()
+    }
+
+    /// Replaces the files of committed `records`, in order; a file that cannot
+    /// be replaced now is kept in `unapplied` (read from there, retried later).
+    fn apply(&self, state: &mut State, records: &[SealedRecord]) {
+        for (name, bytes) in records {
+            if let Err(e) = self.replace(name.as_str(), bytes) {
+                tracing::error!(secret = %name, error = %e, "a committed record's file could not be written; the journal keeps it and it is retried");
+                state.unapplied.insert(name.clone(), bytes.clone());
+            } else {
+                state.unapplied.remove(name);
+            }
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The path of the record file for `name`.
@@ -144,38 +220,60 @@ impl DirBackend {
         self.dir.join(file_name(name))
     }
 
-    /// Writes `name`'s record to a new temporary file (named without the
-    /// secret's name, so its length never depends on the name).
-    fn write_temp(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    /// Replaces `name`'s record file with `bytes` through a temporary file
+    /// (named without the secret's name, so its length never depends on the
+    /// name), without an fsync: the journal holds the bytes until a checkpoint.
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let head = if is_hashed(name) { name_header(name)? } else { Vec::new() };
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-        aegis_fs::write_new(&tmp, &[&head, bytes], 0o600)?;
-        Ok(tmp)
+        let tmp = self.temp_path();
+        aegis_fs::write_new_unsynced(&tmp, &[&head, bytes], 0o600)?;
+        fs::rename(&tmp, self.record_path(name)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
     }
 
-    /// Writes every record to its temporary file, in parallel; one result per
-    /// record, in order (a writer thread that fails counts for each of its records).
-    fn write_temps(&self, records: &[SealedRecord]) -> Vec<io::Result<PathBuf>> {
-        let chunk = records.len().div_ceil(WRITE_THREADS).max(1);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = records
-                .chunks(chunk)
-                .map(|part| {
-                    (
-                        part.len(),
-                        s.spawn(move || part.iter().map(|(n, b)| self.write_temp(n.as_str(), b)).collect::<Vec<_>>()),
-                    )
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|(len, h)| {
-                    h.join()
-                        .unwrap_or_else(|_| (0..len).map(|_| Err(io::Error::other("writer thread failed"))).collect())
-                })
-                .collect()
-        })
+    /// A new temporary file's path (never holding the secret's name).
+    fn temp_path(&self) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
+    }
+
+    /// Commits `records` in one journal append, then replaces their files. A
+    /// file that cannot be replaced now is kept in `unapplied` (read from
+    /// there, retried before the next commit), as its record is committed.
+    fn commit(&self, records: &[SealedRecord]) -> io::Result<()> {
+        let mut state = self.state();
+        self.retry_unapplied(&mut state);
+        state.journal.append(records)?;
+        self.apply(&mut state, records);
+        if state.journal.len() >= CHECKPOINT_BYTES && state.unapplied.is_empty() {
+            if let Err(e) = state.journal.checkpoint() {
+                tracing::error!(error = %e, "journal checkpoint failed; the journal keeps the records and it is retried");
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_unapplied(&self, state: &mut State) {
+        let names: Vec<SecretName> = state.unapplied.keys().cloned().collect();
+        for name in names {
+            let done = state.unapplied.get(&name).is_some_and(|b| self.replace(name.as_str(), b).is_ok());
+            if done {
+                state.unapplied.remove(&name);
+            }
+        }
+    }
+
+    /// Moves `bytes` (named after `file`) into `quarantine/` with a `.reason` file beside it.
+    fn keep_in_quarantine(&self, file: &str, bytes: &[u8], reason: &str) -> io::Result<PathBuf> {
+        let qdir = self.dir.join(QUARANTINE);
+        fs::create_dir_all(&qdir)?;
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let dst = qdir.join(format!("{file}.{stamp}"));
+        aegis_fs::write_new(&dst, &[bytes], 0o600)?;
+        fs::write(qdir.join(format!("{file}.{stamp}.reason")), format!("{reason}\n"))?;
+        self.sync_dir()?;
+        Ok(dst)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -221,10 +319,18 @@ impl Backend for DirBackend {
                 Err(reason) => listing.unnamed.push(Unnamed { locator: file, reason }),
             }
         }
+        for name in self.state().unapplied.keys() {
+            if !listing.names.contains(name) {
+                listing.names.push(name.clone());
+            }
+        }
         Ok(listing)
     }
 
     fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError> {
+        if let Some(bytes) = self.state().unapplied.get(name) {
+            return Ok(bytes.clone());
+        }
         let name = name.as_str();
         let path = self.record_path(name);
         if !is_hashed(name) {
@@ -243,32 +349,30 @@ impl Backend for DirBackend {
     }
 
     fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>> {
-        let temps = self.write_temps(records);
-        let mut results: Vec<Result<(), StoreError>> = records
-            .iter()
-            .zip(temps)
-            .map(|((name, _), tmp)| {
-                let name = name.as_str();
-                let tmp = tmp.map_err(|e| io_err(name, e))?;
-                fs::rename(&tmp, self.record_path(name)).map_err(|e| {
-                    let _ = fs::remove_file(&tmp);
-                    io_err(name, e)
-                })
-            })
-            .collect();
-        if let Err(e) = self.sync_dir() {
-            tracing::error!(error = %e, "directory fsync failed");
-            for (r, (name, _)) in results.iter_mut().zip(records) {
-                if r.is_ok() {
-                    *r = Err(io_err(name.as_str(), crate::writer::copy_io(&e)));
-                }
+        match self.commit(records) {
+            Ok(()) => records.iter().map(|_| Ok(())).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "journal append failed; nothing of the batch was stored");
+                records.iter().map(|(name, _)| Err(io_err(name.as_str(), copy_io(&e)))).collect()
             }
         }
-        results
     }
 
+    /// One journal frame: the group is committed whole or not at all.
     fn write_group(&self, records: &[SealedRecord]) -> Result<(), GroupError> {
-        write_group(self, records)
+        self.commit(records).map_err(|e| {
+            let first = records.first().map(|(n, _)| n.as_str()).unwrap_or_default();
+            GroupError { stored: Vec::new(), error: io_err(first, e) }
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut state = self.state();
+        self.retry_unapplied(&mut state);
+        if !state.unapplied.is_empty() {
+            return Err(io_err("journal", io::Error::other("committed records could not be written to their files")));
+        }
+        state.journal.checkpoint().map_err(|e| io_err("journal", e))
     }
 
     /// Moves the file into `quarantine/` with a `.reason` file beside it.
@@ -289,36 +393,6 @@ impl Backend for DirBackend {
     fn describe(&self) -> String {
         format!("directory {}", self.dir.display())
     }
-}
-
-/// All or nothing: every temporary file is written and fsynced before any
-/// record is replaced; a failed temporary write removes them all.
-fn write_group(b: &DirBackend, records: &[SealedRecord]) -> Result<(), GroupError> {
-    let fail = |stored: Vec<SecretName>, name: &str, e: io::Error| GroupError { stored, error: io_err(name, e) };
-    let temps = b.write_temps(records);
-    let failed = records.iter().zip(&temps).find_map(|((n, _), t)| t.as_ref().err().map(|e| (n, copy_io(e))));
-    if let Some((name, e)) = failed {
-        for tmp in temps.iter().flatten() {
-            let _ = fs::remove_file(tmp);
-        }
-        return Err(fail(Vec::new(), name.as_str(), e));
-    }
-    let temps: Vec<PathBuf> = temps.into_iter().flatten().collect();
-    let mut stored = Vec::with_capacity(records.len());
-    for (i, ((name, _), tmp)) in records.iter().zip(&temps).enumerate() {
-        if let Err(e) = fs::rename(tmp, b.record_path(name.as_str())) {
-            for t in &temps[i..] {
-                let _ = fs::remove_file(t);
-            }
-            let _ = b.sync_dir();
-            return Err(fail(stored, name.as_str(), e));
-        }
-        stored.push(name.clone());
-    }
-    b.sync_dir().map_err(|e| {
-        let first = stored.first().map(|n| n.as_str().to_owned()).unwrap_or_default();
-        fail(stored.clone(), &first, e)
-    })
 }
 
 #[cfg(test)]
@@ -422,25 +496,102 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    /// A non-empty directory where `name`'s record file belongs makes its rename fail.
+    fn block(b: &DirBackend, name: &str) {
+        block_at(&b.dir, &file_name(name));
+    }
+
+    fn no_temp_files(dir: &Path) -> bool {
+        fs::read_dir(dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(TMP_PREFIX))
+    }
+
     #[test]
-    fn group_write_reports_exactly_what_was_stored() {
+    fn a_committed_record_whose_file_cannot_be_written_is_kept_until_it_can() {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let recs = |v: &[u8]| recs(&[("a", v), ("b", v), ("c", v)]);
-        b.write_group(&recs(b"v1")).unwrap();
-        // A non-empty directory where "b"'s record should be makes its rename fail.
-        fs::remove_file(b.record_path("b")).unwrap();
-        fs::create_dir(b.record_path("b")).unwrap();
-        fs::write(b.record_path("b").join("x"), b"").unwrap();
-        let e = b.write_group(&recs(b"v2")).unwrap_err();
-        assert_eq!(e.stored, vec![n("a")]);
-        assert_eq!(b.read(&n("a")).unwrap(), b"v2".to_vec());
-        assert_eq!(b.read(&n("c")).unwrap(), b"v1".to_vec());
-        assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
+        let abc = |v: &[u8]| recs(&[("a", v), ("b", v), ("c", v)]);
+        b.write_group(&abc(b"v1")).unwrap();
+        block(&b, "b");
+        // The group is committed in the journal: whole, though b's file is blocked.
+        b.write_group(&abc(b"v2")).unwrap();
+        for name in ["a", "b", "c"] {
+            assert_eq!(b.read(&n(name)).unwrap(), b"v2".to_vec(), "{name}");
+        }
+        assert!(no_temp_files(tmp.path()));
+        // No checkpoint may empty the journal while b's file is behind it.
+        assert!(b.flush().is_err());
+        assert!(fs::metadata(journal::path(tmp.path())).unwrap().len() > 0);
+        fs::remove_dir_all(b.record_path("b")).unwrap();
+        assert!(b.write_batch(&recs(&[("d", b"v1")]))[0].is_ok());
+        assert_eq!(fs::read(b.record_path("b")).unwrap(), b"v2".to_vec());
+        b.flush().unwrap();
+        assert_eq!(fs::metadata(journal::path(tmp.path())).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn reopening_writes_the_journal_over_stale_record_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        b.write_group(&recs(&[("a", b"a1"), ("b", b"b1")])).unwrap();
+        assert!(b.write_batch(&recs(&[("a", b"a2")]))[0].is_ok());
+        drop(b);
+        // What a power loss can leave of files written without an fsync.
+        fs::write(tmp.path().join("a.rec"), b"").unwrap();
+        fs::remove_file(tmp.path().join("b.rec")).unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert_eq!(b.read(&n("a")).unwrap(), b"a2".to_vec());
+        assert_eq!(b.read(&n("b")).unwrap(), b"b1".to_vec());
+        assert_eq!(names(&b), vec!["a".to_owned(), "b".to_owned()]);
+        // Opening checkpointed: the journal is empty.
+        assert_eq!(fs::metadata(journal::path(tmp.path())).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_record_file_that_cannot_be_rewritten_at_open_does_not_stop_the_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert!(b.write_batch(&recs(&[("a", b"a1"), ("b", b"b1")]))[0].is_ok());
+        drop(b);
+        block_at(tmp.path(), "a.rec");
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert_eq!(b.read(&n("a")).unwrap(), b"a1".to_vec());
+        assert_eq!(b.read(&n("b")).unwrap(), b"b1".to_vec());
+        assert!(fs::metadata(journal::path(tmp.path())).unwrap().len() > 0, "the journal must be kept");
+        fs::remove_dir_all(tmp.path().join("a.rec")).unwrap();
+        b.flush().unwrap();
+        assert_eq!(fs::read(tmp.path().join("a.rec")).unwrap(), b"a1".to_vec());
+    }
+
+    fn block_at(dir: &Path, file: &str) {
+        let _ = fs::remove_file(dir.join(file));
+        fs::create_dir(dir.join(file)).unwrap();
+        fs::write(dir.join(file).join("x"), b"").unwrap();
+    }
+
+    #[test]
+    fn a_damaged_journal_applies_what_precedes_the_damage_and_keeps_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert!(b.write_batch(&recs(&[("a", b"a1")]))[0].is_ok());
+        let first = b.state().journal.len() as usize;
+        assert!(b.write_batch(&recs(&[("b", b"b1")]))[0].is_ok());
+        assert!(b.write_batch(&recs(&[("c", b"c1")]))[0].is_ok());
+        drop(b);
+        let jpath = journal::path(tmp.path());
+        let mut bytes = fs::read(&jpath).unwrap();
+        bytes[first + 12] ^= 0xff;
+        fs::write(&jpath, &bytes).unwrap();
+        fs::remove_file(tmp.path().join("a.rec")).unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert_eq!(b.read(&n("a")).unwrap(), b"a1".to_vec());
+        let q: Vec<String> = fs::read_dir(tmp.path().join(QUARANTINE))
             .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(TMP_PREFIX)));
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(q.len(), 2, "{q:?}");
+        let kept = q.iter().find(|f| !f.ends_with(".reason")).unwrap();
+        assert_eq!(fs::read(tmp.path().join(QUARANTINE).join(kept)).unwrap(), bytes[first..].to_vec());
+        assert_eq!(fs::metadata(&jpath).unwrap().len(), 0);
     }
 
     #[test]
@@ -448,25 +599,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join(".tmp-a.rec-1-0"), b"half").unwrap();
         DirBackend::open(tmp.path()).unwrap();
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn failed_write_leaves_previous_record() {
-        let tmp = tempfile::tempdir().unwrap();
-        let b = DirBackend::open(tmp.path()).unwrap();
-        assert!(b.write_batch(&recs(&[("a", b"v1")]))[0].is_ok());
-        // A directory where the record file should be makes the rename fail.
-        fs::remove_file(b.record_path("a")).unwrap();
-        fs::create_dir(b.record_path("a")).unwrap();
-        fs::write(b.record_path("a").join("x"), b"").unwrap();
-        let r = b.write_batch(&recs(&[("a", b"v2")]));
-        assert!(r[0].is_err());
-        assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(TMP_PREFIX)));
+        assert!(no_temp_files(tmp.path()));
     }
 
     fn long_name(len: usize) -> String {
@@ -549,7 +682,7 @@ mod tests {
     fn temp_file_names_do_not_hold_the_secret_name() {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let t = b.write_temp(&long_name(253), b"x").unwrap();
+        let t = b.temp_path();
         let f = t.file_name().unwrap().to_string_lossy().into_owned();
         assert!(f.starts_with(TMP_PREFIX) && f.len() < 40, "{f}");
     }

@@ -15,6 +15,7 @@ pub mod conformance;
 mod dir;
 mod entry;
 mod error;
+mod journal;
 pub mod record;
 pub mod rootkey;
 mod shared;

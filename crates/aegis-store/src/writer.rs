@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aegis_core::secret::SecretDoc;
 use aegis_core::SecretName;
@@ -40,8 +41,31 @@ pub(crate) enum Job {
     },
 }
 
+/// How long the writer waits without a job before it flushes the backend.
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+    let mut written = false;
+    loop {
+        let next = if written {
+            match tokio::time::timeout(IDLE_FLUSH, rx.recv()).await {
+                Ok(job) => job,
+                Err(_) => {
+                    flush(&backend).await;
+                    written = false;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(first) = next else {
+            if written {
+                flush(&backend).await;
+            }
+            return;
+        };
+        written = true;
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -78,6 +102,19 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
             }
         }
         commit(&shared, &backend, batch).await;
+    }
+}
+
+/// Makes what was written durable in its final place (a journal's
+/// checkpoint); a failure is logged, as every write was already durable.
+async fn flush(backend: &Arc<dyn Backend>) {
+    let b = backend.clone();
+    match tokio::task::spawn_blocking(move || b.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "flushing the store failed; it is retried when the writer is next idle")
+        }
+        Err(_) => tracing::error!("the flushing thread failed"),
     }
 }
 
@@ -316,6 +353,8 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
         }
     }
     shared.keyring.store(Arc::new(keyring));
+    // No record sealed with the retired key stays in a journal.
+    flush(backend).await;
     tracing::info!(records = total, "root key rotated; every record re-sealed");
     Ok(total)
 }

@@ -265,6 +265,14 @@ fn a_corrupt_record_is_quarantined_by_name_and_the_rest_loads() {
     let admin = safe.admin_env();
     ok(safe.aegis(&admin, &["put", "good", "--value", "fine"]));
     ok(safe.aegis(&admin, &["put", "broken", "--value", "will-be-damaged"]));
+    // Damage after the idle checkpoint: before it, the journal still holds the
+    // record and a restart writes it over a damaged file.
+    let journal = safe.data_dir().join("data").join("journal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&journal).unwrap().len() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle writer never checkpointed its journal");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     safe.kill9();
     let rec = safe.data_dir().join("data").join("broken.rec");
     let mut bytes = std::fs::read(&rec).unwrap();
@@ -282,6 +290,24 @@ fn a_corrupt_record_is_quarantined_by_name_and_the_rest_loads() {
         std::fs::read_dir(&q).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().any(|n| n.starts_with("broken.rec.") && !n.ends_with(".reason")), "{names:?}");
     assert!(names.iter().any(|n| n.ends_with(".reason")), "{names:?}");
+}
+
+#[test]
+fn a_record_damaged_before_the_checkpoint_is_rewritten_from_the_journal() {
+    let mut safe = Safe::dev();
+    let admin = safe.admin_env();
+    ok(safe.aegis(&admin, &["put", "fresh", "--value", "from-the-journal"]));
+    // Killed at once: the record file was written without an fsync, and the
+    // journal is what made the write durable.
+    safe.kill9();
+    let data = safe.data_dir().join("data");
+    assert!(std::fs::metadata(data.join("journal")).unwrap().len() > 0, "the write must still be in the journal");
+    std::fs::write(data.join("fresh.rec"), b"").unwrap();
+    safe.start();
+    safe.wait_ready();
+    assert_eq!(ok(safe.aegis(&admin, &["get", "fresh"])).trim(), "from-the-journal");
+    let log = safe.log_text();
+    assert!(log.contains("journal replayed") && !log.contains("quarantine"), "{log}");
 }
 
 #[test]
