@@ -61,8 +61,9 @@ src="$(vsecm_source "$1" "$work")"
 vsecm_build "$src"
 aegis_sha="$(bench_sha "${2:-HEAD}")"
 head_sha="$(bench_sha HEAD)"
-aegis_bin="$(bench_build "$aegis_sha")" || exit 1
+# HEAD first: when AEGIS_COMMIT is HEAD, its build (with aegis-bench) serves both.
 head_bin="$(bench_build "$head_sha" with-bench)" || exit 1
+aegis_bin="$(bench_build "$aegis_sha")" || exit 1
 # Other uids run them: copies in a directory they can read (the cache is root's).
 mkdir -p "$work/bin"
 cp "$VSECM_SAFE_BIN" "$work/bin/vsecm-safe"
@@ -141,6 +142,7 @@ start_vsecm() {
 bench_run() {
     local side="$1" load="$2" trace="${3:-}" dir port
     dir="$(mktemp -d "$work/run.XXXXXX")"
+    chmod 0755 "$dir"
     mkdir "$dir/safe"
     port="$(bench_free_port)"
     if [[ "$side" == head ]]; then
