@@ -19,20 +19,22 @@
 #   scripts/vsecm-fixtures.sh vsecm-v0.28.1-safe-src.tar.gz crates/aegis/tests/fixtures/vsecm-0.28.1
 #
 # Needs root (workloads run under their own uids for SPIRE's unix attestor), Go, jq,
-# setpriv, cargo. The VSecM binary is cached in ${AEGIS_CACHE_DIR:-~/.cache/aegis}/vsecm-safe/
-# keyed by the hash of its sources and the Go version; SPIRE and VSecM's Go client come
-# from scripts/build-spire.sh and scripts/build-vsecm-client.sh.
+# setpriv, cargo. The VSecM binary is built by scripts/lib/vsecm.sh (cached in
+# ${AEGIS_CACHE_DIR:-~/.cache/aegis}/vsecm-safe/, keyed by the hash of its sources and the
+# Go version); SPIRE and VSecM's Go client come from scripts/build-spire.sh and
+# scripts/build-vsecm-client.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-cache_root="${AEGIS_CACHE_DIR:-$HOME/.cache/aegis}"
 
 die() {
     echo "vsecm-fixtures: error: $*" >&2
     exit 1
 }
 log() { echo "vsecm-fixtures: $*" >&2; }
+# shellcheck source=lib/vsecm.sh
+source "$here/lib/vsecm.sh"
 
 [[ $# -eq 2 ]] || die "usage: scripts/vsecm-fixtures.sh SOURCE(tarball or dir) OUTDIR"
 source_arg="$1"
@@ -60,48 +62,9 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- VSecM's source and binary
-if [[ -d "$source_arg" ]]; then
-    src="$(cd "$source_arg" && pwd)"
-else
-    [[ -f "$source_arg" ]] || die "$source_arg is neither a directory nor a file"
-    mkdir "$work/src"
-    tar -xzf "$source_arg" -C "$work/src" || die "cannot unpack $source_arg (expected a .tar.gz of VSecM's source)"
-    src="$(find "$work/src" -maxdepth 2 -name go.mod -printf '%h\n' | head -n1)"
-    [[ -n "$src" ]] || die "$source_arg holds no go.mod"
-fi
-[[ -f "$src/go.mod" && -d "$src/app/safe/cmd" ]] || die "$src is not VSecM's source (no go.mod or app/safe/cmd)"
-grep -q '^module github.com/vmware-tanzu/secrets-manager' "$src/go.mod" ||
-    die "$src/go.mod is not VSecM's module (github.com/vmware-tanzu/secrets-manager)"
-
+src="$(vsecm_source "$source_arg" "$work")"
+vsecm_build "$src"
 go_version="$(GOTOOLCHAIN=local go version)"
-hash="$(
-    {
-        echo "$go_version"
-        echo "vsecm-fixtures v1"
-        cd "$src"
-        find go.mod go.sum app core lib -type f -name '*' 2>/dev/null | LC_ALL=C sort | while read -r f; do
-            echo "== $f"
-            cat -- "$f"
-        done
-    } | sha256sum | cut -d' ' -f1
-)"
-vsecm_bin="$cache_root/vsecm-safe/$hash/vsecm-safe"
-if [[ -x "$vsecm_bin" ]]; then
-    log "using cached $vsecm_bin"
-else
-    log "building VSecM's Safe from $src with $go_version (a few minutes the first time)"
-    mkdir -p "$(dirname "$vsecm_bin")"
-    (cd "$src" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -o "$vsecm_bin.tmp" ./app/safe/cmd) ||
-        die "go build of VSecM's Safe failed (output above)"
-    mv -f "$vsecm_bin.tmp" "$vsecm_bin"
-fi
-
-# age-keygen from the age module VSecM itself depends on: the root key's first two lines.
-agekeygen="$cache_root/vsecm-safe/$hash/age-keygen"
-if [[ ! -x "$agekeygen" ]]; then
-    (cd "$src" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -o "$agekeygen" filippo.io/age/cmd/age-keygen) ||
-        die "cannot build age-keygen from VSecM's age dependency"
-fi
 
 # ---- The other tools
 log "building the Sentinel command (safe) and VSecM's Go client"
@@ -109,7 +72,7 @@ cargo build -q --manifest-path "$repo/Cargo.toml" -p aegis --bin safe || die "ca
 target="$(cargo metadata -q --no-deps --format-version 1 --manifest-path "$repo/Cargo.toml" | jq -r .target_directory)"
 client="$("$here/build-vsecm-client.sh" | tail -n1)"
 mkdir -p "$work/bin"
-cp "$vsecm_bin" "$work/bin/vsecm-safe"
+cp "$VSECM_SAFE_BIN" "$work/bin/vsecm-safe"
 cp "$target/debug/safe" "$work/bin/safe"
 cp "$client" "$work/bin/vsecm-client"
 chmod 0755 "$work/bin" "$work/bin"/*
@@ -131,12 +94,7 @@ for w in "${workloads[@]}"; do
 done
 
 # ---- Root key and VSecM's Safe
-"$agekeygen" >"$work/age.txt" 2>/dev/null
-secret_key="$(grep '^AGE-SECRET-KEY-' "$work/age.txt")"
-public_key="$(sed -n 's/^# public key: //p' "$work/age.txt")"
-aes="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
-printf '%s\n%s\n%s\n' "$secret_key" "$public_key" "$aes" >"$work/root-key.txt"
-rm -f "$work/age.txt"
+vsecm_root_key "$work/root-key.txt"
 chown "$uid_safe" "$work/root-key.txt"
 chmod 0400 "$work/root-key.txt"
 mkdir "$work/data"
@@ -146,16 +104,8 @@ chmod 0700 "$work/data"
 port=$((20000 + RANDOM % 5000))
 live=$((port + 1))
 ready=$((port + 2))
-setpriv --reuid="$uid_safe" --regid="$uid_safe" --clear-groups env -i \
-    PATH=/usr/bin:/bin \
-    SPIFFE_ENDPOINT_SOCKET="$SPIFFE_ENDPOINT_SOCKET" \
-    SPIFFE_TRUST_DOMAIN="$SPIFFE_TRUST_DOMAIN" \
-    VSECM_ROOT_KEY_PATH="$work/root-key.txt" \
-    VSECM_ROOT_KEY_INPUT_MODE_MANUAL=false VSECM_SAFE_ROOT_KEY_STORE=k8s \
-    VSECM_SAFE_BACKING_STORE=file VSECM_SAFE_DATA_PATH="$work/data" \
-    VSECM_SAFE_TLS_PORT="127.0.0.1:$port" \
-    VSECM_PROBE_LIVENESS_PORT=":$live" VSECM_PROBE_READINESS_PORT=":$ready" \
-    VSECM_LOG_LEVEL=3 \
+mapfile -t vsecm_vars < <(vsecm_env "$work/root-key.txt" "$work/data" "$port" "$live" "$ready")
+setpriv --reuid="$uid_safe" --regid="$uid_safe" --clear-groups env -i PATH=/usr/bin:/bin "${vsecm_vars[@]}" \
     "$work/bin/vsecm-safe" >"$work/vsecm-safe.log" 2>&1 </dev/null &
 safe_pid=$!
 log "VSecM's Safe started (pid $safe_pid, port $port); waiting for readiness"
