@@ -15,7 +15,8 @@
 #
 # Settings (environment): AEGIS_BENCH_ROUNDS (3), AEGIS_BENCH_SECONDS (8 per
 # run), AEGIS_BENCH_MARGIN (10, percent), AEGIS_BENCH_LOADS (fetch fetch-new
-# write-native write-vsecm), AEGIS_BENCH_FSYNCS (1: the strace pass; 0: skip).
+# write-native write-vsecm fill: 10,000 distinct 1 KiB secrets into an empty Safe),
+# AEGIS_BENCH_FSYNCS (1: the strace pass; 0: skip).
 # The shared parts (builds, loads, measuring, table) are in scripts/lib/bench.sh;
 # scripts/bench-vsecm.sh compares Aegis's Safe with VSecM's the same way.
 set -euo pipefail
@@ -27,7 +28,7 @@ source scripts/lib/bench.sh
 
 usage() { echo "usage: scripts/bench-compare.sh BASE [HEAD]" >&2; exit 2; }
 [[ $# -ge 1 && $# -le 2 ]] || usage
-bench_settings "fetch fetch-new write-native write-vsecm"
+bench_settings "fetch fetch-new write-native write-vsecm fill"
 trap bench_cleanup EXIT
 base_sha="$(bench_sha "$1")"
 head_sha="$(bench_sha "${2:-HEAD}")"

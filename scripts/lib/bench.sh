@@ -132,7 +132,9 @@ bench_load_args() {
         fetch-new) BENCH_ROLE=workload BENCH_ARGS=(fetch --connections 8 --new-connection --seconds "$BENCH_SECS") ;;
         write-native) BENCH_ROLE=admin BENCH_ARGS=(write --writers 32 --size 1024 --seconds "$BENCH_SECS" --api native) ;;
         write-vsecm) BENCH_ROLE=admin BENCH_ARGS=(write --writers 32 --size 1024 --seconds "$BENCH_SECS" --api vsecm) ;;
-        *) bench_die "unknown load '$1' (fetch, fetch-new, write-native, write-vsecm)" 2 ;;
+        # An empty Safe filled with 10,000 distinct 1 KiB secrets by 8 writers (no --seconds: it ends when full).
+        fill) BENCH_ROLE=admin BENCH_ARGS=(fill --secrets 10000 --writers 8 --size 1024) ;;
+        *) bench_die "unknown load '$1' (fetch, fetch-new, write-native, write-vsecm, fill)" 2 ;;
     esac
 }
 

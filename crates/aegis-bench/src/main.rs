@@ -82,6 +82,19 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value = "native")]
         api: write::WriteApi,
     },
+    /// Fill an empty Safe: N distinct secrets written once each by concurrent
+    /// writers through the native API (run with the admin identity).
+    Fill {
+        /// Secrets to write (named `fill-0` … `fill-{N-1}`).
+        #[arg(long, default_value_t = 10_000)]
+        secrets: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// Time from an acknowledged write to a sidecar's file holding it (run as the admin,
     /// with `aegis sidecar --path FILE` running as the workload that owns SECRET).
     Propagation {
@@ -178,6 +191,7 @@ async fn run(a: BenchArgs) -> Result<(), CliError> {
         BenchCmd::Write { writers, seconds, size, api } => {
             print(&write::write(writers, Duration::from_secs(seconds), size, api).await?)
         }
+        BenchCmd::Fill { secrets, writers, size } => print(&write::fill(secrets, writers, size).await?),
         BenchCmd::Propagation { updates, file, secret } => print(&write::propagation(updates, &file, &secret).await?),
         BenchCmd::Watchers(a) => print(&watchers::run(a).await?),
         BenchCmd::Startup { secrets, size, work_dir } => print(&startup::run(secrets, size, &work_dir).await?),

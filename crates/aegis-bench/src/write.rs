@@ -67,6 +67,38 @@ pub(crate) async fn write(writers: usize, dur: Duration, size: usize, api: Write
     ))
 }
 
+/// Writes `secrets` distinct secrets once each, `writers` at a time; errors are counted.
+pub(crate) async fn fill(secrets: usize, writers: usize, size: usize) -> Result<Report, CliError> {
+    let client = aegis::connect::client().await?;
+    let value = "x".repeat(size.max(1));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers.max(1))
+        .map(|_| {
+            let (c, v, next) = (client.clone(), value.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= secrets {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    if write_one(&c, WriteApi::Native, &format!("fill-{i}"), &v).await {
+                        lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (all, errors) = crate::gather(tasks).await?;
+    Ok(report(format!("fill: {secrets} secrets of {size} bytes, {writers} writers"), all, errors, start.elapsed()))
+}
+
 fn put_req(value: String) -> PutSecret {
     PutSecret::new(SecretValue::new(value))
 }
