@@ -59,7 +59,8 @@ pub(crate) struct Replay {
 impl Journal {
     /// Opens (creating, mode 0600) the journal in `dir` and reads every whole frame.
     pub(crate) fn open(dir: &Path) -> io::Result<(Self, Replay)> {
-        let file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path(dir))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path(dir))?;
         let mut bytes = Vec::new();
         (&file).read_to_end(&mut bytes)?;
         let replay = read_frames(&bytes);
