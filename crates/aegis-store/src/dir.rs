@@ -1,9 +1,9 @@
 //! The default backend: a directory with one file per secret, and a journal.
 //!
 //! A batch of writes is committed by one append to the journal and one
-//! `fdatasync` (see [`crate::journal`]); its records are then written to
-//! temporary files in the same directory and renamed over the old files,
-//! without an fsync each. A checkpoint (one `syncfs`, every 8 MiB of journal,
+//! `fdatasync` (see [`crate::journal`]); its records are then written over
+//! their files in place, without an fsync each (the journal, not a rename,
+//! makes the change atomic). A checkpoint (one `syncfs`, every 8 MiB of journal,
 //! when the writer is idle, and after a root key rotation) makes those files
 //! durable and empties the journal; at open, what the journal still holds is
 //! written to the files again, so a crash never leaves a committed record stale.
@@ -20,9 +20,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -48,7 +47,6 @@ const MAGIC: &[u8; 4] = b"AGN1";
 #[derive(Debug)]
 pub struct DirBackend {
     dir: PathBuf,
-    counter: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -152,11 +150,7 @@ impl DirBackend {
             }
         }
         let (journal, replay) = Journal::open(dir).map_err(open_err)?;
-        let backend = Self {
-            dir: dir.to_owned(),
-            counter: AtomicU64::new(0),
-            state: Mutex::new(State { journal, unapplied: HashMap::new() }),
-        };
+        let backend = Self { dir: dir.to_owned(), state: Mutex::new(State { journal, unapplied: HashMap::new() }) };
         backend.recover(replay).map_err(open_err)?;
         Ok(backend)
     }
@@ -220,22 +214,29 @@ impl DirBackend {
         self.dir.join(file_name(name))
     }
 
-    /// Replaces `name`'s record file with `bytes` through a temporary file
-    /// (named without the secret's name, so its length never depends on the
-    /// name), without an fsync: the journal holds the bytes until a checkpoint.
+    /// Writes `bytes` as `name`'s record file, in place, without an fsync. The
+    /// journal makes this safe: it holds the bytes until a checkpoint has made
+    /// the file durable, and a file cut short by a crash is written again from
+    /// it at open. In place, because replacing the file through a temporary
+    /// file and a rename costs the file system far more (a new inode, and the
+    /// old one's blocks freed, per write).
     fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let head = if is_hashed(name) { name_header(name)? } else { Vec::new() };
-        let tmp = self.temp_path();
-        aegis_fs::write_new_unsynced(&tmp, &[&head, bytes], 0o600)?;
-        fs::rename(&tmp, self.record_path(name)).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
-    }
-
-    /// A new temporary file's path (never holding the secret's name).
-    fn temp_path(&self) -> PathBuf {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
+        let path = self.record_path(name);
+        // Never through a symbolic link planted where a record file belongs.
+        let existing =
+            fs::OpenOptions::new().write(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(&path);
+        match existing {
+            Ok(file) => {
+                file.write_all_at(&head, 0)?;
+                file.write_all_at(bytes, head.len() as u64)?;
+                file.set_len((head.len() + bytes.len()) as u64)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                aegis_fs::write_new_unsynced(&path, &[&head, bytes], 0o600)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Commits `records` in one journal append, then replaces their files. A
@@ -679,11 +680,27 @@ mod tests {
     }
 
     #[test]
-    fn temp_file_names_do_not_hold_the_secret_name() {
+    fn a_record_file_is_never_written_through_a_symbolic_link() {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let t = b.temp_path();
-        let f = t.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(f.starts_with(TMP_PREFIX) && f.len() < 40, "{f}");
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&outside, b.record_path("a")).unwrap();
+        let _ = b.write_batch(&recs(&[("a", b"v1")]));
+        assert_eq!(fs::read(&outside).unwrap(), b"untouched".to_vec());
+    }
+
+    #[test]
+    fn a_shorter_record_leaves_no_tail_of_the_longer_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        let long = long_name(230);
+        assert!(b.write_batch(&recs(&[("a", b"a-long-record"), (&long, b"h-long-record")])).iter().all(Result::is_ok));
+        assert!(b.write_batch(&recs(&[("a", b"a2"), (&long, b"h2")])).iter().all(Result::is_ok));
+        b.flush().unwrap();
+        assert_eq!(fs::read(b.record_path("a")).unwrap(), b"a2".to_vec());
+        drop(b);
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert_eq!(b.read(&n(&long)).unwrap(), b"h2".to_vec());
     }
 }
