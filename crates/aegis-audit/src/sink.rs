@@ -54,11 +54,6 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 4096;
 /// How long the writer gathers fetch lines before writing them (an admin write's line cuts it short).
 const GATHER: Duration = Duration::from_millis(5);
-/// How long the writer gathers admin writes' lines when writers run concurrently: a
-/// store commit answers its writers together, so their `done` lines (and the next
-/// `intent` lines) arrive within a fraction of a millisecond of each other, and one
-/// `fdatasync` covers them all instead of one for the first and one for the rest.
-const DURABLE_GATHER: Duration = Duration::from_micros(250);
 /// Pause between attempts to open an audit file that could not be opened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two attempts to rotate a file that could not be rotated.
@@ -524,21 +519,15 @@ impl Writer {
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
-        // Admin writes' lines in the last batch: more than one means writers run
-        // concurrently, and their lines come in bursts worth gathering.
-        let mut last_durable = 0;
         loop {
             let mut batch = Vec::new();
             match rx.recv_timeout(TICK) {
                 Ok(m) => {
-                    let durable = m.1.is_some();
-                    batch.push(m);
-                    if !durable {
+                    if m.1.is_none() {
                         // Gather more fetch lines into this batch: one write and no wake-up per line.
                         std::thread::park_timeout(GATHER);
-                    } else if last_durable > 1 {
-                        gather_burst(&rx, &mut batch);
                     }
+                    batch.push(m);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.finish(),
@@ -549,7 +538,6 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            last_durable = batch.iter().filter(|(_, ack)| ack.is_some()).count();
             self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             if let Some(k) = self.shared.key.lock().ok().and_then(|mut k| k.take()) {
                 self.key = Some(k);
@@ -1104,22 +1092,6 @@ impl Writer {
             } else if self.unsynced {
                 let _ = self.append(&[], true);
             }
-        }
-    }
-}
-
-/// Adds to `batch` what arrives within [`DURABLE_GATHER`] (at most [`MAX_BATCH`] lines).
-fn gather_burst(rx: &Receiver<Msg>, batch: &mut Vec<Msg>) {
-    let until = Instant::now() + DURABLE_GATHER;
-    while batch.len() < MAX_BATCH {
-        let left = until.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(m) if !left.is_zero() => batch.push(m),
-            Ok(m) => {
-                batch.push(m);
-                break;
-            }
-            Err(_) => break,
         }
     }
 }
