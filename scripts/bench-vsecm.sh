@@ -110,14 +110,25 @@ start_aegis() {
         --root-key-file "$dir/safe/root.key" --data-dir "$dir/safe/data" \
         --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health" \
         --spiffe-endpoint-socket "$SPIFFE_ENDPOINT_SOCKET"
+    wait_for "$dir" "Aegis's Safe did not become ready" curl -sf -m 2 -o /dev/null "http://127.0.0.1:$health/readyz"
+}
+
+# wait_for DIR WHAT PROBE...: polls PROBE for up to 60 s while the Safe just launched
+# runs; otherwise shows its log (DIR/log) and stops with WHAT.
+wait_for() {
+    local dir="$1" what="$2"
+    shift 2
     for _ in $(seq 1 600); do
-        curl -sf -m 2 -o /dev/null "http://127.0.0.1:$health/readyz" && return 0
+        "$@" && return 0
         kill -0 "$LAUNCHER" 2>/dev/null || break
         sleep 0.1
     done
     tail -n 30 "$dir/log" >&2
-    die "Aegis's Safe did not become ready (log above)"
+    die "$what (log above)"
 }
+
+# listening PORT: whether something accepts TCP connections on 127.0.0.1:PORT.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Starts VSecM's Safe (root key file, file backing store) in $1, port $2.
 start_vsecm() {
@@ -129,13 +140,7 @@ start_vsecm() {
         "$(bench_free_port)" "$(bench_free_port)")
     as_uid "$uid_vsecm"
     bench_launch "$dir/log" "$trace" "${AS[@]}" "${vars[@]}" "$work/bin/vsecm-safe"
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        kill -0 "$LAUNCHER" 2>/dev/null || break
-        sleep 0.1
-    done
-    tail -n 30 "$dir/log" >&2
-    die "VSecM's Safe does not listen on $port (log above)"
+    wait_for "$dir" "VSecM's Safe does not listen on $port" listening "$port"
 }
 
 # One run of load $2 against a fresh Safe of side $1 (base: VSecM, head: Aegis).
