@@ -19,8 +19,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use aegis_core::SecretName;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
 use crate::backend::SealedRecord;
@@ -33,10 +36,15 @@ const HASH: usize = 32;
 /// Journal size past which the next write checkpoints (bounds the replay at start).
 pub(crate) const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// How long opening waits for another process to let go of the data directory
+/// (a Safe still shutting down) before refusing.
+const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(5) };
+
 /// The open journal and its committed length.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    file: File,
+    /// Locked (`flock`, exclusive) while open: one process per data directory.
+    file: Flock<File>,
     /// Bytes of whole, durable frames.
     len: u64,
     /// A failed append whose bytes could not be cut off: nothing may follow them.
@@ -61,8 +69,9 @@ impl Journal {
     pub(crate) fn open(dir: &Path) -> io::Result<(Self, Replay)> {
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path(dir))?;
+        let file = lock(file)?;
         let mut bytes = Vec::new();
-        (&file).read_to_end(&mut bytes)?;
+        (&*file).read_to_end(&mut bytes)?;
         let replay = read_frames(&bytes);
         Ok((Self { file, len: bytes.len() as u64, torn: false }, replay))
     }
@@ -105,6 +114,28 @@ impl Journal {
         self.len = 0;
         self.torn = false;
         Ok(())
+    }
+}
+
+/// Takes the journal's lock, waiting up to [`LOCK_WAIT`] for another process to release it.
+fn lock(mut file: File) -> io::Result<Flock<File>> {
+    let until = Instant::now() + LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, Errno::EWOULDBLOCK)) if Instant::now() < until => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "another process is using this data directory (its journal is locked): stop the other Safe, \
+                     or give this one a data directory of its own",
+                ))
+            }
+            Err((_, e)) => return Err(io::Error::from(e)),
+        }
     }
 }
 
@@ -335,6 +366,17 @@ mod tests {
         let r = read_frames(&bad);
         assert_eq!(r.frames, 0);
         assert!(r.damaged.unwrap().1.contains("not a secret name"));
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_journal_while_it_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        // Another open file description, as another process would have.
+        let e = Journal::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("another process is using this data directory"), "{e}");
+        drop(j);
+        Journal::open(dir.path()).unwrap();
     }
 
     #[test]
