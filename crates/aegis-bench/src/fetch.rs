@@ -89,7 +89,7 @@ pub(crate) async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> 
                         None => Err("connect failed".to_owned()),
                     };
                     match r {
-                        Ok(()) => lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                        Ok(()) => lat.push(crate::micros(t0.elapsed())),
                         Err(_) => {
                             errors += 1;
                             sender = None;

@@ -156,6 +156,11 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>) -> Result<
     Ok((all, errors))
 }
 
+/// A latency in whole microseconds, as the reports keep them.
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
 fn report(name: String, mut lat_us: Vec<u32>, errors: u64, elapsed: Duration) -> Report {
     lat_us.sort_unstable();
     let pct = |p: f64| {

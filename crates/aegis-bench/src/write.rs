@@ -7,7 +7,7 @@ use aegis::exit::CliError;
 use aegis_core::api::PutSecret;
 use aegis_core::secret::SecretValue;
 
-use crate::{report, Report};
+use crate::{micros, report, Report};
 
 /// Which API a write goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,7 +44,7 @@ pub(crate) async fn write(writers: usize, dur: Duration, size: usize, api: Write
                 while start.elapsed() < dur {
                     let t0 = Instant::now();
                     if write_one(&c, api, &format!("bench-{w}-{}", i % 64), &v).await {
-                        lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        lat.push(micros(t0.elapsed()));
                     } else {
                         errors += 1;
                     }
@@ -86,7 +86,7 @@ pub(crate) async fn fill(secrets: usize, writers: usize, size: usize) -> Result<
                     }
                     let t0 = Instant::now();
                     if write_one(&c, WriteApi::Native, &format!("fill-{i}"), &v).await {
-                        lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        lat.push(micros(t0.elapsed()));
                     } else {
                         errors += 1;
                     }
@@ -128,7 +128,7 @@ pub(crate) async fn propagation(updates: usize, file: &std::path::Path, secret: 
             .await
             .map_err(CliError::failure)?;
         match seen {
-            Some(d) => lat.push(d.as_micros().min(u128::from(u32::MAX)) as u32),
+            Some(d) => lat.push(micros(d)),
             None => errors += 1,
         }
     }

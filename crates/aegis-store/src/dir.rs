@@ -158,9 +158,6 @@ impl DirBackend {
     /// Writes the journal's committed records to their files, keeps a damaged
     /// rest of the journal in quarantine, and checkpoints.
     fn recover(&self, replay: journal::Replay) -> io::Result<()> {
-        let mut state = self.state();
-        self.apply(&mut state, &replay.records);
-        drop(state);
         if replay.frames > 0 {
             tracing::info!(frames = replay.frames, records = replay.records.len(), "journal replayed");
         }
@@ -170,16 +167,17 @@ impl DirBackend {
                 "the journal ends in an unfinished append (a crash while writing it, never acknowledged); dropped"
             );
         }
-        if let Some((at, why)) = &replay.damaged {
-            let bytes = fs::read(journal::path(&self.dir))?;
-            let kept = self.keep_in_quarantine(journal::FILE, bytes.get(*at as usize..).unwrap_or_default(), why)?;
+        if let Some(damage) = &replay.damaged {
+            let kept =
+                self.quarantine(journal::FILE, &damage.why, |dst| aegis_fs::write_new(dst, &[&damage.rest], 0o600))?;
             tracing::error!(
-                offset = at, reason = %why, kept_at = %kept.display(), applied_frames = replay.frames,
+                offset = damage.at, reason = %damage.why, kept_at = %kept.display(), applied_frames = replay.frames,
                 "the journal is damaged: the frames before the damage were applied, the rest was moved to quarantine; \
                  records written after it may be at an older version, check them"
             );
         }
         let mut state = self.state();
+        self.apply(&mut state, &replay.records);
         if !state.unapplied.is_empty() {
             // The Safe still starts: those records are served from memory, and
             // the journal is kept for the next write or start to retry.
@@ -255,23 +253,19 @@ impl DirBackend {
         Ok(())
     }
 
+    /// Writes the files still behind the journal; those that fail again stay.
     fn retry_unapplied(&self, state: &mut State) {
-        let names: Vec<SecretName> = state.unapplied.keys().cloned().collect();
-        for name in names {
-            let done = state.unapplied.get(&name).is_some_and(|b| self.replace(name.as_str(), b).is_ok());
-            if done {
-                state.unapplied.remove(&name);
-            }
-        }
+        state.unapplied.retain(|name, bytes| self.replace(name.as_str(), bytes).is_err());
     }
 
-    /// Moves `bytes` (named after `file`) into `quarantine/` with a `.reason` file beside it.
-    fn keep_in_quarantine(&self, file: &str, bytes: &[u8], reason: &str) -> io::Result<PathBuf> {
+    /// Keeps something named after `file` in `quarantine/`, put at the path it
+    /// is given by `place`, with a `.reason` file beside it; returns that path.
+    fn quarantine(&self, file: &str, reason: &str, place: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<PathBuf> {
         let qdir = self.dir.join(QUARANTINE);
         fs::create_dir_all(&qdir)?;
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let dst = qdir.join(format!("{file}.{stamp}"));
-        aegis_fs::write_new(&dst, &[bytes], 0o600)?;
+        place(&dst)?;
         fs::write(qdir.join(format!("{file}.{stamp}.reason")), format!("{reason}\n"))?;
         self.sync_dir()?;
         Ok(dst)
@@ -379,15 +373,9 @@ impl Backend for DirBackend {
     /// Moves the file into `quarantine/` with a `.reason` file beside it.
     fn set_aside(&self, name: &SecretName, reason: &str) -> Result<SetAside, StoreError> {
         let name = name.as_str();
-        let qdir = self.dir.join(QUARANTINE);
-        fs::create_dir_all(&qdir).map_err(|e| io_err(name, e))?;
         let src = self.record_path(name);
-        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let dst = qdir.join(format!("{}.{stamp}", file_name(name)));
-        fs::rename(&src, &dst).map_err(|e| io_err(name, e))?;
-        let note = qdir.join(format!("{}.{stamp}.reason", file_name(name)));
-        fs::write(note, format!("{reason}\n")).map_err(|e| io_err(name, e))?;
-        self.sync_dir().map_err(|e| io_err(name, e))?;
+        let dst =
+            self.quarantine(&file_name(name), reason, |dst| fs::rename(&src, dst)).map_err(|e| io_err(name, e))?;
         Ok(SetAside { kept_at: dst.display().to_string() })
     }
 

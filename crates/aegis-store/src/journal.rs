@@ -60,8 +60,16 @@ pub(crate) struct Replay {
     pub(crate) frames: usize,
     /// Bytes of an unfinished last frame (a crash during its append; never acknowledged).
     pub(crate) torn_tail: u64,
-    /// A damaged frame followed by more bytes: where it starts, and why.
-    pub(crate) damaged: Option<(u64, String)>,
+    /// A damaged frame followed by more bytes.
+    pub(crate) damaged: Option<Damage>,
+}
+
+/// Where the journal is damaged, why, and its bytes from there on (kept in quarantine).
+#[derive(Debug)]
+pub(crate) struct Damage {
+    pub(crate) at: u64,
+    pub(crate) why: String,
+    pub(crate) rest: Vec<u8>,
 }
 
 impl Journal {
@@ -203,7 +211,7 @@ fn read_frames(bytes: &[u8]) -> Replay {
                 break;
             }
             Err(Bad::Damaged(why)) => {
-                replay.damaged = Some((at as u64, why));
+                replay.damaged = Some(Damage { at: at as u64, why, rest: bytes[at..].to_vec() });
                 break;
             }
         }
@@ -341,9 +349,10 @@ mod tests {
         bytes[first + HEAD + 6] ^= 0xff;
         let r = read_frames(&bytes);
         assert_eq!(names(&r), vec![("a".into(), b"1".to_vec())]);
-        let (at, why) = r.damaged.unwrap();
-        assert_eq!(at as usize, first);
-        assert!(why.contains("checksum"), "{why}");
+        let damage = r.damaged.unwrap();
+        assert_eq!(damage.at as usize, first);
+        assert_eq!(damage.rest, bytes[first..].to_vec());
+        assert!(damage.why.contains("checksum"), "{}", damage.why);
         // A length past the end of the file is an unfinished frame, never a large allocation.
         let mut huge = bytes[..first].to_vec();
         huge.extend_from_slice(MAGIC);
@@ -365,7 +374,7 @@ mod tests {
         bad.extend_from_slice(&frame);
         let r = read_frames(&bad);
         assert_eq!(r.frames, 0);
-        assert!(r.damaged.unwrap().1.contains("not a secret name"));
+        assert!(r.damaged.unwrap().why.contains("not a secret name"));
     }
 
     #[test]
