@@ -22,10 +22,13 @@ for tool in cargo rustc; do
 done
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
-# curl (an HTTP/2 client built on nghttp2) checks the Safe's answers to oversized bodies.
-if ! command -v curl >/dev/null; then
-    echo "== installing curl (Debian package)"
-    { apt-get update -qq && apt-get install -y -qq curl >/dev/null; } || { echo "error: curl is needed by the tests; install it" >&2; exit 1; }
+# curl (an HTTP/2 client built on nghttp2) checks the Safe's answers to oversized bodies;
+# strace shows the order of the Safe's fsyncs (the audit trail's intent line before the commit).
+missing=()
+for tool in curl strace; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "== installing ${missing[*]} (Debian packages)"
+    { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; } || { echo "error: ${missing[*]} needed by the tests; install them" >&2; exit 1; }
 fi
 
 # First, as it takes two seconds: every path, link, setting, crate, flag and test the

@@ -13,6 +13,7 @@
 //! - [`head`]: the sealed head, kept with the store's records, that proves the newest lines are there.
 //! - `fold`: identical requests that change nothing become one counted line.
 
+mod durable;
 pub mod files;
 mod fold;
 pub mod head;

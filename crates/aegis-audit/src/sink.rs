@@ -30,6 +30,7 @@ use aegis_crypto::AuditKey;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+use crate::durable::{Ack, SyncPoint};
 use crate::files;
 use crate::fold::{FoldLimits, Folds, Repeats};
 use crate::head::Head as SealedHead;
@@ -54,6 +55,10 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 4096;
 /// How long the writer gathers fetch lines before writing them (an admin write's line cuts it short).
 const GATHER: Duration = Duration::from_millis(5);
+/// Longest time a line someone waits to see durable waits for the fsync of a store commit to cover it
+/// before the writer runs one itself: under concurrent writes, a write's `done` line then shares the next
+/// commit's fsync instead of taking one of its own.
+const DURABLE_GATHER: Duration = Duration::from_millis(2);
 /// Pause between attempts to open an audit file that could not be opened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two attempts to rotate a file that could not be rotated.
@@ -165,8 +170,13 @@ pub enum Unavailable {
     Closed,
 }
 
-type Ack = oneshot::Sender<Result<(), Unavailable>>;
-type Msg = (Event, Option<Ack>);
+/// A request waiting for its line: until it is written, or until it is durable.
+struct Waiter {
+    ack: Ack,
+    durable: bool,
+}
+
+type Msg = (Event, Option<Waiter>);
 
 /// State the handle and the writer share.
 struct Shared {
@@ -188,6 +198,8 @@ struct Shared {
     folded: AtomicU64,
     lost_total: AtomicU64,
     refused_total: AtomicU64,
+    /// How far the file is written and durable; the fsync the writer and the store share.
+    sync: SyncPoint,
 }
 
 impl Shared {
@@ -207,6 +219,7 @@ impl Shared {
             folded: AtomicU64::new(0),
             lost_total: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
+            sync: SyncPoint::new(),
         }
     }
 
@@ -241,6 +254,9 @@ impl Shared {
         }
         let busy = self.busy_since.load(Ordering::Acquire);
         if busy != 0 && self.now_ms().saturating_sub(busy) > STALL.as_millis() as u64 {
+            return Err(Unavailable::Stalled);
+        }
+        if self.sync.busy_for().is_some_and(|t| t > STALL) {
             return Err(Unavailable::Stalled);
         }
         Ok(())
@@ -345,13 +361,24 @@ impl Sink {
     /// Records an event and waits until it is durable (fsynced), at most `wait`.
     /// Refuses at once while the file cannot be written or a write is stuck.
     pub async fn record_durable(&self, event: Event, wait: Duration) -> Result<(), Unavailable> {
+        self.record_and_wait(event, wait, true).await
+    }
+
+    /// Records an event and waits until it is written into the file (not yet
+    /// fsynced), at most `wait`: for a change whose commit calls
+    /// [`Sink::sync_written`] first, so that the line is durable before the change is.
+    pub async fn record_written(&self, event: Event, wait: Duration) -> Result<(), Unavailable> {
+        self.record_and_wait(event, wait, false).await
+    }
+
+    async fn record_and_wait(&self, event: Event, wait: Duration, durable: bool) -> Result<(), Unavailable> {
         let Some(i) = &self.inner else { return Ok(()) };
         if let Err(e) = i.shared.check() {
             i.shared.refuse();
             return Err(e);
         }
         let (ack, done) = oneshot::channel();
-        if i.try_send((event, Some(ack))).is_err() {
+        if i.try_send((event, Some(Waiter { ack, durable }))).is_err() {
             i.shared.refuse();
             return Err(Unavailable::Full);
         }
@@ -370,6 +397,19 @@ impl Sink {
                 Err(_) => i.shared.check()?,
             }
         }
+    }
+
+    /// Makes every line written so far durable (one fsync shared by every
+    /// caller waiting at the time). Blocks: the store calls it from its commit
+    /// thread before each commit. A failure makes the trail unavailable to admin
+    /// writes until the writer has started over.
+    pub fn sync_written(&self) -> Result<(), Unavailable> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        i.shared.check()?;
+        i.shared.sync.sync_written().inspect_err(|e| {
+            i.shared.set_failing(&e.to_string());
+            i.writer.unpark();
+        })
     }
 
     /// Anchors from now on with `key` (and anchors at once what came before).
@@ -408,7 +448,7 @@ struct Head {
 }
 
 struct OpenFile {
-    file: File,
+    file: Arc<File>,
     len: u64,
     regular: bool,
 }
@@ -459,8 +499,6 @@ struct Writer {
     anchor_due: bool,
     since_anchor: u64,
     last_anchor: Instant,
-    unsynced: bool,
-    last_sync: Instant,
     failing_since: Option<OffsetDateTime>,
     /// The `start` line still to write.
     start: Option<StartNote>,
@@ -501,8 +539,6 @@ impl Writer {
             anchor_due: false,
             since_anchor: 0,
             last_anchor: now,
-            unsynced: false,
-            last_sync: now,
             failing_since: None,
             start: Some("the Safe started".to_owned().into()),
             next_rotate: now,
@@ -521,9 +557,13 @@ impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
             let mut batch = Vec::new();
-            match rx.recv_timeout(TICK) {
+            // Lines someone waits to see durable are fsynced within DURABLE_GATHER, unless a commit's fsync covers
+            // them first.
+            let waiting = self.shared.sync.oldest_waiting();
+            let timeout = waiting.map_or(TICK, |t| DURABLE_GATHER.saturating_sub(t.elapsed()));
+            match rx.recv_timeout(timeout) {
                 Ok(m) => {
-                    if m.1.is_none() {
+                    if m.1.is_none() && waiting.is_none() {
                         // Gather more fetch lines into this batch: one write and no wake-up per line.
                         std::thread::park_timeout(GATHER);
                     }
@@ -544,6 +584,14 @@ impl Writer {
                 self.anchor_due = true;
             }
             self.write_batch(batch, false);
+            if let Some(why) = self.shared.sync.take_broken() {
+                // An fsync run for a commit failed: start over in a fresh open of the file, with a gap line.
+                self.drop_file(&why);
+                self.failed(&why, None, Vec::new());
+            }
+            if self.shared.sync.oldest_waiting().is_some_and(|t| t.elapsed() >= DURABLE_GATHER) {
+                self.sync_now();
+            }
             self.housekeeping();
             if let Some(done) = self.shared.close.lock().ok().and_then(|mut c| c.take()) {
                 // What was queued before the close is written too.
@@ -572,7 +620,7 @@ impl Writer {
             // room again says how many), so that a flood of them cannot use up the space admin lines need.
             self.lose_repeats(&std::mem::take(&mut repeats));
             let before = batch.len();
-            batch.retain(|(e, ack)| ack.is_some() || e.phase.is_some());
+            batch.retain(|(e, waiter)| waiter.is_some() || e.phase.is_some());
             if batch.len() < before {
                 self.shared.lose((before - batch.len()) as u64);
             }
@@ -622,18 +670,21 @@ impl Writer {
             let out = Out::request(head.seq, e, hex::encode(head.hash));
             push(&mut buf, &mut head, &out);
         }
-        let durable = batch.iter().any(|(_, a)| a.is_some());
-        match self.append(&buf, durable) {
+        match self.append(&buf, head.seq) {
             Ok(()) => {
                 self.since_anchor += self.advance(head);
                 self.start = None;
                 self.retention = None;
                 self.recovered(taken);
-                for (_, ack) in batch {
-                    if let Some(a) = ack {
-                        let _ = a.send(Ok(()));
+                let mut durable = Vec::new();
+                for w in batch.into_iter().filter_map(|(_, w)| w) {
+                    if w.durable {
+                        durable.push(w.ack);
+                    } else {
+                        let _ = w.ack.send(Ok(()));
                     }
                 }
+                self.shared.sync.wait_for(head.seq, durable);
             }
             Err(why) => {
                 self.lose_repeats(&repeats);
@@ -692,11 +743,11 @@ impl Writer {
             self.shared.refused.fetch_add(refused, Ordering::Relaxed);
             let _ = self.shared.first_missed_ms.compare_exchange(0, first, Ordering::Relaxed, Ordering::Relaxed);
         }
-        for (_, ack) in batch {
-            match ack {
-                Some(a) => {
+        for (_, waiter) in batch {
+            match waiter {
+                Some(w) => {
                     self.shared.refuse();
-                    let _ = a.send(Err(Unavailable::Io(why.to_owned())));
+                    let _ = w.ack.send(Err(Unavailable::Io(why.to_owned())));
                 }
                 None => self.shared.lose(1),
             }
@@ -712,35 +763,27 @@ impl Writer {
         self.shared.set_failing(why);
     }
 
-    /// Appends `buf` to the file (and standard output); fsyncs when `durable` or the timer is due.
-    fn append(&mut self, buf: &[u8], durable: bool) -> Result<(), String> {
+    /// Appends `buf`, whose lines end before `end`, to the file (and standard output), without an fsync.
+    fn append(&mut self, buf: &[u8], end: u64) -> Result<(), String> {
         if self.cfg.file.is_some() {
-            let sync = durable || (self.unsynced && self.last_sync.elapsed() >= SYNC_EVERY);
             self.shared.busy_since.store(self.shared.now_ms(), Ordering::Release);
-            let r = self.write_file(buf, sync);
+            let r = self.write_file(buf);
             self.shared.busy_since.store(0, Ordering::Release);
             r?;
         }
+        self.shared.sync.wrote(end);
         if let Some(out) = &self.stdout {
             let _ = out.try_send(buf.to_vec());
         }
         Ok(())
     }
 
-    fn write_file(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
+    fn write_file(&mut self, buf: &[u8]) -> Result<(), String> {
         let f = self.open()?;
         let before = f.len;
-        // A pipe or device cannot be fsynced: a line written into it is as durable as it gets.
-        let r = f.file.write_all(buf).and_then(|()| if sync && f.regular { f.file.sync_data() } else { Ok(()) });
-        match r {
+        match (&*f.file).write_all(buf) {
             Ok(()) => {
                 f.len += buf.len() as u64;
-                if sync {
-                    self.unsynced = false;
-                    self.last_sync = Instant::now();
-                } else {
-                    self.unsynced = true;
-                }
                 Ok(())
             }
             Err(e) => {
@@ -748,10 +791,34 @@ impl Writer {
                 if f.regular {
                     let _ = f.file.set_len(before);
                 }
-                self.file = None;
-                Err(e.to_string())
+                let why = e.to_string();
+                self.drop_file(&why);
+                Err(why)
             }
         }
+    }
+
+    /// Makes every line written durable (an fsync, unless a commit's fsync already covered them).
+    fn sync_now(&mut self) {
+        if let Err(e) = self.shared.sync.sync_through(self.head.seq) {
+            let why = e.to_string();
+            self.shared.sync.take_broken();
+            self.drop_file(&why);
+            self.failed(&why, None, Vec::new());
+        }
+    }
+
+    /// Stops writing into the open file after a failure: what it holds unsynced is given up (its waiters fail).
+    fn drop_file(&mut self, why: &str) {
+        self.file = None;
+        self.shared.sync.abandon(why);
+    }
+
+    /// Closes the open file after making it durable, so that the next line starts a new one.
+    fn close_file(&mut self) {
+        self.sync_now();
+        self.file = None;
+        self.shared.sync.switch(None, self.head.seq);
     }
 
     /// The open audit file, opening it (at most once per [`REOPEN_EVERY`]) if needed.
@@ -763,6 +830,8 @@ impl Writer {
             }
             self.next_open = Instant::now() + REOPEN_EVERY;
             let f = self.open_file(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            // A pipe or device cannot be fsynced: a line written into it is as durable as it gets.
+            self.shared.sync.switch(f.regular.then(|| f.file.clone()), self.head.seq);
             self.file = Some(f);
         }
         self.file.as_mut().ok_or_else(|| "no audit file".to_owned())
@@ -793,7 +862,7 @@ impl Writer {
             }
         }
         self.loaded = true;
-        Ok(OpenFile { file, len, regular })
+        Ok(OpenFile { file: Arc::new(file), len, regular })
     }
 
     /// Continues the chain from the last line of the trail (the current file, else the newest rotated one).
@@ -897,7 +966,7 @@ impl Writer {
             "the audit file was moved or deleted while the Safe ran: a new one is started at its path; the lines \
              written before are in the moved file (or lost if it was deleted), and verify reports them missing"
         );
-        self.file = None;
+        self.close_file();
         self.next_open = Instant::now();
         self.start = Some(
             "the audit file was moved or deleted while the Safe ran; the chain goes on from the last line written to it"
@@ -919,9 +988,9 @@ impl Writer {
                 return;
             }
         }
-        if self.unsynced && self.last_sync.elapsed() >= SYNC_EVERY {
-            if let Err(why) = self.append(&[], true) {
-                self.failed(&why, None, Vec::new());
+        if self.shared.sync.unsynced().is_some_and(|since| since >= SYNC_EVERY) {
+            self.sync_now();
+            if self.failing_since.is_some() {
                 return;
             }
         }
@@ -1037,9 +1106,13 @@ impl Writer {
         let mut head = self.head;
         push(&mut buf, &mut head, &out);
         let seq = self.head.seq;
-        match self.append(&buf, true) {
+        match self.append(&buf, head.seq) {
             Ok(()) => {
                 self.advance(head);
+                self.sync_now();
+                if self.failing_since.is_some() {
+                    return;
+                }
                 self.write_head(seq, &head.hash);
                 self.since_anchor = 0;
                 self.anchor_due = false;
@@ -1065,7 +1138,7 @@ impl Writer {
         let to = files::rotated(&path, n);
         match std::fs::rename(&path, &to).and_then(|()| aegis_fs::sync_dir(aegis_fs::parent_dir(&path))) {
             Ok(()) => {
-                self.file = None;
+                self.close_file();
                 self.next_open = Instant::now();
                 self.start = Some(format!("rotated: the chain goes on from {}", to.display()).into());
                 self.retain();
@@ -1089,9 +1162,8 @@ impl Writer {
             self.write_batch(Vec::new(), true);
             if self.key.is_some() && self.since_anchor > 0 {
                 self.anchor();
-            } else if self.unsynced {
-                let _ = self.append(&[], true);
             }
+            self.sync_now();
         }
     }
 }

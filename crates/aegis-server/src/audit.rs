@@ -3,10 +3,13 @@
 //! Every request served over mTLS becomes one event, written when its answer
 //! is known ([`finish`]). Handlers add what only they know — the secret names
 //! and the version — with [`note_secret`] and [`note_version`]. An admin write
-//! (anything that changes the store or the root key) first calls [`intent`]:
-//! an `intent` line made durable before anything changes, so a write the
-//! trail cannot record is refused with 503 and changes nothing; its `done`
-//! line is durable before the answer.
+//! (anything that changes the store or the root key) first calls [`intent`]
+//! or, when the change is a store commit, [`intent_before_commit`]: an
+//! `intent` line made durable before anything changes, so a write the trail
+//! cannot record is refused with 503 and changes nothing; its `done` line is
+//! durable before the answer. A store commit makes the intent lines of all its
+//! writes durable with one fsync of the trail just before it ([`Trail`], the
+//! store's commit barrier), and their `done` lines share the next one.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +136,32 @@ pub(crate) async fn intent(s: &AppState) -> Result<(), ApiError> {
     }
     with_notes(|n| n.intent = true);
     Ok(())
+}
+
+/// Writes the current request's `intent` line for a change the store then
+/// commits: the store's commit barrier ([`Trail`]) makes it durable before the
+/// commit, together with every other intent line of that commit, in one fsync.
+/// 503 if the trail cannot be written within the request's deadline.
+pub(crate) async fn intent_before_commit(s: &AppState) -> Result<(), ApiError> {
+    let Ok(scope) = SCOPE.try_with(Arc::clone) else { return Ok(()) };
+    let wait = scope.deadline.saturating_duration_since(Instant::now());
+    if let Err(why) = s.audit.record_written(scope.event(0, Some(Phase::Intent)), wait).await {
+        tracing::error!(error = %why, request_id = %scope.request_id, "admin write refused: its audit line could not be written");
+        return Err(ApiError::audit_unavailable());
+    }
+    with_notes(|n| n.intent = true);
+    Ok(())
+}
+
+/// The store's commit barrier: before each commit, every line written to the
+/// trail so far (the intent lines of the writes in that commit among them) is made durable.
+#[derive(Debug)]
+pub(crate) struct Trail(pub(crate) aegis_audit::Sink);
+
+impl aegis_store::CommitBarrier for Trail {
+    fn before_commit(&self) -> Result<(), String> {
+        self.0.sync_written().map_err(|e| e.to_string())
+    }
 }
 
 /// Records the answer of a request. An admin write whose `done` line cannot

@@ -119,7 +119,7 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
     let view = Some(extract::view(&req.value, &meta, s.settings.template_budget).await?);
     crate::sync::check(s.sync(), &n, &req.value, &meta).await?;
     crate::audit::note_secret(&n);
-    crate::audit::intent(&s).await?;
+    crate::audit::intent_before_commit(&s).await?;
     let e = store.apply(n, Mutation::Put { value: req.value, meta, cas: req.cas, view, stamps }).await?;
     crate::audit::note_version(e.doc.current);
     s.metrics.secrets.set(store.len() as i64);
@@ -186,7 +186,7 @@ async fn mutate(s: &AppState, c: &Caller, raw: &str, m: Mutation) -> Result<Json
     let n = extract::address(s, raw)?;
     let store = s.store()?;
     crate::audit::note_secret(&n);
-    crate::audit::intent(s).await?;
+    crate::audit::intent_before_commit(s).await?;
     let e = store.apply(n, m).await?;
     crate::audit::note_version(e.doc.current);
     Ok(Json(info_in(s, &e.doc)))

@@ -170,6 +170,10 @@ impl AppState {
         let opts = StoreOptions {
             max_versions: self.settings.max_versions,
             template_budget: self.settings.template_budget,
+            barrier: self
+                .audit
+                .is_on()
+                .then(|| Arc::new(crate::audit::Trail(self.audit.clone())) as Arc<dyn aegis_store::CommitBarrier>),
             ..StoreOptions::default()
         };
         let backend = self.backend.clone();

@@ -173,7 +173,7 @@ pub async fn upsert(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     for (name, _) in &writes {
         crate::audit::note_secret(name);
     }
-    crate::audit::intent(&s).await?;
+    crate::audit::intent_before_commit(&s).await?;
     store.apply_group(writes).await?;
     let ok = "OK".repeat(count);
     s.metrics.secrets.set(store.len() as i64);
@@ -197,7 +197,7 @@ pub async fn delete(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     }
     let names = req.workloads.iter().map(|w| extract::address(&s, w)).collect::<Result<Vec<_>, _>>()?;
     names.iter().for_each(crate::audit::note_secret);
-    crate::audit::intent(&s).await?;
+    crate::audit::intent_before_commit(&s).await?;
     for name in names {
         match store.apply(name, Mutation::Delete).await {
             Ok(_)

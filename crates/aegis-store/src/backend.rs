@@ -54,6 +54,15 @@ pub struct GroupError {
     pub error: StoreError,
 }
 
+/// What must be durable before any commit: the audit trail's `intent` lines
+/// (docs/AUDIT.md). The store calls it on its commit thread just before each
+/// commit; when it fails, the commit is not attempted and every change in it
+/// fails with [`StoreError::Barrier`], so nothing changes that was not recorded first.
+pub trait CommitBarrier: Send + Sync + std::fmt::Debug + 'static {
+    /// Blocks until what must precede the commit is durable; the error says why it cannot be.
+    fn before_commit(&self) -> Result<(), String>;
+}
+
 /// A durable home for sealed records, one per secret name.
 ///
 /// Methods block; the store calls them from blocking threads.

@@ -49,6 +49,10 @@ pub enum StoreError {
     /// writer took the change up: nothing was applied.
     #[error("the request's deadline passed before the write was applied; nothing was changed, retry")]
     Expired,
+    /// What must be durable before a commit (the audit trail's intent lines,
+    /// see [`crate::CommitBarrier`]) could not be made so: nothing was changed.
+    #[error("the change was refused because it could not be recorded first ({0}); nothing was changed")]
+    Barrier(String),
     /// The writer task has stopped (the Safe is shutting down).
     #[error("the store is shutting down; retry against a running Safe")]
     Closed,

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::entry::Entry;
+use crate::CommitBarrier;
 
 /// Tuning of the store.
 #[derive(Debug, Clone)]
@@ -22,11 +23,13 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// What computing a workload's view may cost (template budget).
     pub template_budget: Budget,
+    /// Made durable before each commit (the audit trail's intent lines); `None`: nothing.
+    pub barrier: Option<Arc<dyn CommitBarrier>>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512, template_budget: Budget::default() }
+        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512, template_budget: Budget::default(), barrier: None }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::backend::{Listing, Unnamed};
 use crate::entry::{Data, Entry, LoadReport, Mutation, Quarantined};
 use crate::record::{self, seal, OpenError};
 use crate::shared::Shared;
-use crate::{Backend, StoreError, Ticket};
+use crate::{Backend, CommitBarrier, GroupError, StoreError, Ticket};
 use aegis_core::transform::Budget;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -155,6 +155,7 @@ fn apply_one(
 fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
     match e {
         StoreError::Io { source, .. } => StoreError::Io { name: name.to_string(), source: copy_io(source) },
+        StoreError::Barrier(why) => StoreError::Barrier(why.clone()),
         other => StoreError::Io { name: name.to_string(), source: io::Error::other(other.to_string()) },
     }
 }
@@ -237,8 +238,12 @@ async fn commit_group(
     }
     let b = backend.clone();
     let budget = shared.opts.template_budget;
+    let barrier = shared.opts.barrier.clone();
     let (result, entries) = tokio::task::spawn_blocking(move || {
-        let result = b.write_group(&records);
+        let result = match before_commit(barrier.as_deref()) {
+            Ok(()) => b.write_group(&records),
+            Err(why) => Err(GroupError { stored: Vec::new(), error: StoreError::Barrier(why) }),
+        };
         let stored: Vec<bool> = match &result {
             Ok(()) => vec![true; records.len()],
             Err(e) => records.iter().map(|(n, _)| e.stored.contains(n)).collect(),
@@ -312,8 +317,12 @@ async fn persist(
     // The views not computed before the write (rollback, undelete) are
     // rendered here, off the async threads and within the budget.
     let names: Vec<SecretName> = docs.iter().map(|(n, _, _)| n.clone()).collect();
+    let barrier = shared.opts.barrier.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let results = b.write_batch(&records);
+        let results = match before_commit(barrier.as_deref()) {
+            Ok(()) => b.write_batch(&records),
+            Err(why) => records.iter().map(|_| Err(StoreError::Barrier(why.clone()))).collect(),
+        };
         docs.into_iter()
             .zip(results)
             .map(|((name, doc, data), r)| (name, r.map(|()| Entry::new(doc, data, &budget))))
@@ -337,10 +346,24 @@ async fn persist(
     outcome
 }
 
+/// Makes what must precede a commit durable; a failure refuses the commit.
+fn before_commit(barrier: Option<&dyn CommitBarrier>) -> Result<(), String> {
+    let r = barrier.map_or(Ok(()), CommitBarrier::before_commit);
+    if let Err(why) = &r {
+        tracing::error!(error = %why, "a commit was refused: what must precede it could not be made durable");
+    }
+    r
+}
+
 async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -> Result<usize, StoreError> {
     let docs: Vec<SecretDoc> =
         shared.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.doc.clone()).collect();
     let total = docs.len();
+    let barrier = shared.opts.barrier.clone();
+    tokio::task::spawn_blocking(move || before_commit(barrier.as_deref()))
+        .await
+        .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?
+        .map_err(StoreError::Barrier)?;
     for chunk in docs.chunks(1024) {
         let records =
             chunk.iter().map(|d| Ok((d.name.clone(), seal(&keyring, d)?))).collect::<Result<Vec<_>, StoreError>>()?;
@@ -596,6 +619,64 @@ mod tests {
         let two = ["a", "b"].map(|n| (SecretName::parse(n).unwrap(), put(None)));
         assert_eq!(store.apply_group(two.into()).await.unwrap().len(), 2);
         assert_eq!(backend.groups.load(Ordering::SeqCst), 1);
+    }
+
+    /// A commit barrier that records when it ran against the backend's commits, and fails when told to.
+    #[derive(Debug)]
+    struct Barrier {
+        backend: Arc<Counting>,
+        /// Commits the backend had made each time the barrier ran.
+        seen: std::sync::Mutex<Vec<usize>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl std::fmt::Debug for Counting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Counting")
+        }
+    }
+
+    impl crate::CommitBarrier for Barrier {
+        fn before_commit(&self) -> Result<(), String> {
+            let commits = self.backend.batches.load(Ordering::SeqCst) + self.backend.groups.load(Ordering::SeqCst);
+            self.seen.lock().unwrap().push(commits);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("the audit file cannot be written: disk full".to_owned());
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_barrier_runs_before_every_commit_and_its_failure_changes_nothing() {
+        let backend = Arc::new(Counting::default());
+        let barrier = Arc::new(Barrier {
+            backend: backend.clone(),
+            seen: std::sync::Mutex::default(),
+            fail: std::sync::atomic::AtomicBool::new(false),
+        });
+        let opts = crate::StoreOptions { barrier: Some(barrier.clone()), ..crate::StoreOptions::default() };
+        let keyring = Keyring::new(Arc::new(RootKey::generate()));
+        let (store, _) = crate::Store::open(backend.clone(), keyring.clone(), opts).await.unwrap();
+        let name = |n: &str| SecretName::parse(n).unwrap();
+        store.apply(name("a"), put(None)).await.unwrap();
+        store.apply_group(vec![(name("b"), put(None)), (name("c"), put(None))]).await.unwrap();
+        store.rotate(Keyring::new(Arc::new(RootKey::generate()))).await.unwrap();
+        // Each ran before its commit: none had been made before the first, one before the second, two before the rotation.
+        assert_eq!(*barrier.seen.lock().unwrap(), [0, 1, 2]);
+
+        barrier.fail.store(true, Ordering::SeqCst);
+        let commits = backend.batches.load(Ordering::SeqCst) + backend.groups.load(Ordering::SeqCst);
+        let e = store.apply(name("d"), put(None)).await.unwrap_err();
+        assert!(matches!(&e, StoreError::Barrier(w) if w.contains("disk full")), "{e}");
+        assert!(e.to_string().contains("nothing was changed"), "{e}");
+        let e = store.apply_group(vec![(name("e"), put(None)), (name("f"), put(None))]).await.unwrap_err();
+        assert!(matches!(e, StoreError::Barrier(_)), "{e}");
+        let e = store.apply(name("a"), Mutation::Delete).await.unwrap_err();
+        assert!(matches!(e, StoreError::Barrier(_)), "{e}");
+        assert_eq!(backend.batches.load(Ordering::SeqCst) + backend.groups.load(Ordering::SeqCst), commits);
+        assert!(store.get(&name("d")).is_none() && store.get(&name("e")).is_none());
+        assert!(store.get(&name("a")).is_some_and(|e| e.doc.live().is_some()), "a refused delete changed nothing");
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct Safe {
     pub args: Vec<String>,
     /// Soft and hard file descriptor limit of the Safe process (set with prlimit).
     pub fd_limit: Option<u64>,
+    /// A command the Safe runs under (e.g. strace and its flags); empty: none.
+    pub wrap: Vec<String>,
     starts: usize,
 }
 
@@ -119,6 +121,15 @@ impl Safe {
     /// `aegis dev` with extra flags, a file descriptor limit if given, and
     /// extra environment variables (kept for restarts).
     pub fn dev_with_env(extra: &[&str], fd_limit: Option<u64>, env: HashMap<String, String>) -> Self {
+        Self::dev_built(extra, fd_limit, env, Vec::new())
+    }
+
+    /// `aegis dev` run under `wrap` (a command and its flags, such as strace's).
+    pub fn dev_under(wrap: &[&str]) -> Self {
+        Self::dev_built(&[], None, HashMap::new(), wrap.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn dev_built(extra: &[&str], fd_limit: Option<u64>, env: HashMap<String, String>, wrap: Vec<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self {
             log: dir.path().join("safe.log"),
@@ -129,6 +140,7 @@ impl Safe {
             extra_env: env,
             args: Vec::new(),
             fd_limit,
+            wrap,
             starts: 0,
         };
         let (p, h) = (s.port, s.health);
@@ -208,6 +220,7 @@ impl Safe {
             extra_env: HashMap::new(),
             args,
             fd_limit: None,
+            wrap: Vec::new(),
             starts: 0,
         }
     }
@@ -220,13 +233,18 @@ impl Safe {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "trace".to_owned())]);
         env.extend(self.extra_env.clone());
-        let mut command = match self.fd_limit {
-            Some(n) => {
+        let mut command = match (self.fd_limit, self.wrap.split_first()) {
+            (Some(n), _) => {
                 let mut c = cmd("prlimit", &env);
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(AEGIS);
+                c.arg(format!("--nofile={n}:{n}")).arg("--").args(&self.wrap).arg(AEGIS);
                 c
             }
-            None => cmd(AEGIS, &env),
+            (None, Some((first, rest))) => {
+                let mut c = cmd(first, &env);
+                c.args(rest).arg(AEGIS);
+                c
+            }
+            (None, None) => cmd(AEGIS, &env),
         };
         let child = command.args(&self.args).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.child = Some(child);
