@@ -52,10 +52,10 @@ struct Notes {
 
 impl Scope {
     /// A request of `caller` to `route`, which must be answered by `deadline`.
-    pub(crate) fn new(caller: &str, method: Method, route: &'static str, deadline: Instant) -> Arc<Self> {
+    pub(crate) fn new(caller: Arc<str>, method: Method, route: &'static str, deadline: Instant) -> Arc<Self> {
         Arc::new(Self {
             request_id: next_request_id(),
-            caller: Arc::from(caller),
+            caller,
             method,
             route,
             deadline,

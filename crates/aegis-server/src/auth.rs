@@ -12,9 +12,17 @@ pub struct Caller {
     pub id: SpiffeId,
     /// Its role under the configured rules.
     pub role: Role,
+    /// The SPIFFE ID as the audit trail names the caller, made once per connection.
+    pub audit_name: std::sync::Arc<str>,
 }
 
 impl Caller {
+    /// The caller `id` with `role`.
+    pub fn new(id: SpiffeId, role: Role) -> Self {
+        let audit_name = std::sync::Arc::from(id.as_str());
+        Self { id, role, audit_name }
+    }
+
     /// Only the Sentinel may write, list and delete.
     pub fn require_sentinel(&self) -> Result<(), ApiError> {
         match self.role {

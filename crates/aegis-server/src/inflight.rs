@@ -216,7 +216,7 @@ mod tests {
     use axum::http::StatusCode;
 
     fn caller(role: Role) -> Caller {
-        Caller { id: SpiffeId::parse("spiffe://vsecm.com/x").unwrap(), role }
+        Caller::new(SpiffeId::parse("spiffe://vsecm.com/x").unwrap(), role)
     }
 
     #[test]

@@ -272,7 +272,7 @@ async fn connection(
         }
         return;
     };
-    let caller = Arc::new(Caller { role: state.settings.roles.classify(&id), id });
+    let caller = Arc::new(Caller::new(id.clone(), state.settings.roles.classify(&id)));
     let _identity = match state.gate.admit(&caller.role, caller.id.as_str()) {
         Ok(s) => s,
         Err(why) => {
@@ -394,7 +394,8 @@ async fn serve_hyper<S>(
         let (state, activity) = (state.clone(), activity.clone());
         hyper::service::service_fn(move |req| {
             let busy = activity.begin();
-            let reply = handle(req, caller.clone(), app.clone(), state.clone());
+            // Boxed once here: the request's future is several kilobytes, and hyper moves what it is given.
+            let reply = Box::pin(handle(req, caller.clone(), app.clone(), state.clone()));
             async move {
                 let r = reply.await;
                 drop(busy);
@@ -514,7 +515,7 @@ async fn handle(
     let span = tracing::info_span!("request", caller = %caller.id, %method, route = path_route);
     let start = Instant::now();
     let scope = crate::audit::Scope::new(
-        caller.id.as_str(),
+        caller.audit_name.clone(),
         method.clone(),
         path_route,
         start + state.settings.request_timeout,

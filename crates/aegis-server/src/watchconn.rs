@@ -198,7 +198,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let start = Instant::now();
         let deadline = start + state.settings.request_timeout;
-        let scope = crate::audit::Scope::new(caller.id.as_str(), axum::http::Method::GET, ROUTE, deadline);
+        let scope = crate::audit::Scope::new(caller.audit_name.clone(), axum::http::Method::GET, ROUTE, deadline);
         let (status, body) = scope.run(answer(state, caller, &req)).await;
         crate::audit::record(state, &scope, status.as_u16());
         let close = req.close || expiry.is_elapsed();
