@@ -371,12 +371,33 @@ impl Backend for DirBackend {
     }
 
     /// Moves the file into `quarantine/` with a `.reason` file beside it.
-    fn set_aside(&self, name: &SecretName, reason: &str) -> Result<SetAside, StoreError> {
-        let name = name.as_str();
+    fn set_aside(&self, secret: &SecretName, reason: &str) -> Result<SetAside, StoreError> {
+        // A committed record whose file could not be written yet is the one set aside: its bytes go to
+        // quarantine, and so does the stale file behind it (if it can be moved), so neither loads again.
+        let pending = self.state().unapplied.remove(secret);
+        let name = secret.as_str();
         let src = self.record_path(name);
-        let dst =
-            self.quarantine(&file_name(name), reason, |dst| fs::rename(&src, dst)).map_err(|e| io_err(name, e))?;
-        Ok(SetAside { kept_at: dst.display().to_string() })
+        let kept = match &pending {
+            Some(bytes) => self.quarantine(&file_name(name), reason, |dst| {
+                aegis_fs::write_new(dst, &[bytes], 0o600)?;
+                if fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+                    let mut stale = dst.as_os_str().to_owned();
+                    stale.push(".stale");
+                    fs::rename(&src, stale)?;
+                }
+                Ok(())
+            }),
+            None => self.quarantine(&file_name(name), reason, |dst| fs::rename(&src, dst)),
+        };
+        match kept {
+            Ok(dst) => Ok(SetAside { kept_at: dst.display().to_string() }),
+            Err(e) => {
+                if let Some(bytes) = pending {
+                    self.state().unapplied.insert(secret.clone(), bytes);
+                }
+                Err(io_err(name, e))
+            }
+        }
     }
 
     fn describe(&self) -> String {
@@ -515,6 +536,26 @@ mod tests {
         assert_eq!(fs::read(b.record_path("b")).unwrap(), b"v2".to_vec());
         b.flush().unwrap();
         assert_eq!(fs::metadata(journal::path(tmp.path())).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn setting_aside_a_record_still_waiting_for_its_file_quarantines_its_bytes_and_forgets_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert!(b.write_batch(&recs(&[("a", b"a1")]))[0].is_ok());
+        block(&b, "a");
+        // Committed in the journal, kept in memory: its file cannot be written.
+        assert!(b.write_batch(&recs(&[("a", b"a2")]))[0].is_ok());
+        assert_eq!(b.read(&n("a")).unwrap(), b"a2".to_vec());
+        let kept = b.set_aside(&n("a"), "cannot be opened").unwrap();
+        assert_eq!(fs::read(&kept.kept_at).unwrap(), b"a2".to_vec(), "the committed bytes are what is kept");
+        assert!(b.read(&n("a")).is_err(), "the name is free");
+        // Nothing holds the journal back any more, and a reopened store does not bring the record back.
+        fs::remove_dir_all(b.record_path("a")).unwrap();
+        b.flush().unwrap();
+        drop(b);
+        let b = DirBackend::open(tmp.path()).unwrap();
+        assert!(!names(&b).contains(&"a".to_owned()), "{:?}", names(&b));
     }
 
     #[test]
