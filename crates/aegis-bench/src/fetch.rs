@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aegis::connect::settings;
 use aegis::exit::{CliError, FAILURE};
+use aegis_sdk::Settings;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use rustls::pki_types::ServerName;
@@ -21,8 +21,7 @@ pub(crate) struct Target {
     pub(crate) tls: TlsConnector,
 }
 
-pub(crate) async fn target(full_handshakes: bool) -> Result<Target, CliError> {
-    let s = settings()?;
+pub(crate) async fn target(s: &Settings, full_handshakes: bool) -> Result<Target, CliError> {
     let source = aegis_identity::start_source(&s.identity).await.map_err(CliError::failure)?;
     let roles = s.roles.clone();
     let mut cfg =
@@ -69,8 +68,9 @@ async fn one_fetch(sender: &mut Sender, host: &str) -> Result<(), String> {
     }
 }
 
-pub(crate) async fn fetch(connections: usize, dur: Duration, new_conn: bool) -> Result<Report, CliError> {
-    let t = Arc::new(target(new_conn).await?);
+/// Fetches as the workload of `s` from `connections` connections for `dur`.
+pub(crate) async fn fetch(s: &Settings, connections: usize, dur: Duration, new_conn: bool) -> Result<Report, CliError> {
+    let t = Arc::new(target(s, new_conn).await?);
     let start = Instant::now();
     let tasks: Vec<_> = (0..connections.max(1))
         .map(|_| {

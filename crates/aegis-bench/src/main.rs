@@ -12,6 +12,9 @@
 //!   reports the time to ready and resident memory.
 //! - `propagation`: time from a write to a sidecar's file holding it.
 //! - `watchers`: many idle watch connections against one Safe.
+//! - `scale`: the scale curve: start-up, memory, fetch and write p99 for each
+//!   secret count, memory and p99s for each idle watcher count (starts its own
+//!   Safes; `scripts/bench-scale.sh`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 mod fetch;
+mod scale;
 mod startup;
 mod watchers;
 mod write;
@@ -123,6 +127,10 @@ enum BenchCmd {
         #[arg(long)]
         work_dir: PathBuf,
     },
+    /// The scale curve: for each secret count start-up time, memory, fetch and
+    /// write p99; for each idle watcher count memory and p99s (starts its own
+    /// Safes; one JSON line per point, and a CSV file).
+    Scale(scale::ScaleArgs),
 }
 
 /// One benchmark's figures.
@@ -187,12 +195,19 @@ fn print(r: &impl Serialize) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Prints a report as one line of JSON (a row of a longer run).
+fn print_line(r: &impl Serialize) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string(r).map_err(CliError::failure)?);
+    Ok(())
+}
+
 /// Runs a benchmark and prints its report as JSON.
 async fn run(a: BenchArgs) -> Result<(), CliError> {
     match a.cmd {
-        BenchCmd::Fetch { connections, seconds, new_connection } => {
-            print(&fetch::fetch(connections, Duration::from_secs(seconds), new_connection).await?)
-        }
+        BenchCmd::Fetch { connections, seconds, new_connection } => print(
+            &fetch::fetch(&aegis::connect::settings()?, connections, Duration::from_secs(seconds), new_connection)
+                .await?,
+        ),
         BenchCmd::Write { writers, seconds, size, api } => {
             print(&write::write(writers, Duration::from_secs(seconds), size, api).await?)
         }
@@ -200,5 +215,6 @@ async fn run(a: BenchArgs) -> Result<(), CliError> {
         BenchCmd::Propagation { updates, file, secret } => print(&write::propagation(updates, &file, &secret).await?),
         BenchCmd::Watchers(a) => print(&watchers::run(a).await?),
         BenchCmd::Startup { secrets, size, work_dir } => print(&startup::run(secrets, size, &work_dir).await?),
+        BenchCmd::Scale(a) => scale::run(a).await.map(|_| ()),
     }
 }

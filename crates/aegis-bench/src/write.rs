@@ -32,18 +32,31 @@ async fn write_one(c: &aegis_sdk::Client, api: WriteApi, name: &str, value: &str
 
 pub(crate) async fn write(writers: usize, dur: Duration, size: usize, api: WriteApi) -> Result<Report, CliError> {
     let client = aegis::connect::client().await?;
+    write_with(&client, writers, dur, size, api, |w, i| format!("bench-{w}-{}", i % 64)).await
+}
+
+/// Writes as `client` from `writers` concurrent writers for `dur`; writer `w`'s
+/// `i`-th write goes to the secret `name(w, i)`.
+pub(crate) async fn write_with(
+    client: &aegis_sdk::Client,
+    writers: usize,
+    dur: Duration,
+    size: usize,
+    api: WriteApi,
+    name: impl Fn(usize, u64) -> String + Clone + Send + 'static,
+) -> Result<Report, CliError> {
     let value = "x".repeat(size.max(1));
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers.max(1))
         .map(|w| {
-            let (c, v) = (client.clone(), value.clone());
+            let (c, v, name) = (client.clone(), value.clone(), name.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
                 let mut i = 0u64;
                 while start.elapsed() < dur {
                     let t0 = Instant::now();
-                    if write_one(&c, api, &format!("bench-{w}-{}", i % 64), &v).await {
+                    if write_one(&c, api, &name(w, i), &v).await {
                         lat.push(micros(t0.elapsed()));
                     } else {
                         errors += 1;
