@@ -2,8 +2,9 @@
 //!
 //! A long poll: the answer comes as soon as the caller's secret is at another
 //! revision than `N` (written, deleted, undeleted…), or when the wait ends
-//! with the unchanged state. An idle watcher is one parked task waiting on the
-//! store's commit counter: no CPU, a few hundred bytes plus its connection.
+//! with the unchanged state. An idle watcher is one parked task waiting on its
+//! own secret's change notice (a commit wakes only the watchers of the secrets
+//! it changed): no CPU, a few hundred bytes plus its connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,19 +66,18 @@ pub async fn next_event(s: &AppState, c: &Caller, q: WatchQuery) -> Result<Watch
     let cap = s.settings.request_timeout.saturating_sub(Duration::from_secs(1)).min(MAX_WAIT);
     let wait = q.wait_ms.map_or(DEFAULT_WAIT, Duration::from_millis).min(cap);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut commits = store.subscribe();
+    let changes = store.watch_secret(&name);
     loop {
-        commits.borrow_and_update();
+        // Listening before reading: a commit between the read and the wait still wakes this watcher.
+        let changed = changes.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let (revision, secret) = workload_view(&store, &name)?;
         if revision != q.revision {
             return Ok(WatchEvent { revision, secret });
         }
         tokio::select! {
-            changed = commits.changed() => {
-                if changed.is_err() {
-                    return Err(ApiError::sealed());
-                }
-            }
+            () = changed => {}
             () = tokio::time::sleep_until(deadline) => return Ok(WatchEvent { revision, secret }),
         }
     }

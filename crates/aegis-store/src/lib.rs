@@ -22,6 +22,7 @@ mod shared;
 mod store;
 mod sync;
 mod ticket;
+mod watchers;
 mod writer;
 
 pub use backend::{Backend, CommitBarrier, GroupError, Listing, SealedRecord, SetAside, Unnamed};
@@ -34,3 +35,4 @@ pub use shared::StoreOptions;
 pub use store::Store;
 pub use sync::{BoxFuture, Refusal, SecretSync};
 pub use ticket::Ticket;
+pub use watchers::SecretWatch;

@@ -36,6 +36,7 @@ impl Store {
             seq,
             opts,
             transform_failures: failures,
+            watched: crate::watchers::Watched::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer::run(shared.clone(), backend, rx));
@@ -109,9 +110,15 @@ impl Store {
         self.shared.keyring.load_full()
     }
 
-    /// A counter that increases after every committed batch (for watchers).
+    /// A counter that increases after every committed batch (for what follows every change, such as the
+    /// Kubernetes sync).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.seq.subscribe()
+    }
+
+    /// A watch on the secret `name`: woken by the commits that change it, not by others.
+    pub fn watch_secret(&self, name: &SecretName) -> crate::SecretWatch {
+        crate::SecretWatch::new(self.shared.clone(), name.clone())
     }
 
     /// How many transformations were found over the template budget since

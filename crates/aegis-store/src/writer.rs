@@ -199,6 +199,7 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
     }
     if committed {
         shared.seq.send_modify(|n| *n += 1);
+        shared.watched.changed(outcome.iter().filter(|(_, r)| r.is_ok()).map(|(name, _)| name));
     }
     for (name, reply) in waiting {
         let r = match outcome.get(&name) {
@@ -268,6 +269,7 @@ async fn commit_group(
         }
         drop(map);
         shared.seq.send_modify(|n| *n += 1);
+        shared.watched.changed(visible.iter().map(|e| &e.doc.name));
     }
     match result {
         Ok(()) => Ok(visible),
