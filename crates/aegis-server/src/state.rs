@@ -152,6 +152,19 @@ impl AppState {
         Ok(listed.names.len() + listed.unnamed.len())
     }
 
+    /// Makes every acknowledged write durable in its final place (a journal's
+    /// checkpoint), at shutdown: the next start then has nothing to replay.
+    pub async fn flush_store(&self) {
+        let backend = self.backend.clone();
+        match tokio::task::spawn_blocking(move || backend.flush()).await {
+            Ok(Ok(())) => tracing::info!("store flushed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the store could not be flushed at shutdown; the next start replays its journal")
+            }
+            Err(_) => tracing::warn!("the store's flushing thread failed; the next start replays its journal"),
+        }
+    }
+
     /// Whether a root key is loaded.
     pub fn is_sealed(&self) -> bool {
         self.store.load().is_none()

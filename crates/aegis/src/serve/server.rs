@@ -536,10 +536,11 @@ pub async fn serve(
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);
     crate::stop_requested().await;
     tracing::info!("shutting down");
-    running.state.audit.close(AUDIT_CLOSE_WAIT).await;
     for t in running.tasks {
         t.abort();
     }
+    running.state.flush_store().await;
+    running.state.audit.close(AUDIT_CLOSE_WAIT).await;
     Ok(())
 }
 

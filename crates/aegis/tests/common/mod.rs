@@ -273,6 +273,18 @@ impl Safe {
         }
     }
 
+    /// Stops the Safe with SIGTERM and waits (at most 15 s) for it to exit.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("the Safe runs");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(15), "the Safe did not stop; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -23,14 +23,7 @@ const TEMPLATE_MARK: &str = "TPL-OUT";
 
 /// Stops the Safe with SIGTERM (a clean shutdown writes the last anchor).
 fn stop(safe: &mut Safe) {
-    let mut child = safe.child.take().expect("the Safe runs");
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(15), "the Safe did not stop; log:\n{}", safe.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    safe.terminate();
 }
 
 fn trail(safe: &Safe) -> PathBuf {

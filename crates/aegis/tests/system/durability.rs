@@ -170,3 +170,26 @@ fn writer_names(text: &str) -> impl Iterator<Item = &str> {
         &text[at..at + 7 + digits]
     })
 }
+
+/// A clean stop (SIGTERM) writes the journal out to the record files and empties
+/// it, so the next start has nothing to replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_an_empty_journal_and_every_record_in_its_file() {
+    let mut safe = Safe::dev();
+    let admin = safe.client(&safe.admin_env()).await;
+    for i in 0..20 {
+        admin.put(&format!("stop-{i}"), &PutSecret::new(SecretValue::new(format!("v{i}")))).await.unwrap();
+    }
+    let data = safe.data_dir().join("data");
+    assert!(
+        std::fs::metadata(data.join("journal")).unwrap().len() > 0,
+        "the writes are in the journal before the stop"
+    );
+    safe.terminate();
+    assert_eq!(std::fs::metadata(data.join("journal")).unwrap().len(), 0, "log:\n{}", safe.log_text());
+    assert!(data.join("stop-19.rec").is_file());
+    safe.start();
+    safe.wait_ready();
+    let admin = safe.client(&safe.admin_env()).await;
+    assert_eq!(admin.get("stop-19", None).await.unwrap().value.expose(), "v19");
+}
