@@ -2,11 +2,6 @@
 
 use clap::Parser;
 
-/// mimalloc: fewer cycles per allocation than glibc's malloc on the request path, and memory freed after a
-/// burst of writes is returned to the system instead of staying in per-thread arenas (docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = aegis::cli::Cli::parse();
     cli.log.init(cli.default_log_level());
