@@ -16,7 +16,10 @@
 # Settings (environment): AEGIS_BENCH_ROUNDS (3), AEGIS_BENCH_SECONDS (8 per
 # run), AEGIS_BENCH_MARGIN (10, percent), AEGIS_BENCH_LOADS (fetch fetch-new
 # write-native write-vsecm fill: 10,000 distinct 1 KiB secrets into an empty Safe),
-# AEGIS_BENCH_FSYNCS (1: the strace pass; 0: skip).
+# AEGIS_BENCH_FSYNCS (1: the strace pass; 0: skip), AEGIS_BENCH_BASE_FLAGS and
+# AEGIS_BENCH_HEAD_FLAGS (extra flags of each side's `aegis dev`, split on spaces: the
+# same commit twice with different settings, e.g. the audit trail's own cost with
+# AEGIS_BENCH_BASE_FLAGS="--audit-file off" scripts/bench-compare.sh HEAD HEAD).
 # The shared parts (builds, loads, measuring, table) are in scripts/lib/bench.sh;
 # scripts/bench-vsecm.sh compares Aegis's Safe with VSecM's the same way.
 set -euo pipefail
@@ -38,14 +41,15 @@ bench="$head_bin/aegis-bench"
 
 bench_skip() { false; }
 
-# Starts a dev Safe of bin dir $1 in $2 (optionally under strace writing to $3).
+# Starts a dev Safe of bin dir $1 in $2 (optionally under strace writing to $3) with the extra flags $4.
 start_safe() {
-    local bin="$1" dir="$2" trace="${3:-}"
+    local bin="$1" dir="$2" trace="${3:-}" flags=()
+    read -r -a flags <<<"${4:-}"
     local port health
     port="$(bench_free_port)"
     health="$(bench_free_port)"
     bench_launch "$dir/log" "$trace" \
-        "$bin/aegis" dev --data-dir "$dir/dev" --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health"
+        "$bin/aegis" dev --data-dir "$dir/dev" --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health" "${flags[@]}"
     for _ in $(seq 1 200); do
         [[ -f "$dir/dev/env" ]] && curl -s -m 2 -o /dev/null "http://127.0.0.1:$health/readyz" && break
         sleep 0.1
@@ -56,10 +60,10 @@ start_safe() {
 
 # One run of load $2 against a fresh dev Safe of side $1; appends a row to the results.
 bench_run() {
-    local side="$1" load="$2" trace="${3:-}" bin="$base_bin" dir
-    [[ "$side" == head ]] && bin="$head_bin"
+    local side="$1" load="$2" trace="${3:-}" bin="$base_bin" flags="${AEGIS_BENCH_BASE_FLAGS:-}" dir
+    [[ "$side" == head ]] && bin="$head_bin" flags="${AEGIS_BENCH_HEAD_FLAGS:-}"
     dir="$(mktemp -d)"
-    start_safe "$bin" "$dir" "$trace"
+    start_safe "$bin" "$dir" "$trace" "$flags"
     local admin workload who
     admin="$(sed -n 's/^export //p' "$dir/dev/env" | tr -d "'" | tr '\n' ' ')"
     env $admin "$bin/aegis" put billing --value "$BENCH_SEED_VALUE" >/dev/null
@@ -70,6 +74,6 @@ bench_run() {
     rm -rf "$dir"
 }
 
-bench_log "BASE ${base_sha:0:10}, HEAD ${head_sha:0:10}; $BENCH_ROUNDS alternating rounds of $BENCH_SECS s per load"
+bench_log "BASE ${base_sha:0:10} ${AEGIS_BENCH_BASE_FLAGS:-}, HEAD ${head_sha:0:10} ${AEGIS_BENCH_HEAD_FLAGS:-}; $BENCH_ROUNDS alternating rounds of $BENCH_SECS s per load"
 bench_rounds
-bench_table BASE "${base_sha:0:10}" HEAD "${head_sha:0:10}" "$BENCH_MARGIN"
+bench_table BASE "${base_sha:0:10}${AEGIS_BENCH_BASE_FLAGS:+ ($AEGIS_BENCH_BASE_FLAGS)}" HEAD "${head_sha:0:10}${AEGIS_BENCH_HEAD_FLAGS:+ ($AEGIS_BENCH_HEAD_FLAGS)}" "$BENCH_MARGIN"
