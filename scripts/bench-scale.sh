@@ -8,7 +8,7 @@
 # AEGIS_SCALE_OUT; then scripts/plot-scale.py draws it when matplotlib imports.
 #
 # Settings (environment):
-#   AEGIS_SCALE_SECRETS          secret counts, comma-separated (1000,10000,100000,1000000)
+#   AEGIS_SCALE_SECRETS          secret counts, comma-separated (1000,10000,100000,1000000); empty: none
 #   AEGIS_SCALE_WATCHERS         idle watcher counts (1000,10000,100000); empty: none
 #   AEGIS_SCALE_WATCHER_SECRETS  secrets of the data set the watcher runs use (10000)
 #   AEGIS_SCALE_SIZE             bytes per value (1024)
@@ -55,9 +55,8 @@ cargo build --release --locked -q -p aegis -p aegis-bench
 bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 
 args=(scale --work-dir "$work" --out "$out" --watcher-secrets "$watcher_secrets" --size "$size" --seconds "$seconds")
-[[ -n "$secrets" ]] && args+=(--secrets "$secrets")
-# clap reads an empty list as no watcher run.
-args+=(--watchers "${watchers:-0}")
+# An empty list is a 0: no run of that kind (the empty Safe's row is always measured).
+args+=(--secrets "${secrets:-0}" --watchers "${watchers:-0}")
 start=$(date +%s)
 AEGIS_LOG=warn "$bin/aegis-bench" "${args[@]}"
 echo "bench-scale: done in $(($(date +%s) - start)) s; the table is in $out" >&2
