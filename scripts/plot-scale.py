@@ -80,11 +80,7 @@ def secrets_plot(plt, rows, out):
             ax_m.axhline(base[0]["rss_mb"], color="green", linestyle=":", label="empty Safe")
     ax_m.set(xlabel="secrets (1 KiB each)", ylabel="MB", title="Resident memory")
 
-    for col, label in (("fetch_p99_ms", "fetch p99 (kept-alive)"), ("write_p99_ms", "write p99 (durable)")):
-        pts = measured(rows, "secrets", "secrets", col)
-        if pts:
-            ax_p.semilogx(*zip(*pts), "o-", label=label)
-    ax_p.set(xlabel="secrets (1 KiB each)", ylabel="ms", title="p99 latency", ylim=(0, None))
+    p99_plot(ax_p, rows, "secrets", "secrets (1 KiB each)", "p99 latency")
 
     for ax in (ax_t, ax_m, ax_p):
         ax.grid(True, which="both", alpha=0.3)
@@ -92,6 +88,15 @@ def secrets_plot(plt, rows, out):
     fig.suptitle("Aegis scale curve: secrets")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+
+
+def p99_plot(ax, rows, kind, xlabel, title):
+    """Fetch and write p99 against the rows' `kind` count."""
+    for col, label in (("fetch_p99_ms", "fetch p99 (kept-alive)"), ("write_p99_ms", "write p99 (durable)")):
+        pts = measured(rows, kind, kind, col)
+        if pts:
+            ax.semilogx(*zip(*pts), "o-", label=label)
+    ax.set(xlabel=xlabel, ylabel="ms", title=title, ylim=(0, None))
 
 
 def watchers_plot(plt, rows, out):
@@ -110,11 +115,7 @@ def watchers_plot(plt, rows, out):
         ax_k.semilogx(*zip(*pts), "o-", label="extra memory per watcher")
     ax_k.set(xlabel="idle watchers", ylabel="KB", title="Memory per watcher", ylim=(0, None))
 
-    for col, label in (("fetch_p99_ms", "fetch p99 (kept-alive)"), ("write_p99_ms", "write p99 (durable)")):
-        pts = measured(rows, "watchers", "watchers", col)
-        if pts:
-            ax_p.semilogx(*zip(*pts), "o-", label=label)
-    ax_p.set(xlabel="idle watchers", ylabel="ms", title="p99 latency with the watchers attached", ylim=(0, None))
+    p99_plot(ax_p, rows, "watchers", "idle watchers", "p99 latency with the watchers attached")
 
     for ax in (ax_m, ax_k, ax_p):
         ax.grid(True, which="both", alpha=0.3)

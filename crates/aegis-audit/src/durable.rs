@@ -15,7 +15,29 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::sink::Unavailable;
+/// A write or fsync of the audit file running longer than this makes the trail unavailable to admin writes
+/// (long enough that a busy but healthy disk does not trip it).
+pub const STALL: Duration = Duration::from_secs(5);
+
+/// Why an admin write's audit line could not be written or made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// Writing or syncing the file failed.
+    #[error("the audit file cannot be written: {0}")]
+    Io(String),
+    /// A write has been in progress for too long (a blocked disk, file system or pipe).
+    #[error("the audit file has not finished a write for over {} ms (blocked disk, file system or pipe)", STALL.as_millis())]
+    Stalled,
+    /// The queue is full.
+    #[error("the audit queue is full")]
+    Full,
+    /// Not durable within the request's deadline.
+    #[error("the audit line was not durable within the request's deadline")]
+    Timeout,
+    /// The sink was closed.
+    #[error("the audit trail is closed")]
+    Closed,
+}
 
 /// Told when the lines it waits for are durable (or cannot be).
 pub(crate) type Ack = oneshot::Sender<Result<(), Unavailable>>;

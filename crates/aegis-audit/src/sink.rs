@@ -31,6 +31,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::durable::{Ack, SyncPoint};
+pub use crate::durable::{Unavailable, STALL};
 use crate::files;
 use crate::fold::{FoldLimits, Folds, Repeats};
 use crate::head::Head as SealedHead;
@@ -46,9 +47,6 @@ pub const ANCHOR_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_QUEUE: usize = 65_536;
 /// Longest time a fetch line waits to be fsynced.
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
-/// A write or fsync of the audit file running longer than this makes the trail unavailable to admin writes
-/// (long enough that a busy but healthy disk does not trip it).
-pub const STALL: Duration = Duration::from_secs(5);
 /// How often the writer wakes with nothing to do (timed fsync, anchors, recovery).
 const TICK: Duration = Duration::from_millis(100);
 /// Most events written in one batch.
@@ -148,26 +146,6 @@ pub struct Stats {
     pub lost: u64,
     /// Admin writes refused because the trail could not be written.
     pub refused: u64,
-}
-
-/// Why an admin write's audit line could not be written or made durable.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Unavailable {
-    /// Writing or syncing the file failed.
-    #[error("the audit file cannot be written: {0}")]
-    Io(String),
-    /// A write has been in progress for too long (a blocked disk, file system or pipe).
-    #[error("the audit file has not finished a write for over {} ms (blocked disk, file system or pipe)", STALL.as_millis())]
-    Stalled,
-    /// The queue is full.
-    #[error("the audit queue is full")]
-    Full,
-    /// Not durable within the request's deadline.
-    #[error("the audit line was not durable within the request's deadline")]
-    Timeout,
-    /// The sink was closed.
-    #[error("the audit trail is closed")]
-    Closed,
 }
 
 /// A request waiting for its line: until it is written, or until it is durable.

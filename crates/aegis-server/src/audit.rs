@@ -8,7 +8,7 @@
 //! `intent` line made durable before anything changes, so a write the trail
 //! cannot record is refused with 503 and changes nothing; its `done` line is
 //! durable before the answer. A store commit makes the intent lines of all its
-//! writes durable with one fsync of the trail just before it ([`Trail`], the
+//! writes durable with one fsync of the trail just before it (`state.rs`'s `Trail`, the
 //! store's commit barrier), and their `done` lines share the next one.
 
 use std::fmt::Display;
@@ -128,40 +128,28 @@ pub(crate) fn note_version(version: u64) {
 /// Makes the current request's `intent` line durable before it changes
 /// anything; 503 if the trail cannot be written within the request's deadline.
 pub(crate) async fn intent(s: &AppState) -> Result<(), ApiError> {
-    let Ok(scope) = SCOPE.try_with(Arc::clone) else { return Ok(()) };
-    let wait = scope.deadline.saturating_duration_since(Instant::now());
-    if let Err(why) = s.audit.record_durable(scope.event(0, Some(Phase::Intent)), wait).await {
-        tracing::error!(error = %why, request_id = %scope.request_id, "admin write refused: its audit line could not be made durable");
-        return Err(ApiError::audit_unavailable());
-    }
-    with_notes(|n| n.intent = true);
-    Ok(())
+    write_intent(s, true).await
 }
 
 /// Writes the current request's `intent` line for a change the store then
-/// commits: the store's commit barrier ([`Trail`]) makes it durable before the
+/// commits: the store's commit barrier (`Trail` in `state.rs`) makes it durable before the
 /// commit, together with every other intent line of that commit, in one fsync.
 /// 503 if the trail cannot be written within the request's deadline.
 pub(crate) async fn intent_before_commit(s: &AppState) -> Result<(), ApiError> {
+    write_intent(s, false).await
+}
+
+async fn write_intent(s: &AppState, durable: bool) -> Result<(), ApiError> {
     let Ok(scope) = SCOPE.try_with(Arc::clone) else { return Ok(()) };
     let wait = scope.deadline.saturating_duration_since(Instant::now());
-    if let Err(why) = s.audit.record_written(scope.event(0, Some(Phase::Intent)), wait).await {
+    let event = scope.event(0, Some(Phase::Intent));
+    let r = if durable { s.audit.record_durable(event, wait).await } else { s.audit.record_written(event, wait).await };
+    if let Err(why) = r {
         tracing::error!(error = %why, request_id = %scope.request_id, "admin write refused: its audit line could not be written");
         return Err(ApiError::audit_unavailable());
     }
     with_notes(|n| n.intent = true);
     Ok(())
-}
-
-/// The store's commit barrier: before each commit, every line written to the
-/// trail so far (the intent lines of the writes in that commit among them) is made durable.
-#[derive(Debug)]
-pub(crate) struct Trail(pub(crate) aegis_audit::Sink);
-
-impl aegis_store::CommitBarrier for Trail {
-    fn before_commit(&self) -> Result<(), String> {
-        self.0.sync_written().map_err(|e| e.to_string())
-    }
 }
 
 /// Records the answer of a request. An admin write whose `done` line cannot

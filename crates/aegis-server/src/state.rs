@@ -186,7 +186,7 @@ impl AppState {
             barrier: self
                 .audit
                 .is_on()
-                .then(|| Arc::new(crate::audit::Trail(self.audit.clone())) as Arc<dyn aegis_store::CommitBarrier>),
+                .then(|| Arc::new(Trail(self.audit.clone())) as Arc<dyn aegis_store::CommitBarrier>),
             ..StoreOptions::default()
         };
         let backend = self.backend.clone();
@@ -291,4 +291,15 @@ impl AppState {
 fn internal(e: KeyStoreError) -> ApiError {
     tracing::error!(error = %e, "root key store");
     ApiError::internal("could not read or write the root key store; see the Safe's log")
+}
+
+/// The store's commit barrier: before each commit, every line written to the
+/// trail so far (the intent lines of the writes in that commit among them) is made durable.
+#[derive(Debug)]
+struct Trail(aegis_audit::Sink);
+
+impl aegis_store::CommitBarrier for Trail {
+    fn before_commit(&self) -> Result<(), String> {
+        self.0.sync_written().map_err(|e| e.to_string())
+    }
 }

@@ -42,23 +42,10 @@ pub(crate) struct Shared {
     /// Transformations found over the template budget since start.
     pub(crate) transform_failures: AtomicU64,
     /// The change notices of watched secrets.
-    pub(crate) watched: crate::watchers::Watched,
+    pub(crate) watched: Arc<crate::watchers::Watched>,
 }
 
 impl Shared {
-    /// An empty store's state, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> Self {
-        Self {
-            map: RwLock::default(),
-            keyring: ArcSwap::from_pointee(Keyring::new(Arc::new(aegis_crypto::RootKey::generate()))),
-            seq: watch::channel(0).0,
-            opts: StoreOptions::default(),
-            transform_failures: AtomicU64::new(0),
-            watched: crate::watchers::Watched::default(),
-        }
-    }
-
     pub(crate) fn get(&self, name: &SecretName) -> Option<Arc<Entry>> {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }

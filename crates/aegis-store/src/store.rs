@@ -36,7 +36,7 @@ impl Store {
             seq,
             opts,
             transform_failures: failures,
-            watched: crate::watchers::Watched::default(),
+            watched: Arc::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer::run(shared.clone(), backend, rx));
@@ -118,7 +118,7 @@ impl Store {
 
     /// A watch on the secret `name`: woken by the commits that change it, not by others.
     pub fn watch_secret(&self, name: &SecretName) -> crate::SecretWatch {
-        crate::SecretWatch::new(self.shared.clone(), name.clone())
+        crate::SecretWatch::new(self.shared.watched.clone(), name.clone())
     }
 
     /// How many transformations were found over the template budget since

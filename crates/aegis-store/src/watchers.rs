@@ -39,18 +39,15 @@ impl Watched {
 /// *before* reading the secret, then await it: a change committed after the
 /// read is never missed.
 pub struct SecretWatch {
-    watched: Arc<WatchedOwner>,
+    watched: Arc<Watched>,
     name: SecretName,
     notify: Arc<Notify>,
 }
 
-/// What a [`SecretWatch`] keeps alive: the store's shared state.
-pub(crate) type WatchedOwner = crate::shared::Shared;
-
 impl SecretWatch {
-    pub(crate) fn new(owner: Arc<WatchedOwner>, name: SecretName) -> Self {
-        let notify = owner.watched.lock().entry(name.clone()).or_default().clone();
-        Self { watched: owner, name, notify }
+    pub(crate) fn new(watched: Arc<Watched>, name: SecretName) -> Self {
+        let notify = watched.lock().entry(name.clone()).or_default().clone();
+        Self { watched, name, notify }
     }
 
     /// Completes at the next commit that changes the secret (once enabled or polled).
@@ -61,7 +58,7 @@ impl SecretWatch {
 
 impl Drop for SecretWatch {
     fn drop(&mut self) {
-        let mut by_name = self.watched.watched.lock();
+        let mut by_name = self.watched.lock();
         // The map's reference and this one: the last watcher of the secret is leaving.
         if Arc::strong_count(&self.notify) == 2 {
             by_name.remove(&self.name);
@@ -78,7 +75,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_wakes_the_watchers_of_that_secret_only_and_the_last_one_out_removes_the_notice() {
-        let shared = Arc::new(crate::shared::Shared::for_tests());
+        let shared = Arc::new(Watched::default());
         let (a, b) = (SecretName::parse("a").unwrap(), SecretName::parse("b").unwrap());
         let wa = SecretWatch::new(shared.clone(), a.clone());
         let wa2 = SecretWatch::new(shared.clone(), a.clone());
@@ -88,13 +85,13 @@ mod tests {
             tokio::pin!(na, nb);
             na.as_mut().enable();
             nb.as_mut().enable();
-            shared.watched.changed([&a]);
+            shared.changed([&a]);
             tokio::time::timeout(Duration::from_secs(1), na).await.unwrap();
             assert!(tokio::time::timeout(Duration::from_millis(50), nb).await.is_err(), "b did not change");
         }
         drop(wa);
-        assert_eq!(shared.watched.lock().len(), 2, "a is still watched by wa2");
+        assert_eq!(shared.lock().len(), 2, "a is still watched by wa2");
         drop((wa2, wb));
-        assert!(shared.watched.lock().is_empty());
+        assert!(shared.lock().is_empty());
     }
 }
