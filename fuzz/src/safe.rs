@@ -80,7 +80,7 @@ fn settings() -> Settings {
 pub fn sentinel() -> Caller {
     let id = SpiffeId::parse("spiffe://vsecm.com/workload/vsecm-sentinel/ns/vsecm-system/sa/vsecm-sentinel/n/s-0")
         .expect("the Sentinel's SPIFFE ID");
-    Caller { id, role: Role::Sentinel }
+    Caller::new(id, Role::Sentinel)
 }
 
 /// The workload `name` (which must be a valid workload name).
@@ -89,7 +89,7 @@ pub fn workload(name: &WorkloadName) -> Caller {
     let id = SpiffeId::parse(&id).unwrap_or_else(|_| {
         SpiffeId::parse("spiffe://vsecm.com/workload/x/ns/default/sa/x/n/x-0").expect("a workload SPIFFE ID")
     });
-    Caller { id, role: Role::Workload(name.clone()) }
+    Caller::new(id, Role::Workload(name.clone()))
 }
 
 impl Safe {
