@@ -95,6 +95,13 @@ async fn every_write_s_intent_line_is_durable_before_the_commit_that_makes_it() 
     for t in tasks {
         t.await.unwrap();
     }
+    // strace 6.1 leaves its tracee running when it is killed: the Safe first, then strace.
+    let strace_pid = safe.child.as_ref().unwrap().id();
+    let children = std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    for pid in children.split_whitespace() {
+        let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
     safe.kill9();
     let text = std::fs::read_to_string(&trace).unwrap();
     let (checked, missing) = intents_synced_before_commit(&text);
