@@ -7,10 +7,13 @@
 //!   key id bound as associated data.
 //! - VSecM-compatible "encrypt for git" ciphertexts (age, base64), and the
 //!   age files VSecM's Safe keeps its records in ([`RootKey::decrypt_age_file`]).
+//! - [`backup`]: the encryption of backup files (age, to the root key and
+//!   to recipients given at backup time).
 //! - [`AuditKey`]: the HMAC-SHA256 key that anchors the audit trail, derived
 //!   from the root key with HKDF.
 
 mod audit;
+pub mod backup;
 mod record;
 mod root;
 
@@ -44,6 +47,9 @@ pub enum CryptoError {
     /// A VSecM-style encrypted value could not be decrypted.
     #[error("encrypted value could not be decrypted: {0}; it must be the base64 output of `safe -e` under this Safe's root key")]
     Ciphertext(&'static str),
+    /// A backup file cannot be written or opened; the reason says what to do.
+    #[error("backup: {0}")]
+    Backup(String),
     /// An age file (a VSecM `<name>.age` record) could not be decrypted.
     #[error("age file could not be decrypted: {0}")]
     AgeFile(&'static str),

@@ -75,6 +75,11 @@ impl Keyring {
         self.find(id).is_some()
     }
 
+    /// Every loaded key, the current one first.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &RootKey> {
+        std::iter::once(&self.current).chain(self.older.iter()).map(|k| k.as_ref())
+    }
+
     fn find(&self, id: KeyId) -> Option<&RootKey> {
         std::iter::once(&self.current).chain(self.older.iter()).find(|k| k.id() == id).map(|k| k.as_ref())
     }

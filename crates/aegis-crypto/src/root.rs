@@ -115,6 +115,14 @@ impl RootKey {
         self.age_recipient.to_string()
     }
 
+    pub(crate) fn age_recipient(&self) -> &age::x25519::Recipient {
+        &self.age_recipient
+    }
+
+    pub(crate) fn age_identity(&self) -> &age::x25519::Identity {
+        &self.age_identity
+    }
+
     pub(crate) fn record_key(&self) -> &[u8; 32] {
         &self.record_key
     }

@@ -53,6 +53,12 @@ pub enum StoreError {
     /// see [`crate::CommitBarrier`]) could not be made so: nothing was changed.
     #[error("the change was refused because it could not be recorded first ({0}); nothing was changed")]
     Barrier(String),
+    /// A restore into a store that holds secrets, without `replace`.
+    #[error("the Safe already holds {secrets} secrets; restore into an empty Safe, or replace the secrets the backup holds (aegis restore --replace; the others are kept)")]
+    NotEmpty {
+        /// Secrets held.
+        secrets: usize,
+    },
     /// The writer task has stopped (the Safe is shutting down).
     #[error("the store is shutting down; retry against a running Safe")]
     Closed,

@@ -10,6 +10,7 @@
 //! [`Keyring`]: aegis_crypto::Keyring
 
 mod backend;
+pub mod backup;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod dir;
@@ -32,7 +33,7 @@ pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};
 pub use error::StoreError;
 pub use rootkey::{FileStore, IfAbsent, KeyStoreError, KeyStoreResult, RootKeyStore};
 pub use shared::StoreOptions;
-pub use store::Store;
+pub use store::{Restored, Snapshot, Store};
 pub use sync::{BoxFuture, Refusal, SecretSync};
 pub use ticket::Ticket;
 pub use watchers::SecretWatch;

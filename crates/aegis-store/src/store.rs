@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use aegis_core::secret::SecretDoc;
 use aegis_core::SecretName;
 use aegis_crypto::Keyring;
 use arc_swap::ArcSwap;
@@ -12,6 +13,27 @@ use crate::entry::{Entry, LoadReport, Mutation};
 use crate::shared::{Shared, StoreOptions};
 use crate::writer::{self, Job};
 use crate::{Backend, StoreError};
+
+/// Every secret at one point, in name order (see [`Store::snapshot`]).
+pub struct Snapshot {
+    /// The store's commits (counted since it opened) whose changes it holds.
+    pub commit: u64,
+    /// When it was taken.
+    pub taken_at: time::OffsetDateTime,
+    /// The secrets, sorted by name.
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Secrets written from the backup.
+    pub secrets: usize,
+    /// Of those, how many replaced a secret of the same name.
+    pub replaced: usize,
+    /// Secrets the store held that the backup does not (kept as they were).
+    pub kept: usize,
+}
 
 /// All secrets, in memory, durably persisted. Cheap to clone.
 #[derive(Clone)]
@@ -93,6 +115,25 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let ticket = crate::Ticket::current();
         self.tx.send(Job::Group { mutations, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every secret as it is now, without stopping writes: the entries of
+    /// every commit up to `commit`, so every write acknowledged before the call.
+    pub fn snapshot(&self) -> Snapshot {
+        // A commit puts its entries in the map before it bumps the counter and
+        // before it answers: every change of commits up to `commit` is in the list.
+        let commit = *self.shared.seq.borrow();
+        Snapshot { commit, taken_at: time::OffsetDateTime::now_utc(), entries: self.list() }
+    }
+
+    /// Writes whole secrets (from a backup) in one all-or-nothing commit;
+    /// see [`Restored`]. Refused with [`StoreError::NotEmpty`] when the store
+    /// holds secrets, unless `replace`.
+    pub async fn restore(&self, docs: Vec<SecretDoc>, replace: bool) -> Result<Restored, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let ticket = crate::Ticket::current();
+        self.tx.send(Job::Restore { docs, replace, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

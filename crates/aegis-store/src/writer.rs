@@ -33,6 +33,13 @@ pub(crate) enum Job {
         reply: Reply<usize>,
         ticket: Option<Arc<Ticket>>,
     },
+    /// Whole secrets from a backup, written all or nothing in one commit.
+    Restore {
+        docs: Vec<SecretDoc>,
+        replace: bool,
+        reply: Reply<crate::Restored>,
+        ticket: Option<Arc<Ticket>>,
+    },
     /// Changes applied all or nothing, in one commit of their own.
     Group {
         mutations: Vec<(SecretName, Mutation)>,
@@ -84,6 +91,14 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
                     } else {
                         commit(&shared, &backend, std::mem::take(&mut batch)).await;
                         let _ = reply.send(commit_group(&shared, &backend, mutations).await);
+                    }
+                }
+                Job::Restore { docs, replace, reply, ticket } => {
+                    if ticket.is_some_and(|t| !t.pick()) {
+                        let _ = reply.send(Err(StoreError::Expired));
+                    } else {
+                        commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        let _ = reply.send(restore(&shared, &backend, docs, replace).await);
                     }
                 }
                 Job::Mutate { name, mutation, reply, ticket } => {
@@ -229,18 +244,29 @@ async fn commit_group(
             order.push(name);
         }
     }
+    let docs: Vec<(SecretDoc, Option<Data>)> = order.iter().filter_map(|n| work.remove(n)).collect();
+    write_docs(shared, backend, docs).await
+}
+
+/// Seals `docs` and writes them with [`Backend::write_group`], then makes the
+/// stored ones visible. Records stored despite a failure (a rename failed
+/// midway) are made visible too, and the error names them.
+async fn write_docs(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    docs: Vec<(SecretDoc, Option<Data>)>,
+) -> Result<Vec<Arc<Entry>>, StoreError> {
+    let order: Vec<SecretName> = docs.iter().map(|(d, _)| d.name.clone()).collect();
     let keyring = shared.keyring.load_full();
-    let mut records = Vec::with_capacity(order.len());
-    let mut docs = Vec::with_capacity(order.len());
-    for name in &order {
-        let Some((doc, data)) = work.remove(name) else { continue };
-        records.push((name.clone(), seal(&keyring, &doc)?));
-        docs.push((doc, data));
-    }
     let b = backend.clone();
     let budget = shared.opts.template_budget;
     let barrier = shared.opts.barrier.clone();
+    // Sealed off the async threads: a restore seals every secret at once.
     let (result, entries) = tokio::task::spawn_blocking(move || {
+        let records = docs
+            .iter()
+            .map(|(doc, _)| Ok((doc.name.clone(), seal(&keyring, doc)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let result = match before_commit(barrier.as_deref()) {
             Ok(()) => b.write_group(&records),
             Err(why) => Err(GroupError { stored: Vec::new(), error: StoreError::Barrier(why) }),
@@ -254,10 +280,10 @@ async fn commit_group(
             .zip(stored)
             .map(|((doc, data), ok)| ok.then(|| Arc::new(Entry::new(doc, data, &budget))))
             .collect();
-        (result, entries)
+        Ok::<_, StoreError>((result, entries))
     })
     .await
-    .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?;
+    .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })??;
     let visible: Vec<Arc<Entry>> = entries.iter().flatten().cloned().collect();
     if !visible.is_empty() {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
@@ -290,6 +316,33 @@ async fn commit_group(
             Err(err)
         }
     }
+}
+
+/// Writes whole secrets from a backup in one all-or-nothing commit. Into a
+/// store that holds secrets only with `replace`: each secret of the backup
+/// then replaces the one of its name (at a revision above it, so watchers see
+/// the change), and the others are kept.
+async fn restore(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    mut docs: Vec<SecretDoc>,
+    replace: bool,
+) -> Result<crate::Restored, StoreError> {
+    let held = shared.map.read().unwrap_or_else(|e| e.into_inner()).len();
+    if held > 0 && !replace {
+        return Err(StoreError::NotEmpty { secrets: held });
+    }
+    let mut replaced = 0;
+    for doc in &mut docs {
+        if let Some(old) = shared.get(&doc.name) {
+            replaced += 1;
+            doc.revision = doc.revision.max(old.doc.revision + 1);
+        }
+    }
+    let secrets = docs.len();
+    let docs = docs.into_iter().map(|d| (d, None)).collect();
+    write_docs(shared, backend, docs).await?;
+    Ok(crate::Restored { secrets, replaced, kept: held - replaced })
 }
 
 type Outcome = HashMap<SecretName, Result<Arc<Entry>, StoreError>>;
