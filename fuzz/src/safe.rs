@@ -66,6 +66,8 @@ fn settings() -> Settings {
         max_body_bytes: MAX_BODY_BYTES,
         max_versions: 4,
         request_timeout: Duration::from_secs(10),
+        transfer_timeout: Duration::from_secs(10),
+        max_restore_bytes: MAX_BODY_BYTES as u64,
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         conn_limits: ConnLimitSettings::default(),

@@ -379,6 +379,44 @@ pub struct Rotated {
     pub records: usize,
 }
 
+/// The body of `POST /v1/admin/backup` (optional).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// Age recipients (`age1…`) the backup is also encrypted to, so that it
+    /// can be restored without the root key.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// What a backup file holds, as checked (`POST /v1/admin/backup/verify`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupChecked {
+    /// When its snapshot was taken (RFC 3339).
+    pub taken_at: String,
+    /// The Safe's commit it goes up to (counted since that Safe started).
+    pub commit: u64,
+    /// Secrets in it.
+    pub secrets: u64,
+    /// Versions those hold together.
+    pub versions: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
+}
+
+/// `POST /v1/admin/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreDone {
+    /// The backup restored.
+    pub backup: BackupChecked,
+    /// Secrets written.
+    pub restored: usize,
+    /// Of those, how many replaced a secret of the same name.
+    pub replaced: usize,
+    /// Secrets the Safe held that the backup does not (kept as they were).
+    pub kept: usize,
+}
+
 /// Every error answer of the Safe.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -48,7 +48,7 @@ pub enum CryptoError {
     #[error("encrypted value could not be decrypted: {0}; it must be the base64 output of `safe -e` under this Safe's root key")]
     Ciphertext(&'static str),
     /// A backup file cannot be written or opened; the reason says what to do.
-    #[error("backup: {0}")]
+    #[error("{0}")]
     Backup(String),
     /// An age file (a VSecM `<name>.age` record) could not be decrypted.
     #[error("age file could not be decrypted: {0}")]

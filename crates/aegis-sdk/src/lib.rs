@@ -16,6 +16,7 @@
 //! ```
 
 mod admin;
+mod backup;
 mod settings;
 mod watch;
 
@@ -30,6 +31,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use backup::{BackupStream, FileStream, KEY_HEADER};
 pub use settings::Settings;
 pub use watch::{WatchOptions, WatchUpdate};
 

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod error;
 mod extract;
 pub mod health;

@@ -13,7 +13,7 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::routes::{allowed_query, route_label, Endpoint, Route, ROUTES};
 use crate::state::AppState;
-use crate::{native, vsecm, watch};
+use crate::{backup, native, vsecm, watch};
 
 /// Every route of the mTLS API.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -58,6 +58,9 @@ fn handler(endpoint: Endpoint, filter: axum::routing::MethodFilter) -> MethodRou
         E::Status => on(filter, native::status),
         E::Rotate => on(filter, native::rotate),
         E::Openapi => on(filter, native::openapi),
+        E::Backup => on(filter, backup::backup),
+        E::VerifyBackup => on(filter, backup::verify),
+        E::Restore => on(filter, backup::restore),
     }
 }
 

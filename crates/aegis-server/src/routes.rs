@@ -48,6 +48,12 @@ pub const UNSEAL: &str = "/v1/unseal";
 pub const STATUS: &str = "/v1/status";
 /// Root key rotation.
 pub const ROTATE_ROOT_KEY: &str = "/v1/admin/rotate-root-key";
+/// A backup of every secret (streamed).
+pub const BACKUP: &str = "/v1/admin/backup";
+/// The check of a backup file (streamed in).
+pub const BACKUP_VERIFY: &str = "/v1/admin/backup/verify";
+/// A restore from a backup file (streamed in).
+pub const RESTORE: &str = "/v1/admin/restore";
 /// The OpenAPI document.
 pub const OPENAPI: &str = "/v1/openapi.yaml";
 
@@ -150,6 +156,12 @@ pub enum Endpoint {
     Rotate,
     /// `native::openapi`.
     Openapi,
+    /// `backup::backup`.
+    Backup,
+    /// `backup::verify`.
+    VerifyBackup,
+    /// `backup::restore`.
+    Restore,
 }
 
 /// One method of a route.
@@ -163,6 +175,10 @@ pub struct Op {
     pub query: Query,
     /// What serves it.
     pub endpoint: Endpoint,
+    /// A transfer: its body is streamed to the handler (not read first, not
+    /// bounded by `--max-body-bytes`) and it runs under the transfer deadline
+    /// (`--transfer-timeout-ms`) instead of the request deadline.
+    pub transfer: bool,
 }
 
 /// The methods routes serve.
@@ -225,7 +241,11 @@ impl Route {
 }
 
 const fn op(method: Verb, action: &'static str, query: Query, endpoint: Endpoint) -> Op {
-    Op { method, action, query, endpoint }
+    Op { method, action, query, endpoint, transfer: false }
+}
+
+const fn transfer(method: Verb, action: &'static str, query: Query, endpoint: Endpoint) -> Op {
+    Op { method, action, query, endpoint, transfer: true }
 }
 
 const NONE: Query = Query::Only(&[]);
@@ -234,7 +254,7 @@ use Endpoint as E;
 use Verb::{Delete, Get, Post, Put};
 
 /// Every route of the mTLS API.
-pub static ROUTES: [Route; 17] = [
+pub static ROUTES: [Route; 20] = [
     Route {
         path: WORKLOAD_SECRETS,
         api: Api::Vsecm,
@@ -329,6 +349,24 @@ pub static ROUTES: [Route; 17] = [
         callers: Callers::Sentinel,
         ops: &[op(Post, "rotate-root-key", NONE, E::Rotate)],
     },
+    Route {
+        path: BACKUP,
+        api: Api::Native,
+        callers: Callers::Sentinel,
+        ops: &[transfer(Post, "backup", NONE, E::Backup)],
+    },
+    Route {
+        path: BACKUP_VERIFY,
+        api: Api::Native,
+        callers: Callers::Sentinel,
+        ops: &[transfer(Post, "verify-backup", NONE, E::VerifyBackup)],
+    },
+    Route {
+        path: RESTORE,
+        api: Api::Native,
+        callers: Callers::Sentinel,
+        ops: &[transfer(Post, "restore", Query::Only(&["replace"]), E::Restore)],
+    },
     Route { path: OPENAPI, api: Api::Native, callers: Callers::Any, ops: &[op(Get, "openapi", NONE, E::Openapi)] },
 ];
 
@@ -364,6 +402,11 @@ fn matches_template(template: &str, path: &str) -> bool {
 /// Whether the router serves `method` on `route` (axum answers HEAD wherever GET is served).
 pub fn serves(method: &Method, route: &str) -> bool {
     find(route).and_then(|r| r.op(method)).is_some()
+}
+
+/// Whether `method` on `route` is a transfer (see [`Op::transfer`]).
+pub fn is_transfer(method: &Method, route: &str) -> bool {
+    find(route).and_then(|r| r.op(method)).is_some_and(|o| o.transfer)
 }
 
 /// Whether only the Sentinel may send `method` to `route`. Unknown paths and
@@ -511,7 +554,7 @@ mod tests {
             missing.is_empty() && extra.is_empty(),
             "in routes.rs but not in openapi.yaml: {missing:?}; in openapi.yaml but not in routes.rs: {extra:?}"
         );
-        assert_eq!(table.len(), 21);
+        assert_eq!(table.len(), 24);
     }
 
     #[test]

@@ -534,22 +534,20 @@ async fn handle(
     let method = req.method().clone();
     let span = tracing::info_span!("request", caller = %caller.id, %method, route = path_route);
     let start = Instant::now();
-    let scope = crate::audit::Scope::new(
-        caller.audit_name.clone(),
-        method.clone(),
-        path_route,
-        start + state.settings.request_timeout,
-    );
+    // A transfer streams its body to its handler and has the longer deadline.
+    let transfer = crate::routes::is_transfer(&method, path_route);
+    let timeout = if transfer { state.settings.transfer_timeout } else { state.settings.request_timeout };
+    let scope = crate::audit::Scope::new(caller.audit_name.clone(), method.clone(), path_route, start + timeout);
     // Writes taken up by the store writer after the deadline are refused
     // (not applied); a write taken up before it gets a grace to commit. When
     // even that runs out, the answer says whether the write may have been applied.
-    let timeout = state.settings.request_timeout;
     let ticket = Ticket::new(start + timeout);
     // Authorized on the head: nothing of the body is read before the caller's
     // role allows the route and the request fits the in-flight budgets.
     let admitted = {
         use hyper::body::Body as _;
-        let size = req.body().size_hint().exact();
+        // A transfer's body is not held: it takes none of the body budget.
+        let size = if transfer { Some(0) } else { req.body().size_hint().exact() };
         state.in_flight.admit(&caller, &method, path_route, size, state.settings.max_body_bytes)
     };
     req.extensions_mut().insert(caller);
@@ -560,7 +558,12 @@ async fn handle(
                 Ok(held) => held,
                 Err(refused) => return Ok(*refused),
             };
-            let resp = match read_body(req, held.body).await {
+            let read = if transfer && matches!(held.body, BodyRule::Read(_)) {
+                Ok(req.map(Body::new))
+            } else {
+                read_body(req, held.body).await
+            };
+            let resp = match read {
                 Ok(req) => app.oneshot(req).await,
                 Err(refused) => Ok(refused.into_response()),
             };

@@ -61,6 +61,10 @@ pub struct Settings {
     pub max_versions: usize,
     /// Longest time a request may take, including reading its body.
     pub request_timeout: Duration,
+    /// Longest time a transfer (backup, restore, a backup's check) may take, streaming included.
+    pub transfer_timeout: Duration,
+    /// Largest backup file a restore or a check reads.
+    pub max_restore_bytes: u64,
     /// Longest time a TLS handshake or request head may take; also how long a
     /// new connection may wait before its first request.
     pub handshake_timeout: Duration,
@@ -99,6 +103,8 @@ pub struct AppState {
     sync: Option<Arc<dyn SecretSync>>,
     /// The audit trail.
     pub audit: aegis_audit::Sink,
+    /// One backup, restore or check at a time.
+    pub transfers: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -124,6 +130,7 @@ impl AppState {
             metrics: Metrics::new(),
             sync,
             audit,
+            transfers: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 

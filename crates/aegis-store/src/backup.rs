@@ -46,6 +46,19 @@ pub struct Header {
     pub versions: u64,
 }
 
+impl Header {
+    /// What the backup holds, as the API reports it, for a file of `bytes`.
+    pub fn summary(&self, bytes: u64) -> aegis_core::api::BackupChecked {
+        aegis_core::api::BackupChecked {
+            taken_at: self.taken_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            commit: self.commit,
+            secrets: self.secrets,
+            versions: self.versions,
+            bytes,
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case")]
 enum LineOut<'a> {
@@ -275,9 +288,11 @@ impl<R: BufRead> BackupReader<R> {
         let after = format!("after {} of {} secrets", self.seen, self.header.secrets);
         BackupError(match e.kind() {
             io::ErrorKind::InvalidData => {
-                format!("the backup was altered or damaged {after}: a chunk failed its authentication")
+                format!("the backup was altered or damaged, or cut short, {after}: a chunk failed its authentication")
             }
-            io::ErrorKind::UnexpectedEof => format!("the backup is truncated {after}: its last chunk is missing"),
+            io::ErrorKind::UnexpectedEof => {
+                format!("the backup is truncated (cut short) {after}: its last chunk is missing")
+            }
             _ => format!("the backup could not be read {after}: {e}"),
         })
     }

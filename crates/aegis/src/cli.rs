@@ -90,6 +90,10 @@ enum Command {
     Import(crate::admin::import::ImportArgs),
     /// Read the Safe's audit trail: `verify` its chain and anchors, `tail` it.
     Audit(crate::admin::audit::AuditArgs),
+    /// Take an encrypted backup of every secret (`--out FILE`), or check one (`verify FILE`).
+    Backup(crate::admin::backup::BackupArgs),
+    /// Restore a backup into the Safe (`--in FILE`).
+    Restore(crate::admin::backup::RestoreArgs),
 }
 
 /// Runs a parsed command line.
@@ -116,5 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sentinel(a) => crate::admin::sentinel::run(a).await,
         Command::Import(a) => crate::admin::import::run(a).await,
         Command::Audit(a) => crate::admin::audit::run(a).await,
+        Command::Backup(a) => crate::admin::backup::backup(a).await,
+        Command::Restore(a) => crate::admin::backup::restore(a).await,
     }
 }

@@ -4,6 +4,7 @@
 //! Safe's audit trail).
 
 pub mod audit;
+pub mod backup;
 pub mod import;
 pub mod safe;
 pub mod secrets;

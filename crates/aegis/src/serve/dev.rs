@@ -37,6 +37,9 @@ pub struct DevArgs {
     /// Longest a request may take, in milliseconds.
     #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = server::DEFAULT_REQUEST_TIMEOUT_MS)]
     request_timeout_ms: u64,
+    /// Largest backup file a restore or a check reads, in bytes.
+    #[arg(long, env = "AEGIS_MAX_RESTORE_BYTES", default_value_t = server::DEFAULT_MAX_RESTORE_BYTES)]
+    max_restore_bytes: u64,
     /// The template budget of the dev Safe.
     #[command(flatten)]
     templates: server::TemplateArgs,
@@ -151,6 +154,8 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
         max_versions: server::DEFAULT_MAX_VERSIONS,
         request_timeout_ms: a.request_timeout_ms,
+        transfer_timeout_ms: server::DEFAULT_TRANSFER_TIMEOUT_MS,
+        max_restore_bytes: a.max_restore_bytes,
         handshake_timeout_ms: server::DEFAULT_HANDSHAKE_TIMEOUT_MS,
         limits: a.limits.clone(),
         templates: a.templates.clone(),

@@ -48,6 +48,12 @@ pub struct ServerArgs {
     /// Longest a request may take, in milliseconds (slow clients are cut off).
     #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
+    /// Longest a backup, a restore or a backup's check may take, streaming included, in milliseconds.
+    #[arg(long, env = "AEGIS_TRANSFER_TIMEOUT_MS", default_value_t = DEFAULT_TRANSFER_TIMEOUT_MS)]
+    pub transfer_timeout_ms: u64,
+    /// Largest backup file a restore or a check reads, in bytes.
+    #[arg(long, env = "AEGIS_MAX_RESTORE_BYTES", default_value_t = DEFAULT_MAX_RESTORE_BYTES)]
+    pub max_restore_bytes: u64,
     /// Longest a TLS handshake or request head may take, in milliseconds.
     #[arg(long, env = "AEGIS_HANDSHAKE_TIMEOUT_MS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_MS)]
     pub handshake_timeout_ms: u64,
@@ -160,6 +166,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_VERSIONS: u16 = 10;
 /// Request timeout unless told otherwise, in milliseconds.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Transfer (backup, restore) timeout unless told otherwise, in milliseconds: 30 minutes.
+pub const DEFAULT_TRANSFER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+/// Largest backup file read unless told otherwise, in bytes: 4 GiB.
+pub const DEFAULT_MAX_RESTORE_BYTES: u64 = 4 << 30;
 /// TLS handshake timeout unless told otherwise, in milliseconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
@@ -510,6 +520,8 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         max_body_bytes: a.max_body_bytes,
         max_versions: usize::from(a.max_versions),
         request_timeout: Duration::from_millis(a.request_timeout_ms),
+        transfer_timeout: Duration::from_millis(a.transfer_timeout_ms),
+        max_restore_bytes: a.max_restore_bytes,
         handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
         idle_timeout: Duration::from_millis(a.limits.idle_timeout_ms),
         conn_limits: a.limits.conn_limits(),

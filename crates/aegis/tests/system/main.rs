@@ -13,6 +13,7 @@ mod common;
 
 mod api_contract;
 mod audit;
+mod backup;
 mod cli_e2e;
 mod delivery;
 mod durability;
