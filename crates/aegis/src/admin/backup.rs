@@ -35,8 +35,14 @@ pub struct BackupArgs {
     #[command(subcommand)]
     cmd: Option<BackupCmd>,
     /// The file to write (`-` for standard output); it must not exist yet.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "out_dir")]
     out: Option<PathBuf>,
+    /// Write `aegis-<UTC time>.backup` into this directory instead (for scheduled backups).
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// With --out-dir: keep only the newest N backups there (older `aegis-*.backup` files are removed).
+    #[arg(long, value_name = "N", requires = "out_dir", value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
     /// Also encrypt the backup to this age recipient (`age1…`, repeatable), so
     /// that it can be restored without the Safe's root key.
     #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
@@ -96,12 +102,15 @@ pub async fn backup(a: BackupArgs) -> Result<(), CliError> {
     if let Some(BackupCmd::Verify(v)) = a.cmd {
         return verify(v).await;
     }
-    let Some(out) = a.out else {
-        return Err(CliError::new(
-            CONFIG,
-            "say where to write the backup: aegis backup --out FILE (or --out - for standard output)",
-        ));
-    };
+    let out =
+        match (&a.out, &a.out_dir) {
+            (Some(f), _) => f.clone(),
+            (None, Some(dir)) => dir.join(scheduled_name(time::OffsetDateTime::now_utc())),
+            (None, None) => return Err(CliError::new(
+                CONFIG,
+                "say where to write the backup: aegis backup --out FILE (--out - for standard output) or --out-dir DIR",
+            )),
+        };
     for r in &a.recipients {
         parse_recipient(r).map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     }
@@ -134,11 +143,16 @@ pub async fn backup(a: BackupArgs) -> Result<(), CliError> {
     }
     let bytes = progress.bytes;
     sink.finish()?;
+    let removed = match (&a.out_dir, a.keep) {
+        (Some(dir), Some(keep)) => prune(dir, keep as usize)?,
+        _ => Vec::new(),
+    };
     let secs = started.elapsed().as_secs_f64();
     if a.out_format.output == Output::Json {
         return print_json(&serde_json::json!({
             "file": out.display().to_string(), "secrets": stream.secrets, "commit": stream.commit,
             "bytes": bytes, "seconds": secs, "recipients": a.recipients.len(),
+            "removed": removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         }));
     }
     let to =
@@ -151,7 +165,47 @@ pub async fn backup(a: BackupArgs) -> Result<(), CliError> {
         secs,
         out.display()
     );
+    for p in &removed {
+        eprintln!("backup: removed {} (keeping the newest {})", p.display(), a.keep.unwrap_or_default());
+    }
     Ok(())
+}
+
+/// The name of a backup taken at `t` in an --out-dir: sorts by time.
+fn scheduled_name(t: time::OffsetDateTime) -> String {
+    format!(
+        "{SCHEDULED_PREFIX}{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z{SCHEDULED_SUFFIX}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+const SCHEDULED_PREFIX: &str = "aegis-";
+const SCHEDULED_SUFFIX: &str = ".backup";
+
+/// Removes all but the newest `keep` scheduled backups of `dir`; returns what it removed.
+fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, CliError> {
+    let read = std::fs::read_dir(dir).map_err(|e| cannot_read(dir, &e))?;
+    let mut names: Vec<String> = read
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(SCHEDULED_PREFIX) && n.ends_with(SCHEDULED_SUFFIX))
+        .collect();
+    names.sort();
+    let old = names.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for n in names.into_iter().take(old) {
+        let p = dir.join(n);
+        std::fs::remove_file(&p).map_err(|e| {
+            CliError::new(FAILURE, format!("the backup is written, but {} could not be removed: {e}", p.display()))
+        })?;
+        removed.push(p);
+    }
+    Ok(removed)
 }
 
 /// `aegis backup verify FILE`.

@@ -11,7 +11,7 @@ use aegis_core::api::PutSecret;
 use aegis_core::secret::SecretValue;
 use serde_json::Value;
 
-use crate::common::delivery::path_str;
+use crate::common::delivery::{names, path_str};
 use crate::common::*;
 
 const BASE: usize = 300;
@@ -278,4 +278,22 @@ async fn one_transfer_runs_at_a_time_and_an_oversized_file_is_refused() {
     assert!(e.contains("cut short") || e.contains("truncated"), "{e}");
     // Once it is over, the next one runs.
     ok(a.aegis(&admin, &["backup", "--out", path_str(&work.path().join("third.backup"))]));
+
+    // Scheduled backups into a directory keep the newest N.
+    let dir = work.path().join("scheduled");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a backup").unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        let o: Value = serde_json::from_str(&ok(
+            a.aegis(&admin, &["backup", "--out-dir", path_str(&dir), "--keep", "2", "-o", "json"])
+        ))
+        .unwrap();
+        taken.push(o["file"].as_str().unwrap().to_owned());
+    }
+    let mut left = names(&dir);
+    left.sort();
+    let newest: Vec<String> =
+        taken[1..].iter().map(|f| Path::new(f).file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, [newest[0].clone(), newest[1].clone(), "notes.txt".to_owned()], "{taken:?}");
 }

@@ -38,7 +38,7 @@ use serde_json::Value;
 const NAMESPACE: &str = "vsecm-system";
 
 /// Every documented variant: a name and its values file under charts/aegis/ci/.
-const VARIANTS: [(&str, Option<&str>); 7] = [
+const VARIANTS: [(&str, Option<&str>); 8] = [
     ("default", None),
     ("file root key", Some("file-root-key-values.yaml")),
     ("manual root key", Some("manual-root-key-values.yaml")),
@@ -46,6 +46,7 @@ const VARIANTS: [(&str, Option<&str>); 7] = [
     ("k8s: in all namespaces", Some("k8s-all-namespaces-values.yaml")),
     ("NetworkPolicy off", Some("no-networkpolicy-values.yaml")),
     ("custom SPIFFE ID templates", Some("custom-spiffe-values.yaml")),
+    ("scheduled backups", Some("backup-values.yaml")),
 ];
 
 fn chart_dir() -> PathBuf {
@@ -303,6 +304,61 @@ fn each_variant_renders_what_it_documents() {
     assert_eq!(ingress.len(), 1);
     assert_eq!(ingress[0]["ports"][0]["port"], 8443);
     assert_eq!(ingress[0]["from"][1]["podSelector"]["matchExpressions"][0]["key"], "aegis.dev/client");
+}
+
+#[test]
+fn scheduled_backups_run_as_the_sentinel_into_their_volume_and_keep_the_newest() {
+    assert!(!render(None).iter().any(|o| kind(o) == "CronJob"), "backups are off by default");
+    let objs = render(Some("backup-values.yaml"));
+    let cron = find(&objs, "CronJob", "aegis-backup");
+    assert_eq!(cron["spec"]["schedule"], "0 */6 * * *");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"];
+    let c = &pod["spec"]["containers"][0];
+    let a = args(c);
+    for want in ["backup", "--out-dir=/backups", "--keep=14", "--timeout-secs=1800"] {
+        assert!(a.contains(&want.to_owned()), "{want} not in {a:?}");
+    }
+    assert!(a.iter().any(|x| x.starts_with("--recipient=age1ql3z")), "{a:?}");
+    assert_eq!(env(c)["SPIFFE_ENDPOINT_SOCKET"], "unix:///spire-agent-socket/spire-agent.sock");
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    // SPIRE gives the job the Sentinel's SPIFFE ID: its ServiceAccount and the labels the Sentinel's
+    // ClusterSPIFFEID selects on.
+    let sentinel_id = find(&objs, "ClusterSPIFFEID", "vsecm-system-aegis-sentinel");
+    for (k, v) in sentinel_id["spec"]["podSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "label {k}");
+    }
+    assert_eq!(pod["spec"]["serviceAccountName"], "vsecm-sentinel");
+    let pvc = find(&objs, "PersistentVolumeClaim", "aegis-backups");
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
+    assert_eq!(pod["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"], "aegis-backups");
+
+    // An existing claim: no PVC of the chart's. Without a sentinel, or a bad recipient: refused.
+    let claim = template(&[
+        "-f".to_owned(),
+        chart_dir().join("ci/backup-values.yaml").display().to_string(),
+        "--set".to_owned(),
+        "backup.persistence.existingClaim=nightly".to_owned(),
+    ])
+    .unwrap();
+    assert!(!claim.contains("kind: PersistentVolumeClaim") && claim.contains("claimName: nightly"));
+    let e = template(&[
+        "--set".to_owned(),
+        "backup.enabled=true".to_owned(),
+        "--set".to_owned(),
+        "sentinel.enabled=false".to_owned(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("needs sentinel.enabled"), "{e}");
+    let e = template(&[
+        "--set".to_owned(),
+        "backup.enabled=true".to_owned(),
+        "--set".to_owned(),
+        "backup.recipients[0]=age1nope".to_owned(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("recipients"), "{e}");
 }
 
 /// The SPIFFE ID SPIRE's controller manager makes from a template for one pod.
