@@ -92,16 +92,18 @@ impl Journal {
             self.file.sync_data()?;
             self.torn = false;
         }
-        let frame = encode(records)?;
-        let written = self.file.write_all_at(&frame, self.len).and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // The frame's bytes must not stay in front of the next one.
-            if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
-                self.torn = true;
+        let written = write_frame(&self.file, self.len, records).and_then(|n| self.file.sync_data().map(|()| n));
+        let frame_len = match written {
+            Ok(n) => n,
+            Err(e) => {
+                // The frame's bytes must not stay in front of the next one.
+                if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
+                    self.torn = true;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        self.len += frame.len() as u64;
+        };
+        self.len += frame_len;
         Ok(())
     }
 
@@ -167,6 +169,57 @@ fn too_long(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{what} is too long for a journal frame"))
 }
 
+/// The most bytes of a frame held at once while it is written: a large
+/// group (a restore) is written and hashed in pieces, not copied whole.
+const WRITE_PIECE: usize = 1 << 20;
+
+/// Writes the frame of `records` at `at` in pieces of [`WRITE_PIECE`],
+/// hashing as it goes; returns its length. Same bytes as [`encode`].
+fn write_frame(file: &File, at: u64, records: &[SealedRecord]) -> io::Result<u64> {
+    let size: usize = records.iter().map(|(n, b)| 6 + n.as_str().len() + b.len()).sum();
+    let body = u32::try_from(4 + size).map_err(|_| too_long("the batch"))?;
+    let count = u32::try_from(records.len()).map_err(|_| too_long("the batch"))?;
+    let mut hash = Sha256::new();
+    let mut piece = Vec::with_capacity(WRITE_PIECE.min(HEAD + 4 + size + HASH));
+    let mut offset = at;
+    let mut flush = |piece: &mut Vec<u8>, hash: &mut Sha256, offset: &mut u64| -> io::Result<()> {
+        hash.update(&piece[..]);
+        file.write_all_at(piece, *offset)?;
+        *offset += piece.len() as u64;
+        piece.clear();
+        Ok(())
+    };
+    piece.extend_from_slice(MAGIC);
+    piece.extend_from_slice(&body.to_be_bytes());
+    piece.extend_from_slice(&count.to_be_bytes());
+    for (name, bytes) in records {
+        let n = u16::try_from(name.as_str().len()).map_err(|_| too_long("a secret name"))?;
+        let b = u32::try_from(bytes.len()).map_err(|_| too_long("a record"))?;
+        piece.extend_from_slice(&n.to_be_bytes());
+        piece.extend_from_slice(name.as_str().as_bytes());
+        piece.extend_from_slice(&b.to_be_bytes());
+        if piece.len() + bytes.len() > WRITE_PIECE {
+            flush(&mut piece, &mut hash, &mut offset)?;
+        }
+        if bytes.len() > WRITE_PIECE {
+            hash.update(bytes);
+            file.write_all_at(bytes, offset)?;
+            offset += bytes.len() as u64;
+        } else {
+            piece.extend_from_slice(bytes);
+        }
+    }
+    let digest = {
+        hash.update(&piece[..]);
+        hash.finalize()
+    };
+    piece.extend_from_slice(&digest);
+    file.write_all_at(&piece, offset)?;
+    offset += piece.len() as u64;
+    Ok(offset - at)
+}
+
+#[cfg(test)]
 fn encode(records: &[SealedRecord]) -> io::Result<Vec<u8>> {
     let size: usize = records.iter().map(|(n, b)| 6 + n.as_str().len() + b.len()).sum();
     let mut frame = Vec::with_capacity(HEAD + 4 + size + HASH);
@@ -298,6 +351,24 @@ mod tests {
         let want = vec![("a".into(), b"1".to_vec()), ("k8s:b".into(), b"22".to_vec()), ("a".into(), b"333".to_vec())];
         assert_eq!(names(&r), want);
         assert_eq!(j.len(), std::fs::metadata(path(dir.path())).unwrap().len());
+    }
+
+    #[test]
+    fn a_frame_written_in_pieces_is_the_frame_encoded_whole() {
+        // Small records, one over the piece size, and enough to span several pieces.
+        let big = vec![7u8; WRITE_PIECE + 5];
+        let mut pairs: Vec<(String, Vec<u8>)> = (0..3000).map(|i| (format!("s{i}"), vec![i as u8; 700])).collect();
+        pairs.insert(10, ("huge".into(), big));
+        let records: Vec<SealedRecord> =
+            pairs.iter().map(|(n, b)| (SecretName::parse_stored(n).unwrap(), b.clone())).collect();
+        for set in [&records[..1], &records[..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            j.append(set).unwrap();
+            let bytes = std::fs::read(path(dir.path())).unwrap();
+            assert_eq!(bytes, encode(set).unwrap());
+            assert_eq!(read_frames(&bytes).records.len(), set.len());
+        }
     }
 
     #[test]
