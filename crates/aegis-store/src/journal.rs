@@ -182,7 +182,7 @@ fn write_frame(file: &File, at: u64, records: &[SealedRecord]) -> io::Result<u64
     let mut hash = Sha256::new();
     let mut piece = Vec::with_capacity(WRITE_PIECE.min(HEAD + 4 + size + HASH));
     let mut offset = at;
-    let mut flush = |piece: &mut Vec<u8>, hash: &mut Sha256, offset: &mut u64| -> io::Result<()> {
+    let flush = |piece: &mut Vec<u8>, hash: &mut Sha256, offset: &mut u64| -> io::Result<()> {
         hash.update(&piece[..]);
         file.write_all_at(piece, *offset)?;
         *offset += piece.len() as u64;
