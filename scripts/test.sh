@@ -70,8 +70,18 @@ echo "== the SDK does not build the template engine (cargo tree)"
 scripts/check-sdk-deps.sh
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== PostgreSQL for the PostgreSQL store's tests (Debian's postgresql, installed if missing; a throw-away cluster, scripts/postgres.sh)"
+pg_dir="$(mktemp -d /tmp/aegis-test-pg.XXXXXX)"
+chmod 0755 "$pg_dir"
+stop_postgres() { scripts/postgres.sh stop "$pg_dir/cluster" || true; rm -rf "$pg_dir"; }
+trap stop_postgres EXIT
+pg_env="$(scripts/postgres.sh start "$pg_dir/cluster")"
+while IFS='=' read -r key value; do export "$key=$value"; done <<<"$pg_env"
+echo "   $AEGIS_TEST_POSTGRES_URL"
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${AEGIS_TEST_THREADS:-2}"
+stop_postgres
+trap - EXIT
 # Each build of a test leaves a new binary (about 250 MB) in the cache; keep only the
 # newest of each, so the cache does not grow by gigabytes a run.
 find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \

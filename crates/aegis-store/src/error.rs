@@ -53,6 +53,15 @@ pub enum StoreError {
     /// see [`crate::CommitBarrier`]) could not be made so: nothing was changed.
     #[error("the change was refused because it could not be recorded first ({0}); nothing was changed")]
     Barrier(String),
+    /// The backing store cannot be reached or did not answer in time (a
+    /// database): nothing was changed; retry.
+    #[error("{what} is unavailable: {why}; nothing was changed, retry")]
+    Unavailable {
+        /// Which store (never a password).
+        what: String,
+        /// What failed.
+        why: String,
+    },
     /// A restore into a store that holds secrets, without `replace`.
     #[error("the Safe already holds {secrets} secrets; restore into an empty Safe, or replace the secrets the backup holds (aegis restore --replace; the others are kept)")]
     NotEmpty {

@@ -171,6 +171,7 @@ fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
     match e {
         StoreError::Io { source, .. } => StoreError::Io { name: name.to_string(), source: copy_io(source) },
         StoreError::Barrier(why) => StoreError::Barrier(why.clone()),
+        StoreError::Unavailable { what, why } => StoreError::Unavailable { what: what.clone(), why: why.clone() },
         other => StoreError::Io { name: name.to_string(), source: io::Error::other(other.to_string()) },
     }
 }

@@ -49,6 +49,9 @@ pub struct DevArgs {
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     kube: crate::serve::kube::KubeArgs,
+    /// Where the dev Safe's sealed records live (default: its data directory).
+    #[command(flatten)]
+    store: crate::serve::adapters::StoreArgs,
     /// The audit trail of the dev Safe (default: DATA_DIR/data/audit/audit.log).
     #[command(flatten)]
     audit: server::AuditArgs,
@@ -165,6 +168,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         svid_bundle: None,
         spiffe_endpoint_socket: String::new(),
         kube: a.kube.clone(),
+        store: a.store.clone(),
         vsecm: server::VsecmArgs::default(),
         vsecm_tls_port: format!(":{}", a.listen.port()),
     };

@@ -81,6 +81,9 @@ pub struct ServerArgs {
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     pub kube: crate::serve::kube::KubeArgs,
+    /// Where the sealed records live: the data directory, or PostgreSQL.
+    #[command(flatten)]
+    pub store: crate::serve::adapters::StoreArgs,
     /// VSecM's variables the Safe reads besides its own flags.
     #[command(flatten)]
     pub vsecm: VsecmArgs,
@@ -542,7 +545,8 @@ pub async fn serve(
     a: &ServerArgs,
     identity: Arc<dyn IdentitySource>,
 ) -> Result<(), CliError> {
-    let adapters = crate::serve::adapters::open(&a.data_dir(), &a.kube, root_key, settings.template_budget).await?;
+    let adapters =
+        crate::serve::adapters::open(&a.data_dir(), &a.store, &a.kube, root_key, settings.template_budget).await?;
     let running =
         aegis_server::start(settings, adapters, identity).await.map_err(|e| CliError::new(CONFIG, e.to_string()))?;
     eprintln!("aegis: Safe listening on https://{} (health http://{})", running.addr, running.health_addr);

@@ -28,6 +28,7 @@ mod kube_rootkey;
 mod kube_secrets;
 mod limits;
 mod names;
+mod postgres_store;
 mod security;
 mod sentinel;
 mod spire;
