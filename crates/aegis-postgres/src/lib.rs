@@ -6,7 +6,13 @@
 //! holds no plaintext. Every write is one transaction, acknowledged after its
 //! COMMIT; a group is one transaction, so it is all or nothing for real.
 //! Each write also takes the next number of the change sequence
-//! (`aegis_change_seq`), the order in which replicas will learn of changes.
+//! (`aegis_change_seq`) under a transaction-scoped advisory lock, so that the
+//! numbers follow the order of the commits, and notifies the channel
+//! `aegis_changes` at its commit. Several Safes may share one database: a
+//! write names the revision it expects the stored record to have and is
+//! refused if another Safe changed it meanwhile (never a lost update), and
+//! each Safe takes up the others' changes by change number
+//! ([`aegis_store::SharedLog`]), at a notification or every second.
 //!
 //! The port is blocking (see `aegis_store::backend`): this adapter owns a small
 //! Tokio runtime that drives the client and the pool, and each call hands its
@@ -80,7 +86,13 @@ pub struct PgBackend {
     pool: Pool,
     target: String,
     timeout: Duration,
+    notices: tokio::sync::watch::Receiver<u64>,
 }
+
+/// The channel a commit notifies.
+const CHANNEL: &str = "aegis_changes";
+/// The advisory lock that orders commits (and so change numbers): "aegiswri".
+const WRITE_LOCK: i64 = 0x6165_6769_7377_7269;
 
 impl std::fmt::Debug for PgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +137,8 @@ impl PgBackend {
             .enable_all()
             .build()
             .map_err(|e| PgError::Config(format!("cannot start the database runtime: {e}")))?;
+        let (notify, notices) = tokio::sync::watch::channel(0u64);
+        rt.spawn(listen(config.clone(), tls.clone(), notify));
         let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = {
             let _in = rt.enter();
@@ -137,7 +151,7 @@ impl PgBackend {
                 .build()
                 .map_err(|e| PgError::Config(format!("cannot build the connection pool: {e}")))?
         };
-        let backend = Self { rt: Some(rt), pool, target, timeout: settings.timeout };
+        let backend = Self { rt: Some(rt), pool, target, timeout: settings.timeout, notices };
         let pool = backend.pool.clone();
         backend
             .run(async move { migrate::run(&pool).await })
@@ -162,34 +176,188 @@ impl PgBackend {
         }
     }
 
+    /// The revision stored for `name` (0: none, or unreadable).
+    fn stored_revision(&self, name: &SecretName) -> u64 {
+        let pool = self.pool.clone();
+        let key = name.to_string();
+        self.run(async move {
+            let client = pool.get().await.ok()?;
+            let row = client.query_opt("SELECT revision FROM aegis_records WHERE name = $1", &[&key]).await.ok()??;
+            u64::try_from(row.get::<_, i64>(0)).ok()
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    }
+
     fn unavailable(&self, name: &str, why: impl std::fmt::Display) -> StoreError {
         StoreError::Unavailable { what: format!("PostgreSQL at {} ({name})", self.target), why: why.to_string() }
     }
 
-    /// Writes `records` in one transaction; each takes the next change number.
-    fn write_all(&self, records: &[SealedRecord]) -> Result<(), StoreError> {
-        let first = records.first().map(|(n, _)| n.to_string()).unwrap_or_default();
-        let rows: Vec<(String, Vec<u8>)> = records.iter().map(|(n, b)| (n.to_string(), b.clone())).collect();
+    /// Writes `records` in one transaction; each takes the next change number
+    /// and must find its `expected` stored revision (0: none). Returns the
+    /// indexes refused because another Safe changed them; when there are
+    /// some, nothing of this attempt was committed.
+    fn attempt(&self, rows: Vec<(String, Vec<u8>, i64, i64)>) -> Result<Vec<usize>, String> {
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(|e| e.to_string())?;
             let tx = client.transaction().await.map_err(|e| e.to_string())?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| e.to_string())?;
             let upsert = tx
                 .prepare_cached(
-                    "INSERT INTO aegis_records (name, record, seq, updated_at) \
-                     VALUES ($1, $2, nextval('aegis_change_seq'), now()) \
-                     ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, seq = EXCLUDED.seq, \
-                     updated_at = EXCLUDED.updated_at",
+                    "INSERT INTO aegis_records (name, record, revision, seq, updated_at) \
+                     VALUES ($1, $2, $3, nextval('aegis_change_seq'), now()) \
+                     ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, revision = EXCLUDED.revision, \
+                     seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at \
+                     WHERE aegis_records.revision = $4",
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            for (name, bytes) in &rows {
-                tx.execute(&upsert, &[name, bytes]).await.map_err(|e| e.to_string())?;
+            let mut refused = Vec::new();
+            for (i, (name, bytes, revision, expected)) in rows.iter().enumerate() {
+                let n = tx.execute(&upsert, &[name, bytes, revision, expected]).await.map_err(|e| e.to_string())?;
+                // A new record (expected 0) may not replace one another Safe created meanwhile.
+                if n == 0 {
+                    refused.push(i);
+                }
             }
-            tx.commit().await.map_err(|e| e.to_string())
+            if !refused.is_empty() {
+                tx.rollback().await.map_err(|e| e.to_string())?;
+                return Ok(refused);
+            }
+            tx.execute(&format!("NOTIFY {CHANNEL}"), &[]).await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            Ok(Vec::new())
         })
         .and_then(|r| r)
-        .map_err(|why| self.unavailable(&first, why))
+    }
+
+    /// Writes what it can of `records`: those another Safe changed since
+    /// (their stored revision is not the expected one) are refused, the others
+    /// committed together.
+    fn write_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Vec<Result<(), StoreError>> {
+        let first = records.first().map(|(n, _)| n.to_string()).unwrap_or_default();
+        let mut rows = Vec::with_capacity(records.len());
+        for (i, (name, bytes)) in records.iter().enumerate() {
+            let revision = revision_of(name, bytes);
+            let exp = expected.get(i).copied().unwrap_or(0);
+            rows.push((name.to_string(), bytes.clone(), to_i64(revision), to_i64(exp)));
+        }
+        let mut results: Vec<Result<(), StoreError>> = records.iter().map(|_| Ok(())).collect();
+        let mut todo: Vec<usize> = (0..records.len()).collect();
+        // Each attempt that refuses some is rolled back and made again without
+        // them: fewer every time, so this ends.
+        loop {
+            let attempt: Vec<_> = todo.iter().map(|&i| rows[i].clone()).collect();
+            match self.attempt(attempt) {
+                Ok(refused) if refused.is_empty() => return results,
+                Ok(refused) => {
+                    for &k in &refused {
+                        let i = todo[k];
+                        results[i] = Err(StoreError::Changed(records[i].0.to_string()));
+                    }
+                    todo = todo.iter().enumerate().filter(|(k, _)| !refused.contains(k)).map(|(_, &i)| i).collect();
+                    if todo.is_empty() {
+                        return results;
+                    }
+                }
+                Err(why) => {
+                    let e = self.unavailable(&first, why);
+                    for &i in &todo {
+                        results[i] = Err(copy(&e));
+                    }
+                    return results;
+                }
+            }
+        }
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The revision in a sealed record's clear header; 0 for bytes that are not
+/// a sealed record (the port stores any bytes; only the store's records have one).
+fn revision_of(name: &SecretName, bytes: &[u8]) -> u64 {
+    aegis_crypto::Keyring::header(name.as_str(), bytes).map_or(0, |h| h.revision)
+}
+
+/// Listens on [`CHANNEL`] for as long as the runtime lives, ticking `notify`
+/// at each notification and after each (re)connection, when notifications
+/// may have been missed; reconnects with backoff.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    notify: tokio::sync::watch::Sender<u64>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match config.connect(tls.clone()).await {
+            Ok((client, mut conn)) => {
+                backoff = Duration::from_millis(100);
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let pump = tokio::spawn(async move {
+                    loop {
+                        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                                if tx.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => return,
+                        }
+                    }
+                });
+                if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
+                    notify.send_modify(|n| *n += 1);
+                    while rx.recv().await.is_some() {
+                        notify.send_modify(|n| *n += 1);
+                    }
+                }
+                pump.abort();
+                tracing::warn!("lost the database's change notifications; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for the database's change notifications; retrying"),
+        }
+        if notify.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl aegis_store::SharedLog for PgBackend {
+    fn changes_since(&self, after: u64) -> Result<aegis_store::Changes, StoreError> {
+        let pool = self.pool.clone();
+        let from = to_i64(after);
+        let rows = self
+            .run(async move {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let rows = client
+                    .query("SELECT name, record, seq FROM aegis_records WHERE seq > $1 ORDER BY seq", &[&from])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<Vec<(String, Vec<u8>, i64)>, String>(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            })
+            .and_then(|r| r)
+            .map_err(|why| self.unavailable("change log", why))?;
+        let mut changes = aegis_store::Changes { records: Vec::with_capacity(rows.len()), last: after };
+        for (name, bytes, seq) in rows {
+            changes.last = changes.last.max(u64::try_from(seq).unwrap_or(0));
+            match SecretName::parse_stored(&name) {
+                Ok(n) => changes.records.push((n, bytes)),
+                Err(e) => tracing::error!(row = %name, reason = %e, "a record row cannot be named; skipped"),
+            }
+        }
+        Ok(changes)
+    }
+
+    fn notices(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notices.clone()
     }
 }
 
@@ -234,15 +402,45 @@ impl Backend for PgBackend {
         row.ok_or_else(|| StoreError::NotFound(name.to_string()))
     }
 
+    /// Without expected revisions (a tool writing alone): each record replaces whatever is stored.
     fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>> {
-        match self.write_all(records) {
-            Ok(()) => records.iter().map(|_| Ok(())).collect(),
-            Err(e) => records.iter().map(|_| Err(copy(&e))).collect(),
-        }
+        let stored: Vec<u64> = records.iter().map(|(n, _)| self.stored_revision(n)).collect();
+        self.write_expecting(records, &stored)
     }
 
     fn write_group(&self, records: &[SealedRecord]) -> Result<(), GroupError> {
-        self.write_all(records).map_err(|error| GroupError { stored: Vec::new(), error })
+        let stored: Vec<u64> = records.iter().map(|(n, _)| self.stored_revision(n)).collect();
+        self.write_group_expecting(records, &stored)
+    }
+
+    fn write_batch_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Vec<Result<(), StoreError>> {
+        self.write_expecting(records, expected)
+    }
+
+    fn write_group_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Result<(), GroupError> {
+        let first = records.first().map(|(n, _)| n.to_string()).unwrap_or_default();
+        let mut rows = Vec::with_capacity(records.len());
+        for (i, (name, bytes)) in records.iter().enumerate() {
+            let revision = revision_of(name, bytes);
+            rows.push((
+                name.to_string(),
+                bytes.clone(),
+                to_i64(revision),
+                to_i64(expected.get(i).copied().unwrap_or(0)),
+            ));
+        }
+        match self.attempt(rows) {
+            Ok(refused) if refused.is_empty() => Ok(()),
+            Ok(refused) => {
+                let name = records[refused[0]].0.to_string();
+                Err(GroupError { stored: Vec::new(), error: StoreError::Changed(name) })
+            }
+            Err(why) => Err(GroupError { stored: Vec::new(), error: self.unavailable(&first, why) }),
+        }
+    }
+
+    fn shared(&self) -> Option<&dyn aegis_store::SharedLog> {
+        Some(self)
     }
 
     fn set_aside(&self, name: &SecretName, reason: &str) -> Result<SetAside, StoreError> {
@@ -279,6 +477,9 @@ impl Backend for PgBackend {
 
 /// A copy of a store error for each record of a failed batch.
 fn copy(e: &StoreError) -> StoreError {
+    if let StoreError::Changed(n) = e {
+        return StoreError::Changed(n.clone());
+    }
     match e {
         StoreError::Unavailable { what, why } => StoreError::Unavailable { what: what.clone(), why: why.clone() },
         other => StoreError::Io { name: String::new(), source: std::io::Error::other(other.to_string()) },

@@ -25,6 +25,9 @@ const MIGRATIONS: &[&str] = &[
          reason TEXT NOT NULL,
          set_aside_at TIMESTAMPTZ NOT NULL DEFAULT now()
      );",
+    // 2: each record's revision (from its clear header), for the check of a write
+    // against what another Safe may have written since.
+    "ALTER TABLE aegis_records ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the schema up to date; the error says what failed.

@@ -155,6 +155,7 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             StoreError::NotEmpty { .. } => Self::conflict(e.to_string()),
             StoreError::Unavailable { .. } => Self::unavailable(e.to_string()),
+            StoreError::Changed(_) => Self::conflict(e.to_string()),
             StoreError::Expired => Self::not_applied(),
             StoreError::Barrier(_) => Self::audit_unavailable(),
             StoreError::Io { name, source } => {

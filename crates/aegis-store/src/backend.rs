@@ -54,6 +54,27 @@ pub struct GroupError {
     pub error: StoreError,
 }
 
+/// The changes a shared backend holds after a change number, in the order
+/// they were committed ([`SharedLog::changes_since`]).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The records changed, each in its latest state, in commit order.
+    pub records: Vec<SealedRecord>,
+    /// The highest change number read (the `after` given when nothing changed).
+    pub last: u64,
+}
+
+/// A backend several Safes share (a database): what the others changed, and
+/// a notice when they may have changed something.
+pub trait SharedLog: Send + Sync {
+    /// Every record changed after change number `after`, in commit order.
+    fn changes_since(&self, after: u64) -> Result<Changes, StoreError>;
+
+    /// Ticks when another Safe may have committed something (a notification,
+    /// or a reconnect after which notifications may have been missed).
+    fn notices(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
 /// What must be durable before any commit: the audit trail's `intent` lines
 /// (docs/AUDIT.md). The store calls it on its commit thread just before each
 /// commit; when it fails, the commit is not attempted and every change in it
@@ -83,6 +104,28 @@ pub trait Backend: Send + Sync + 'static {
     /// (a backend without multi-record transactions) are some stored: the
     /// error lists exactly which.
     fn write_group(&self, records: &[SealedRecord]) -> Result<(), GroupError>;
+
+    /// [`Backend::write_batch`] for a backend several Safes may share: a record
+    /// whose stored revision is not its `expected` one (0: none stored) was
+    /// changed by another Safe and is refused with [`StoreError::Changed`]; the
+    /// others are written. A backend with one writer ignores `expected`.
+    fn write_batch_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Vec<Result<(), StoreError>> {
+        let _ = expected;
+        self.write_batch(records)
+    }
+
+    /// [`Backend::write_group`] with the expected stored revisions of
+    /// [`Backend::write_batch_expecting`]: one record changed elsewhere refuses the whole group.
+    fn write_group_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Result<(), GroupError> {
+        let _ = expected;
+        self.write_group(records)
+    }
+
+    /// The log of changes, for a backend several Safes share; `None` (the
+    /// default) for a backend this Safe alone writes.
+    fn shared(&self) -> Option<&dyn SharedLog> {
+        None
+    }
 
     /// Takes a record that cannot be opened out of service, keeping its bytes
     /// for inspection with `reason`, and says where they are. The name is

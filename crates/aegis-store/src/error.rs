@@ -53,6 +53,10 @@ pub enum StoreError {
     /// see [`crate::CommitBarrier`]) could not be made so: nothing was changed.
     #[error("the change was refused because it could not be recorded first ({0}); nothing was changed")]
     Barrier(String),
+    /// Another Safe sharing the store changed the secret since this one read
+    /// it: nothing was written; this Safe now holds the newer version.
+    #[error("secret '{0}' was changed by another Safe at the same time; nothing was written: re-read it and retry")]
+    Changed(String),
     /// The backing store cannot be reached or did not answer in time (a
     /// database): nothing was changed; retry.
     #[error("{what} is unavailable: {why}; nothing was changed, retry")]

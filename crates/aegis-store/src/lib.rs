@@ -26,7 +26,7 @@ mod ticket;
 mod watchers;
 mod writer;
 
-pub use backend::{Backend, CommitBarrier, GroupError, Listing, SealedRecord, SetAside, Unnamed};
+pub use backend::{Backend, Changes, CommitBarrier, GroupError, Listing, SealedRecord, SetAside, SharedLog, Unnamed};
 pub use dir::{file_name, name_header, name_of_file, read_name_header, DirBackend};
 pub use entry::Stamps;
 pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};

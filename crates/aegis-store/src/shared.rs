@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) transform_failures: AtomicU64,
     /// The change notices of watched secrets.
     pub(crate) watched: Arc<crate::watchers::Watched>,
+    /// The last change number of a shared backend taken up (0 for a backend this Safe alone writes).
+    pub(crate) log_seq: AtomicU64,
 }
 
 impl Shared {

@@ -14,6 +14,24 @@ use crate::shared::{Shared, StoreOptions};
 use crate::writer::{self, Job};
 use crate::{Backend, StoreError};
 
+/// How often a Safe sharing its backend catches up even without a notice
+/// (a notification lost with a connection is caught up by this, at the latest).
+pub const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Asks the writer to take up other Safes' changes at each notice, and every
+/// [`CATCH_UP_EVERY`]; ends with the store.
+async fn follow(mut notices: watch::Receiver<u64>, writer: mpsc::WeakSender<Job>) {
+    loop {
+        tokio::select! {
+            r = notices.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(CATCH_UP_EVERY) => {}
+        }
+        let Some(tx) = writer.upgrade() else { return };
+        // A catch-up already queued covers this one.
+        let _ = tx.try_send(Job::CatchUp);
+    }
+}
+
 /// Every secret at one point, in name order (see [`Store::snapshot`]).
 pub struct Snapshot {
     /// The store's commits (counted since it opened) whose changes it holds.
@@ -49,7 +67,7 @@ impl Store {
         keyring: Keyring,
         opts: StoreOptions,
     ) -> Result<(Self, LoadReport), StoreError> {
-        let (map, report) = writer::load(backend.clone(), keyring.clone(), opts.template_budget).await?;
+        let (map, report, log_seq) = writer::load(backend.clone(), keyring.clone(), opts.template_budget).await?;
         let (seq, _) = watch::channel(0);
         let failures = AtomicU64::new(report.transform_failures as u64);
         let shared = Arc::new(Shared {
@@ -59,8 +77,12 @@ impl Store {
             opts,
             transform_failures: failures,
             watched: Arc::default(),
+            log_seq: AtomicU64::new(log_seq),
         });
         let (tx, rx) = mpsc::channel(4096);
+        if let Some(log) = backend.shared() {
+            tokio::spawn(follow(log.notices(), tx.downgrade()));
+        }
         tokio::spawn(writer::run(shared.clone(), backend, rx));
         Ok((Self { shared, tx }, report))
     }

@@ -40,6 +40,8 @@ pub(crate) enum Job {
         reply: Reply<crate::Restored>,
         ticket: Option<Arc<Ticket>>,
     },
+    /// Takes up what other Safes sharing the backend committed.
+    CatchUp,
     /// Changes applied all or nothing, in one commit of their own.
     Group {
         mutations: Vec<(SecretName, Mutation)>,
@@ -74,6 +76,7 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
         };
         written = true;
         let mut batch = Vec::new();
+        let mut in_batch: std::collections::HashSet<SecretName> = std::collections::HashSet::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
@@ -82,6 +85,7 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
                         let _ = reply.send(Err(StoreError::Expired));
                     } else {
                         commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        in_batch.clear();
                         let _ = reply.send(rotate(&shared, &backend, keyring).await);
                     }
                 }
@@ -90,14 +94,21 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
                         let _ = reply.send(Err(StoreError::Expired));
                     } else {
                         commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        in_batch.clear();
                         let _ = reply.send(commit_group(&shared, &backend, mutations).await);
                     }
+                }
+                Job::CatchUp => {
+                    commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                    in_batch.clear();
+                    catch_up(&shared, &backend).await;
                 }
                 Job::Restore { docs, replace, reply, ticket } => {
                     if ticket.is_some_and(|t| !t.pick()) {
                         let _ = reply.send(Err(StoreError::Expired));
                     } else {
                         commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                        in_batch.clear();
                         let _ = reply.send(restore(&shared, &backend, docs, replace).await);
                     }
                 }
@@ -108,6 +119,13 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
                     if ticket.is_some_and(|t| !t.pick()) {
                         let _ = reply.send(Err(StoreError::Expired));
                     } else {
+                        // A second change of a secret goes to the next commit, so that each
+                        // answer is the state its own change made (its own version number).
+                        if !in_batch.insert(name.clone()) {
+                            commit(&shared, &backend, std::mem::take(&mut batch)).await;
+                            in_batch.clear();
+                            in_batch.insert(name.clone());
+                        }
                         batch.push((name, mutation, reply));
                     }
                 }
@@ -172,6 +190,7 @@ fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
         StoreError::Io { source, .. } => StoreError::Io { name: name.to_string(), source: copy_io(source) },
         StoreError::Barrier(why) => StoreError::Barrier(why.clone()),
         StoreError::Unavailable { what, why } => StoreError::Unavailable { what: what.clone(), why: why.clone() },
+        StoreError::Changed(n) => StoreError::Changed(n.clone()),
         other => StoreError::Io { name: name.to_string(), source: io::Error::other(other.to_string()) },
     }
 }
@@ -189,9 +208,10 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
         return;
     }
     let mut work: HashMap<SecretName, (SecretDoc, Option<Data>)> = HashMap::new();
+    let mut bases: HashMap<SecretName, u64> = HashMap::new();
     let mut waiting = Vec::with_capacity(jobs.len());
     for (name, m, reply) in jobs {
-        let base = work.get(&name).map(|(d, _)| d.clone()).or_else(|| shared.get(&name).map(|e| e.doc.clone()));
+        let base = base_of(shared, &work, &mut bases, &name);
         match apply_one(base, &name, m, shared.opts.max_versions) {
             Ok(done) => {
                 work.insert(name.clone(), done);
@@ -202,20 +222,20 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
             }
         }
     }
-    let outcome = persist(shared, backend, work).await;
-    let mut committed = false;
+    let (outcome, newer) = persist(shared, backend, work, &bases).await;
+    let mut changed: Vec<SecretName> = outcome.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n.clone()).collect();
     {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
         for (name, r) in &outcome {
             if let Ok(entry) = r {
                 map.insert(name.clone(), entry.clone());
-                committed = true;
             }
         }
+        changed.extend(take_up(&mut map, newer));
     }
-    if committed {
+    if !changed.is_empty() {
         shared.seq.send_modify(|n| *n += 1);
-        shared.watched.changed(outcome.iter().filter(|(_, r)| r.is_ok()).map(|(name, _)| name));
+        shared.watched.changed(changed.iter());
     }
     for (name, reply) in waiting {
         let r = match outcome.get(&name) {
@@ -238,15 +258,107 @@ async fn commit_group(
 ) -> Result<Vec<Arc<Entry>>, StoreError> {
     let mut order: Vec<SecretName> = Vec::new();
     let mut work: HashMap<SecretName, (SecretDoc, Option<Data>)> = HashMap::new();
+    let mut bases: HashMap<SecretName, u64> = HashMap::new();
     for (name, m) in mutations {
-        let base = work.get(&name).map(|(d, _)| d.clone()).or_else(|| shared.get(&name).map(|e| e.doc.clone()));
+        let base = base_of(shared, &work, &mut bases, &name);
         let done = apply_one(base, &name, m, shared.opts.max_versions)?;
         if work.insert(name.clone(), done).is_none() {
             order.push(name);
         }
     }
     let docs: Vec<(SecretDoc, Option<Data>)> = order.iter().filter_map(|n| work.remove(n)).collect();
-    write_docs(shared, backend, docs).await
+    let expected = docs.iter().map(|(d, _)| bases.get(&d.name).copied().unwrap_or(0)).collect();
+    write_docs(shared, backend, docs, expected).await
+}
+
+/// The document a change applies to (the batch's own if it changed the
+/// secret already), noting the stored revision it expects the first time.
+fn base_of(
+    shared: &Shared,
+    work: &HashMap<SecretName, (SecretDoc, Option<Data>)>,
+    bases: &mut HashMap<SecretName, u64>,
+    name: &SecretName,
+) -> Option<SecretDoc> {
+    if let Some((doc, _)) = work.get(name) {
+        return Some(doc.clone());
+    }
+    let current = shared.get(name).map(|e| e.doc.clone());
+    bases.entry(name.clone()).or_insert_with(|| current.as_ref().map_or(0, |d| d.revision));
+    current
+}
+
+/// Puts in the map the entries read back from the backend that are newer
+/// than what it holds (another Safe's changes); returns their names.
+fn take_up(map: &mut HashMap<SecretName, Arc<Entry>>, newer: Vec<Entry>) -> Vec<SecretName> {
+    let mut names = Vec::new();
+    for entry in newer {
+        let held = map.get(&entry.doc.name).map_or(0, |e| e.doc.revision);
+        if entry.doc.revision > held {
+            names.push(entry.doc.name.clone());
+            map.insert(entry.doc.name.clone(), Arc::new(entry));
+        }
+    }
+    names
+}
+
+/// Reads `names` back from the backend and opens them (after another Safe
+/// changed them); those that cannot be read or opened are left to the next catch-up.
+fn read_back(backend: &dyn Backend, keyring: &Keyring, budget: &Budget, names: &[SecretName]) -> Vec<Entry> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let bytes = backend.read(n).ok()?;
+            match record::open(keyring, n.as_str(), &bytes) {
+                Ok(doc) => Some(Entry::new(doc, None, budget)),
+                Err(_) => {
+                    tracing::warn!(secret = %n, "a record another Safe changed cannot be opened here; it is not taken up");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Takes up what other Safes sharing the backend committed since the last
+/// catch-up: records newer than the ones held replace them, and their
+/// watchers are woken.
+async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) {
+    if backend.shared().is_none() {
+        return;
+    }
+    let after = shared.log_seq.load(Ordering::SeqCst);
+    let (b, keyring, budget) = (backend.clone(), shared.keyring.load_full(), shared.opts.template_budget);
+    let read = tokio::task::spawn_blocking(move || {
+        let Some(log) = b.shared() else { return Ok((Vec::new(), after)) };
+        let changes = log.changes_since(after)?;
+        let mut entries = Vec::with_capacity(changes.records.len());
+        for (name, bytes) in &changes.records {
+            match record::open(&keyring, name.as_str(), bytes) {
+                Ok(doc) => entries.push(Entry::new(doc, None, &budget)),
+                Err(_) => tracing::warn!(secret = %name, "a record another Safe wrote cannot be opened here; skipped"),
+            }
+        }
+        Ok::<_, StoreError>((entries, changes.last))
+    })
+    .await;
+    let (entries, last) = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "catching up with the other Safes failed; retried at the next notice");
+            return;
+        }
+        Err(_) => return,
+    };
+    let changed = {
+        let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
+        take_up(&mut map, entries)
+    };
+    shared.log_seq.store(last, Ordering::SeqCst);
+    if !changed.is_empty() {
+        tracing::debug!(secrets = changed.len(), "took up changes of other Safes");
+        shared.seq.send_modify(|n| *n += 1);
+        shared.watched.changed(changed.iter());
+    }
 }
 
 /// Seals `docs` and writes them with [`Backend::write_group`], then makes the
@@ -256,6 +368,7 @@ async fn write_docs(
     shared: &Shared,
     backend: &Arc<dyn Backend>,
     docs: Vec<(SecretDoc, Option<Data>)>,
+    expected: Vec<u64>,
 ) -> Result<Vec<Arc<Entry>>, StoreError> {
     let order: Vec<SecretName> = docs.iter().map(|(d, _)| d.name.clone()).collect();
     let keyring = shared.keyring.load_full();
@@ -263,14 +376,23 @@ async fn write_docs(
     let budget = shared.opts.template_budget;
     let barrier = shared.opts.barrier.clone();
     // Sealed off the async threads: a restore seals every secret at once.
-    let (result, entries) = tokio::task::spawn_blocking(move || {
+    let (result, entries, newer) = tokio::task::spawn_blocking(move || {
         let records = docs
             .iter()
             .map(|(doc, _)| Ok((doc.name.clone(), seal(&keyring, doc)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let result = match before_commit(barrier.as_deref()) {
-            Ok(()) => b.write_group(&records),
+            Ok(()) => b.write_group_expecting(&records, &expected),
             Err(why) => Err(GroupError { stored: Vec::new(), error: StoreError::Barrier(why) }),
+        };
+        // Changed by another Safe: this one takes up the newer record, so a retry applies to it.
+        let newer = match &result {
+            Err(GroupError { error: StoreError::Changed(name), .. }) => records
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(n, _)| read_back(b.as_ref(), &keyring, &budget, std::slice::from_ref(n)))
+                .unwrap_or_default(),
+            _ => Vec::new(),
         };
         let stored: Vec<bool> = match &result {
             Ok(()) => vec![true; records.len()],
@@ -281,10 +403,18 @@ async fn write_docs(
             .zip(stored)
             .map(|((doc, data), ok)| ok.then(|| Arc::new(Entry::new(doc, data, &budget))))
             .collect();
-        Ok::<_, StoreError>((result, entries))
+        Ok::<_, StoreError>((result, entries, newer))
     })
     .await
     .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })??;
+    let (result, entries, newer) = (result, entries, newer);
+    if !newer.is_empty() {
+        let changed = take_up(&mut shared.map.write().unwrap_or_else(|e| e.into_inner()), newer);
+        if !changed.is_empty() {
+            shared.seq.send_modify(|n| *n += 1);
+            shared.watched.changed(changed.iter());
+        }
+    }
     let visible: Vec<Arc<Entry>> = entries.iter().flatten().cloned().collect();
     if !visible.is_empty() {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
@@ -334,15 +464,20 @@ async fn restore(
         return Err(StoreError::NotEmpty { secrets: held });
     }
     let mut replaced = 0;
+    let mut expected = Vec::with_capacity(docs.len());
     for doc in &mut docs {
-        if let Some(old) = shared.get(&doc.name) {
-            replaced += 1;
-            doc.revision = doc.revision.max(old.doc.revision + 1);
+        match shared.get(&doc.name) {
+            Some(old) => {
+                replaced += 1;
+                doc.revision = doc.revision.max(old.doc.revision + 1);
+                expected.push(old.doc.revision);
+            }
+            None => expected.push(0),
         }
     }
     let secrets = docs.len();
     let docs = docs.into_iter().map(|d| (d, None)).collect();
-    write_docs(shared, backend, docs).await?;
+    write_docs(shared, backend, docs, expected).await?;
     Ok(crate::Restored { secrets, replaced, kept: held - replaced })
 }
 
@@ -352,14 +487,17 @@ async fn persist(
     shared: &Shared,
     backend: &Arc<dyn Backend>,
     work: HashMap<SecretName, (SecretDoc, Option<Data>)>,
-) -> Outcome {
+    bases: &HashMap<SecretName, u64>,
+) -> (Outcome, Vec<Entry>) {
     let keyring = shared.keyring.load_full();
     let mut outcome = HashMap::new();
     let mut docs = Vec::new();
     let mut records = Vec::new();
+    let mut expected = Vec::new();
     for (name, (doc, data)) in work {
         match seal(&keyring, &doc) {
             Ok(bytes) => {
+                expected.push(bases.get(&name).copied().unwrap_or(0));
                 records.push((name.clone(), bytes));
                 docs.push((name, doc, data));
             }
@@ -374,20 +512,31 @@ async fn persist(
     // rendered here, off the async threads and within the budget.
     let names: Vec<SecretName> = docs.iter().map(|(n, _, _)| n.clone()).collect();
     let barrier = shared.opts.barrier.clone();
-    let written = tokio::task::spawn_blocking(move || {
+    let keyring = keyring.clone();
+    let (written, newer) = tokio::task::spawn_blocking(move || {
         let results = match before_commit(barrier.as_deref()) {
-            Ok(()) => b.write_batch(&records),
+            Ok(()) => b.write_batch_expecting(&records, &expected),
             Err(why) => records.iter().map(|_| Err(StoreError::Barrier(why.clone()))).collect(),
         };
-        docs.into_iter()
+        // Changed by another Safe: this one takes up the newer records, so a retry applies to them.
+        let changed: Vec<SecretName> = records
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| matches!(r, Err(StoreError::Changed(_))))
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        let newer = read_back(b.as_ref(), &keyring, &budget, &changed);
+        let written = docs
+            .into_iter()
             .zip(results)
             .map(|((name, doc, data), r)| (name, r.map(|()| Entry::new(doc, data, &budget))))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (written, newer)
     })
     .await
     .unwrap_or_else(|_| {
         let failed = || StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") };
-        names.into_iter().map(|n| (n, Err(failed()))).collect()
+        (names.into_iter().map(|n| (n, Err(failed()))).collect(), Vec::new())
     });
     for (name, r) in written {
         match &r {
@@ -399,7 +548,7 @@ async fn persist(
         }
         outcome.insert(name, r.map(Arc::new));
     }
-    outcome
+    (outcome, newer)
 }
 
 /// Makes what must precede a commit durable; a failure refuses the commit.
@@ -424,7 +573,8 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
         let records =
             chunk.iter().map(|d| Ok((d.name.clone(), seal(&keyring, d)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let b = backend.clone();
-        let results = tokio::task::spawn_blocking(move || b.write_batch(&records))
+        let expected: Vec<u64> = chunk.iter().map(|d| d.revision).collect();
+        let results = tokio::task::spawn_blocking(move || b.write_batch_expecting(&records, &expected))
             .await
             .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?;
         if let Some(e) = results.into_iter().find_map(Result::err) {
@@ -438,12 +588,15 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
     Ok(total)
 }
 
+/// What a load gives: the entries, the report, and the change number of a shared backend it read up to.
+type Loaded = (HashMap<SecretName, Arc<Entry>>, LoadReport, u64);
+
 /// Loads and opens every record, in parallel; failures are quarantined and reported.
 pub(crate) async fn load(
     backend: Arc<dyn Backend>,
     keyring: Keyring,
     budget: Budget,
-) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
+) -> Result<Loaded, StoreError> {
     tokio::task::spawn_blocking(move || load_blocking(backend.as_ref(), &keyring, &budget))
         .await
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
@@ -453,11 +606,18 @@ fn open_record(
     backend: &dyn Backend,
     keyring: &Keyring,
     name: &SecretName,
+    read: Option<&[u8]>,
     budget: &Budget,
 ) -> Result<Entry, OpenError> {
-    let bytes = backend.read(name).map_err(|e| OpenError::Bad(e.to_string()))?;
-    let doc = record::open(keyring, name.as_str(), &bytes)?;
-    drop(bytes);
+    let owned;
+    let bytes = match read {
+        Some(b) => b,
+        None => {
+            owned = backend.read(name).map_err(|e| OpenError::Bad(e.to_string()))?;
+            &owned[..]
+        }
+    };
+    let doc = record::open(keyring, name.as_str(), bytes)?;
     // A template over the budget makes this one secret an error, never a
     // failed (or stalled) start-up.
     Ok(Entry::new(doc, None, budget))
@@ -477,21 +637,40 @@ fn loader_failed(part: &[SecretName]) -> StoreError {
 }
 
 /// Reads, opens and parses records on all cores, one at a time per thread, so
-/// the sealed bytes of 100,000 records are never all in memory at once.
+/// the sealed bytes of 100,000 records are never all in memory at once. A
+/// shared backend (a database) gives every record in one read of its change
+/// log instead, and the change number the store then catches up from.
 fn load_blocking(
     backend: &dyn Backend,
     keyring: &Keyring,
     budget: &Budget,
-) -> Result<(HashMap<SecretName, Arc<Entry>>, LoadReport), StoreError> {
-    let Listing { names, unnamed } = backend.list()?;
+) -> Result<Loaded, StoreError> {
+    // Per name, its bytes when the backend gave them already.
+    let (names, bytes, unnamed, last) = match backend.shared() {
+        Some(log) => {
+            let changes = log.changes_since(0)?;
+            let (names, bytes): (Vec<SecretName>, Vec<Option<Vec<u8>>>) =
+                changes.records.into_iter().map(|(n, b)| (n, Some(b))).unzip();
+            (names, bytes, Vec::new(), changes.last)
+        }
+        None => {
+            let Listing { names, unnamed } = backend.list()?;
+            let bytes = vec![None; names.len()];
+            (names, bytes, unnamed, 0)
+        }
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     let chunk = names.len().div_ceil(threads).max(1);
     let opened: Vec<(SecretName, Result<Entry, OpenError>)> = std::thread::scope(|s| {
         let hs: Vec<_> = names
             .chunks(chunk)
-            .map(|part| {
+            .zip(bytes.chunks(chunk))
+            .map(|(part, read)| {
                 let h = s.spawn(move || {
-                    part.iter().map(|n| (n.clone(), open_record(backend, keyring, n, budget))).collect::<Vec<_>>()
+                    part.iter()
+                        .zip(read)
+                        .map(|(n, b)| (n.clone(), open_record(backend, keyring, n, b.as_deref(), budget)))
+                        .collect::<Vec<_>>()
                 });
                 (part, h)
             })
@@ -503,6 +682,7 @@ fn load_blocking(
         }
         Ok::<_, StoreError>(all)
     })?;
+    drop(bytes);
     // A wrong root key must stop the load before anything is quarantined.
     if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(OpenError::UnknownKey(_)))) {
         if let Some((_, Err(OpenError::UnknownKey(e)))) = opened.into_iter().nth(pos) {
@@ -550,7 +730,7 @@ fn load_blocking(
         report.quarantined.push(Quarantined { name: locator, reason });
     }
     report.loaded = map.len();
-    Ok((map, report))
+    Ok((map, report, last))
 }
 
 #[cfg(test)]

@@ -129,7 +129,26 @@ impl Safe {
         Self::dev_built(&[], None, HashMap::new(), wrap.iter().map(|a| a.to_string()).collect())
     }
 
+    /// `aegis dev` with extra flags and the root key of another dev Safe
+    /// (replicas sharing one store share its root key).
+    pub fn dev_with_root_key(extra: &[&str], root_key: &Path) -> Self {
+        Self::dev_prepared(extra, None, HashMap::new(), Vec::new(), |data| {
+            fs::create_dir_all(data).unwrap();
+            fs::copy(root_key, data.join("root.key")).unwrap();
+        })
+    }
+
     fn dev_built(extra: &[&str], fd_limit: Option<u64>, env: HashMap<String, String>, wrap: Vec<String>) -> Self {
+        Self::dev_prepared(extra, fd_limit, env, wrap, |_| {})
+    }
+
+    fn dev_prepared(
+        extra: &[&str],
+        fd_limit: Option<u64>,
+        env: HashMap<String, String>,
+        wrap: Vec<String>,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self {
             log: dir.path().join("safe.log"),
@@ -154,6 +173,7 @@ impl Safe {
             format!("127.0.0.1:{h}"),
         ];
         s.args.extend(extra.iter().map(|a| a.to_string()));
+        prepare(&s.data_dir());
         s.start();
         s.wait_ready();
         s
