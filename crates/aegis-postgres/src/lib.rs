@@ -138,7 +138,9 @@ impl PgBackend {
             .build()
             .map_err(|e| PgError::Config(format!("cannot start the database runtime: {e}")))?;
         let (notify, notices) = tokio::sync::watch::channel(0u64);
-        rt.spawn(listen(config.clone(), tls.clone(), notify));
+        let mut listen_config = config.clone();
+        listen_config.application_name("aegis-listen");
+        rt.spawn(listen(listen_config, tls.clone(), notify));
         let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = {
             let _in = rt.enter();

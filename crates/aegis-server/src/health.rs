@@ -86,9 +86,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
     if s.is_sealed() {
-        ApiError::unavailable("sealed: waiting for the root key").plain_text()
-    } else {
-        "ready\n".into_response()
+        return ApiError::unavailable("sealed: waiting for the root key").plain_text();
+    }
+    match s.store() {
+        // Still ready: reads are served from memory; the body says writes are refused.
+        Ok(store) if !store.backend_available() => {
+            "ready, degraded: the record store is unavailable; writes are refused with 503, reads go on\n"
+                .into_response()
+        }
+        _ => "ready\n".into_response(),
     }
 }
 

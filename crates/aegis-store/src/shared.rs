@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     pub(crate) watched: Arc<crate::watchers::Watched>,
     /// The last change number of a shared backend taken up (0 for a backend this Safe alone writes).
     pub(crate) log_seq: AtomicU64,
+    /// False while the backend cannot be reached (its last call failed with
+    /// [`crate::StoreError::Unavailable`]): writes are refused, reads go on.
+    pub(crate) available: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

@@ -78,6 +78,7 @@ impl Store {
             transform_failures: failures,
             watched: Arc::default(),
             log_seq: AtomicU64::new(log_seq),
+            available: std::sync::atomic::AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel(4096);
         if let Some(log) = backend.shared() {
@@ -189,6 +190,12 @@ impl Store {
     /// each such secret is served as an error.
     pub fn transform_failures(&self) -> u64 {
         self.shared.transform_failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backend answered its last call (false while a database is
+    /// unreachable: writes are refused with 503, reads are served from memory).
+    pub fn backend_available(&self) -> bool {
+        self.shared.available.load(Ordering::Relaxed)
     }
 
     /// The options in force.

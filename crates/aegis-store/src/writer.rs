@@ -223,6 +223,7 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
         }
     }
     let (outcome, newer) = persist(shared, backend, work, &bases).await;
+    note_availability(shared, outcome.values().map(|r| r.as_ref().map(|_| ())));
     let mut changed: Vec<SecretName> = outcome.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n.clone()).collect();
     {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
@@ -287,6 +288,35 @@ fn base_of(
     current
 }
 
+/// Notes whether the backend answered: unavailable when a call failed with
+/// [`StoreError::Unavailable`], available again when one succeeded.
+fn note_availability<'a>(shared: &Shared, results: impl Iterator<Item = Result<(), &'a StoreError>>) {
+    let (mut ok, mut down) = (false, false);
+    for r in results {
+        match r {
+            Ok(()) => ok = true,
+            Err(StoreError::Unavailable { .. }) => down = true,
+            Err(_) => {}
+        }
+    }
+    let was = shared.available.load(Ordering::Relaxed);
+    let now = if ok {
+        true
+    } else if down {
+        false
+    } else {
+        was
+    };
+    if now != was {
+        shared.available.store(now, Ordering::Relaxed);
+        if now {
+            tracing::info!("the record store answers again");
+        } else {
+            tracing::error!("the record store is unavailable: writes are refused, reads are served from memory");
+        }
+    }
+}
+
 /// Puts in the map the entries read back from the backend that are newer
 /// than what it holds (another Safe's changes); returns their names.
 fn take_up(map: &mut HashMap<SecretName, Arc<Entry>>, newer: Vec<Entry>) -> Vec<SecretName> {
@@ -344,11 +374,13 @@ async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) {
     let (entries, last) = match read {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            note_availability(shared, std::iter::once(Err(&e)));
             tracing::warn!(error = %e, "catching up with the other Safes failed; retried at the next notice");
             return;
         }
         Err(_) => return,
     };
+    note_availability(shared, std::iter::once(Ok(())));
     let changed = {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
         take_up(&mut map, entries)
@@ -408,6 +440,7 @@ async fn write_docs(
     .await
     .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })??;
     let (result, entries, newer) = (result, entries, newer);
+    note_availability(shared, std::iter::once(result.as_ref().map(|_| ()).map_err(|e| &e.error)));
     if !newer.is_empty() {
         let changed = take_up(&mut shared.map.write().unwrap_or_else(|e| e.into_inner()), newer);
         if !changed.is_empty() {
@@ -592,11 +625,7 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
 type Loaded = (HashMap<SecretName, Arc<Entry>>, LoadReport, u64);
 
 /// Loads and opens every record, in parallel; failures are quarantined and reported.
-pub(crate) async fn load(
-    backend: Arc<dyn Backend>,
-    keyring: Keyring,
-    budget: Budget,
-) -> Result<Loaded, StoreError> {
+pub(crate) async fn load(backend: Arc<dyn Backend>, keyring: Keyring, budget: Budget) -> Result<Loaded, StoreError> {
     tokio::task::spawn_blocking(move || load_blocking(backend.as_ref(), &keyring, &budget))
         .await
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
@@ -640,11 +669,7 @@ fn loader_failed(part: &[SecretName]) -> StoreError {
 /// the sealed bytes of 100,000 records are never all in memory at once. A
 /// shared backend (a database) gives every record in one read of its change
 /// log instead, and the change number the store then catches up from.
-fn load_blocking(
-    backend: &dyn Backend,
-    keyring: &Keyring,
-    budget: &Budget,
-) -> Result<Loaded, StoreError> {
+fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> Result<Loaded, StoreError> {
     // Per name, its bytes when the backend gave them already.
     let (names, bytes, unnamed, last) = match backend.shared() {
         Some(log) => {

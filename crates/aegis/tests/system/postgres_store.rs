@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_core::api::PutSecret;
@@ -180,8 +181,10 @@ async fn with_postgresql_down_writes_fail_fast_with_503_reads_go_on_and_it_recov
     assert_eq!(err.status(), Some(503), "{err}");
     assert!(err.to_string().contains("unavailable") && err.to_string().contains("nothing was changed"), "{err}");
     assert!(took < Duration::from_secs(5), "a write with the database down took {took:?}");
-    // Reads are served from memory meanwhile.
+    // Reads are served from memory meanwhile, and the health port says degraded.
     assert_eq!(client.get("before", None).await.unwrap().value.expose(), "kept");
+    let ready = http_ok(safe.health, "/readyz").expect("still ready: reads go on");
+    assert!(ready.contains("degraded"), "{ready}");
     assert!(client.get("during", None).await.is_err(), "a refused write must not be visible");
 
     pg.script("resume");
@@ -198,6 +201,7 @@ async fn with_postgresql_down_writes_fail_fast_with_503_reads_go_on_and_it_recov
         }
     }
     assert_eq!(client.get("after", None).await.unwrap().value.expose(), "back");
+    assert!(!http_ok(safe.health, "/readyz").unwrap().contains("degraded"));
 }
 
 /// Three Safes on one database, sharing the root key.
@@ -325,4 +329,64 @@ async fn replicas_on_one_database_see_each_other_s_writes_and_never_lose_an_upda
     assert!(x.is_ok() != y.is_ok(), "exactly one check-and-set must win: {x:?} {y:?}");
     let loser = if x.is_ok() { y } else { x };
     assert_eq!(loser.unwrap_err().status(), Some(409));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_under_32_writers_loses_no_acknowledged_write_and_a_deaf_one_catches_up() {
+    let pg = Postgres::start();
+    let mut safes = replicas(&pg, "killed").await;
+    let mut clients = Vec::new();
+    for s in &safes {
+        clients.push(s.client(&s.admin_env()).await);
+    }
+    // 32 writers, spread over the three Safes, each writing names of its own.
+    let acked: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let (c, acked, stop) = (clients[w % 3].clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (n, v) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+                if c.put(&n, &PutSecret::new(SecretValue::new(v.clone()))).await.is_ok() {
+                    acked.lock().unwrap().push((n, v));
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    safes[1].kill9();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "only {} writes acknowledged", acked.len());
+    for c in [&clients[0], &clients[2]] {
+        for (n, v) in &acked {
+            wait_value(c, n, v, Duration::from_secs(5)).await;
+        }
+    }
+
+    // C loses its notification connection: it still catches up (every second) and reconnects.
+    let out = pg
+        .tool("psql")
+        .arg(pg.url("postgres"))
+        .args([
+            "-Atc",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'aegis-listen'",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    clients[0].put("after-deafness", &PutSecret::new(SecretValue::new("heard"))).await.unwrap();
+    wait_value(&clients[2], "after-deafness", "heard", Duration::from_secs(5)).await;
+    let t = Instant::now();
+    while !safes[2].log_text().contains("lost the database's change notifications") {
+        assert!(t.elapsed() < Duration::from_secs(5), "C never noticed it lost its notifications");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
