@@ -94,6 +94,8 @@ enum Command {
     Backup(crate::admin::backup::BackupArgs),
     /// Restore a backup into the Safe (`--in FILE`).
     Restore(crate::admin::backup::RestoreArgs),
+    /// Tools on record stores with the Safes stopped: `copy` (a data directory to PostgreSQL, or back).
+    Store(crate::admin::store::StoreArgs),
 }
 
 /// Runs a parsed command line.
@@ -122,5 +124,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(a) => crate::admin::audit::run(a).await,
         Command::Backup(a) => crate::admin::backup::backup(a).await,
         Command::Restore(a) => crate::admin::backup::restore(a).await,
+        Command::Store(a) => crate::admin::store::run(a).await,
     }
 }

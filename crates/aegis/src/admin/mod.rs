@@ -10,3 +10,4 @@ pub mod safe;
 pub mod secrets;
 pub mod sentinel;
 pub mod state;
+pub mod store;

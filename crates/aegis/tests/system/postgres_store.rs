@@ -390,3 +390,44 @@ async fn a_replica_killed_under_32_writers_loses_no_acknowledged_write_and_a_dea
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_directory_safe_to_postgresql_and_back_record_by_record() {
+    let mut dir_safe = Safe::dev();
+    let admin = dir_safe.admin_env();
+    for i in 0..30 {
+        ok(dir_safe.aegis(&admin, &["put", &format!("c{i}"), "--value", &format!("copied-{i}")]));
+    }
+    ok(dir_safe.aegis(&admin, &["put", "c7", "--value", "copied-7-b"]));
+    dir_safe.terminate();
+    let records = dir_safe.data_dir().join("data");
+
+    let pg = Postgres::start();
+    pg.create_db("copied");
+    let pw = path_str(&pg.password_file()).to_owned();
+    let copy = |from: &str, to: &str, extra: &[&str]| {
+        let mut c = cmd(AEGIS, &HashMap::new());
+        c.args(["store", "copy", "--from", from, "--to", to, "--store-password-file", &pw, "-o", "json"]).args(extra);
+        c.output().unwrap()
+    };
+    let out: Value = serde_json::from_str(&ok(copy(path_str(&records), &pg.url("copied"), &[]))).unwrap();
+    assert_eq!(out["records"], 30, "{out}");
+    // Not again into a store that holds records, unless told.
+    fails(copy(path_str(&records), &pg.url("copied"), &[]), 6, "--replace");
+
+    // A Safe with the same root key on the database serves what was copied, history included.
+    let f = pg.safe_flags("copied");
+    let pg_safe = Safe::dev_with_root_key(&flags(&f), &dir_safe.data_dir().join("root.key"));
+    let pg_admin = pg_safe.admin_env();
+    assert_eq!(ok(pg_safe.aegis(&pg_admin, &["get", "c7"])).trim(), "copied-7-b");
+    assert_eq!(ok(pg_safe.aegis(&pg_admin, &["get", "c29"])).trim(), "copied-29");
+    let client = pg_safe.client(&pg_admin).await;
+    assert_eq!(client.history("c7").await.unwrap().versions.len(), 2);
+    drop(pg_safe);
+
+    // And back into an empty directory.
+    let back = tempfile::tempdir().unwrap();
+    let out: Value = serde_json::from_str(&ok(copy(&pg.url("copied"), path_str(back.path()), &[]))).unwrap();
+    assert_eq!(out["records"], 30);
+    assert_eq!(files_under(back.path()).iter().filter(|p| p.extension().is_some_and(|e| e == "rec")).count(), 30);
+}
