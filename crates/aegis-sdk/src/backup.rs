@@ -41,7 +41,7 @@ impl BackupStream {
 impl Client {
     /// Starts a backup, also encrypted to `recipients`; `timeout` bounds all of it.
     pub async fn backup(&self, recipients: Vec<String>, timeout: Duration) -> Result<BackupStream, ClientError> {
-        let url = format!("{}/v1/admin/backup", self.base);
+        let url = format!("{}/v1/admin/backup", self.base());
         let resp = self
             .http
             .request(Method::POST, &url)
@@ -49,7 +49,7 @@ impl Client {
             .json(&BackupRequest { recipients })
             .send()
             .await
-            .map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+            .map_err(|e| ClientError::Connect { url: self.base(), reason: chain(&e) })?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.unwrap_or_default();
@@ -61,7 +61,7 @@ impl Client {
             })
         };
         let (secrets, commit) = (number("aegis-backup-secrets")?, number("aegis-backup-commit")?);
-        Ok(BackupStream { secrets, commit, resp, base: self.base.clone() })
+        Ok(BackupStream { secrets, commit, resp, base: self.base() })
     }
 
     /// Sends a backup file to be checked; `key` opens it where the Safe's root key does not.
@@ -93,7 +93,7 @@ impl Client {
         key: Option<&str>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let mut req = self
             .http
             .request(Method::POST, &url)
@@ -103,10 +103,9 @@ impl Client {
         if let Some(k) = key {
             req = req.header(KEY_HEADER, k);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let resp = req.send().await.map_err(|e| ClientError::Connect { url: self.base(), reason: chain(&e) })?;
         let status = resp.status();
-        let body =
-            resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let body = resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base(), reason: chain(&e) })?;
         if !status.is_success() {
             return Err(refused(status, &body));
         }

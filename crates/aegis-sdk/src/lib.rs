@@ -79,7 +79,9 @@ impl ClientError {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) http: reqwest::Client,
-    pub(crate) base: String,
+    /// The Safes' base URLs (one, or several replicas); `current` is the one in use.
+    bases: Arc<[String]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     source: Arc<dyn IdentitySource>,
 }
 
@@ -105,7 +107,59 @@ impl Client {
             builder = builder.pool_max_idle_per_host(0);
         }
         let http = builder.build().map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http, base: settings.url.trim_end_matches('/').to_owned(), source })
+        let bases: Vec<String> = settings.urls().into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
+        Ok(Self { http, bases: bases.into(), current: Arc::default(), source })
+    }
+
+    /// The base URL in use: the first Safe, or the replica the client moved to.
+    pub fn base(&self) -> String {
+        self.bases[self.index()].clone()
+    }
+
+    fn index(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()
+    }
+
+    /// Moves to the next replica after `failed` (the index a request used), unless another request already did.
+    fn fail_over(&self, failed: usize, why: &reqwest::Error) {
+        use std::sync::atomic::Ordering;
+        let next = (failed + 1) % self.bases.len();
+        if self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(from = %self.bases[failed], to = %self.bases[next], reason = %chain(why), "moving to another Safe");
+        }
+    }
+
+    /// Sends `build(base)` to the Safe in use, and to the next replica when the
+    /// request cannot have reached the one in use (it could not connect), or
+    /// when it is a read (no effect) and the connection failed: each replica
+    /// once at most.
+    pub(crate) async fn send_failing_over(
+        &self,
+        read: bool,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut last = None;
+        for _ in 0..self.bases.len() {
+            let i = self.index();
+            let base = &self.bases[i];
+            let attempt = || build(base).send();
+            // The Safe may close a kept-alive connection (idle, or the client's SVID expired)
+            // just as a request goes out on it. A read has no effect, so it is sent once more,
+            // on a new connection; a write is never repeated.
+            let r = match attempt().await {
+                Err(e) if read && closed_before_answer(&e) => attempt().await,
+                r => r,
+            };
+            match r {
+                Ok(resp) => return Ok(resp),
+                Err(e) if self.bases.len() > 1 && (e.is_connect() || (read && (e.is_timeout() || e.is_request()))) => {
+                    self.fail_over(i, &e);
+                    last = Some(ClientError::Connect { url: base.clone(), reason: chain(&e) });
+                }
+                Err(e) => return Err(ClientError::Connect { url: base.clone(), reason: chain(&e) }),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Config("no Safe URL".to_owned())))
     }
 
     /// The identity this client presents.
@@ -124,17 +178,17 @@ impl Client {
 
     /// Sends raw bytes and returns the status and body text, for debugging and tests.
     pub async fn raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(u16, String), ClientError> {
-        let url = format!("{}{}", self.base, path);
+        let read = is_read(&method);
         let resp = self
-            .http
-            .request(method, &url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+            .send_failing_over(read, |base| {
+                self.http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let text = resp.text().await.map_err(|e| ClientError::Connect { url: self.base(), reason: chain(&e) })?;
         Ok((status, text))
     }
 
@@ -144,25 +198,17 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<(StatusCode, bytes::Bytes), ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let attempt = || {
-            let mut req = self.http.request(method.clone(), &url);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            req.send()
-        };
-        // The Safe may close a kept-alive connection (idle, or the client's SVID expired)
-        // just as a request goes out on it. A read has no effect, so it is sent once more,
-        // on a new connection; a write is never repeated.
-        let resp = match attempt().await {
-            Err(e) if is_read(&method) && closed_before_answer(&e) => attempt().await,
-            r => r,
-        };
-        let resp = resp.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let resp = self
+            .send_failing_over(is_read(&method), |base| {
+                let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                req
+            })
+            .await?;
         let status = resp.status();
-        let bytes =
-            resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base(), reason: chain(&e) })?;
         Ok((status, bytes))
     }
 

@@ -16,7 +16,8 @@ pub const DEFAULT_SOCKET: &str = "unix:///spire-agent-socket/spire-agent.sock";
 /// Where the Safe is and who we are.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Base URL of the Safe (`AEGIS_SAFE_URL`, else `VSECM_SAFE_ENDPOINT_URL`).
+    /// Base URL of the Safe (`AEGIS_SAFE_URL`, else `VSECM_SAFE_ENDPOINT_URL`); several
+    /// replicas separated by commas: the client moves to the next when one cannot be reached.
     pub url: String,
     /// Identity source (`AEGIS_SVID_CERT`/`_KEY`/`_BUNDLE`, else `SPIFFE_ENDPOINT_SOCKET`).
     pub identity: IdentityConfig,
@@ -28,16 +29,33 @@ pub struct Settings {
     pub new_connection_per_request: bool,
 }
 
+/// The URLs of a comma-separated list, trimmed, empty ones dropped.
+fn split_urls(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect()
+}
+
 impl Settings {
+    /// The Safes' URLs, in the order given (at least one).
+    pub fn urls(&self) -> Vec<String> {
+        let urls = split_urls(&self.url);
+        if urls.is_empty() {
+            vec![DEFAULT_URL.to_owned()]
+        } else {
+            urls
+        }
+    }
+
     /// Reads the settings through `lookup`, usually `|k| std::env::var(k).ok()`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ClientError> {
         let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
         let url =
             get("AEGIS_SAFE_URL").or_else(|| get("VSECM_SAFE_ENDPOINT_URL")).unwrap_or_else(|| DEFAULT_URL.to_owned());
-        if !url.starts_with("https://") {
-            return Err(ClientError::Config(format!(
-                "the Safe URL '{url}' must start with https:// (set AEGIS_SAFE_URL)"
-            )));
+        for u in split_urls(&url) {
+            if !u.starts_with("https://") {
+                return Err(ClientError::Config(format!(
+                    "the Safe URL '{u}' must start with https:// (set AEGIS_SAFE_URL; several replicas separated by commas)"
+                )));
+            }
         }
         let socket = get("SPIFFE_ENDPOINT_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
         let identity = IdentityConfig::from_settings(

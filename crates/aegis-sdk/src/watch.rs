@@ -62,17 +62,18 @@ struct State {
 impl Client {
     /// One long poll: returns when the secret is at another revision than `revision`, or after `wait`.
     pub async fn watch_once(&self, revision: u64, wait: Duration) -> Result<WatchEvent, ClientError> {
-        let url = format!("{}/v1/workload/watch?revision={revision}&wait_ms={}", self.base, wait.as_millis());
+        // A read: a replica that cannot be reached is left for the next; the
+        // revision carries over (replicas share their revisions), so no change is
+        // missed or delivered twice.
         let resp = self
-            .http
-            .get(&url)
-            .timeout(wait + Duration::from_secs(15))
-            .send()
-            .await
-            .map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+            .send_failing_over(true, |base| {
+                self.http
+                    .get(format!("{base}/v1/workload/watch?revision={revision}&wait_ms={}", wait.as_millis()))
+                    .timeout(wait + Duration::from_secs(15))
+            })
+            .await?;
         let status = resp.status();
-        let bytes =
-            resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), reason: chain(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect { url: self.base(), reason: chain(&e) })?;
         if !status.is_success() {
             return Err(refused(status, &bytes));
         }

@@ -138,6 +138,20 @@ impl Safe {
         })
     }
 
+    /// `aegis dev` with extra flags, the root key and the development CA of
+    /// `other`: a replica whose clients and SVIDs both Safes accept.
+    pub fn dev_replica_of(extra: &[&str], other: &Safe) -> Self {
+        let from = other.data_dir();
+        Self::dev_prepared(extra, None, HashMap::new(), Vec::new(), |data| {
+            fs::create_dir_all(data.join("ca")).unwrap();
+            fs::copy(from.join("root.key"), data.join("root.key")).unwrap();
+            for f in fs::read_dir(from.join("ca")).unwrap() {
+                let f = f.unwrap();
+                fs::copy(f.path(), data.join("ca").join(f.file_name())).unwrap();
+            }
+        })
+    }
+
     fn dev_built(extra: &[&str], fd_limit: Option<u64>, env: HashMap<String, String>, wrap: Vec<String>) -> Self {
         Self::dev_prepared(extra, fd_limit, env, wrap, |_| {})
     }

@@ -431,3 +431,47 @@ async fn store_copy_moves_a_directory_safe_to_postgresql_and_back_record_by_reco
     assert_eq!(out["records"], 30);
     assert_eq!(files_under(back.path()).iter().filter(|p| p.extension().is_some_and(|e| e == "rec")).count(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_a_sidecar_move_to_another_replica_when_theirs_is_killed() {
+    let pg = Postgres::start();
+    pg.create_db("failover");
+    let f = pg.safe_flags("failover");
+    let mut a = Safe::dev_with(&flags(&f), None);
+    let b = Safe::dev_replica_of(&flags(&f), &a);
+    let both = format!("https://127.0.0.1:{},https://127.0.0.1:{}", a.port, b.port);
+    let mut admin = a.admin_env();
+    admin.insert("AEGIS_SAFE_URL".into(), both.clone());
+    let mut workload = a.workload_env("billing");
+    workload.insert("AEGIS_SAFE_URL".into(), both.clone());
+    ok(a.aegis(&admin, &["put", "billing", "--value", "one"]));
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("billing.json");
+    let mut sidecar = crate::common::delivery::Bg::spawn(
+        &workload,
+        &["sidecar", "--path", path_str(&file)],
+        &work.path().join("sidecar.log"),
+    );
+    let wait_file = |want: &str| {
+        let t = Instant::now();
+        while crate::common::delivery::read(&file).as_deref().map(str::trim) != Some(want) {
+            assert!(t.elapsed() < Duration::from_secs(10), "the sidecar's file never became {want:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    };
+    wait_file("one");
+
+    // A dies: fetches, admin commands and the sidecar go on through B.
+    a.kill9();
+    let t = Instant::now();
+    assert_eq!(ok(a.aegis(&workload, &["fetch"])).trim(), "one");
+    ok(a.aegis(&admin, &["put", "billing", "--value", "two"]));
+    let moved = t.elapsed();
+    assert!(moved < Duration::from_secs(5), "moving to B took {moved:?}");
+    let took = wait_file("two");
+    assert!(sidecar.running(), "the sidecar must keep running: {}", sidecar.log_text());
+    assert!(took < Duration::from_secs(5), "the sidecar took {took:?} to follow B");
+    drop(b);
+}
