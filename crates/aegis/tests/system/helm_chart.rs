@@ -38,7 +38,7 @@ use serde_json::Value;
 const NAMESPACE: &str = "vsecm-system";
 
 /// Every documented variant: a name and its values file under charts/aegis/ci/.
-const VARIANTS: [(&str, Option<&str>); 8] = [
+const VARIANTS: [(&str, Option<&str>); 9] = [
     ("default", None),
     ("file root key", Some("file-root-key-values.yaml")),
     ("manual root key", Some("manual-root-key-values.yaml")),
@@ -47,6 +47,7 @@ const VARIANTS: [(&str, Option<&str>); 8] = [
     ("NetworkPolicy off", Some("no-networkpolicy-values.yaml")),
     ("custom SPIFFE ID templates", Some("custom-spiffe-values.yaml")),
     ("scheduled backups", Some("backup-values.yaml")),
+    ("three Safes on PostgreSQL", Some("ha-postgres-values.yaml")),
 ];
 
 fn chart_dir() -> PathBuf {
@@ -304,6 +305,44 @@ fn each_variant_renders_what_it_documents() {
     assert_eq!(ingress.len(), 1);
     assert_eq!(ingress[0]["ports"][0]["port"], 8443);
     assert_eq!(ingress[0]["from"][1]["podSelector"]["matchExpressions"][0]["key"], "aegis.dev/client");
+}
+
+#[test]
+fn the_ha_mode_runs_replicas_on_postgresql_and_lets_a_drain_evict_one() {
+    let objs = render(Some("ha-postgres-values.yaml"));
+    let safe = find(&objs, "StatefulSet", "vsecm-safe");
+    assert_eq!(safe["spec"]["replicas"], 3);
+    let c = container(safe);
+    let a = args(c);
+    for want in [
+        "--store-url=postgres://aegis@postgres.databases.svc.cluster.local:5432/aegis?sslmode=require",
+        "--store-password-file=/var/run/aegis/db/password",
+        "--store-ca-file=/var/run/aegis/db-ca/ca.crt",
+        "--root-key-store=kubernetes",
+    ] {
+        assert!(a.contains(&want.to_owned()), "{want} not in {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.contains("password=") || x.contains(":secret@")), "no password in the arguments");
+    let vols = safe["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    assert!(vols.iter().any(|v| v["secret"]["secretName"] == "aegis-db"), "{vols:?}");
+    assert_eq!(find(&objs, "PodDisruptionBudget", "vsecm-safe")["spec"]["maxUnavailable"], 1);
+    // One Safe keeps its budget (0 unless set): nothing changes for it.
+    assert_eq!(find(&render(None), "PodDisruptionBudget", "vsecm-safe")["spec"]["maxUnavailable"], 0);
+
+    // Refused: replicas without PostgreSQL, or with a root key that is not shared, or with k8s: copies.
+    let ha = chart_dir().join("ci/ha-postgres-values.yaml").display().to_string();
+    let with = |sets: &[&str]| {
+        let mut args = vec!["-f".to_owned(), ha.clone()];
+        for s in sets {
+            args.push("--set".to_owned());
+            args.push((*s).to_owned());
+        }
+        template(&args).unwrap_err()
+    };
+    assert!(with(&["safe.postgres.enabled=false"]).contains("needs safe.postgres.enabled"));
+    assert!(with(&["safe.rootKey.store=file"]).contains("safe.rootKey.store=kubernetes"));
+    assert!(with(&["k8sSecrets.enabled=true"]).contains("not supported yet"));
+    assert!(with(&["safe.postgres.url=postgres://aegis:pw@db/aegis"]).contains("url"));
 }
 
 #[test]
