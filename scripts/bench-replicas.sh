@@ -87,7 +87,7 @@ echo "== propagation: a write on A to a sidecar's file fed by C" >&2
 pids+=($!)
 sleep 1
 as a "$bench" propagation --file "$work/sidecar.json" --secret bench-fetch --updates 200 >"$work/propagation.json" 2>>"$work/bench.err"
-prop="$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(f"{d[\"p50_ms\"]:.1f} / {d[\"p99_ms\"]:.1f}")' "$work/propagation.json")"
+prop="$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("%.1f / %.1f" % (d["p50_ms"], d["p99_ms"]))' "$work/propagation.json")"
 
 echo "== start-up of a fourth Safe with $secrets secrets in the database" >&2
 have="$(as a "$aegis" status -o json | python3 -c 'import json, sys; print(json.load(sys.stdin)["secrets"])')"
