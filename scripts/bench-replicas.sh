@@ -69,7 +69,7 @@ rate() { python3 -c 'import json, sys; print(format(sum(json.load(open(f))["per_
 
 echo "== writes: 32 writers over three Safes" >&2
 for s in a b c; do
-    as "$s" "$bench" write --writers 11 --seconds "$seconds" --size 1024 >"$work/write-$s.json" 2>>"$work/bench.err" &
+    as "$s" "$bench" write --writers 11 --seconds "$seconds" --size 1024 --prefix "bench-$s" >"$work/write-$s.json" 2>>"$work/bench.err" &
     pids+=($!)
 done
 wait "${pids[-1]}" "${pids[-2]}" "${pids[-3]}"

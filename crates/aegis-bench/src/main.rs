@@ -85,6 +85,10 @@ enum BenchCmd {
         /// The API the writes go through.
         #[arg(long, value_enum, default_value = "native")]
         api: write::WriteApi,
+        /// Names are PREFIX-<writer>-<n>: give each load generator its own when
+        /// several write to Safes sharing one database.
+        #[arg(long, default_value = "bench")]
+        prefix: String,
     },
     /// Fill an empty Safe: N distinct secrets written once each by concurrent
     /// writers through the native API (run with the admin identity).
@@ -208,8 +212,8 @@ async fn run(a: BenchArgs) -> Result<(), CliError> {
             &fetch::fetch(&aegis::connect::settings()?, connections, Duration::from_secs(seconds), new_connection)
                 .await?,
         ),
-        BenchCmd::Write { writers, seconds, size, api } => {
-            print(&write::write(writers, Duration::from_secs(seconds), size, api).await?)
+        BenchCmd::Write { writers, seconds, size, api, prefix } => {
+            print(&write::write(writers, Duration::from_secs(seconds), size, api, &prefix).await?)
         }
         BenchCmd::Fill { secrets, writers, size } => print(&write::fill(secrets, writers, size).await?),
         BenchCmd::Propagation { updates, file, secret } => print(&write::propagation(updates, &file, &secret).await?),

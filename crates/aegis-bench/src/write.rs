@@ -30,9 +30,16 @@ async fn write_one(c: &aegis_sdk::Client, api: WriteApi, name: &str, value: &str
     }
 }
 
-pub(crate) async fn write(writers: usize, dur: Duration, size: usize, api: WriteApi) -> Result<Report, CliError> {
+pub(crate) async fn write(
+    writers: usize,
+    dur: Duration,
+    size: usize,
+    api: WriteApi,
+    prefix: &str,
+) -> Result<Report, CliError> {
     let client = aegis::connect::client().await?;
-    write_with(&client, writers, dur, size, api, |w, i| format!("bench-{w}-{}", i % 64)).await
+    let prefix = prefix.to_owned();
+    write_with(&client, writers, dur, size, api, move |w, i| format!("{prefix}-{w}-{}", i % 64)).await
 }
 
 /// Writes as `client` from `writers` concurrent writers for `dur`; writer `w`'s

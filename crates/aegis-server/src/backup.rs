@@ -20,7 +20,7 @@ use aegis_core::api::{BackupChecked as Checked, BackupRequest, RestoreDone};
 use aegis_core::secret::SecretDoc;
 use aegis_crypto::backup::{decrypt_backup_buffered, encrypt_backup, parse_recipient, BackupKey, Unlock};
 use aegis_crypto::Keyring;
-use aegis_store::backup::{BackupReader, BackupWriter, Header, FORMAT, VERSION};
+use aegis_store::backup::{BackupReader, BackupWriter, Header};
 use aegis_store::Entry;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -90,14 +90,7 @@ pub async fn backup(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let store = s.store()?;
     let permit = one_at_a_time(&s)?;
     let snap = store.snapshot();
-    let header = Header {
-        format: FORMAT.to_owned(),
-        version: VERSION,
-        taken_at: snap.taken_at,
-        commit: snap.commit,
-        secrets: snap.entries.len() as u64,
-        versions: snap.entries.iter().map(|e| e.doc.versions.len() as u64).sum(),
-    };
+    let header = Header::of(&snap);
     let root = store.keyring().current().clone();
     let deadline = Instant::now() + s.settings.transfer_timeout;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIECES);

@@ -47,6 +47,18 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header of a backup of `snap`.
+    pub fn of(snap: &crate::Snapshot) -> Self {
+        Self {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            taken_at: snap.taken_at,
+            commit: snap.commit,
+            secrets: snap.entries.len() as u64,
+            versions: snap.entries.iter().map(|e| e.doc.versions.len() as u64).sum(),
+        }
+    }
+
     /// What the backup holds, as the API reports it, for a file of `bytes`.
     pub fn summary(&self, bytes: u64) -> aegis_core::api::BackupChecked {
         aegis_core::api::BackupChecked {

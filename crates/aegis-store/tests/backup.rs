@@ -9,7 +9,7 @@ use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue};
 use aegis_core::SecretName;
 use aegis_crypto::backup::{decrypt_backup, encrypt_backup, Unlock};
 use aegis_crypto::{Keyring, RootKey};
-use aegis_store::backup::{BackupReader, BackupWriter, Header, FORMAT, VERSION};
+use aegis_store::backup::{BackupReader, BackupWriter, Header};
 use aegis_store::{DirBackend, Mutation, Store, StoreError, StoreOptions};
 use time::OffsetDateTime;
 
@@ -26,14 +26,7 @@ async fn put(store: &Store, name: &str, value: &str) {
 
 fn backup_of(store: &Store) -> Vec<u8> {
     let snap = store.snapshot();
-    let header = Header {
-        format: FORMAT.into(),
-        version: VERSION,
-        taken_at: snap.taken_at,
-        commit: snap.commit,
-        secrets: snap.entries.len() as u64,
-        versions: snap.entries.iter().map(|e| e.doc.versions.len() as u64).sum(),
-    };
+    let header = Header::of(&snap);
     let enc = encrypt_backup(store.keyring().current(), &[], Vec::new()).unwrap();
     let mut w = BackupWriter::new(enc, &header).unwrap();
     for e in &snap.entries {

@@ -61,6 +61,14 @@ async fn under_writes<T: Send + 'static>(safe: &Safe, during: impl FnOnce() -> T
     (out, before)
 }
 
+/// `BASE` secrets of about 1 KiB, `s-0000`…
+async fn fill(client: &aegis_sdk::Client) {
+    for i in 0..BASE {
+        let name = format!("s-{i:04}");
+        client.put(&name, &PutSecret::new(SecretValue::new(value(&name)))).await.unwrap();
+    }
+}
+
 fn identity(dir: &Path) -> (std::path::PathBuf, String) {
     let id = age::x25519::Identity::generate();
     let path = dir.join("backup-identity.txt");
@@ -147,10 +155,7 @@ async fn damaged_cut_reordered_and_foreign_backups_are_refused_and_nothing_is_re
     let a = Safe::dev();
     let admin = a.admin_env();
     let client = a.client(&admin).await;
-    for i in 0..BASE {
-        let name = format!("s-{i:04}");
-        client.put(&name, &PutSecret::new(SecretValue::new(value(&name)))).await.unwrap();
-    }
+    fill(&client).await;
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("good.backup");
     ok(a.aegis(&admin, &["backup", "--out", path_str(&file)]));
@@ -234,10 +239,7 @@ async fn one_transfer_runs_at_a_time_and_an_oversized_file_is_refused() {
     let a = Safe::dev_with(&["--max-restore-bytes", "250000"], None);
     let admin = a.admin_env();
     let client = a.client(&admin).await;
-    for i in 0..BASE {
-        let name = format!("s-{i:04}");
-        client.put(&name, &PutSecret::new(SecretValue::new(value(&name)))).await.unwrap();
-    }
+    fill(&client).await;
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("big.backup");
     ok(a.aegis(&admin, &["backup", "--out", path_str(&file)]));
