@@ -331,22 +331,34 @@ fn take_up(map: &mut HashMap<SecretName, Arc<Entry>>, newer: Vec<Entry>) -> Vec<
     names
 }
 
+/// Opens a record another Safe wrote; one this Safe cannot open is logged and not taken up.
+fn open_theirs(keyring: &Keyring, budget: &Budget, name: &SecretName, bytes: &[u8]) -> Option<Entry> {
+    match record::open(keyring, name.as_str(), bytes) {
+        Ok(doc) => Some(Entry::new(doc, None, budget)),
+        Err(_) => {
+            tracing::warn!(secret = %name, "a record another Safe wrote cannot be opened here; it is not taken up");
+            None
+        }
+    }
+}
+
 /// Reads `names` back from the backend and opens them (after another Safe
 /// changed them); those that cannot be read or opened are left to the next catch-up.
 fn read_back(backend: &dyn Backend, keyring: &Keyring, budget: &Budget, names: &[SecretName]) -> Vec<Entry> {
-    names
-        .iter()
-        .filter_map(|n| {
-            let bytes = backend.read(n).ok()?;
-            match record::open(keyring, n.as_str(), &bytes) {
-                Ok(doc) => Some(Entry::new(doc, None, budget)),
-                Err(_) => {
-                    tracing::warn!(secret = %n, "a record another Safe changed cannot be opened here; it is not taken up");
-                    None
-                }
-            }
-        })
-        .collect()
+    names.iter().filter_map(|n| open_theirs(keyring, budget, n, &backend.read(n).ok()?)).collect()
+}
+
+/// [`take_up`] into the shared map, waking the watchers of what changed.
+fn take_up_and_wake(shared: &Shared, newer: Vec<Entry>) -> usize {
+    if newer.is_empty() {
+        return 0;
+    }
+    let changed = take_up(&mut shared.map.write().unwrap_or_else(|e| e.into_inner()), newer);
+    if !changed.is_empty() {
+        shared.seq.send_modify(|n| *n += 1);
+        shared.watched.changed(changed.iter());
+    }
+    changed.len()
 }
 
 /// Takes up what other Safes sharing the backend committed since the last
@@ -361,13 +373,8 @@ async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) {
     let read = tokio::task::spawn_blocking(move || {
         let Some(log) = b.shared() else { return Ok((Vec::new(), after)) };
         let changes = log.changes_since(after)?;
-        let mut entries = Vec::with_capacity(changes.records.len());
-        for (name, bytes) in &changes.records {
-            match record::open(&keyring, name.as_str(), bytes) {
-                Ok(doc) => entries.push(Entry::new(doc, None, &budget)),
-                Err(_) => tracing::warn!(secret = %name, "a record another Safe wrote cannot be opened here; skipped"),
-            }
-        }
+        let entries: Vec<Entry> =
+            changes.records.iter().filter_map(|(n, bytes)| open_theirs(&keyring, &budget, n, bytes)).collect();
         Ok::<_, StoreError>((entries, changes.last))
     })
     .await;
@@ -381,15 +388,10 @@ async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) {
         Err(_) => return,
     };
     note_availability(shared, std::iter::once(Ok(())));
-    let changed = {
-        let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
-        take_up(&mut map, entries)
-    };
+    let changed = take_up_and_wake(shared, entries);
     shared.log_seq.store(last, Ordering::SeqCst);
-    if !changed.is_empty() {
-        tracing::debug!(secrets = changed.len(), "took up changes of other Safes");
-        shared.seq.send_modify(|n| *n += 1);
-        shared.watched.changed(changed.iter());
+    if changed > 0 {
+        tracing::debug!(secrets = changed, "took up changes of other Safes");
     }
 }
 
@@ -439,15 +441,8 @@ async fn write_docs(
     })
     .await
     .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })??;
-    let (result, entries, newer) = (result, entries, newer);
     note_availability(shared, std::iter::once(result.as_ref().map(|_| ()).map_err(|e| &e.error)));
-    if !newer.is_empty() {
-        let changed = take_up(&mut shared.map.write().unwrap_or_else(|e| e.into_inner()), newer);
-        if !changed.is_empty() {
-            shared.seq.send_modify(|n| *n += 1);
-            shared.watched.changed(changed.iter());
-        }
-    }
+    take_up_and_wake(shared, newer);
     let visible: Vec<Arc<Entry>> = entries.iter().flatten().cloned().collect();
     if !visible.is_empty() {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
@@ -545,7 +540,6 @@ async fn persist(
     // rendered here, off the async threads and within the budget.
     let names: Vec<SecretName> = docs.iter().map(|(n, _, _)| n.clone()).collect();
     let barrier = shared.opts.barrier.clone();
-    let keyring = keyring.clone();
     let (written, newer) = tokio::task::spawn_blocking(move || {
         let results = match before_commit(barrier.as_deref()) {
             Ok(()) => b.write_batch_expecting(&records, &expected),
