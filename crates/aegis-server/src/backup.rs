@@ -13,6 +13,7 @@
 //! write, as the Safe holds every secret in memory anyway.
 
 use std::io::{self, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -93,29 +94,33 @@ pub async fn backup(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     let header = Header::of(&snap);
     let root = store.keyring().current().clone();
     let deadline = Instant::now() + s.settings.transfer_timeout;
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIECES);
+    let (tx, rx) = mpsc::channel::<Bytes>(PIECES);
+    let whole = Arc::new(AtomicBool::new(false));
     let (secrets, commit) = (header.secrets, header.commit);
+    let (rt, done) = (tokio::runtime::Handle::current(), whole.clone());
+    // `done` is set before the sender is dropped (in `write_backup`), so the body never sees a closed channel first.
     tokio::task::spawn_blocking(move || {
         let _one = permit;
         let started = Instant::now();
-        let out = Pieces { tx, deadline, buf: Vec::with_capacity(CHUNK), sent: 0 };
+        let out = Pieces { tx, rt, deadline, buf: Vec::with_capacity(CHUNK), sent: 0, whole: done };
         match write_backup(out, &root, &recipients, &header, &snap.entries) {
-            Ok(bytes) => tracing::info!(
-                secrets,
-                commit,
-                bytes,
-                recipients = recipients.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "backup sent"
-            ),
-            Err((e, tx)) => {
-                tracing::warn!(error = %e, "backup cut off; the client's file is incomplete and a restore refuses it");
-                // The answer ends in an error, not a clean end: the client knows.
-                let _ = tx.blocking_send(Err(e));
+            Ok(bytes) => {
+                tracing::info!(
+                    secrets,
+                    commit,
+                    bytes,
+                    recipients = recipients.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "backup sent"
+                );
+            }
+            // The answer then ends in an error, not a clean end (see `Piecewise`): the client knows.
+            Err(e) => {
+                tracing::warn!(error = %e, "backup cut off; the client's file is incomplete and a restore refuses it")
             }
         }
     });
-    let mut resp = Response::new(Body::from_stream(Piecewise(rx)));
+    let mut resp = Response::new(Body::from_stream(Piecewise { rx, whole, ended: false }));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(SECRETS_HEADER, HeaderValue::from(secrets));
@@ -123,8 +128,15 @@ pub async fn backup(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejec
     Ok(resp)
 }
 
-/// The answer's body: the pieces the encrypting thread sends.
-struct Piecewise(mpsc::Receiver<io::Result<Bytes>>);
+/// The answer's body: the pieces the encrypting thread sends. The thread
+/// marks `whole` once the file is complete; a channel closed without it (the
+/// backup failed, or ran out of time) ends the answer in an error, never in a
+/// clean end the client would take for a whole file.
+struct Piecewise {
+    rx: mpsc::Receiver<Bytes>,
+    whole: Arc<AtomicBool>,
+    ended: bool,
+}
 
 impl futures::Stream for Piecewise {
     type Item = io::Result<Bytes>;
@@ -133,61 +145,56 @@ impl futures::Stream for Piecewise {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(piece)) => Poll::Ready(Some(Ok(piece))),
+            Poll::Ready(None) => {
+                self.ended = true;
+                if self.whole.load(Ordering::SeqCst) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(io::Error::other("the backup was cut off on the Safe (see its log)"))))
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-type Failed = (io::Error, mpsc::Sender<io::Result<Bytes>>);
-
-/// Encrypts the backup of `entries` into `out`; the bytes sent, or why not
-/// (with the channel, to end the answer in an error).
+/// Encrypts the backup of `entries` into `out`; the bytes sent.
 fn write_backup(
     out: Pieces,
     root: &aegis_crypto::RootKey,
     recipients: &[age::x25519::Recipient],
     header: &Header,
     entries: &[Arc<Entry>],
-) -> Result<u64, Failed> {
-    let mut out = Some(out);
-    let result = (|| {
-        let enc = encrypt_backup(root, recipients, OutRef(&mut out)).map_err(io::Error::other)?;
-        let mut w = BackupWriter::new(enc, header)?;
-        for e in entries {
-            w.secret(&e.doc)?;
-        }
-        w.finish()?.finish()?;
-        Ok::<(), io::Error>(())
-    })();
-    let Some(mut pieces) = out else {
-        return Err((io::Error::other("the backup's writer was lost"), mpsc::channel(1).0));
-    };
-    match result.and_then(|()| pieces.flush()) {
-        Ok(()) => Ok(pieces.sent),
-        Err(e) => Err((e, pieces.tx)),
+) -> io::Result<u64> {
+    let enc = encrypt_backup(root, recipients, out).map_err(io::Error::other)?;
+    let mut w = BackupWriter::new(enc, header)?;
+    for e in entries {
+        w.secret(&e.doc)?;
     }
-}
-
-/// Writes into the `Pieces` held in an `Option` (so it can be taken back after the encryptor is done).
-struct OutRef<'a>(&'a mut Option<Pieces>);
-
-impl Write for OutRef<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0.as_mut().ok_or_else(|| io::Error::other("closed"))?.write(data)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.as_mut().ok_or_else(|| io::Error::other("closed"))?.flush()
-    }
+    let mut pieces = w.finish()?.finish()?;
+    pieces.flush()?;
+    // Marked whole before `pieces` (the sender) is dropped and the channel closes.
+    pieces.whole.store(true, Ordering::SeqCst);
+    Ok(pieces.sent)
 }
 
 /// Sends what is written to the connection in pieces of [`CHUNK`] bytes,
-/// waiting while [`PIECES`] are in flight; fails once the client has gone or
-/// the transfer deadline has passed.
+/// waiting while [`PIECES`] are in flight, never past the transfer deadline;
+/// fails once the client has gone or the deadline has passed.
 struct Pieces {
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: mpsc::Sender<Bytes>,
+    rt: tokio::runtime::Handle,
     deadline: Instant,
     buf: Vec<u8>,
     sent: u64,
+    /// Set once the file is complete (see [`Piecewise`]).
+    whole: Arc<AtomicBool>,
 }
 
 impl Pieces {
@@ -195,17 +202,22 @@ impl Pieces {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if Instant::now() > self.deadline {
-            return Err(io::Error::new(
+        let late = || {
+            io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the transfer deadline passed (--transfer-timeout-ms); the client read too slowly",
-            ));
-        }
+            )
+        };
+        let left = self.deadline.checked_duration_since(Instant::now()).ok_or_else(late)?;
         let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.sent += piece.len() as u64;
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client stopped reading the backup"))
+        // A client that stops reading holds this thread (and the one transfer slot) until the deadline, no longer.
+        self.rt.block_on(self.tx.send_timeout(piece, left)).map_err(|e| match e {
+            mpsc::error::SendTimeoutError::Timeout(_) => late(),
+            mpsc::error::SendTimeoutError::Closed(_) => {
+                io::Error::new(io::ErrorKind::BrokenPipe, "the client stopped reading the backup")
+            }
+        })
     }
 }
 
