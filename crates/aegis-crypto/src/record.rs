@@ -59,10 +59,28 @@ impl Keyring {
 
     /// Adds a key that can still open records but is not used for sealing.
     pub fn with_older(mut self, key: Arc<RootKey>) -> Self {
-        if key.id() != self.current.id() {
+        if !self.knows(key.id()) {
             self.older.push(key);
         }
         self
+    }
+
+    /// The same keys with the one of id `id` used for sealing (the others
+    /// still open records); `None` if no loaded key has that id.
+    pub fn sealing_with(&self, id: KeyId) -> Option<Self> {
+        if self.current.id() == id {
+            return Some(self.clone());
+        }
+        let pos = self.older.iter().position(|k| k.id() == id)?;
+        let mut older = self.older.clone();
+        let current = older.remove(pos);
+        older.insert(0, self.current.clone());
+        Some(Self { current, older })
+    }
+
+    /// Every loaded key, the current one first.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<RootKey>> {
+        std::iter::once(&self.current).chain(self.older.iter())
     }
 
     /// The key used for sealing.
@@ -170,7 +188,20 @@ mod tests {
         let rec = Keyring::new(old.clone()).seal("a", 1, b"x").unwrap();
         let new_only = Keyring::new(Arc::new(RootKey::generate()));
         assert!(matches!(new_only.open("a", &rec), Err(CryptoError::UnknownKey { .. })));
-        let both = new_only.with_older(old);
+        let both = new_only.with_older(old.clone());
         assert_eq!(both.open("a", &rec).unwrap().1.as_slice(), b"x");
+    }
+
+    #[test]
+    fn a_loaded_key_can_become_the_sealing_key() {
+        let (old, new) = (Arc::new(RootKey::generate()), Arc::new(RootKey::generate()));
+        let ring = Keyring::new(old.clone()).with_older(new.clone()).with_older(old.clone());
+        assert_eq!(ring.all().count(), 2, "a key is loaded once");
+        let turned = ring.sealing_with(new.id()).unwrap();
+        assert_eq!(turned.current().id(), new.id());
+        let rec = turned.seal("a", 1, b"x").unwrap();
+        assert_eq!(Keyring::header("a", &rec).unwrap().key_id, new.id());
+        assert!(turned.knows(old.id()), "the old key still opens records");
+        assert!(ring.sealing_with(RootKey::generate().id()).is_none());
     }
 }

@@ -25,6 +25,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use aegis_core::SecretName;
+use aegis_crypto::KeyId;
 use aegis_store::{Backend, GroupError, Listing, SealedRecord, SetAside, StoreError, Unnamed};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::SslMode;
@@ -87,12 +88,38 @@ pub struct PgBackend {
     target: String,
     timeout: Duration,
     notices: tokio::sync::watch::Receiver<u64>,
+    /// For the connection of each duty taken (see [`PgBackend::take_duty`]).
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 /// The channel a commit notifies.
 const CHANNEL: &str = "aegis_changes";
 /// The advisory lock that orders commits (and so change numbers): "aegiswri".
 const WRITE_LOCK: i64 = 0x6165_6769_7377_7269;
+/// The session advisory lock of the root key rotation duty: "aegisrot".
+const ROTATION_LOCK: i64 = 0x6165_6769_7372_6f74;
+/// The session advisory lock of the Kubernetes sync duty: "aegisk8s".
+const SYNC_LOCK: i64 = 0x6165_6769_736b_3873;
+
+/// A duty held: a session advisory lock on a connection of its own, released
+/// when the connection closes (dropping this closes it; so does the Safe's death).
+struct PgHeld {
+    _client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl aegis_store::Held for PgHeld {
+    fn still_held(&self) -> bool {
+        !self.connection.is_finished()
+    }
+}
+
+impl Drop for PgHeld {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
 
 impl std::fmt::Debug for PgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,7 +168,16 @@ impl PgBackend {
         let mut listen_config = config.clone();
         listen_config.application_name("aegis-listen");
         rt.spawn(listen(listen_config, tls.clone(), notify));
-        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let mut duty_config = config.clone();
+        duty_config.application_name("aegis-duty");
+        // A duty's connection lost without a word (a partition) must end soon, so another Safe can take it.
+        duty_config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2));
+        duty_config.keepalives_retries(3);
+        let manager =
+            Manager::from_config(config, tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = {
             let _in = rt.enter();
             Pool::builder(manager)
@@ -153,7 +189,7 @@ impl PgBackend {
                 .build()
                 .map_err(|e| PgError::Config(format!("cannot build the connection pool: {e}")))?
         };
-        let backend = Self { rt: Some(rt), pool, target, timeout: settings.timeout, notices };
+        let backend = Self { rt: Some(rt), pool, target, timeout: settings.timeout, notices, config: duty_config, tls };
         let pool = backend.pool.clone();
         backend
             .run(async move { migrate::run(&pool).await })
@@ -197,15 +233,22 @@ impl PgBackend {
     }
 
     /// Writes `records` in one transaction; each takes the next change number
-    /// and must find its `expected` stored revision (0: none). Returns the
-    /// indexes refused because another Safe changed them; when there are
-    /// some, nothing of this attempt was committed.
-    fn attempt(&self, rows: Vec<(String, Vec<u8>, i64, i64)>) -> Result<Vec<usize>, String> {
+    /// and must find its `expected` stored revision (0: none). Nothing of the
+    /// attempt is committed when it refuses some: see [`Refused`].
+    fn attempt(&self, rows: Vec<Row>) -> Result<Refused, String> {
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(|e| e.to_string())?;
             let tx = client.transaction().await.map_err(|e| e.to_string())?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| e.to_string())?;
+            // Read after the lock (a statement of its own, so it sees a rotation committed while this waited).
+            let sealing = sealing_key(&tx).await?;
+            if let Some(k) = sealing {
+                if rows.iter().any(|r| r.key_id.is_some_and(|id| id != k)) {
+                    tx.rollback().await.map_err(|e| e.to_string())?;
+                    return Ok(Refused::Retired(k));
+                }
+            }
             let upsert = tx
                 .prepare_cached(
                     "INSERT INTO aegis_records (name, record, revision, seq, updated_at) \
@@ -217,8 +260,11 @@ impl PgBackend {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut refused = Vec::new();
-            for (i, (name, bytes, revision, expected)) in rows.iter().enumerate() {
-                let n = tx.execute(&upsert, &[name, bytes, revision, expected]).await.map_err(|e| e.to_string())?;
+            for (i, r) in rows.iter().enumerate() {
+                let n = tx
+                    .execute(&upsert, &[&r.name, &r.bytes, &r.revision, &r.expected])
+                    .await
+                    .map_err(|e| e.to_string())?;
                 // A new record (expected 0) may not replace one another Safe created meanwhile.
                 if n == 0 {
                     refused.push(i);
@@ -226,13 +272,31 @@ impl PgBackend {
             }
             if !refused.is_empty() {
                 tx.rollback().await.map_err(|e| e.to_string())?;
-                return Ok(refused);
+                return Ok(Refused::Changed(refused));
             }
             tx.execute(&format!("NOTIFY {CHANNEL}"), &[]).await.map_err(|e| e.to_string())?;
             tx.commit().await.map_err(|e| e.to_string())?;
-            Ok(Vec::new())
+            Ok(Refused::Changed(Vec::new()))
         })
         .and_then(|r| r)
+    }
+
+    /// The rows of `records`: name, bytes, revision and key id from the clear header, and the expected revision.
+    fn rows(records: &[SealedRecord], expected: &[u64]) -> Vec<Row> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, (name, bytes))| {
+                let header = aegis_crypto::Keyring::header(name.as_str(), bytes).ok();
+                Row {
+                    name: name.to_string(),
+                    bytes: bytes.clone(),
+                    revision: to_i64(header.map_or(0, |h| h.revision)),
+                    expected: to_i64(expected.get(i).copied().unwrap_or(0)),
+                    key_id: header.map(|h| h.key_id),
+                }
+            })
+            .collect()
     }
 
     /// Writes what it can of `records`: those another Safe changed since
@@ -240,12 +304,7 @@ impl PgBackend {
     /// committed together.
     fn write_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Vec<Result<(), StoreError>> {
         let first = records.first().map(|(n, _)| n.to_string()).unwrap_or_default();
-        let mut rows = Vec::with_capacity(records.len());
-        for (i, (name, bytes)) in records.iter().enumerate() {
-            let revision = revision_of(name, bytes);
-            let exp = expected.get(i).copied().unwrap_or(0);
-            rows.push((name.to_string(), bytes.clone(), to_i64(revision), to_i64(exp)));
-        }
+        let rows = Self::rows(records, expected);
         let mut results: Vec<Result<(), StoreError>> = records.iter().map(|_| Ok(())).collect();
         let mut todo: Vec<usize> = (0..records.len()).collect();
         // Each attempt that refuses some is rolled back and made again without
@@ -253,8 +312,8 @@ impl PgBackend {
         loop {
             let attempt: Vec<_> = todo.iter().map(|&i| rows[i].clone()).collect();
             match self.attempt(attempt) {
-                Ok(refused) if refused.is_empty() => return results,
-                Ok(refused) => {
+                Ok(Refused::Changed(refused)) if refused.is_empty() => return results,
+                Ok(Refused::Changed(refused)) => {
                     for &k in &refused {
                         let i = todo[k];
                         results[i] = Err(StoreError::Changed(records[i].0.to_string()));
@@ -263,6 +322,12 @@ impl PgBackend {
                     if todo.is_empty() {
                         return results;
                     }
+                }
+                Ok(Refused::Retired(sealing)) => {
+                    for &i in &todo {
+                        results[i] = Err(StoreError::KeyRetired { name: records[i].0.to_string(), sealing });
+                    }
+                    return results;
                 }
                 Err(why) => {
                     let e = self.unavailable(&first, why);
@@ -276,14 +341,43 @@ impl PgBackend {
     }
 }
 
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// One record as written: name, sealed bytes, its revision and key id (from
+/// the clear header; none for bytes that are not a sealed record), and the
+/// revision it expects stored.
+#[derive(Clone)]
+struct Row {
+    name: String,
+    bytes: Vec<u8>,
+    revision: i64,
+    expected: i64,
+    key_id: Option<KeyId>,
 }
 
-/// The revision in a sealed record's clear header; 0 for bytes that are not
-/// a sealed record (the port stores any bytes; only the store's records have one).
-fn revision_of(name: &SecretName, bytes: &[u8]) -> u64 {
-    aegis_crypto::Keyring::header(name.as_str(), bytes).map_or(0, |h| h.revision)
+/// What an attempt refused (and so did not commit).
+enum Refused {
+    /// These rows (indexes) were changed by another Safe; none: committed.
+    Changed(Vec<usize>),
+    /// The records are sealed under a key the Safes no longer seal under; this is the one they do.
+    Retired(KeyId),
+}
+
+/// The sealing key set in the database, if any.
+async fn sealing_key(c: &impl deadpool_postgres::GenericClient) -> Result<Option<KeyId>, String> {
+    let row = c.query_opt("SELECT key_id FROM aegis_sealing_key", &[]).await.map_err(|e| e.to_string())?;
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let bytes: Vec<u8> = r.get(0);
+            let id: [u8; 8] = bytes
+                .try_into()
+                .map_err(|_| "the table aegis_sealing_key holds a key id that is not 8 bytes long".to_owned())?;
+            Ok(Some(KeyId(id)))
+        }
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Listens on [`CHANNEL`] for as long as the runtime lives, ticking `notify`
@@ -343,11 +437,16 @@ impl aegis_store::SharedLog for PgBackend {
                     .query("SELECT name, record, seq FROM aegis_records WHERE seq > $1 ORDER BY seq", &[&from])
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok::<Vec<(String, Vec<u8>, i64)>, String>(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+                // Read after the records: a record sealed under a new key was committed after the key was
+                // set, so this read sees that key.
+                let sealing = sealing_key(&client).await?;
+                let rows: Vec<(String, Vec<u8>, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+                Ok::<_, String>((rows, sealing))
             })
             .and_then(|r| r)
             .map_err(|why| self.unavailable("change log", why))?;
-        let mut changes = aegis_store::Changes { records: Vec::with_capacity(rows.len()), last: after };
+        let (rows, sealing_key) = rows;
+        let mut changes = aegis_store::Changes { records: Vec::with_capacity(rows.len()), last: after, sealing_key };
         for (name, bytes, seq) in rows {
             changes.last = changes.last.max(u64::try_from(seq).unwrap_or(0));
             match SecretName::parse_stored(&name) {
@@ -360,6 +459,62 @@ impl aegis_store::SharedLog for PgBackend {
 
     fn notices(&self) -> tokio::sync::watch::Receiver<u64> {
         self.notices.clone()
+    }
+
+    fn take_duty(&self, duty: aegis_store::Duty) -> Result<Option<Box<dyn aegis_store::Held>>, StoreError> {
+        let lock = match duty {
+            aegis_store::Duty::RootKeyRotation => ROTATION_LOCK,
+            aegis_store::Duty::KubernetesSync => SYNC_LOCK,
+        };
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        let held = self
+            .run(async move {
+                let (client, conn) = config.connect(tls).await.map_err(|e| e.to_string())?;
+                let connection = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&lock]).await;
+                match row.map(|r| r.get::<_, bool>(0)) {
+                    Ok(true) => Ok(Some(PgHeld { _client: client, connection })),
+                    Ok(false) => {
+                        connection.abort();
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        connection.abort();
+                        Err(e.to_string())
+                    }
+                }
+            })
+            .and_then(|r| r)
+            .map_err(|why| self.unavailable("duty lock", why))?;
+        Ok(held.map(|h| Box::new(h) as Box<dyn aegis_store::Held>))
+    }
+
+    fn seal_under(&self, key: KeyId, mode: aegis_store::SealUnder) -> Result<KeyId, StoreError> {
+        let pool = self.pool.clone();
+        let sql = match mode {
+            aegis_store::SealUnder::IfUnset => {
+                "INSERT INTO aegis_sealing_key (key_id) VALUES ($1) ON CONFLICT (only_row) DO NOTHING"
+            }
+            aegis_store::SealUnder::Replace => {
+                "INSERT INTO aegis_sealing_key (key_id) VALUES ($1) \
+                 ON CONFLICT (only_row) DO UPDATE SET key_id = EXCLUDED.key_id, set_at = now()"
+            }
+        };
+        self.run(async move {
+            let mut client = pool.get().await.map_err(|e| e.to_string())?;
+            let tx = client.transaction().await.map_err(|e| e.to_string())?;
+            // In commit order: a commit after this one sees the key.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| e.to_string())?;
+            tx.execute(sql, &[&key.0.as_slice()]).await.map_err(|e| e.to_string())?;
+            let now = sealing_key(&tx).await?;
+            tx.execute(&format!("NOTIFY {CHANNEL}"), &[]).await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            now.ok_or_else(|| "the sealing key was not stored".to_owned())
+        })
+        .and_then(|r| r)
+        .map_err(|why| self.unavailable("sealing key", why))
     }
 }
 
@@ -421,24 +576,13 @@ impl Backend for PgBackend {
 
     fn write_group_expecting(&self, records: &[SealedRecord], expected: &[u64]) -> Result<(), GroupError> {
         let first = records.first().map(|(n, _)| n.to_string()).unwrap_or_default();
-        let mut rows = Vec::with_capacity(records.len());
-        for (i, (name, bytes)) in records.iter().enumerate() {
-            let revision = revision_of(name, bytes);
-            rows.push((
-                name.to_string(),
-                bytes.clone(),
-                to_i64(revision),
-                to_i64(expected.get(i).copied().unwrap_or(0)),
-            ));
-        }
-        match self.attempt(rows) {
-            Ok(refused) if refused.is_empty() => Ok(()),
-            Ok(refused) => {
-                let name = records[refused[0]].0.to_string();
-                Err(GroupError { stored: Vec::new(), error: StoreError::Changed(name) })
-            }
-            Err(why) => Err(GroupError { stored: Vec::new(), error: self.unavailable(&first, why) }),
-        }
+        let error = match self.attempt(Self::rows(records, expected)) {
+            Ok(Refused::Changed(refused)) if refused.is_empty() => return Ok(()),
+            Ok(Refused::Changed(refused)) => StoreError::Changed(records[refused[0]].0.to_string()),
+            Ok(Refused::Retired(sealing)) => StoreError::KeyRetired { name: first, sealing },
+            Err(why) => self.unavailable(&first, why),
+        };
+        Err(GroupError { stored: Vec::new(), error })
     }
 
     fn shared(&self) -> Option<&dyn aegis_store::SharedLog> {

@@ -28,6 +28,13 @@ const MIGRATIONS: &[&str] = &[
     // 2: each record's revision (from its clear header), for the check of a write
     // against what another Safe may have written since.
     "ALTER TABLE aegis_records ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;",
+    // 3: the root key id every Safe seals under (one row), replaced by a rotation
+    // before any record is re-sealed; a commit of a record sealed under another key is refused.
+    "CREATE TABLE aegis_sealing_key (
+         only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+         key_id BYTEA NOT NULL,
+         set_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );",
 ];
 
 /// Brings the schema up to date; the error says what failed.

@@ -156,6 +156,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotEmpty { .. } => Self::conflict(e.to_string()),
             StoreError::Unavailable { .. } => Self::unavailable(e.to_string()),
             StoreError::Changed(_) => Self::conflict(e.to_string()),
+            StoreError::KeyRetired { .. } | StoreError::ForeignKey { .. } => Self::unavailable(e.to_string()),
             StoreError::Expired => Self::not_applied(),
             StoreError::Barrier(_) => Self::audit_unavailable(),
             StoreError::Io { name, source } => {

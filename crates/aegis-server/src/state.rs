@@ -194,12 +194,14 @@ impl AppState {
                 .audit
                 .is_on()
                 .then(|| Arc::new(Trail(self.audit.clone())) as Arc<dyn aegis_store::CommitBarrier>),
+            keys: self.root_key.store().cloned(),
             ..StoreOptions::default()
         };
         let backend = self.backend.clone();
         let audit_key = keyring.current().audit_key();
         let (store, report) = Store::open(backend, keyring, opts).await?;
         self.audit.set_key(audit_key);
+        tokio::spawn(follow_audit_key(store.key_changes(), self.audit.clone()));
         if !report.quarantined.is_empty() {
             tracing::error!(count = report.quarantined.len(), "some records could not be opened and were quarantined");
         }
@@ -218,7 +220,13 @@ impl AppState {
         self.metrics.secrets.set(store.len() as i64);
         self.metrics.transform_failures.set(store.transform_failures() as i64);
         if let Some(sync) = &self.sync {
-            sync.start(store.clone());
+            if self.backend.shared().is_some() && sync.keeps_copies() {
+                // One Safe among those sharing the database writes the copies.
+                sync.pause(true);
+                tokio::spawn(lead_sync(self.backend.clone(), sync.clone(), store.clone()));
+            } else {
+                sync.start(store.clone());
+            }
         }
         self.store.store(Some(Arc::new(store)));
         self.metrics.sealed.set(0);
@@ -239,6 +247,12 @@ impl AppState {
         };
         let _guard = self.unseal_lock.lock().await;
         self.store()?;
+        let Some(_duty) = self.rotation_duty().await? else {
+            return Err(ApiError::conflict(
+                "another Safe sharing the database is rotating the root key now; nothing was changed: retry when it \
+                 has finished (aegis status shows the key id)",
+            ));
+        };
         let (new, fresh) = match keys.read_next().await.map_err(internal)? {
             Some(pending) => {
                 tracing::warn!(
@@ -263,10 +277,32 @@ impl AppState {
             return Ok(None);
         };
         let _guard = self.unseal_lock.lock().await;
+        let Some(_duty) = self.rotation_duty().await? else {
+            return Err(ApiError::unavailable(
+                "another Safe sharing the database is rotating the root key now; this Safe finishes the rotation \
+                 later if it is still unfinished",
+            ));
+        };
         match keys.read_next().await.map_err(internal)? {
             Some(next) => self.rotate_to(keys.as_ref(), next, false).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// On a backend several Safes share, the duty of rotating the root key
+    /// (`None`: another Safe holds it); on one this Safe alone writes, always granted.
+    async fn rotation_duty(&self) -> Result<Option<Option<Box<dyn aegis_store::Held>>>, ApiError> {
+        if self.backend.shared().is_none() {
+            return Ok(Some(None));
+        }
+        let backend = self.backend.clone();
+        let taken = tokio::task::spawn_blocking(move || {
+            backend.shared().map(|log| log.take_duty(aegis_store::Duty::RootKeyRotation)).transpose()
+        })
+        .await
+        .map_err(|_| ApiError::internal("the root key rotation lock could not be taken; see the Safe's log"))?
+        .map_err(ApiError::from)?;
+        Ok(taken.map(|held| held.map(Some)).unwrap_or(Some(None)))
     }
 
     /// Re-seals every record under `new` (already the store's next key) and promotes it. Call with the unseal lock
@@ -292,6 +328,56 @@ impl AppState {
         self.audit.set_key(new.audit_key());
         tracing::info!(key_id = %new.id(), records, "root key rotated");
         Ok(Rotated { key_id: new.id().to_string(), records })
+    }
+}
+
+/// How often a Safe sharing its backend tries to take the duty of writing the
+/// Kubernetes copies, and checks it still holds it.
+const SYNC_DUTY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the Kubernetes copies while this Safe holds the duty of doing so
+/// among the Safes sharing the backend: takes it when free, stops when it is
+/// lost (the database connection that holds it broke), and tries again.
+async fn lead_sync(backend: Arc<dyn Backend>, sync: Arc<dyn SecretSync>, store: Store) {
+    let mut started = false;
+    loop {
+        let b = backend.clone();
+        let taken = tokio::task::spawn_blocking(move || {
+            b.shared().map(|log| log.take_duty(aegis_store::Duty::KubernetesSync)).transpose()
+        })
+        .await;
+        match taken {
+            Ok(Ok(Some(Some(held)))) => {
+                tracing::info!(
+                    "this Safe writes the Kubernetes copies of k8s: secrets (the others sharing the database do not)"
+                );
+                sync.pause(false);
+                if !started {
+                    sync.start(store.clone());
+                    started = true;
+                }
+                while held.still_held() {
+                    tokio::time::sleep(SYNC_DUTY_EVERY).await;
+                }
+                sync.pause(true);
+                tracing::warn!(
+                    "lost the duty of writing the Kubernetes copies (the database connection holding it broke)"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot take the duty of writing the Kubernetes copies; retrying"),
+            Err(_) => return,
+        }
+        tokio::time::sleep(SYNC_DUTY_EVERY).await;
+    }
+}
+
+/// Anchors the audit trail with the audit key of the root key in use, each
+/// time it changes (a rotation another Safe sharing the backend made, followed here).
+async fn follow_audit_key(mut keys: tokio::sync::watch::Receiver<Arc<Keyring>>, audit: aegis_audit::Sink) {
+    while keys.changed().await.is_ok() {
+        let key = keys.borrow_and_update().current().audit_key();
+        audit.set_key(key);
     }
 }
 

@@ -13,6 +13,7 @@
 //! `tokio::runtime::Handle::block_on`. See docs/ARCHITECTURE.md, "Ports and adapters".
 
 use aegis_core::SecretName;
+use aegis_crypto::KeyId;
 
 use crate::StoreError;
 
@@ -62,6 +63,34 @@ pub struct Changes {
     pub records: Vec<SealedRecord>,
     /// The highest change number read (the `after` given when nothing changed).
     pub last: u64,
+    /// The root key every Safe sharing the backend seals under now
+    /// ([`SharedLog::seal_under`]); `None` before the first Safe set it.
+    pub sealing_key: Option<KeyId>,
+}
+
+/// Work only one of the Safes sharing a backend may do at a time ([`SharedLog::take_duty`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// Rotating the root key (the root key store holds one next key).
+    RootKeyRotation,
+    /// Writing the Kubernetes copies of `k8s:` secrets.
+    KubernetesSync,
+}
+
+/// A duty this Safe holds: released when dropped, and lost when this Safe
+/// stops or loses its connection to the backend.
+pub trait Held: Send + Sync {
+    /// Whether it is still held (false once the backend may have given it to another Safe).
+    fn still_held(&self) -> bool;
+}
+
+/// Whether [`SharedLog::seal_under`] replaces a sealing key already set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealUnder {
+    /// Only when none is set (a Safe starting on a new backend).
+    IfUnset,
+    /// Always (a root key rotation).
+    Replace,
 }
 
 /// A backend several Safes share (a database): what the others changed, and
@@ -73,6 +102,17 @@ pub trait SharedLog: Send + Sync {
     /// Ticks when another Safe may have committed something (a notification,
     /// or a reconnect after which notifications may have been missed).
     fn notices(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Sets the root key every Safe sharing the backend must seal under, in
+    /// commit order: from then on a record sealed under another key is refused
+    /// with [`StoreError::KeyRetired`], so that no Safe that has not yet
+    /// followed a rotation writes under the retired key. Returns the key in
+    /// force afterwards (another one with [`SealUnder::IfUnset`] when one was set).
+    fn seal_under(&self, key: KeyId, mode: SealUnder) -> Result<KeyId, StoreError>;
+
+    /// Takes `duty` if no other Safe holds it (`None`: one does); it is this
+    /// Safe's until the returned value is dropped or [`Held::still_held`] turns false.
+    fn take_duty(&self, duty: Duty) -> Result<Option<Box<dyn Held>>, StoreError>;
 }
 
 /// What must be durable before any commit: the audit trail's `intent` lines

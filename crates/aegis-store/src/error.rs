@@ -66,6 +66,34 @@ pub enum StoreError {
         /// What failed.
         why: String,
     },
+    /// The record was sealed under a root key the Safes sharing the store no
+    /// longer seal under (another Safe rotated the root key): nothing was
+    /// written. The store follows the rotation and retries by itself; this
+    /// reaches a caller only when it cannot follow.
+    #[error(
+        "could not write '{name}': the Safes sharing the store now seal under root key {sealing}, which this Safe \
+         cannot load (another Safe rotated the root key); nothing was changed. Every Safe must use the same root \
+         key store; see the Safe's log"
+    )]
+    KeyRetired {
+        /// The secret.
+        name: String,
+        /// The key records must be sealed under.
+        sealing: aegis_crypto::KeyId,
+    },
+    /// The Safes sharing the store seal under a root key this Safe's root key
+    /// store does not hold: it would write records they cannot open.
+    #[error(
+        "the Safes sharing the store seal under root key {sealing}, but this Safe's root key store holds {ours} \
+         (and no next key {sealing}): every Safe sharing a database must use the same root key store (the same \
+         Kubernetes Secret or file); this Safe wrote nothing"
+    )]
+    ForeignKey {
+        /// The key the others seal under.
+        sealing: aegis_crypto::KeyId,
+        /// This Safe's key.
+        ours: aegis_crypto::KeyId,
+    },
     /// A restore into a store that holds secrets, without `replace`.
     #[error("the Safe already holds {secrets} secrets; restore into an empty Safe, or replace the secrets the backup holds (aegis restore --replace; the others are kept)")]
     NotEmpty {

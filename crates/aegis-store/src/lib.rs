@@ -19,6 +19,7 @@ mod error;
 mod journal;
 pub mod record;
 pub mod rootkey;
+mod sealing;
 mod shared;
 mod store;
 mod sync;
@@ -26,7 +27,10 @@ mod ticket;
 mod watchers;
 mod writer;
 
-pub use backend::{Backend, Changes, CommitBarrier, GroupError, Listing, SealedRecord, SetAside, SharedLog, Unnamed};
+pub use backend::{
+    Backend, Changes, CommitBarrier, Duty, GroupError, Held, Listing, SealUnder, SealedRecord, SetAside, SharedLog,
+    Unnamed,
+};
 pub use dir::{file_name, name_header, name_of_file, read_name_header, DirBackend};
 pub use entry::Stamps;
 pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::entry::Entry;
-use crate::CommitBarrier;
+use crate::{CommitBarrier, RootKeyStore};
 
 /// Tuning of the store.
 #[derive(Debug, Clone)]
@@ -25,11 +25,20 @@ pub struct StoreOptions {
     pub template_budget: Budget,
     /// Made durable before each commit (the audit trail's intent lines); `None`: nothing.
     pub barrier: Option<Arc<dyn CommitBarrier>>,
+    /// Where the root key lives, so that a Safe sharing its backend can load
+    /// the key another Safe rotated to; `None`: it cannot (manual key mode).
+    pub keys: Option<Arc<dyn RootKeyStore>>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_versions: DEFAULT_MAX_VERSIONS, max_batch: 512, template_budget: Budget::default(), barrier: None }
+        Self {
+            max_versions: DEFAULT_MAX_VERSIONS,
+            max_batch: 512,
+            template_budget: Budget::default(),
+            barrier: None,
+            keys: None,
+        }
     }
 }
 
@@ -48,9 +57,18 @@ pub(crate) struct Shared {
     /// False while the backend cannot be reached (its last call failed with
     /// [`crate::StoreError::Unavailable`]): writes are refused, reads go on.
     pub(crate) available: std::sync::atomic::AtomicBool,
+    /// The keyring, sent each time it changes (a rotation, made here or followed).
+    pub(crate) key_changes: watch::Sender<Arc<Keyring>>,
 }
 
 impl Shared {
+    /// Uses `ring` from now on, and tells those who follow the keyring.
+    pub(crate) fn set_keyring(&self, ring: Keyring) {
+        let ring = Arc::new(ring);
+        self.keyring.store(ring.clone());
+        self.key_changes.send_replace(ring);
+    }
+
     pub(crate) fn get(&self, name: &SecretName) -> Option<Arc<Entry>> {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }

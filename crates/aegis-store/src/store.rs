@@ -67,18 +67,25 @@ impl Store {
         keyring: Keyring,
         opts: StoreOptions,
     ) -> Result<(Self, LoadReport), StoreError> {
-        let (map, report, log_seq) = writer::load(backend.clone(), keyring.clone(), opts.template_budget).await?;
+        let (map, report, log_seq, sealing) =
+            writer::load(backend.clone(), keyring.clone(), opts.template_budget).await?;
+        let keyring = match backend.shared() {
+            Some(_) => crate::sealing::agree(&backend, opts.keys.as_ref(), keyring, sealing).await?,
+            None => keyring,
+        };
         let (seq, _) = watch::channel(0);
+        let ring = Arc::new(keyring);
         let failures = AtomicU64::new(report.transform_failures as u64);
         let shared = Arc::new(Shared {
             map: RwLock::new(map),
-            keyring: ArcSwap::from_pointee(keyring),
+            keyring: ArcSwap::new(ring.clone()),
             seq,
             opts,
             transform_failures: failures,
             watched: Arc::default(),
             log_seq: AtomicU64::new(log_seq),
             available: std::sync::atomic::AtomicBool::new(true),
+            key_changes: watch::channel(ring).0,
         });
         let (tx, rx) = mpsc::channel(4096);
         if let Some(log) = backend.shared() {
@@ -167,6 +174,12 @@ impl Store {
         let ticket = crate::Ticket::current();
         self.tx.send(Job::Rotate { keyring, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The keyring, each time it changes: a rotation made here, or one another
+    /// Safe sharing the backend made and this one followed. Ends with the store.
+    pub fn key_changes(&self) -> watch::Receiver<Arc<Keyring>> {
+        self.shared.key_changes.subscribe()
     }
 
     /// The keyring in use.

@@ -85,6 +85,14 @@ pub trait SecretSync: Send + Sync {
     /// Totals over every `k8s:` secret.
     fn summary(&self) -> KubeSyncSummary;
 
+    /// Stops (`true`) or resumes (`false`) writing copies, for a Safe that
+    /// shares its backend and lost (or got back) the duty of writing them
+    /// (only one of the Safes writes at a time). Resuming syncs every secret
+    /// again, as a start does. Before [`SecretSync::start`], it only sets the state.
+    fn pause(&self, paused: bool) {
+        let _ = paused;
+    }
+
     /// Whether copies are kept at all. A Safe whose sync is off plugs in a
     /// stand-in that only refuses `k8s:` writes, saying why; it answers
     /// `false` here so that the status and the metrics show no sync.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aegis_core::secret::SecretDoc;
 use aegis_core::SecretName;
-use aegis_crypto::Keyring;
+use aegis_crypto::{KeyId, Keyring};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -363,54 +363,85 @@ fn take_up_and_wake(shared: &Shared, newer: Vec<Entry>) -> usize {
 
 /// Takes up what other Safes sharing the backend committed since the last
 /// catch-up: records newer than the ones held replace them, and their
-/// watchers are woken.
-async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) {
+/// watchers are woken. A rotation another Safe made is followed first, so
+/// that its re-sealed records open.
+async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) -> bool {
     if backend.shared().is_none() {
-        return;
+        return true;
     }
     let after = shared.log_seq.load(Ordering::SeqCst);
     let (b, keyring, budget) = (backend.clone(), shared.keyring.load_full(), shared.opts.template_budget);
     let read = tokio::task::spawn_blocking(move || {
-        let Some(log) = b.shared() else { return Ok((Vec::new(), after)) };
+        let Some(log) = b.shared() else { return Ok(Caught::Opened(Vec::new(), after)) };
         let changes = log.changes_since(after)?;
-        let entries: Vec<Entry> =
-            changes.records.iter().filter_map(|(n, bytes)| open_theirs(&keyring, &budget, n, bytes)).collect();
-        Ok::<_, StoreError>((entries, changes.last))
+        if changes.sealing_key.is_some_and(|k| k != keyring.current().id()) {
+            return Ok(Caught::Rotated(changes));
+        }
+        Ok::<_, StoreError>(Caught::Opened(open_all(&keyring, &budget, &changes.records), changes.last))
     })
     .await;
-    let (entries, last) = match read {
+    let caught = match read {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             note_availability(shared, std::iter::once(Err(&e)));
             tracing::warn!(error = %e, "catching up with the other Safes failed; retried at the next notice");
-            return;
+            return false;
         }
-        Err(_) => return,
+        Err(_) => return false,
     };
     note_availability(shared, std::iter::once(Ok(())));
+    let (entries, last) = match caught {
+        Caught::Opened(entries, last) => (entries, last),
+        Caught::Rotated(changes) => {
+            if let Some(k) = changes.sealing_key {
+                crate::sealing::follow(shared, k).await;
+            }
+            let keyring = shared.keyring.load_full();
+            let last = changes.last;
+            let opened = tokio::task::spawn_blocking(move || open_all(&keyring, &budget, &changes.records)).await;
+            (opened.unwrap_or_default(), last)
+        }
+    };
     let changed = take_up_and_wake(shared, entries);
     shared.log_seq.store(last, Ordering::SeqCst);
     if changed > 0 {
         tracing::debug!(secrets = changed, "took up changes of other Safes");
     }
+    true
 }
 
-/// Seals `docs` and writes them with [`Backend::write_group`], then makes the
-/// stored ones visible. Records stored despite a failure (a rename failed
-/// midway) are made visible too, and the error names them.
-async fn write_docs(
+/// What a catch-up read: the records opened and the change number read up
+/// to, or, when the others seal under a key this Safe does not yet, the
+/// changes to open once it follows.
+enum Caught {
+    Opened(Vec<Entry>, u64),
+    Rotated(crate::Changes),
+}
+
+/// Opens the records other Safes wrote (those that cannot be opened are logged and left out).
+fn open_all(keyring: &Keyring, budget: &Budget, records: &[crate::SealedRecord]) -> Vec<Entry> {
+    records.iter().filter_map(|(n, bytes)| open_theirs(keyring, budget, n, bytes)).collect()
+}
+
+/// One attempt of [`write_docs`]: what was written (or the error), or, when
+/// another Safe retired the key the group was sealed under, the docs back.
+enum GroupAttempt {
+    Done(Result<(), GroupError>, Vec<Option<Arc<Entry>>>, Vec<Entry>),
+    Retired(KeyId, Vec<(SecretDoc, Option<Data>)>),
+}
+
+async fn write_docs_once(
     shared: &Shared,
     backend: &Arc<dyn Backend>,
     docs: Vec<(SecretDoc, Option<Data>)>,
     expected: Vec<u64>,
-) -> Result<Vec<Arc<Entry>>, StoreError> {
-    let order: Vec<SecretName> = docs.iter().map(|(d, _)| d.name.clone()).collect();
+) -> Result<GroupAttempt, StoreError> {
     let keyring = shared.keyring.load_full();
     let b = backend.clone();
     let budget = shared.opts.template_budget;
     let barrier = shared.opts.barrier.clone();
     // Sealed off the async threads: a restore seals every secret at once.
-    let (result, entries, newer) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let records = docs
             .iter()
             .map(|(doc, _)| Ok((doc.name.clone(), seal(&keyring, doc)?)))
@@ -419,6 +450,11 @@ async fn write_docs(
             Ok(()) => b.write_group_expecting(&records, &expected),
             Err(why) => Err(GroupError { stored: Vec::new(), error: StoreError::Barrier(why) }),
         };
+        if let Err(GroupError { error: StoreError::KeyRetired { sealing, .. }, stored }) = &result {
+            if stored.is_empty() {
+                return Ok(GroupAttempt::Retired(*sealing, docs));
+            }
+        }
         // Changed by another Safe: this one takes up the newer record, so a retry applies to it.
         let newer = match &result {
             Err(GroupError { error: StoreError::Changed(name), .. }) => records
@@ -437,10 +473,39 @@ async fn write_docs(
             .zip(stored)
             .map(|((doc, data), ok)| ok.then(|| Arc::new(Entry::new(doc, data, &budget))))
             .collect();
-        Ok::<_, StoreError>((result, entries, newer))
+        Ok::<_, StoreError>(GroupAttempt::Done(result, entries, newer))
     })
     .await
-    .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })??;
+    .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?
+}
+
+/// Seals `docs` and writes them with [`Backend::write_group`], then makes the
+/// stored ones visible. Records stored despite a failure (a rename failed
+/// midway) are made visible too, and the error names them.
+async fn write_docs(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    docs: Vec<(SecretDoc, Option<Data>)>,
+    expected: Vec<u64>,
+) -> Result<Vec<Arc<Entry>>, StoreError> {
+    let order: Vec<SecretName> = docs.iter().map(|(d, _)| d.name.clone()).collect();
+    let mut docs = docs;
+    let mut followed = false;
+    let (result, entries, newer) = loop {
+        match write_docs_once(shared, backend, docs, expected.clone()).await? {
+            GroupAttempt::Done(result, entries, newer) => break (result, entries, newer),
+            // Another Safe rotated the root key: follow it once and seal again.
+            GroupAttempt::Retired(sealing, back) => {
+                if followed || !crate::sealing::follow(shared, sealing).await {
+                    let name = order.first().map(ToString::to_string).unwrap_or_default();
+                    tracing::error!(secret = %name, "group write refused: sealed under a root key the other Safes retired");
+                    return Err(StoreError::KeyRetired { name, sealing });
+                }
+                followed = true;
+                docs = back;
+            }
+        }
+    };
     note_availability(shared, std::iter::once(result.as_ref().map(|_| ()).map_err(|e| &e.error)));
     take_up_and_wake(shared, newer);
     let visible: Vec<Arc<Entry>> = entries.iter().flatten().cloned().collect();
@@ -511,12 +576,48 @@ async fn restore(
 
 type Outcome = HashMap<SecretName, Result<Arc<Entry>, StoreError>>;
 
+/// Changes to write, by name, with the views computed before the write.
+type Work = HashMap<SecretName, (SecretDoc, Option<Data>)>;
+
+/// Seals and writes `work`. Records refused because another Safe rotated the
+/// root key meanwhile are sealed again under the new key and written once more.
 async fn persist(
     shared: &Shared,
     backend: &Arc<dyn Backend>,
-    work: HashMap<SecretName, (SecretDoc, Option<Data>)>,
+    work: Work,
     bases: &HashMap<SecretName, u64>,
 ) -> (Outcome, Vec<Entry>) {
+    let (mut outcome, mut newer, retired) = persist_once(shared, backend, work, bases).await;
+    if let Some((sealing, again)) = retired {
+        if crate::sealing::follow(shared, sealing).await {
+            let (o, n, still) = persist_once(shared, backend, again, bases).await;
+            outcome.extend(o);
+            newer.extend(n);
+            refuse_retired(&mut outcome, still);
+        } else {
+            refuse_retired(&mut outcome, Some((sealing, again)));
+        }
+    }
+    (outcome, newer)
+}
+
+/// Answers the changes refused under a retired key with [`StoreError::KeyRetired`].
+fn refuse_retired(outcome: &mut Outcome, retired: Option<(KeyId, Work)>) {
+    let Some((sealing, work)) = retired else { return };
+    for (name, _) in work {
+        tracing::error!(secret = %name, "write refused: sealed under a root key the other Safes retired");
+        outcome.insert(name.clone(), Err(StoreError::KeyRetired { name: name.to_string(), sealing }));
+    }
+}
+
+/// One attempt of [`persist`]: what was written or failed, the newer records
+/// read back, and the changes refused under a retired key with the key to seal under instead.
+async fn persist_once(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    work: Work,
+    bases: &HashMap<SecretName, u64>,
+) -> (Outcome, Vec<Entry>, Option<(KeyId, Work)>) {
     let keyring = shared.keyring.load_full();
     let mut outcome = HashMap::new();
     let mut docs = Vec::new();
@@ -540,7 +641,7 @@ async fn persist(
     // rendered here, off the async threads and within the budget.
     let names: Vec<SecretName> = docs.iter().map(|(n, _, _)| n.clone()).collect();
     let barrier = shared.opts.barrier.clone();
-    let (written, newer) = tokio::task::spawn_blocking(move || {
+    let (written, newer, retired) = tokio::task::spawn_blocking(move || {
         let results = match before_commit(barrier.as_deref()) {
             Ok(()) => b.write_batch_expecting(&records, &expected),
             Err(why) => records.iter().map(|_| Err(StoreError::Barrier(why.clone()))).collect(),
@@ -553,17 +654,22 @@ async fn persist(
             .map(|((n, _), _)| n.clone())
             .collect();
         let newer = read_back(b.as_ref(), &keyring, &budget, &changed);
-        let written = docs
-            .into_iter()
-            .zip(results)
-            .map(|((name, doc, data), r)| (name, r.map(|()| Entry::new(doc, data, &budget))))
-            .collect::<Vec<_>>();
-        (written, newer)
+        let mut retired: Option<(KeyId, Work)> = None;
+        let mut written = Vec::with_capacity(docs.len());
+        for ((name, doc, data), r) in docs.into_iter().zip(results) {
+            match r {
+                Err(StoreError::KeyRetired { sealing, .. }) => {
+                    retired.get_or_insert_with(|| (sealing, HashMap::new())).1.insert(name, (doc, data));
+                }
+                r => written.push((name, r.map(|()| Entry::new(doc, data, &budget)))),
+            }
+        }
+        (written, newer, retired)
     })
     .await
     .unwrap_or_else(|_| {
         let failed = || StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") };
-        (names.into_iter().map(|n| (n, Err(failed()))).collect(), Vec::new())
+        (names.into_iter().map(|n| (n, Err(failed()))).collect(), Vec::new(), None)
     });
     for (name, r) in written {
         match &r {
@@ -575,7 +681,7 @@ async fn persist(
         }
         outcome.insert(name, r.map(Arc::new));
     }
-    (outcome, newer)
+    (outcome, newer, retired)
 }
 
 /// Makes what must precede a commit durable; a failure refuses the commit.
@@ -588,6 +694,10 @@ fn before_commit(barrier: Option<&dyn CommitBarrier>) -> Result<(), String> {
 }
 
 async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -> Result<usize, StoreError> {
+    let keyring = match backend.shared() {
+        Some(_) => fence(shared, backend, keyring).await?,
+        None => keyring,
+    };
     let docs: Vec<SecretDoc> =
         shared.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.doc.clone()).collect();
     let total = docs.len();
@@ -604,19 +714,46 @@ async fn rotate(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -
         let results = tokio::task::spawn_blocking(move || b.write_batch_expecting(&records, &expected))
             .await
             .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })?;
-        if let Some(e) = results.into_iter().find_map(Result::err) {
+        // Changed by another Safe after the fence: written under the new key already.
+        if let Some(e) = results.into_iter().filter_map(Result::err).find(|e| !matches!(e, StoreError::Changed(_))) {
             return Err(e);
         }
     }
-    shared.keyring.store(Arc::new(keyring));
+    shared.set_keyring(keyring);
     // No record sealed with the retired key stays in a journal.
     flush(backend).await;
     tracing::info!(records = total, "root key rotated; every record re-sealed");
     Ok(total)
 }
 
-/// What a load gives: the entries, the report, and the change number of a shared backend it read up to.
-type Loaded = (HashMap<SecretName, Arc<Entry>>, LoadReport, u64);
+/// The start of a rotation on a shared backend: from now on the backend
+/// refuses records sealed under any key but the new one, and this Safe holds
+/// every record committed before that (so it re-seals them all). Returns the
+/// keyring to re-seal with: the new key, the old ones still opening records.
+async fn fence(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) -> Result<Keyring, StoreError> {
+    let (b, id) = (backend.clone(), keyring.current().id());
+    tokio::task::spawn_blocking(move || match b.shared() {
+        Some(log) => log.seal_under(id, crate::SealUnder::Replace).map(|_| ()),
+        None => Ok(()),
+    })
+    .await
+    .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("writer thread failed") })??;
+    let ring = shared.keyring.load_full().all().fold(keyring, |r, k| r.with_older(k.clone()));
+    shared.set_keyring(ring.clone());
+    if !catch_up(shared, backend).await {
+        return Err(StoreError::Unavailable {
+            what: backend.describe(),
+            why: "could not read the other Safes' changes before re-sealing; the rotation is finished at the next \
+                  start or rotation"
+                .to_owned(),
+        });
+    }
+    Ok(ring)
+}
+
+/// What a load gives: the entries, the report, and for a shared backend the
+/// change number it read up to and the key its Safes seal under.
+type Loaded = (HashMap<SecretName, Arc<Entry>>, LoadReport, u64, Option<KeyId>);
 
 /// Loads and opens every record, in parallel; failures are quarantined and reported.
 pub(crate) async fn load(backend: Arc<dyn Backend>, keyring: Keyring, budget: Budget) -> Result<Loaded, StoreError> {
@@ -665,17 +802,17 @@ fn loader_failed(part: &[SecretName]) -> StoreError {
 /// log instead, and the change number the store then catches up from.
 fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> Result<Loaded, StoreError> {
     // Per name, its bytes when the backend gave them already.
-    let (names, bytes, unnamed, last) = match backend.shared() {
+    let (names, bytes, unnamed, last, sealing) = match backend.shared() {
         Some(log) => {
             let changes = log.changes_since(0)?;
             let (names, bytes): (Vec<SecretName>, Vec<Option<Vec<u8>>>) =
                 changes.records.into_iter().map(|(n, b)| (n, Some(b))).unzip();
-            (names, bytes, Vec::new(), changes.last)
+            (names, bytes, Vec::new(), changes.last, changes.sealing_key)
         }
         None => {
             let Listing { names, unnamed } = backend.list()?;
             let bytes = vec![None; names.len()];
-            (names, bytes, unnamed, 0)
+            (names, bytes, unnamed, 0, None)
         }
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
@@ -749,7 +886,7 @@ fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> R
         report.quarantined.push(Quarantined { name: locator, reason });
     }
     report.loaded = map.len();
-    Ok((map, report, last))
+    Ok((map, report, last, sealing))
 }
 
 #[cfg(test)]

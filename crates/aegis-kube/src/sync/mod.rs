@@ -145,6 +145,8 @@ struct Ctx {
     unreachable_at: Mutex<Option<Instant>>,
     /// The validity window boundary each secret's timer waits for.
     windows: Mutex<HashMap<SecretName, time::OffsetDateTime>>,
+    /// Set while another Safe sharing the database writes the copies: queued secrets are dropped.
+    paused: AtomicBool,
 }
 
 /// The Kubernetes Secret sync: an adapter of the [`SecretSync`] port, given
@@ -178,6 +180,7 @@ impl Syncer {
                 api_down: AtomicBool::new(false),
                 unreachable_at: Mutex::new(None),
                 windows: Mutex::new(HashMap::new()),
+                paused: AtomicBool::new(false),
             }),
         }
     }
@@ -210,6 +213,24 @@ impl SecretSync for Syncer {
 
     fn state(&self, name: &SecretName, revision: u64) -> Option<KubeSync> {
         Some(self.ctx.book.state(name, revision))
+    }
+
+    fn pause(&self, paused: bool) {
+        if self.ctx.paused.swap(paused, Ordering::SeqCst) == paused {
+            return;
+        }
+        if paused {
+            tracing::warn!("another Safe sharing the database writes the Kubernetes copies now; this one stops");
+            return;
+        }
+        tracing::info!("this Safe writes the Kubernetes copies again; syncing every k8s: secret");
+        if let Some(store) = self.ctx.store() {
+            for e in store.list() {
+                if e.doc.name.kind() == SecretKind::Kubernetes {
+                    self.ctx.queue.push(e.doc.name.clone());
+                }
+            }
+        }
     }
 
     fn summary(&self) -> KubeSyncSummary {
@@ -320,6 +341,11 @@ async fn follow(ctx: Arc<Ctx>, store: Store) {
 async fn work(ctx: Arc<Ctx>) {
     loop {
         let name = ctx.queue.pop().await;
+        // Paused: another Safe writes the copies; resuming queues every secret again.
+        if ctx.paused.load(Ordering::SeqCst) {
+            ctx.queue.done(&name);
+            continue;
+        }
         let retry = ops::sync_one(&ctx, &name).await;
         ctx.queue.done(&name);
         if let Some(wait) = retry {

@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// Longest a request may take, in milliseconds.
     #[arg(long, env = "AEGIS_REQUEST_TIMEOUT_MS", default_value_t = server::DEFAULT_REQUEST_TIMEOUT_MS)]
     request_timeout_ms: u64,
+    /// The root key file (default: DATA_DIR/root.key). Dev Safes sharing a
+    /// database (--store-url) share one file, as replicas share one Kubernetes Secret.
+    #[arg(long, value_name = "FILE")]
+    root_key_file: Option<PathBuf>,
     /// Largest backup file a restore or a check reads, in bytes.
     #[arg(long, env = "AEGIS_MAX_RESTORE_BYTES", default_value_t = server::DEFAULT_MAX_RESTORE_BYTES)]
     max_restore_bytes: u64,
@@ -150,7 +154,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         listen: Some(a.listen),
         health_listen: Some(a.health_listen),
         data_dir: Some(a.data_dir.join("data")),
-        root_key_file: Some(a.data_dir.join("root.key")),
+        root_key_file: Some(a.root_key_file.clone().unwrap_or_else(|| a.data_dir.join("root.key"))),
         manual_root_key: false,
         root_key_store: Some(crate::serve::server::RootKeyStoreKind::File),
         root_key_secret: crate::serve::server::RootKeySecretArgs::unused(),

@@ -144,7 +144,10 @@ impl Safe {
         let from = other.data_dir();
         Self::dev_prepared(extra, None, HashMap::new(), Vec::new(), |data| {
             fs::create_dir_all(data.join("ca")).unwrap();
-            fs::copy(from.join("root.key"), data.join("root.key")).unwrap();
+            // Not there when the Safes share a key file elsewhere (--root-key-file).
+            if from.join("root.key").exists() {
+                fs::copy(from.join("root.key"), data.join("root.key")).unwrap();
+            }
             for f in fs::read_dir(from.join("ca")).unwrap() {
                 let f = f.unwrap();
                 fs::copy(f.path(), data.join("ca").join(f.file_name())).unwrap();

@@ -475,3 +475,145 @@ async fn clients_and_a_sidecar_move_to_another_replica_when_theirs_is_killed() {
     assert!(took < Duration::from_secs(5), "the sidecar took {took:?} to follow B");
     drop(b);
 }
+
+/// The key id of a root key file (the id `aegis status` shows).
+fn key_id_of(key_file: &Path) -> String {
+    aegis_crypto::RootKey::parse(&std::fs::read_to_string(key_file).unwrap()).unwrap().id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_key_rotation_on_one_replica_is_followed_by_the_others_with_no_failed_read_or_write() {
+    let pg = Postgres::start();
+    pg.create_db("rotation");
+    // One root key file for the three, as replicas share one Kubernetes Secret.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("root.key");
+    let mut f = pg.safe_flags("rotation");
+    f.extend(["--root-key-file".to_owned(), path_str(&key_file).to_owned()]);
+    let a = Safe::dev_with(&flags(&f), None);
+    let mut safes = vec![a];
+    for _ in 0..2 {
+        let r = Safe::dev_replica_of(&flags(&f), &safes[0]);
+        safes.push(r);
+    }
+    let mut clients = Vec::new();
+    for s in &safes {
+        clients.push(s.client(&s.admin_env()).await);
+    }
+    for i in 0..60 {
+        clients[i % 3].put(&format!("s{i}"), &PutSecret::new(SecretValue::new(format!("v{i}")))).await.unwrap();
+    }
+    let old_key = keys.path().join("old.key");
+    std::fs::copy(&key_file, &old_key).unwrap();
+    let old_id = clients[1].status().await.unwrap().key_id.unwrap();
+
+    // Writers on B and C and readers on all three, while A and B are asked to rotate at once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (k, c) in clients.iter().enumerate().skip(1) {
+        let (c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut last = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let v = format!("w{k}-{}", last + 1);
+                if let Err(e) = c.put(&format!("writer-{k}"), &PutSecret::new(SecretValue::new(v))).await {
+                    return Err(format!("a write on replica {k} failed during the rotation: {e}"));
+                }
+                last += 1;
+            }
+            Ok(last)
+        }));
+    }
+    let mut readers = Vec::new();
+    for (k, c) in clients.iter().enumerate() {
+        let (c, stop) = (c.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let i = n % 60;
+                match c.get(&format!("s{i}"), None).await {
+                    Ok(r) if r.value.expose() == format!("v{i}") => {}
+                    Ok(_) => return Err(format!("replica {k} read a wrong value of s{i}")),
+                    Err(e) => return Err(format!("a read on replica {k} failed during the rotation: {e}")),
+                }
+                n += 1;
+            }
+            Ok(n)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ra, rb) = tokio::join!(clients[0].rotate_root_key(), clients[1].rotate_root_key());
+    // Both may succeed one after the other; one refused must say another Safe is rotating.
+    for r in [&ra, &rb] {
+        if let Err(e) = r {
+            assert_eq!(e.status(), Some(409), "{e}");
+            assert!(e.to_string().contains("another Safe sharing the database is rotating"), "{e}");
+        }
+    }
+    assert!(ra.is_ok() || rb.is_ok(), "no rotation succeeded: {ra:?} {rb:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut last = Vec::new();
+    for w in writers {
+        last.push(w.await.unwrap().unwrap());
+    }
+    for r in readers {
+        assert!(r.await.unwrap().unwrap() > 0);
+    }
+    assert!(last.iter().all(|&n| n > 0), "the writers wrote nothing: {last:?}");
+
+    // All three seal under the key now in the file, and every row is sealed under it.
+    let new_id = key_id_of(&key_file);
+    assert_ne!(new_id, old_id, "the key file still holds the old key");
+    assert!(!keys.path().join("root.key.next").exists(), "the rotation was left unfinished");
+    for (k, c) in clients.iter().enumerate() {
+        let t = Instant::now();
+        while c.status().await.unwrap().key_id.as_deref() != Some(new_id.as_str()) {
+            assert!(t.elapsed() < Duration::from_secs(5), "replica {k} did not follow the rotation");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let out = pg
+        .tool("psql")
+        .arg(pg.url("rotation"))
+        .args(["-At", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg("SELECT DISTINCT encode(substring(record from 6 for 8), 'hex') FROM aegis_records")
+        .output()
+        .unwrap();
+    let ids = ok(out);
+    assert_eq!(ids.trim(), new_id, "rows sealed under other keys: {ids}");
+
+    // Every acknowledged write is there on every replica, and B and C restart on the new key alone.
+    for (k, n) in last.iter().enumerate() {
+        for c in &clients {
+            wait_value(c, &format!("writer-{}", k + 1), &format!("w{}-{n}", k + 1), Duration::from_secs(5)).await;
+        }
+    }
+    for s in &mut safes[1..] {
+        s.restart();
+    }
+    for s in &safes[1..] {
+        let c = s.client(&s.admin_env()).await;
+        for i in [0, 29, 59] {
+            assert_eq!(c.get(&format!("s{i}"), None).await.unwrap().value.expose(), format!("v{i}"));
+        }
+    }
+    // B's audit trail (it followed the rotation) verifies with the old and the new key.
+    safes[1].terminate();
+    let out = safes[1].aegis(
+        &HashMap::new(),
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            path_str(&safes[1].data_dir().join("data")),
+            "--complete",
+            "--root-key-file",
+            path_str(&key_file),
+            "--root-key-file",
+            path_str(&old_key),
+        ],
+    );
+    let text = ok(out);
+    assert!(text.starts_with("ok:") && !text.contains("NOT checked"), "{text}");
+}
