@@ -7,22 +7,31 @@
 # workload's SVID), and stops everything.
 #
 # Usage:
-#   scripts/vsecm-fixtures.sh SOURCE OUTDIR
+#   scripts/vsecm-fixtures.sh [--postgres] SOURCE OUTDIR
+#       --postgres  run VSecM's Safe with VSECM_SAFE_BACKING_STORE=postgres against a
+#               throw-away PostgreSQL (scripts/postgres.sh): the table "vsecm-secrets"
+#               is created first (schema.sql), the `vsecm-safe` secret (VSecM's internal
+#               config, naming the database) is written first so that VSecM connects,
+#               and the rows VSecM wrote are exported instead of a data directory.
 #       SOURCE  VSecM v0.28.1 source: the tarball (holding vsecm-v0.28.1/ with go.mod,
 #               app/safe, core, lib) or that directory unpacked.
 #       OUTDIR  created if missing; must be empty. Receives:
-#                 data/<name>.age       VSecM's data directory (backups left out)
+#                 data/<name>.age       VSecM's data directory (backups left out; file store)
+#                 schema.sql            the table VSecM wrote to (--postgres)
+#                 vsecm-secrets.copy    its rows (name, data), ordered by name, in
+#                                       PostgreSQL's COPY text format (--postgres)
 #                 root-key.txt          the root key VSecM used (three lines)
 #                 expected-fetches.json what each workload fetched, and what was written
 #
-# The committed fixtures (crates/aegis/tests/fixtures/vsecm-0.28.1/) were made with:
+# The committed fixtures were made with:
 #   scripts/vsecm-fixtures.sh vsecm-v0.28.1-safe-src.tar.gz crates/aegis/tests/fixtures/vsecm-0.28.1
+#   scripts/vsecm-fixtures.sh --postgres vsecm-v0.28.1-safe-src.tar.gz crates/aegis/tests/fixtures/vsecm-0.28.1-postgres
 #
 # Needs root (workloads run under their own uids for SPIRE's unix attestor), Go, jq,
 # setpriv, cargo. The VSecM binary is built by scripts/lib/vsecm.sh (cached in
 # ${AEGIS_CACHE_DIR:-~/.cache/aegis}/vsecm-safe/, keyed by the hash of its sources and the
 # Go version); SPIRE and VSecM's Go client come from scripts/build-spire.sh and
-# scripts/build-vsecm-client.sh.
+# scripts/build-vsecm-client.sh; PostgreSQL (--postgres) from scripts/postgres.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -36,7 +45,12 @@ log() { echo "vsecm-fixtures: $*" >&2; }
 # shellcheck source=lib/vsecm.sh
 source "$here/lib/vsecm.sh"
 
-[[ $# -eq 2 ]] || die "usage: scripts/vsecm-fixtures.sh SOURCE(tarball or dir) OUTDIR"
+store=file
+if [[ "${1:-}" == --postgres ]]; then
+    store=postgres
+    shift
+fi
+[[ $# -eq 2 ]] || die "usage: scripts/vsecm-fixtures.sh [--postgres] SOURCE(tarball or dir) OUTDIR"
 source_arg="$1"
 out="$2"
 [[ "$(id -u)" == 0 ]] || die "run as root: workloads run under their own uids (SPIRE's unix attestor tells them apart by uid)"
@@ -50,6 +64,7 @@ out="$(cd "$out" && pwd)"
 work="$(mktemp -d /tmp/vsecm-fx.XXXXXX)"
 chmod 0755 "$work"
 spire_dir="$work/spire"
+pg_dir="$work/pg"
 safe_pid=""
 cleanup() {
     if [[ -n "$safe_pid" ]] && kill -0 "$safe_pid" 2>/dev/null; then
@@ -57,6 +72,7 @@ cleanup() {
         wait "$safe_pid" 2>/dev/null || true
     fi
     "$here/spire.sh" stop "$spire_dir" 2>/dev/null || true
+    [[ "$store" != postgres ]] || "$here/postgres.sh" stop "$pg_dir" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -101,10 +117,33 @@ mkdir "$work/data"
 chown "$uid_safe" "$work/data"
 chmod 0700 "$work/data"
 
+# ---- PostgreSQL (--postgres): a database of its own and the table VSecM writes to.
+# VSecM does not create the table. Its schema follows VSecM's own statements
+# (app/safe/internal/state/io/postgres.go and secret/collection/io.go): it reads
+# `SELECT name, data FROM "vsecm-secrets"` into two strings, and writes
+# `INSERT ... (name, data) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET data = $2`,
+# which needs a unique index on name.
+table='"vsecm-secrets"'
+schema="CREATE TABLE $table (name TEXT PRIMARY KEY, data TEXT NOT NULL);"
+pg() { PGPASSWORD="$(cat "$pg_password_file")" "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+if [[ "$store" == postgres ]]; then
+    pg_env="$("$here/postgres.sh" start "$pg_dir")" || die "scripts/postgres.sh start failed"
+    pg_url="$(sed -n 's/^AEGIS_TEST_POSTGRES_URL=//p' <<<"$pg_env")"
+    pg_password_file="$(sed -n 's/^AEGIS_TEST_POSTGRES_PASSWORD_FILE=//p' <<<"$pg_env")"
+    pg_bin="$(sed -n 's/^AEGIS_TEST_POSTGRES_BIN=//p' <<<"$pg_env")"
+    pg_url="${pg_url%/*}/vsecm"
+    pg "${pg_url%/*}/postgres" -c "CREATE DATABASE vsecm"
+    pg "$pg_url" -c "$schema"
+    # lib/pq's URL form, with the password (VSecM takes no password file): it ends up in
+    # the `vsecm-safe` secret, encrypted like every other row.
+    pg_dsn="postgres://aegis:$(cat "$pg_password_file")@${pg_url#postgres://aegis@}?sslmode=disable"
+    log "PostgreSQL for VSecM: ${pg_url}"
+fi
+
 port=$((20000 + RANDOM % 5000))
 live=$((port + 1))
 ready=$((port + 2))
-mapfile -t vsecm_vars < <(vsecm_env "$work/root-key.txt" "$work/data" "$port" "$live" "$ready")
+mapfile -t vsecm_vars < <(vsecm_env "$work/root-key.txt" "$work/data" "$port" "$live" "$ready" "$store")
 setpriv --reuid="$uid_safe" --regid="$uid_safe" --clear-groups env -i PATH=/usr/bin:/bin "${vsecm_vars[@]}" \
     "$work/bin/vsecm-safe" >"$work/vsecm-safe.log" 2>&1 </dev/null &
 safe_pid=$!
@@ -140,6 +179,21 @@ sentinel() {
     die "safe $1 $2 failed: $outp"
 }
 
+# In postgres mode VSecM keeps secrets in memory and refuses other writes until it has
+# read its internal config, the `vsecm-safe` secret ({"config": {"backingStore",
+# "dataSourceName"}}, VSecMSafeInternalConfig), which it polls for every 5 s; then it
+# connects and persists every secret, this one included, to the table.
+rows() { pg "$pg_url" -At -c "SELECT name FROM $table ORDER BY name"; }
+if [[ "$store" == postgres ]]; then
+    sentinel -w vsecm-safe -s "$(jq -cn --arg dsn "$pg_dsn" '{config: {backingStore: "postgres", dataSourceName: $dsn}}')"
+    for _ in $(seq 1 300); do
+        grep -qx vsecm-safe <<<"$(rows)" && break
+        sleep 0.1
+    done
+    grep -qx vsecm-safe <<<"$(rows)" || { tail -n 40 "$work/vsecm-safe.log" >&2; die "VSecM did not connect to PostgreSQL within 30 s (log above)"; }
+    log "VSecM's Safe persists to PostgreSQL"
+fi
+
 json_value='{"username":"admin","password":"VSecMRocks","port":5432}'
 unicode_value=$'Grüße, 世界 🚀\nsecond line\n\ttabbed "quoted" \\ backslash'
 sentinel -w billing -s "$json_value"
@@ -155,15 +209,25 @@ sentinel -w k8s:db-credentials -n apps -n default -s '{"user":"db","pass":"s3cr3
     -t '{"USERNAME":"{{.user}}","PASSWORD":"{{.pass}}"}'
 sentinel -w raw:cache-config -s 'maxmemory 2gb'
 written=(billing inventory orders shipping payments legacy reports k8s:db-credentials raw:cache-config)
+[[ "$store" == file ]] || written+=(vsecm-safe)
 
-# VSecM persists asynchronously: wait for every file, then for the writes to settle.
+# VSecM persists asynchronously: wait for every file (row), then for the writes to settle.
+stored() {
+    if [[ "$store" == file ]]; then
+        [[ -s "$work/data/$1.age" ]]
+    else
+        grep -qxF -- "$1" <<<"$stored_rows"
+    fi
+}
 for _ in $(seq 1 300); do
+    [[ "$store" == file ]] || stored_rows="$(rows)"
     missing=0
-    for n in "${written[@]}"; do [[ -s "$work/data/$n.age" ]] || missing=1; done
+    for n in "${written[@]}"; do stored "$n" || missing=1; done
     ((missing == 0)) && break
     sleep 0.1
 done
-for n in "${written[@]}"; do [[ -s "$work/data/$n.age" ]] || die "VSecM did not write $n.age within 30 s"; done
+[[ "$store" == file ]] || stored_rows="$(rows)"
+for n in "${written[@]}"; do stored "$n" || die "VSecM did not persist $n within 30 s ($store store)"; done
 sleep 1
 
 # ---- What each workload fetches, with VSecM's own SDK
@@ -188,12 +252,23 @@ wait "$safe_pid" 2>/dev/null || true
 safe_pid=""
 "$here/spire.sh" stop "$spire_dir"
 
-mkdir -p "$out/data"
-for n in "${written[@]}"; do cp "$work/data/$n.age" "$out/data/"; done
+if [[ "$store" == file ]]; then
+    mkdir -p "$out/data"
+    for n in "${written[@]}"; do cp "$work/data/$n.age" "$out/data/"; done
+    chmod 0644 "$out/data"/*.age
+else
+    # The rows exactly as VSecM wrote them; the database is stopped only afterwards.
+    printf -- '-- The table VMware Secrets Manager v0.28.1 writes to (VSECM_SAFE_BACKING_STORE=postgres).\n%s\n' \
+        "$schema" >"$out/schema.sql"
+    pg "$pg_url" -c "COPY (SELECT name, data FROM $table ORDER BY name) TO STDOUT" >"$out/vsecm-secrets.copy"
+    [[ "$(wc -l <"$out/vsecm-secrets.copy")" -eq "${#written[@]}" ]] ||
+        die "the export holds $(wc -l <"$out/vsecm-secrets.copy") rows, not ${#written[@]}"
+    "$here/postgres.sh" stop "$pg_dir"
+fi
 cp "$work/root-key.txt" "$out/root-key.txt"
-chmod 0644 "$out/root-key.txt" "$out/data"/*.age
-jq -n --argjson f "$fetches" --arg go "$go_version" \
+chmod 0644 "$out/root-key.txt"
+jq -n --argjson f "$fetches" --arg go "$go_version" --arg store "$store" \
     --argjson w "$(printf '%s\n' "${written[@]}" | jq -R . | jq -s .)" \
     '{vsecm_version: "0.28.1", produced_with: "scripts/vsecm-fixtures.sh", go: $go,
-      written: $w, fetches: $f}' >"$out/expected-fetches.json"
+      backing_store: $store, written: $w, fetches: $f}' >"$out/expected-fetches.json"
 log "wrote $out (${#written[@]} secrets, ${#workloads[@]} workload fetches)"

@@ -74,10 +74,11 @@ vsecm_root_key() {
     (umask 077 && printf '%s\n%s\n%s\n' "$secret_key" "$public_key" "$aes" >"$out")
 }
 
-# vsecm_env KEY DATA PORT LIVE READY: the environment VSecM's Safe runs with outside
-# Kubernetes (one NAME=value a line): the root key file KEY (not "{}": then it never
-# writes a Kubernetes Secret), the file backing store in DATA, the API on
-# 127.0.0.1:PORT and its probes on :LIVE and :READY (it polls localhost:READY itself).
+# vsecm_env KEY DATA PORT LIVE READY [STORE]: the environment VSecM's Safe runs with
+# outside Kubernetes (one NAME=value a line): the root key file KEY (not "{}": then it
+# never writes a Kubernetes Secret), the backing store STORE (file, the default, in
+# DATA; or postgres, whose database VSecM learns from its `vsecm-safe` secret), the API
+# on 127.0.0.1:PORT and its probes on :LIVE and :READY (it polls localhost:READY itself).
 # SPIFFE_ENDPOINT_SOCKET and SPIFFE_TRUST_DOMAIN come from the caller's environment
 # (scripts/spire.sh's env file).
 vsecm_env() {
@@ -85,7 +86,7 @@ vsecm_env() {
         "SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET" "SPIFFE_TRUST_DOMAIN=${SPIFFE_TRUST_DOMAIN:-vsecm.com}" \
         "VSECM_ROOT_KEY_PATH=$1" \
         VSECM_ROOT_KEY_INPUT_MODE_MANUAL=false VSECM_SAFE_ROOT_KEY_STORE=k8s \
-        VSECM_SAFE_BACKING_STORE=file "VSECM_SAFE_DATA_PATH=$2" \
+        "VSECM_SAFE_BACKING_STORE=${6:-file}" "VSECM_SAFE_DATA_PATH=$2" \
         "VSECM_SAFE_TLS_PORT=127.0.0.1:$3" \
         "VSECM_PROBE_LIVENESS_PORT=:$4" "VSECM_PROBE_READINESS_PORT=:$5" \
         VSECM_LOG_LEVEL=3

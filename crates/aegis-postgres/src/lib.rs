@@ -32,6 +32,9 @@ use tokio_postgres::config::SslMode;
 
 mod migrate;
 
+/// The client this crate uses, for callers of [`connect`].
+pub use tokio_postgres;
+
 /// Default longest time one call (a query or a transaction) may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default connections in the pool.
@@ -139,25 +142,7 @@ impl Drop for PgBackend {
 impl PgBackend {
     /// Connects, checks the database answers, and brings its schema up to date.
     pub fn open(settings: &PgSettings) -> Result<Self, PgError> {
-        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
-            PgError::Config(format!(
-                "the store URL is not a PostgreSQL URL ({e}); it must look like postgres://user@host:5432/db"
-            ))
-        })?;
-        if let Some(path) = &settings.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                PgError::Config(format!("cannot read the database password file {}: {e}", path.display()))
-            })?;
-            let password = text.trim_end_matches(['\n', '\r']);
-            if password.is_empty() {
-                return Err(PgError::Config(format!("the database password file {} is empty", path.display())));
-            }
-            config.password(password);
-        }
-        config.connect_timeout(settings.timeout);
-        config.application_name("aegis");
-        let target = describe(&config);
-        let tls = tls(settings, &config)?;
+        let (config, target, tls) = prepare(settings, "aegis")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("aegis-postgres")
@@ -633,6 +618,71 @@ fn copy(e: &StoreError) -> StoreError {
 }
 
 /// Host, port and database, for logs and errors (never the password).
+/// The client settings for `settings`: the URL parsed, the password from its file, the
+/// connect deadline and `application` set; with the target (host, port and database, never
+/// the password) and the TLS connector. Errors say which setting is wrong.
+fn prepare(
+    settings: &PgSettings,
+    application: &str,
+) -> Result<(tokio_postgres::Config, String, tokio_postgres_rustls::MakeRustlsConnect), PgError> {
+    let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
+        PgError::Config(format!(
+            "the database URL is not a PostgreSQL URL ({e}); it must look like postgres://user@host:5432/db"
+        ))
+    })?;
+    if let Some(path) = &settings.password_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PgError::Config(format!("cannot read the database password file {}: {e}", path.display())))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(PgError::Config(format!("the database password file {} is empty", path.display())));
+        }
+        config.password(password);
+    }
+    config.connect_timeout(settings.timeout);
+    config.application_name(application);
+    let target = describe(&config);
+    let tls = tls(settings, &config)?;
+    Ok((config, target, tls))
+}
+
+/// One connection (no pool) for a short job, such as reading another program's table;
+/// its driver runs on the caller's Tokio runtime until the client is dropped. Returns the
+/// client and the target (host, port and database, never the password) for messages.
+pub async fn connect(settings: &PgSettings, application: &str) -> Result<(tokio_postgres::Client, String), PgError> {
+    let (config, target, tls) = prepare(settings, application)?;
+    let (client, conn) = tokio::time::timeout(settings.timeout, config.connect(tls))
+        .await
+        .map_err(|_| PgError::Unreachable {
+            target: target.clone(),
+            why: format!("no answer within {} ms", settings.timeout.as_millis()),
+        })?
+        .map_err(|e| PgError::Unreachable { target: target.clone(), why: error_text(&e) })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok((client, target))
+}
+
+/// A client error with its cause: the server's message for a database error (such as
+/// `password authentication failed for user "x"`), else the error and its sources
+/// (`Display` alone says only "db error" or "invalid configuration").
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn describe(c: &tokio_postgres::Config) -> String {
     use tokio_postgres::config::Host;
     let host = match c.get_hosts().first() {
@@ -665,7 +715,9 @@ fn tls(
         }
     } else if config.get_ssl_mode() == SslMode::Require {
         return Err(PgError::Config(
-            "sslmode=require needs the CA that signs the database's certificate: give --store-ca-file".to_owned(),
+            "sslmode=require needs the CA that signs the database's certificate: give it with --store-ca-file \
+             (--postgres-ca-file for aegis import vsecm)"
+                .to_owned(),
         ));
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

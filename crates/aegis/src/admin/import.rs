@@ -1,10 +1,13 @@
-//! `aegis import vsecm`: brings a VSecM 0.28 Safe's data directory into Aegis.
+//! `aegis import vsecm`: brings a VSecM 0.28 Safe's secrets into Aegis, from either
+//! of its backing stores: the data directory (`VSECM_SAFE_BACKING_STORE=file`, one
+//! `<name>.age` file per secret) or PostgreSQL (`=postgres`, one row `(name, data)`
+//! per secret in the table `"vsecm-secrets"`, `data` the same age file in base64).
 //!
-//! Two phases. First, locally and before anything is sent: every `<name>.age`
-//! file is read (within the size and count caps), decrypted with VSecM's root
-//! key and parsed; a file that fails is reported by name with the reason and
-//! left out. If not one file decrypts because none was encrypted to the key, the
-//! key is wrong and nothing is imported. Second, against the Safe, as the
+//! Two phases. First, locally and before anything is sent: every record is read
+//! (within the size and count caps), decrypted with VSecM's root key and parsed,
+//! the same way whichever store it comes from; a record that fails is reported by
+//! name with the reason and left out. If not one record decrypts because none was
+//! encrypted to the key, the key is wrong and nothing is imported. Second, against the Safe, as the
 //! Sentinel: each secret is compared with Aegis's current version (value,
 //! namespaces, template, format, validity window) and, unless `--dry-run`,
 //! written as a new version through `PUT /v1/secrets/{name}` with VSecM's
@@ -21,19 +24,26 @@ use aegis_core::transform::Format;
 use aegis_core::vsecm_record::{rfc3339_nanos, VsecmRecord};
 use aegis_core::SecretName;
 use aegis_crypto::{CryptoError, RootKey};
+use aegis_postgres::tokio_postgres::error::SqlState;
+use aegis_postgres::{PgError, PgSettings};
 use aegis_sdk::{Client, ClientError};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::connect::client;
-use crate::exit::{CliError, CONFIG, FAILURE};
+use crate::exit::{CliError, CONFIG, FAILURE, UNREACHABLE};
 use crate::output::{print_json, printable, Output};
 
-/// Default cap on one `.age` file (VSecM values are small; Aegis's own request cap is of this order).
+/// Default cap on one record, an `.age` file or a row's decoded data (VSecM values are
+/// small; Aegis's own request cap is of this order).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
-/// Default cap on the number of `.age` files in the directory.
+/// Default cap on the number of records (`.age` files or rows).
 pub const DEFAULT_MAX_SECRETS: usize = 10_000;
+/// The table VSecM's Safe keeps its secrets in (`VSECM_SAFE_BACKING_STORE=postgres`).
+pub const DEFAULT_POSTGRES_TABLE: &str = "vsecm-secrets";
+/// Longest time the read of VSecM's table may take.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Secrets compared and written at the same time.
 const IN_FLIGHT: usize = 16;
 /// Cap on a root key file (the key is three short lines).
@@ -48,16 +58,31 @@ pub struct ImportArgs {
 
 #[derive(Subcommand, Debug)]
 enum ImportCmd {
-    /// Import a VSecM (0.28) Safe's data directory: its `<name>.age` files.
+    /// Import a VSecM (0.28) Safe's secrets: its data directory (`<name>.age` files) or its PostgreSQL table.
     Vsecm(VsecmArgs),
 }
 
 /// `aegis import vsecm` arguments.
 #[derive(Args, Debug)]
 pub struct VsecmArgs {
-    /// VSecM's data directory (its VSECM_SAFE_DATA_PATH, `/var/local/vsecm/data` in VSecM's chart).
+    /// VSecM's data directory (its VSECM_SAFE_DATA_PATH, `/var/local/vsecm/data` in VSecM's chart),
+    /// when VSecM ran with VSECM_SAFE_BACKING_STORE=file. Give this or --postgres-url.
     #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    /// VSecM's PostgreSQL database (the `dataSourceName` of its `vsecm-safe` secret), when VSecM ran
+    /// with VSECM_SAFE_BACKING_STORE=postgres: postgres://user@host:5432/db (the password in
+    /// --postgres-password-file). Only read. Give this or --data-dir.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+    /// A file holding the database password for --postgres-url.
+    #[arg(long, value_name = "FILE", requires = "postgres_url")]
+    postgres_password_file: Option<PathBuf>,
+    /// PEM CA certificates that sign the database's certificate (TLS), for --postgres-url.
+    #[arg(long, value_name = "FILE", requires = "postgres_url")]
+    postgres_ca_file: Option<PathBuf>,
+    /// The table VSecM's Safe wrote its rows (name, data) to.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_POSTGRES_TABLE, requires = "postgres_url")]
+    postgres_table: String,
     /// VSecM's root key: a file holding its three lines (the `KEY_TXT` of the `vsecm-root-key` Secret).
     #[arg(long, value_name = "FILE", conflicts_with = "root_key_secret")]
     root_key_file: Option<PathBuf>,
@@ -74,10 +99,10 @@ pub struct VsecmArgs {
     /// Only list what would change (new / changed / unchanged per secret); write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Largest `.age` file read; a larger one is reported and skipped.
+    /// Largest record read (an `.age` file, or a row's data once base64-decoded); a larger one is reported and skipped.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
-    /// Most `.age` files accepted; more refuses the whole import.
+    /// Most records (`.age` files or rows) accepted; more refuses the whole import.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SECRETS)]
     max_secrets: usize,
     /// Output format.
@@ -183,7 +208,215 @@ fn age_files(dir: &Path, max: usize) -> Result<Vec<(String, PathBuf)>, CliError>
     Ok(files)
 }
 
-/// Why one file was not imported.
+/// Where VSecM's records are read from.
+#[derive(Debug)]
+enum Source {
+    /// Its data directory: `<name>.age` files.
+    Dir(PathBuf),
+    /// Its PostgreSQL table: rows `(name, data)`, `data` an age file in base64.
+    Table {
+        /// How to reach the database.
+        settings: PgSettings,
+        /// The table's name (one identifier, quoted when used).
+        table: String,
+    },
+}
+
+impl Source {
+    /// What one record is called in messages, by the name it is stored under.
+    fn record(&self, name: &str) -> String {
+        match self {
+            Source::Dir(_) => format!("the file is named {name}.age"),
+            Source::Table { .. } => format!("the row is named {name}"),
+        }
+    }
+}
+
+fn source(a: &VsecmArgs) -> Result<Source, CliError> {
+    match (&a.data_dir, &a.postgres_url) {
+        (Some(dir), None) => Ok(Source::Dir(dir.clone())),
+        (None, Some(url)) => {
+            let mut settings = PgSettings::new(url.clone());
+            settings.password_file.clone_from(&a.postgres_password_file);
+            settings.ca_file.clone_from(&a.postgres_ca_file);
+            if a.postgres_table.is_empty() {
+                return Err(CliError::new(
+                    CONFIG,
+                    "--postgres-table is empty: give the table's name (VSecM's is vsecm-secrets)",
+                ));
+            }
+            Ok(Source::Table { settings, table: a.postgres_table.clone() })
+        }
+        (Some(_), Some(_)) => Err(CliError::new(
+            CONFIG,
+            "give --data-dir or --postgres-url, not both: import one VSecM backing store at a time",
+        )),
+        (None, None) => Err(CliError::new(
+            CONFIG,
+            "give VSecM's secrets with --data-dir DIR (its VSECM_SAFE_DATA_PATH, when VSECM_SAFE_BACKING_STORE \
+             was file) or --postgres-url URL (its database, when VSECM_SAFE_BACKING_STORE was postgres)",
+        )),
+    }
+}
+
+/// One record as stored, under its stored name: an `.age` file (read when its turn
+/// comes, so that only one file at a time is in memory), a row's decoded data, or why
+/// the row's data could not be had.
+enum Raw {
+    File(PathBuf),
+    Bytes(zeroize::Zeroizing<Vec<u8>>),
+    Unreadable(String),
+}
+
+type Stored = (String, Raw);
+
+impl Raw {
+    /// The age-encrypted bytes, within `cap`.
+    fn into_bytes(self, cap: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        match self {
+            Raw::File(path) => read_capped(&path, cap).map_err(|why| format!("cannot read it: {why}")),
+            Raw::Bytes(b) => Ok(b),
+            Raw::Unreadable(why) => Err(why),
+        }
+    }
+}
+
+/// The records of a VSecM data directory, and how to name the directory in messages.
+fn dir_records(dir: &Path, max: usize) -> Result<(Vec<Stored>, String), CliError> {
+    let files = age_files(dir, max)?;
+    if files.is_empty() {
+        return Err(CliError::new(
+            CONFIG,
+            format!("{} holds no .age files: is it VSecM's data directory (VSECM_SAFE_DATA_PATH)?", dir.display()),
+        ));
+    }
+    let stored = files.into_iter().map(|(name, path)| (name, Raw::File(path))).collect();
+    Ok((stored, dir.display().to_string()))
+}
+
+/// `name` as one quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The length of `n` bytes in padded base64.
+fn base64_len(n: u64) -> u64 {
+    n.div_ceil(3).saturating_mul(4)
+}
+
+/// Decodes a row's `data` (standard base64, as VSecM's Safe writes it) within `cap` bytes.
+fn decode_row(data: &str, cap: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| "its data is not base64 (VSecM's Safe writes the age file in standard base64)".to_owned())?;
+    if bytes.len() as u64 > cap {
+        return Err(format!(
+            "its data is {} bytes, over the limit of {cap} (raise --max-file-bytes if it is genuine)",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What to say when the database cannot be used.
+fn pg_error(e: PgError) -> CliError {
+    match e {
+        PgError::Config(why) => CliError::new(CONFIG, why),
+        PgError::Unreachable { target, why } => CliError::new(
+            UNREACHABLE,
+            format!(
+                "cannot read VSecM's database at {target}: {why}; check --postgres-url (host, port, database, user) \
+                 and --postgres-password-file, and that the database lets this host in; nothing was imported"
+            ),
+        ),
+    }
+}
+
+/// The rows of VSecM's table, and how to name the table in messages. Only reads: one
+/// `SELECT` of at most `max + 1` rows, each row's data fetched only when within `cap`.
+async fn table_records(
+    settings: &PgSettings,
+    table: &str,
+    max: usize,
+    cap: u64,
+) -> Result<(Vec<Stored>, String), CliError> {
+    let (client, target) = aegis_postgres::connect(settings, "aegis-import-vsecm").await.map_err(pg_error)?;
+    let place = format!("the table {} at {target}", quote_ident(table));
+    let text_cap = i64::try_from(base64_len(cap)).unwrap_or(i64::MAX);
+    let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
+    let query = format!(
+        "SELECT name::text, octet_length(data::text)::bigint, \
+         CASE WHEN octet_length(data::text) <= $1::bigint THEN data::text END \
+         FROM {} ORDER BY name LIMIT $2::bigint",
+        quote_ident(table)
+    );
+    let rows = match tokio::time::timeout(QUERY_TIMEOUT, client.query(&query, &[&text_cap, &limit])).await {
+        Err(_) => {
+            return Err(CliError::new(
+                UNREACHABLE,
+                format!("reading {place} took over {} s; nothing was imported", QUERY_TIMEOUT.as_secs()),
+            ))
+        }
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) if e.code().is_none() => {
+            let why = aegis_postgres::error_text(&e);
+            return Err(CliError::new(UNREACHABLE, format!("cannot read {place}: {why}; nothing was imported")));
+        }
+        Ok(Err(e)) => {
+            let advice = match e.code() {
+                Some(c) if *c == SqlState::UNDEFINED_TABLE => format!(
+                    "{place} does not exist: is this the database VSecM's Safe wrote to (the dataSourceName of its \
+                     vsecm-safe secret)? Give --postgres-table if the table has another name"
+                ),
+                Some(c) if *c == SqlState::UNDEFINED_COLUMN => {
+                    format!("{place} has no columns name and data: it is not VSecM's table (VSecM's has name and data)")
+                }
+                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+                    format!("the database user may not read {place}: GRANT SELECT on it to that user")
+                }
+                _ => format!("cannot read {place}: {}", aegis_postgres::error_text(&e)),
+            };
+            return Err(CliError::new(CONFIG, format!("{advice}; nothing was imported")));
+        }
+    };
+    if rows.len() > max {
+        return Err(CliError::new(
+            FAILURE,
+            format!("{place} holds more than {max} rows; raise --max-secrets to import them all"),
+        ));
+    }
+    if rows.is_empty() {
+        return Err(CliError::new(
+            CONFIG,
+            format!("{place} holds no rows: is this the database VSecM's Safe wrote to (VSECM_SAFE_BACKING_STORE=postgres)?"),
+        ));
+    }
+    let mut stored = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        // The query casts each column to the type read here; a failure is reported, not a panic.
+        let name = row.try_get::<_, Option<String>>(0).ok().flatten();
+        let len = row.try_get::<_, Option<i64>>(1);
+        let data = row.try_get::<_, Option<String>>(2).map(|d| d.map(zeroize::Zeroizing::new));
+        let Some(name) = name else {
+            stored.push((format!("(row {} without a name)", i + 1), Raw::Unreadable("its name is NULL".to_owned())));
+            continue;
+        };
+        let raw = match (data, len) {
+            (Ok(Some(data)), _) => decode_row(&data, cap).map_or_else(Raw::Unreadable, Raw::Bytes),
+            (Ok(None), Ok(None)) => Raw::Unreadable("its data is NULL".to_owned()),
+            (Ok(None), Ok(Some(len))) => Raw::Unreadable(format!(
+                "its data is {len} bytes of base64, over the limit of {cap} decoded bytes (raise --max-file-bytes if it is genuine)"
+            )),
+            (Err(e), _) | (_, Err(e)) => Raw::Unreadable(format!("its data cannot be read: {e}")),
+        };
+        stored.push((name, raw));
+    }
+    Ok((stored, place))
+}
+
+/// Why one record was not imported.
 #[derive(Debug)]
 enum Failure {
     /// Not encrypted to the root key given.
@@ -201,17 +434,17 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Reads, decrypts and parses one record.
-fn open_record(key: &RootKey, name: &str, path: &Path, cap: u64) -> Result<VsecmRecord, Failure> {
-    let bytes = read_capped(path, cap).map_err(|why| Failure::Other(format!("cannot read it: {why}")))?;
-    let plain = key.decrypt_age_file(&bytes).map_err(|e| match e {
+/// Decrypts and parses one record stored under `name` (an age file, whichever store held it).
+fn open_record(key: &RootKey, src: &Source, name: &str, bytes: &[u8]) -> Result<VsecmRecord, Failure> {
+    let plain = key.decrypt_age_file(bytes).map_err(|e| match e {
         CryptoError::AgeFile(why) if why.contains("not encrypted to this root key") => Failure::WrongKey,
         other => Failure::Other(other.to_string()),
     })?;
     let record = VsecmRecord::parse(&plain).map_err(|e| Failure::Other(e.to_string()))?;
     if record.name != name {
         return Err(Failure::Other(format!(
-            "the file is named {name}.age but holds the secret '{}'; rename it or leave it out",
+            "{} but holds the secret '{}'; rename it or leave it out",
+            src.record(name),
             record.name.escape_debug()
         )));
     }
@@ -347,31 +580,25 @@ fn print(report: &Report, output: Output) -> Result<(), CliError> {
 }
 
 async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
+    let src = source(&a)?;
     let key = load_root_key(&key_source(&a)?).await?;
-    let files = age_files(&a.data_dir, a.max_secrets)?;
-    if files.is_empty() {
-        return Err(CliError::new(
-            CONFIG,
-            format!(
-                "{} holds no .age files: is it VSecM's data directory (VSECM_SAFE_DATA_PATH)?",
-                a.data_dir.display()
-            ),
-        ));
-    }
+    let (stored, place) = match &src {
+        Source::Dir(dir) => dir_records(dir, a.max_secrets)?,
+        Source::Table { settings, table } => table_records(settings, table, a.max_secrets, a.max_file_bytes).await?,
+    };
     let mut records = Vec::new();
     let mut lines = Vec::new();
     let mut wrong_key = 0;
-    for (name, path) in &files {
-        match open_record(&key, name, path, a.max_file_bytes) {
+    for (name, raw) in stored {
+        let opened = match raw.into_bytes(a.max_file_bytes) {
+            Ok(bytes) => open_record(&key, &src, &name, &bytes),
+            Err(why) => Err(Failure::Other(why)),
+        };
+        match opened {
             Ok(r) => records.push(r),
             Err(f) => {
                 wrong_key += usize::from(matches!(f, Failure::WrongKey));
-                lines.push(Line {
-                    name: name.clone(),
-                    change: Change::Failed,
-                    version: None,
-                    reason: Some(f.to_string()),
-                });
+                lines.push(Line { name, change: Change::Failed, version: None, reason: Some(f.to_string()) });
             }
         }
     }
@@ -379,9 +606,8 @@ async fn vsecm(a: VsecmArgs) -> Result<(), CliError> {
         return Err(CliError::new(
             CONFIG,
             format!(
-                "none of the {} records in {} was encrypted to this root key: wrong root key? Give the key VSecM's Safe used; nothing was imported",
-                files.len(),
-                a.data_dir.display()
+                "none of the {} records in {place} was encrypted to this root key: wrong root key? Give the key VSecM's Safe used; nothing was imported",
+                lines.len(),
             ),
         ));
     }
@@ -448,6 +674,52 @@ mod tests {
         assert_eq!(names, ["a", "k8s:b"]);
         let e = age_files(d.path(), 1).unwrap_err();
         assert!(e.message.contains("--max-secrets"), "{}", e.message);
+    }
+
+    fn args(argv: &[&str]) -> Result<VsecmArgs, clap::Error> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: VsecmArgs,
+        }
+        Cli::try_parse_from(std::iter::once("vsecm").chain(argv.iter().copied())).map(|c| c.a)
+    }
+
+    #[test]
+    fn exactly_one_source() {
+        let k = ["--root-key-file", "k"];
+        let both = args(&[&k[..], &["--data-dir", "d", "--postgres-url", "postgres://u@h/db"]].concat()).unwrap();
+        assert!(source(&both).unwrap_err().message.contains("not both"));
+        let neither = source(&args(&k).unwrap()).unwrap_err();
+        assert_eq!(neither.code, CONFIG);
+        assert!(
+            neither.message.contains("--data-dir") && neither.message.contains("--postgres-url"),
+            "{}",
+            neither.message
+        );
+        assert!(matches!(source(&args(&[&k[..], &["--data-dir", "d"]].concat()).unwrap()).unwrap(), Source::Dir(_)));
+        let pg = args(&[&k[..], &["--postgres-url", "postgres://u@h/db", "--postgres-password-file", "pw"]].concat());
+        match source(&pg.unwrap()).unwrap() {
+            Source::Table { settings, table } => {
+                assert_eq!(table, "vsecm-secrets");
+                assert_eq!(settings.password_file, Some(PathBuf::from("pw")));
+            }
+            Source::Dir(_) => panic!("not the table"),
+        }
+        // The PostgreSQL settings only with --postgres-url.
+        assert!(args(&[&k[..], &["--data-dir", "d", "--postgres-table", "t"]].concat()).is_err());
+    }
+
+    #[test]
+    fn rows_are_standard_base64_within_the_cap() {
+        assert_eq!(&decode_row("aGVsbG8=\n", 5).unwrap()[..], b"hello");
+        assert!(decode_row("aGVsbG8=", 4).unwrap_err().contains("over the limit of 4"));
+        assert!(decode_row("not base64!", 100).unwrap_err().contains("not base64"));
+        assert_eq!(base64_len(5), 8);
+        assert_eq!(base64_len(6), 8);
+        assert_eq!(quote_ident("vsecm-secrets"), "\"vsecm-secrets\"");
+        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod delivery;
 pub mod kube;
+pub mod postgres;
 pub mod spire;
 
 use std::collections::HashMap;

@@ -10,9 +10,15 @@
 //! does it all over SPIRE: the Safe, the importing admin and the workloads get their
 //! identities from a real SPIRE agent, and the workloads fetch with VSecM's own Go SDK
 //! (`tools/vsecm-client`), the same client that recorded the fixtures.
+//!
+//! The `postgres_*` tests do the same from VSecM's PostgreSQL backing store: the rows
+//! of `tests/fixtures/vsecm-0.28.1-postgres/`, written by VSecM's Safe run with
+//! `VSECM_SAFE_BACKING_STORE=postgres` (`scripts/vsecm-fixtures.sh --postgres`), are
+//! loaded into a real PostgreSQL of the test's own and imported from there.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common;
+use crate::common::postgres::Postgres;
 use crate::common::spire as harness;
 
 use std::collections::HashMap;
@@ -29,13 +35,26 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vsecm-0.28.1")
 }
 
-fn expected() -> Value {
-    serde_json::from_str(&fs::read_to_string(fixtures().join("expected-fetches.json")).unwrap()).unwrap()
+/// VSecM's PostgreSQL backing store: the table's schema, its rows, the key, the fetches.
+fn pg_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vsecm-0.28.1-postgres")
 }
 
-/// Every secret name VSecM wrote.
+fn expected_in(dir: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("expected-fetches.json")).unwrap()).unwrap()
+}
+
+fn expected() -> Value {
+    expected_in(&fixtures())
+}
+
+/// Every secret name VSecM wrote (in `dir`'s fixtures).
+fn written_in(dir: &Path) -> Vec<String> {
+    expected_in(dir)["written"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
 fn written() -> Vec<String> {
-    expected()["written"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    written_in(&fixtures())
 }
 
 fn import(safe: &Safe, data: &Path, key: &Path, extra: &[&str]) -> std::process::Output {
@@ -74,9 +93,34 @@ async fn secret_names(safe: &Safe) -> Vec<String> {
 }
 
 fn no_values_in(text: &str) {
-    for v in ["VSecMRocks", "s3cr3t", "4111", "maxmemory", "second version", "Grüße"] {
+    for v in ["VSecMRocks", "s3cr3t", "4111", "maxmemory", "second version", "Grüße", "dataSourceName"] {
         assert!(!text.contains(v), "a secret value ({v}) was printed:\n{text}");
     }
+}
+
+/// How each workload's fetch from Aegis differs from what it fetched from VSecM (`exp`).
+async fn fetch_differences(safe: &Safe, exp: &Value) -> Vec<String> {
+    let mut differences = Vec::new();
+    for (workload, want) in exp["fetches"].as_object().unwrap() {
+        let c = safe.client(&safe.workload_env(workload)).await;
+        let got = c.vsecm_fetch().await.unwrap();
+        match (want, got) {
+            (Value::Null, None) => {}
+            (Value::Null, Some(_)) => differences.push(format!("{workload}: no secret in VSecM, one in Aegis")),
+            (_, None) => differences.push(format!("{workload}: fetched nothing from Aegis")),
+            (want, Some(got)) => {
+                for (field, got) in [("data", got.data.expose()), ("created", &got.created), ("updated", &got.updated)]
+                {
+                    let vsecm = want[field].as_str().unwrap();
+                    let want = deliberate(workload, field).unwrap_or(vsecm);
+                    if got != want {
+                        differences.push(format!("{workload}.{field}: VSecM {want:?}, Aegis {got:?}"));
+                    }
+                }
+            }
+        }
+    }
+    differences
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,26 +156,7 @@ async fn imported_secrets_fetch_as_from_vsecm() {
 
     // Every workload fetches from Aegis exactly what it fetched from VSecM.
     let exp = expected();
-    let mut differences = Vec::new();
-    for (workload, want) in exp["fetches"].as_object().unwrap() {
-        let c = safe.client(&safe.workload_env(workload)).await;
-        let got = c.vsecm_fetch().await.unwrap();
-        match (want, got) {
-            (Value::Null, None) => {}
-            (Value::Null, Some(_)) => differences.push(format!("{workload}: no secret in VSecM, one in Aegis")),
-            (_, None) => differences.push(format!("{workload}: fetched nothing from Aegis")),
-            (want, Some(got)) => {
-                for (field, got) in [("data", got.data.expose()), ("created", &got.created), ("updated", &got.updated)]
-                {
-                    let vsecm = want[field].as_str().unwrap();
-                    let want = deliberate(workload, field).unwrap_or(vsecm);
-                    if got != want {
-                        differences.push(format!("{workload}.{field}: VSecM {want:?}, Aegis {got:?}"));
-                    }
-                }
-            }
-        }
-    }
+    let differences = fetch_differences(&safe, &exp).await;
     assert!(differences.is_empty(), "workloads fetch differently from Aegis:\n{}", differences.join("\n"));
 
     // What no workload fetches: the metadata of the special names and the validity window.
@@ -428,4 +453,272 @@ fn vsecms_go_sdk_fetches_the_imported_secrets_over_spire() {
         }
     }
     assert!(differences.is_empty(), "VSecM's SDK fetches differently from Aegis:\n{}", differences.join("\n"));
+}
+
+// ---- VSecM's PostgreSQL backing store
+
+/// The fixture rows (`name\tdata`, COPY text format), as VSecM wrote them.
+fn pg_rows() -> Vec<(String, String)> {
+    fs::read_to_string(pg_fixtures().join("vsecm-secrets.copy"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (n, d) = l.split_once('\t').unwrap();
+            (n.to_owned(), d.to_owned())
+        })
+        .collect()
+}
+
+/// Creates database `db` with VSecM's table (the fixture's schema.sql) holding `rows`.
+fn load_vsecm_db(pg: &Postgres, db: &str, rows: &[(String, String)]) {
+    pg.create_db(db);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("rows.copy");
+    fs::write(&copy, rows.iter().map(|(n, d)| format!("{n}\t{d}\n")).collect::<String>()).unwrap();
+    let schema = pg_fixtures().join("schema.sql");
+    let out = pg
+        .tool("psql")
+        .arg(pg.url(db))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f", schema.to_str().unwrap(), "-c"])
+        .arg(format!(r#"\copy "vsecm-secrets" (name, data) FROM '{}'"#, copy.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "loading the fixture rows: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn import_pg(safe: &Safe, pg: &Postgres, db: &str, key: &Path, extra: &[&str]) -> std::process::Output {
+    let url = pg.url(db);
+    let password = pg.password_file();
+    let mut args = vec![
+        "import",
+        "vsecm",
+        "--postgres-url",
+        &url,
+        "--postgres-password-file",
+        password.to_str().unwrap(),
+        "--root-key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    safe.aegis(&safe.admin_env(), &args)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_rows_import_and_fetch_as_from_vsecm() {
+    let pg = Postgres::start();
+    let rows = pg_rows();
+    let names = written_in(&pg_fixtures());
+    let mut stored: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    stored.sort_unstable();
+    let mut want = names.iter().map(String::as_str).collect::<Vec<_>>();
+    want.sort_unstable();
+    assert_eq!(stored, want, "the fixture's rows are not the secrets VSecM was given");
+    load_vsecm_db(&pg, "vsecm", &rows);
+    let safe = Safe::dev_offline_kube();
+    let key = pg_fixtures().join("root-key.txt");
+
+    // Dry run: every row is new, nothing is written.
+    let before = secret_names(&safe).await;
+    let text = ok(import_pg(&safe, &pg, "vsecm", &key, &["--dry-run"]));
+    no_values_in(&text);
+    let r = report(&text);
+    for n in &names {
+        assert_eq!(r.get(n).map(String::as_str), Some("new"), "{n} in:\n{text}");
+    }
+    assert_eq!(secret_names(&safe).await, before, "the dry run wrote something");
+
+    let text = ok(import_pg(&safe, &pg, "vsecm", &key, &[]));
+    no_values_in(&text);
+    let r = report(&text);
+    for n in &names {
+        assert_eq!(r.get(n).map(String::as_str), Some("new"), "{n} in:\n{text}");
+    }
+    assert_eq!(r.len(), names.len(), "{text}");
+
+    // Every workload fetches from Aegis exactly what it fetched from VSecM.
+    let exp = expected_in(&pg_fixtures());
+    assert_eq!(exp["backing_store"], "postgres");
+    let differences = fetch_differences(&safe, &exp).await;
+    assert!(differences.is_empty(), "workloads fetch differently from Aegis:\n{}", differences.join("\n"));
+
+    // Metadata no workload fetches, and VSecM's internal config, imported as it was.
+    let c = safe.client(&safe.admin_env()).await;
+    let k8s = c.get("k8s:db-credentials", None).await.unwrap();
+    assert_eq!(k8s.info.namespaces, ["apps", "default"]);
+    assert_eq!(k8s.value.expose(), r#"{"user":"db","pass":"s3cr3t"}"#);
+    let pay = c.get("payments", None).await.unwrap();
+    assert_eq!(
+        (pay.info.not_before.as_str(), pay.info.expires_after.as_str()),
+        ("2024-01-01T00:00:00Z", "2099-12-31T23:59:59Z")
+    );
+    let config: Value = serde_json::from_str(c.get("vsecm-safe", None).await.unwrap().value.expose()).unwrap();
+    assert_eq!(config["config"]["backingStore"], "postgres");
+
+    // The import only reads: the table is as it was. Importing again changes nothing.
+    let out = pg
+        .tool("psql")
+        .arg(pg.url("vsecm"))
+        .args(["-X", "-At", "-c", r#"SELECT name || E'\t' || data FROM "vsecm-secrets" ORDER BY name"#])
+        .output()
+        .unwrap();
+    let now: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    let mut was: Vec<String> = rows.iter().map(|(n, d)| format!("{n}\t{d}")).collect();
+    was.sort();
+    assert_eq!(now, was, "the import changed VSecM's table");
+    let r = report(&ok(import_pg(&safe, &pg, "vsecm", &key, &[])));
+    for n in &names {
+        assert_eq!(r.get(n).map(String::as_str), Some("unchanged"), "{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_damaged_rows_are_reported_by_name_and_the_rest_is_imported() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pg = Postgres::start();
+    let key_file = pg_fixtures().join("root-key.txt");
+    let key_text = fs::read_to_string(&key_file).unwrap();
+    let recipient: age::x25519::Recipient = key_text.lines().nth(1).unwrap().parse().unwrap();
+    let mut rows = pg_rows();
+    let data_of = |rows: &[(String, String)], n: &str| rows.iter().find(|(m, _)| m == n).unwrap().1.clone();
+    let shipping = data_of(&rows, "shipping");
+    for (name, data) in rows.iter_mut() {
+        match name.as_str() {
+            // Not base64.
+            "billing" => *data = "this is not base64!".to_owned(),
+            // The age payload damaged: its MAC fails.
+            "reports" => {
+                let mut bytes = b64.decode(&*data).unwrap();
+                let last = bytes.len() - 10;
+                bytes[last] ^= 0xff;
+                *data = b64.encode(bytes);
+            }
+            // Another secret's record under this name.
+            "orders" => data.clone_from(&shipping),
+            // Encrypted to the right key, but not VSecM's JSON.
+            "legacy" => *data = b64.encode(age::encrypt(&recipient, b"{not json").unwrap()),
+            _ => {}
+        }
+    }
+    load_vsecm_db(&pg, "vsecm", &rows);
+    let safe = Safe::dev_offline_kube();
+
+    let out = import_pg(&safe, &pg, "vsecm", &key_file, &[]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    let (text, err) = (stdout(&out), stderr(&out));
+    no_values_in(&text);
+    no_values_in(&err);
+    let r = report(&text);
+    let damaged = ["billing", "legacy", "orders", "reports"];
+    for n in damaged {
+        assert_eq!(r.get(n).map(String::as_str), Some("failed"), "{n} in:\n{text}");
+        assert!(err.contains(n), "{err}");
+    }
+    let total = rows.len();
+    assert!(err.contains(&format!("4 of {total}")), "{err}");
+    assert!(text.contains("billing: its data is not base64"), "{text}");
+    assert!(text.contains("reports: age file could not be decrypted"), "{text}");
+    assert!(text.contains("orders: the row is named orders but holds the secret 'shipping'"), "{text}");
+    assert!(text.contains("legacy: not a VSecM 0.28 secret document: it is not valid JSON"), "{text}");
+    let imported = secret_names(&safe).await;
+    for (n, _) in &rows {
+        assert_eq!(imported.contains(n), !damaged.contains(&n.as_str()), "{n}: {imported:?}");
+    }
+
+    // A row over --max-file-bytes is reported by name and not even fetched.
+    let out = import_pg(&safe, &pg, "vsecm", &key_file, &["--dry-run", "--max-file-bytes", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("shipping: its data is") && text.contains("over the limit of 100"), "{text}");
+    // More rows than --max-secrets: nothing is imported.
+    let out = import_pg(&safe, &pg, "vsecm", &key_file, &["--max-secrets", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("more than 3 rows") && stderr(&out).contains("--max-secrets"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_wrong_root_key_imports_nothing() {
+    let pg = Postgres::start();
+    load_vsecm_db(&pg, "vsecm", &pg_rows());
+    let safe = Safe::dev();
+    let before = secret_names(&safe).await;
+    let d = tempfile::tempdir().unwrap();
+    let wrong = d.path().join("wrong-key.txt");
+    fs::write(&wrong, aegis_crypto::RootKey::generate().to_text().as_bytes()).unwrap();
+    let out = import_pg(&safe, &pg, "vsecm", &wrong, &[]);
+    assert_eq!(out.status.code(), Some(64), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("wrong root key") && err.contains("nothing was imported"), "{err}");
+    assert!(err.contains(r#"the table "vsecm-secrets" at 127.0.0.1:"#), "{err}");
+    assert_eq!(secret_names(&safe).await, before);
+    // The fixture's own key imports them (the key, not the rows, was wrong).
+    let key = pg_fixtures().join("root-key.txt");
+    ok(import_pg(&safe, &pg, "vsecm", &key, &["--dry-run"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_missing_table_or_database_gives_a_clear_error() {
+    let pg = Postgres::start();
+    pg.create_db("empty");
+    let safe = Safe::dev();
+    let key = pg_fixtures().join("root-key.txt");
+    let before = secret_names(&safe).await;
+    let fails = |out: std::process::Output, code: i32, want: &[&str]| {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "stdout: {}\nstderr: {err}", stdout(&out));
+        for w in want {
+            assert!(err.contains(w), "{w:?} not in: {err}");
+        }
+        let password = fs::read_to_string(pg.password_file()).unwrap();
+        assert!(!err.contains(password.trim()), "the database password was printed: {err}");
+    };
+
+    // No table "vsecm-secrets" in this database: say so and what to do.
+    fails(
+        import_pg(&safe, &pg, "empty", &key, &[]),
+        64,
+        &[
+            r#"the table "vsecm-secrets" at 127.0.0.1:"#,
+            "/empty does not exist",
+            "--postgres-table",
+            "nothing was imported",
+        ],
+    );
+    fails(import_pg(&safe, &pg, "empty", &key, &["--postgres-table", "other"]), 64, &[r#""other""#, "does not exist"]);
+
+    // A database that does not exist, a wrong password, a server that is not there.
+    fails(
+        import_pg(&safe, &pg, "nosuchdb", &key, &[]),
+        7,
+        &["cannot read VSecM's database", "nosuchdb", "--postgres-url"],
+    );
+    let d = tempfile::tempdir().unwrap();
+    let wrong = d.path().join("wrong-password");
+    fs::write(&wrong, "not-the-password\n").unwrap();
+    let url = pg.url("empty");
+    let args = |url: &str, pw: &Path| {
+        vec![
+            "import".to_owned(),
+            "vsecm".to_owned(),
+            "--postgres-url".to_owned(),
+            url.to_owned(),
+            "--postgres-password-file".to_owned(),
+            pw.to_str().unwrap().to_owned(),
+            "--root-key-file".to_owned(),
+            key.to_str().unwrap().to_owned(),
+        ]
+    };
+    let run = |a: Vec<String>| safe.aegis(&safe.admin_env(), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    fails(run(args(&url, &wrong)), 7, &["cannot read VSecM's database", "password authentication failed"]);
+    let gone = format!("postgres://aegis@127.0.0.1:{}/vsecm", common::free_port());
+    fails(run(args(&gone, &pg.password_file())), 7, &["cannot read VSecM's database at 127.0.0.1:"]);
+
+    // Exactly one source.
+    let data = fixtures().join("data");
+    let mut both = args(&url, &pg.password_file());
+    both.extend(["--data-dir".to_owned(), data.to_str().unwrap().to_owned()]);
+    fails(run(both), 64, &["not both"]);
+    let neither = ["import", "vsecm", "--root-key-file", key.to_str().unwrap()];
+    fails(safe.aegis(&safe.admin_env(), &neither), 64, &["--data-dir", "--postgres-url"]);
+    assert_eq!(secret_names(&safe).await, before);
 }
