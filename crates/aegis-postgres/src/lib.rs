@@ -476,6 +476,28 @@ impl aegis_store::SharedLog for PgBackend {
         Ok(held.map(|h| Box::new(h) as Box<dyn aegis_store::Held>))
     }
 
+    fn keep_setting(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let pool = self.pool.clone();
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.run(async move {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "INSERT INTO aegis_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&name, &value],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let row = client
+                .query_one("SELECT value FROM aegis_settings WHERE name = $1", &[&name])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<String, String>(row.get(0))
+        })
+        .and_then(|r| r)
+        .map_err(|why| self.unavailable("settings", why))
+    }
+
     fn seal_under(&self, key: KeyId, mode: aegis_store::SealUnder) -> Result<KeyId, StoreError> {
         let pool = self.pool.clone();
         let sql = match mode {

@@ -30,10 +30,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE aegis_records ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;",
     // 3: the root key id every Safe seals under (one row), replaced by a rotation
     // before any record is re-sealed; a commit of a record sealed under another key is refused.
+    // Also the settings every Safe must agree on (the instance name of the Kubernetes copies).
     "CREATE TABLE aegis_sealing_key (
          only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
          key_id BYTEA NOT NULL,
          set_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );
+     CREATE TABLE aegis_settings (
+         name TEXT PRIMARY KEY,
+         value TEXT NOT NULL
      );",
 ];
 

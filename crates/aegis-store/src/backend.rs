@@ -113,6 +113,11 @@ pub trait SharedLog: Send + Sync {
     /// Takes `duty` if no other Safe holds it (`None`: one does); it is this
     /// Safe's until the returned value is dropped or [`Held::still_held`] turns false.
     fn take_duty(&self, duty: Duty) -> Result<Option<Box<dyn Held>>, StoreError>;
+
+    /// A setting every Safe sharing the backend must agree on (the instance
+    /// name of the Kubernetes copies): stores `value` under `name` unless a
+    /// value is stored already, and returns the stored one.
+    fn keep_setting(&self, name: &str, value: &str) -> Result<String, StoreError>;
 }
 
 /// What must be durable before any commit: the audit trail's `intent` lines

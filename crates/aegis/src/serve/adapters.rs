@@ -51,7 +51,11 @@ pub async fn open(
         Some(url) => postgres(url, store).await?,
         None => backend(data_dir)?,
     };
-    let sync = kube.sync(budget, data_dir).await?;
+    let records = match backend.shared() {
+        Some(log) => crate::serve::kube::Records::Shared(log),
+        None => crate::serve::kube::Records::Dir(data_dir),
+    };
+    let sync = kube.sync(budget, records).await?;
     Ok(Adapters { backend, root_key, sync: Some(sync) })
 }
 

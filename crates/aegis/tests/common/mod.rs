@@ -142,8 +142,13 @@ impl Safe {
     /// `aegis dev` with extra flags, the root key and the development CA of
     /// `other`: a replica whose clients and SVIDs both Safes accept.
     pub fn dev_replica_of(extra: &[&str], other: &Safe) -> Self {
+        Self::dev_replica_with_env(extra, other, HashMap::new())
+    }
+
+    /// [`Safe::dev_replica_of`] with extra environment variables.
+    pub fn dev_replica_with_env(extra: &[&str], other: &Safe, env: HashMap<String, String>) -> Self {
         let from = other.data_dir();
-        Self::dev_prepared(extra, None, HashMap::new(), Vec::new(), |data| {
+        Self::dev_prepared(extra, None, env, Vec::new(), |data| {
             fs::create_dir_all(data.join("ca")).unwrap();
             // Not there when the Safes share a key file elsewhere (--root-key-file).
             if from.join("root.key").exists() {

@@ -329,7 +329,7 @@ fn the_ha_mode_runs_replicas_on_postgresql_and_lets_a_drain_evict_one() {
     // One Safe keeps its budget (0 unless set): nothing changes for it.
     assert_eq!(find(&render(None), "PodDisruptionBudget", "vsecm-safe")["spec"]["maxUnavailable"], 0);
 
-    // Refused: replicas without PostgreSQL, or with a root key that is not shared, or with k8s: copies.
+    // Refused: replicas without PostgreSQL, or with a root key that is not shared.
     let ha = chart_dir().join("ci/ha-postgres-values.yaml").display().to_string();
     let with = |sets: &[&str]| {
         let mut args = vec!["-f".to_owned(), ha.clone()];
@@ -341,7 +341,13 @@ fn the_ha_mode_runs_replicas_on_postgresql_and_lets_a_drain_evict_one() {
     };
     assert!(with(&["safe.postgres.enabled=false"]).contains("needs safe.postgres.enabled"));
     assert!(with(&["safe.rootKey.store=file"]).contains("safe.rootKey.store=kubernetes"));
-    assert!(with(&["k8sSecrets.enabled=true"]).contains("not supported yet"));
+    // With k8s: copies: one instance name for every replica (one of them writes the copies at a time).
+    let text = template(&["-f".to_owned(), ha.clone(), "--set".to_owned(), "k8sSecrets.enabled=true".to_owned()])
+        .expect("replicas with k8s: copies render");
+    let objs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let objs: Vec<Value> = objs.into_iter().filter(|d| !d.is_null()).collect();
+    let a = args(container(find(&objs, "StatefulSet", "vsecm-safe")));
+    assert!(a.iter().any(|x| x.starts_with("--k8s-instance=") && x.ends_with("/aegis")), "{a:?}");
     assert!(with(&["safe.postgres.url=postgres://aegis:pw@db/aegis"]).contains("url"));
 }
 

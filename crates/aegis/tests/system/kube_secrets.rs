@@ -826,3 +826,42 @@ async fn bench_restart_reconciles_1000_secrets_in_10_namespaces() {
     assert_eq!(count, 1000);
     println!("BENCH restart: ready {ready:?}, 1000 Secrets in 10 namespaces recreated and synced {synced:?}");
 }
+
+/// The lines of `safe`'s log saying it took the duty of writing the copies.
+fn duty_taken(safe: &Safe) -> usize {
+    safe.plain_log_text().matches("this Safe writes the Kubernetes copies of k8s: secrets").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_safes_sharing_a_database_one_writes_the_copies_and_another_takes_over_when_it_dies() {
+    let k = Setup::new(&[], &[]).await;
+    let pg = common::postgres::Postgres::start();
+    pg.create_db("k8sduty");
+    let f = pg.safe_flags("k8sduty");
+    let f: Vec<&str> = f.iter().map(String::as_str).collect();
+    let env = k.safe_env(&[]);
+    let mut a = tokio::task::block_in_place(|| Safe::dev_with_env(&f, None, env.clone()));
+    eventually("A takes the duty of writing the copies", CATCH_UP, || async { (duty_taken(&a) == 1).then_some(()) })
+        .await;
+    let mut b = tokio::task::block_in_place(|| Safe::dev_replica_with_env(&f, &a, env.clone()));
+    let c = b.client(&b.admin_env()).await;
+    // Written through B, copied by A.
+    c.put("k8s:db-creds", &put("v1", &[], None)).await.unwrap();
+    k.wait_data("default", "db-creds", &[("VALUE", "v1")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(duty_taken(&a), 1);
+    assert_eq!(duty_taken(&b), 0, "B wrote copies while A held the duty:\n{}", b.plain_log_text());
+
+    // A dies: B takes the duty, and syncs what changes from then on.
+    a.kill9();
+    let t = Instant::now();
+    eventually("B takes the duty after A died", CATCH_UP, || async { (duty_taken(&b) == 1).then_some(()) }).await;
+    let took = t.elapsed();
+    c.put("k8s:db-creds", &put("v2", &[], None)).await.unwrap();
+    c.put("k8s:api-token", &put("t1", &[], None)).await.unwrap();
+    k.wait_data("default", "db-creds", &[("VALUE", "v2")]).await;
+    k.wait_data("default", "api-token", &[("VALUE", "t1")]).await;
+    wait_state(&c, "k8s:api-token", "synced").await;
+    eprintln!("B took over the Kubernetes copies {took:?} after A was killed");
+    b.terminate();
+}

@@ -396,7 +396,7 @@ async fn clients_and_a_sidecar_move_to_another_replica_when_theirs_is_killed() {
 }
 
 /// The key id of a root key file (the id `aegis status` shows).
-fn key_id_of(key_file: &Path) -> String {
+fn key_id_of(key_file: &std::path::Path) -> String {
     aegis_crypto::RootKey::parse(&std::fs::read_to_string(key_file).unwrap()).unwrap().id().to_string()
 }
 
