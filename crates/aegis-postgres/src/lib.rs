@@ -223,7 +223,7 @@ impl PgBackend {
     fn attempt(&self, rows: Vec<Row>) -> Result<Refused, String> {
         let pool = self.pool.clone();
         self.run(async move {
-            let mut client = pool.get().await.map_err(|e| e.to_string())?;
+            let mut client = pool.get().await.map_err(|e| pool_error_text(&e))?;
             let tx = client.transaction().await.map_err(|e| e.to_string())?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| e.to_string())?;
             // Read after the lock (a statement of its own, so it sees a rotation committed while this waited).
@@ -417,7 +417,7 @@ impl aegis_store::SharedLog for PgBackend {
         let from = to_i64(after);
         let rows = self
             .run(async move {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let client = pool.get().await.map_err(|e| pool_error_text(&e))?;
                 let rows = client
                     .query("SELECT name, record, seq FROM aegis_records WHERE seq > $1 ORDER BY seq", &[&from])
                     .await
@@ -480,7 +480,7 @@ impl aegis_store::SharedLog for PgBackend {
         let pool = self.pool.clone();
         let (name, value) = (name.to_owned(), value.to_owned());
         self.run(async move {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let client = pool.get().await.map_err(|e| pool_error_text(&e))?;
             client
                 .execute(
                     "INSERT INTO aegis_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
@@ -510,7 +510,7 @@ impl aegis_store::SharedLog for PgBackend {
             }
         };
         self.run(async move {
-            let mut client = pool.get().await.map_err(|e| e.to_string())?;
+            let mut client = pool.get().await.map_err(|e| pool_error_text(&e))?;
             let tx = client.transaction().await.map_err(|e| e.to_string())?;
             // In commit order: a commit after this one sees the key.
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| e.to_string())?;
@@ -530,7 +530,7 @@ impl Backend for PgBackend {
         let pool = self.pool.clone();
         let names = self
             .run(async move {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let client = pool.get().await.map_err(|e| pool_error_text(&e))?;
                 let rows = client.query("SELECT name FROM aegis_records", &[]).await.map_err(|e| e.to_string())?;
                 Ok::<Vec<String>, String>(rows.iter().map(|r| r.get::<_, String>(0)).collect())
             })
@@ -553,7 +553,7 @@ impl Backend for PgBackend {
         let key = name.to_string();
         let row = self
             .run(async move {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let client = pool.get().await.map_err(|e| pool_error_text(&e))?;
                 let stmt = client
                     .prepare_cached("SELECT record FROM aegis_records WHERE name = $1")
                     .await
@@ -601,7 +601,7 @@ impl Backend for PgBackend {
         let (key, why) = (name.to_string(), reason.to_owned());
         let id = self
             .run(async move {
-                let mut client = pool.get().await.map_err(|e| e.to_string())?;
+                let mut client = pool.get().await.map_err(|e| pool_error_text(&e))?;
                 let tx = client.transaction().await.map_err(|e| e.to_string())?;
                 let row = tx
                     .query_opt(
@@ -695,8 +695,21 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.severity(), db.message());
     }
+    with_sources(e)
+}
+
+/// A pool error with its cause (a refused TLS certificate, a password refused).
+pub(crate) fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(b) => error_text(b),
+        other => with_sources(other),
+    }
+}
+
+/// An error's message followed by those of its sources.
+fn with_sources(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());

@@ -44,7 +44,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// Brings the schema up to date; the error says what failed.
 pub(crate) async fn run(pool: &Pool) -> Result<(), String> {
-    let mut client = pool.get().await.map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = pool.get().await.map_err(|e| format!("cannot connect: {}", crate::pool_error_text(&e)))?;
     client.execute("SELECT pg_advisory_lock($1)", &[&LOCK]).await.map_err(|e| format!("advisory lock: {e}"))?;
     let result = apply(&mut client).await;
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK]).await;

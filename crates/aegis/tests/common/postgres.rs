@@ -17,12 +17,22 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A cluster that takes TLS connections only, with a certificate from a CA of its own ([`Postgres::ca_file`]).
+    pub fn start_tls() -> Self {
+        Self::start_with(&["--tls"])
+    }
+
+    fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // The server runs as `postgres`, which must be able to reach its directory.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let out = Command::new(repo_root().join("scripts/postgres.sh"))
             .args(["start"])
             .arg(dir.path().join("pg"))
+            .args(options)
             .output()
             .expect("run scripts/postgres.sh");
         assert!(out.status.success(), "scripts/postgres.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -32,6 +42,11 @@ impl Postgres {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         Self { dir, env }
+    }
+
+    /// The CA of a cluster started with [`Postgres::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        PathBuf::from(&self.env["AEGIS_TEST_POSTGRES_CA_FILE"])
     }
 
     pub fn script(&self, what: &str) {

@@ -536,3 +536,147 @@ async fn a_root_key_rotation_on_one_replica_is_followed_by_the_others_with_no_fa
     let text = ok(out);
     assert!(text.starts_with("ok:") && !text.contains("NOT checked"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_safe_reaches_postgresql_over_tls_checked_against_the_ca_given_and_nothing_else() {
+    let pg = Postgres::start_tls();
+    pg.create_db("tls");
+    let url = format!("{}?sslmode=require", pg.url("tls"));
+    let ca = pg.ca_file();
+    let base = |url: &str| {
+        vec![
+            "--store-url".to_owned(),
+            url.to_owned(),
+            "--store-password-file".to_owned(),
+            path_str(&pg.password_file()).to_owned(),
+        ]
+    };
+    let mut f = base(&url);
+    f.extend(["--store-ca-file".to_owned(), path_str(&ca).to_owned()]);
+    let safe = Safe::dev_with(&flags(&f), None);
+    let c = safe.client(&safe.admin_env()).await;
+    c.put("over-tls", &PutSecret::new(SecretValue::new("v1"))).await.unwrap();
+    assert_eq!(c.get("over-tls", None).await.unwrap().value.expose(), "v1");
+    // The server says the Safe's connections are encrypted.
+    let out = pg
+        .tool("psql")
+        .arg(pg.url("tls"))
+        .env("PGSSLMODE", "require")
+        .args(["-At", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name LIKE 'aegis%'",
+        )
+        .output()
+        .unwrap();
+    let counts = ok(out);
+    let (tls, plain) = counts.trim().split_once('|').unwrap();
+    assert!(tls.parse::<u32>().unwrap() >= 2 && plain == "0", "Safe connections with TLS|without: {counts}");
+    drop(safe);
+
+    // A certificate another CA signed is refused; so is sslmode=require without a CA.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=another CA", "-keyout"])
+        .arg(other.path().join("ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    for (extra, want) in [
+        (vec!["--store-ca-file".to_owned(), path_str(&other_ca).to_owned()], "certificate"),
+        (Vec::new(), "needs the CA that signs the database's certificate"),
+    ] {
+        let mut f = base(&url);
+        f.extend(extra);
+        let dir = tempfile::tempdir().unwrap();
+        // `timeout`: a Safe that wrongly starts is stopped rather than holding the test.
+        let out = cmd("timeout", &HashMap::new())
+            .args(["30", AEGIS, "dev", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgresql_restart_under_writers_on_three_safes_gives_503s_then_recovers_with_nothing_lost() {
+    let pg = Postgres::start();
+    let safes = replicas(&pg, "restart").await;
+    let mut clients = Vec::new();
+    for s in &safes {
+        clients.push(s.client(&s.admin_env()).await);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..12 {
+        let (c, stop) = (clients[w % 3].clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut unavailable) = (0u64, 0u64);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                match c.put(&format!("w{w}"), &PutSecret::new(SecretValue::new(format!("{n}")))).await {
+                    Ok(_) => acked = n,
+                    Err(e) if e.status() == Some(503) => {
+                        assert!(e.to_string().contains("unavailable"), "{e}");
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("writer {w}: not a clean 503 while the database restarted: {e}"),
+                }
+            }
+            (acked, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.script("kill");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.script("resume");
+    // Writes succeed again without restarting any Safe.
+    let t = Instant::now();
+    loop {
+        if clients[2].put("after", &PutSecret::new(SecretValue::new("ok"))).await.is_ok() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "writes did not recover after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total_503 = 0;
+    for (w, h) in writers.into_iter().enumerate() {
+        let (acked, unavailable) = h.await.unwrap();
+        total_503 += unavailable;
+        assert!(acked > 0, "writer {w} never succeeded");
+        // The last acknowledged value (or a later one whose answer was lost) is on every Safe.
+        for c in &clients {
+            let t = Instant::now();
+            loop {
+                let got: u64 = c.get(&format!("w{w}"), None).await.unwrap().value.expose().parse().unwrap();
+                if got >= acked {
+                    break;
+                }
+                assert!(t.elapsed() < Duration::from_secs(5), "w{w}: {got} on a Safe, {acked} acknowledged");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(total_503 > 0, "no write was refused while the database was down: the test did not test");
+    for s in &safes {
+        assert!(!http_ok(s.health, "/readyz").unwrap().contains("degraded"));
+    }
+    eprintln!(
+        "PostgreSQL restart under 12 writers: {total_503} clean 503s; writes back {recovered:?} after it resumed"
+    );
+}
