@@ -91,6 +91,9 @@ pub struct PgBackend {
     target: String,
     timeout: Duration,
     notices: tokio::sync::watch::Receiver<u64>,
+    /// This backend's name in the payload of its change notifications, so that
+    /// it does not take its own commits for another Safe's.
+    id: String,
     /// For the connection of each duty taken (see [`PgBackend::take_duty`]).
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
@@ -152,7 +155,8 @@ impl PgBackend {
         let (notify, notices) = tokio::sync::watch::channel(0u64);
         let mut listen_config = config.clone();
         listen_config.application_name("aegis-listen");
-        rt.spawn(listen(listen_config, tls.clone(), notify));
+        let id = format!("{:016x}", rand::random::<u64>());
+        rt.spawn(listen(listen_config, tls.clone(), notify, id.clone()));
         let mut duty_config = config.clone();
         duty_config.application_name("aegis-duty");
         // A duty's connection lost without a word (a partition) must end soon, so another Safe can take it.
@@ -174,7 +178,8 @@ impl PgBackend {
                 .build()
                 .map_err(|e| PgError::Config(format!("cannot build the connection pool: {e}")))?
         };
-        let backend = Self { rt: Some(rt), pool, target, timeout: settings.timeout, notices, config: duty_config, tls };
+        let backend =
+            Self { rt: Some(rt), pool, target, timeout: settings.timeout, notices, id, config: duty_config, tls };
         let pool = backend.pool.clone();
         backend
             .run(async move { migrate::run(&pool).await })
@@ -221,7 +226,7 @@ impl PgBackend {
     /// and must find its `expected` stored revision (0: none). Nothing of the
     /// attempt is committed when it refuses some: see [`Refused`].
     fn attempt(&self, rows: Vec<Row>) -> Result<Refused, String> {
-        let pool = self.pool.clone();
+        let (pool, id) = (self.pool.clone(), self.id.clone());
         self.run(async move {
             let mut client = pool.get().await.map_err(|e| pool_error_text(&e))?;
             let tx = client.transaction().await.map_err(|e| e.to_string())?;
@@ -259,7 +264,7 @@ impl PgBackend {
                 tx.rollback().await.map_err(|e| e.to_string())?;
                 return Ok(Refused::Changed(refused));
             }
-            tx.execute(&format!("NOTIFY {CHANNEL}"), &[]).await.map_err(|e| e.to_string())?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &id]).await.map_err(|e| e.to_string())?;
             tx.commit().await.map_err(|e| e.to_string())?;
             Ok(Refused::Changed(Vec::new()))
         })
@@ -366,12 +371,13 @@ fn to_i64(n: u64) -> i64 {
 }
 
 /// Listens on [`CHANNEL`] for as long as the runtime lives, ticking `notify`
-/// at each notification and after each (re)connection, when notifications
-/// may have been missed; reconnects with backoff.
+/// at each notification of another backend (not `own`) and after each
+/// (re)connection, when notifications may have been missed; reconnects with backoff.
 async fn listen(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     notify: tokio::sync::watch::Sender<u64>,
+    own: String,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -379,9 +385,12 @@ async fn listen(
             Ok((client, mut conn)) => {
                 backoff = Duration::from_millis(100);
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let own = own.clone();
                 let pump = tokio::spawn(async move {
                     loop {
                         match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                            // Its own commits are in this Safe's memory already.
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) if n.payload() == own => {}
                             Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
                                 if tx.send(()).is_err() {
                                     return;
@@ -499,7 +508,7 @@ impl aegis_store::SharedLog for PgBackend {
     }
 
     fn seal_under(&self, key: KeyId, mode: aegis_store::SealUnder) -> Result<KeyId, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, id) = (self.pool.clone(), self.id.clone());
         let sql = match mode {
             aegis_store::SealUnder::IfUnset => {
                 "INSERT INTO aegis_sealing_key (key_id) VALUES ($1) ON CONFLICT (only_row) DO NOTHING"
@@ -516,7 +525,7 @@ impl aegis_store::SharedLog for PgBackend {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| e.to_string())?;
             tx.execute(sql, &[&key.0.as_slice()]).await.map_err(|e| e.to_string())?;
             let now = sealing_key(&tx).await?;
-            tx.execute(&format!("NOTIFY {CHANNEL}"), &[]).await.map_err(|e| e.to_string())?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &id]).await.map_err(|e| e.to_string())?;
             tx.commit().await.map_err(|e| e.to_string())?;
             now.ok_or_else(|| "the sealing key was not stored".to_owned())
         })

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     /// False while the backend cannot be reached (its last call failed with
     /// [`crate::StoreError::Unavailable`]): writes are refused, reads go on.
     pub(crate) available: std::sync::atomic::AtomicBool,
+    /// Set while a catch-up job is queued for the writer (one is enough).
+    pub(crate) catch_up_queued: Arc<std::sync::atomic::AtomicBool>,
     /// The keyring, sent each time it changes (a rotation, made here or followed).
     pub(crate) key_changes: watch::Sender<Arc<Keyring>>,
 }

@@ -1,6 +1,6 @@
 //! The public store API: reads from memory, changes through the writer task.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use aegis_core::secret::SecretDoc;
@@ -19,16 +19,19 @@ use crate::{Backend, StoreError};
 pub const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Asks the writer to take up other Safes' changes at each notice, and every
-/// [`CATCH_UP_EVERY`]; ends with the store.
-async fn follow(mut notices: watch::Receiver<u64>, writer: mpsc::WeakSender<Job>) {
+/// [`CATCH_UP_EVERY`]; ends with the store. A catch-up already queued covers
+/// the notices that come before the writer takes it up, so a busy database
+/// costs one catch-up per writer turn, not one per commit of the others.
+async fn follow(mut notices: watch::Receiver<u64>, writer: mpsc::WeakSender<Job>, queued: Arc<AtomicBool>) {
     loop {
         tokio::select! {
             r = notices.changed() => if r.is_err() { return },
             () = tokio::time::sleep(CATCH_UP_EVERY) => {}
         }
         let Some(tx) = writer.upgrade() else { return };
-        // A catch-up already queued covers this one.
-        let _ = tx.try_send(Job::CatchUp);
+        if !queued.swap(true, Ordering::SeqCst) && tx.try_send(Job::CatchUp).is_err() {
+            queued.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -86,10 +89,11 @@ impl Store {
             log_seq: AtomicU64::new(log_seq),
             available: std::sync::atomic::AtomicBool::new(true),
             key_changes: watch::channel(ring).0,
+            catch_up_queued: Arc::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         if let Some(log) = backend.shared() {
-            tokio::spawn(follow(log.notices(), tx.downgrade()));
+            tokio::spawn(follow(log.notices(), tx.downgrade(), shared.catch_up_queued.clone()));
         }
         tokio::spawn(writer::run(shared.clone(), backend, rx));
         Ok((Self { shared, tx }, report))

@@ -99,6 +99,8 @@ pub(crate) async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, mut rx: 
                     }
                 }
                 Job::CatchUp => {
+                    // Notices from now on need another catch-up.
+                    shared.catch_up_queued.store(false, Ordering::SeqCst);
                     commit(&shared, &backend, std::mem::take(&mut batch)).await;
                     in_batch.clear();
                     catch_up(&shared, &backend).await;
