@@ -421,14 +421,17 @@ async fn listen(
 }
 
 impl aegis_store::SharedLog for PgBackend {
-    fn changes_since(&self, after: u64) -> Result<aegis_store::Changes, StoreError> {
+    fn changes_since(&self, after: u64, max: usize) -> Result<aegis_store::Changes, StoreError> {
         let pool = self.pool.clone();
-        let from = to_i64(after);
+        let (from, limit) = (to_i64(after), i64::try_from(max).unwrap_or(i64::MAX));
         let rows = self
             .run(async move {
                 let client = pool.get().await.map_err(|e| pool_error_text(&e))?;
                 let rows = client
-                    .query("SELECT name, record, seq FROM aegis_records WHERE seq > $1 ORDER BY seq", &[&from])
+                    .query(
+                        "SELECT name, record, seq FROM aegis_records WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&from, &limit],
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 // Read after the records: a record sealed under a new key was committed after the key was

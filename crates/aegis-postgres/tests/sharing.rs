@@ -39,14 +39,14 @@ fn a_record_sealed_under_a_retired_key_is_refused_from_the_commit_that_retired_i
     let b = pg.backend(&pg.new_db("fence"));
     let log: &dyn SharedLog = b.shared().unwrap();
     let (old, new) = (Arc::new(RootKey::generate()), Arc::new(RootKey::generate()));
-    assert_eq!(log.changes_since(0).unwrap().sealing_key, None, "no key is set before a Safe sets one");
+    assert_eq!(log.changes_since(0, 100).unwrap().sealing_key, None, "no key is set before a Safe sets one");
     assert_eq!(log.seal_under(old.id(), SealUnder::IfUnset).unwrap(), old.id());
     // A second Safe starting with another key does not replace it: it is told which key is in force.
     assert_eq!(log.seal_under(new.id(), SealUnder::IfUnset).unwrap(), old.id());
     assert!(b.write_batch_expecting(&[sealed(&old, "a", 1)], &[0])[0].is_ok());
 
     assert_eq!(log.seal_under(new.id(), SealUnder::Replace).unwrap(), new.id());
-    assert_eq!(log.changes_since(0).unwrap().sealing_key, Some(new.id()));
+    assert_eq!(log.changes_since(0, 100).unwrap().sealing_key, Some(new.id()));
     let refused = b.write_batch_expecting(&[sealed(&old, "a", 2), sealed(&old, "b", 1)], &[1, 0]);
     for r in refused {
         match r {
@@ -139,4 +139,35 @@ fn a_duty_is_held_by_one_safe_at_a_time_and_freed_when_its_connection_goes() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(take(&one, Duty::KubernetesSync).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_log_is_read_page_by_page_and_a_start_up_loads_every_page() {
+    let pg = Pg::from_env();
+    let db = pg.new_db("pages");
+    let b = pg.backend(&db);
+    let key = Arc::new(RootKey::generate());
+    let ring = Keyring::new(key.clone());
+    // More records than a page of the loader (4096), written by a Safe, then one changed again.
+    let (store, _) = Store::open(pg.shared_backend(&db), ring.clone(), StoreOptions::default()).await.unwrap();
+    let group: Vec<(SecretName, Mutation)> = (0..5000).map(|i| (name(&format!("p{i:05}")), put("v1"))).collect();
+    store.apply_group(group).await.unwrap();
+    store.apply(name("p00000"), put("v2")).await.unwrap();
+    drop(store);
+
+    let log = b.shared().unwrap();
+    let first = log.changes_since(0, 10).unwrap();
+    assert_eq!(first.records.len(), 10);
+    let next = log.changes_since(first.last, 10).unwrap();
+    assert!(next.last > first.last);
+    assert!(next.records.iter().all(|(n, _)| !first.records.iter().any(|(m, _)| m == n)), "pages overlap");
+    let all = log.changes_since(0, 100_000).unwrap();
+    assert_eq!(all.records.len(), 5000, "each name once, at its latest change");
+    assert_eq!(all.records.last().unwrap().0.as_str(), "p00000", "the latest change comes last");
+
+    let (store, report) = Store::open(pg.shared_backend(&db), ring, StoreOptions::default()).await.unwrap();
+    assert_eq!((store.len(), report.loaded), (5000, 5000));
+    assert!(report.quarantined.is_empty());
+    assert_eq!(store.get(&name("p00000")).unwrap().doc.live().unwrap().1.expose(), "v2");
+    assert_eq!(store.get(&name("p04999")).unwrap().doc.live().unwrap().1.expose(), "v1");
 }

@@ -96,8 +96,9 @@ pub enum SealUnder {
 /// A backend several Safes share (a database): what the others changed, and
 /// a notice when they may have changed something.
 pub trait SharedLog: Send + Sync {
-    /// Every record changed after change number `after`, in commit order.
-    fn changes_since(&self, after: u64) -> Result<Changes, StoreError>;
+    /// The records changed after change number `after`, in commit order, at
+    /// most `max` of them ([`Changes::last`] says where the next read starts).
+    fn changes_since(&self, after: u64, max: usize) -> Result<Changes, StoreError>;
 
     /// Ticks when another Safe may have committed something (a notification,
     /// or a reconnect after which notifications may have been missed).

@@ -371,15 +371,31 @@ async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) -> bool {
     if backend.shared().is_none() {
         return true;
     }
+    loop {
+        match catch_up_page(shared, backend).await {
+            Some(read) if read >= PAGE => {}
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+}
+
+/// Records read from a shared backend at once (a catch-up, a start-up): the
+/// sealed bytes of a page are in memory together, never those of the whole store.
+const PAGE: usize = 4096;
+
+/// One page of [`catch_up`]: how many records were read, `None` if reading failed.
+async fn catch_up_page(shared: &Shared, backend: &Arc<dyn Backend>) -> Option<usize> {
     let after = shared.log_seq.load(Ordering::SeqCst);
     let (b, keyring, budget) = (backend.clone(), shared.keyring.load_full(), shared.opts.template_budget);
     let read = tokio::task::spawn_blocking(move || {
-        let Some(log) = b.shared() else { return Ok(Caught::Opened(Vec::new(), after)) };
-        let changes = log.changes_since(after)?;
+        let Some(log) = b.shared() else { return Ok(Caught::Opened(Vec::new(), after, 0)) };
+        let changes = log.changes_since(after, PAGE)?;
         if changes.sealing_key.is_some_and(|k| k != keyring.current().id()) {
             return Ok(Caught::Rotated(changes));
         }
-        Ok::<_, StoreError>(Caught::Opened(open_all(&keyring, &budget, &changes.records), changes.last))
+        let read = changes.records.len();
+        Ok::<_, StoreError>(Caught::Opened(open_all(&keyring, &budget, &changes.records), changes.last, read))
     })
     .await;
     let caught = match read {
@@ -387,21 +403,21 @@ async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) -> bool {
         Ok(Err(e)) => {
             note_availability(shared, std::iter::once(Err(&e)));
             tracing::warn!(error = %e, "catching up with the other Safes failed; retried at the next notice");
-            return false;
+            return None;
         }
-        Err(_) => return false,
+        Err(_) => return None,
     };
     note_availability(shared, std::iter::once(Ok(())));
-    let (entries, last) = match caught {
-        Caught::Opened(entries, last) => (entries, last),
+    let (entries, last, read) = match caught {
+        Caught::Opened(entries, last, read) => (entries, last, read),
         Caught::Rotated(changes) => {
             if let Some(k) = changes.sealing_key {
                 crate::sealing::follow(shared, k).await;
             }
             let keyring = shared.keyring.load_full();
-            let last = changes.last;
+            let (last, read) = (changes.last, changes.records.len());
             let opened = tokio::task::spawn_blocking(move || open_all(&keyring, &budget, &changes.records)).await;
-            (opened.unwrap_or_default(), last)
+            (opened.unwrap_or_default(), last, read)
         }
     };
     let changed = take_up_and_wake(shared, entries);
@@ -409,14 +425,14 @@ async fn catch_up(shared: &Shared, backend: &Arc<dyn Backend>) -> bool {
     if changed > 0 {
         tracing::debug!(secrets = changed, "took up changes of other Safes");
     }
-    true
+    Some(read)
 }
 
 /// What a catch-up read: the records opened and the change number read up
 /// to, or, when the others seal under a key this Safe does not yet, the
 /// changes to open once it follows.
 enum Caught {
-    Opened(Vec<Entry>, u64),
+    Opened(Vec<Entry>, u64, usize),
     Rotated(crate::Changes),
 }
 
@@ -800,26 +816,128 @@ fn loader_failed(part: &[SecretName]) -> StoreError {
 
 /// Reads, opens and parses records on all cores, one at a time per thread, so
 /// the sealed bytes of 100,000 records are never all in memory at once. A
-/// shared backend (a database) gives every record in one read of its change
+/// shared backend (a database) gives the records page by page from its change
 /// log instead, and the change number the store then catches up from.
 fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> Result<Loaded, StoreError> {
-    // Per name, its bytes when the backend gave them already.
-    let (names, bytes, unnamed, last, sealing) = match backend.shared() {
+    let mut loading = Loading::default();
+    let (last, sealing) = match backend.shared() {
         Some(log) => {
-            let changes = log.changes_since(0)?;
-            let (names, bytes): (Vec<SecretName>, Vec<Option<Vec<u8>>>) =
-                changes.records.into_iter().map(|(n, b)| (n, Some(b))).unzip();
-            (names, bytes, Vec::new(), changes.last, changes.sealing_key)
+            let mut after = 0;
+            loop {
+                let page = log.changes_since(after, PAGE)?;
+                let read = page.records.len();
+                let (names, bytes): (Vec<SecretName>, Vec<Option<Vec<u8>>>) =
+                    page.records.into_iter().map(|(n, b)| (n, Some(b))).unzip();
+                loading.take(open_parallel(backend, keyring, budget, &names, bytes)?)?;
+                after = page.last;
+                if read < PAGE {
+                    break (after, page.sealing_key);
+                }
+            }
         }
         None => {
             let Listing { names, unnamed } = backend.list()?;
             let bytes = vec![None; names.len()];
-            (names, bytes, unnamed, 0, None)
+            loading.take(open_parallel(backend, keyring, budget, &names, bytes)?)?;
+            for Unnamed { locator, reason } in unnamed {
+                tracing::error!(entry = %locator, %reason, "stored entry cannot be named; left in place");
+                loading.unnamed.push(Quarantined { name: locator, reason });
+            }
+            (0, None)
         }
     };
+    let (map, report) = loading.finish(backend);
+    Ok((map, report, last, sealing))
+}
+
+/// What a load has opened so far. The records that cannot be opened are set
+/// aside only at the end, once every record was read: a wrong root key must
+/// stop the load before anything is quarantined, and a record damaged in one
+/// page of a shared backend may have been replaced in a later one.
+#[derive(Default)]
+struct Loading {
+    map: HashMap<SecretName, Arc<Entry>>,
+    bad: HashMap<SecretName, String>,
+    unnamed: Vec<Quarantined>,
+}
+
+impl Loading {
+    fn take(&mut self, opened: Vec<Opened>) -> Result<(), StoreError> {
+        if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(OpenError::UnknownKey(_)))) {
+            if let Some((_, Err(OpenError::UnknownKey(e)))) = opened.into_iter().nth(pos) {
+                return Err(e);
+            }
+            return Err(StoreError::Closed);
+        }
+        for (name, r) in opened {
+            match r {
+                Ok(entry) => {
+                    self.bad.remove(&name);
+                    self.map.insert(name, Arc::new(entry));
+                }
+                Err(OpenError::Bad(reason)) => {
+                    self.map.remove(&name);
+                    self.bad.insert(name, reason);
+                }
+                Err(OpenError::UnknownKey(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries and the report; sets aside what could not be opened.
+    fn finish(self, backend: &dyn Backend) -> (HashMap<SecretName, Arc<Entry>>, LoadReport) {
+        let mut report = LoadReport::default();
+        for entry in self.map.values() {
+            if let Some(why) = entry.doc.name.current_rule_violation() {
+                tracing::warn!(
+                    secret = %entry.doc.name,
+                    reason = %why,
+                    "stored secret name breaks the current name rule: it is loaded and can still be read and deleted, \
+                     but takes no new value; copy it to an allowed name and delete this one"
+                );
+                report.legacy_names.push(entry.doc.name.to_string());
+            }
+            if entry.transform_error().is_some() {
+                report.transform_failures += 1;
+            }
+        }
+        report.legacy_names.sort();
+        let mut bad: Vec<(SecretName, String)> = self.bad.into_iter().collect();
+        bad.sort();
+        for (name, reason) in bad {
+            match backend.set_aside(&name, &reason) {
+                Ok(aside) => tracing::error!(
+                    secret = %name, %reason, kept_at = %aside.kept_at,
+                    "record cannot be opened; moved to quarantine"
+                ),
+                Err(e) => tracing::error!(
+                    secret = %name, %reason, error = %e,
+                    "record cannot be opened, and could not be set aside"
+                ),
+            }
+            report.quarantined.push(Quarantined { name: name.to_string(), reason });
+        }
+        report.quarantined.extend(self.unnamed);
+        report.loaded = self.map.len();
+        (self.map, report)
+    }
+}
+
+/// A record read at start-up, opened or not.
+type Opened = (SecretName, Result<Entry, OpenError>);
+
+/// Opens `names` (with their bytes when the backend gave them already) on all cores.
+fn open_parallel(
+    backend: &dyn Backend,
+    keyring: &Keyring,
+    budget: &Budget,
+    names: &[SecretName],
+    bytes: Vec<Option<Vec<u8>>>,
+) -> Result<Vec<Opened>, StoreError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     let chunk = names.len().div_ceil(threads).max(1);
-    let opened: Vec<(SecretName, Result<Entry, OpenError>)> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let hs: Vec<_> = names
             .chunks(chunk)
             .zip(bytes.chunks(chunk))
@@ -839,56 +957,7 @@ fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> R
             all.extend(h.join().map_err(|_| loader_failed(part))?);
         }
         Ok::<_, StoreError>(all)
-    })?;
-    drop(bytes);
-    // A wrong root key must stop the load before anything is quarantined.
-    if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(OpenError::UnknownKey(_)))) {
-        if let Some((_, Err(OpenError::UnknownKey(e)))) = opened.into_iter().nth(pos) {
-            return Err(e);
-        }
-        return Err(StoreError::Closed);
-    }
-    let mut map = HashMap::with_capacity(opened.len());
-    let mut report = LoadReport::default();
-    for (name, r) in opened {
-        match r {
-            Ok(entry) => {
-                if let Some(why) = entry.doc.name.current_rule_violation() {
-                    tracing::warn!(
-                        secret = %name,
-                        reason = %why,
-                        "stored secret name breaks the current name rule: it is loaded and can still be read and deleted, \
-                         but takes no new value; copy it to an allowed name and delete this one"
-                    );
-                    report.legacy_names.push(name.to_string());
-                }
-                if entry.transform_error().is_some() {
-                    report.transform_failures += 1;
-                }
-                map.insert(entry.doc.name.clone(), Arc::new(entry));
-            }
-            Err(OpenError::UnknownKey(_)) => {}
-            Err(OpenError::Bad(reason)) => {
-                match backend.set_aside(&name, &reason) {
-                    Ok(aside) => tracing::error!(
-                        secret = %name, %reason, kept_at = %aside.kept_at,
-                        "record cannot be opened; moved to quarantine"
-                    ),
-                    Err(e) => tracing::error!(
-                        secret = %name, %reason, error = %e,
-                        "record cannot be opened, and could not be set aside"
-                    ),
-                }
-                report.quarantined.push(Quarantined { name: name.to_string(), reason });
-            }
-        }
-    }
-    for Unnamed { locator, reason } in unnamed {
-        tracing::error!(entry = %locator, %reason, "stored entry cannot be named; left in place");
-        report.quarantined.push(Quarantined { name: locator, reason });
-    }
-    report.loaded = map.len();
-    Ok((map, report, last, sealing))
+    })
 }
 
 #[cfg(test)]
