@@ -85,6 +85,12 @@ pub struct Client {
     source: Arc<dyn IdentitySource>,
 }
 
+/// Longest wait for a TCP connection to the one Safe a client knows.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a TCP connection to one of several Safes (`AEGIS_SAFE_URL`
+/// with several URLs) before the client moves to the next.
+pub const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Client {
     /// Starts the identity source named in `settings` and builds a client.
     pub async fn connect(settings: &Settings) -> Result<Self, ClientError> {
@@ -96,10 +102,13 @@ impl Client {
     pub fn with_source(source: Arc<dyn IdentitySource>, settings: &Settings) -> Result<Self, ClientError> {
         let roles = settings.roles.clone();
         let tls = client_config(source.clone(), Arc::new(move |id| roles.is_safe(id)))?;
+        let bases: Vec<String> = settings.urls().into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
+        // With replicas to move to, a Safe that does not answer a connection is left sooner.
+        let connect_timeout = if bases.len() > 1 { FAILOVER_CONNECT_TIMEOUT } else { CONNECT_TIMEOUT };
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(settings.timeout)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(connect_timeout)
             // Below the Safe's default idle deadline (60 s): the client drops a kept-alive
             // connection before the Safe closes it, so no request races a closing connection.
             .pool_idle_timeout(Duration::from_secs(30));
@@ -107,7 +116,6 @@ impl Client {
             builder = builder.pool_max_idle_per_host(0);
         }
         let http = builder.build().map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
-        let bases: Vec<String> = settings.urls().into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
         Ok(Self { http, bases: bases.into(), current: Arc::default(), source })
     }
 

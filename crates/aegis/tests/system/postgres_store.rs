@@ -685,3 +685,63 @@ async fn a_postgresql_restart_under_writers_on_three_safes_gives_clean_refusals_
         "PostgreSQL restart under 12 writers: {total_503} clean 503s; writes back {recovered:?} after it resumed"
     );
 }
+
+/// The failover benchmark of docs/BENCHMARKS.md: 50 workload clients given both
+/// Safes' URLs fetch every 20 ms from A; A is killed (SIGKILL) and each client's
+/// time from the kill to its first fetch answered by B is measured, five rounds.
+/// `cargo test -p aegis --test system -- --ignored --nocapture postgres_store::bench_failover`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark (docs/BENCHMARKS.md), not a test"]
+async fn bench_failover_of_clients_to_another_replica() {
+    const CLIENTS: usize = 50;
+    let pg = Postgres::start();
+    pg.create_db("failover");
+    let f = pg.safe_flags("failover");
+    let mut a = Safe::dev_with(&flags(&f), None);
+    let admin = a.client(&a.admin_env()).await;
+    admin.put("billing", &PutSecret::new(SecretValue::new("v"))).await.unwrap();
+    let mut times = Vec::new();
+    for round in 0..5 {
+        let b = Safe::dev_replica_of(&flags(&f), &a);
+        let mut env = a.workload_env("billing");
+        env.insert("AEGIS_SAFE_URL".into(), format!("https://127.0.0.1:{},https://127.0.0.1:{}", a.port, b.port));
+        let killed: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let c = a.client(&env).await;
+            assert!(c.fetch().await.unwrap().is_some(), "the client fetches from A before the kill");
+            let killed = killed.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let ok = matches!(c.fetch().await, Ok(Some(_)));
+                    let at = *killed.lock().unwrap();
+                    if let (true, Some(t)) = (ok, at) {
+                        return t.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        *killed.lock().unwrap() = Some(Instant::now());
+        a.kill9();
+        for t in tasks {
+            times.push(
+                tokio::time::timeout(Duration::from_secs(30), t).await.expect("a client never failed over").unwrap(),
+            );
+        }
+        eprintln!("round {round}: {CLIENTS} clients moved to B");
+        // B becomes the next round's A.
+        a = b;
+    }
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    eprintln!(
+        "failover of {} client fetches after SIGKILL of their Safe: p50 {:?}, p99 {:?}, max {:?}",
+        times.len(),
+        p(0.5),
+        p(0.99),
+        times[times.len() - 1]
+    );
+    assert!(p(0.99) < Duration::from_secs(5), "failover p99 {:?} over the 5 s target", p(0.99));
+}
