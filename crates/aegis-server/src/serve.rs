@@ -536,6 +536,15 @@ async fn handle(
     let start = Instant::now();
     // A transfer streams its body to its handler and has the longer deadline.
     let transfer = crate::routes::is_transfer(&method, path_route);
+    // Whether the body is read by the time the answer goes: one left unread (a
+    // refusal on the head, a body over its limit, a refused transfer) closes an
+    // HTTP/1.1 connection after the answer, which must then say so.
+    let http1 = req.version() < hyper::Version::HTTP_2;
+    let body_read = Arc::new(std::sync::atomic::AtomicBool::new({
+        use hyper::body::Body as _;
+        req.body().size_hint().exact() == Some(0)
+    }));
+    let read_flag = body_read.clone();
     let timeout = if transfer { state.settings.transfer_timeout } else { state.settings.request_timeout };
     let scope = crate::audit::Scope::new(caller.audit_name.clone(), method.clone(), path_route, start + timeout);
     // Writes taken up by the store writer after the deadline are refused
@@ -563,6 +572,9 @@ async fn handle(
             } else {
                 read_body(req, held.body).await
             };
+            if read.is_ok() && !transfer {
+                read_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let resp = match read {
                 Ok(req) => app.oneshot(req).await,
                 Err(refused) => Ok(refused.into_response()),
@@ -581,7 +593,13 @@ async fn handle(
         Err(_) if ticket.abandon() => ApiError::may_have_applied().into_response(),
         Err(_) => ApiError::not_applied().into_response(),
     };
-    let resp = crate::audit::finish(&state, &scope, commit_grace(timeout), resp).await;
+    let mut resp = crate::audit::finish(&state, &scope, commit_grace(timeout), resp).await;
+    let failed = resp.status().is_client_error() || resp.status().is_server_error();
+    let unread = !body_read.load(std::sync::atomic::Ordering::Relaxed) && (!transfer || failed);
+    if http1 && unread {
+        // Else a client may send its next request on the closing connection and see it cut.
+        resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    }
     let status = resp.status().as_u16();
     // The route axum matched; the path's template when axum did not route it.
     let route = resp.extensions().get::<RouteLabel>().map_or(path_route, |r| r.0);

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use aegis_core::api::{PutSecret, VsecmUpsert};
@@ -198,4 +198,41 @@ async fn an_oversized_body_over_http2_gets_413() {
     }
     // The Safe still serves; nothing was stored.
     assert!(names(&safe).await.is_empty());
+}
+
+/// `curl -v` over HTTP/1.1 with the workload's SVID: the response's status and
+/// whether it says `connection: close`.
+fn http1(safe: &Safe, env: &HashMap<String, String>, method: &str, path: &str, body: Option<&str>) -> (u16, bool) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sv", "--http1.1", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+        .arg("--cert")
+        .arg(&env["AEGIS_SVID_CERT"])
+        .arg("--key")
+        .arg(&env["AEGIS_SVID_KEY"]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.arg(format!("https://127.0.0.1:{}{path}", safe.port)).output();
+    let out = out.expect("curl is needed for this test (scripts/test.sh installs it)");
+    let close = stderr(&out).lines().any(|l| l.to_ascii_lowercase().starts_with("< connection: close"));
+    (stdout(&out).trim().parse().unwrap_or(0), close)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_body_is_read_says_the_connection_closes() {
+    // Found by schemathesis under load: a refusal on the head leaves the body unread, so the
+    // HTTP/1.1 connection closes after the answer; a client that reused it saw it cut.
+    let safe = Safe::dev();
+    let workload = safe.workload_env("billing");
+    for (method, path, body) in [
+        ("POST", "/v1/admin/backup", r#"{"recipients": null}"#),
+        ("DELETE", "/sentinel/v1/secrets", r#"{"workloads": ["0"]}"#),
+        ("PUT", "/v1/secrets/x", r#"{"value": "v"}"#),
+    ] {
+        assert_eq!(http1(&safe, &workload, method, path, Some(body)), (403, true), "{method} {path}");
+    }
+    // Nothing to leave unread: the connection stays open.
+    assert_eq!(http1(&safe, &workload, "GET", "/v1/secrets", None), (403, false));
+    let admin = safe.admin_env();
+    assert_eq!(http1(&safe, &admin, "PUT", "/v1/secrets/x", Some(r#"{"value": "v"}"#)).1, false);
 }
