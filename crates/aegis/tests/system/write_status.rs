@@ -234,5 +234,6 @@ async fn a_request_refused_before_its_body_is_read_says_the_connection_closes() 
     // Nothing to leave unread: the connection stays open.
     assert_eq!(http1(&safe, &workload, "GET", "/v1/secrets", None), (403, false));
     let admin = safe.admin_env();
-    assert_eq!(http1(&safe, &admin, "PUT", "/v1/secrets/x", Some(r#"{"value": "v"}"#)).1, false);
+    let (status, close) = http1(&safe, &admin, "PUT", "/v1/secrets/x", Some(r#"{"value": "v"}"#));
+    assert!(status == 200 && !close, "{status} {close}");
 }
