@@ -75,6 +75,7 @@ fn settings() -> Settings {
         template_budget: BUDGET,
         // No trail: millions of requests a run would fill the disk; the trail has its own tests.
         audit: aegis_audit::SinkConfig::new(None),
+        policies: aegis_server::policy::PolicySettings::default(),
     }
 }
 

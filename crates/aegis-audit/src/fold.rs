@@ -44,6 +44,7 @@ struct Key {
     secrets: Vec<String>,
     version: Option<u64>,
     status: u16,
+    policy: Option<Arc<str>>,
 }
 
 impl Key {
@@ -57,6 +58,7 @@ impl Key {
             secrets: e.secrets,
             version: e.version,
             status: e.status,
+            policy: e.policy,
         };
         (key, e.request_id, e.time)
     }
@@ -73,6 +75,7 @@ impl Key {
             version: self.version,
             status: self.status,
             phase: None,
+            policy: self.policy.clone(),
         }
     }
 }
@@ -256,6 +259,7 @@ mod tests {
             version: Some(1),
             status,
             phase: None,
+            policy: None,
         };
         (e, None)
     }

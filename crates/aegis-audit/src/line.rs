@@ -70,6 +70,8 @@ pub struct Event {
     pub status: u16,
     /// Set for admin writes.
     pub phase: Option<Phase>,
+    /// The policy that decided the request (a refusal names the one that refused it).
+    pub policy: Option<Arc<str>>,
 }
 
 /// What a line records.
@@ -113,6 +115,8 @@ pub(crate) struct Out<'a> {
     pub more_secrets: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Outcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +179,7 @@ impl<'a> Out<'a> {
             secrets: Some(&e.secrets[..shown]),
             more_secrets: (e.secrets.len() > shown).then(|| e.secrets.len() - shown),
             version: e.version,
+            policy: e.policy.as_deref(),
             result: done.then(|| Outcome::of_status(e.status)),
             status: done.then_some(e.status),
             ..Self::bare(seq, Kind::Request, e.time, prev)
@@ -261,6 +266,7 @@ mod tests {
             version: Some(2),
             status,
             phase,
+            policy: None,
         }
     }
 

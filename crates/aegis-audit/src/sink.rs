@@ -1216,6 +1216,7 @@ mod tests {
             version: Some(3),
             status,
             phase: None,
+            policy: None,
         }
     }
 

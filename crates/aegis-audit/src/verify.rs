@@ -378,6 +378,7 @@ mod tests {
             version: Some(1),
             status: 200,
             phase: None,
+            policy: None,
         }
     }
 

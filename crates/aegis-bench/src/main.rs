@@ -15,6 +15,8 @@
 //! - `scale`: the scale curve: start-up, memory, fetch and write p99 for each
 //!   secret count, memory and p99s for each idle watcher count (starts its own
 //!   Safes; `scripts/bench-scale.sh`).
+//! - `policy`: what one policy decision costs with N policies, or a file of N
+//!   policies for a Safe (`scripts/bench-policies.sh`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 mod fetch;
+mod policy;
 mod scale;
 mod startup;
 mod watchers;
@@ -59,6 +62,9 @@ fn main() -> std::process::ExitCode {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// The cost of one policy decision with N policies (in process), or `--write-file` to
+    /// write N policies as a policy file for a Safe.
+    Policy(policy::PolicyArgs),
     /// Fetch the caller's secret as fast as possible (run with a workload identity).
     Fetch {
         /// Concurrent connections.
@@ -220,5 +226,6 @@ async fn run(a: BenchArgs) -> Result<(), CliError> {
         BenchCmd::Watchers(a) => print(&watchers::run(a).await?),
         BenchCmd::Startup { secrets, size, work_dir } => print(&startup::run(secrets, size, &work_dir).await?),
         BenchCmd::Scale(a) => scale::run(a).await.map(|_| ()),
+        BenchCmd::Policy(a) => policy::run(a),
     }
 }

@@ -317,6 +317,54 @@ pub struct WorkloadSecret {
     pub updated: String,
 }
 
+/// One policy as `GET /v1/policies[/{name}]` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// The policy's document.
+    pub policy: crate::policy::PolicyDoc,
+    /// `stored` (managed over the API), `file` (the policy file) or `deleted` (the answer of a delete).
+    pub source: String,
+    /// The stored record's version (stored policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// When it was last written, RFC 3339 (stored policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+}
+
+/// `GET /v1/policies`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyList {
+    /// The policies in force, by name.
+    pub policies: Vec<PolicyInfo>,
+    /// The built-in policies that are on.
+    pub builtins: Vec<String>,
+}
+
+/// `POST /v1/explain`: what the policies decide for this request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Explain {
+    /// The caller's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The secret (omitted or `*`: the Safe as a whole, for `admin` and `audit`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The action.
+    pub action: String,
+}
+
+/// The answer of `POST /v1/explain`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Explained {
+    /// Whether the action is allowed.
+    pub allowed: bool,
+    /// The name of the policy that decided (`default-deny` when none allowed it).
+    pub decided_by: String,
+    /// The same, in words.
+    pub reason: String,
+}
+
 /// `GET /v1/workload/watch?revision=N`: answers as soon as the caller's
 /// secret is at another revision than `N`, or when the wait ends.
 #[derive(Debug, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod generate;
 /// The Sentinel init-command file format.
 pub mod initcmd;
 pub mod name;
+pub mod policy;
 pub mod roles;
 pub mod secret;
 pub mod sentinel;

@@ -110,6 +110,9 @@ pub enum SecretKind {
     Kubernetes,
     /// `raw:<name>`: bound to no workload.
     Raw,
+    /// `policy:<name>`: a policy record (see [`crate::policy`]), never a secret:
+    /// no request names one, no listing or workload shows one.
+    Policy,
 }
 
 /// The name of the secret whose existence means "initialisation finished".
@@ -148,9 +151,21 @@ impl SecretName {
             SecretKind::Kubernetes
         } else if self.0.starts_with("raw:") {
             SecretKind::Raw
+        } else if self.0.starts_with(crate::policy::RECORD_PREFIX) {
+            SecretKind::Policy
         } else {
             SecretKind::Workload
         }
+    }
+
+    /// The store record of the policy `name` (a name no request can give).
+    pub fn policy_record(name: &crate::policy::PolicyName) -> Self {
+        Self(name.record())
+    }
+
+    /// The policy a policy record holds, by name.
+    pub fn policy_name(&self) -> Option<&str> {
+        self.0.strip_prefix(crate::policy::RECORD_PREFIX)
     }
 
     /// The Kubernetes Secret name for a `k8s:` secret.

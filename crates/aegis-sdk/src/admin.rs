@@ -1,9 +1,11 @@
 //! Admin (Sentinel) calls: both the native API and VSecM's.
 
 use aegis_core::api::{
-    EncryptRequest, EncryptResponse, History, Keystone, PutSecret, Rollback, Rotated, SecretInfo, SecretList,
-    SecretRead, Status, Unseal, VsecmDelete, VsecmKeys, VsecmList, VsecmUpsert,
+    EncryptRequest, EncryptResponse, Explain, Explained, History, Keystone, PolicyInfo, PolicyList, PutSecret,
+    Rollback, Rotated, SecretInfo, SecretList, SecretRead, Status, Unseal, VsecmDelete, VsecmKeys, VsecmList,
+    VsecmUpsert,
 };
+use aegis_core::policy::PolicyDoc;
 use aegis_core::secret::{SecretValue, VersionNumber};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::Method;
@@ -14,7 +16,7 @@ use crate::{Client, ClientError};
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Percent-encodes a secret name as one path segment (the Safe decodes it once).
-fn seg(name: &str) -> String {
+pub(crate) fn seg(name: &str) -> String {
     utf8_percent_encode(name, SEGMENT).to_string()
 }
 
@@ -60,6 +62,31 @@ impl Client {
     /// Version history.
     pub async fn history(&self, name: &str) -> Result<History, ClientError> {
         self.call(Method::GET, &format!("/v1/secrets/{}/versions", seg(name)), NONE).await
+    }
+
+    /// Every policy in force, and the built-ins that are on.
+    pub async fn policies(&self) -> Result<PolicyList, ClientError> {
+        self.call(Method::GET, "/v1/policies", NONE).await
+    }
+
+    /// One policy.
+    pub async fn policy(&self, name: &str) -> Result<PolicyInfo, ClientError> {
+        self.call(Method::GET, &format!("/v1/policies/{}", seg(name)), NONE).await
+    }
+
+    /// Writes a policy (a new version), in force on the Safe before the answer.
+    pub async fn put_policy(&self, doc: &PolicyDoc) -> Result<PolicyInfo, ClientError> {
+        self.call(Method::PUT, &format!("/v1/policies/{}", seg(&doc.name)), Some(doc)).await
+    }
+
+    /// Deletes a policy (out of force before the answer; its versions are kept).
+    pub async fn delete_policy(&self, name: &str) -> Result<PolicyInfo, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/policies/{}", seg(name)), NONE).await
+    }
+
+    /// What the policies in force decide for a SPIFFE ID, a secret (`None`: the Safe) and an action.
+    pub async fn explain(&self, req: &Explain) -> Result<Explained, ClientError> {
+        self.call(Method::POST, "/v1/explain", Some(req)).await
     }
 
     /// Encrypts a value for git.

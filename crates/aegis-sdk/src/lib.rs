@@ -184,6 +184,17 @@ impl Client {
         }
     }
 
+    /// A secret by name as a workload gets it (allowed by a policy in force on
+    /// the Safe), or `None` if it does not exist, is deleted or is outside its window.
+    pub async fn fetch_secret(&self, name: &str) -> Result<Option<WorkloadSecret>, ClientError> {
+        let path = format!("/v1/workload/secrets/{}", admin::seg(name));
+        match self.call::<(), WorkloadSecret>(Method::GET, &path, None).await {
+            Ok(s) => Ok(Some(s)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends raw bytes and returns the status and body text, for debugging and tests.
     pub async fn raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(u16, String), ClientError> {
         let read = is_read(&method);

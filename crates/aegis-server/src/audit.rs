@@ -48,6 +48,7 @@ struct Notes {
     secrets: Vec<String>,
     version: Option<u64>,
     intent: bool,
+    policy: Option<Arc<str>>,
 }
 
 impl Scope {
@@ -72,10 +73,13 @@ impl Scope {
     fn event(&self, status: u16, phase: Option<Phase>) -> Event {
         let (api, action) = action(&self.method, self.route);
         let last = phase != Some(Phase::Intent);
-        let (secrets, version) = self
+        let (secrets, version, policy) = self
             .notes
             .lock()
-            .map(|mut n| (if last { std::mem::take(&mut n.secrets) } else { n.secrets.clone() }, n.version))
+            .map(|mut n| {
+                let secrets = if last { std::mem::take(&mut n.secrets) } else { n.secrets.clone() };
+                (secrets, n.version, n.policy.clone())
+            })
             .unwrap_or_default();
         Event {
             time: OffsetDateTime::now_utc(),
@@ -88,6 +92,7 @@ impl Scope {
             version,
             status,
             phase,
+            policy,
         }
     }
 }
@@ -116,6 +121,16 @@ pub(crate) fn note_secret(name: &impl Display) {
         let name = name.to_string();
         if !n.secrets.contains(&name) {
             n.secrets.push(name);
+        }
+    });
+}
+
+/// Records the policy that decided the current request (the last decision
+/// made, which for a refused request is the refusal's).
+pub(crate) fn note_policy(policy: &str) {
+    with_notes(|n| {
+        if n.policy.as_deref() != Some(policy) {
+            n.policy = Some(Arc::from(policy));
         }
     });
 }

@@ -1,16 +1,19 @@
-//! The authenticated caller and the role checks.
+//! The authenticated caller.
 
+use aegis_core::policy::Subject;
 use aegis_core::roles::Role;
 use aegis_core::{SpiffeId, WorkloadName};
 
 use crate::error::ApiError;
 
-/// Who is calling: set once per TLS connection from the verified client certificate.
+/// Who is calling: set once per TLS connection from the verified client
+/// certificate. What it may do is decided per request by the policies in
+/// force (`crate::policy::allow`), so a policy change reaches kept-alive connections.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The peer's SPIFFE ID.
     pub id: SpiffeId,
-    /// Its role under the configured rules.
+    /// Its role under the configured rules (what the built-in policies speak of).
     pub role: Role,
     /// The SPIFFE ID as the audit trail names the caller, made once per connection.
     pub audit_name: std::sync::Arc<str>,
@@ -23,23 +26,19 @@ impl Caller {
         Self { id, role, audit_name }
     }
 
-    /// Only the Sentinel may write, list and delete.
-    pub fn require_sentinel(&self) -> Result<(), ApiError> {
-        match self.role {
-            Role::Sentinel => Ok(()),
-            _ => Err(ApiError::forbidden(format!(
-                "{} is not the Sentinel; only SPIFFE IDs matching VSECM_SPIFFEID_PREFIX_SENTINEL may do this",
-                self.id
-            ))),
-        }
+    /// The caller as the policies see it.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject { id: &self.id, role: &self.role }
     }
 
-    /// A workload reads only its own secret.
+    /// The workload name in the caller's SPIFFE ID, for the routes that serve
+    /// a workload its own secret (which secret that is depends on it).
     pub fn require_workload(&self) -> Result<&WorkloadName, ApiError> {
         match &self.role {
             Role::Workload(name) => Ok(name),
             _ => Err(ApiError::forbidden(format!(
-                "{} is not a workload; workload SPIFFE IDs must match VSECM_SPIFFEID_PREFIX_WORKLOAD and VSECM_WORKLOAD_NAME_REGEXP",
+                "{} is not a workload; workload SPIFFE IDs must match VSECM_SPIFFEID_PREFIX_WORKLOAD and VSECM_WORKLOAD_NAME_REGEXP \
+                 (other callers read a secret by name: GET /v1/workload/secrets/{{name}}, allowed by a policy)",
                 self.id
             ))),
         }

@@ -69,7 +69,7 @@ fn one_at_a_time(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 
 /// `POST /v1/admin/backup`: the encrypted backup, streamed.
 pub async fn backup(State(s): St, Extension(c): Who, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    c.require_sentinel()?;
+    crate::policy::allow(&s, &c, aegis_core::policy::Action::Admin, aegis_core::policy::Target::Safe)?;
     let body = crate::extract::body(b, s.settings.max_body_bytes)?;
     let req: BackupRequest = if body.is_empty() {
         BackupRequest::default()
@@ -238,7 +238,7 @@ impl Write for Pieces {
 
 /// `POST /v1/admin/backup/verify`: reads the backup file and checks all of it.
 pub async fn verify(State(s): St, Extension(c): Who, headers: HeaderMap, b: Body) -> Result<Json<Checked>, ApiError> {
-    c.require_sentinel()?;
+    crate::policy::allow(&s, &c, aegis_core::policy::Action::Admin, aegis_core::policy::Target::Safe)?;
     let ready = (|| {
         let store = s.store()?;
         let key = key_of(&headers)?;
@@ -260,7 +260,7 @@ pub async fn restore(
     headers: HeaderMap,
     b: Body,
 ) -> Result<Json<RestoreDone>, ApiError> {
-    c.require_sentinel()?;
+    crate::policy::allow(&s, &c, aegis_core::policy::Action::Admin, aegis_core::policy::Target::Safe)?;
     let ready = (|| {
         let Query(q) =
             q.map_err(|e| ApiError::bad_request(format!("invalid query: {}; use ?replace=true", e.body_text())))?;

@@ -17,11 +17,12 @@ use crate::state::AppState;
 
 /// A name that addresses a secret: the current rule, or a name an older
 /// version stored that exists (so it can still be read and deleted).
+/// A policy record is never a secret: it is refused like a name that does not parse.
 pub(crate) fn address(s: &AppState, raw: &str) -> Result<SecretName, ApiError> {
     match SecretName::parse(raw) {
         Ok(n) => Ok(n),
         Err(e) => match SecretName::parse_stored(raw) {
-            Ok(old) if s.store()?.get(&old).is_some() => Ok(old),
+            Ok(old) if old.kind() != aegis_core::SecretKind::Policy && s.store()?.get(&old).is_some() => Ok(old),
             _ => Err(e.into()),
         },
     }

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::limits::ConnLimits;
-use crate::routes::{self, sentinel_only, serves};
+use crate::routes::{self, serves};
+use aegis_core::policy::{Action, PolicySet};
 
 /// A running count per SPIFFE ID and in total, each under its maximum.
 #[derive(Debug)]
@@ -149,22 +150,22 @@ impl InFlight {
         }
     }
 
-    /// Admits a request on its head: only the Sentinel may send a body (no
-    /// other role has a route that takes one), a route only the Sentinel may
-    /// use is refused before anything is read, and the request's share of
-    /// the budgets is taken. `max_body` is the largest body accepted.
+    /// Admits a request on its head: a route that needs an action is refused
+    /// before anything is read unless some policy could allow that action to
+    /// the caller (`policies`), and only such routes read a body (those
+    /// callers' body bytes are taken from the budgets); other routes (a
+    /// workload's own secret, its watch) take no body and count as requests.
+    /// `max_body` is the largest body accepted.
     pub fn admit(
         &self,
         caller: &Caller,
+        policies: &PolicySet,
         method: &Method,
         route: &'static str,
         body_size: Option<u64>,
         max_body: usize,
     ) -> Result<Admitted, Box<Response>> {
-        if !matches!(caller.role, Role::Sentinel) {
-            if sentinel_only(method, route) {
-                caller.require_sentinel().map_err(|e| Box::new(e.into_response()))?;
-            }
+        let Some(action) = routes::need(method, route) else {
             if !serves(method, route) {
                 return Ok(Admitted { _request: None, _body: None, body: BodyRule::Discard });
             }
@@ -173,6 +174,14 @@ impl InFlight {
                 _ => Some(self.requests.take(caller.id.as_str(), 1).map_err(|o| refuse(&self.requests, o))?),
             };
             return Ok(Admitted { _request: request, _body: None, body: BodyRule::Refuse });
+        };
+        if !policies.may_any(caller.subject(), action) {
+            return Err(Box::new(ApiError::forbidden(head_refusal(caller, policies, action)).into_response()));
+        }
+        // Readers of named secrets send no body: counted as requests, like workloads.
+        if action == Action::Read && !matches!(caller.role, Role::Sentinel) {
+            let request = self.requests.take(caller.id.as_str(), 1).map_err(|o| refuse(&self.requests, o))?;
+            return Ok(Admitted { _request: Some(request), _body: None, body: BodyRule::Refuse });
         }
         // The body's known length (declared, or none at all), else the most a body may be.
         let declared = body_size.map_or(max_body, |n| usize::try_from(n).unwrap_or(usize::MAX).min(max_body));
@@ -183,6 +192,22 @@ impl InFlight {
             n => Some(self.body_bytes.take(caller.id.as_str(), n).map_err(|o| refuse(&self.body_bytes, o))?),
         };
         Ok(Admitted { _request: None, _body: body, body: BodyRule::Read(max_body) })
+    }
+}
+
+/// Why `caller` may not `action` at all: a VSecM user's workload on a
+/// Sentinel route hears that it is not the Sentinel, as from VSecM.
+fn head_refusal(caller: &Caller, policies: &PolicySet, action: Action) -> String {
+    let id = &caller.id;
+    let explain = format!("`aegis policy explain --spiffe-id {id} --secret NAME --action {action}` shows why");
+    let sentinel_may = policies.builtins().sentinel && aegis_core::policy::set::SENTINEL_ACTIONS.contains(&action);
+    if sentinel_may && !matches!(caller.role, Role::Sentinel) {
+        format!(
+            "{id} is not the Sentinel, and no policy allows it to {action} (deny by default): only SPIFFE IDs \
+             matching VSECM_SPIFFEID_PREFIX_SENTINEL, or those a policy allows, may; {explain}"
+        )
+    } else {
+        format!("{id} may not {action} here: no policy allows it (deny by default), or one denies it on every secret; {explain}")
     }
 }
 
@@ -242,43 +267,46 @@ mod tests {
     #[test]
     fn no_role_and_workloads_are_refused_on_the_head_and_read_no_body() {
         let f = flight();
+        let set = PolicySet::default();
         let nobody = caller(Role::Unknown);
         let wl = caller(Role::Workload(WorkloadName::parse("billing").unwrap()));
-        let put = f.admit(&nobody, &Method::PUT, routes::SECRET, None, 1 << 20).unwrap_err();
+        let put = f.admit(&nobody, &set, &Method::PUT, routes::SECRET, None, 1 << 20).unwrap_err();
         assert_eq!(put.status(), StatusCode::FORBIDDEN);
-        let upsert = f.admit(&wl, &Method::POST, routes::SENTINEL_SECRETS, None, 1 << 20).unwrap_err();
+        let upsert = f.admit(&wl, &set, &Method::POST, routes::SENTINEL_SECRETS, None, 1 << 20).unwrap_err();
         assert_eq!(upsert.status(), StatusCode::FORBIDDEN);
-        let fetch = f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).unwrap();
+        let fetch = f.admit(&wl, &set, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).unwrap();
         assert_eq!(fetch.body, BodyRule::Refuse);
-        let _second = f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRETS, None, 1 << 20).unwrap();
-        let third = f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).unwrap_err();
+        let _second = f.admit(&wl, &set, &Method::GET, routes::WORKLOAD_SECRETS, None, 1 << 20).unwrap();
+        let third = f.admit(&wl, &set, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).unwrap_err();
         assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
         // A method the route does not serve is the router's 405, whoever asks; its body is not read.
-        let trace = f.admit(&nobody, &Method::TRACE, routes::SECRET, None, 1 << 20).unwrap();
+        let trace = f.admit(&nobody, &set, &Method::TRACE, routes::SECRET, None, 1 << 20).unwrap();
         assert_eq!(trace.body, BodyRule::Discard);
         // Watches are counted as watches, not as requests.
-        assert!(f.admit(&wl, &Method::GET, routes::WORKLOAD_WATCH, None, 1 << 20).is_ok());
+        assert!(f.admit(&wl, &set, &Method::GET, routes::WORKLOAD_WATCH, None, 1 << 20).is_ok());
         drop(fetch);
-        assert!(f.admit(&wl, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).is_ok());
+        assert!(f.admit(&wl, &set, &Method::GET, routes::WORKLOAD_SECRET, None, 1 << 20).is_ok());
     }
 
     #[test]
     fn sentinel_bodies_take_their_declared_length_from_the_budgets() {
         let f = flight();
+        let set = PolicySet::default();
         let admin = caller(Role::Sentinel);
         let h = Some(60);
-        let a = f.admit(&admin, &Method::PUT, routes::SECRET, h, 1000).unwrap();
+        let a = f.admit(&admin, &set, &Method::PUT, routes::SECRET, h, 1000).unwrap();
         assert_eq!(f.body_bytes.held(), 60);
-        let b = f.admit(&admin, &Method::PUT, routes::SECRET, h, 1000).unwrap_err();
+        let b = f.admit(&admin, &set, &Method::PUT, routes::SECRET, h, 1000).unwrap_err();
         assert_eq!(b.status(), StatusCode::TOO_MANY_REQUESTS);
         // Without a declared length the most a body may be is taken (capped by the budget).
         drop(a);
-        let c = f.admit(&admin, &Method::PUT, routes::SECRET, None, 1000).unwrap();
+        let c = f.admit(&admin, &set, &Method::PUT, routes::SECRET, None, 1000).unwrap();
         assert_eq!(f.body_bytes.held(), 100);
         drop(c);
         assert_eq!(f.body_bytes.held(), 0);
         // Many Sentinel requests without a body are not limited.
-        let many: Vec<_> = (0..50).map(|_| f.admit(&admin, &Method::GET, routes::STATUS, Some(0), 1000)).collect();
+        let many: Vec<_> =
+            (0..50).map(|_| f.admit(&admin, &set, &Method::GET, routes::STATUS, Some(0), 1000)).collect();
         assert!(many.iter().all(Result::is_ok));
     }
 }

@@ -6,6 +6,8 @@
 //!   HTTP/2 with head and request deadlines.
 //! - [`routes`] is the one table of routes; [`router`] builds the axum router
 //!   from it; [`error`] maps every failure to a status and a message.
+//! - [`policy`] decides each request by the policies in force and serves the
+//!   routes that manage them.
 //! - [`health`] serves probes and metrics on a separate plain port.
 
 pub mod audit;
@@ -19,6 +21,8 @@ pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod path;
+pub mod policy;
+pub mod quota;
 pub mod router;
 pub mod routes;
 pub mod serve;

@@ -287,13 +287,14 @@ impl Gate {
         Ok((slot, HandshakeSlot { gate: self.clone() }))
     }
 
-    /// Admits an authenticated connection of `role` with SPIFFE ID `id`.
-    pub fn admit(self: &Arc<Self>, role: &Role, id: &str) -> Result<IdentitySlot, Refusal> {
+    /// Admits an authenticated connection of `role` with SPIFFE ID `id`;
+    /// `named`: some policy names the ID (then it is not a caller without a role).
+    pub fn admit(self: &Arc<Self>, role: &Role, id: &str, named: bool) -> Result<IdentitySlot, Refusal> {
         if matches!(role, Role::Sentinel) {
             return Ok(IdentitySlot { gate: self.clone(), id: None, no_role: false });
         }
         // Roles granted nothing (no role, Scout) share a small part of the pool.
-        let no_role = matches!(role, Role::Unknown | Role::Scout);
+        let no_role = matches!(role, Role::Unknown | Role::Scout) && !named;
         if no_role && !take(&self.no_role, self.limits.no_role_pool) {
             return Err(Refusal::NoRole);
         }
@@ -457,16 +458,16 @@ mod tests {
         for i in 0..5 {
             let (s, h) = gate.accept().unwrap();
             let id = format!("spiffe://x/w{}", i / 2);
-            held.push((s, gate.admit(&wl(), &id).unwrap()));
+            held.push((s, gate.admit(&wl(), &id, false).unwrap()));
             drop(h);
         }
         let (_s, _h) = gate.accept().unwrap();
-        assert_eq!(gate.admit(&wl(), "spiffe://x/w0").unwrap_err(), Refusal::SharedPool);
+        assert_eq!(gate.admit(&wl(), "spiffe://x/w0", false).unwrap_err(), Refusal::SharedPool);
         drop(held.pop());
-        assert_eq!(gate.admit(&wl(), "spiffe://x/w0").unwrap_err(), Refusal::Identity);
-        assert!(gate.admit(&wl(), "spiffe://x/new").is_ok());
+        assert_eq!(gate.admit(&wl(), "spiffe://x/w0", false).unwrap_err(), Refusal::Identity);
+        assert!(gate.admit(&wl(), "spiffe://x/new", false).is_ok());
         // The Sentinel is not counted in the pool.
-        let sentinel: Vec<_> = (0..3).map(|_| gate.admit(&Role::Sentinel, "spiffe://x/s").unwrap()).collect();
+        let sentinel: Vec<_> = (0..3).map(|_| gate.admit(&Role::Sentinel, "spiffe://x/s", false).unwrap()).collect();
         assert_eq!(sentinel.len(), 3);
     }
 
@@ -475,13 +476,13 @@ mod tests {
         let limits =
             ConnLimitSettings { max_connections: Some(100), no_role_pool: Some(2), ..Default::default() }.resolve(1000);
         let gate = Gate::new(limits);
-        let a = gate.admit(&Role::Unknown, "spiffe://x/a").unwrap();
-        let _b = gate.admit(&Role::Scout, "spiffe://x/b").unwrap();
-        assert_eq!(gate.admit(&Role::Unknown, "spiffe://x/c").unwrap_err(), Refusal::NoRole);
+        let a = gate.admit(&Role::Unknown, "spiffe://x/a", false).unwrap();
+        let _b = gate.admit(&Role::Scout, "spiffe://x/b", false).unwrap();
+        assert_eq!(gate.admit(&Role::Unknown, "spiffe://x/c", false).unwrap_err(), Refusal::NoRole);
         // Workloads are not counted against it.
-        let _w = gate.admit(&wl(), "spiffe://x/w").unwrap();
+        let _w = gate.admit(&wl(), "spiffe://x/w", false).unwrap();
         drop(a);
-        assert!(gate.admit(&Role::Unknown, "spiffe://x/c").is_ok());
+        assert!(gate.admit(&Role::Unknown, "spiffe://x/c", false).is_ok());
         assert_eq!(gate.no_role.load(Ordering::Acquire), 1, "a dropped slot gives its place back");
     }
 

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub kube_sync_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while admin writes can be audited, 0 while they are refused (503), -1 with the trail off.
     pub audit_available: Gauge,
+    /// Requests refused (429) because their SPIFFE ID went past its request rate.
+    pub rate_limited: Counter,
     /// Audit lines written, requests folded, events lost and admin writes refused since start.
     audit: [AuditCounter; 4],
 }
@@ -86,6 +88,12 @@ impl Metrics {
         let kube_sync = Family::<KubeSyncLabels, Gauge>::default();
         let kube_sync_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let audit_available = Gauge::default();
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited_requests",
+            "Requests refused (429) because their SPIFFE ID went past its request rate (AEGIS_RATE_PER_IDENTITY or a policy's rate)",
+            rate_limited.clone(),
+        );
         registry.register(
             "audit_available",
             "1 while admin writes can be audited; 0 while the audit file cannot be written and they are refused (503); -1 with the trail off",
@@ -158,6 +166,7 @@ impl Metrics {
             transform_failures,
             kube_sync,
             kube_sync_lag,
+            rate_limited,
             audit_available,
             audit,
         }

@@ -13,7 +13,7 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::routes::{allowed_query, route_label, Endpoint, Route, ROUTES};
 use crate::state::AppState;
-use crate::{backup, native, vsecm, watch};
+use crate::{backup, native, policy, vsecm, watch};
 
 /// Every route of the mTLS API.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -61,6 +61,12 @@ fn handler(endpoint: Endpoint, filter: axum::routing::MethodFilter) -> MethodRou
         E::Backup => on(filter, backup::backup),
         E::VerifyBackup => on(filter, backup::verify),
         E::Restore => on(filter, backup::restore),
+        E::WorkloadNamed => on(filter, native::named),
+        E::PolicyList => on(filter, policy::list),
+        E::PolicyGet => on(filter, policy::get),
+        E::PolicyPut => on(filter, policy::put),
+        E::PolicyDelete => on(filter, policy::delete),
+        E::Explain => on(filter, policy::explain),
     }
 }
 

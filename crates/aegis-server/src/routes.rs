@@ -13,6 +13,7 @@
 //! [`ROUTES`] with a new [`Endpoint`] (the compiler then asks for its handler
 //! in `router.rs`), and document it in `openapi.yaml`.
 
+use aegis_core::policy::Action;
 use axum::http::Method;
 use axum::routing::MethodFilter;
 
@@ -56,6 +57,14 @@ pub const BACKUP_VERIFY: &str = "/v1/admin/backup/verify";
 pub const RESTORE: &str = "/v1/admin/restore";
 /// The OpenAPI document.
 pub const OPENAPI: &str = "/v1/openapi.yaml";
+/// A secret by name, as a workload gets it (allowed by a policy).
+pub const WORKLOAD_NAMED: &str = "/v1/workload/secrets/{name}";
+/// The policies.
+pub const POLICIES: &str = "/v1/policies";
+/// One policy.
+pub const POLICY: &str = "/v1/policies/{name}";
+/// What the policies decide for a SPIFFE ID, a secret and an action.
+pub const EXPLAIN: &str = "/v1/explain";
 
 /// Which API a route belongs to (the audit trail's `api`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +83,6 @@ impl Api {
             Api::Native => "native",
         }
     }
-}
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Callers {
-    /// Only the Sentinel: anyone else is refused on the request head, before
-    /// any of the body is read.
-    Sentinel,
-    /// Any caller with a role; the handler decides (workload reads, the document).
-    Any,
 }
 
 /// The query parameters an operation takes.
@@ -162,6 +161,40 @@ pub enum Endpoint {
     VerifyBackup,
     /// `backup::restore`.
     Restore,
+    /// `native::named`.
+    WorkloadNamed,
+    /// `policy::list`.
+    PolicyList,
+    /// `policy::get`.
+    PolicyGet,
+    /// `policy::put`.
+    PolicyPut,
+    /// `policy::delete`.
+    PolicyDelete,
+    /// `policy::explain`.
+    Explain,
+}
+
+impl Endpoint {
+    /// The action a caller needs a policy for on some secret (or on the Safe)
+    /// to be let past the request head, before any of the body is read;
+    /// `None`: any caller, and the handler decides (a workload's own secret,
+    /// the OpenAPI document). The handler then decides on the secret itself.
+    pub fn need(self) -> Option<Action> {
+        use Endpoint as E;
+        match self {
+            E::VsecmFetch | E::Workload | E::Watch | E::Openapi => None,
+            E::VsecmList | E::VsecmKeystone | E::List | E::History | E::Status => Some(Action::List),
+            E::VsecmUpsert | E::VsecmDelete | E::Put | E::Delete | E::Undelete | E::Rollback | E::Destroy => {
+                Some(Action::Write)
+            }
+            E::Encrypt => Some(Action::Write),
+            E::Get => Some(Action::Reveal),
+            E::WorkloadNamed => Some(Action::Read),
+            E::VsecmKeys | E::Unseal | E::Rotate | E::Backup | E::VerifyBackup | E::Restore => Some(Action::Admin),
+            E::PolicyList | E::PolicyGet | E::PolicyPut | E::PolicyDelete | E::Explain => Some(Action::Admin),
+        }
+    }
 }
 
 /// One method of a route.
@@ -227,8 +260,6 @@ pub struct Route {
     pub path: &'static str,
     /// Its API.
     pub api: Api,
-    /// Who may call it.
-    pub callers: Callers,
     /// Its methods.
     pub ops: &'static [Op],
 }
@@ -254,120 +285,59 @@ use Endpoint as E;
 use Verb::{Delete, Get, Post, Put};
 
 /// Every route of the mTLS API.
-pub static ROUTES: [Route; 20] = [
-    Route {
-        path: WORKLOAD_SECRETS,
-        api: Api::Vsecm,
-        callers: Callers::Any,
-        ops: &[op(Get, "fetch", LENIENT, E::VsecmFetch)],
-    },
+pub static ROUTES: [Route; 24] = [
+    Route { path: WORKLOAD_SECRETS, api: Api::Vsecm, ops: &[op(Get, "fetch", LENIENT, E::VsecmFetch)] },
     Route {
         path: SENTINEL_SECRETS,
         api: Api::Vsecm,
-        callers: Callers::Sentinel,
         ops: &[
             op(Get, "list", Query::Lenient(&["reveal"]), E::VsecmList),
             op(Post, "write", LENIENT, E::VsecmUpsert),
             op(Delete, "delete", LENIENT, E::VsecmDelete),
         ],
     },
-    Route {
-        path: SENTINEL_KEYS,
-        api: Api::Vsecm,
-        callers: Callers::Sentinel,
-        ops: &[op(Post, "unseal", LENIENT, E::VsecmKeys)],
-    },
-    Route {
-        path: SENTINEL_KEYSTONE,
-        api: Api::Vsecm,
-        callers: Callers::Sentinel,
-        ops: &[op(Get, "keystone", LENIENT, E::VsecmKeystone)],
-    },
-    Route {
-        path: SECRETS,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Get, "list", Query::Only(&["deleted"]), E::List)],
-    },
+    Route { path: SENTINEL_KEYS, api: Api::Vsecm, ops: &[op(Post, "unseal", LENIENT, E::VsecmKeys)] },
+    Route { path: SENTINEL_KEYSTONE, api: Api::Vsecm, ops: &[op(Get, "keystone", LENIENT, E::VsecmKeystone)] },
+    Route { path: SECRETS, api: Api::Native, ops: &[op(Get, "list", Query::Only(&["deleted"]), E::List)] },
     Route {
         path: SECRET,
         api: Api::Native,
-        callers: Callers::Sentinel,
         ops: &[
             op(Get, "read", Query::Only(&["version"]), E::Get),
             op(Put, "write", NONE, E::Put),
             op(Delete, "delete", NONE, E::Delete),
         ],
     },
-    Route {
-        path: UNDELETE,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Post, "undelete", NONE, E::Undelete)],
-    },
-    Route {
-        path: ROLLBACK,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Post, "rollback", NONE, E::Rollback)],
-    },
-    Route {
-        path: VERSIONS,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Get, "history", NONE, E::History)],
-    },
-    Route {
-        path: VERSION,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Delete, "destroy", NONE, E::Destroy)],
-    },
-    Route {
-        path: WORKLOAD_SECRET,
-        api: Api::Native,
-        callers: Callers::Any,
-        ops: &[op(Get, "fetch", NONE, E::Workload)],
-    },
+    Route { path: UNDELETE, api: Api::Native, ops: &[op(Post, "undelete", NONE, E::Undelete)] },
+    Route { path: ROLLBACK, api: Api::Native, ops: &[op(Post, "rollback", NONE, E::Rollback)] },
+    Route { path: VERSIONS, api: Api::Native, ops: &[op(Get, "history", NONE, E::History)] },
+    Route { path: VERSION, api: Api::Native, ops: &[op(Delete, "destroy", NONE, E::Destroy)] },
+    Route { path: WORKLOAD_SECRET, api: Api::Native, ops: &[op(Get, "fetch", NONE, E::Workload)] },
     Route {
         path: WORKLOAD_WATCH,
         api: Api::Native,
-        callers: Callers::Any,
-        ops: &[op(Get, "watch", Query::Own(&["revision", "wait_ms"]), E::Watch)],
+        ops: &[op(Get, "watch", Query::Own(&["revision", "wait_ms", "secret"]), E::Watch)],
     },
+    Route { path: ENCRYPT, api: Api::Native, ops: &[op(Post, "encrypt", NONE, E::Encrypt)] },
+    Route { path: UNSEAL, api: Api::Native, ops: &[op(Post, "unseal", NONE, E::Unseal)] },
+    Route { path: STATUS, api: Api::Native, ops: &[op(Get, "status", NONE, E::Status)] },
+    Route { path: ROTATE_ROOT_KEY, api: Api::Native, ops: &[op(Post, "rotate-root-key", NONE, E::Rotate)] },
+    Route { path: BACKUP, api: Api::Native, ops: &[transfer(Post, "backup", NONE, E::Backup)] },
+    Route { path: BACKUP_VERIFY, api: Api::Native, ops: &[transfer(Post, "verify-backup", NONE, E::VerifyBackup)] },
+    Route { path: RESTORE, api: Api::Native, ops: &[transfer(Post, "restore", Query::Only(&["replace"]), E::Restore)] },
+    Route { path: OPENAPI, api: Api::Native, ops: &[op(Get, "openapi", NONE, E::Openapi)] },
+    Route { path: WORKLOAD_NAMED, api: Api::Native, ops: &[op(Get, "fetch", NONE, E::WorkloadNamed)] },
+    Route { path: POLICIES, api: Api::Native, ops: &[op(Get, "list-policies", NONE, E::PolicyList)] },
     Route {
-        path: ENCRYPT,
+        path: POLICY,
         api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Post, "encrypt", NONE, E::Encrypt)],
+        ops: &[
+            op(Get, "read-policy", NONE, E::PolicyGet),
+            op(Put, "write-policy", NONE, E::PolicyPut),
+            op(Delete, "delete-policy", NONE, E::PolicyDelete),
+        ],
     },
-    Route { path: UNSEAL, api: Api::Native, callers: Callers::Sentinel, ops: &[op(Post, "unseal", NONE, E::Unseal)] },
-    Route { path: STATUS, api: Api::Native, callers: Callers::Sentinel, ops: &[op(Get, "status", NONE, E::Status)] },
-    Route {
-        path: ROTATE_ROOT_KEY,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[op(Post, "rotate-root-key", NONE, E::Rotate)],
-    },
-    Route {
-        path: BACKUP,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[transfer(Post, "backup", NONE, E::Backup)],
-    },
-    Route {
-        path: BACKUP_VERIFY,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[transfer(Post, "verify-backup", NONE, E::VerifyBackup)],
-    },
-    Route {
-        path: RESTORE,
-        api: Api::Native,
-        callers: Callers::Sentinel,
-        ops: &[transfer(Post, "restore", Query::Only(&["replace"]), E::Restore)],
-    },
-    Route { path: OPENAPI, api: Api::Native, callers: Callers::Any, ops: &[op(Get, "openapi", NONE, E::Openapi)] },
+    Route { path: EXPLAIN, api: Api::Native, ops: &[op(Post, "explain", NONE, E::Explain)] },
 ];
 
 /// The route with the template `template`.
@@ -409,10 +379,10 @@ pub fn is_transfer(method: &Method, route: &str) -> bool {
     find(route).and_then(|r| r.op(method)).is_some_and(|o| o.transfer)
 }
 
-/// Whether only the Sentinel may send `method` to `route`. Unknown paths and
-/// methods a route does not serve are left to the router (404, 405).
-pub fn sentinel_only(method: &Method, route: &str) -> bool {
-    find(route).is_some_and(|r| r.callers == Callers::Sentinel && r.op(method).is_some())
+/// The action `method` on `route` needs a policy for (see [`Endpoint::need`]).
+/// Unknown paths and methods a route does not serve are left to the router (404, 405).
+pub fn need(method: &Method, route: &str) -> Option<Action> {
+    find(route).and_then(|r| r.op(method)).and_then(|o| o.endpoint.need())
 }
 
 /// The query parameters `method` on `route` is limited to; `None` where the
@@ -487,11 +457,14 @@ mod tests {
 
     #[test]
     fn roles_and_queries_come_from_the_table() {
-        assert!(sentinel_only(&Method::PUT, SECRET));
-        assert!(sentinel_only(&Method::HEAD, SECRETS), "HEAD is served wherever GET is");
-        assert!(!sentinel_only(&Method::PATCH, SECRET), "a method not served is left to the router");
-        assert!(!sentinel_only(&Method::GET, WORKLOAD_SECRET));
-        assert!(!sentinel_only(&Method::GET, OPENAPI));
+        assert_eq!(need(&Method::PUT, SECRET), Some(Action::Write));
+        assert_eq!(need(&Method::GET, SECRET), Some(Action::Reveal));
+        assert_eq!(need(&Method::HEAD, SECRETS), Some(Action::List), "HEAD is served wherever GET is");
+        assert_eq!(need(&Method::PATCH, SECRET), None, "a method not served is left to the router");
+        assert_eq!(need(&Method::GET, WORKLOAD_SECRET), None);
+        assert_eq!(need(&Method::GET, WORKLOAD_NAMED), Some(Action::Read));
+        assert_eq!(need(&Method::PUT, POLICY), Some(Action::Admin));
+        assert_eq!(need(&Method::GET, OPENAPI), None);
         assert!(serves(&Method::DELETE, VERSION) && !serves(&Method::GET, VERSION));
         assert_eq!(allowed_query(&Method::GET, SECRET), Some(&["version"][..]));
         assert_eq!(allowed_query(&Method::PUT, SECRET), Some(&[][..]));
@@ -554,7 +527,7 @@ mod tests {
             missing.is_empty() && extra.is_empty(),
             "in routes.rs but not in openapi.yaml: {missing:?}; in openapi.yaml but not in routes.rs: {extra:?}"
         );
-        assert_eq!(table.len(), 24);
+        assert_eq!(table.len(), 30);
     }
 
     #[test]

@@ -273,7 +273,8 @@ async fn connection(
         return;
     };
     let caller = Arc::new(Caller::new(id.clone(), state.settings.roles.classify(&id)));
-    let _identity = match state.gate.admit(&caller.role, caller.id.as_str()) {
+    let named = state.policies.current().speaks_of(&caller.id);
+    let _identity = match state.gate.admit(&caller.role, caller.id.as_str(), named) {
         Ok(s) => s,
         Err(why) => {
             refused(&state, &noisy, why, peer, Some(&caller.id));
@@ -557,7 +558,11 @@ async fn handle(
         use hyper::body::Body as _;
         // A transfer's body is not held: it takes none of the body budget.
         let size = if transfer { Some(0) } else { req.body().size_hint().exact() };
-        state.in_flight.admit(&caller, &method, path_route, size, state.settings.max_body_bytes)
+        let policies = state.policies.current();
+        match over_rate(&state, &caller, &policies) {
+            Some(refused) => Err(refused),
+            None => state.in_flight.admit(&caller, &policies, &method, path_route, size, state.settings.max_body_bytes),
+        }
     };
     req.extensions_mut().insert(caller);
     let call = Ticket::scope(
@@ -565,7 +570,12 @@ async fn handle(
         scope.run(async move {
             let held = match admitted {
                 Ok(held) => held,
-                Err(refused) => return Ok(*refused),
+                Err(refused) => {
+                    if refused.status() == hyper::StatusCode::FORBIDDEN {
+                        crate::audit::note_policy("default-deny");
+                    }
+                    return Ok(*refused);
+                }
             };
             let read = if transfer && matches!(held.body, BodyRule::Read(_)) {
                 Ok(req.map(Body::new))
@@ -619,4 +629,26 @@ async fn handle(
         tracing::debug!(status, latency_us = micros, "request served");
     }
     Ok(resp)
+}
+
+/// The 429 of a request past its SPIFFE ID's rate (a policy's, else the
+/// global one), with `Retry-After`; `None` when it may go on.
+fn over_rate(
+    state: &AppState,
+    caller: &Caller,
+    policies: &aegis_core::policy::PolicySet,
+) -> Option<Box<hyper::Response<axum::body::Body>>> {
+    let rate = policies.rate_for(&caller.id).or(state.quotas.global)?;
+    let wait = state.quotas.take(caller.id.as_str(), rate, Instant::now()).err()?;
+    state.metrics.rate_limited.inc();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = crate::error::ApiError::too_many(format!(
+        "{} is over its request rate of {}/s (bursts of {}); retry in {secs} s (AEGIS_RATE_PER_IDENTITY, or the rate of a policy naming it)",
+        caller.id, rate.per_second, rate.burst
+    ))
+    .into_response();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.max(1).to_string()) {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    Some(Box::new(resp))
 }

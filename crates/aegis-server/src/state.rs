@@ -78,6 +78,8 @@ pub struct Settings {
     pub template_budget: Budget,
     /// The audit trail (see docs/AUDIT.md).
     pub audit: aegis_audit::SinkConfig,
+    /// The built-in policies in force and the policy file's (see docs/POLICIES.md).
+    pub policies: crate::policy::PolicySettings,
 }
 
 /// Refused requests get at most one INFO line per this interval (ten a second).
@@ -105,6 +107,10 @@ pub struct AppState {
     pub audit: aegis_audit::Sink,
     /// One backup, restore or check at a time.
     pub transfers: Arc<tokio::sync::Semaphore>,
+    /// The policies in force.
+    pub policies: Arc<crate::policy::Policies>,
+    /// The per-identity request rates.
+    pub quotas: crate::quota::Quotas,
 }
 
 impl AppState {
@@ -118,7 +124,10 @@ impl AppState {
         })?;
         let gate = Gate::new(settings.conn_limits.resolve(crate::limits::fd_soft_limit()));
         let in_flight = crate::inflight::InFlight::new(gate.limits());
+        let policies = Arc::new(crate::policy::Policies::new(settings.policies.clone()));
         Ok(Arc::new(Self {
+            quotas: crate::quota::Quotas::new(settings.policies.rate),
+            policies,
             gate,
             in_flight,
             refused_log: crate::limits::LogLimiter::new(REFUSED_LOG_EVERY),
@@ -228,6 +237,9 @@ impl AppState {
                 sync.start(store.clone());
             }
         }
+        // The stored policies are in force before the first request is served.
+        self.policies.reload(&store).await;
+        self.policies.follow(store.clone());
         self.store.store(Some(Arc::new(store)));
         self.metrics.sealed.set(0);
         tracing::info!(secrets = report.loaded, "Safe unsealed");

@@ -1,10 +1,12 @@
-//! Push: `GET /v1/workload/watch?revision=N[&wait_ms=T]`.
+//! Push: `GET /v1/workload/watch?revision=N[&wait_ms=T][&secret=NAME]`.
 //!
 //! A long poll: the answer comes as soon as the caller's secret is at another
 //! revision than `N` (written, deleted, undeleted…), or when the wait ends
 //! with the unchanged state. An idle watcher is one parked task waiting on its
 //! own secret's change notice (a commit wakes only the watchers of the secrets
-//! it changed): no CPU, a few hundred bytes plus its connection.
+//! it changed): no CPU, a few hundred bytes plus its connection. With
+//! `secret`, the watch follows that secret instead, for a caller a policy
+//! allows to `read` it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::native::workload_view;
 use crate::state::AppState;
+use aegis_core::policy::{Action, Target};
 
 /// Longest wait a watcher may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -31,6 +34,8 @@ pub struct WatchQuery {
     #[serde(default)]
     pub(crate) revision: u64,
     pub(crate) wait_ms: Option<u64>,
+    /// A secret other than the caller's own (allowed by a policy).
+    pub(crate) secret: Option<String>,
 }
 
 /// `GET /v1/workload/watch`.
@@ -56,12 +61,15 @@ pub fn parse_query(query: Option<&str>) -> Result<WatchQuery, ApiError> {
 
 /// Waits until the caller's secret is at another revision than asked, or the wait ends.
 pub async fn next_event(s: &AppState, c: &Caller, q: WatchQuery) -> Result<WatchEvent, ApiError> {
-    let w = c.require_workload()?;
+    let name = match q.secret.as_deref() {
+        Some(raw) => crate::extract::address(s, raw)?,
+        None => c.require_workload()?.secret_name()?,
+    };
+    crate::policy::allow(s, c, Action::Read, Target::Secret(&name))?;
     // Counted per identity and in total, over both HTTP/1.1 and HTTP/2.
     let _watch =
         s.in_flight.watches.take(c.id.as_str(), 1).map_err(|o| crate::inflight::refusal(&s.in_flight.watches, o))?;
     let store = s.store()?;
-    let name = w.secret_name()?;
     // Leave room under the request deadline so the answer is never a timeout.
     let cap = s.settings.request_timeout.saturating_sub(Duration::from_secs(1)).min(MAX_WAIT);
     let wait = q.wait_ms.map_or(DEFAULT_WAIT, Duration::from_millis).min(cap);

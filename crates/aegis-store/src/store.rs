@@ -99,6 +99,12 @@ impl Store {
         Ok((Self { shared, tx }, report))
     }
 
+    /// Moves at every commit (this Safe's or, on a shared backend, another's)
+    /// that changes a policy record.
+    pub fn policy_changes(&self) -> watch::Receiver<u64> {
+        self.shared.watched.policy_changes()
+    }
+
     /// One secret (live or soft-deleted).
     pub fn get(&self, name: &SecretName) -> Option<Arc<Entry>> {
         self.shared.get(name)

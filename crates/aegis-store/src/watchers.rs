@@ -10,10 +10,18 @@ use aegis_core::SecretName;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-/// The notices of the secrets someone watches; a secret nobody watches has none.
-#[derive(Default)]
+/// The notices of the secrets someone watches; a secret nobody watches has
+/// none. Changes of policy records also bump one counter (what the Safe's
+/// policy set follows, whichever Safe made the change).
 pub(crate) struct Watched {
     by_name: Mutex<HashMap<SecretName, Arc<Notify>>>,
+    policies: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Watched {
+    fn default() -> Self {
+        Self { by_name: Mutex::default(), policies: tokio::sync::watch::channel(0).0 }
+    }
 }
 
 impl Watched {
@@ -24,14 +32,22 @@ impl Watched {
     /// Wakes the watchers of `names` (after their new entries are visible).
     pub(crate) fn changed<'a>(&self, names: impl IntoIterator<Item = &'a SecretName>) {
         let by_name = self.lock();
-        if by_name.is_empty() {
-            return;
-        }
+        let mut policy = false;
         for name in names {
+            policy |= name.kind() == aegis_core::SecretKind::Policy;
             if let Some(n) = by_name.get(name) {
                 n.notify_waiters();
             }
         }
+        drop(by_name);
+        if policy {
+            self.policies.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A counter that moves at every commit that changes a policy record.
+    pub(crate) fn policy_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.policies.subscribe()
     }
 }
 

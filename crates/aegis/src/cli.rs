@@ -53,7 +53,7 @@ enum Command {
     /// Run the Safe (identity from SPIFFE_ENDPOINT_SOCKET or AEGIS_SVID_* files).
     Server(crate::serve::server::ServerArgs),
     /// Print the calling workload's secret.
-    Fetch(Out),
+    Fetch(crate::workload::FetchArgs),
     /// Write a new version of a secret.
     Put(PutArgs),
     /// Read a secret (latest version or --version).
@@ -94,6 +94,8 @@ enum Command {
     Backup(crate::admin::backup::BackupArgs),
     /// Restore a backup into the Safe (`--in FILE`).
     Restore(crate::admin::backup::RestoreArgs),
+    /// Who may do what: `put`, `get`, `list`, `delete` and `explain` policies.
+    Policy(crate::admin::policy::PolicyArgs),
     /// Tools on record stores with the Safes stopped: `copy` (a data directory to PostgreSQL, or back).
     Store(crate::admin::store::StoreArgs),
 }
@@ -103,7 +105,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Command::Dev(a) => crate::serve::dev::run(a).await,
         Command::Server(a) => crate::serve::server::run(a).await,
-        Command::Fetch(out) => crate::workload::fetch(out.output).await,
+        Command::Fetch(a) => crate::workload::fetch(a).await,
         Command::Put(a) => secrets::put(a).await,
         Command::Get(a) => secrets::get(a).await,
         Command::List(a) => secrets::list(a).await,
@@ -125,5 +127,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(a) => crate::admin::backup::backup(a).await,
         Command::Restore(a) => crate::admin::backup::restore(a).await,
         Command::Store(a) => crate::admin::store::run(a).await,
+        Command::Policy(a) => crate::admin::policy::run(a).await,
     }
 }

@@ -6,6 +6,8 @@ use aegis_sdk::ClientError;
 pub const OK: u8 = 0;
 /// Anything else.
 pub const FAILURE: u8 = 1;
+/// Bad usage (as clap's own usage errors).
+pub const USAGE: u8 = 2;
 /// Not found.
 pub const NOT_FOUND: u8 = 3;
 /// Permission denied.

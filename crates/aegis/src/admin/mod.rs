@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod backup;
 pub mod import;
+pub mod policy;
 pub mod safe;
 pub mod secrets;
 pub mod sentinel;

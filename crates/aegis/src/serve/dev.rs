@@ -59,6 +59,9 @@ pub struct DevArgs {
     /// The audit trail of the dev Safe (default: DATA_DIR/data/audit/audit.log).
     #[command(flatten)]
     audit: server::AuditArgs,
+    /// Policies of the dev Safe: built-ins, a policy file, request rates (docs/POLICIES.md).
+    #[command(flatten)]
+    policies: crate::serve::policies::PolicyArgs,
     #[command(subcommand)]
     cmd: Option<DevCmd>,
 }
@@ -167,6 +170,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         limits: a.limits.clone(),
         templates: a.templates.clone(),
         audit: a.audit.clone(),
+        policies: a.policies.clone(),
         svid_cert: None,
         svid_key: None,
         svid_bundle: None,

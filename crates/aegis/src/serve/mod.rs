@@ -4,5 +4,6 @@
 pub mod adapters;
 pub mod dev;
 pub mod kube;
+pub mod policies;
 pub mod server;
 pub mod vsecm_env;

@@ -66,6 +66,9 @@ pub struct ServerArgs {
     /// The audit trail.
     #[command(flatten)]
     pub audit: AuditArgs,
+    /// Policies: built-ins, the policy file, request rates.
+    #[command(flatten)]
+    pub policies: crate::serve::policies::PolicyArgs,
     /// SVID certificate file (with AEGIS_SVID_KEY and AEGIS_SVID_BUNDLE; else the Workload API).
     #[arg(long, env = "AEGIS_SVID_CERT")]
     pub svid_cert: Option<PathBuf>,
@@ -531,6 +534,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         roles: roles()?,
         template_budget: template_budget(a),
         audit: a.audit.config(&a.data_dir())?,
+        policies: a.policies.settings()?,
     })
 }
 

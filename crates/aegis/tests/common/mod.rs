@@ -37,6 +37,20 @@ pub fn free_port() -> u16 {
     panic!("no free port between {FIRST} and {} on 127.0.0.1", FIRST + SPAN)
 }
 
+/// Writes a policy file that lets the Sentinel of trust domain `td` `reveal`
+/// values, and returns its path. The tests' Safes start with it unless they set
+/// `AEGIS_POLICY_FILE` themselves (empty: none, a Safe's default), so that they
+/// can read back what they stored with `aegis get`; a Safe's default does not
+/// allow that (tests in `policies.rs` check the default).
+pub fn reveal_policy_file(dir: &Path, td: &str) -> PathBuf {
+    let file = dir.join("test-policies.json");
+    let doc = format!(
+        r#"[{{"name":"test-sentinel-reveal","spiffe_ids":["spiffe://{td}/workload/vsecm-sentinel/*"],"secrets":["*"],"actions":["reveal"]}}]"#
+    );
+    fs::write(&file, doc).unwrap();
+    file
+}
+
 /// A command with a clean environment plus `env`.
 pub fn cmd(bin: &str, env: &HashMap<String, String>) -> Command {
     let mut c = Command::new(bin);
@@ -276,6 +290,11 @@ impl Safe {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "trace".to_owned())]);
         env.extend(self.extra_env.clone());
+        if !env.contains_key("AEGIS_POLICY_FILE") {
+            let td = env.get("SPIFFE_TRUST_DOMAIN").cloned().unwrap_or_else(|| "vsecm.com".to_owned());
+            let file = reveal_policy_file(self.dir.path(), &td);
+            env.insert("AEGIS_POLICY_FILE".to_owned(), file.display().to_string());
+        }
         let mut command = match (self.fd_limit, self.wrap.split_first()) {
             (Some(n), _) => {
                 let mut c = cmd("prlimit", &env);

@@ -317,6 +317,12 @@ impl UidSafe {
         let logf = fs::File::create(&log).unwrap();
         let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "debug".to_owned())]);
         env.extend(extra);
+        if !env.contains_key("AEGIS_POLICY_FILE") {
+            // Readable by the Safe's uid: the directory it owns.
+            let file = crate::common::reveal_policy_file(&home, TRUST_DOMAIN);
+            std::os::unix::fs::chown(&file, Some(uid), None).unwrap();
+            env.insert("AEGIS_POLICY_FILE".to_owned(), file.display().to_string());
+        }
         let child = spire
             .command_as(
                 uid,

@@ -747,6 +747,7 @@ async fn large_trail(dir: &Path, key: &aegis_crypto::RootKey, bytes: u64) -> Pat
         version: None,
         status: 200,
         phase: None,
+        policy: None,
     };
     let size =
         || -> u64 { aegis_audit::files::trail_files(&path).unwrap().iter().map(|f| f.metadata().unwrap().len()).sum() };

@@ -38,7 +38,7 @@ use serde_json::Value;
 const NAMESPACE: &str = "vsecm-system";
 
 /// Every documented variant: a name and its values file under charts/aegis/ci/.
-const VARIANTS: [(&str, Option<&str>); 9] = [
+const VARIANTS: [(&str, Option<&str>); 10] = [
     ("default", None),
     ("file root key", Some("file-root-key-values.yaml")),
     ("manual root key", Some("manual-root-key-values.yaml")),
@@ -48,6 +48,7 @@ const VARIANTS: [(&str, Option<&str>); 9] = [
     ("custom SPIFFE ID templates", Some("custom-spiffe-values.yaml")),
     ("scheduled backups", Some("backup-values.yaml")),
     ("three Safes on PostgreSQL", Some("ha-postgres-values.yaml")),
+    ("policies and request rates", Some("policies-values.yaml")),
 ];
 
 fn chart_dir() -> PathBuf {
@@ -297,6 +298,22 @@ fn each_variant_renders_what_it_documents() {
 
     // NetworkPolicy off.
     assert!(!render(Some("no-networkpolicy-values.yaml")).iter().any(|o| kind(o) == "NetworkPolicy"));
+
+    // Policies: a ConfigMap the Safe reads with --policy-file, which the Safe's own parser accepts.
+    let objs = render(Some("policies-values.yaml"));
+    let a = args(container(find(&objs, "StatefulSet", "vsecm-safe")));
+    for flag in ["--policy-file=/etc/aegis/policies/policies.json", "--rate-per-identity=200", "--rate-burst=400"] {
+        assert!(a.contains(&flag.to_owned()), "{flag} in {a:?}");
+    }
+    let text = find(&objs, "ConfigMap", "aegis-policies")["data"]["policies.json"].as_str().unwrap().to_owned();
+    let docs: Vec<aegis_core::policy::PolicyDoc> = serde_json::from_str(&text).unwrap();
+    assert_eq!(docs.len(), 2);
+    for d in &docs {
+        aegis_core::policy::Policy::from_doc(d).unwrap();
+    }
+    let defaults = args(container(find(&render(None), "StatefulSet", "vsecm-safe")));
+    assert!(!defaults.iter().any(|f| f.starts_with("--policy-file")), "{defaults:?}");
+    assert!(defaults.contains(&"--builtin-policies=workload,sentinel".to_owned()), "{defaults:?}");
 
     // The default NetworkPolicy: the Sentinel and labelled clients on 8443, nothing on 8081.
     let objs = render(None);

@@ -28,6 +28,7 @@ mod kube_rootkey;
 mod kube_secrets;
 mod limits;
 mod names;
+mod policies;
 mod postgres_store;
 mod security;
 mod sentinel;
