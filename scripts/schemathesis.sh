@@ -66,7 +66,12 @@ health="$(free_port)"
 dev="$work/dev"
 url="https://127.0.0.1:$port"
 # A short request deadline bounds each watch long poll (one second under it).
-AEGIS_REQUEST_TIMEOUT_MS=2000 AEGIS_LOG=info "$aegis" dev --data-dir "$dev" \
+# The Sentinel may reveal values (a policy: not a Safe's default), so that the
+# answers of GET /v1/secrets/{name} are exercised too.
+cat >"$work/policies.json" <<'JSON'
+[{"name":"schemathesis-reveal","spiffe_ids":["spiffe://vsecm.com/workload/vsecm-sentinel/*"],"secrets":["*"],"actions":["reveal"]}]
+JSON
+AEGIS_REQUEST_TIMEOUT_MS=2000 AEGIS_LOG=info AEGIS_POLICY_FILE="$work/policies.json" "$aegis" dev --data-dir "$dev" \
     --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health" >"$work/safe.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do

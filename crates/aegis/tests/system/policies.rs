@@ -88,6 +88,7 @@ fn spire_identities_under_policies() {
         4,
         "no policy (deny by default)",
     );
+    fails(spire.run_as(BILLING_UID, "aegis", &env, &["fetch", "--secret", "shared-none"]), 3, "does not exist");
 
     // The team admin: nothing before its policy, then team-a-* only.
     fails(
@@ -216,6 +217,8 @@ fn policies_survive_restart_and_rotation_and_load_from_a_file() {
     assert_eq!(ok(safe.aegis(&admin, &["get", "kept"])).trim(), "v1");
     let listed = ok(safe.aegis(&admin, &["policy", "list"]));
     assert!(listed.contains("ops-reveal") && listed.contains("builtin:sentinel"), "{listed}");
+    let shown = ok(safe.aegis(&admin, &["policy", "get", "ops-reveal", "-o", "json"]));
+    assert!(shown.contains(r#""source": "stored""#) && shown.contains(r#""version": 1"#), "{shown}");
 
     // Bad input is refused, naming the problem; nothing is stored.
     fails(
@@ -264,6 +267,16 @@ fn policies_survive_restart_and_rotation_and_load_from_a_file() {
     ok(filed.aegis(&admin, &["list"]));
     fails(filed.aegis(&admin, &["put", "x", "--value", "y"]), 4, "may not write");
     fails(filed.aegis(&admin, &["policy", "delete", "ops"]), 6, "policy file");
+    fails(
+        filed.aegis(
+            &admin,
+            &["policy", "put", "ops", "--spiffe-id", "spiffe://x/*", "--secret", "*", "--allow", "read"],
+        ),
+        6,
+        "policy file",
+    );
+    let shown = ok(filed.aegis(&admin, &["policy", "get", "ops", "-o", "json"]));
+    assert!(shown.contains(r#""source": "file""#) && shown.contains(r#""admin""#), "{shown}");
     let listed = ok(filed.aegis(&admin, &["policy", "list"]));
     assert!(listed.contains("ops") && listed.contains("(file)") && !listed.contains("builtin:sentinel"), "{listed}");
 

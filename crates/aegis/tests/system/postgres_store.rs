@@ -745,3 +745,37 @@ async fn bench_failover_of_clients_to_another_replica() {
     );
     assert!(p(0.99) < Duration::from_secs(5), "failover p99 {:?} over the 5 s target", p(0.99));
 }
+
+/// A policy written through one Safe is in force on the others sharing the
+/// database within moments, on their kept-alive connections, and its delete too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_written_on_one_safe_is_in_force_on_the_others() {
+    let pg = Postgres::start();
+    let safes = replicas(&pg, "policies").await;
+    let envs: Vec<_> = safes.iter().map(|s| s.admin_env()).collect();
+    ok(safes[0].aegis(&envs[0], &["put", "held", "--value", "v1"]));
+    let b = safes[1].client(&envs[1]).await;
+    wait_value(&b, "held", "v1", Duration::from_secs(5)).await;
+    // A deny on A: B's same connection is refused, naming the policy.
+    let sentinel = "spiffe://vsecm.com/workload/vsecm-sentinel/*";
+    ok(safes[0].aegis(
+        &envs[0],
+        &["policy", "put", "no-held", "--spiffe-id", sentinel, "--secret", "held", "--deny", "reveal"],
+    ));
+    let t = Instant::now();
+    loop {
+        match b.get("held", None).await {
+            Err(e) if e.to_string().contains("policy 'no-held'") => break,
+            Ok(_) => {}
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "B still reveals 'held' 3 s after the deny on A");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("a policy written on A was in force on B after {:?}", t.elapsed());
+    let listed = ok(safes[2].aegis(&envs[2], &["policy", "list"]));
+    assert!(listed.contains("no-held"), "{listed}");
+    // Its delete reaches B too.
+    ok(safes[2].aegis(&envs[2], &["policy", "delete", "no-held"]));
+    wait_value(&b, "held", "v1", Duration::from_secs(3)).await;
+}
