@@ -55,6 +55,7 @@ const UNSEEN: u64 = u64::MAX;
 struct State {
     client: Client,
     opts: WatchOptions,
+    secret: Option<String>,
     revision: u64,
     backoff: Duration,
 }
@@ -62,13 +63,25 @@ struct State {
 impl Client {
     /// One long poll: returns when the secret is at another revision than `revision`, or after `wait`.
     pub async fn watch_once(&self, revision: u64, wait: Duration) -> Result<WatchEvent, ClientError> {
+        self.watch_once_for(None, revision, wait).await
+    }
+
+    /// [`Client::watch_once`] on the secret `secret` (a policy must allow the
+    /// caller to read it), or on the caller's own with `None`.
+    pub async fn watch_once_for(
+        &self,
+        secret: Option<&str>,
+        revision: u64,
+        wait: Duration,
+    ) -> Result<WatchEvent, ClientError> {
         // A read: a replica that cannot be reached is left for the next; the
         // revision carries over (replicas share their revisions), so no change is
         // missed or delivered twice.
+        let named = secret.map(|n| format!("&secret={}", crate::admin::seg(n))).unwrap_or_default();
         let resp = self
             .send_failing_over(true, |base| {
                 self.http
-                    .get(format!("{base}/v1/workload/watch?revision={revision}&wait_ms={}", wait.as_millis()))
+                    .get(format!("{base}/v1/workload/watch?revision={revision}&wait_ms={}{named}", wait.as_millis()))
                     .timeout(wait + Duration::from_secs(15))
             })
             .await?;
@@ -97,11 +110,21 @@ impl Client {
     /// # }
     /// ```
     pub fn watch(&self, opts: WatchOptions) -> impl Stream<Item = WatchUpdate> + Send + 'static {
+        self.watch_named(opts, None)
+    }
+
+    /// Changes to the secret `secret` (a policy must allow the caller to read
+    /// it), or to the caller's own with `None`, starting with its current state.
+    pub fn watch_named(
+        &self,
+        opts: WatchOptions,
+        secret: Option<String>,
+    ) -> impl Stream<Item = WatchUpdate> + Send + 'static {
         let backoff = opts.initial_backoff;
-        let state = State { client: self.clone(), opts, revision: UNSEEN, backoff };
+        let state = State { client: self.clone(), opts, secret, revision: UNSEEN, backoff };
         futures::stream::unfold(state, |mut st| async move {
             loop {
-                match st.client.watch_once(st.revision, st.opts.wait).await {
+                match st.client.watch_once_for(st.secret.as_deref(), st.revision, st.opts.wait).await {
                     Ok(ev) => {
                         st.backoff = st.opts.initial_backoff;
                         if ev.revision != st.revision {

@@ -126,13 +126,19 @@ pub(crate) fn note_secret(name: &impl Display) {
 }
 
 /// Records the policy that decided the current request (the last decision
-/// made, which for a refused request is the refusal's).
-pub(crate) fn note_policy(policy: &str) {
-    with_notes(|n| {
-        if n.policy.as_deref() != Some(policy) {
-            n.policy = Some(Arc::from(policy));
-        }
-    });
+/// made, which for a refused request is the refusal's). No allocation: a
+/// stored policy's name is shared, the built-ins' are made once.
+pub(crate) fn note_policy(by: &aegis_core::policy::Decider) {
+    use aegis_core::policy::{Decider, BUILTIN_SENTINEL, BUILTIN_WORKLOAD};
+    static FIXED: LazyLock<[Arc<str>; 3]> =
+        LazyLock::new(|| [Arc::from(BUILTIN_WORKLOAD), Arc::from(BUILTIN_SENTINEL), Arc::from("default-deny")]);
+    let name = match by {
+        Decider::Policy(p) => p.clone(),
+        Decider::Builtin(b) if *b == BUILTIN_WORKLOAD => FIXED[0].clone(),
+        Decider::Builtin(_) => FIXED[1].clone(),
+        Decider::Default => FIXED[2].clone(),
+    };
+    with_notes(|n| n.policy = Some(name));
 }
 
 /// Records the secret's version after the current request.

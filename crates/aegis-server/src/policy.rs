@@ -105,7 +105,7 @@ impl Policies {
 /// What `who` may do: `Ok` with the decision, or a 403 that names the policy that decided.
 pub fn allow(s: &AppState, who: &Caller, action: Action, target: Target<'_>) -> Result<Decision, ApiError> {
     let d = s.policies.current().decide(who.subject(), action, target);
-    crate::audit::note_policy(d.by.name());
+    crate::audit::note_policy(&d.by);
     if d.allowed {
         return Ok(d);
     }

@@ -572,7 +572,7 @@ async fn handle(
                 Ok(held) => held,
                 Err(refused) => {
                     if refused.status() == hyper::StatusCode::FORBIDDEN {
-                        crate::audit::note_policy("default-deny");
+                        crate::audit::note_policy(&aegis_core::policy::Decider::Default);
                     }
                     return Ok(*refused);
                 }

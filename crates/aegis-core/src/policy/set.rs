@@ -259,7 +259,8 @@ impl PolicySet {
         match who.role {
             Role::Sentinel if self.builtins.sentinel && SENTINEL_ACTIONS.contains(&action) => Some(BUILTIN_SENTINEL),
             Role::Workload(w) if self.builtins.workload && action == Action::Read => match target {
-                Target::Secret(n) if w.secret_name().is_ok_and(|own| own == *n) => Some(BUILTIN_WORKLOAD),
+                // The secret named after the workload (compared as text: no allocation per request).
+                Target::Secret(n) if n.as_str() == w.as_str() => Some(BUILTIN_WORKLOAD),
                 _ => None,
             },
             _ => None,

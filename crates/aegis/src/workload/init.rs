@@ -26,6 +26,9 @@ pub struct InitArgs {
     /// Permission bits of the file, in octal.
     #[arg(long, default_value = "0600")]
     mode: FileMode,
+    /// Wait for a secret other than the workload's own, by name (a policy must allow this SPIFFE ID to read it).
+    #[arg(long)]
+    secret: Option<String>,
     /// Longest time between two checks with the Safe (ms): bounds each watch request and the retry delay.
     #[arg(long = "poll-interval-ms", env = "VSECM_INIT_CONTAINER_POLL_INTERVAL", default_value_t = 5_000)]
     poll_interval_ms: u64,
@@ -49,7 +52,7 @@ pub async fn run(a: InitArgs) -> Result<(), CliError> {
     };
     let spiffe_id = client.spiffe_id();
     info!(spiffe_id = %spiffe_id, poll_interval_ms = a.poll_interval_ms, "waiting for the workload's secret");
-    let mut updates = Box::pin(client.watch(watch_options(a.poll_interval_ms)));
+    let mut updates = Box::pin(client.watch_named(watch_options(a.poll_interval_ms), a.secret.clone()));
     let mut last = LastSeen::default();
     let waiting = first_nonempty(&mut updates, &mut last);
     let found = match deadline {

@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// Wait until the secret exists (and is not empty) instead of failing at once.
     #[arg(long)]
     wait: bool,
+    /// A secret other than the workload's own, by name (a policy must allow this SPIFFE ID to read it).
+    #[arg(long)]
+    secret: Option<String>,
     /// Longest time between two checks with the Safe (ms): bounds each watch request and the retry delay.
     #[arg(long = "poll-interval-ms", env = "AEGIS_RUN_POLL_INTERVAL", default_value_t = 20_000)]
     poll_interval_ms: u64,
@@ -74,7 +77,7 @@ pub struct RunArgs {
 pub async fn run(a: RunArgs) -> Result<(), CliError> {
     let naming = Naming::new(&a.prefix, &a.renames)?;
     let client = client().await?;
-    let mut updates = Box::pin(client.watch(watch_options(a.poll_interval_ms)));
+    let mut updates = Box::pin(client.watch_named(watch_options(a.poll_interval_ms), a.secret.clone()));
     let first = initial(&mut updates, &client.spiffe_id(), a.wait).await?;
     let current = naming.environment(&first)?;
     let signals = Forwarded::install().map_err(|e| CliError::new(FAILURE, format!("cannot catch signals: {e}")))?;

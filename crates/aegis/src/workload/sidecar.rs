@@ -6,13 +6,18 @@
 //! when the secret is deleted or absent (VSecM behaviour). While the Safe is
 //! unreachable the files keep their last content and the watch retries with
 //! backoff; logs carry versions, revisions and sizes, never values.
+//!
+//! With `--secret NAME[=PATH]` (repeatable) it also keeps secrets other than
+//! the workload's own, one file each (`PATH`, or `--secrets-dir`/NAME), each
+//! followed by its own push watch; a policy must allow the workload to read them.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use aegis_core::api::WorkloadSecret;
 use aegis_sdk::WatchUpdate;
-use futures::{Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 
@@ -58,69 +63,108 @@ pub struct SidecarArgs {
     /// Write once and exit.
     #[arg(long)]
     once: bool,
+    /// Also keep the secret NAME (not the workload's own; a policy must allow reading it) in the file PATH,
+    /// or in --secrets-dir/NAME (repeatable). With it, the workload's own secret is written only when
+    /// --path or --split-dir is given.
+    #[arg(long = "secret", value_name = "NAME[=PATH]", value_parser = parse_named)]
+    secrets: Vec<(String, Option<PathBuf>)>,
+    /// Directory of the --secret files given without a PATH (one file per secret, named after it).
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+}
+
+/// `NAME` or `NAME=PATH`.
+fn parse_named(text: &str) -> Result<(String, Option<PathBuf>), String> {
+    let (name, path) = match text.split_once('=') {
+        Some((n, p)) if !p.is_empty() => (n, Some(PathBuf::from(p))),
+        Some(_) => return Err(format!("'{text}' has an empty PATH after '='; give NAME or NAME=PATH")),
+        None => (text, None),
+    };
+    aegis_core::SecretName::parse(name).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), path))
 }
 
 /// Runs the sidecar until it is stopped (or once, with `--once`).
 pub async fn run(a: SidecarArgs) -> Result<(), CliError> {
-    let mut targets = Targets::new(&a);
+    let mut targets = Targets::all(&a)?;
     let hook = Hook::new(&a);
     let client = client().await?;
     if a.once {
-        let secret = client.fetch().await?;
-        if targets.apply(secret.as_ref()).map_err(CliError::failure)? {
+        let mut changed = false;
+        for t in &mut targets {
+            let secret = match &t.secret {
+                None => client.fetch().await?,
+                Some(name) => client.fetch_secret(name).await?,
+            };
+            changed |= t.apply(secret.as_ref()).map_err(CliError::failure)?;
+        }
+        if changed {
             hook.fire().await;
         }
         return Ok(());
     }
-    info!(
-        spiffe_id = %client.spiffe_id(),
-        path = ?targets.file,
-        split_dir = ?targets.split.as_ref().map(SplitDir::dir),
-        poll_interval_ms = a.poll_interval_ms,
-        "sidecar watching the secret"
-    );
-    let updates = client.watch(watch_options(a.poll_interval_ms));
-    keep_in_step(updates, &mut targets, &hook, a.poll_interval_ms).await;
+    for t in &targets {
+        info!(
+            spiffe_id = %client.spiffe_id(),
+            secret = t.secret.as_deref().unwrap_or("(the workload's own)"),
+            path = ?t.file,
+            split_dir = ?t.split.as_ref().map(SplitDir::dir),
+            poll_interval_ms = a.poll_interval_ms,
+            "sidecar watching the secret"
+        );
+    }
+    let feeds = targets
+        .iter()
+        .map(|t| client.watch_named(watch_options(a.poll_interval_ms), t.secret.clone()).boxed())
+        .collect();
+    keep_in_step(feeds, &mut targets, &hook, a.poll_interval_ms).await;
     Ok(())
 }
 
-/// Applies every change until SIGTERM or SIGINT; a failed write is retried
-/// (with the latest state) every `poll_interval_ms`, at most every 5 s.
+/// Applies every change of every feed (one per target) until SIGTERM or
+/// SIGINT; a failed write is retried (with the latest state) every
+/// `poll_interval_ms`, at most every 5 s. The hook fires once per round of changes.
 async fn keep_in_step(
-    updates: impl Stream<Item = WatchUpdate>,
-    targets: &mut Targets,
+    feeds: Vec<BoxStream<'static, WatchUpdate>>,
+    targets: &mut [Targets],
     hook: &Hook,
     poll_interval_ms: u64,
 ) {
     let mut stop = Stop::install();
-    let mut updates = Box::pin(updates);
+    let mut updates = futures::stream::select_all(feeds.into_iter().enumerate().map(|(i, f)| f.map(move |u| (i, u))));
     let retry = Duration::from_millis(poll_interval_ms).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    // The latest state that is not written yet.
-    let mut pending: Option<Option<WorkloadSecret>> = None;
+    // The latest state of each target that is not written yet.
+    let mut pending: Vec<Option<Option<WorkloadSecret>>> = targets.iter().map(|_| None).collect();
     loop {
         tokio::select! {
             update = updates.next() => match update {
-                Some(WatchUpdate::Changed(secret)) => pending = Some(secret),
-                Some(WatchUpdate::Unreachable { error, retry_in }) => {
+                Some((i, WatchUpdate::Changed(secret))) => pending[i] = Some(secret),
+                Some((i, WatchUpdate::Unreachable { error, retry_in })) => {
                     let retry_in_ms = retry_in.as_millis() as u64;
-                    warn!(error = %error, retry_in_ms, "cannot reach the Safe; files keep their last content");
+                    let secret = targets[i].secret.as_deref().unwrap_or("(the workload's own)");
+                    warn!(error = %error, secret, retry_in_ms, "cannot reach the Safe; files keep their last content");
                 }
                 None => return,
             },
-            () = tokio::time::sleep(retry), if pending.is_some() => {}
+            () = tokio::time::sleep(retry), if pending.iter().any(Option::is_some) => {}
             () = stop.recv() => {
                 info!("sidecar stopping");
                 return;
             }
         }
-        let Some(secret) = pending.take() else { continue };
-        match targets.apply(secret.as_ref()) {
-            Ok(true) => hook.fire().await,
-            Ok(false) => {}
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = retry.as_millis() as u64, "cannot write the secret; retrying");
-                pending = Some(secret);
+        let mut changed = false;
+        for (slot, t) in pending.iter_mut().zip(targets.iter_mut()) {
+            let Some(secret) = slot.take() else { continue };
+            match t.apply(secret.as_ref()) {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = retry.as_millis() as u64, "cannot write the secret; retrying");
+                    *slot = Some(secret);
+                }
             }
+        }
+        if changed {
+            hook.fire().await;
         }
     }
 }
@@ -151,21 +195,43 @@ impl Stop {
     }
 }
 
-/// Where the secret goes.
+/// Where one secret goes.
 struct Targets {
+    /// The secret by name (`None`: the workload's own).
+    secret: Option<String>,
     file: Option<PathBuf>,
     split: Option<SplitDir>,
     mode: FileMode,
 }
 
 impl Targets {
-    fn new(a: &SidecarArgs) -> Self {
-        let file = match (&a.path, &a.split_dir) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(_)) => None,
-            (None, None) => Some(PathBuf::from(DEFAULT_PATH)),
+    /// The workload's own secret's targets (unless only named secrets are
+    /// asked for), then one per `--secret`.
+    fn all(a: &SidecarArgs) -> Result<Vec<Self>, CliError> {
+        let split = a.split_dir.clone().map(|d| SplitDir::new(d, a.mode));
+        let own_file = match (&a.path, &a.split_dir, a.secrets.is_empty()) {
+            (Some(p), _, _) => Some(p.clone()),
+            (None, None, true) => Some(PathBuf::from(DEFAULT_PATH)),
+            _ => None,
         };
-        Self { file, split: a.split_dir.clone().map(|d| SplitDir::new(d, a.mode)), mode: a.mode }
+        let mut all = Vec::new();
+        if own_file.is_some() || split.is_some() {
+            all.push(Self { secret: None, file: own_file, split, mode: a.mode });
+        }
+        for (name, path) in &a.secrets {
+            let file = match (path, &a.secrets_dir) {
+                (Some(p), _) => p.clone(),
+                (None, Some(dir)) => dir.join(name),
+                (None, None) => {
+                    return Err(CliError::new(
+                        crate::exit::USAGE,
+                        format!("--secret {name} needs a file: give --secret {name}=PATH, or --secrets-dir DIR"),
+                    ))
+                }
+            };
+            all.push(Self { secret: Some(name.clone()), file: Some(file), split: None, mode: a.mode });
+        }
+        Ok(all)
     }
 
     /// Writes `secret` (or empties the files when there is none); returns whether anything changed.

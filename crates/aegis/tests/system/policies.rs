@@ -375,3 +375,87 @@ async fn a_flooding_identity_gets_429_and_others_keep_their_latency() {
     let body = seen.expect("a 429 within 100 requests at burst 20");
     assert!(body.contains("over its request rate of 20/s") && body.contains("retry in"), "{body}");
 }
+
+/// A workload's sidecar keeps secrets other than its own, one file each, pushed
+/// on change; `aegis run` and `aegis init` take a named secret too; a secret
+/// the workload may not read is refused, not written.
+#[test]
+fn the_sidecar_run_and_init_deliver_named_secrets_a_policy_allows() {
+    use common::delivery::{put, read, wait_for, Bg};
+    let safe = default_safe();
+    let admin = safe.admin_env();
+    put(&admin, "billing", "own-v1");
+    put(&admin, "shared-db", r#"{"user":"app","password":"p1"}"#);
+    put(&admin, "shared-cache", "cache-v1");
+    put_policy(
+        &safe,
+        &admin,
+        &[
+            "billing-shared",
+            "--spiffe-id",
+            "spiffe://vsecm.com/workload/billing/*",
+            "--secret",
+            "shared-*",
+            "--allow",
+            "read",
+        ],
+    );
+    let env = safe.workload_env("billing");
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("own.json");
+    let cache = dir.path().join("cache.txt");
+    let named = dir.path().join("named");
+    std::fs::create_dir(&named).unwrap();
+    let own_s = own.display().to_string();
+    let cache_arg = format!("shared-cache={}", cache.display());
+    let named_s = named.display().to_string();
+    let mut sidecar = Bg::spawn(
+        &env,
+        &["sidecar", "--path", &own_s, "--secret", "shared-db", "--secret", &cache_arg, "--secrets-dir", &named_s],
+        &dir.path().join("sidecar.log"),
+    );
+    let db = named.join("shared-db");
+    let log = || sidecar_log(&dir);
+    wait_for("the three files", Duration::from_secs(10), log, || {
+        (read(&own)? == "own-v1" && read(&cache)? == "cache-v1" && read(&db)?.contains("p1")).then_some(())
+    });
+    // A change to a shared secret is pushed to its file.
+    put(&admin, "shared-db", r#"{"user":"app","password":"p2"}"#);
+    wait_for("the pushed change", Duration::from_secs(5), log, || read(&db)?.contains("p2").then_some(()));
+    assert_eq!(read(&own).unwrap(), "own-v1");
+    assert!(sidecar.running(), "{}", log());
+    sidecar.signal("TERM");
+    sidecar.wait_exit(Duration::from_secs(10));
+
+    // A secret the policy does not name: refused, nothing written.
+    put(&admin, "payroll", "not-yours");
+    let out = dir.path().join("payroll");
+    let out_arg = format!("payroll={}", out.display());
+    fails(safe.aegis(&env, &["sidecar", "--once", "--secret", &out_arg]), 4, "no policy (deny by default)");
+    assert!(read(&out).is_none_or(|t| t.is_empty()), "a refused secret was written");
+    fails(safe.aegis(&env, &["sidecar", "--once", "--secret", "shared-db"]), 2, "--secrets-dir");
+
+    // `aegis run` with a named secret's keys as variables.
+    let printed = ok(safe.aegis(
+        &env,
+        &["run", "--secret", "shared-db", "--prefix", "DB_", "--", "sh", "-c", "echo $DB_user:$DB_password"],
+    ));
+    assert_eq!(printed.trim(), "app:p2");
+    // `aegis init` waits for a named secret that does not exist yet.
+    let init_file = dir.path().join("init.txt");
+    let init_s = init_file.display().to_string();
+    let mut init = Bg::spawn(
+        &env,
+        &["init", "--secret", "shared-later", "--path", &init_s, "--timeout-ms", "20000"],
+        &dir.path().join("init.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(init.running(), "init must wait for the secret");
+    put(&admin, "shared-later", "late");
+    assert!(init.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(read(&init_file).unwrap(), "late");
+}
+
+fn sidecar_log(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default()
+}
