@@ -10,6 +10,10 @@ pub fn print(steps: &[Step]) -> String {
     for step in steps {
         match step {
             Step::Sleep { ms, .. } => out.push_str(&format!("sleep:{ms}\n")),
+            Step::Policy { policy, .. } => {
+                let doc = serde_json::to_string(&policy.to_doc()).expect("a policy document prints");
+                out.push_str(&format!("policy:{doc}\n"));
+            }
             Step::Apply(c) => print_action(&mut out, &c.action),
         }
         out.push_str("--\n");
@@ -50,6 +54,7 @@ pub fn without_lines(steps: Vec<Step>) -> Vec<Step> {
         .into_iter()
         .map(|s| match s {
             Step::Sleep { ms, .. } => Step::Sleep { ms, line: 0 },
+            Step::Policy { policy, .. } => Step::Policy { policy, line: 0 },
             Step::Apply(mut c) => {
                 c.line = 0;
                 Step::Apply(c)

@@ -20,6 +20,11 @@
 //! (expires), trimmed; `e` (encrypt) and `d` (delete), flags; and
 //! `sleep:<milliseconds>`, which must be alone in its block.
 //!
+//! An Aegis extension: `policy:<JSON policy document on one line>` (see
+//! docs/POLICIES.md), alone in its block, writes that policy, so an install can
+//! start with its policies. The document is checked when the file is read;
+//! a bad one is an error naming the line and the problem.
+//!
 //! Where Aegis differs from VSecM: a last block without a closing `--` (also
 //! before `exit`) is run rather than dropped; unknown keys, lines without a
 //! colon, a key given twice in a block and `sleep` mixed with other keys are
@@ -32,10 +37,17 @@ use crate::secret::SecretValue;
 use crate::sentinel::SentinelAction;
 
 /// One thing the Sentinel does, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Send this command to the Safe.
     Apply(Command),
+    /// Write this policy (a new version).
+    Policy {
+        /// The checked policy.
+        policy: Box<crate::policy::Policy>,
+        /// The line of the `policy` key (1-based).
+        line: usize,
+    },
     /// Wait before the next step.
     Sleep {
         /// How long to wait, in milliseconds.
@@ -67,7 +79,7 @@ pub enum InitCmdError {
         line: usize,
     },
     /// A key the file format does not have.
-    #[error("line {line}: unknown key {}; the keys are w, n, s, t, f, e, d, i, N, E and sleep", shown_key(.key))]
+    #[error("line {line}: unknown key {}; the keys are w, n, s, t, f, e, d, i, N, E, sleep and policy", shown_key(.key))]
     UnknownKey {
         /// The offending line.
         line: usize,
@@ -101,6 +113,20 @@ pub enum InitCmdError {
     SleepNotAlone {
         /// The offending line.
         line: usize,
+    },
+    /// `policy` in a block with other keys.
+    #[error("line {line}: policy must be alone in its block; end the block before it with --")]
+    PolicyNotAlone {
+        /// The offending line.
+        line: usize,
+    },
+    /// `policy` with a document that is not a valid policy.
+    #[error("line {line}: {why}")]
+    BadPolicy {
+        /// The offending line.
+        line: usize,
+        /// What is wrong (a policy holds no secret value).
+        why: String,
     },
 }
 
@@ -136,13 +162,14 @@ pub fn parse(text: &str) -> Result<Vec<Step>, InitCmdError> {
 #[derive(Default)]
 struct Block {
     command: Option<Command>,
-    sleep: Option<Step>,
+    /// A step alone in its block (`sleep`, `policy`).
+    alone: Option<Step>,
     seen: Vec<&'static str>,
 }
 
 impl Block {
     fn finish(self) -> Option<Step> {
-        self.sleep.or(self.command.map(Step::Apply))
+        self.alone.or(self.command.map(Step::Apply))
     }
 
     fn add(&mut self, line: usize, text: &str) -> Result<(), InitCmdError> {
@@ -155,8 +182,13 @@ impl Block {
         if key == "sleep" {
             return self.set_sleep(line, value);
         }
-        if self.sleep.is_some() {
-            return Err(InitCmdError::SleepNotAlone { line });
+        if key == "policy" {
+            return self.set_policy(line, value);
+        }
+        match &self.alone {
+            Some(Step::Policy { .. }) => return Err(InitCmdError::PolicyNotAlone { line }),
+            Some(_) => return Err(InitCmdError::SleepNotAlone { line }),
+            None => {}
         }
         let command = self.command.get_or_insert_with(|| Command { line, action: SentinelAction::default() });
         set_field(&mut command.action, line, key, value)
@@ -166,15 +198,28 @@ impl Block {
         if self.command.is_some() {
             return Err(InitCmdError::SleepNotAlone { line });
         }
+        if matches!(self.alone, Some(Step::Policy { .. })) {
+            return Err(InitCmdError::PolicyNotAlone { line });
+        }
         let ms = value.trim().parse().map_err(|_| InitCmdError::BadSleep { line })?;
-        self.sleep = Some(Step::Sleep { ms, line });
+        self.alone = Some(Step::Sleep { ms, line });
+        Ok(())
+    }
+
+    fn set_policy(&mut self, line: usize, value: &str) -> Result<(), InitCmdError> {
+        if self.command.is_some() || self.alone.is_some() {
+            return Err(InitCmdError::PolicyNotAlone { line });
+        }
+        let policy = crate::policy::Policy::from_json(value.trim().as_bytes())
+            .map_err(|e| InitCmdError::BadPolicy { line, why: e.to_string() })?;
+        self.alone = Some(Step::Policy { policy: Box::new(policy), line });
         Ok(())
     }
 }
 
 /// The key's canonical spelling, if it is one.
 fn known_key(key: &str) -> Option<&'static str> {
-    const KEYS: [&str; 11] = ["w", "n", "s", "t", "f", "e", "d", "i", "N", "E", "sleep"];
+    const KEYS: [&str; 12] = ["w", "n", "s", "t", "f", "e", "d", "i", "N", "E", "sleep", "policy"];
     KEYS.into_iter().find(|k| *k == key)
 }
 
@@ -254,6 +299,20 @@ exit
             Step::Apply(command(8, &["billing"], "initial")),
         ];
         assert_eq!(parse(EXAMPLE).unwrap(), want);
+    }
+
+    #[test]
+    fn a_policy_block_writes_a_checked_policy_and_a_bad_one_names_its_line() {
+        let text = "policy:{\"name\":\"ops\",\"spiffe_ids\":[\"spiffe://x/*\"],\"secrets\":[\"*\"],\"actions\":[\"reveal\"]}\n--\nw:a\ns:b\n";
+        let steps = parse(text).unwrap();
+        assert!(matches!(&steps[0], Step::Policy { policy, line: 1 } if policy.name.as_str() == "ops"), "{steps:?}");
+        assert!(matches!(&steps[1], Step::Apply(_)));
+        let bad =
+            parse("policy:{\"name\":\"ops\",\"spiffe_ids\":[\"x\"],\"secrets\":[\"*\"],\"actions\":[\"read\"]}\n")
+                .unwrap_err();
+        assert!(bad.to_string().starts_with("line 1: invalid SPIFFE ID pattern"), "{bad}");
+        let mixed = parse("w:a\npolicy:{}\n").unwrap_err();
+        assert_eq!(mixed, InitCmdError::PolicyNotAlone { line: 2 });
     }
 
     #[test]

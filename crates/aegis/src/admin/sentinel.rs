@@ -55,6 +55,14 @@ async fn apply(client: &Client, steps: Vec<Step>) -> Result<usize, CliError> {
                 tracing::info!(line, ms, "init commands: sleeping");
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
+            Step::Policy { policy, line } => {
+                client.put_policy(&policy.to_doc()).await.map_err(|e| {
+                    let e = CliError::from(e);
+                    CliError::new(e.code, format!("init commands, policy at line {line}: {}", e.message))
+                })?;
+                tracing::info!(line, policy = %policy.name, "init commands: policy written");
+                applied += 1;
+            }
             Step::Apply(cmd) => {
                 let line = cmd.line;
                 execute(client, cmd.action).await.map_err(|e| {

@@ -17,6 +17,16 @@ use harness::*;
 
 const TEAM_A_UID: u32 = 41010;
 const TEAM_A: &str = "spiffe://vsecm.com/ns/team-a/sa/admin";
+/// `aegis policy put` arguments of a policy that lets the workload billing read the `shared-*` secrets.
+const BILLING_READS_SHARED: [&str; 7] = [
+    "billing-reads-shared",
+    "--spiffe-id",
+    "spiffe://vsecm.com/workload/billing/*",
+    "--secret",
+    "shared-*",
+    "--allow",
+    "read",
+];
 /// `aegis policy put` arguments of a policy that lets the Sentinel reveal values.
 const SENTINEL_REVEAL: [&str; 7] =
     ["ops-reveal", "--spiffe-id", "spiffe://vsecm.com/workload/vsecm-sentinel/*", "--secret", "*", "--allow", "reveal"];
@@ -71,17 +81,7 @@ fn spire_identities_under_policies() {
         4,
         "no policy (deny by default)",
     );
-    sentinel(&[
-        "policy",
-        "put",
-        "billing-reads-shared",
-        "--spiffe-id",
-        "spiffe://vsecm.com/workload/billing/*",
-        "--secret",
-        "shared-*",
-        "--allow",
-        "read",
-    ]);
+    sentinel(&[&["policy", "put"][..], &BILLING_READS_SHARED].concat());
     assert_eq!(ok(spire.run_as(BILLING_UID, "aegis", &env, &["fetch", "--secret", "shared-db"])).trim(), "shared");
     fails(
         spire.run_as(BILLING_UID, "aegis", &env, &["fetch", "--secret", "payroll"]),
@@ -250,6 +250,20 @@ fn policies_survive_restart_and_rotation_and_load_from_a_file() {
     assert!(body.contains("whole last segment"), "{body}");
     fails(safe.aegis(&admin, &["policy", "get", "bad"]), 3, "does not exist");
 
+    // The Sentinel's init-command file writes policies too (a bad one names its line).
+    let dir0 = tempfile::tempdir().unwrap();
+    let init = dir0.path().join("init");
+    std::fs::write(
+        &init,
+        "policy:{\"name\":\"from-init\",\"spiffe_ids\":[\"spiffe://vsecm.com/workload/billing/*\"],\"secrets\":[\"shared-*\"],\"actions\":[\"read\"]}\n--\nw:shared-x\ns:sx\n",
+    )
+    .unwrap();
+    let init_s = init.display().to_string();
+    ok(safe.aegis(&admin, &["sentinel", "init", "--file", &init_s]));
+    assert_eq!(ok(safe.aegis(&safe.workload_env("billing"), &["fetch", "--secret", "shared-x"])).trim(), "sx");
+    std::fs::write(&init, "w:a\ns:b\n--\npolicy:{\"name\":\"x\"}\n").unwrap();
+    fails(safe.aegis(&admin, &["sentinel", "init", "--force", "--file", &init_s]), 64, "line 4:");
+
     // A policy file, with the built-in Sentinel policy off.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policies.json");
@@ -374,6 +388,21 @@ async fn a_flooding_identity_gets_429_and_others_keep_their_latency() {
     }
     let body = seen.expect("a 429 within 100 requests at burst 20");
     assert!(body.contains("over its request rate of 20/s") && body.contains("retry in"), "{body}");
+    // ... and in its Retry-After header (raw HTTP/1.1 over mTLS, the bucket still empty).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = safe.workload_env("noisy");
+    let mut head = String::new();
+    for _ in 0..100 {
+        let mut tls = common::tls_connect(&env, safe.port).await.unwrap();
+        tls.write_all(b"GET /v1/workload/secret HTTP/1.1\r\nhost: safe\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf).await;
+        head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        if head.starts_with("http/1.1 429") {
+            break;
+        }
+    }
+    assert!(head.starts_with("http/1.1 429") && head.contains("\r\nretry-after: 1\r\n"), "{head}");
 }
 
 /// A workload's sidecar keeps secrets other than its own, one file each, pushed
@@ -387,19 +416,7 @@ fn the_sidecar_run_and_init_deliver_named_secrets_a_policy_allows() {
     put(&admin, "billing", "own-v1");
     put(&admin, "shared-db", r#"{"user":"app","password":"p1"}"#);
     put(&admin, "shared-cache", "cache-v1");
-    put_policy(
-        &safe,
-        &admin,
-        &[
-            "billing-shared",
-            "--spiffe-id",
-            "spiffe://vsecm.com/workload/billing/*",
-            "--secret",
-            "shared-*",
-            "--allow",
-            "read",
-        ],
-    );
+    put_policy(&safe, &admin, &BILLING_READS_SHARED);
     let env = safe.workload_env("billing");
     let dir = tempfile::tempdir().unwrap();
     let own = dir.path().join("own.json");
