@@ -93,6 +93,35 @@ pub fn tail(path: &Path) -> io::Result<Tail> {
     Ok(Tail { last: Some(buf[start..end].to_vec()), complete_len, len })
 }
 
+/// The last `n` complete lines of `path` that `keep` accepts, read a line at
+/// a time (memory holds `n` lines, whatever the file's size), and where the
+/// complete lines end.
+pub fn last_matching(
+    path: &Path,
+    n: usize,
+    keep: &impl Fn(&[u8]) -> bool,
+) -> io::Result<(std::collections::VecDeque<Vec<u8>>, u64)> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut found = std::collections::VecDeque::new();
+    let mut complete = 0;
+    loop {
+        let mut line = Vec::new();
+        let read = reader.by_ref().take(MAX_LINE + 1).read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            // The end, a partial last line (still being written), or damage: stop at the last whole line.
+            return Ok((found, complete));
+        }
+        complete += read as u64;
+        line.pop();
+        if n > 0 && keep(&line) {
+            if found.len() == n {
+                found.pop_front();
+            }
+            found.push_back(line);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -44,7 +44,7 @@ struct Key {
     secrets: Vec<String>,
     version: Option<u64>,
     status: u16,
-    policy: Option<Arc<str>>,
+    policy: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl Key {

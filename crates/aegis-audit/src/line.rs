@@ -70,8 +70,9 @@ pub struct Event {
     pub status: u16,
     /// Set for admin writes.
     pub phase: Option<Phase>,
-    /// The policy that decided the request (a refusal names the one that refused it).
-    pub policy: Option<Arc<str>>,
+    /// The policy that decided the request (a refusal names the one that refused it):
+    /// borrowed for the built-ins, so the hot path neither allocates nor shares a counter.
+    pub policy: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// What a line records.

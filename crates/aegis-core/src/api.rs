@@ -317,6 +317,13 @@ pub struct WorkloadSecret {
     pub updated: String,
 }
 
+/// `GET /v1/audit`: the newest lines of the audit trail (value-free JSON objects).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditLines {
+    /// The lines, oldest first.
+    pub lines: Vec<serde_json::Value>,
+}
+
 /// One policy as `GET /v1/policies[/{name}]` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyInfo {

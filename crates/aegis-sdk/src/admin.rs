@@ -64,6 +64,23 @@ impl Client {
         self.call(Method::GET, &format!("/v1/secrets/{}/versions", seg(name)), NONE).await
     }
 
+    /// The newest `lines` lines of the Safe's audit trail (needs `audit`), of one caller or secret if given.
+    pub async fn audit_lines(
+        &self,
+        lines: usize,
+        caller: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<aegis_core::api::AuditLines, ClientError> {
+        let mut q = format!("/v1/audit?lines={lines}");
+        if let Some(c) = caller {
+            q.push_str(&format!("&caller={}", seg(c)));
+        }
+        if let Some(s) = secret {
+            q.push_str(&format!("&secret={}", seg(s)));
+        }
+        self.call(Method::GET, &q, NONE).await
+    }
+
     /// Every policy in force, and the built-ins that are on.
     pub async fn policies(&self) -> Result<PolicyList, ClientError> {
         self.call(Method::GET, "/v1/policies", NONE).await

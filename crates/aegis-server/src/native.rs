@@ -191,7 +191,7 @@ pub async fn list(
 /// record) a policy in force lets it `list`, decided by the one set of
 /// policies for the whole listing.
 pub fn listable(s: &AppState, c: &Caller) -> impl Fn(&SecretName) -> bool {
-    let set = s.policies.current();
+    let set = s.policies.current_full();
     let (id, role) = (c.id.clone(), c.role.clone());
     move |n: &SecretName| {
         n.kind() != aegis_core::SecretKind::Policy
@@ -335,6 +335,54 @@ pub async fn rotate(State(s): St, Extension(c): Who) -> Result<Json<Rotated>, Ap
     s.store()?;
     crate::audit::intent(&s).await?;
     Ok(Json(s.rotate_root_key().await?))
+}
+
+/// The most lines `GET /v1/audit` returns at once.
+pub const MAX_AUDIT_LINES: usize = 1000;
+
+/// Query of `GET /v1/audit`.
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    lines: Option<usize>,
+    caller: Option<String>,
+    secret: Option<String>,
+}
+
+/// `GET /v1/audit[?lines=N&caller=ID&secret=NAME]`: the newest lines of the
+/// current audit file, for a caller a policy allows `audit`.
+pub async fn audit_tail(
+    State(s): St,
+    Extension(c): Who,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<aegis_core::api::AuditLines>, ApiError> {
+    allow(&s, &c, Action::Audit, Target::Safe)?;
+    let Query(q) = q.map_err(|_| ApiError::bad_request("lines must be a whole number; caller and secret are text"))?;
+    let n = q.lines.unwrap_or(100);
+    if n == 0 || n > MAX_AUDIT_LINES {
+        return Err(ApiError::bad_request(format!("lines must be from 1 to {MAX_AUDIT_LINES}")));
+    }
+    let Some(path) = s.settings.audit.file.clone() else {
+        return Err(ApiError::conflict(
+            "the audit trail is off on this Safe (--audit-file off); there is nothing to read",
+        ));
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let keep = |line: &[u8]| {
+            aegis_audit::line::Parsed::parse(line).is_some_and(|p| p.matches(q.caller.as_deref(), q.secret.as_deref()))
+        };
+        aegis_audit::files::last_matching(&path, n, &keep)
+    })
+    .await;
+    let (found, _) = match read {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reading the audit trail");
+            return Err(ApiError::internal("the audit trail could not be read; see the Safe's log"));
+        }
+        Err(_) => return Err(ApiError::internal("reading the audit trail failed; see the Safe's log")),
+    };
+    let lines = found.iter().filter_map(|l| serde_json::from_slice(l).ok()).collect();
+    Ok(Json(aegis_core::api::AuditLines { lines }))
 }
 
 /// `GET /v1/openapi.yaml`.

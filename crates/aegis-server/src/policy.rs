@@ -59,8 +59,14 @@ impl Policies {
         Self { settings, current: ArcSwap::from_pointee(set), reload: tokio::sync::Mutex::new(()) }
     }
 
-    /// The set in force now.
-    pub fn current(&self) -> Arc<PolicySet> {
+    /// The set in force now, for one request: a guard that takes no shared
+    /// reference count (held only while deciding, never across an await).
+    pub fn current(&self) -> arc_swap::Guard<Arc<PolicySet>> {
+        self.current.load()
+    }
+
+    /// The set in force now, to keep.
+    pub fn current_full(&self) -> Arc<PolicySet> {
         self.current.load_full()
     }
 

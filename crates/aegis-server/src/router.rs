@@ -67,6 +67,7 @@ fn handler(endpoint: Endpoint, filter: axum::routing::MethodFilter) -> MethodRou
         E::PolicyPut => on(filter, policy::put),
         E::PolicyDelete => on(filter, policy::delete),
         E::Explain => on(filter, policy::explain),
+        E::AuditTail => on(filter, native::audit_tail),
     }
 }
 

@@ -65,6 +65,8 @@ pub const POLICIES: &str = "/v1/policies";
 pub const POLICY: &str = "/v1/policies/{name}";
 /// What the policies decide for a SPIFFE ID, a secret and an action.
 pub const EXPLAIN: &str = "/v1/explain";
+/// The newest lines of the audit trail.
+pub const AUDIT: &str = "/v1/audit";
 
 /// Which API a route belongs to (the audit trail's `api`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +175,8 @@ pub enum Endpoint {
     PolicyDelete,
     /// `policy::explain`.
     Explain,
+    /// `native::audit_tail`.
+    AuditTail,
 }
 
 impl Endpoint {
@@ -193,6 +197,7 @@ impl Endpoint {
             E::WorkloadNamed => Some(Action::Read),
             E::VsecmKeys | E::Unseal | E::Rotate | E::Backup | E::VerifyBackup | E::Restore => Some(Action::Admin),
             E::PolicyList | E::PolicyGet | E::PolicyPut | E::PolicyDelete | E::Explain => Some(Action::Admin),
+            E::AuditTail => Some(Action::Audit),
         }
     }
 }
@@ -285,7 +290,7 @@ use Endpoint as E;
 use Verb::{Delete, Get, Post, Put};
 
 /// Every route of the mTLS API.
-pub static ROUTES: [Route; 24] = [
+pub static ROUTES: [Route; 25] = [
     Route { path: WORKLOAD_SECRETS, api: Api::Vsecm, ops: &[op(Get, "fetch", LENIENT, E::VsecmFetch)] },
     Route {
         path: SENTINEL_SECRETS,
@@ -338,6 +343,11 @@ pub static ROUTES: [Route; 24] = [
         ],
     },
     Route { path: EXPLAIN, api: Api::Native, ops: &[op(Post, "explain", NONE, E::Explain)] },
+    Route {
+        path: AUDIT,
+        api: Api::Native,
+        ops: &[op(Get, "read-audit", Query::Only(&["lines", "caller", "secret"]), E::AuditTail)],
+    },
 ];
 
 /// The route with the template `template`.
@@ -527,7 +537,7 @@ mod tests {
             missing.is_empty() && extra.is_empty(),
             "in routes.rs but not in openapi.yaml: {missing:?}; in openapi.yaml but not in routes.rs: {extra:?}"
         );
-        assert_eq!(table.len(), 30);
+        assert_eq!(table.len(), 31);
     }
 
     #[test]

@@ -87,6 +87,9 @@ struct TailArgs {
     /// How many matching lines to print from the end first.
     #[arg(short = 'n', long, default_value_t = 10)]
     lines: usize,
+    /// Ask the Safe over mTLS (GET /v1/audit; a policy must allow `audit`) instead of reading the file.
+    #[arg(long, conflicts_with = "follow")]
+    from_safe: bool,
 }
 
 /// `aegis audit …`.
@@ -216,9 +219,18 @@ fn report(files: &[PathBuf], s: &aegis_audit::Summary) -> String {
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 async fn tail(a: TailArgs) -> Result<(), CliError> {
+    if a.from_safe {
+        let got =
+            crate::connect::client().await?.audit_lines(a.lines, a.caller.as_deref(), a.secret.as_deref()).await?;
+        let mut out = std::io::stdout().lock();
+        for l in &got.lines {
+            print_line(&mut out, l.to_string().as_bytes())?;
+        }
+        return Ok(());
+    }
     let path = a.trail.current();
     let keep = |line: &[u8]| Parsed::parse(line).is_some_and(|p| p.matches(a.caller.as_deref(), a.secret.as_deref()));
-    let (matching, complete) = last_matching(&path, a.lines, &keep)
+    let (matching, complete) = aegis_audit::files::last_matching(&path, a.lines, &keep)
         .map_err(|e| CliError::new(CONFIG, format!("cannot read {}: {e}", path.display())))?;
     let mut out = std::io::stdout().lock();
     for l in &matching {
@@ -232,36 +244,6 @@ async fn tail(a: TailArgs) -> Result<(), CliError> {
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         pos = follow(&path, pos, &keep)?;
-    }
-}
-
-/// The last `n` complete lines of `path` that `keep` accepts, read a line at
-/// a time (memory holds `n` lines, whatever the file's size), and where the
-/// complete lines end.
-fn last_matching(
-    path: &Path,
-    n: usize,
-    keep: &impl Fn(&[u8]) -> bool,
-) -> std::io::Result<(std::collections::VecDeque<Vec<u8>>, u64)> {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut found = std::collections::VecDeque::new();
-    let mut complete = 0;
-    loop {
-        let mut line = Vec::new();
-        let read = reader.by_ref().take(aegis_audit::files::MAX_LINE + 1).read_until(b'\n', &mut line)?;
-        if read == 0 || line.last() != Some(&b'\n') {
-            // The end, a partial last line (still being written), or damage: stop at the last whole line.
-            return Ok((found, complete));
-        }
-        complete += read as u64;
-        line.pop();
-        if n > 0 && keep(&line) {
-            if found.len() == n {
-                found.pop_front();
-            }
-            found.push_back(line);
-        }
     }
 }
 

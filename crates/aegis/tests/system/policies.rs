@@ -198,6 +198,18 @@ async fn reveal_needs_a_policy_and_changes_reach_kept_alive_connections() {
     let trail = std::fs::read_to_string(safe.data_dir().join("data/audit/audit.log")).unwrap();
     assert!(trail.contains(r#""policy":"no-billing""#) && trail.contains(r#""status":403"#), "{trail}");
     assert!(trail.contains(r#""policy":"builtin:sentinel""#), "{trail}");
+    // Reading the trail over the API is the `audit` action: the Sentinel's by default, no one else's.
+    let tail = ok(safe.aegis(&admin_env, &["audit", "tail", "--from-safe", "-n", "50", "--secret", "billing"]));
+    assert!(tail.lines().count() >= 3 && tail.contains(r#""policy":"no-billing""#), "{tail}");
+    fails(
+        safe.aegis(&safe.workload_env("billing"), &["audit", "tail", "--from-safe"]),
+        4,
+        "no policy allows it to audit",
+    );
+    let (status, body) = admin.raw(Method::GET, "/v1/audit?lines=0", Vec::new()).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    let off = Safe::dev_with(&["--audit-file", "off"], None);
+    fails(off.aegis(&off.admin_env(), &["audit", "tail", "--from-safe"]), 6, "the audit trail is off");
 }
 
 /// Stored policies survive a restart and a root key rotation; a policy file
