@@ -18,6 +18,10 @@ use crate::error::InvalidInput;
 /// The longest secret or workload name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 253;
 
+/// The prefix of the store's records that hold policies (see `crate::policy`):
+/// no request can give such a name (a `:` is allowed only in `k8s:` and `raw:`).
+pub const POLICY_RECORD_PREFIX: &str = "policy:";
+
 /// The prefixes with a meaning (VSecM's): the only place a `:` may appear.
 pub const NAME_PREFIXES: [&str; 2] = ["k8s:", "raw:"];
 
@@ -151,21 +155,22 @@ impl SecretName {
             SecretKind::Kubernetes
         } else if self.0.starts_with("raw:") {
             SecretKind::Raw
-        } else if self.0.starts_with(crate::policy::RECORD_PREFIX) {
+        } else if self.0.starts_with(POLICY_RECORD_PREFIX) {
             SecretKind::Policy
         } else {
             SecretKind::Workload
         }
     }
 
-    /// The store record of the policy `name` (a name no request can give).
-    pub fn policy_record(name: &crate::policy::PolicyName) -> Self {
-        Self(name.record())
+    /// The store record of the policy named `policy` (already checked by
+    /// `PolicyName::parse`; a name no request can give).
+    pub(crate) fn policy_record(policy: &str) -> Self {
+        Self(format!("{POLICY_RECORD_PREFIX}{policy}"))
     }
 
     /// The policy a policy record holds, by name.
     pub fn policy_name(&self) -> Option<&str> {
-        self.0.strip_prefix(crate::policy::RECORD_PREFIX)
+        self.0.strip_prefix(POLICY_RECORD_PREFIX)
     }
 
     /// The Kubernetes Secret name for a `k8s:` secret.

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod path;
+pub mod policies;
 pub mod policy;
 pub mod quota;
 pub mod router;

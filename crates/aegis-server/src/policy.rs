@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::policies::{Policies, PolicySettings};
+
 use aegis_core::api::{Explain, Explained, PolicyInfo, PolicyList};
-use aegis_core::policy::{Action, Builtins, Decision, Policy, PolicyDoc, PolicyName, PolicySet, Subject, Target};
+use aegis_core::policy::{Action, Decision, Policy, PolicyDoc, PolicyName, Subject, Target};
 use aegis_core::secret::{SecretMeta, SecretValue};
 use aegis_core::timefmt::rfc3339;
 use aegis_core::{SecretKind, SecretName, SpiffeId};
-use aegis_store::{Mutation, Store};
-use arc_swap::ArcSwap;
+use aegis_store::Mutation;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -33,80 +34,6 @@ use crate::state::AppState;
 type St = State<Arc<AppState>>;
 type Who = Extension<Arc<Caller>>;
 type Body = Result<Bytes, BytesRejection>;
-
-/// What the Safe is started with: the built-ins in force and the policy file's policies.
-#[derive(Debug, Clone, Default)]
-pub struct PolicySettings {
-    /// Which built-in policies are on.
-    pub builtins: Builtins,
-    /// The policies of the policy file (cannot be changed over the API).
-    pub from_file: Vec<Arc<Policy>>,
-    /// The request rate of identities no policy gives one (`None`: unlimited).
-    pub rate: Option<aegis_core::policy::Rate>,
-}
-
-/// The policies in force.
-pub struct Policies {
-    settings: PolicySettings,
-    current: ArcSwap<PolicySet>,
-    reload: tokio::sync::Mutex<()>,
-}
-
-impl Policies {
-    /// The built-ins and the file's policies (the stored ones come at unseal).
-    pub fn new(settings: PolicySettings) -> Self {
-        let set = PolicySet::new(settings.from_file.clone(), settings.builtins);
-        Self { settings, current: ArcSwap::from_pointee(set), reload: tokio::sync::Mutex::new(()) }
-    }
-
-    /// The set in force now, for one request: a guard that takes no shared
-    /// reference count (held only while deciding, never across an await).
-    pub fn current(&self) -> arc_swap::Guard<Arc<PolicySet>> {
-        self.current.load()
-    }
-
-    /// The set in force now, to keep.
-    pub fn current_full(&self) -> Arc<PolicySet> {
-        self.current.load_full()
-    }
-
-    fn in_file(&self, name: &str) -> bool {
-        self.settings.from_file.iter().any(|p| p.name.as_str() == name)
-    }
-
-    /// Rebuilds the set from the store's policy records and the file's.
-    pub async fn reload(&self, store: &Store) {
-        let _one = self.reload.lock().await;
-        let mut policies = self.settings.from_file.clone();
-        for e in store.list().iter().filter(|e| e.doc.name.kind() == SecretKind::Policy) {
-            let Some((_, raw)) = e.doc.live() else { continue };
-            match Policy::from_json(raw.expose().as_bytes()) {
-                Ok(p) if self.in_file(p.name.as_str()) => {
-                    tracing::warn!(policy = %p.name, "a stored policy has the name of one in the policy file; the file's is in force");
-                }
-                Ok(p) => policies.push(Arc::new(p)),
-                Err(why) => {
-                    tracing::error!(record = %e.doc.name, error = %why, "a stored policy cannot be read; it is not in force")
-                }
-            }
-        }
-        let count = policies.len();
-        self.current.store(Arc::new(PolicySet::new(policies, self.settings.builtins)));
-        tracing::debug!(policies = count, "policies in force");
-    }
-
-    /// Follows the policy records of `store` (changes made by other Safes
-    /// sharing the database, a restore) until the store is dropped.
-    pub fn follow(self: &Arc<Self>, store: Store) {
-        let me = self.clone();
-        let mut changes = store.policy_changes();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                me.reload(&store).await;
-            }
-        });
-    }
-}
 
 /// What `who` may do: `Ok` with the decision, or a 403 that names the policy that decided.
 pub fn allow(s: &AppState, who: &Caller, action: Action, target: Target<'_>) -> Result<Decision, ApiError> {
@@ -176,7 +103,7 @@ pub async fn get(State(s): St, Extension(c): Who, p: Segments) -> Result<Json<Po
     }
     let missing =
         || ApiError::not_found(format!("policy '{n}' does not exist; `aegis policy list` shows the policies"));
-    let e = store.get(&SecretName::policy_record(&n)).ok_or_else(missing)?;
+    let e = store.get(&n.record()).ok_or_else(missing)?;
     let (_, raw) = e.doc.live().ok_or_else(missing)?;
     let policy = Policy::from_json(raw.expose().as_bytes()).map_err(|why| {
         tracing::error!(policy = %n, error = %why, "a stored policy cannot be read");
@@ -203,7 +130,7 @@ pub async fn put(State(s): St, Extension(c): Who, p: Segments, b: Body) -> Resul
         )));
     }
     let store = s.store()?;
-    let record = SecretName::policy_record(&n);
+    let record = n.record();
     let exists = store.get(&record).is_some_and(|e| e.doc.deleted.is_none());
     if !exists && s.policies.current().policies().len() >= aegis_core::policy::MAX_POLICIES {
         return Err(ApiError::conflict(format!(
@@ -233,7 +160,7 @@ pub async fn delete(State(s): St, Extension(c): Who, p: Segments) -> Result<Json
         )));
     }
     let store = s.store()?;
-    let record = SecretName::policy_record(&n);
+    let record = n.record();
     let missing =
         || ApiError::not_found(format!("policy '{n}' does not exist; `aegis policy list` shows the policies"));
     let e = store.get(&record).ok_or_else(missing)?;

@@ -79,7 +79,7 @@ pub struct Settings {
     /// The audit trail (see docs/AUDIT.md).
     pub audit: aegis_audit::SinkConfig,
     /// The built-in policies in force and the policy file's (see docs/POLICIES.md).
-    pub policies: crate::policy::PolicySettings,
+    pub policies: crate::policies::PolicySettings,
 }
 
 /// Refused requests get at most one INFO line per this interval (ten a second).
@@ -108,7 +108,7 @@ pub struct AppState {
     /// One backup, restore or check at a time.
     pub transfers: Arc<tokio::sync::Semaphore>,
     /// The policies in force.
-    pub policies: Arc<crate::policy::Policies>,
+    pub policies: Arc<crate::policies::Policies>,
     /// The per-identity request rates.
     pub quotas: crate::quota::Quotas,
 }
@@ -124,7 +124,7 @@ impl AppState {
         })?;
         let gate = Gate::new(settings.conn_limits.resolve(crate::limits::fd_soft_limit()));
         let in_flight = crate::inflight::InFlight::new(gate.limits());
-        let policies = Arc::new(crate::policy::Policies::new(settings.policies.clone()));
+        let policies = Arc::new(crate::policies::Policies::new(settings.policies.clone()));
         Ok(Arc::new(Self {
             quotas: crate::quota::Quotas::new(settings.policies.rate),
             policies,

@@ -31,7 +31,7 @@ pub const MAX_DESCRIPTION: usize = 1024;
 /// The most policies a Safe holds (stored and from the policy file together).
 pub const MAX_POLICIES: usize = 100_000;
 /// The prefix of the store's record names that hold policies (never a secret's).
-pub const RECORD_PREFIX: &str = "policy:";
+pub use crate::name::POLICY_RECORD_PREFIX as RECORD_PREFIX;
 
 /// What a caller asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,8 +192,8 @@ impl PolicyName {
     }
 
     /// The store record that holds this policy.
-    pub fn record(&self) -> String {
-        format!("{RECORD_PREFIX}{}", self.0)
+    pub fn record(&self) -> crate::name::SecretName {
+        crate::name::SecretName::policy_record(&self.0)
     }
 }
 
