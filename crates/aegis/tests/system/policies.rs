@@ -376,8 +376,9 @@ async fn a_flooding_identity_gets_429_and_others_keep_their_latency() {
         during.push(timed(&quiet).await);
     }
     let (served, limited) = flood.await.unwrap();
-    // 20 at once, then 20 a second for 3 s: at most 20 + 3 × 20 (+1 for timing).
-    assert!((20..=81).contains(&served), "served {served}");
+    // 20 at once, then 20 a second for 3 s: at most 20 + 3 × 20, plus what half a
+    // second of answers still on the way could add on a loaded machine.
+    assert!((20..=90).contains(&served), "served {served}");
     assert!(limited > 100, "limited {limited}");
     let p = |v: &mut Vec<Duration>, q: f64| {
         v.sort();
