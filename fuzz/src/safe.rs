@@ -75,7 +75,16 @@ fn settings() -> Settings {
         template_budget: BUDGET,
         // No trail: millions of requests a run would fill the disk; the trail has its own tests.
         audit: aegis_audit::SinkConfig::new(None),
-        policies: aegis_server::policy::PolicySettings::default(),
+        // The Sentinel may reveal values (not a Safe's default), so targets can read back what they wrote.
+        policies: aegis_server::policy::PolicySettings {
+            from_file: vec![std::sync::Arc::new(
+                aegis_core::policy::Policy::from_json(
+                    br#"{"name":"fuzz-reveal","spiffe_ids":["spiffe://vsecm.com/workload/vsecm-sentinel/*"],"secrets":["*"],"actions":["reveal"]}"#,
+                )
+                .expect("a valid policy"),
+            )],
+            ..Default::default()
+        },
     }
 }
 
