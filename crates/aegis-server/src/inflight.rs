@@ -206,6 +206,11 @@ fn head_refusal(caller: &Caller, policies: &PolicySet, action: Action) -> String
             "{id} is not the Sentinel, and no policy allows it to {action} (deny by default): only SPIFFE IDs \
              matching VSECM_SPIFFEID_PREFIX_SENTINEL, or those a policy allows, may; {explain}"
         )
+    } else if action == Action::Reveal {
+        format!(
+            "{id} may not reveal values: no policy allows it (deny by default; the Sentinel, too, needs a policy \
+             allowing `reveal`, as in VSecM it never reads values back); {explain}"
+        )
     } else {
         format!("{id} may not {action} here: no policy allows it (deny by default), or one denies it on every secret; {explain}")
     }
