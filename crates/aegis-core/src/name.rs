@@ -251,14 +251,21 @@ impl fmt::Debug for WorkloadName {
 /// A Kubernetes namespace name (an RFC 1123 label): 1 to 63 lower-case
 /// ASCII letters, digits or `-`, not starting or ending with `-`. Read back
 /// (from a stored version) under the same rule, which every write has had.
+///
+/// `default`, the namespace of nearly every secret, is held without an
+/// allocation of its own: a million secrets would otherwise carry a million
+/// copies of the word.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
-pub struct Namespace(String);
+pub struct Namespace(std::borrow::Cow<'static, str>);
+
+/// Kubernetes' (and VSecM's) namespace when none is named.
+const DEFAULT_NAMESPACE: &str = "default";
 
 impl Default for Namespace {
     /// `default`, Kubernetes' (and VSecM's) namespace when none is named.
     fn default() -> Self {
-        Self("default".to_owned())
+        Self(std::borrow::Cow::Borrowed(DEFAULT_NAMESPACE))
     }
 }
 
@@ -278,8 +285,10 @@ impl Namespace {
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
-        if ok {
-            Ok(Self(s.to_owned()))
+        if s == DEFAULT_NAMESPACE {
+            Ok(Self::default())
+        } else if ok {
+            Ok(Self(std::borrow::Cow::Owned(s.to_owned())))
         } else {
             Err(InvalidInput::new(
                 "namespace",
@@ -306,7 +315,7 @@ impl std::borrow::Borrow<str> for Namespace {
 
 impl From<Namespace> for String {
     fn from(n: Namespace) -> String {
-        n.0
+        n.0.into_owned()
     }
 }
 
@@ -325,6 +334,21 @@ impl fmt::Debug for Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_namespace_is_held_without_a_copy_and_reads_like_any_other() {
+        #![allow(clippy::unwrap_used)]
+        let parsed = Namespace::parse("default").unwrap();
+        assert!(matches!(parsed.0, std::borrow::Cow::Borrowed(_)), "'default' is not copied");
+        assert_eq!(parsed, Namespace::default());
+        let read: Namespace = serde_json::from_str("\"default\"").unwrap();
+        assert!(matches!(read.0, std::borrow::Cow::Borrowed(_)), "a stored 'default' is not copied either");
+        let other: Namespace = serde_json::from_str("\"payments\"").unwrap();
+        assert_eq!(other.as_str(), "payments");
+        assert_eq!(serde_json::to_string(&other).unwrap(), "\"payments\"");
+        assert_eq!(String::from(read), "default");
+        assert!(serde_json::from_str::<Namespace>("\"Not-Valid\"").is_err());
+    }
 
     #[test]
     fn accepts_vsecm_names() {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
@@ -17,6 +17,8 @@ const MAGIC: &[u8; 4] = b"AEGS";
 const FORMAT: u8 = 1;
 const HEADER_LEN: usize = 4 + 1 + 8 + 8;
 const NONCE_LEN: usize = 24;
+/// Poly1305's tag, after the ciphertext.
+const TAG_LEN: usize = 16;
 
 /// The clear header of a record: which key, which revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,13 +110,20 @@ impl Keyring {
         let cipher = XChaCha20Poly1305::new(self.current.record_key().into());
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let ad = aad(&header, name);
-        let ct = cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &ad })
-            .map_err(|_| CryptoError::Record { name: name.to_owned(), why: "encryption failed" })?;
-        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ct.len());
+        // Encrypted where it is sent: one buffer and one copy of the
+        // plaintext, whatever the size of the record.
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&header);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plaintext);
+        match cipher.encrypt_in_place_detached(&nonce, &ad, &mut out[HEADER_LEN + NONCE_LEN..]) {
+            Ok(tag) => out.extend_from_slice(&tag),
+            Err(_) => {
+                // The buffer still holds the plaintext: wiped before it is freed.
+                zeroize::Zeroize::zeroize(&mut out);
+                return Err(CryptoError::Record { name: name.to_owned(), why: "encryption failed" });
+            }
+        }
         Ok(out)
     }
 

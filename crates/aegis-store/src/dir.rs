@@ -226,9 +226,16 @@ impl DirBackend {
             fs::OpenOptions::new().write(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(&path);
         match existing {
             Ok(file) => {
+                let len = (head.len() + bytes.len()) as u64;
+                let before = file.metadata()?.len();
                 file.write_all_at(&head, 0)?;
                 file.write_all_at(bytes, head.len() as u64)?;
-                file.set_len((head.len() + bytes.len()) as u64)
+                // Cut only a file that was longer: a truncate costs the file
+                // system more than the look at its length.
+                if before > len {
+                    file.set_len(len)?;
+                }
+                Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 aegis_fs::write_new_unsynced(&path, &[&head, bytes], 0o600)

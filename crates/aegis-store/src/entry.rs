@@ -44,6 +44,11 @@ impl Entry {
         // Deserialising and pushing grow the history vector to 4 slots or more;
         // held for every secret, the spare slots would cost ~450 bytes each.
         doc.versions.shrink_to_fit();
+        // The same for each version's namespaces: one namespace in a vector
+        // grown for four is 72 bytes for nothing, per version.
+        for v in &mut doc.versions {
+            v.meta.namespaces.shrink_to_fit();
+        }
         let data = match (doc.live(), data) {
             (Some(_), Some(data)) => data,
             (Some((v, value)), None) => Data::compute(value, &v.meta, budget).unwrap_or_else(|e| {

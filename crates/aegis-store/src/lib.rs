@@ -14,6 +14,7 @@ pub mod backup;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod dir;
+mod entries;
 mod entry;
 mod error;
 mod journal;

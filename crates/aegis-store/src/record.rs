@@ -23,10 +23,14 @@ pub enum OpenError {
 
 /// Seals `doc` under the keyring's current key, bound to its name and revision.
 pub fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
-    let plain = Zeroizing::new(serde_json::to_vec(doc).map_err(|e| StoreError::Io {
+    // Sized for the document up front: a buffer grown by doubling would copy
+    // the whole history several times, and leave each copy's plaintext behind.
+    let values: usize = doc.versions.iter().map(|v| v.value.as_ref().map_or(0, |x| x.len())).sum();
+    let mut plain = Zeroizing::new(Vec::with_capacity(values + values / 8 + 256 * (doc.versions.len() + 1)));
+    serde_json::to_writer(&mut *plain, doc).map_err(|e| StoreError::Io {
         name: doc.name.to_string(),
         source: io::Error::other(format!("serialisation failed: {e}")),
-    })?);
+    })?;
     Ok(keyring.seal(doc.name.as_str(), doc.revision, &plain)?)
 }
 

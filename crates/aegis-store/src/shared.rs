@@ -1,6 +1,5 @@
 //! The state the store's readers and its single writer share.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
@@ -11,6 +10,7 @@ use aegis_crypto::Keyring;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::entries::Entries;
 use crate::entry::Entry;
 use crate::{CommitBarrier, RootKeyStore};
 
@@ -44,7 +44,7 @@ impl Default for StoreOptions {
 
 /// The map of entries, the keyring and the change counter, behind one `Arc`.
 pub(crate) struct Shared {
-    pub(crate) map: RwLock<HashMap<SecretName, Arc<Entry>>>,
+    pub(crate) map: RwLock<Entries>,
     pub(crate) keyring: ArcSwap<Keyring>,
     pub(crate) seq: watch::Sender<u64>,
     pub(crate) opts: StoreOptions,

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Listing, Unnamed};
+use crate::entries::Entries;
 use crate::entry::{Data, Entry, LoadReport, Mutation, Quarantined};
 use crate::record::{self, seal, OpenError};
 use crate::shared::Shared;
@@ -229,9 +230,9 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
     let mut changed: Vec<SecretName> = outcome.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n.clone()).collect();
     {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
-        for (name, r) in &outcome {
+        for r in outcome.values() {
             if let Ok(entry) = r {
-                map.insert(name.clone(), entry.clone());
+                map.insert(entry.clone());
             }
         }
         changed.extend(take_up(&mut map, newer));
@@ -321,13 +322,13 @@ fn note_availability<'a>(shared: &Shared, results: impl Iterator<Item = Result<(
 
 /// Puts in the map the entries read back from the backend that are newer
 /// than what it holds (another Safe's changes); returns their names.
-fn take_up(map: &mut HashMap<SecretName, Arc<Entry>>, newer: Vec<Entry>) -> Vec<SecretName> {
+fn take_up(map: &mut Entries, newer: Vec<Entry>) -> Vec<SecretName> {
     let mut names = Vec::new();
     for entry in newer {
         let held = map.get(&entry.doc.name).map_or(0, |e| e.doc.revision);
         if entry.doc.revision > held {
             names.push(entry.doc.name.clone());
-            map.insert(entry.doc.name.clone(), Arc::new(entry));
+            map.insert(Arc::new(entry));
         }
     }
     names
@@ -533,7 +534,7 @@ async fn write_docs(
             if entry.transform_error().is_some() {
                 shared.transform_failures.fetch_add(1, Ordering::Relaxed);
             }
-            map.insert(entry.doc.name.clone(), entry.clone());
+            map.insert(entry.clone());
         }
         drop(map);
         shared.seq.send_modify(|n| *n += 1);
@@ -771,7 +772,7 @@ async fn fence(shared: &Shared, backend: &Arc<dyn Backend>, keyring: Keyring) ->
 
 /// What a load gives: the entries, the report, and for a shared backend the
 /// change number it read up to and the key its Safes seal under.
-type Loaded = (HashMap<SecretName, Arc<Entry>>, LoadReport, u64, Option<KeyId>);
+type Loaded = (Entries, LoadReport, u64, Option<KeyId>);
 
 /// Loads and opens every record, in parallel; failures are quarantined and reported.
 pub(crate) async fn load(backend: Arc<dyn Backend>, keyring: Keyring, budget: Budget) -> Result<Loaded, StoreError> {
@@ -783,33 +784,38 @@ pub(crate) async fn load(backend: Arc<dyn Backend>, keyring: Keyring, budget: Bu
 fn open_record(
     backend: &dyn Backend,
     keyring: &Keyring,
-    name: &SecretName,
-    read: Option<&[u8]>,
+    name: SecretName,
+    read: Option<Vec<u8>>,
     budget: &Budget,
-) -> Result<Entry, OpenError> {
-    let owned;
+) -> Opened {
     let bytes = match read {
         Some(b) => b,
-        None => {
-            owned = backend.read(name).map_err(|e| OpenError::Bad(e.to_string()))?;
-            &owned[..]
-        }
+        None => match backend.read(&name) {
+            Ok(b) => b,
+            Err(e) => return Err((name, OpenError::Bad(e.to_string()))),
+        },
     };
-    let doc = record::open(keyring, name.as_str(), bytes)?;
+    let mut doc = match record::open(keyring, name.as_str(), &bytes) {
+        Ok(doc) => doc,
+        Err(e) => return Err((name, e)),
+    };
+    drop(bytes);
+    // The name the document holds is the one listed (`open` checked that they
+    // are the same): the listed copy is kept and the other freed at once, so
+    // that every secret in memory carries its name once.
+    doc.name = name;
     // A template over the budget makes this one secret an error, never a
     // failed (or stalled) start-up.
     Ok(Entry::new(doc, None, budget))
 }
 
 /// The error for a loader thread that died (a bug): names the records it held.
-fn loader_failed(part: &[SecretName]) -> StoreError {
-    let (first, last) = (part.first().map_or("", SecretName::as_str), part.last().map_or("", SecretName::as_str));
+fn loader_failed((first, last, count): (String, String, usize)) -> StoreError {
     StoreError::Io {
-        name: first.to_owned(),
+        name: first.clone(),
         source: io::Error::other(format!(
-            "a loader thread failed while opening {} records ('{first}' to '{last}'); nothing was loaded, \
-             see the log above for the cause",
-            part.len()
+            "a loader thread failed while opening {count} records ('{first}' to '{last}'); nothing was loaded, \
+             see the log above for the cause"
         )),
     }
 }
@@ -828,7 +834,7 @@ fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> R
                 let read = page.records.len();
                 let (names, bytes): (Vec<SecretName>, Vec<Option<Vec<u8>>>) =
                     page.records.into_iter().map(|(n, b)| (n, Some(b))).unzip();
-                loading.take(open_parallel(backend, keyring, budget, &names, bytes)?)?;
+                loading.take(open_parallel(backend, keyring, budget, names, bytes)?)?;
                 after = page.last;
                 if read < PAGE {
                     break (after, page.sealing_key);
@@ -838,7 +844,7 @@ fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> R
         None => {
             let Listing { names, unnamed } = backend.list()?;
             let bytes = vec![None; names.len()];
-            loading.take(open_parallel(backend, keyring, budget, &names, bytes)?)?;
+            loading.take(open_parallel(backend, keyring, budget, names, bytes)?)?;
             for Unnamed { locator, reason } in unnamed {
                 tracing::error!(entry = %locator, %reason, "stored entry cannot be named; left in place");
                 loading.unnamed.push(Quarantined { name: locator, reason });
@@ -856,37 +862,37 @@ fn load_blocking(backend: &dyn Backend, keyring: &Keyring, budget: &Budget) -> R
 /// page of a shared backend may have been replaced in a later one.
 #[derive(Default)]
 struct Loading {
-    map: HashMap<SecretName, Arc<Entry>>,
+    map: Entries,
     bad: HashMap<SecretName, String>,
     unnamed: Vec<Quarantined>,
 }
 
 impl Loading {
     fn take(&mut self, opened: Vec<Opened>) -> Result<(), StoreError> {
-        if let Some(pos) = opened.iter().position(|(_, r)| matches!(r, Err(OpenError::UnknownKey(_)))) {
-            if let Some((_, Err(OpenError::UnknownKey(e)))) = opened.into_iter().nth(pos) {
+        if let Some(pos) = opened.iter().position(|r| matches!(r, Err((_, OpenError::UnknownKey(_))))) {
+            if let Some(Err((_, OpenError::UnknownKey(e)))) = opened.into_iter().nth(pos) {
                 return Err(e);
             }
             return Err(StoreError::Closed);
         }
-        for (name, r) in opened {
+        for r in opened {
             match r {
                 Ok(entry) => {
-                    self.bad.remove(&name);
-                    self.map.insert(name, Arc::new(entry));
+                    self.bad.remove(&entry.doc.name);
+                    self.map.insert(Arc::new(entry));
                 }
-                Err(OpenError::Bad(reason)) => {
+                Err((name, OpenError::Bad(reason))) => {
                     self.map.remove(&name);
                     self.bad.insert(name, reason);
                 }
-                Err(OpenError::UnknownKey(_)) => {}
+                Err((_, OpenError::UnknownKey(_))) => {}
             }
         }
         Ok(())
     }
 
     /// The entries and the report; sets aside what could not be opened.
-    fn finish(self, backend: &dyn Backend) -> (HashMap<SecretName, Arc<Entry>>, LoadReport) {
+    fn finish(self, backend: &dyn Backend) -> (Entries, LoadReport) {
         let mut report = LoadReport::default();
         for entry in self.map.values() {
             if let Some(why) = entry.doc.name.current_rule_violation() {
@@ -924,37 +930,40 @@ impl Loading {
     }
 }
 
-/// A record read at start-up, opened or not.
-type Opened = (SecretName, Result<Entry, OpenError>);
+/// A record read at start-up: its entry, or its name and why it cannot be opened.
+type Opened = Result<Entry, (SecretName, OpenError)>;
 
-/// Opens `names` (with their bytes when the backend gave them already) on all cores.
+/// Opens `names` (with their bytes when the backend gave them already) on all
+/// cores. The names are moved into the entries, not copied.
 fn open_parallel(
     backend: &dyn Backend,
     keyring: &Keyring,
     budget: &Budget,
-    names: &[SecretName],
+    names: Vec<SecretName>,
     bytes: Vec<Option<Vec<u8>>>,
 ) -> Result<Vec<Opened>, StoreError> {
+    let total = names.len();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
-    let chunk = names.len().div_ceil(threads).max(1);
+    let chunk = total.div_ceil(threads).max(1);
+    let mut records = names.into_iter().zip(bytes);
+    let parts = std::iter::from_fn(|| Some(records.by_ref().take(chunk).collect::<Vec<_>>()).filter(|p| !p.is_empty()));
     std::thread::scope(|s| {
-        let hs: Vec<_> = names
-            .chunks(chunk)
-            .zip(bytes.chunks(chunk))
-            .map(|(part, read)| {
+        let hs: Vec<_> = parts
+            .map(|part| {
+                let span = match (part.first(), part.last()) {
+                    (Some((first, _)), Some((last, _))) => (first.to_string(), last.to_string(), part.len()),
+                    _ => (String::new(), String::new(), 0),
+                };
                 let h = s.spawn(move || {
-                    part.iter()
-                        .zip(read)
-                        .map(|(n, b)| (n.clone(), open_record(backend, keyring, n, b.as_deref(), budget)))
-                        .collect::<Vec<_>>()
+                    part.into_iter().map(|(n, b)| open_record(backend, keyring, n, b, budget)).collect::<Vec<_>>()
                 });
-                (part, h)
+                (span, h)
             })
             .collect();
-        let mut all = Vec::with_capacity(names.len());
-        for (part, h) in hs {
+        let mut all = Vec::with_capacity(total);
+        for (span, h) in hs {
             // A lost chunk would make its secrets vanish unreported: stop instead.
-            all.extend(h.join().map_err(|_| loader_failed(part))?);
+            all.extend(h.join().map_err(|_| loader_failed(span))?);
         }
         Ok::<_, StoreError>(all)
     })
