@@ -6,7 +6,7 @@
 #
 # Usage:
 #   scripts/spire.sh start DIR [--trust-domain TD] [--svid-ttl DUR] [--ca-ttl DUR]
-#                              [--port N] [--no-agent]
+#                              [--port N] [--no-agent] [--bundle-endpoint-port N]
 #       Writes the configs, starts the server, generates a join token, starts the
 #       agent, waits until both are healthy and writes DIR/env (export lines:
 #       SPIFFE_ENDPOINT_SOCKET, SPIRE_SERVER_SOCKET, SPIRE_AGENT_ID, ...).
@@ -74,7 +74,7 @@ cmd_start() {
     local dir="${1:-}"
     [[ -n "$dir" ]] || die "usage: spire.sh start DIR [options]"
     shift
-    local td="vsecm.com" svid_ttl="1h" ca_ttl="24h" port="" agent=1
+    local td="vsecm.com" svid_ttl="1h" ca_ttl="24h" port="" agent=1 bundle_port=""
     while (($#)); do
         case "$1" in
             --trust-domain) td="$2"; shift 2 ;;
@@ -82,6 +82,7 @@ cmd_start() {
             --ca-ttl) ca_ttl="$2"; shift 2 ;;
             --port) port="$2"; shift 2 ;;
             --no-agent) agent=0; shift ;;
+            --bundle-endpoint-port) bundle_port="$2"; shift 2 ;;
             *) die "start: unknown option '$1'" ;;
         esac
     done
@@ -104,6 +105,17 @@ cmd_start() {
     local agent_sock="$dir/agent/public/api.sock"
     ((${#agent_sock} < 100)) || die "socket path too long for a unix socket: $agent_sock (use a shorter DIR)"
 
+    # SPIFFE federation: the server publishes its bundle (https_spiffe profile) for
+    # the servers that federate with it (`spire-server federation create`).
+    local federation=""
+    if [[ -n "$bundle_port" ]]; then
+        federation="federation {
+        bundle_endpoint {
+            address = \"127.0.0.1\"
+            port = $bundle_port
+        }
+    }"
+    fi
     cat >"$dir/server.conf" <<EOF
 server {
     bind_address = "127.0.0.1"
@@ -115,6 +127,7 @@ server {
     ca_key_type = "ec-p256"
     ca_ttl = "$ca_ttl"
     default_x509_svid_ttl = "$svid_ttl"
+    $federation
     ca_subject {
         country = ["US"]
         organization = ["Aegis SPIRE harness"]
@@ -190,6 +203,7 @@ EOF
 export SPIFFE_TRUST_DOMAIN='$td'
 export SPIRE_SERVER_SOCKET='$server_sock'
 export SPIRE_SERVER_PORT='$port'
+export SPIRE_BUNDLE_ENDPOINT_PORT='$bundle_port'
 export SPIRE_BUNDLE='$dir/bundle.pem'
 export SPIRE_BIN_DIR='$bin'
 export SPIRE_AGENT_ID='$agent_id'

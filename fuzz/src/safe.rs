@@ -85,6 +85,7 @@ fn settings() -> Settings {
             )],
             ..Default::default()
         },
+        federation: std::sync::Arc::new(aegis_identity::Federation::none()),
     }
 }
 

@@ -99,8 +99,22 @@ pub enum IdentityError {
         reason: String,
     },
 
+    /// A peer of a federated trust domain, but no bundle of that domain is known
+    /// (the SPIRE agent delivers none to this entry, and no bundle file names it).
+    #[error(
+        "peer {peer} is in a federated trust domain, but no bundle of that domain is known: the SPIRE entry must \
+         federate with it (federatesWith), or a bundle file must be given for it"
+    )]
+    NoFederatedBundle {
+        /// The peer's SPIFFE ID.
+        peer: SpiffeId,
+    },
+
     /// A peer belongs to a trust domain other than ours.
-    #[error("peer {peer} is not in trust domain {expected}; only peers of the own trust domain are accepted")]
+    #[error(
+        "peer {peer} is not in trust domain {expected}, and its trust domain is not one this Safe federates with \
+         (--federate-with); it is refused"
+    )]
     ForeignTrustDomain {
         /// The peer's SPIFFE ID.
         peer: SpiffeId,

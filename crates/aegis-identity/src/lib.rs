@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod devca;
 mod error;
+mod federation;
 mod file_source;
 mod fsutil;
 mod material;
@@ -29,9 +30,10 @@ mod x509;
 
 pub use aegis_core::SpiffeId;
 pub use error::IdentityError;
+pub use federation::Federation;
 pub use file_source::{FileSource, SvidPaths};
 pub use material::SvidMaterial;
-pub use tls::{client_config, server_config};
+pub use tls::{client_config, server_config, server_config_federated};
 pub use verify::AuthorizeServer;
 pub use workload_api::WorkloadApiSource;
 pub use x509::{peer_not_after, peer_spiffe_id};

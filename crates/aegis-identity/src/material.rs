@@ -1,5 +1,6 @@
 //! One X.509-SVID with its key and trust bundle, parsed and checked.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,6 +29,11 @@ pub struct SvidMaterial {
     /// CA certificates of our trust domain. An `Arc` so verifiers can cache
     /// what they build from it and notice cheaply when it changes.
     bundle: Arc<[CertificateDer<'static>]>,
+    /// Bundles of other trust domains, by trust domain name, as the SPIRE
+    /// agent delivers them to an entry that federates with those domains.
+    /// Having one trusts nobody: a Safe accepts a peer of a foreign domain
+    /// only when told to federate with it ([`crate::Federation`]).
+    federated: Arc<BTreeMap<String, Arc<[CertificateDer<'static>]>>>,
 }
 
 impl SvidMaterial {
@@ -63,7 +69,37 @@ impl SvidMaterial {
             not_after: info.not_after,
             certified: Arc::new(certified),
             bundle: bundle.into(),
+            federated: Arc::default(),
         })
+    }
+
+    /// The same SVID with `federated` as the bundles of other trust domains
+    /// (each checked like the own bundle; one for the own domain is left out).
+    pub fn with_federated(
+        mut self,
+        federated: BTreeMap<String, Vec<CertificateDer<'static>>>,
+    ) -> Result<Self, IdentityError> {
+        let own = self.spiffe_id.trust_domain().to_owned();
+        let mut map = BTreeMap::new();
+        for (td, bundle) in federated {
+            if td == own {
+                continue;
+            }
+            check_bundle(&bundle)?;
+            map.insert(td, Arc::from(bundle));
+        }
+        self.federated = Arc::new(map);
+        Ok(self)
+    }
+
+    /// The bundle of the foreign trust domain `td`, if the source gave one.
+    pub fn federated_bundle(&self, td: &str) -> Option<&Arc<[CertificateDer<'static>]>> {
+        self.federated.get(td)
+    }
+
+    /// The foreign trust domains whose bundles the source gave.
+    pub fn federated_domains(&self) -> impl Iterator<Item = &str> {
+        self.federated.keys().map(String::as_str)
     }
 
     /// The SPIFFE ID in the leaf certificate's URI SAN.
@@ -104,6 +140,7 @@ impl fmt::Debug for SvidMaterial {
             .field("not_after", &self.not_after)
             .field("cert_chain_len", &self.certified.cert.len())
             .field("bundle_len", &self.bundle.len())
+            .field("federated", &self.federated.keys().collect::<Vec<_>>())
             .field("key", &"<redacted>")
             .finish()
     }

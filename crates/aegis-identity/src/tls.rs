@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme, SupportedProtocolVersion};
 
 use crate::verify::{AuthorizeServer, SpiffeClientVerifier, SpiffeServerVerifier};
-use crate::{IdentityError, IdentitySource};
+use crate::{Federation, IdentityError, IdentitySource};
 
 const VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
@@ -31,8 +31,17 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// The client's SPIFFE ID is then available via [`crate::peer_spiffe_id`] on
 /// `ServerConnection::peer_certificates()`.
 pub fn server_config(source: Arc<dyn IdentitySource>) -> Result<ServerConfig, IdentityError> {
+    server_config_federated(source, Arc::new(Federation::none()))
+}
+
+/// [`server_config`] that also accepts clients of the trust domains of
+/// `federation`, each verified against its own domain's bundle.
+pub fn server_config_federated(
+    source: Arc<dyn IdentitySource>,
+    federation: Arc<Federation>,
+) -> Result<ServerConfig, IdentityError> {
     let provider = provider();
-    let verifier = SpiffeClientVerifier::new(Arc::clone(&source), Arc::clone(&provider));
+    let verifier = SpiffeClientVerifier::new(Arc::clone(&source), Arc::clone(&provider), federation);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)?
         .with_client_cert_verifier(Arc::new(verifier))

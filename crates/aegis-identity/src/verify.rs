@@ -1,8 +1,9 @@
 //! Certificate verifiers that check SPIFFE identities against the current bundle.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::slice;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aegis_core::SpiffeId;
 use arc_swap::ArcSwapOption;
@@ -15,12 +16,14 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherEr
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::debug;
 
-use crate::{peer_spiffe_id, IdentityError, IdentitySource, SvidMaterial};
+use crate::{peer_spiffe_id, Federation, IdentityError, IdentitySource, SvidMaterial};
 
 /// A predicate on the server's SPIFFE ID, supplied by the client.
 pub type AuthorizeServer = Arc<dyn Fn(&SpiffeId) -> bool + Send + Sync>;
 
 type Bundle = Arc<[CertificateDer<'static>]>;
+
+type ClientVerifier = Arc<dyn ClientCertVerifier>;
 
 /// Remembers what was built from the last bundle seen, so handshakes do not
 /// re-parse trust anchors; rebuilt as soon as the source's bundle changes.
@@ -59,14 +62,11 @@ fn root_store(bundle: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, 
     Ok(Arc::new(roots))
 }
 
-/// The peer's SPIFFE ID, required to be in the trust domain of `own`.
-fn peer_in_own_domain(end_entity: &CertificateDer<'_>, own: &SvidMaterial) -> Result<SpiffeId, rustls::Error> {
-    let peer = peer_spiffe_id(slice::from_ref(end_entity)).map_err(reject)?;
-    let expected = own.spiffe_id().trust_domain();
-    if peer.trust_domain() != expected {
-        return Err(reject(IdentityError::ForeignTrustDomain { peer, expected: expected.to_owned() }));
-    }
-    Ok(peer)
+/// The SPIFFE ID the peer's certificate claims, read before its chain is
+/// verified so that the chain is checked against the bundle of the domain it
+/// claims: a certificate of one domain can never pass for another's.
+fn claimed_id(end_entity: &CertificateDer<'_>) -> Result<SpiffeId, rustls::Error> {
+    peer_spiffe_id(slice::from_ref(end_entity)).map_err(reject)
 }
 
 fn reject(err: IdentityError) -> rustls::Error {
@@ -74,16 +74,47 @@ fn reject(err: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }
 
-/// Server side: requires a client SVID of the own trust domain.
+/// Server side: requires a client SVID of the own trust domain, or of a
+/// trust domain the Safe federates with, verified against that domain's bundle.
 pub(crate) struct SpiffeClientVerifier {
     source: Arc<dyn IdentitySource>,
     provider: Arc<CryptoProvider>,
     webpki: PerBundle<Arc<dyn ClientCertVerifier>>,
+    federation: Arc<Federation>,
+    /// What was built from each federated domain's bundle.
+    foreign: Mutex<BTreeMap<String, Arc<PerBundle<ClientVerifier>>>>,
 }
 
 impl SpiffeClientVerifier {
-    pub(crate) fn new(source: Arc<dyn IdentitySource>, provider: Arc<CryptoProvider>) -> Self {
-        Self { source, provider, webpki: PerBundle::new() }
+    pub(crate) fn new(
+        source: Arc<dyn IdentitySource>,
+        provider: Arc<CryptoProvider>,
+        federation: Arc<Federation>,
+    ) -> Self {
+        Self { source, provider, webpki: PerBundle::new(), federation, foreign: Mutex::default() }
+    }
+
+    /// The verifier for the chain of a client claiming `peer`: the own
+    /// bundle's, or a federated domain's; a refusal naming the domain otherwise.
+    fn verifier_for(&self, peer: &SpiffeId, own: &SvidMaterial) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let td = peer.trust_domain();
+        if td == own.spiffe_id().trust_domain() {
+            return self.webpki.get(own.bundle_arc(), |b| self.build(b));
+        }
+        if !self.federation.accepts(td) {
+            // Refused before its chain is looked at, so that the log names
+            // the domain rather than an unknown issuer.
+            let expected = own.spiffe_id().trust_domain().to_owned();
+            return Err(reject(IdentityError::ForeignTrustDomain { peer: peer.clone(), expected }));
+        }
+        let Some(bundle) = self.federation.bundle(td, own) else {
+            return Err(reject(IdentityError::NoFederatedBundle { peer: peer.clone() }));
+        };
+        let cache = {
+            let mut foreign = self.foreign.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(foreign.entry(td.to_owned()).or_insert_with(|| Arc::new(PerBundle::new())))
+        };
+        cache.get(&bundle, |b| self.build(b))
     }
 
     fn build(&self, bundle: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
@@ -121,9 +152,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let own = self.source.current();
-        let webpki = self.webpki.get(own.bundle_arc(), |b| self.build(b))?;
-        webpki.verify_client_cert(end_entity, intermediates, now)?;
-        peer_in_own_domain(end_entity, &own)?;
+        let peer = claimed_id(end_entity)?;
+        self.verifier_for(&peer, &own)?.verify_client_cert(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -150,13 +180,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Client side: requires a server SVID of the own trust domain that the
-/// caller authorizes. Hostnames are ignored, as SPIFFE prescribes.
+/// Client side: requires a server SVID that the caller authorizes, verified
+/// against the client's bundle, or against the bundle of the server's trust
+/// domain when the SPIRE agent delivers one because the client's entry
+/// federates with it (a Safe in another cluster). Hostnames are ignored, as
+/// SPIFFE prescribes.
 pub(crate) struct SpiffeServerVerifier {
     source: Arc<dyn IdentitySource>,
     authorize: AuthorizeServer,
     provider: Arc<CryptoProvider>,
     roots: PerBundle<Arc<RootCertStore>>,
+    foreign: PerBundle<Arc<RootCertStore>>,
 }
 
 impl SpiffeServerVerifier {
@@ -165,7 +199,7 @@ impl SpiffeServerVerifier {
         authorize: AuthorizeServer,
         provider: Arc<CryptoProvider>,
     ) -> Self {
-        Self { source, authorize, provider, roots: PerBundle::new() }
+        Self { source, authorize, provider, roots: PerBundle::new(), foreign: PerBundle::new() }
     }
 }
 
@@ -185,13 +219,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let own = self.source.current();
-        let roots = self.roots.get(own.bundle_arc(), root_store)?;
+        let server = claimed_id(end_entity)?;
+        // A Safe of another trust domain is checked against that domain's
+        // bundle when the agent delivered one (the client's entry federates
+        // with it); otherwise against the bundle the client was given, as
+        // before federation (SVID files may name the Safe's bundle directly).
+        let roots = match own.federated_bundle(server.trust_domain()) {
+            Some(bundle) if server.trust_domain() != own.spiffe_id().trust_domain() => {
+                self.foreign.get(bundle, root_store)?
+            }
+            _ => self.roots.get(own.bundle_arc(), root_store)?,
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         let algs = self.provider.signature_verification_algorithms.all;
         verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, algs)?;
-        // No trust-domain check here: which server IDs are acceptable,
-        // including their trust domain, is exactly what `authorize` decides.
-        let server = peer_spiffe_id(slice::from_ref(end_entity)).map_err(reject)?;
+        // Which server IDs are acceptable, including their trust domain, is
+        // exactly what `authorize` decides.
         if !(self.authorize)(&server) {
             return Err(reject(IdentityError::UnauthorizedServer(server)));
         }

@@ -14,8 +14,9 @@ use crate::{IdentityError, IdentitySource, SvidMaterial};
 /// The SPIFFE Workload API: follows SVID rotations and bundle updates pushed
 /// by the agent, so new connections use them without a restart.
 ///
-/// Uses the agent's default SVID and the bundle of that SVID's trust domain
-/// (federated bundles are not used: peers must be in the own trust domain).
+/// Uses the agent's default SVID, the bundle of that SVID's trust domain, and
+/// the bundles of the trust domains its entry federates with (a Safe accepts
+/// peers of those domains only when told to, see [`crate::Federation`]).
 /// If an update cannot be used, the previous material stays and an error is
 /// logged. The background task and the agent stream stop when this is dropped.
 pub struct WorkloadApiSource {
@@ -96,8 +97,14 @@ fn material_of(x509: &X509Source) -> Result<SvidMaterial, IdentityError> {
         .ok_or_else(|| unusable(format!("the agent sent no bundle for {trust_domain}")))?;
     let chain = svid.cert_chain().iter().map(|c| der(c.as_bytes())).collect();
     let bundle = bundle.authorities().iter().map(|c| der(c.as_bytes())).collect();
+    let federated = context
+        .bundle_set()
+        .iter()
+        .filter(|(td, _)| *td != trust_domain)
+        .map(|(td, b)| (td.to_string(), b.authorities().iter().map(|c| der(c.as_bytes())).collect()))
+        .collect();
     let key = PrivatePkcs8KeyDer::from(svid.private_key().as_bytes().to_vec());
-    SvidMaterial::from_der(chain, PrivateKeyDer::Pkcs8(key), bundle)
+    SvidMaterial::from_der(chain, PrivateKeyDer::Pkcs8(key), bundle)?.with_federated(federated)
 }
 
 fn der(bytes: &[u8]) -> CertificateDer<'static> {

@@ -55,7 +55,11 @@ struct Outcome {
 }
 
 async fn handshake(server_svid: Arc<SvidMaterial>, client: rustls::ClientConfig) -> Outcome {
-    let server = server_config(Arc::new(StaticSource(server_svid))).unwrap();
+    pipe(server_config(Arc::new(StaticSource(server_svid))).unwrap(), client).await
+}
+
+/// One handshake between `server` and `client` over an in-memory pipe.
+async fn pipe(server: rustls::ServerConfig, client: rustls::ClientConfig) -> Outcome {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let serve = async move {
         let mut tls = TlsAcceptor::from(Arc::new(server)).accept(server_io).await?;
@@ -202,7 +206,9 @@ async fn client_from_another_trust_domain_is_refused() {
     let stranger = svid_trusting(&other, "spiffe://other.org/workload/billing", &ours.ca.bundle_pem());
     let out = handshake(svid(&ours, SAFE), client(stranger, safe_only())).await;
     let err = out.server.unwrap_err();
-    assert_not_our_ca(&err);
+    // Refused for its domain, before its chain is looked at: the error (and the Safe's log) names the domain.
+    assert!(matches!(identity_error(&err), IdentityError::ForeignTrustDomain { .. }), "{err}");
+    assert!(err.to_string().contains("other.org"), "{err}");
 }
 
 /// Even when the bundle holds the other domain's CA too, its SVIDs are not
@@ -351,4 +357,72 @@ async fn tls12_client_with_svid_is_served() {
     let out = handshake(svid(&ca, SAFE), cfg).await;
     assert_eq!(out.server.unwrap().as_str(), BILLING);
     assert_eq!(out.client.unwrap().as_str(), SAFE);
+}
+
+const B_BILLING: &str = "spiffe://b.example/workload/billing/ns/default/sa/billing/n/billing-0";
+
+/// The certificates of a PEM bundle.
+fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap()
+}
+
+/// A handshake with a Safe that federates as `federation` says.
+async fn federated_handshake(
+    server_svid: Arc<SvidMaterial>,
+    federation: aegis_identity::Federation,
+    client: rustls::ClientConfig,
+) -> Outcome {
+    let source = Arc::new(StaticSource(server_svid));
+    pipe(aegis_identity::server_config_federated(source, Arc::new(federation)).unwrap(), client).await
+}
+
+/// A Safe federating with b.example through a bundle file.
+async fn federating_with_b(dir: &std::path::Path, b: &Ca) -> aegis_identity::Federation {
+    let file = dir.join("b.pem");
+    std::fs::write(&file, b.ca.bundle_pem()).unwrap();
+    aegis_identity::Federation::start(
+        vec!["b.example".to_owned()],
+        vec![("b.example".to_owned(), file)],
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap()
+}
+
+/// A client of b.example whose agent gave it example.org's bundle (it federates with the Safe's domain).
+fn b_client(b: &Ca, issuer: &Ca, a: &Ca) -> rustls::ClientConfig {
+    let issued = issuer.ca.issue(&id(B_BILLING), Duration::from_secs(3600)).unwrap();
+    let m =
+        SvidMaterial::from_pem(issued.cert_pem.as_bytes(), issued.key_pem().as_bytes(), b.ca.bundle_pem().as_bytes())
+            .unwrap()
+            .with_federated([("example.org".to_owned(), certs(&a.ca.bundle_pem()))].into())
+            .unwrap();
+    client(Arc::new(m), safe_only())
+}
+
+#[tokio::test]
+async fn a_federated_domain_is_accepted_against_its_own_bundle_only() {
+    let (a, b, rogue_b) = (ca("example.org"), ca("b.example"), ca("b.example"));
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = federated_handshake(svid(&a, SAFE), federating_with_b(dir.path(), &b).await, b_client(&b, &b, &a)).await;
+    assert_eq!(out.server.unwrap().as_str(), B_BILLING, "the Safe sees the federated workload");
+    assert_eq!(out.client.unwrap().as_str(), SAFE, "the workload checked the Safe with the federated bundle");
+
+    // Not federated: refused, naming the domain, although the chain is B's genuine one.
+    let out = handshake(svid(&a, SAFE), b_client(&b, &b, &a)).await;
+    let err = out.server.unwrap_err();
+    assert!(matches!(identity_error(&err), IdentityError::ForeignTrustDomain { .. }), "{err}");
+    assert!(err.to_string().contains("b.example"), "{err}");
+
+    // Another CA claiming b.example: its chain does not verify against b.example's bundle.
+    let out =
+        federated_handshake(svid(&a, SAFE), federating_with_b(dir.path(), &b).await, b_client(&b, &rogue_b, &a)).await;
+    assert_not_our_ca(&out.server.unwrap_err());
+
+    // A client given neither the Safe's domain's bundle nor a federated one refuses the Safe.
+    let bare = client(svid_trusting(&b, B_BILLING, &b.ca.bundle_pem()), safe_only());
+    let out = federated_handshake(svid(&a, SAFE), federating_with_b(dir.path(), &b).await, bare).await;
+    assert_not_our_ca(&out.client.unwrap_err());
 }

@@ -174,7 +174,21 @@ pub async fn start(
         "connection limits"
     );
     let retry = load_root_key(&state).await?;
-    let tls = Arc::new(aegis_identity::server_config(identity)?);
+    let federated: Vec<&str> = state.settings.federation.domains().collect();
+    if !federated.is_empty() {
+        let me = identity.current();
+        let fed = &state.settings.federation;
+        let without: Vec<&str> = federated.iter().copied().filter(|td| fed.bundle(td, &me).is_none()).collect();
+        tracing::info!(domains = ?federated, "clients of these federated trust domains are accepted (policies decide what they may do)");
+        if !without.is_empty() {
+            tracing::warn!(
+                domains = ?without,
+                "the SPIRE agent delivers no bundle for these federated trust domains (the Safe's entry must federate \
+                 with them) and no bundle file names them: their clients are refused until one does"
+            );
+        }
+    }
+    let tls = Arc::new(aegis_identity::server_config_federated(identity, Arc::clone(&state.settings.federation))?);
     let listener = bind(state.settings.listen).await?;
     let health_listener = bind(state.settings.health_listen).await?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: state.settings.listen, source })?;

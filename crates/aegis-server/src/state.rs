@@ -80,6 +80,8 @@ pub struct Settings {
     pub audit: aegis_audit::SinkConfig,
     /// The built-in policies in force and the policy file's (see docs/POLICIES.md).
     pub policies: crate::policies::PolicySettings,
+    /// The foreign trust domains whose clients are accepted (none by default).
+    pub federation: Arc<aegis_identity::Federation>,
 }
 
 /// Refused requests get at most one INFO line per this interval (ten a second).

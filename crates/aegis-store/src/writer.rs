@@ -230,10 +230,8 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
     let mut changed: Vec<SecretName> = outcome.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n.clone()).collect();
     {
         let mut map = shared.map.write().unwrap_or_else(|e| e.into_inner());
-        for r in outcome.values() {
-            if let Ok(entry) = r {
-                map.insert(entry.clone());
-            }
+        for entry in outcome.values().flatten() {
+            map.insert(entry.clone());
         }
         changed.extend(take_up(&mut map, newer));
     }

@@ -175,6 +175,8 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         svid_key: None,
         svid_bundle: None,
         spiffe_endpoint_socket: String::new(),
+        federate_with: Vec::new(),
+        federated_bundles: Vec::new(),
         kube: a.kube.clone(),
         store: a.store.clone(),
         vsecm: server::VsecmArgs::default(),

@@ -81,6 +81,20 @@ pub struct ServerArgs {
     /// SPIFFE Workload API socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///spire-agent-socket/spire-agent.sock")]
     pub spiffe_endpoint_socket: String,
+    /// A foreign trust domain whose workloads may connect (repeatable, or comma-separated in the variable).
+    /// Their chains are checked against that domain's bundle, from the SPIRE agent (the Safe's entry
+    /// federates with it) or --federated-bundle; policies alone decide what they may do. None by default.
+    #[arg(long = "federate-with", env = "AEGIS_FEDERATE_WITH", value_delimiter = ',', value_name = "TRUST_DOMAIN")]
+    pub federate_with: Vec<String>,
+    /// A federated trust domain's bundle file, as TRUST_DOMAIN=PATH (repeatable, or comma-separated in the
+    /// variable); reloaded when it changes. Used when the SPIRE agent delivers no bundle for that domain.
+    #[arg(
+        long = "federated-bundle",
+        env = "AEGIS_FEDERATED_BUNDLES",
+        value_delimiter = ',',
+        value_name = "TRUST_DOMAIN=PATH"
+    )]
+    pub federated_bundles: Vec<String>,
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     pub kube: crate::serve::kube::KubeArgs,
@@ -515,6 +529,26 @@ pub fn roles() -> Result<RoleRules, CliError> {
     RoleRules::from_lookup(|k| std::env::var(k).ok()).map_err(|e| CliError::new(CONFIG, e.to_string()))
 }
 
+/// The foreign trust domains the Safe accepts clients of, with their bundle files.
+async fn federation(a: &ServerArgs) -> Result<aegis_identity::Federation, CliError> {
+    let mut files = Vec::new();
+    for given in &a.federated_bundles {
+        let Some((td, path)) = given.split_once('=').filter(|(td, path)| !td.is_empty() && !path.is_empty()) else {
+            return Err(CliError::new(
+                CONFIG,
+                format!(
+                    "--federated-bundle '{}' is not TRUST_DOMAIN=PATH (e.g. b.example.org=/etc/aegis/b-bundle.pem)",
+                    given.escape_debug()
+                ),
+            ));
+        };
+        files.push((td.to_owned(), PathBuf::from(path)));
+    }
+    aegis_identity::Federation::start(a.federate_with.clone(), files, aegis_identity::FILE_POLL_INTERVAL)
+        .await
+        .map_err(|e| CliError::new(CONFIG, e.to_string()))
+}
+
 /// Builds the Safe's settings.
 pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
     Ok(Settings {
@@ -535,6 +569,8 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         template_budget: template_budget(a),
         audit: a.audit.config(&a.data_dir())?,
         policies: a.policies.settings()?,
+        // Set by `serve` from the flags: its bundle files are read then.
+        federation: Arc::new(aegis_identity::Federation::none()),
     })
 }
 
@@ -549,6 +585,8 @@ pub async fn serve(
     a: &ServerArgs,
     identity: Arc<dyn IdentitySource>,
 ) -> Result<(), CliError> {
+    let mut settings = settings;
+    settings.federation = Arc::new(federation(a).await?);
     let adapters =
         crate::serve::adapters::open(&a.data_dir(), &a.store, &a.kube, root_key, settings.template_budget).await?;
     let running =

@@ -302,9 +302,17 @@ fn each_variant_renders_what_it_documents() {
     // Policies: a ConfigMap the Safe reads with --policy-file, which the Safe's own parser accepts.
     let objs = render(Some("policies-values.yaml"));
     let a = args(container(find(&objs, "StatefulSet", "vsecm-safe")));
-    for flag in ["--policy-file=/etc/aegis/policies/policies.json", "--rate-per-identity=200", "--rate-burst=400"] {
+    for flag in [
+        "--policy-file=/etc/aegis/policies/policies.json",
+        "--rate-per-identity=200",
+        "--rate-burst=400",
+        "--federate-with=b.example.org",
+    ] {
         assert!(a.contains(&flag.to_owned()), "{flag} in {a:?}");
     }
+    // The Safe's SPIRE registration federates with the same domains, so its agent delivers their bundles.
+    let id = find(&objs, "ClusterSPIFFEID", "vsecm-system-aegis-safe");
+    assert_eq!(id["spec"]["federatesWith"], serde_json::json!(["b.example.org"]), "{id}");
     let text = find(&objs, "ConfigMap", "aegis-policies")["data"]["policies.json"].as_str().unwrap().to_owned();
     let docs: Vec<aegis_core::policy::PolicyDoc> = serde_json::from_str(&text).unwrap();
     assert_eq!(docs.len(), 2);
@@ -314,6 +322,7 @@ fn each_variant_renders_what_it_documents() {
     let defaults = args(container(find(&render(None), "StatefulSet", "vsecm-safe")));
     assert!(!defaults.iter().any(|f| f.starts_with("--policy-file")), "{defaults:?}");
     assert!(defaults.contains(&"--builtin-policies=workload,sentinel".to_owned()), "{defaults:?}");
+    assert!(!defaults.iter().any(|f| f.starts_with("--federate-with")), "no federation by default: {defaults:?}");
 
     // The default NetworkPolicy: the Sentinel and labelled clients on 8443, nothing on 8081.
     let objs = render(None);

@@ -17,6 +17,7 @@ mod backup;
 mod cli_e2e;
 mod delivery;
 mod durability;
+mod federation;
 mod flood;
 mod go_templates;
 mod hardening;
