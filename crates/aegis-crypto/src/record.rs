@@ -160,11 +160,56 @@ impl Keyring {
         })?;
         Ok((header, Zeroizing::new(pt)))
     }
+
+    /// [`Keyring::open`] where the record lies: on success the plaintext is
+    /// `data[range]` (the caller wipes it when done); on failure `data` is
+    /// unchanged. Saves a buffer per record where many are opened in a row.
+    pub fn open_in_place(
+        &self,
+        name: &str,
+        data: &mut [u8],
+    ) -> Result<(RecordHeader, std::ops::Range<usize>), CryptoError> {
+        let header = Self::header(name, data)?;
+        let key = self
+            .find(header.key_id)
+            .ok_or_else(|| CryptoError::UnknownKey { name: name.to_owned(), key_id: header.key_id })?;
+        let cipher = XChaCha20Poly1305::new(key.record_key().into());
+        let nonce = XNonce::clone_from_slice(&data[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
+        let ad = aad(&data[..HEADER_LEN], name);
+        let tag_at = data.len() - TAG_LEN;
+        let tag = chacha20poly1305::Tag::clone_from_slice(&data[tag_at..]);
+        let body = HEADER_LEN + NONCE_LEN..tag_at;
+        cipher.decrypt_in_place_detached(&nonce, &ad, &mut data[body.clone()], &tag).map_err(|_| {
+            CryptoError::Record {
+                name: name.to_owned(),
+                why: "authentication failed (tampered, renamed, or sealed under another key)",
+            }
+        })?;
+        Ok((header, body))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_in_place_gives_what_open_gives_and_leaves_a_bad_record_as_it_was() {
+        let ring = Keyring::new(Arc::new(RootKey::generate()));
+        let rec = ring.seal("billing", 7, b"plain-value").unwrap();
+        let mut buf = rec.clone();
+        let (h, range) = ring.open_in_place("billing", &mut buf).unwrap();
+        assert_eq!(h.revision, 7);
+        assert_eq!(&buf[range], b"plain-value");
+        let mut wrong = rec.clone();
+        assert!(ring.open_in_place("payroll", &mut wrong).is_err());
+        assert_eq!(wrong, rec, "a record that does not open is left as it was");
+        let mut tampered = rec.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let before = tampered.clone();
+        assert!(ring.open_in_place("billing", &mut tampered).is_err());
+        assert_eq!(tampered, before);
+    }
 
     #[test]
     fn seal_open_round_trip() {

@@ -141,6 +141,13 @@ pub trait Backend: Send + Sync + 'static {
     /// One record's sealed bytes.
     fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError>;
 
+    /// [`Backend::read`] into `buf` (emptied first), so that a loader reading
+    /// many records in a row reuses one buffer.
+    fn read_into(&self, name: &SecretName, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        *buf = self.read(name)?;
+        Ok(())
+    }
+
     /// Writes the records durably and atomically per record: when this returns
     /// `Ok` for a record, it survives a crash; when it fails, the previous record is intact.
     fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>>;

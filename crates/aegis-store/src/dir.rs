@@ -350,6 +350,23 @@ impl Backend for DirBackend {
         read().map_err(|e| io_err(name, e))
     }
 
+    fn read_into(&self, name: &SecretName, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        buf.clear();
+        if let Some(bytes) = self.state().unapplied.get(name) {
+            buf.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let name = name.as_str();
+        let read = |buf: &mut Vec<u8>| -> io::Result<()> {
+            let mut f = File::open(self.record_path(name))?;
+            if is_hashed(name) && read_name_header(&mut f)? != name {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "record file header names another secret"));
+            }
+            f.read_to_end(buf).map(drop)
+        };
+        read(buf).map_err(|e| io_err(name, e))
+    }
+
     fn write_batch(&self, records: &[SealedRecord]) -> Vec<Result<(), StoreError>> {
         match self.commit(records) {
             Ok(()) => records.iter().map(|_| Ok(())).collect(),

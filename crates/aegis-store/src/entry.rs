@@ -1,7 +1,7 @@
 //! What readers see of one secret, and the changes the writer applies.
 
 use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue};
-use aegis_core::transform::{Budget, TemplateError};
+use aegis_core::transform::{Budget, Format, TemplateError};
 use time::OffsetDateTime;
 
 /// What a workload receives, computed once per write (or load).
@@ -22,6 +22,17 @@ impl Data {
     /// `budget`; an error when the template is over the budget (the write
     /// should then be refused).
     pub fn compute(value: &SecretValue, meta: &SecretMeta, budget: &Budget) -> Result<Data, TemplateError> {
+        if meta.template.is_none() && meta.format != Format::Yaml {
+            // Without a template, JSON and raw deliver the value trimmed
+            // (`transform` gives exactly that): no parse and no copy, for each
+            // write and for each secret loaded at start.
+            let trimmed = value.expose().trim();
+            return Ok(if trimmed.len() == value.len() {
+                Data::Same
+            } else {
+                Data::Transformed(SecretValue::new(trimmed))
+            });
+        }
         let out = aegis_core::transform::transform(value.expose(), meta.template.as_ref(), meta.format, budget)?;
         Ok(if out == value.expose() { Data::Same } else { Data::Transformed(SecretValue::new(out)) })
     }
@@ -190,6 +201,26 @@ mod tests {
         let mut doc = SecretDoc::empty(SecretName::parse("billing").unwrap(), now);
         doc.put(SecretValue::new(r#"{"a":"b"}"#), meta, None, now, 10).unwrap();
         Entry::new(doc, None, template_budget)
+    }
+
+    #[test]
+    fn the_view_without_a_template_is_what_transform_gives() {
+        let now = OffsetDateTime::now_utc();
+        let budget = Budget::default();
+        let values = ["x", "  padded\n", r#"{"a":"b"}"#, r#" {"a": 1} "#, "[1,2]", "not json {", "", " "];
+        for format in [Format::Json, Format::Raw, Format::Yaml] {
+            for v in values {
+                let meta = SecretMeta { format, ..SecretMeta::defaults(now) };
+                let value = SecretValue::new(v);
+                let expected = aegis_core::transform::transform(v, None, format, &budget).unwrap();
+                let got = match Data::compute(&value, &meta, &budget).unwrap() {
+                    Data::Same => v.to_owned(),
+                    Data::Transformed(t) => t.expose().to_owned(),
+                    Data::Failed(why) => panic!("{why}"),
+                };
+                assert_eq!(got, expected, "{format:?} of {v:?}");
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub fn seal(keyring: &Keyring, doc: &SecretDoc) -> Result<Vec<u8>, StoreError> {
 /// of `name` at the revision the record's header names. Names older versions
 /// stored are accepted even where the current name rule refuses them.
 pub fn open(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<SecretDoc, OpenError> {
+    let parsed = before_opening(keyring, name, bytes)?;
+    let (header, plain) = keyring.open(name, bytes).map_err(|e| OpenError::Bad(e.to_string()))?;
+    document(&parsed, header.revision, &plain)
+}
+
+/// The stored name, once the record is known to be sealed under a loaded key.
+fn before_opening(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<SecretName, OpenError> {
     let parsed = SecretName::parse_stored(name).map_err(|e| OpenError::Bad(e.to_string()))?;
     if let Ok(h) = Keyring::header(name, bytes) {
         if !keyring.knows(h.key_id) {
@@ -46,12 +53,31 @@ pub fn open(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<SecretDoc, Op
             return Err(OpenError::UnknownKey(e.into()));
         }
     }
-    let (header, plain) = keyring.open(name, bytes).map_err(|e| OpenError::Bad(e.to_string()))?;
-    let doc: SecretDoc = serde_json::from_slice(&plain).map_err(|e| OpenError::Bad(not_a_document(&e)))?;
-    if doc.name != parsed || doc.revision != header.revision {
+    Ok(parsed)
+}
+
+/// The document in `plain`, which must be the one of `name` at `revision`.
+fn document(name: &SecretName, revision: u64, plain: &[u8]) -> Result<SecretDoc, OpenError> {
+    let doc: SecretDoc = serde_json::from_slice(plain).map_err(|e| OpenError::Bad(not_a_document(&e)))?;
+    if doc.name != *name || doc.revision != revision {
         return Err(OpenError::Bad("record content does not match its name or revision".to_owned()));
     }
     Ok(doc)
+}
+
+/// [`open`] of the record in `buf`, decrypted where it lies; `buf` is wiped
+/// and emptied afterwards (its capacity kept), whatever the outcome, so that
+/// one buffer serves every record a loader thread opens.
+pub fn open_in(keyring: &Keyring, name: &str, buf: &mut Vec<u8>) -> Result<SecretDoc, OpenError> {
+    let opened = open_buffer(keyring, name, buf);
+    zeroize::Zeroize::zeroize(buf);
+    opened
+}
+
+fn open_buffer(keyring: &Keyring, name: &str, buf: &mut [u8]) -> Result<SecretDoc, OpenError> {
+    let parsed = before_opening(keyring, name, buf)?;
+    let (header, plain) = keyring.open_in_place(name, buf).map_err(|e| OpenError::Bad(e.to_string()))?;
+    document(&parsed, header.revision, &buf[plain])
 }
 
 /// Why decrypted content is not a document, without serde_json's message,
@@ -91,5 +117,23 @@ mod tests {
         let sealed = ring.seal("billing", 1, plain).unwrap();
         let Err(OpenError::Bad(reason)) = open(&ring, "billing", &sealed) else { panic!("opened") };
         assert!(reason.contains("does not match its name or revision"), "{reason}");
+    }
+
+    #[test]
+    fn opening_in_a_buffer_gives_the_same_document_and_wipes_the_buffer() {
+        let ring = Keyring::new(Arc::new(RootKey::generate()));
+        let plain = br#"{"name":"billing","versions":[],"current":0,"created":0,"updated":0,"revision":3}"#;
+        let sealed = ring.seal("billing", 3, plain).unwrap();
+        let mut buf = sealed.clone();
+        let doc = open_in(&ring, "billing", &mut buf).unwrap();
+        assert_eq!(doc.revision, open(&ring, "billing", &sealed).unwrap().revision);
+        assert!(buf.is_empty() && buf.capacity() >= sealed.len(), "emptied, its capacity kept for the next record");
+        // Refused the same way, and wiped too.
+        let mut buf = sealed.clone();
+        assert!(matches!(open_in(&ring, "payroll", &mut buf), Err(OpenError::Bad(_))));
+        assert!(buf.is_empty());
+        let other = Keyring::new(Arc::new(RootKey::generate()));
+        let mut buf = sealed.clone();
+        assert!(matches!(open_in(&other, "billing", &mut buf), Err(OpenError::UnknownKey(_))));
     }
 }

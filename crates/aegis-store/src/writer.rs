@@ -779,25 +779,27 @@ pub(crate) async fn load(backend: Arc<dyn Backend>, keyring: Keyring, budget: Bu
         .map_err(|_| StoreError::Io { name: String::new(), source: io::Error::other("loader thread failed") })?
 }
 
+/// Opens one record at start-up: the bytes the backend gave, or read into
+/// `buf`, the loader thread's one buffer (decrypted in place, then wiped).
 fn open_record(
     backend: &dyn Backend,
     keyring: &Keyring,
     name: SecretName,
     read: Option<Vec<u8>>,
     budget: &Budget,
+    buf: &mut Vec<u8>,
 ) -> Opened {
-    let bytes = match read {
-        Some(b) => b,
-        None => match backend.read(&name) {
-            Ok(b) => b,
-            Err(e) => return Err((name, OpenError::Bad(e.to_string()))),
+    let opened = match read {
+        Some(mut bytes) => record::open_in(keyring, name.as_str(), &mut bytes),
+        None => match backend.read_into(&name, buf) {
+            Ok(()) => record::open_in(keyring, name.as_str(), buf),
+            Err(e) => Err(OpenError::Bad(e.to_string())),
         },
     };
-    let mut doc = match record::open(keyring, name.as_str(), &bytes) {
+    let mut doc = match opened {
         Ok(doc) => doc,
         Err(e) => return Err((name, e)),
     };
-    drop(bytes);
     // The name the document holds is the one listed (`open` checked that they
     // are the same): the listed copy is kept and the other freed at once, so
     // that every secret in memory carries its name once.
@@ -953,7 +955,12 @@ fn open_parallel(
                     _ => (String::new(), String::new(), 0),
                 };
                 let h = s.spawn(move || {
-                    part.into_iter().map(|(n, b)| open_record(backend, keyring, n, b, budget)).collect::<Vec<_>>()
+                    // One read buffer per thread: records do not each leave a
+                    // freed buffer of their size between the secrets kept.
+                    let mut buf = zeroize::Zeroizing::new(Vec::new());
+                    part.into_iter()
+                        .map(|(n, b)| open_record(backend, keyring, n, b, budget, &mut buf))
+                        .collect::<Vec<_>>()
                 });
                 (span, h)
             })

@@ -749,8 +749,12 @@ async fn large_trail(dir: &Path, key: &aegis_crypto::RootKey, bytes: u64) -> Pat
         phase: None,
         policy: None,
     };
-    let size =
-        || -> u64 { aegis_audit::files::trail_files(&path).unwrap().iter().map(|f| f.metadata().unwrap().len()).sum() };
+    // The sink rotates files while this runs: a file listed may be renamed before its
+    // length is read (it is counted at its new name the next time round).
+    let size = || -> u64 {
+        let files = aegis_audit::files::trail_files(&path).unwrap();
+        files.iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum()
+    };
     let mut i = 0;
     while size() < bytes {
         for _ in 0..4000 {

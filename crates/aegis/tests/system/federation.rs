@@ -175,3 +175,58 @@ fn bad_federation_settings_are_refused_at_start() {
         assert!(safe.log_text().contains(want), "{env:?}: the log should say '{want}':\n{}", safe.log_text());
     }
 }
+
+/// Without SPIRE federation, a bundle file stands in for the agent: the Safe is
+/// given b.example's bundle with --federated-bundle (as `AEGIS_FEDERATED_BUNDLES`),
+/// and a b.example SVID from files is then accepted, and granted only by policy.
+#[test]
+fn a_bundle_file_stands_in_for_the_agent() {
+    let a = Spire::start("federation by file", &[]);
+    let b = Spire::start("federation by file b.example", &["--trust-domain", B, "--no-agent"]);
+    a.register("safe", "", SAFE_UID, &[]);
+    a.register("sentinel", "", SENTINEL_UID, &[]);
+    a.wait_svid(SAFE_UID, &spiffe_id("safe", ""));
+    a.wait_svid(SENTINEL_UID, &spiffe_id("sentinel", ""));
+    let home = a.dir_for("b-bundle", SAFE_UID);
+    let bundle = home.join("b.pem");
+    std::fs::write(&bundle, b.server_ok(&["bundle", "show"])).unwrap();
+    let env = HashMap::from([
+        ("AEGIS_FEDERATE_WITH".to_owned(), B.to_owned()),
+        ("AEGIS_FEDERATED_BUNDLES".to_owned(), format!("{B}={}", bundle.display())),
+    ]);
+    let safe = UidSafe::start_with_env(&a, SAFE_UID, env);
+    let log = safe.log_text();
+    assert!(log.contains("loaded a federated trust domain's bundle"), "{log}");
+    assert!(!log.contains("delivers no bundle"), "the file gives the bundle:\n{log}");
+    let sentinel = safe.client_env(&a);
+    ok(a.run_as(SENTINEL_UID, "aegis", &sentinel, &["put", "shared-billing", "--value", "by-file"]));
+
+    // A b.example SVID as files, with vsecm.com's bundle to check the Safe.
+    let minted = a.dir.path().join("b-svid");
+    std::fs::create_dir_all(&minted).unwrap();
+    let b_billing = format!("spiffe://{B}/workload/billing/ns/default/sa/billing/n/local");
+    b.server_ok(&["x509", "mint", "-spiffeID", &b_billing, "-ttl", "1h", "-write", minted.to_str().unwrap()]);
+    let files = HashMap::from([
+        ("AEGIS_SAFE_URL".to_owned(), safe.url.clone()),
+        ("AEGIS_SVID_CERT".to_owned(), minted.join("svid.pem").display().to_string()),
+        ("AEGIS_SVID_KEY".to_owned(), minted.join("key.pem").display().to_string()),
+        ("AEGIS_SVID_BUNDLE".to_owned(), a.bundle_path().display().to_string()),
+    ]);
+    let fetch = || common::cmd(common::AEGIS, &files).args(["fetch", "--secret", "shared-billing"]).output().unwrap();
+    fails(fetch(), 4, "");
+    let grant =
+        ["policy", "put", "b-billing", "--spiffe-id", &b_billing, "--secret", "shared-billing", "--allow", "read"];
+    ok(a.run_as(SENTINEL_UID, "aegis", &sentinel, &grant));
+    assert_eq!(ok(fetch()).trim(), "by-file");
+
+    // Another CA claiming b.example is refused: the chain is checked against the file's bundle.
+    let rogue = Spire::start("federation by file rogue b.example", &["--trust-domain", B, "--no-agent"]);
+    let forged = a.dir.path().join("rogue-svid");
+    std::fs::create_dir_all(&forged).unwrap();
+    rogue.server_ok(&["x509", "mint", "-spiffeID", &b_billing, "-ttl", "1h", "-write", forged.to_str().unwrap()]);
+    let mut rogue_files = files.clone();
+    rogue_files.insert("AEGIS_SVID_CERT".to_owned(), forged.join("svid.pem").display().to_string());
+    rogue_files.insert("AEGIS_SVID_KEY".to_owned(), forged.join("key.pem").display().to_string());
+    let out = common::cmd(common::AEGIS, &rogue_files).args(["fetch", "--secret", "shared-billing"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "refused at the TLS handshake: {}", stderr(&out));
+}
