@@ -13,8 +13,10 @@ pub enum Data {
     Transformed(SecretValue),
     /// The stored template is over the template budget (it was stored by an
     /// older version, or the budget was lowered): the workload gets an error,
-    /// never the raw value. The reason names the bound, never a value.
-    Failed(String),
+    /// never the raw value. The reason names the bound, never a value. (A
+    /// boxed `str`, not a `String`: the enum then fits in 24 bytes, and the
+    /// entry of every secret is 16 bytes smaller.)
+    Failed(Box<str>),
 }
 
 impl Data {
@@ -69,7 +71,7 @@ impl Entry {
                     "the stored template cannot be rendered within the template budget; \
                      the workload gets an error until the secret is written again"
                 );
-                Data::Failed(e.reason().to_owned())
+                Data::Failed(e.reason().into())
             }),
             (None, _) => Data::Same,
         };
