@@ -64,20 +64,25 @@ pub use aegis_gotmpl::{
 /// its budget (see [`Budget`] and [`validate_template`]) is an error: its
 /// output is unknown, and serving the raw value instead could hand out
 /// fields the template was meant to leave out.
+///
+/// Output that is (part of) the value itself is borrowed from it: the common
+/// case, no template, costs no copy.
 #[cfg(feature = "transform")]
-pub fn transform(
-    value: &str,
+pub fn transform<'a>(
+    value: &'a str,
     template: Option<&Template>,
     format: Format,
     budget: &Budget,
-) -> Result<String, TemplateError> {
+) -> Result<std::borrow::Cow<'a, str>, TemplateError> {
     let value = value.trim();
     let rendered = match template {
         Some(t) => aegis_gotmpl::apply_template(value, t.as_str(), budget)?.map(drop_missing),
         None => None,
     };
-    let result = rendered.as_deref().unwrap_or(value);
-    Ok(format::select(format, value, result))
+    Ok(match rendered {
+        Some(out) => std::borrow::Cow::Owned(format::select(format, value, &out).into_owned()),
+        None => format::select(format, value, value),
+    })
 }
 
 /// Drops the fields the template could not fill, as VSecM does.
@@ -113,7 +118,7 @@ mod tests {
     /// The transformation under the default budget, which these inputs fit.
     pub(super) fn tf(value: &str, template: Option<&str>, format: Format) -> String {
         let template = template.map(Template::unchecked);
-        transform(value, template.as_ref(), format, &Budget::default()).unwrap()
+        transform(value, template.as_ref(), format, &Budget::default()).unwrap().into_owned()
     }
 
     pub(super) const CREDS: &str = r#"{"username": "admin", "password": "VSecMRocks!"}"#;

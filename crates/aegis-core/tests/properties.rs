@@ -141,7 +141,7 @@ proptest! {
     #[test]
     fn yaml_reads_back_as_the_json_object(map in proptest::collection::btree_map(tricky_string(), json_value(), 1..5)) {
         let object = serde_json::Value::Object(map.into_iter().collect());
-        let yaml = transform(&object.to_string(), None, Format::Yaml, &Budget::default()).unwrap();
+        let yaml = transform(&object.to_string(), None, Format::Yaml, &Budget::default()).unwrap().into_owned();
         let back: serde_json::Value =
             serde_saphyr::from_str(&yaml).map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
         prop_assert!(same(&back, &object), "{}\nread back as {}", yaml, back);

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
@@ -145,20 +145,12 @@ impl Keyring {
 
     /// Decrypts a record that claims to hold `name`.
     pub fn open(&self, name: &str, data: &[u8]) -> Result<(RecordHeader, Zeroizing<Vec<u8>>), CryptoError> {
-        let header = Self::header(name, data)?;
-        let key = self
-            .find(header.key_id)
-            .ok_or_else(|| CryptoError::UnknownKey { name: name.to_owned(), key_id: header.key_id })?;
-        let cipher = XChaCha20Poly1305::new(key.record_key().into());
-        let nonce = XNonce::from_slice(&data[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
-        let ad = aad(&data[..HEADER_LEN], name);
-        let pt = cipher.decrypt(nonce, Payload { msg: &data[HEADER_LEN + NONCE_LEN..], aad: &ad }).map_err(|_| {
-            CryptoError::Record {
-                name: name.to_owned(),
-                why: "authentication failed (tampered, renamed, or sealed under another key)",
-            }
-        })?;
-        Ok((header, Zeroizing::new(pt)))
+        // A copy decrypted in place; wiped on drop, its spare capacity too.
+        let mut plain = Zeroizing::new(data.to_vec());
+        let (header, range) = self.open_in_place(name, &mut plain)?;
+        plain.truncate(range.end);
+        plain.drain(..range.start);
+        Ok((header, plain))
     }
 
     /// [`Keyring::open`] where the record lies: on success the plaintext is

@@ -11,13 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info};
 
+use crate::file_source::{read, stamp, Stamp};
 use crate::material::parse_bundle;
 use crate::{IdentityError, SvidMaterial};
 
@@ -85,14 +86,13 @@ impl Federation {
     }
 }
 
-/// A trust domain name as SPIFFE allows it: lower-case letters, digits, `.`, `-` and `_`.
+/// A trust domain name as SPIFFE allows it (the rule of [`aegis_core::SpiffeId`]:
+/// lower-case letters, digits, `.`, `-` and `_`), at most 255 bytes.
 fn check_domain(td: &str) -> Result<String, IdentityError> {
     let td = td.strip_prefix("spiffe://").unwrap_or(td);
-    let ok = !td.is_empty()
-        && td.len() <= 255
-        && td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
-        Ok(td.to_owned())
+    let id = aegis_core::SpiffeId::parse(&format!("spiffe://{td}")).ok();
+    if let Some(id) = id.filter(|id| id.path().is_empty() && td.len() <= 255) {
+        Ok(id.trust_domain().to_owned())
     } else {
         Err(IdentityError::Config(format!(
             "'{}' is not a trust domain name: use lower-case letters, digits, '.', '-' and '_' (e.g. 'b.example.org')",
@@ -156,22 +156,8 @@ async fn watch(files: Weak<BundleFiles>, mut stamps: BTreeMap<String, Option<Sta
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: SystemTime,
-    len: u64,
-    inode: u64,
-}
-
-async fn stamp(path: &Path) -> Option<Stamp> {
-    // metadata() follows symlinks, so Kubernetes' `..data` swaps are seen too.
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    Some(Stamp { modified: meta.modified().ok()?, len: meta.len(), inode: std::os::unix::fs::MetadataExt::ino(&meta) })
-}
-
 async fn load(path: &Path) -> Result<Bundle, IdentityError> {
-    let pem = tokio::fs::read(path).await.map_err(|e| IdentityError::read(path, e))?;
-    Ok(parse_bundle(&pem).map_err(|e| e.in_file(path))?.into())
+    Ok(parse_bundle(&read(path).await?).map_err(|e| e.in_file(path))?.into())
 }
 
 #[cfg(test)]

@@ -99,8 +99,9 @@ struct Stamps([Option<Stamp>; 3]);
 
 /// Modification time, size and (on Unix) inode: a writer that renames a new
 /// file into place within the clock's resolution still changes the inode.
-#[derive(PartialEq, Eq)]
-struct Stamp {
+/// What tells a file changed (also for federated bundle files).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
     modified: SystemTime,
     len: u64,
     inode: u64,
@@ -112,7 +113,7 @@ impl Stamps {
     }
 }
 
-async fn stamp(path: &Path) -> Option<Stamp> {
+pub(crate) async fn stamp(path: &Path) -> Option<Stamp> {
     // metadata() follows symlinks, so Kubernetes' `..data` swaps are seen too.
     let meta = tokio::fs::metadata(path).await.ok()?;
     #[cfg(unix)]
@@ -137,6 +138,6 @@ async fn load(paths: &SvidPaths) -> Result<SvidMaterial, IdentityError> {
     })
 }
 
-async fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+pub(crate) async fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
     tokio::fs::read(path).await.map_err(|e| IdentityError::read(path, e))
 }

@@ -330,24 +330,9 @@ impl Backend for DirBackend {
     }
 
     fn read(&self, name: &SecretName) -> Result<Vec<u8>, StoreError> {
-        if let Some(bytes) = self.state().unapplied.get(name) {
-            return Ok(bytes.clone());
-        }
-        let name = name.as_str();
-        let path = self.record_path(name);
-        if !is_hashed(name) {
-            return fs::read(path).map_err(|e| io_err(name, e));
-        }
-        let read = || -> io::Result<Vec<u8>> {
-            let mut f = File::open(&path)?;
-            if read_name_header(&mut f)? != name {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "record file header names another secret"));
-            }
-            let mut rest = Vec::new();
-            f.read_to_end(&mut rest)?;
-            Ok(rest)
-        };
-        read().map_err(|e| io_err(name, e))
+        let mut bytes = Vec::new();
+        self.read_into(name, &mut bytes)?;
+        Ok(bytes)
     }
 
     fn read_into(&self, name: &SecretName, buf: &mut Vec<u8>) -> Result<(), StoreError> {

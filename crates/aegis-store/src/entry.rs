@@ -1,7 +1,7 @@
 //! What readers see of one secret, and the changes the writer applies.
 
 use aegis_core::secret::{SecretDoc, SecretMeta, SecretValue};
-use aegis_core::transform::{Budget, Format, TemplateError};
+use aegis_core::transform::{Budget, TemplateError};
 use time::OffsetDateTime;
 
 /// What a workload receives, computed once per write (or load).
@@ -24,17 +24,6 @@ impl Data {
     /// `budget`; an error when the template is over the budget (the write
     /// should then be refused).
     pub fn compute(value: &SecretValue, meta: &SecretMeta, budget: &Budget) -> Result<Data, TemplateError> {
-        if meta.template.is_none() && meta.format != Format::Yaml {
-            // Without a template, JSON and raw deliver the value trimmed
-            // (`transform` gives exactly that): no parse and no copy, for each
-            // write and for each secret loaded at start.
-            let trimmed = value.expose().trim();
-            return Ok(if trimmed.len() == value.len() {
-                Data::Same
-            } else {
-                Data::Transformed(SecretValue::new(trimmed))
-            });
-        }
         let out = aegis_core::transform::transform(value.expose(), meta.template.as_ref(), meta.format, budget)?;
         Ok(if out == value.expose() { Data::Same } else { Data::Transformed(SecretValue::new(out)) })
     }
@@ -207,6 +196,7 @@ mod tests {
 
     #[test]
     fn the_view_without_a_template_is_what_transform_gives() {
+        use aegis_core::transform::Format;
         let now = OffsetDateTime::now_utc();
         let budget = Budget::default();
         let values = ["x", "  padded\n", r#"{"a":"b"}"#, r#" {"a": 1} "#, "[1,2]", "not json {", "", " "];

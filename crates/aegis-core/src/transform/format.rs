@@ -61,17 +61,21 @@ impl fmt::Display for Format {
 }
 
 /// What a workload sees in `format`, given the trimmed `value` and the
-/// template's `result` (the value itself when there is no template output).
+/// template's `result` (the value itself when there is no template output),
+/// borrowed from them unless YAML is made.
 #[cfg(feature = "transform")]
-pub(super) fn select(format: Format, value: &str, result: &str) -> String {
+pub(super) fn select<'a>(format: Format, value: &'a str, result: &'a str) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
     match format {
-        Format::Json if aegis_gotmpl::parse_object(result).is_some() => result.to_owned(),
-        Format::Json => value.to_owned(),
+        // Both JSON cases below give the value then: nothing to parse.
+        Format::Json if result == value => Cow::Borrowed(value),
+        Format::Json if aegis_gotmpl::parse_object(result).is_some() => Cow::Borrowed(result),
+        Format::Json => Cow::Borrowed(value),
         Format::Yaml => match aegis_gotmpl::parse_object(result) {
-            Some(object) => aegis_gotmpl::to_yaml(&object),
-            None => result.to_owned(),
+            Some(object) => Cow::Owned(aegis_gotmpl::to_yaml(&object)),
+            None => Cow::Borrowed(result),
         },
-        Format::Raw => result.to_owned(),
+        Format::Raw => Cow::Borrowed(result),
     }
 }
 

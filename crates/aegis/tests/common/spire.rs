@@ -227,6 +227,21 @@ impl Spire {
         c
     }
 
+    /// Client settings for the Safe at `url` with SVID files of `spiffe_id` that
+    /// `issuer`'s server mints into `name` under this world's dir, and this
+    /// deployment's bundle to check the Safe with.
+    pub fn minted_client_env(&self, issuer: &Spire, spiffe_id: &str, name: &str, url: &str) -> HashMap<String, String> {
+        let d = self.dir.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        issuer.server_ok(&["x509", "mint", "-spiffeID", spiffe_id, "-ttl", "1h", "-write", d.to_str().unwrap()]);
+        HashMap::from([
+            ("AEGIS_SAFE_URL".to_owned(), url.to_owned()),
+            ("AEGIS_SVID_CERT".to_owned(), d.join("svid.pem").display().to_string()),
+            ("AEGIS_SVID_KEY".to_owned(), d.join("key.pem").display().to_string()),
+            ("AEGIS_SVID_BUNDLE".to_owned(), self.bundle_path().display().to_string()),
+        ])
+    }
+
     /// `spire-agent api fetch x509` as `uid`.
     pub fn fetch_svid_as(&self, uid: u32) -> Output {
         let sock = self.socket();

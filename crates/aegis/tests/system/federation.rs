@@ -41,6 +41,11 @@ fn federate(from: &Spire, to: &Spire) {
     ]);
 }
 
+/// `aegis fetch --secret NAME` as the client `env` describes.
+fn fetch_with(env: &HashMap<String, String>, name: &str) -> std::process::Output {
+    common::cmd(common::AEGIS, env).args(["fetch", "--secret", name]).output().unwrap()
+}
+
 /// Waits until the agent of `spire` hands `uid` the bundle of `td` with its SVID.
 fn wait_bundle(spire: &Spire, uid: u32, td: &str) {
     let t = Instant::now();
@@ -111,17 +116,9 @@ fn a_federated_workload_gets_what_a_policy_grants_and_other_domains_are_refused(
 
     // c.example is not federated: an SVID its own server minted is refused at the
     // handshake, and the Safe's log names the domain.
-    let minted = a.dir.path().join("c-svid");
-    std::fs::create_dir_all(&minted).unwrap();
     let c_billing = format!("spiffe://{C}/workload/billing/ns/default/sa/billing/n/local");
-    c.server_ok(&["x509", "mint", "-spiffeID", &c_billing, "-ttl", "1h", "-write", minted.to_str().unwrap()]);
-    let c_env = HashMap::from([
-        ("AEGIS_SAFE_URL".to_owned(), safe.url.clone()),
-        ("AEGIS_SVID_CERT".to_owned(), minted.join("svid.pem").display().to_string()),
-        ("AEGIS_SVID_KEY".to_owned(), minted.join("key.pem").display().to_string()),
-        ("AEGIS_SVID_BUNDLE".to_owned(), a.bundle_path().display().to_string()),
-    ]);
-    let out = common::cmd(common::AEGIS, &c_env).args(["fetch", "--secret", "shared-billing"]).output().unwrap();
+    let c_env = a.minted_client_env(&c, &c_billing, "c-svid", &safe.url);
+    let out = fetch_with(&c_env, "shared-billing");
     assert_eq!(out.status.code(), Some(7), "refused at the TLS handshake: {}", stderr(&out));
     // The refusal is logged at most once a second: wait for its line.
     let t = Instant::now();
@@ -202,17 +199,9 @@ fn a_bundle_file_stands_in_for_the_agent() {
     ok(a.run_as(SENTINEL_UID, "aegis", &sentinel, &["put", "shared-billing", "--value", "by-file"]));
 
     // A b.example SVID as files, with vsecm.com's bundle to check the Safe.
-    let minted = a.dir.path().join("b-svid");
-    std::fs::create_dir_all(&minted).unwrap();
     let b_billing = format!("spiffe://{B}/workload/billing/ns/default/sa/billing/n/local");
-    b.server_ok(&["x509", "mint", "-spiffeID", &b_billing, "-ttl", "1h", "-write", minted.to_str().unwrap()]);
-    let files = HashMap::from([
-        ("AEGIS_SAFE_URL".to_owned(), safe.url.clone()),
-        ("AEGIS_SVID_CERT".to_owned(), minted.join("svid.pem").display().to_string()),
-        ("AEGIS_SVID_KEY".to_owned(), minted.join("key.pem").display().to_string()),
-        ("AEGIS_SVID_BUNDLE".to_owned(), a.bundle_path().display().to_string()),
-    ]);
-    let fetch = || common::cmd(common::AEGIS, &files).args(["fetch", "--secret", "shared-billing"]).output().unwrap();
+    let files = a.minted_client_env(&b, &b_billing, "b-svid", &safe.url);
+    let fetch = || fetch_with(&files, "shared-billing");
     fails(fetch(), 4, "");
     let grant =
         ["policy", "put", "b-billing", "--spiffe-id", &b_billing, "--secret", "shared-billing", "--allow", "read"];
@@ -221,12 +210,7 @@ fn a_bundle_file_stands_in_for_the_agent() {
 
     // Another CA claiming b.example is refused: the chain is checked against the file's bundle.
     let rogue = Spire::start("federation by file rogue b.example", &["--trust-domain", B, "--no-agent"]);
-    let forged = a.dir.path().join("rogue-svid");
-    std::fs::create_dir_all(&forged).unwrap();
-    rogue.server_ok(&["x509", "mint", "-spiffeID", &b_billing, "-ttl", "1h", "-write", forged.to_str().unwrap()]);
-    let mut rogue_files = files.clone();
-    rogue_files.insert("AEGIS_SVID_CERT".to_owned(), forged.join("svid.pem").display().to_string());
-    rogue_files.insert("AEGIS_SVID_KEY".to_owned(), forged.join("key.pem").display().to_string());
-    let out = common::cmd(common::AEGIS, &rogue_files).args(["fetch", "--secret", "shared-billing"]).output().unwrap();
+    let rogue_files = a.minted_client_env(&rogue, &b_billing, "rogue-svid", &safe.url);
+    let out = fetch_with(&rogue_files, "shared-billing");
     assert_eq!(out.status.code(), Some(7), "refused at the TLS handshake: {}", stderr(&out));
 }

@@ -94,6 +94,7 @@ fn check(value: &str, template: &str) -> Result<(), TestCaseError> {
     let Ok(Some(parsed)) = Template::parse(template) else { return Ok(()) };
     // Aegis's limits (a printf width above 9,999, say) refuse what Go would run.
     let Ok(aegis) = transform(value, Some(&parsed), Format::Raw, &Budget::default()) else { return Ok(()) };
+    let aegis = aegis.into_owned();
     let modes = go_render(value, template);
     let wanted: Vec<String> = modes.iter().map(|m| m.out.clone().unwrap_or_else(|| value.trim().to_owned())).collect();
     prop_assert!(

@@ -135,17 +135,7 @@ fn another_trust_domain_and_a_rogue_ca_are_refused() {
 
     // An SVID as SVID files: minted by `server`, presented with vsecm.com's bundle
     // (so the client itself trusts the Safe).
-    let mint = |server: &Spire, id: &str, dir: &str| -> HashMap<String, String> {
-        let d = spire.dir.path().join(dir);
-        std::fs::create_dir_all(&d).unwrap();
-        server.server_ok(&["x509", "mint", "-spiffeID", id, "-ttl", "1h", "-write", d.to_str().unwrap()]);
-        HashMap::from([
-            ("AEGIS_SAFE_URL".to_owned(), safe.url.clone()),
-            ("AEGIS_SVID_CERT".to_owned(), d.join("svid.pem").display().to_string()),
-            ("AEGIS_SVID_KEY".to_owned(), d.join("key.pem").display().to_string()),
-            ("AEGIS_SVID_BUNDLE".to_owned(), spire.bundle_path().display().to_string()),
-        ])
-    };
+    let mint = |server: &Spire, id: &str, dir: &str| spire.minted_client_env(server, id, dir, &safe.url);
     let aegis =
         |env: &HashMap<String, String>, args: &[&str]| common::cmd(common::AEGIS, env).args(args).output().unwrap();
     let safe_cli =
