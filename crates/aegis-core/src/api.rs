@@ -192,6 +192,10 @@ pub struct SecretInfo {
     /// Kubernetes has caught up with this secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeSync>,
+    /// Set when the secret is replicated from another Safe (read-only here):
+    /// that Safe's SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicated_from: Option<String>,
 }
 
 /// Where a `k8s:` secret stands in Kubernetes (see docs/KUBERNETES.md).
@@ -423,6 +427,111 @@ pub struct Status {
     /// Kubernetes Secret sync of `k8s:` secrets, when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeSyncSummary>,
+    /// The foreign trust domains whose clients are accepted (see docs/FEDERATION.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federated_domains: Vec<String>,
+    /// Replication links, when any is configured (see docs/REPLICATION.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStatus>,
+}
+
+/// `GET /v1/replication/changes`: one page of a source Safe's changes, in
+/// the order of their change numbers. Values travel in plaintext inside the
+/// mTLS connection only; the replica seals them under its own root key.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicationPage {
+    /// The source Safe's SPIFFE ID.
+    pub source: String,
+    /// The source's latest change number when the page was made.
+    pub head: u64,
+    /// Fingerprint of what the source replicates (its name patterns).
+    pub selection: u64,
+    /// The changes start a snapshot: the replica's state could not be
+    /// continued (first link, another selection, or a source whose history
+    /// restarted), so every replicated secret is sent again, and the replica
+    /// drops the ones the snapshot does not hold once it is complete.
+    pub snapshot: bool,
+    /// More changes are ready: ask again at once.
+    pub more: bool,
+    /// Where to ask from next (the change number)…
+    pub next_seq: u64,
+    /// …and its secret (absent: from the start). Past the secrets looked at
+    /// and not replicated, so a replica's next request does not look at them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_name: Option<String>,
+    /// The changes (whole secrets with their versions).
+    pub changes: Vec<ReplicatedChange>,
+}
+
+/// One secret as its source holds it after its change number `seq`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicatedChange {
+    /// The source's change number.
+    pub seq: u64,
+    /// The secret, values included.
+    pub doc: crate::secret::SecretDoc,
+}
+
+/// `GET /v1/replication`: this Safe's replication links.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// This Safe's latest change number.
+    pub head: u64,
+    /// The replicas this Safe sends to (as a source).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaLink>,
+    /// The sources this Safe replicates from (as a replica).
+    #[serde(default)]
+    pub sources: Vec<SourceLink>,
+}
+
+/// A replica, as its source sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaLink {
+    /// The replica Safe's SPIFFE ID (the only one allowed to ask).
+    pub spiffe_id: String,
+    /// The secret name patterns replicated.
+    pub patterns: Vec<String>,
+    /// `up` while it asks at least every few seconds, `down` otherwise, `never` before its first request.
+    pub state: String,
+    /// The last change number it confirmed holding (what it asked after).
+    pub confirmed: u64,
+    /// Its last request (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Changes sent to it since this Safe started.
+    pub sent: u64,
+}
+
+/// A source, as its replica sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceLink {
+    /// The source Safe's SPIFFE ID (the only one accepted at that URL).
+    pub spiffe_id: String,
+    /// Its URL.
+    pub url: String,
+    /// `up` (caught up or catching up), `snapshot` (a snapshot is being
+    /// applied), `down` (the last attempt failed; `error` says why) or `connecting`.
+    pub state: String,
+    /// Whether the link has been down longer than the alert threshold.
+    pub alert: bool,
+    /// The source's change number of the last change applied here.
+    pub applied: u64,
+    /// The source's latest change number, as last heard.
+    pub source_head: u64,
+    /// Seconds since this Safe last held everything the source had: 0 when caught up.
+    pub lag_seconds: f64,
+    /// The last answer from the source (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<String>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Changes applied since this Safe started.
+    pub changes_applied: u64,
+    /// Secrets not replicated because a local secret of the same name is in the way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 /// `POST /v1/admin/rotate-root-key`.

@@ -210,6 +210,32 @@ pub struct SecretDoc {
     pub deleted: Option<OffsetDateTime>,
     /// Increases on every change; used to order writes and notify watchers.
     pub revision: u64,
+    /// The store's change number at this secret's last change: every change
+    /// a Safe commits gets the next one, so a replica asks for the changes
+    /// after the last one it applied. 0 in records written before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    /// Set on a replica: the Safe this secret is replicated from. Such a
+    /// secret is read-only here; only its source's changes replace it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Box<Origin>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a replicated secret comes from (see [`SecretDoc::origin`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The source Safe's SPIFFE ID.
+    pub source: String,
+    /// The source's change number of the state held here.
+    pub seq: u64,
+    /// The fingerprint of the source's selection (its replicated name
+    /// patterns) this state was sent under; 0 while a snapshot is not complete.
+    #[serde(default)]
+    pub selection: u64,
 }
 
 /// Why an operation on a secret was refused.
@@ -254,7 +280,17 @@ pub enum OpError {
 impl SecretDoc {
     /// An empty document for a new secret (no versions yet).
     pub fn empty(name: SecretName, now: OffsetDateTime) -> Self {
-        Self { name, versions: Vec::new(), current: 0, created: now, updated: now, deleted: None, revision: 0 }
+        Self {
+            name,
+            versions: Vec::new(),
+            current: 0,
+            created: now,
+            updated: now,
+            deleted: None,
+            revision: 0,
+            seq: 0,
+            origin: None,
+        }
     }
 
     /// The current live version: none if deleted, never written or destroyed.

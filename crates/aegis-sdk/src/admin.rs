@@ -122,6 +122,11 @@ impl Client {
         self.call(Method::GET, "/v1/status", NONE).await
     }
 
+    /// Where each replication link stands (`GET /v1/replication`).
+    pub async fn replication(&self) -> Result<aegis_core::api::ReplicationStatus, ClientError> {
+        self.call(Method::GET, "/v1/replication", NONE).await
+    }
+
     /// Rotates the root key.
     pub async fn rotate_root_key(&self) -> Result<Rotated, ClientError> {
         self.call(Method::POST, "/v1/admin/rotate-root-key", NONE).await

@@ -198,6 +198,35 @@ pub(crate) async fn finish(s: &AppState, scope: &Scope, grace: Duration, mut res
     }
 }
 
+/// Records one replicated change: sent to the replica `peer`
+/// (`replicate-send`, with the id of the request that sent it), or applied
+/// (`replicate-apply`) or deleted (`replicate-delete`) from the source `peer`.
+pub(crate) fn replicated(
+    s: &AppState,
+    action: &'static str,
+    peer: &Arc<str>,
+    secret: &aegis_core::SecretName,
+    version: u64,
+) {
+    if !s.audit.is_on() {
+        return;
+    }
+    let request_id = SCOPE.try_with(|sc| sc.request_id.clone()).unwrap_or_else(|_| next_request_id());
+    s.audit.record(Event {
+        time: OffsetDateTime::now_utc(),
+        request_id,
+        caller: peer.clone(),
+        action,
+        api: "native",
+        route: crate::routes::REPLICATION_CHANGES,
+        secrets: vec![secret.to_string()],
+        version: Some(version),
+        status: 200,
+        phase: None,
+        policy: None,
+    });
+}
+
 /// Records the answer of a request that changed nothing (without waiting).
 pub(crate) fn record(s: &AppState, scope: &Scope, status: u16) {
     if s.audit.is_on() {

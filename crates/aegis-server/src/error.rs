@@ -154,6 +154,7 @@ impl From<StoreError> for ApiError {
             StoreError::Op(OpError::WrongState { .. }) => Self::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             StoreError::NotEmpty { .. } => Self::conflict(e.to_string()),
+            StoreError::Replicated { .. } | StoreError::InTheWay { .. } => Self::conflict(e.to_string()),
             StoreError::Unavailable { .. } => Self::unavailable(e.to_string()),
             StoreError::Changed(_) => Self::conflict(e.to_string()),
             StoreError::KeyRetired { .. } | StoreError::ForeignKey { .. } => Self::unavailable(e.to_string()),
@@ -310,6 +311,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Identity(#[from] aegis_identity::IdentityError),
+    /// A replication link is misconfigured.
+    #[error("replication: {0}")]
+    Replication(String),
     /// A port could not be bound.
     #[error("cannot listen on {addr}: {source}; pick a free port")]
     Bind {

@@ -88,13 +88,15 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     if s.is_sealed() {
         return ApiError::unavailable("sealed: waiting for the root key").plain_text();
     }
-    match s.store() {
-        // Still ready: reads are served from memory; the body says writes are refused.
-        Ok(store) if !store.backend_available() => {
-            "ready, degraded: the record store is unavailable; writes are refused with 503, reads go on\n"
-                .into_response()
-        }
-        _ => "ready\n".into_response(),
+    let mut degraded: Vec<String> = s.replication.alerts();
+    if s.store().is_ok_and(|store| !store.backend_available()) {
+        degraded.insert(0, "the record store is unavailable; writes are refused with 503, reads go on".to_owned());
+    }
+    // Still ready when degraded: reads are served from memory; the body says what is wrong.
+    if degraded.is_empty() {
+        "ready\n".into_response()
+    } else {
+        format!("ready, degraded: {}\n", degraded.join("; ")).into_response()
     }
 }
 
@@ -108,6 +110,9 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     s.metrics.set_audit(s.audit.stats());
     if let Some(sync) = s.sync().filter(|sync| sync.keeps_copies()) {
         s.metrics.set_kube_sync(&sync.summary());
+    }
+    if s.replication.is_on() {
+        s.metrics.set_replication(&s.replication.status(s.store().map_or(0, |st| st.last_change())));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }

@@ -24,6 +24,7 @@ pub mod path;
 pub mod policies;
 pub mod policy;
 pub mod quota;
+pub mod replication;
 pub mod router;
 pub mod routes;
 pub mod serve;

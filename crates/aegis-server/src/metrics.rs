@@ -26,6 +26,78 @@ pub struct KubeSyncLabels {
     pub state: &'static str,
 }
 
+/// Labels of a replication link's gauges: the other Safe's SPIFFE ID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The source's (on a replica) or the replica's (on a source) SPIFFE ID.
+    pub peer: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The replication gauges (see docs/REPLICATION.md).
+pub struct ReplicationMetrics {
+    lag: Family<PeerLabels, FloatGauge>,
+    applied: Family<PeerLabels, Gauge>,
+    source_head: Family<PeerLabels, Gauge>,
+    up: Family<PeerLabels, Gauge>,
+    alert: Family<PeerLabels, Gauge>,
+    applied_total: Family<PeerLabels, Gauge>,
+    confirmed: Family<PeerLabels, Gauge>,
+    sent: Family<PeerLabels, Gauge>,
+    head: Gauge,
+}
+
+impl ReplicationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            lag: Family::default(),
+            applied: Family::default(),
+            source_head: Family::default(),
+            up: Family::default(),
+            alert: Family::default(),
+            applied_total: Family::default(),
+            confirmed: Family::default(),
+            sent: Family::default(),
+            head: Gauge::default(),
+        };
+        registry.register(
+            "replication_lag_seconds",
+            "Per source: seconds since this replica last held every change of the source (0 when caught up)",
+            m.lag.clone(),
+        );
+        registry.register(
+            "replication_applied_sequence",
+            "Per source: the source's change number of the last change applied here",
+            m.applied.clone(),
+        );
+        registry.register(
+            "replication_source_head_sequence",
+            "Per source: the source's last change number, as last heard",
+            m.source_head.clone(),
+        );
+        registry.register("replication_link_up", "Per source: 1 while the link answers", m.up.clone());
+        registry.register(
+            "replication_link_alert",
+            "Per source: 1 while the link has been down longer than AEGIS_REPLICATION_ALERT_AFTER_MS",
+            m.alert.clone(),
+        );
+        registry.register(
+            "replication_changes_applied",
+            "Per source: changes applied here since start",
+            m.applied_total.clone(),
+        );
+        registry.register(
+            "replication_replica_confirmed_sequence",
+            "Per replica: the last change number it confirmed holding",
+            m.confirmed.clone(),
+        );
+        registry.register("replication_changes_sent", "Per replica: changes sent to it since start", m.sent.clone());
+        registry.register("replication_head_sequence", "This Safe's last change number", m.head.clone());
+        m
+    }
+}
+
 /// The Safe's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +135,7 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Audit lines written, requests folded, events lost and admin writes refused since start.
     audit: [AuditCounter; 4],
+    replication: ReplicationMetrics,
 }
 
 /// An audit counter and the figure of [`aegis_audit::Stats`] it follows.
@@ -150,7 +223,9 @@ impl Metrics {
             "Stored templates found over the template budget since start (those secrets are served as errors)",
             transform_failures.clone(),
         );
+        let replication = ReplicationMetrics::register(&mut registry);
         Self {
+            replication,
             registry,
             requests,
             latency,
@@ -190,6 +265,27 @@ impl Metrics {
             self.kube_sync.get_or_create(&KubeSyncLabels { state: state.as_str() }).set(s.count(state) as i64);
         }
         self.kube_sync_lag.set(s.oldest_pending_ms as f64 / 1000.0);
+    }
+
+    /// Sets the replication gauges from the links' state.
+    pub fn set_replication(&self, s: &aegis_core::api::ReplicationStatus) {
+        let r = &self.replication;
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        r.head.set(n(s.head));
+        for l in &s.sources {
+            let peer = PeerLabels { peer: l.spiffe_id.clone() };
+            r.lag.get_or_create(&peer).set(l.lag_seconds);
+            r.applied.get_or_create(&peer).set(n(l.applied));
+            r.source_head.get_or_create(&peer).set(n(l.source_head));
+            r.up.get_or_create(&peer).set(i64::from(l.state == "up" || l.state == "snapshot"));
+            r.alert.get_or_create(&peer).set(i64::from(l.alert));
+            r.applied_total.get_or_create(&peer).set(n(l.changes_applied));
+        }
+        for l in &s.replicas {
+            let peer = PeerLabels { peer: l.spiffe_id.clone() };
+            r.confirmed.get_or_create(&peer).set(n(l.confirmed));
+            r.sent.get_or_create(&peer).set(n(l.sent));
+        }
     }
 
     /// The text exposition format.

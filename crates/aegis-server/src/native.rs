@@ -55,6 +55,7 @@ pub fn info(doc: &SecretDoc) -> SecretInfo {
         expires_after: meta.map(|m| rfc3339(m.expires_after)).unwrap_or_default(),
         versions_kept: doc.versions.len(),
         kubernetes: None,
+        replicated_from: doc.origin.as_ref().map(|o| o.source.clone()),
     }
 }
 
@@ -320,7 +321,22 @@ fn status_of(s: &AppState) -> Status {
         key_id: store.map(|st| st.keyring().current().id().to_string()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         kubernetes: s.sync().filter(|sync| sync.keeps_copies()).map(|sync| sync.summary()),
+        federated_domains: s.settings.federation.domains().map(str::to_owned).collect(),
+        replication: s.replication.is_on().then(|| replication_of(s)),
     }
+}
+
+fn replication_of(s: &AppState) -> aegis_core::api::ReplicationStatus {
+    s.replication.status(s.store().map_or(0, |st| st.last_change()))
+}
+
+/// `GET /v1/replication`: where each replication link stands.
+pub async fn replication(
+    State(s): St,
+    Extension(_c): Who,
+) -> Result<Json<aegis_core::api::ReplicationStatus>, ApiError> {
+    // Let past the request head only with a policy that allows `list`, as the status.
+    Ok(Json(replication_of(&s)))
 }
 
 /// `GET /v1/status`.

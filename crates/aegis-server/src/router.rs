@@ -68,6 +68,8 @@ fn handler(endpoint: Endpoint, filter: axum::routing::MethodFilter) -> MethodRou
         E::PolicyDelete => on(filter, policy::delete),
         E::Explain => on(filter, policy::explain),
         E::AuditTail => on(filter, native::audit_tail),
+        E::Replication => on(filter, native::replication),
+        E::ReplicationChanges => on(filter, crate::replication::changes),
     }
 }
 

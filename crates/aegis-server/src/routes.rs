@@ -67,6 +67,10 @@ pub const POLICY: &str = "/v1/policies/{name}";
 pub const EXPLAIN: &str = "/v1/explain";
 /// The newest lines of the audit trail.
 pub const AUDIT: &str = "/v1/audit";
+/// The replication links' state.
+pub const REPLICATION: &str = "/v1/replication";
+/// A source's changes, asked for by its replicas.
+pub const REPLICATION_CHANGES: &str = "/v1/replication/changes";
 
 /// Which API a route belongs to (the audit trail's `api`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +181,10 @@ pub enum Endpoint {
     Explain,
     /// `native::audit_tail`.
     AuditTail,
+    /// `native::replication`.
+    Replication,
+    /// `replication::changes`.
+    ReplicationChanges,
 }
 
 impl Endpoint {
@@ -187,8 +195,9 @@ impl Endpoint {
     pub fn need(self) -> Option<Action> {
         use Endpoint as E;
         match self {
-            E::VsecmFetch | E::Workload | E::Watch | E::Openapi => None,
-            E::VsecmList | E::VsecmKeystone | E::List | E::History | E::Status => Some(Action::List),
+            // The replica check is the handler's: only the SPIFFE IDs named by --replicate-to.
+            E::VsecmFetch | E::Workload | E::Watch | E::Openapi | E::ReplicationChanges => None,
+            E::VsecmList | E::VsecmKeystone | E::List | E::History | E::Status | E::Replication => Some(Action::List),
             E::VsecmUpsert | E::VsecmDelete | E::Put | E::Delete | E::Undelete | E::Rollback | E::Destroy => {
                 Some(Action::Write)
             }
@@ -290,7 +299,7 @@ use Endpoint as E;
 use Verb::{Delete, Get, Post, Put};
 
 /// Every route of the mTLS API.
-pub static ROUTES: [Route; 25] = [
+pub static ROUTES: [Route; 27] = [
     Route { path: WORKLOAD_SECRETS, api: Api::Vsecm, ops: &[op(Get, "fetch", LENIENT, E::VsecmFetch)] },
     Route {
         path: SENTINEL_SECRETS,
@@ -347,6 +356,17 @@ pub static ROUTES: [Route; 25] = [
         path: AUDIT,
         api: Api::Native,
         ops: &[op(Get, "read-audit", Query::Only(&["lines", "caller", "secret"]), E::AuditTail)],
+    },
+    Route { path: REPLICATION, api: Api::Native, ops: &[op(Get, "replication-status", NONE, E::Replication)] },
+    Route {
+        path: REPLICATION_CHANGES,
+        api: Api::Native,
+        ops: &[op(
+            Get,
+            "replicate",
+            Query::Own(&["after", "after_name", "selection", "wait_ms"]),
+            E::ReplicationChanges,
+        )],
     },
 ];
 
@@ -537,7 +557,7 @@ mod tests {
             missing.is_empty() && extra.is_empty(),
             "in routes.rs but not in openapi.yaml: {missing:?}; in openapi.yaml but not in routes.rs: {extra:?}"
         );
-        assert_eq!(table.len(), 31);
+        assert_eq!(table.len(), 33);
     }
 
     #[test]

@@ -188,6 +188,14 @@ pub async fn start(
             );
         }
     }
+    let fed = &state.settings.federation;
+    state
+        .settings
+        .replication
+        .check(me.spiffe_id(), |td| fed.accepts(td), state.backend_is_shared())
+        .map_err(StartError::Replication)?;
+    state.replication.set_own(me.spiffe_id().clone());
+    let links = crate::replication::spawn_links(state.clone(), identity.clone());
     let tls = Arc::new(aegis_identity::server_config_federated(identity, Arc::clone(&state.settings.federation))?);
     let listener = bind(state.settings.listen).await?;
     let health_listener = bind(state.settings.health_listen).await?;
@@ -200,6 +208,7 @@ pub async fn start(
         tokio::spawn(health::serve(health_listener, state.clone())),
     ];
     tasks.extend(retry);
+    tasks.extend(links);
     tracing::info!(%addr, %health_addr, spiffe_id = %me.spiffe_id(), "Safe listening");
     Ok(Running { state, addr, health_addr, tasks })
 }
@@ -287,7 +296,7 @@ async fn connection(
         return;
     };
     let caller = Arc::new(Caller::new(id.clone(), state.settings.roles.classify(&id)));
-    let named = state.policies.current().speaks_of(&caller.id);
+    let named = state.policies.current().speaks_of(&caller.id) || state.replication.is_replica(&caller.id);
     let _identity = match state.gate.admit(&caller.role, caller.id.as_str(), named) {
         Ok(s) => s,
         Err(why) => {

@@ -82,6 +82,8 @@ pub struct Settings {
     pub policies: crate::policies::PolicySettings,
     /// The foreign trust domains whose clients are accepted (none by default).
     pub federation: Arc<aegis_identity::Federation>,
+    /// Replication to and from other Safes (none by default; see docs/REPLICATION.md).
+    pub replication: crate::replication::ReplicationSettings,
 }
 
 /// Refused requests get at most one INFO line per this interval (ten a second).
@@ -113,6 +115,8 @@ pub struct AppState {
     pub policies: Arc<crate::policies::Policies>,
     /// The per-identity request rates.
     pub quotas: crate::quota::Quotas,
+    /// Where each replication link stands.
+    pub replication: crate::replication::Links,
 }
 
 impl AppState {
@@ -128,6 +132,7 @@ impl AppState {
         let in_flight = crate::inflight::InFlight::new(gate.limits());
         let policies = Arc::new(crate::policies::Policies::new(settings.policies.clone()));
         Ok(Arc::new(Self {
+            replication: crate::replication::Links::new(&settings.replication),
             quotas: crate::quota::Quotas::new(settings.policies.rate),
             policies,
             gate,
@@ -183,6 +188,11 @@ impl AppState {
         }
     }
 
+    /// Whether the backend is shared with other Safes (a database).
+    pub fn backend_is_shared(&self) -> bool {
+        self.backend.shared().is_some()
+    }
+
     /// Whether a root key is loaded.
     pub fn is_sealed(&self) -> bool {
         self.store.load().is_none()
@@ -206,6 +216,8 @@ impl AppState {
                 .is_on()
                 .then(|| Arc::new(Trail(self.audit.clone())) as Arc<dyn aegis_store::CommitBarrier>),
             keys: self.root_key.store().cloned(),
+            // A source finds the changes after a replica's position without a scan.
+            index_changes: !self.settings.replication.replicas.is_empty(),
             ..StoreOptions::default()
         };
         let backend = self.backend.clone();

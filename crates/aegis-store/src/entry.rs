@@ -139,6 +139,11 @@ pub enum Mutation {
     Destroy(aegis_core::secret::VersionNumber),
     /// Write an earlier version again as the newest.
     Rollback(aegis_core::secret::VersionNumber),
+    /// Replace the secret with its source's state (a replica applying a
+    /// replicated change): versions, numbers and times as the source has
+    /// them, `origin` set. Refused over a secret of this Safe's own or of
+    /// another source.
+    Replicate(Box<SecretDoc>),
 }
 
 /// A record that could not be loaded and was moved aside.

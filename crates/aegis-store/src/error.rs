@@ -103,6 +103,31 @@ pub enum StoreError {
     /// The writer task has stopped (the Safe is shutting down).
     #[error("the store is shutting down; retry against a running Safe")]
     Closed,
+    /// The secret is replicated from another Safe: only that Safe's changes replace it.
+    #[error(
+        "secret '{name}' is replicated from the Safe {from} and is read-only here; write it on that Safe \
+         (its change reaches this one); nothing was changed"
+    )]
+    Replicated {
+        /// The secret.
+        name: String,
+        /// The source Safe's SPIFFE ID.
+        from: String,
+    },
+    /// A replicated change was not applied: a secret of the same name that is
+    /// not from that source (this Safe's own, or another source's) is in the way.
+    #[error(
+        "secret '{name}' replicated from {from} was not applied: a secret of that name held by {held_by} is in \
+         the way; rename or delete one of them"
+    )]
+    InTheWay {
+        /// The secret.
+        name: String,
+        /// The source of the change.
+        from: String,
+        /// Who holds the secret in the way: "this Safe" or another source's SPIFFE ID.
+        held_by: String,
+    },
 }
 
 fn quoted(names: &[String]) -> String {

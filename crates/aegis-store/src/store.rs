@@ -1,5 +1,6 @@
 //! The public store API: reads from memory, changes through the writer task.
 
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -70,8 +71,12 @@ impl Store {
         keyring: Keyring,
         opts: StoreOptions,
     ) -> Result<(Self, LoadReport), StoreError> {
-        let (map, report, log_seq, sealing) =
+        let (mut map, report, log_seq, sealing) =
             writer::load(backend.clone(), keyring.clone(), opts.template_budget).await?;
+        if opts.index_changes {
+            map.index_changes();
+        }
+        let changes = AtomicU64::new(map.last_change());
         let keyring = match backend.shared() {
             Some(_) => crate::sealing::agree(&backend, opts.keys.as_ref(), keyring, sealing).await?,
             None => keyring,
@@ -90,6 +95,7 @@ impl Store {
             available: std::sync::atomic::AtomicBool::new(true),
             key_changes: watch::channel(ring).0,
             catch_up_queued: Arc::default(),
+            changes,
         });
         let (tx, rx) = mpsc::channel(4096);
         if let Some(log) = backend.shared() {
@@ -156,6 +162,32 @@ impl Store {
         let ticket = crate::Ticket::current();
         self.tx.send(Job::Group { mutations, reply, ticket }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The last change number given: every secret written since gets a higher one.
+    pub fn last_change(&self) -> u64 {
+        self.shared.changes.load(Ordering::SeqCst)
+    }
+
+    /// Up to `limit` secrets in the order of their last change, from the
+    /// first changed after `after` (change number, name; `Unbounded`: from the start), and whether more
+    /// follow. Every secret visible now whose last change is after `after`
+    /// is found by calls that go on from the last one returned. Without
+    /// [`StoreOptions::index_changes`] every secret is scanned.
+    pub fn changed_after(&self, after: Bound<(u64, SecretName)>, limit: usize) -> (Vec<Arc<Entry>>, bool) {
+        let map = self.shared.map.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = map.changed_after(after.as_ref(), limit) {
+            return found;
+        }
+        let past = |e: &Arc<Entry>| match &after {
+            Bound::Excluded((seq, name)) => (e.doc.seq, &e.doc.name) > (*seq, name),
+            Bound::Included((seq, name)) => (e.doc.seq, &e.doc.name) >= (*seq, name),
+            Bound::Unbounded => true,
+        };
+        let mut all: Vec<&Arc<Entry>> = map.values().filter(|e| past(e)).collect();
+        all.sort_by(|a, b| (a.doc.seq, &a.doc.name).cmp(&(b.doc.seq, &b.doc.name)));
+        let more = all.len() > limit;
+        (all.into_iter().take(limit).cloned().collect(), more)
     }
 
     /// Every secret as it is now, without stopping writes: the entries of

@@ -163,6 +163,12 @@ fn apply_one(
 ) -> Result<(SecretDoc, Option<Data>), StoreError> {
     let now = OffsetDateTime::now_utc();
     let missing = || StoreError::NotFound(name.to_string());
+    if let Mutation::Replicate(doc) = m {
+        return replicate(base, name, *doc);
+    }
+    if let Some(origin) = base.as_ref().and_then(|d| d.origin.as_ref()) {
+        return Err(StoreError::Replicated { name: name.to_string(), from: origin.source.clone() });
+    }
     let mut doc = match (base, &m) {
         (Some(d), _) => d,
         (None, Mutation::Put { .. }) => SecretDoc::empty(name.clone(), now),
@@ -184,8 +190,42 @@ fn apply_one(
         Mutation::Rollback(v) => {
             doc.rollback(v, now, max)?;
         }
+        Mutation::Replicate(_) => unreachable!("handled above"),
     }
     Ok((doc, computed))
+}
+
+/// A replicated secret in place of `base`: refused over a secret that is not
+/// from the same source (this Safe's own is never overwritten), and as stale
+/// when it is not newer than what is held.
+fn replicate(
+    base: Option<SecretDoc>,
+    name: &SecretName,
+    doc: SecretDoc,
+) -> Result<(SecretDoc, Option<Data>), StoreError> {
+    let Some(origin) = doc.origin.as_ref() else {
+        return Err(StoreError::Io {
+            name: name.to_string(),
+            source: io::Error::other("a replicated change without its origin"),
+        });
+    };
+    if doc.name != *name {
+        return Err(StoreError::Io {
+            name: name.to_string(),
+            source: io::Error::other("a replicated change of another name"),
+        });
+    }
+    if let Some(held) = base {
+        let other = match held.origin.as_ref() {
+            None => Some("this Safe".to_owned()),
+            Some(o) if o.source != origin.source => Some(o.source.clone()),
+            Some(_) => None,
+        };
+        if let Some(held_by) = other {
+            return Err(StoreError::InTheWay { name: name.to_string(), from: origin.source.clone(), held_by });
+        }
+    }
+    Ok((doc, None))
 }
 
 fn copy_err(e: &StoreError, name: &SecretName) -> StoreError {
@@ -216,7 +256,8 @@ async fn commit(shared: &Shared, backend: &Arc<dyn Backend>, jobs: Vec<(SecretNa
     for (name, m, reply) in jobs {
         let base = base_of(shared, &work, &mut bases, &name);
         match apply_one(base, &name, m, shared.opts.max_versions) {
-            Ok(done) => {
+            Ok(mut done) => {
+                done.0.seq = shared.next_change();
                 work.insert(name.clone(), done);
                 waiting.push((name, reply));
             }
@@ -263,7 +304,8 @@ async fn commit_group(
     let mut bases: HashMap<SecretName, u64> = HashMap::new();
     for (name, m) in mutations {
         let base = base_of(shared, &work, &mut bases, &name);
-        let done = apply_one(base, &name, m, shared.opts.max_versions)?;
+        let mut done = apply_one(base, &name, m, shared.opts.max_versions)?;
+        done.0.seq = shared.next_change();
         if work.insert(name.clone(), done).is_none() {
             order.push(name);
         }
@@ -576,6 +618,7 @@ async fn restore(
     let mut replaced = 0;
     let mut expected = Vec::with_capacity(docs.len());
     for doc in &mut docs {
+        doc.seq = shared.next_change();
         match shared.get(&doc.name) {
             Some(old) => {
                 replaced += 1;

@@ -78,6 +78,8 @@ enum Command {
     Status(Out),
     /// Generate a new root key and re-encrypt every record with it.
     RotateRootKey(Out),
+    /// Replication between Safes: `status` shows each link (see docs/REPLICATION.md).
+    Replication(crate::admin::state::ReplicationArgs),
     /// Keep a file up to date with the workload's secret (VSecM sidecar).
     Sidecar(crate::workload::sidecar::SidecarArgs),
     /// Wait until the workload's secret exists (VSecM init container).
@@ -118,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unseal(a) => state::unseal(a).await,
         Command::Status(out) => state::status(out).await,
         Command::RotateRootKey(out) => state::rotate_root_key(out).await,
+        Command::Replication(a) => state::replication(a).await,
         Command::Sidecar(a) => crate::workload::sidecar::run(a).await,
         Command::Init(a) => crate::workload::init::run(a).await,
         Command::Run(a) => crate::workload::run::run(a).await,

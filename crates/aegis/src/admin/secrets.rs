@@ -103,7 +103,9 @@ fn print_info(i: &SecretInfo, out: Out) -> Result<(), CliError> {
     }
     let state = if i.deleted.is_some() { " (deleted)" } else { "" };
     let kube = i.kubernetes.as_ref().map(kube_state).unwrap_or_default();
-    let line = format!("{}: version {}{state}, updated {}, format {}{kube}", i.name, i.version, i.updated, i.format);
+    let from = i.replicated_from.as_ref().map(|s| format!("; replicated from {s} (read-only)")).unwrap_or_default();
+    let line =
+        format!("{}: version {}{state}, updated {}, format {}{kube}{from}", i.name, i.version, i.updated, i.format);
     println!("{}", crate::output::printable(&line));
     Ok(())
 }

@@ -54,7 +54,75 @@ pub async fn status(out: Out) -> Result<(), CliError> {
             k.synced, k.pending, k.errors, k.conflicts, k.oldest_pending_ms
         );
     }
+    if !s.federated_domains.is_empty() {
+        println!(
+            "{}",
+            crate::output::printable(&format!("federated trust domains: {}", s.federated_domains.join(", ")))
+        );
+    }
+    if let Some(r) = &s.replication {
+        print_replication(r);
+    }
     Ok(())
+}
+
+/// Arguments of `aegis replication`.
+#[derive(clap::Args, Debug)]
+pub struct ReplicationArgs {
+    #[command(subcommand)]
+    cmd: ReplicationCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ReplicationCommand {
+    /// Where each link stands: on a source, its replicas; on a replica, its sources and their lag.
+    Status(Out),
+}
+
+/// `aegis replication status`.
+pub async fn replication(a: ReplicationArgs) -> Result<(), CliError> {
+    let ReplicationCommand::Status(out) = a.cmd;
+    let r = client().await?.replication().await?;
+    if out.output == Output::Json {
+        return print_json(&r);
+    }
+    if r.replicas.is_empty() && r.sources.is_empty() {
+        println!("no replication links (see --replicate-to and --replicate-from); change number {}", r.head);
+        return Ok(());
+    }
+    print_replication(&r);
+    Ok(())
+}
+
+fn print_replication(r: &aegis_core::api::ReplicationStatus) {
+    let mut lines = vec![format!("replication: this Safe's last change number {}", r.head)];
+    for l in &r.replicas {
+        let seen = l.last_seen.as_deref().map(|t| format!(", last asked {t}")).unwrap_or_default();
+        lines.push(format!(
+            "  replica {}: {}; confirmed change {}; {} changes sent{seen}; secrets {}",
+            l.spiffe_id,
+            l.state,
+            l.confirmed,
+            l.sent,
+            l.patterns.join(" ")
+        ));
+    }
+    for l in &r.sources {
+        let alert = if l.alert { " ALERT" } else { "" };
+        let error = l.error.as_deref().map(|e| format!("; error: {e}")).unwrap_or_default();
+        let conflicts = if l.conflicts.is_empty() {
+            String::new()
+        } else {
+            format!("; not applied (a secret of this Safe's in the way): {}", l.conflicts.join(", "))
+        };
+        lines.push(format!(
+            "  source {} at {}: {}{alert}; applied change {} of {}; lag {:.3} s; {} changes applied{error}{conflicts}",
+            l.spiffe_id, l.url, l.state, l.applied, l.source_head, l.lag_seconds, l.changes_applied
+        ));
+    }
+    for line in lines {
+        println!("{}", crate::output::printable(&line));
+    }
 }
 
 /// `aegis rotate-root-key`: a new root key, every record re-encrypted with it.

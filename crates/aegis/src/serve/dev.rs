@@ -177,6 +177,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         spiffe_endpoint_socket: String::new(),
         federate_with: Vec::new(),
         federated_bundles: Vec::new(),
+        replication: Default::default(),
         kube: a.kube.clone(),
         store: a.store.clone(),
         vsecm: server::VsecmArgs::default(),

@@ -5,5 +5,6 @@ pub mod adapters;
 pub mod dev;
 pub mod kube;
 pub mod policies;
+pub mod replication;
 pub mod server;
 pub mod vsecm_env;

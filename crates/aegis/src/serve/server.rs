@@ -95,6 +95,9 @@ pub struct ServerArgs {
         value_name = "TRUST_DOMAIN=PATH"
     )]
     pub federated_bundles: Vec<String>,
+    /// Replication to and from other Safes.
+    #[command(flatten)]
+    pub replication: crate::serve::replication::ReplicationArgs,
     /// `k8s:` secrets as Kubernetes Secrets.
     #[command(flatten)]
     pub kube: crate::serve::kube::KubeArgs,
@@ -571,6 +574,7 @@ pub fn settings(a: &ServerArgs) -> Result<Settings, CliError> {
         policies: a.policies.settings()?,
         // Set by `serve` from the flags: its bundle files are read then.
         federation: Arc::new(aegis_identity::Federation::none()),
+        replication: a.replication.settings()?,
     })
 }
 

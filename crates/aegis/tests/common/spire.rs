@@ -326,8 +326,13 @@ impl UidSafe {
 
     /// [`UidSafe::spawn`] with extra environment variables.
     pub fn spawn_with_env(spire: &Spire, uid: u32, extra: HashMap<String, String>) -> Self {
+        Self::spawn_on(spire, uid, extra, free_port())
+    }
+
+    /// [`UidSafe::spawn_with_env`] on the API port `port` (a restart where clients expect it).
+    pub fn spawn_on(spire: &Spire, uid: u32, extra: HashMap<String, String>, port: u16) -> Self {
         let home = spire.dir_for(&format!("safe-{uid}"), uid);
-        let (port, health) = (free_port(), free_port());
+        let health = free_port();
         let log = spire.dir.path().join(format!("safe-{uid}.log"));
         let logf = fs::File::create(&log).unwrap();
         let mut env = HashMap::from([("AEGIS_LOG".to_owned(), "debug".to_owned())]);
@@ -371,7 +376,12 @@ impl UidSafe {
 
     /// [`UidSafe::start`] with extra environment variables.
     pub fn start_with_env(spire: &Spire, uid: u32, extra: HashMap<String, String>) -> Self {
-        let mut s = Self::spawn_with_env(spire, uid, extra);
+        Self::start_on(spire, uid, extra, free_port())
+    }
+
+    /// [`UidSafe::start_with_env`] on the API port `port`.
+    pub fn start_on(spire: &Spire, uid: u32, extra: HashMap<String, String>, port: u16) -> Self {
+        let mut s = Self::spawn_on(spire, uid, extra, port);
         let t = Instant::now();
         while http_ok(s.health, "/readyz").is_none() {
             if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {

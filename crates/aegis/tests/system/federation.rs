@@ -18,7 +18,7 @@ const B: &str = "b.example";
 const C: &str = "c.example";
 
 /// `from` federates with `to`: it takes `to`'s bundle now and follows its bundle endpoint.
-fn federate(from: &Spire, to: &Spire) {
+pub(crate) fn federate(from: &Spire, to: &Spire) {
     let td = &to.env["SPIFFE_TRUST_DOMAIN"];
     let port = &to.env["SPIRE_BUNDLE_ENDPOINT_PORT"];
     let bundle = from.dir.path().join(format!("{td}.bundle.pem"));
@@ -47,7 +47,7 @@ fn fetch_with(env: &HashMap<String, String>, name: &str) -> std::process::Output
 }
 
 /// Waits until the agent of `spire` hands `uid` the bundle of `td` with its SVID.
-fn wait_bundle(spire: &Spire, uid: u32, td: &str) {
+pub(crate) fn wait_bundle(spire: &Spire, uid: u32, td: &str) {
     let t = Instant::now();
     loop {
         let out = spire.fetch_svid_as(uid);

@@ -31,6 +31,7 @@ mod limits;
 mod names;
 mod policies;
 mod postgres_store;
+mod replication;
 mod security;
 mod sentinel;
 mod spire;
