@@ -62,6 +62,10 @@ pub struct DevArgs {
     /// Policies of the dev Safe: built-ins, a policy file, request rates (docs/POLICIES.md).
     #[command(flatten)]
     policies: crate::serve::policies::PolicyArgs,
+    /// Replication to and from other Safes (docs/REPLICATION.md); replicas of a dev Safe take
+    /// SVIDs of its dev CA (`aegis dev svid --spiffe-id ...`).
+    #[command(flatten)]
+    replication: crate::serve::replication::ReplicationArgs,
     #[command(subcommand)]
     cmd: Option<DevCmd>,
 }
@@ -177,7 +181,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
         spiffe_endpoint_socket: String::new(),
         federate_with: Vec::new(),
         federated_bundles: Vec::new(),
-        replication: Default::default(),
+        replication: a.replication.clone(),
         kube: a.kube.clone(),
         store: a.store.clone(),
         vsecm: server::VsecmArgs::default(),
