@@ -327,6 +327,40 @@ fn secrets_written_on_a_reach_b_read_only_and_survive_cuts_and_crashes() {
     });
     assert_applied_once(&w.b, "shared-n");
     assert_applied_once(&w.b, "shared-last");
+    drop(_safe_a);
+
+    // A source that does not name B: B's link says so, and B keeps what it holds.
+    let mut env = w.a_env();
+    env.insert(
+        "AEGIS_REPLICATE_TO".to_owned(),
+        format!("spiffe://{B}/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/other"),
+    );
+    let not_named = UidSafe::start_on(&w.a, SAFE_UID, env, safe_a.port);
+    wait_until(Duration::from_secs(20), "B's link reports that A does not name it", || {
+        let s = status_json(w.on_b(&safe_b, &["replication", "status", "-o", "json"]));
+        s["sources"][0]["error"].as_str().is_some_and(|e| e.contains("is not a replica of this Safe"))
+    });
+    assert_eq!(ok(w.on_b(&safe_b, &["get", "billing"])).trim(), r#"{"db":"two"}"#);
+    drop(not_named);
+
+    // A source that replicates less: its snapshot makes B delete what it no longer sends.
+    let mut env = w.a_env();
+    env.insert("AEGIS_REPLICATE_SECRETS".to_owned(), "shared-*".to_owned());
+    let _narrower = UidSafe::start_on(&w.a, SAFE_UID, env, safe_a.port);
+    wait_until(Duration::from_secs(20), "B deletes the secret A no longer replicates", || {
+        listing(w.on_b(&safe_b, &["list", "--deleted", "-o", "json"])).get("billing").is_some_and(|s| s.1)
+    });
+    let on_b = listing(w.on_b(&safe_b, &["list", "--deleted", "-o", "json"]));
+    assert_eq!(on_b.get("shared-last").map(|s| s.1), Some(false), "what A still replicates stays: {on_b:?}");
+    let deleted =
+        std::fs::read_to_string(w.b.dir.path().join(format!("safe-{SAFE_UID}")).join("data/audit/audit.log")).unwrap();
+    assert!(deleted.lines().any(|l| l.contains("\"replicate-delete\"") && l.contains("billing")), "audited");
+    let sent =
+        std::fs::read_to_string(w.a.dir.path().join(format!("safe-{SAFE_UID}")).join("data/audit/audit.log")).unwrap();
+    assert!(
+        sent.lines().any(|l| l.contains("\"replicate-send\"") && l.contains("shared-last") && l.contains(&b_safe_id())),
+        "A's trail records what it sent, and to whom"
+    );
 }
 
 /// No `replicate-apply` line of B's trail for a secret starting with `prefix` repeats a (secret, version).
