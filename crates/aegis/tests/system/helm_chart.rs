@@ -307,9 +307,18 @@ fn each_variant_renders_what_it_documents() {
         "--rate-per-identity=200",
         "--rate-burst=400",
         "--federate-with=b.example.org",
+        "--replicate-to=spiffe://b.example.org/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/vsecm-safe-0",
+        "--replicate=shared-*",
+        "--replicate-from=spiffe://b.example.org/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/vsecm-safe-0=https://safe.b.example.org:8443",
+        "--replication-alert-after-ms=30000",
     ] {
         assert!(a.contains(&flag.to_owned()), "{flag} in {a:?}");
     }
+    // The replica in another cluster may reach the API port.
+    let np = find(&objs, "NetworkPolicy", "vsecm-safe");
+    let replicas =
+        np["spec"]["ingress"].as_array().unwrap().iter().find(|r| r["from"][0]["ipBlock"]["cidr"] == "203.0.113.0/24");
+    assert_eq!(replicas.map(|r| r["ports"][0]["port"].clone()), Some(serde_json::json!(8443)), "{np}");
     // The Safe's SPIRE registration federates with the same domains, so its agent delivers their bundles.
     let id = find(&objs, "ClusterSPIFFEID", "vsecm-system-aegis-safe");
     assert_eq!(id["spec"]["federatesWith"], serde_json::json!(["b.example.org"]), "{id}");
@@ -323,6 +332,7 @@ fn each_variant_renders_what_it_documents() {
     assert!(!defaults.iter().any(|f| f.starts_with("--policy-file")), "{defaults:?}");
     assert!(defaults.contains(&"--builtin-policies=workload,sentinel".to_owned()), "{defaults:?}");
     assert!(!defaults.iter().any(|f| f.starts_with("--federate-with")), "no federation by default: {defaults:?}");
+    assert!(!defaults.iter().any(|f| f.starts_with("--replicat")), "no replication by default: {defaults:?}");
 
     // The default NetworkPolicy: the Sentinel and labelled clients on 8443, nothing on 8081.
     let objs = render(None);
