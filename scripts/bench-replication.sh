@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Replication between Safes (issue 24; docs/REPLICATION.md), on one host, release build:
 #
-#   1. propagation: a write acknowledged by source A to the file of a sidecar that
-#      watches replica B (`aegis-bench propagation`, p50/p99 over AEGIS_BENCH_UPDATES);
+#   1. propagation: a write on source A to the file of a sidecar that watches replica
+#      B (`aegis-bench propagation`, p50/p99 over AEGIS_BENCH_UPDATES), timed from the
+#      write's acknowledgement and from its start; and, for reference, to a sidecar
+#      of the same workload on A itself;
 #   2. catch-up: B is killed (-9), A takes AEGIS_BENCH_CATCHUP new 1 KiB secrets, B is
 #      started again: the time from B's start until it holds A's last change (and,
 #      apart, the time until B is ready);
@@ -75,7 +77,7 @@ start_a() {
 # sets R_PID and R_HEALTH. Its data stays in $work/NAME across starts.
 start_replica() {
     local name="$1" adir="$2" svid port
-    svid="$("$bin/aegis" dev --data-dir "$adir" svid --spiffe-id "$(replica_id "$name")")"
+    svid="$("$bin/aegis" dev --data-dir "$adir" svid --workload "replica-$name" --spiffe-id "$(replica_id "$name")")"
     port="$(bench_free_port)"
     R_HEALTH="$(bench_free_port)"
     mkdir -p "$work/$name"
@@ -113,6 +115,12 @@ wait_caught_up() { # HEALTH_OF_REPLICA LIMIT_S: prints the seconds it took
     bench_die "the replica did not catch up within $2 s"
 }
 
+stop_all() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+}
+
 rows="$work/rows.jsonl"
 row() { echo "$1" | tee -a "$rows"; }
 
@@ -125,16 +133,27 @@ b_pid="$R_PID" b_health="$R_HEALTH" b_url="$R_URL"
 wait_ready "$b_health" "$work/b.log"
 wait_caught_up "$b_health" 30 >/dev/null
 sidecar_env="$("$bin/aegis" dev --data-dir "$adir" svid --workload billing)"
-(
-    eval "$sidecar_env"
-    export AEGIS_SAFE_URL="$b_url"
-    exec "$bin/aegis" sidecar --path "$work/billing.json"
-) >"$work/sidecar.log" 2>&1 </dev/null &
-pids+=("$!")
-for _ in $(seq 1 100); do [[ -s "$work/billing.json" ]] && break; sleep 0.1; done
-bench_log "propagation: $updates updates on A, watched by a sidecar on B"
-report="$(as_admin "$adir" "$bin/aegis-bench" propagation --updates "$updates" --file "$work/billing.json" --secret billing)"
-row "$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["measure"] = "propagation"; print(json.dumps(r))' "$report")"
+# The same workload's sidecar on each side: on B (replicated) and, for reference, on A itself.
+for side in b a; do
+    url="$b_url"
+    [[ "$side" == a ]] && url="https://127.0.0.1:$A_PORT"
+    (
+        eval "$sidecar_env"
+        export AEGIS_SAFE_URL="$url"
+        exec "$bin/aegis" sidecar --path "$work/billing-$side.json"
+    ) >"$work/sidecar-$side.log" 2>&1 </dev/null &
+    pids+=("$!")
+    for _ in $(seq 1 100); do [[ -s "$work/billing-$side.json" ]] && break; sleep 0.1; done
+done
+for run in "b ack" "b start" "a start"; do
+    read -r side from <<<"$run"
+    flags=()
+    [[ "$from" == start ]] && flags=(--from-start)
+    bench_log "propagation: $updates updates on A, watched by a sidecar on ${side^^}, timed from the write's $from"
+    report="$(as_admin "$adir" "$bin/aegis-bench" propagation --updates "$updates" --file "$work/billing-$side.json" \
+        --secret billing "${flags[@]}")"
+    row "$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r.update(measure="propagation", sidecar_on=sys.argv[2], timed_from=sys.argv[3]); print(json.dumps(r))' "$report" "$side" "$from")"
+done
 
 bench_log "catch-up: B killed, $catchup secrets written on A, B started again"
 kill -KILL "$b_pid"
@@ -147,8 +166,7 @@ wait_ready "$R_HEALTH" "$work/b.log"
 ready="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$t0" "$EPOCHREALTIME")"
 rest="$(wait_caught_up "$R_HEALTH" 600)"
 row "{\"measure\": \"catch-up\", \"changes\": $catchup, \"ready_s\": $ready, \"caught_up_after_ready_s\": $rest}"
-kill -TERM "$b_pid" "$A_PID" 2>/dev/null || true
-wait 2>/dev/null || true
+stop_all
 
 # 3: A's CPU per write, with and without two replicas attached.
 for round in $(seq 1 "$BENCH_ROUNDS"); do
@@ -183,9 +201,7 @@ print(json.dumps({"measure": "writes", "a": side, "ops": r["ok"], "errors": r["e
                   "b_caught_up_after_load_s": None if behind == "null" else float(behind)}))
 EOF
 )"
-        for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-        wait 2>/dev/null || true
-        pids=()
+        stop_all
     done
 done
 
@@ -195,7 +211,9 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\n| measure ({sys.argv[2][:10]}) | figure |\n|---|---|")
 for r in rows:
     if r["measure"] == "propagation":
-        print(f"| propagation, write acknowledged on A → sidecar file on B ({r['ok']} updates) | p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms |")
+        start = "start of the write" if r["timed_from"] == "start" else "write acknowledged"
+        where = "replica B" if r["sidecar_on"] == "b" else "A itself (no replication, for reference)"
+        print(f"| {start} on A → file of a sidecar on {where} ({r['ok']} updates, {r['errors']} missed) | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms |")
     if r["measure"] == "catch-up":
         print(f"| catch-up of {r['changes']:,} changes after a cut | B ready in {r['ready_s']:.2f} s, then caught up in {r['caught_up_after_ready_s']:.2f} s |")
 for side in ("alone", "attached"):

@@ -121,6 +121,10 @@ enum BenchCmd {
         /// The secret the sidecar's workload reads.
         #[arg(long, default_value = "billing")]
         secret: String,
+        /// Time from the start of the write request instead of its acknowledgement
+        /// (a replica's sidecar may hold the value before the source's answer arrives).
+        #[arg(long)]
+        from_start: bool,
     },
     /// Many idle watchers: memory and CPU of the Safe, and time to notify all of
     /// them of one change (run as the workload; the admin identity comes from files).
@@ -222,7 +226,9 @@ async fn run(a: BenchArgs) -> Result<(), CliError> {
             print(&write::write(writers, Duration::from_secs(seconds), size, api, &prefix).await?)
         }
         BenchCmd::Fill { secrets, writers, size } => print(&write::fill(secrets, writers, size).await?),
-        BenchCmd::Propagation { updates, file, secret } => print(&write::propagation(updates, &file, &secret).await?),
+        BenchCmd::Propagation { updates, file, secret, from_start } => {
+            print(&write::propagation(updates, &file, &secret, from_start).await?)
+        }
         BenchCmd::Watchers(a) => print(&watchers::run(a).await?),
         BenchCmd::Startup { secrets, size, work_dir } => print(&startup::run(secrets, size, &work_dir).await?),
         BenchCmd::Scale(a) => scale::run(a).await.map(|_| ()),

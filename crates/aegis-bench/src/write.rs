@@ -123,9 +123,9 @@ fn put_req(value: String) -> PutSecret {
     PutSecret::new(SecretValue::new(value))
 }
 
-/// Polls the file until it holds `want` (a 100 µs poll: finer than the figures measured).
-fn wait_for_file(file: &std::path::Path, want: &str, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
+/// Polls the file until it holds `want` (a 100 µs poll: finer than the figures measured);
+/// the time it took from `start`.
+fn wait_for_file(file: &std::path::Path, want: &str, start: Instant, limit: Duration) -> Option<Duration> {
     while start.elapsed() < limit {
         if std::fs::read(file).is_ok_and(|b| b == want.as_bytes()) {
             return Some(start.elapsed());
@@ -135,16 +135,23 @@ fn wait_for_file(file: &std::path::Path, want: &str, limit: Duration) -> Option<
     None
 }
 
-pub(crate) async fn propagation(updates: usize, file: &std::path::Path, secret: &str) -> Result<Report, CliError> {
+pub(crate) async fn propagation(
+    updates: usize,
+    file: &std::path::Path,
+    secret: &str,
+    from_start: bool,
+) -> Result<Report, CliError> {
     let client = aegis::connect::client().await?;
     let mut lat = Vec::with_capacity(updates);
     let mut errors = 0;
     let started = Instant::now();
     for i in 0..updates {
         let value = format!("propagation-{i}-{}", started.elapsed().as_nanos());
+        let sent = Instant::now();
         client.put(secret, &put_req(value.clone())).await?;
+        let from = if from_start { sent } else { Instant::now() };
         let f = file.to_owned();
-        let seen = tokio::task::spawn_blocking(move || wait_for_file(&f, &value, Duration::from_secs(10)))
+        let seen = tokio::task::spawn_blocking(move || wait_for_file(&f, &value, from, Duration::from_secs(10)))
             .await
             .map_err(CliError::failure)?;
         match seen {
@@ -152,5 +159,6 @@ pub(crate) async fn propagation(updates: usize, file: &std::path::Path, secret: 
             None => errors += 1,
         }
     }
-    Ok(report(format!("propagation to a sidecar file, {updates} updates"), lat, errors, started.elapsed()))
+    let from = if from_start { "the write's start" } else { "its acknowledgement" };
+    Ok(report(format!("propagation to a sidecar file, {updates} updates, from {from}"), lat, errors, started.elapsed()))
 }

@@ -63,7 +63,7 @@ pub struct DevArgs {
     #[command(flatten)]
     policies: crate::serve::policies::PolicyArgs,
     /// Replication to and from other Safes (docs/REPLICATION.md); replicas of a dev Safe take
-    /// SVIDs of its dev CA (`aegis dev svid --spiffe-id ...`).
+    /// SVIDs of its dev CA (`aegis dev svid --workload NAME --spiffe-id ID`).
     #[command(flatten)]
     replication: crate::serve::replication::ReplicationArgs,
     #[command(subcommand)]

@@ -146,6 +146,7 @@ async fn a_query_parameter_a_route_does_not_take_is_refused_by_name() {
         (&admin, Method::DELETE, "/v1/secrets/billing/versions/1?x=y"),
         (&admin, Method::POST, "/v1/encrypt?armor=1"),
         (&admin, Method::GET, "/v1/status?verbose"),
+        (&admin, Method::GET, "/v1/replication?verbose"),
         (&admin, Method::GET, "/v1/openapi.yaml?v=2"),
         (&work, Method::GET, "/v1/workload/secret?name=other"),
         (&work, Method::GET, "/v1/workload/watch?revison=1"),

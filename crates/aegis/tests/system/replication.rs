@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fails, free_port, http_ok, ok, stderr, stdout};
+use common::{fails, free_port, http_ok, ok, parse_exports, stderr, stdout, Safe};
 use harness::*;
 
 const B: &str = "b.example";
@@ -371,4 +371,88 @@ fn assert_applied_once(b: &Spire, prefix: &str) {
     for l in &lines {
         assert!(seen.insert(l.clone()), "{l:?} applied twice: {lines:?}");
     }
+}
+
+/// The change feed's contract, on a dev Safe (no SPIRE): only a named replica gets
+/// it, a bad query is a 400 saying what is wrong, and a page holds the secrets the
+/// patterns select, values included, with the source's change numbers.
+#[tokio::test]
+async fn the_change_feed_answers_only_its_replicas_and_refuses_bad_queries() {
+    use aegis_sdk::Method;
+    let replica = "spiffe://vsecm.com/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/replica-b";
+    let safe = Safe::dev_with(&["--replicate-to", replica, "--replicate", "shared-*"], None);
+    let admin = safe.client(&safe.admin_env()).await;
+    for (name, value) in [("shared-a", "one"), ("internal", "two"), ("shared-b", "three")] {
+        let (s, text) = admin
+            .raw(Method::PUT, &format!("/v1/secrets/{name}"), format!(r#"{{"value":"{value}"}}"#).into_bytes())
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{text}");
+    }
+    let out = common::cmd(common::AEGIS, &HashMap::new())
+        .args(["dev", "svid", "--workload", "replica-b", "--spiffe-id", replica, "--data-dir"])
+        .arg(safe.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = safe.client(&parse_exports(&stdout(&out))).await;
+
+    // The first request: a snapshot of what the patterns select, in change order.
+    let (s, text) = r.raw(Method::GET, "/v1/replication/changes?wait_ms=0", Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(page["snapshot"], true, "{page}");
+    assert_eq!(page["source"], "spiffe://vsecm.com/workload/vsecm-safe/ns/vsecm-system/sa/vsecm-safe/n/vsecm-safe-0");
+    let changes = page["changes"].as_array().unwrap();
+    let names: Vec<&str> = changes.iter().map(|c| c["doc"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["shared-a", "shared-b"], "only shared-*: {page}");
+    let seqs: Vec<u64> = changes.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
+    assert!(seqs[0] >= 1 && seqs[0] < seqs[1] && seqs[1] <= page["head"].as_u64().unwrap(), "{seqs:?} {page}");
+    assert!(text.contains("\"three\""), "the values travel inside mTLS: {text}");
+    // Going on from the page: nothing new, no snapshot.
+    let next = format!(
+        "/v1/replication/changes?after={}&after_name={}&selection={}&wait_ms=0",
+        page["next_seq"],
+        page["next_name"].as_str().unwrap(),
+        page["selection"]
+    );
+    let (s, text) = r.raw(Method::GET, &next, Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    let again: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (again["snapshot"].as_bool(), again["changes"].as_array().map(Vec::len)),
+        (Some(false), Some(0)),
+        "{again}"
+    );
+    // A position past the source's last change (its data was replaced): a snapshot again.
+    let past =
+        format!("/v1/replication/changes?after=999999&after_name=shared-a&selection={}&wait_ms=0", page["selection"]);
+    let (s, text) = r.raw(Method::GET, &past, Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("\"snapshot\":true"), "{text}");
+
+    // Bad queries: 400, saying what is wrong.
+    for (q, want) in [
+        ("after=3", "after needs after_name"),
+        ("after=x", "bad replication query"),
+        ("wait=1", "bad replication query"),
+        ("after=1&after_name=a%2Fb", "after_name"),
+    ] {
+        let (s, text) = r.raw(Method::GET, &format!("/v1/replication/changes?{q}"), Vec::new()).await.unwrap();
+        assert_eq!(s, 400, "{q}: {text}");
+        assert!(text.contains(want), "{q}: {text}");
+    }
+    // Anyone else, even the Sentinel: 403, naming the flag that names replicas.
+    let (s, text) = admin.raw(Method::GET, "/v1/replication/changes", Vec::new()).await.unwrap();
+    assert_eq!(s, 403, "{text}");
+    assert!(text.contains("is not a replica of this Safe") && text.contains("--replicate-to"), "{text}");
+
+    // The source's view of its replica.
+    let (s, text) = admin.raw(Method::GET, "/v1/replication", Vec::new()).await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["replicas"][0]["spiffe_id"], replica, "{status}");
+    assert_eq!(status["replicas"][0]["state"], "up", "{status}");
+    assert!(status["replicas"][0]["sent"].as_u64().unwrap() >= 2, "{status}");
+    assert_eq!(status["replicas"][0]["patterns"], serde_json::json!(["shared-*"]), "{status}");
 }
