@@ -86,6 +86,7 @@ fn settings() -> Settings {
             ..Default::default()
         },
         federation: std::sync::Arc::new(aegis_identity::Federation::none()),
+        replication: aegis_server::replication::ReplicationSettings::default(),
     }
 }
 
