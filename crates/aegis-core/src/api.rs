@@ -470,6 +470,14 @@ pub struct ReplicatedChange {
     pub seq: u64,
     /// The secret, values included.
     pub doc: crate::secret::SecretDoc,
+    /// The secret's history was larger than one change may carry, so only its
+    /// current version is sent (the replica holds no older versions of it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history_trimmed: bool,
+    /// Even its current version is larger than one change may carry: `doc`
+    /// holds no versions, and the replica does not apply it (its status lists it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub omitted: bool,
 }
 
 /// `GET /v1/replication`: this Safe's replication links.
@@ -532,6 +540,9 @@ pub struct SourceLink {
     /// Secrets not replicated because a local secret of the same name is in the way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// Secrets not replicated because even their current version is larger than one change may carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub too_large: Vec<String>,
 }
 
 /// `POST /v1/admin/rotate-root-key`.

@@ -155,6 +155,7 @@ struct SourceState {
     error: Option<String>,
     changes_applied: u64,
     conflicts: BTreeSet<String>,
+    too_large: BTreeSet<String>,
     down_since: Option<Instant>,
 }
 
@@ -191,6 +192,7 @@ impl Links {
                         error: None,
                         changes_applied: 0,
                         conflicts: BTreeSet::new(),
+                        too_large: BTreeSet::new(),
                         down_since: Some(now),
                     };
                     (s.clone(), Mutex::new(state))
@@ -264,6 +266,7 @@ impl Links {
                     error: s.error.clone(),
                     changes_applied: s.changes_applied,
                     conflicts: s.conflicts.iter().cloned().collect(),
+                    too_large: s.too_large.iter().cloned().collect(),
                 }
             })
             .collect();

@@ -96,7 +96,13 @@ async fn run(state: Arc<AppState>, identity: Arc<dyn IdentitySource>, index: usi
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let from = position.get_or_insert_with(|| held_position(&store, cfg.id.as_str())).clone();
+        let from = position
+            .get_or_insert_with(|| {
+                let held = held_position(&store, cfg.id.as_str());
+                set(link, |s| s.applied = s.applied.max(held.seq));
+                held
+            })
+            .clone();
         let outcome = match ask(&http, cfg, &from).await {
             Ok(page) => apply(&state, &store, cfg, link, page, &mut snapshot).await,
             Err(why) => Err(explain(why, &presented, cfg)),
@@ -107,6 +113,7 @@ async fn run(state: Arc<AppState>, identity: Arc<dyn IdentitySource>, index: usi
                 retry = RETRY.0;
             }
             Err(why) => {
+                // The position stays: what the failed page applied is skipped when it comes again.
                 let first = set(link, |s| {
                     let first = s.down_since.is_none() || s.state == "connecting";
                     s.state = "down";
@@ -118,8 +125,6 @@ async fn run(state: Arc<AppState>, identity: Arc<dyn IdentitySource>, index: usi
                 if first {
                     tracing::warn!(source = %cfg.id, url = %cfg.url, error = %why, "replication link down; retrying");
                 }
-                // Whatever was applied is in the store: go on from there.
-                position = None;
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY.1);
             }
@@ -193,8 +198,16 @@ async fn ask(http: &reqwest::Client, cfg: &SourceSettings, from: &Position) -> R
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
         return Err(format!("{} answered {status}: {message}", cfg.url));
     }
-    let page: ReplicationPage =
-        serde_json::from_slice(&body).map_err(|e| format!("unexpected answer from {}: {e}", cfg.url))?;
+    // serde_json's message may quote the input, which holds values: only where it failed.
+    let page: ReplicationPage = serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "unexpected answer from {}: not a replication page ({:?} error at line {}, column {})",
+            cfg.url,
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
     if page.source != cfg.id.as_str() {
         return Err(format!("the answer from {} names its source {}, not {}", cfg.url, page.source, cfg.id));
     }
@@ -237,6 +250,16 @@ async fn apply(
         if let Some(s) = snapshot.as_mut() {
             s.received.insert(name.clone());
         }
+        if change.omitted {
+            // The source could not send it: said in the status, and the position goes on.
+            let new = set(link, |s| s.too_large.insert(name.to_string()));
+            if new {
+                tracing::warn!(secret = %name, source, "replication: the source sent this secret without its value (larger than one change may carry); it is not replicated");
+            }
+            top = top.max(change.seq);
+            continue;
+        }
+        set(link, |s| s.too_large.remove(name.as_str()));
         if let Some(held) = store.get(&name) {
             match held.doc.origin.as_deref() {
                 // Held already (a page asked for again after a failure): never applied twice.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_core::api::{ReplicatedChange, ReplicationPage};
+use aegis_core::secret::SecretDoc;
 use aegis_core::SecretName;
 use aegis_store::{Entry, Store};
 use axum::extract::{Query, State};
@@ -30,6 +31,11 @@ use crate::state::AppState;
 pub const PAGE: usize = 256;
 /// An answer stops taking changes once their values pass this many bytes.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// A secret whose values pass this many bytes is measured as the replica reads it (its JSON).
+const MEASURE_OVER: usize = 1024 * 1024;
+/// Largest secret one change carries, as JSON: past it only the current version is sent,
+/// and past it again nothing (a replica reads at most 64 MiB an answer; see `replica.rs`).
+pub const MAX_CHANGE_BYTES: usize = 32 * 1024 * 1024;
 /// Most secrets looked at for one answer (those not replicated are skipped).
 const SCAN: usize = 64 * 1024;
 /// Longest wait a replica may ask for.
@@ -120,8 +126,34 @@ pub async fn changes(
         more,
         next_seq,
         next_name,
-        changes: found.iter().map(|e| ReplicatedChange { seq: e.doc.seq, doc: e.doc.clone() }).collect(),
+        changes: found.iter().map(|e| fit(&e.doc, MAX_CHANGE_BYTES)).collect(),
     }))
+}
+
+/// The change that carries `doc`: the whole secret when its JSON fits in
+/// `max` bytes, else only its current version, else no version at all
+/// (marked, so that the replica says which secret it could not take).
+fn fit(doc: &SecretDoc, max: usize) -> ReplicatedChange {
+    let change =
+        |doc: SecretDoc, history_trimmed, omitted| ReplicatedChange { seq: doc.seq, doc, history_trimmed, omitted };
+    let fits = |d: &SecretDoc| raw_bytes(d) <= MEASURE_OVER || serde_json::to_vec(d).is_ok_and(|j| j.len() <= max);
+    if fits(doc) {
+        return change(doc.clone(), false, false);
+    }
+    let mut current = doc.clone();
+    current.versions.retain(|v| v.number.get() == doc.current);
+    if fits(&current) {
+        tracing::warn!(secret = %doc.name, "replication: the secret's history is larger than one change may carry; only its current version is sent");
+        return change(current, true, false);
+    }
+    tracing::warn!(secret = %doc.name, "replication: the secret's current version is larger than one change may carry; it is not replicated");
+    current.versions.clear();
+    change(current, false, true)
+}
+
+/// The bytes of a secret's values (every version kept).
+fn raw_bytes(doc: &SecretDoc) -> usize {
+    doc.versions.iter().filter_map(|v| v.value.as_ref()).map(|v| v.len()).sum()
 }
 
 /// The replicated secrets changed after `from`, in change order: at most a
@@ -142,7 +174,7 @@ fn collect(
             scanned += 1;
             cursor = Some((e.doc.seq, e.doc.name.clone()));
             if settings.replicates(&e.doc.name) {
-                bytes += e.doc.versions.iter().filter_map(|v| v.value.as_ref()).map(|v| v.len()).sum::<usize>();
+                bytes += raw_bytes(&e.doc).min(MAX_CHANGE_BYTES);
                 out.push(e);
                 if out.len() >= PAGE || bytes >= PAGE_BYTES {
                     return (out, true, cursor);
@@ -155,5 +187,36 @@ fn collect(
         if scanned >= SCAN {
             return (out, true, cursor);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use aegis_core::secret::{SecretMeta, SecretValue};
+
+    fn doc(values: &[usize]) -> SecretDoc {
+        let now = OffsetDateTime::now_utc();
+        let mut d = SecretDoc::empty(SecretName::parse("big").unwrap(), now);
+        for (i, n) in values.iter().enumerate() {
+            d.put(SecretValue::new("x".repeat(*n)), SecretMeta::defaults(now), None, now, 10).unwrap();
+            d.seq = i as u64 + 1;
+        }
+        d
+    }
+
+    #[test]
+    fn a_secret_too_large_for_one_change_loses_its_history_then_its_values_never_silently() {
+        let mb = 1024 * 1024;
+        let whole = fit(&doc(&[10, 20]), 4 * mb);
+        assert!(!whole.history_trimmed && !whole.omitted && whole.doc.versions.len() == 2);
+        let trimmed = fit(&doc(&[3 * mb, 3 * mb]), 4 * mb);
+        assert!(trimmed.history_trimmed && !trimmed.omitted, "only the current version");
+        assert_eq!(trimmed.doc.versions.iter().map(|v| v.number.get()).collect::<Vec<_>>(), [2]);
+        assert_eq!((trimmed.doc.current, trimmed.seq), (2, 2), "its number and change number are kept");
+        let omitted = fit(&doc(&[2 * mb, 5 * mb]), 4 * mb);
+        assert!(omitted.omitted && omitted.doc.versions.is_empty(), "no value at all");
+        assert_eq!(omitted.doc.name.as_str(), "big", "named, so the replica can say which");
     }
 }
