@@ -65,7 +65,7 @@ def router_routes(repo):
         name = re.search(r"path: ([A-Z_]+),", block)
         if name is None or name.group(1) not in table:
             raise SystemExit(f"a route of {source} names no path constant: update this script")
-        for verb in re.findall(r"\b(?:op|transfer)\((Get|Put|Post|Delete|Patch),", block):
+        for verb in re.findall(r"\b(?:op|transfer)\(\s*(Get|Put|Post|Delete|Patch),", block):
             routes.add((verb.upper(), table[name.group(1)]))
     if not routes:
         raise SystemExit(f"found no op(...) in the ROUTES table of {source}: update this script")
