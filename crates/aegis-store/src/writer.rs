@@ -201,7 +201,7 @@ fn apply_one(
 fn replicate(
     base: Option<SecretDoc>,
     name: &SecretName,
-    doc: SecretDoc,
+    mut doc: SecretDoc,
 ) -> Result<(SecretDoc, Option<Data>), StoreError> {
     let Some(origin) = doc.origin.as_ref() else {
         return Err(StoreError::Io {
@@ -215,7 +215,18 @@ fn replicate(
             source: io::Error::other("a replicated change of another name"),
         });
     }
+    // Each Safe's policies are its own: a source (or a forged page) never writes one here.
+    if name.kind() == aegis_core::SecretKind::Policy {
+        return Err(StoreError::InTheWay {
+            name: name.to_string(),
+            from: origin.source.clone(),
+            held_by: "this Safe's policies (policy records are never replicated)".to_owned(),
+        });
+    }
     if let Some(held) = base {
+        // Watchers and the Kubernetes sync follow revisions up: never backwards here,
+        // even when the source's history restarted.
+        doc.revision = doc.revision.max(held.revision + 1);
         let other = match held.origin.as_ref() {
             None => Some("this Safe".to_owned()),
             Some(o) if o.source != origin.source => Some(o.source.clone()),

@@ -465,6 +465,19 @@ mod tests {
         assert!(matches!(&e, StoreError::InTheWay { held_by, .. } if held_by == "this Safe"), "{e}");
         let e = s.apply(x.clone(), replicated("x", 3, "spiffe://c.example/aegis/safe")).await.unwrap_err();
         assert!(matches!(&e, StoreError::InTheWay { held_by, .. } if held_by == a), "{e}");
+        // A policy record is never written by a source, whatever its page says.
+        let policy = SecretName::parse_stored("policy:open-all").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut doc = SecretDoc::empty(policy.clone(), now);
+        doc.put(SecretValue::new("{}"), SecretMeta::defaults(now), None, now, 10).unwrap();
+        doc.origin = Some(Box::new(Origin { source: a.to_owned(), seq: 9, selection: 7 }));
+        let e = s.apply(policy.clone(), Mutation::Replicate(Box::new(doc))).await.unwrap_err();
+        assert!(e.to_string().contains("policy records are never replicated"), "{e}");
+        assert!(s.get(&policy).is_none());
+        // A source whose history restarted sends a lower revision: the one held here still goes up.
+        let before = s.get(&x).unwrap().doc.revision;
+        s.apply(x.clone(), replicated("x", 4, a)).await.unwrap();
+        assert!(s.get(&x).unwrap().doc.revision > before, "revisions only go up");
         assert_eq!(s.get(&local).unwrap().doc.live().unwrap().1.expose(), "local", "nothing was overwritten");
     }
 }
