@@ -707,27 +707,15 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.severity(), db.message());
     }
-    with_sources(e)
+    aegis_core::error::chain(e)
 }
 
 /// A pool error with its cause (a refused TLS certificate, a password refused).
 pub(crate) fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(b) => error_text(b),
-        other => with_sources(other),
+        other => aegis_core::error::chain(other),
     }
-}
-
-/// An error's message followed by those of its sources.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn describe(c: &tokio_postgres::Config) -> String {

@@ -296,16 +296,7 @@ fn refused(status: StatusCode, body: &[u8]) -> ClientError {
     ClientError::Refused { status: status.as_u16(), message }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use aegis_core::error::chain;
 
 /// Role rules used to recognise the Safe (from the same variables the Safe reads).
 pub fn roles_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<RoleRules, ClientError> {

@@ -66,33 +66,33 @@ impl ReplicationMetrics {
             "Per source: seconds since this replica last held every change of the source (0 when caught up)",
             m.lag.clone(),
         );
-        registry.register(
-            "replication_applied_sequence",
-            "Per source: the source's change number of the last change applied here",
-            m.applied.clone(),
-        );
-        registry.register(
-            "replication_source_head_sequence",
-            "Per source: the source's last change number, as last heard",
-            m.source_head.clone(),
-        );
-        registry.register("replication_link_up", "Per source: 1 while the link answers", m.up.clone());
-        registry.register(
-            "replication_link_alert",
-            "Per source: 1 while the link has been down longer than AEGIS_REPLICATION_ALERT_AFTER_MS",
-            m.alert.clone(),
-        );
-        registry.register(
-            "replication_changes_applied",
-            "Per source: changes applied here since start",
-            m.applied_total.clone(),
-        );
-        registry.register(
-            "replication_replica_confirmed_sequence",
-            "Per replica: the last change number it confirmed holding",
-            m.confirmed.clone(),
-        );
-        registry.register("replication_changes_sent", "Per replica: changes sent to it since start", m.sent.clone());
+        for (name, help, family) in [
+            (
+                "replication_applied_sequence",
+                "Per source: the source's change number of the last change applied here",
+                &m.applied,
+            ),
+            (
+                "replication_source_head_sequence",
+                "Per source: the source's last change number, as last heard",
+                &m.source_head,
+            ),
+            ("replication_link_up", "Per source: 1 while the link answers", &m.up),
+            (
+                "replication_link_alert",
+                "Per source: 1 while the link has been down longer than AEGIS_REPLICATION_ALERT_AFTER_MS",
+                &m.alert,
+            ),
+            ("replication_changes_applied", "Per source: changes applied here since start", &m.applied_total),
+            (
+                "replication_replica_confirmed_sequence",
+                "Per replica: the last change number it confirmed holding",
+                &m.confirmed,
+            ),
+            ("replication_changes_sent", "Per replica: changes sent to it since start", &m.sent),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register("replication_head_sequence", "This Safe's last change number", m.head.clone());
         m
     }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aegis_core::api::ReplicationPage;
+use aegis_core::error::chain;
 use aegis_core::secret::{Origin, SecretDoc};
 use aegis_core::SecretName;
 use aegis_identity::IdentitySource;
@@ -212,17 +213,6 @@ async fn ask(http: &reqwest::Client, cfg: &SourceSettings, from: &Position) -> R
         return Err(format!("the answer from {} names its source {}, not {}", cfg.url, page.source, cfg.id));
     }
     Ok(page)
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 /// Applies one page; the position to ask from next, or why the page could
