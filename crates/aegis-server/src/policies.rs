@@ -74,11 +74,15 @@ impl Policies {
 
     /// Follows the policy records of `store` (changes made by other Safes
     /// sharing the database, a restore) until the store is dropped.
-    pub fn follow(self: &Arc<Self>, store: Store) {
+    pub fn follow(self: &Arc<Self>, store: &Store) {
         let me = self.clone();
         let mut changes = store.policy_changes();
+        // A weak handle: holding the store here would keep it (its writer,
+        // its open files) alive for as long as the runtime runs.
+        let store = store.downgrade();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
+                let Some(store) = store.upgrade() else { return };
                 me.reload(&store).await;
             }
         });

@@ -253,7 +253,7 @@ impl AppState {
         }
         // The stored policies are in force before the first request is served.
         self.policies.reload(&store).await;
-        self.policies.follow(store.clone());
+        self.policies.follow(&store);
         self.store.store(Some(Arc::new(store)));
         self.metrics.sealed.set(0);
         tracing::info!(secrets = report.loaded, "Safe unsealed");
@@ -420,5 +420,54 @@ struct Trail(aegis_audit::Sink);
 impl aegis_store::CommitBarrier for Trail {
     fn before_commit(&self) -> Result<(), String> {
         self.0.sync_written().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+        let d = Duration::from_secs(10);
+        Settings {
+            listen: any,
+            health_listen: any,
+            max_body_bytes: 64 * 1024,
+            max_versions: 4,
+            request_timeout: d,
+            transfer_timeout: d,
+            max_restore_bytes: 64 * 1024,
+            handshake_timeout: d,
+            idle_timeout: d,
+            conn_limits: ConnLimitSettings::default(),
+            roles: RoleRules::vsecm_defaults(),
+            template_budget: Budget::default(),
+            audit: aegis_audit::SinkConfig::new(None),
+            policies: crate::policies::PolicySettings::default(),
+            federation: Arc::new(aegis_identity::Federation::none()),
+            replication: crate::replication::ReplicationSettings::default(),
+        }
+    }
+
+    /// A Safe dropped (in process, as the fuzz targets make thousands of
+    /// them) stops its writer and closes its data directory: no task it
+    /// started keeps the store, and with it open files, for the runtime's life.
+    #[tokio::test]
+    async fn a_dropped_safe_lets_go_of_its_store() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let backend = Arc::new(aegis_store::DirBackend::open(dir.path()).expect("the data directory"));
+        let adapters = Adapters { backend: backend.clone(), root_key: RootKeyMode::Manual, sync: None };
+        let state = AppState::new(settings(), adapters).expect("the Safe's state");
+        state.unseal(Keyring::new(Arc::new(RootKey::generate()))).await.expect("unsealed");
+        assert!(Arc::strong_count(&backend) > 2, "the store's writer holds the backend while the Safe runs");
+        drop(state);
+        for _ in 0..200 {
+            if Arc::strong_count(&backend) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("2 s after the Safe was dropped, {} handles on its backend remain", Arc::strong_count(&backend) - 1);
     }
 }

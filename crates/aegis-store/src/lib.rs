@@ -38,7 +38,7 @@ pub use entry::{Data, Entry, LoadReport, Mutation, Quarantined, Undeliverable};
 pub use error::StoreError;
 pub use rootkey::{FileStore, IfAbsent, KeyStoreError, KeyStoreResult, RootKeyStore};
 pub use shared::StoreOptions;
-pub use store::{Restored, Snapshot, Store};
+pub use store::{Restored, Snapshot, Store, WeakStore};
 pub use sync::{BoxFuture, Refusal, SecretSync};
 pub use ticket::Ticket;
 pub use watchers::SecretWatch;

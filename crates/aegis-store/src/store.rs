@@ -2,7 +2,7 @@
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use aegis_core::secret::SecretDoc;
 use aegis_core::SecretName;
@@ -64,7 +64,28 @@ pub struct Store {
     tx: mpsc::Sender<Job>,
 }
 
+/// A handle on a [`Store`] that does not keep it open: a background task
+/// that must end with the store holds one, so dropping the last [`Store`]
+/// stops the writer and closes the backend.
+#[derive(Clone)]
+pub struct WeakStore {
+    shared: Weak<Shared>,
+    tx: mpsc::WeakSender<Job>,
+}
+
+impl WeakStore {
+    /// The store, while some [`Store`] still holds it.
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store { shared: self.shared.upgrade()?, tx: self.tx.upgrade()? })
+    }
+}
+
 impl Store {
+    /// A handle that does not keep the store open (see [`WeakStore`]).
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore { shared: Arc::downgrade(&self.shared), tx: self.tx.downgrade() }
+    }
+
     /// Loads every record from `backend`, quarantining those that fail, and starts the writer.
     pub async fn open(
         backend: Arc<dyn Backend>,
