@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -429,7 +429,22 @@ struct OpenFile {
     file: Arc<File>,
     len: u64,
     regular: bool,
+    /// The file's device and inode, taken at open: what the path must still name.
+    id: (u64, u64),
 }
+
+/// The free space of the audit file system at the last look.
+#[derive(Clone, Copy)]
+struct Space {
+    at: Instant,
+    free: u64,
+    /// [`Writer::appended`] at that time.
+    appended: u64,
+}
+
+/// Longest time a look at the free space is trusted for (the trail's own lines are
+/// subtracted meanwhile; other writers to the file system count from the next look).
+const SPACE_EVERY: Duration = Duration::from_millis(100);
 
 /// The `start` line still to write: why, and what the Safe found when it read the trail back.
 #[derive(Default)]
@@ -492,6 +507,12 @@ struct Writer {
     retain_due: bool,
     /// Whether the file system had less free space than the reserve at the last look.
     low_space: bool,
+    /// The last look at the free space.
+    space: Option<Space>,
+    /// Bytes appended since start (every file), to discount them from the last look at the free space.
+    appended: u64,
+    /// When the path was last compared with the open file.
+    moved_checked: Instant,
     stdout: Option<SyncSender<Vec<u8>>>,
     /// Series of identical requests whose first line is written.
     folds: Folds,
@@ -527,6 +548,9 @@ impl Writer {
             last_retain: now,
             retain_due: false,
             low_space: false,
+            space: None,
+            appended: 0,
+            moved_checked: now,
             stdout,
             folds,
         })
@@ -762,6 +786,7 @@ impl Writer {
         match (&*f.file).write_all(buf) {
             Ok(()) => {
                 f.len += buf.len() as u64;
+                self.appended += buf.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -822,7 +847,9 @@ impl Writer {
         let file =
             OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND))?;
-        let regular = file.metadata()?.is_file();
+        let meta = file.metadata()?;
+        let regular = meta.is_file();
+        let id = (meta.dev(), meta.ino());
         let mut len = 0;
         if regular {
             let tail = files::tail(path)?;
@@ -840,7 +867,7 @@ impl Writer {
             }
         }
         self.loaded = true;
-        Ok(OpenFile { file: Arc::new(file), len, regular })
+        Ok(OpenFile { file: Arc::new(file), len, regular, id })
     }
 
     /// Continues the chain from the last line of the trail (the current file, else the newest rotated one).
@@ -929,13 +956,11 @@ impl Writer {
     /// Notices an audit file moved or deleted (its path now names another
     /// file, or none): the next line starts a new file at the path, rather
     /// than going on into a file nobody will find.
+    /// One `stat` of the path: the open file's identity was taken when it was opened.
     fn check_moved(&mut self) {
+        self.moved_checked = Instant::now();
         let (Some(path), Some(open)) = (&self.cfg.file, &self.file) else { return };
-        use std::os::unix::fs::MetadataExt;
-        let same = match (std::fs::metadata(path), open.file.metadata()) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        };
+        let same = std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == open.id);
         if same {
             return;
         }
@@ -958,7 +983,10 @@ impl Writer {
         if self.failing_since.is_some() {
             return;
         }
-        self.check_moved();
+        // Before every write (in `write_batch`), and every TICK while nothing is written.
+        if self.moved_checked.elapsed() >= TICK {
+            self.check_moved();
+        }
         if self.start.is_some() && self.file.is_none() && self.loaded {
             // Reopen at once, so that a trail that cannot be written is seen (and reported) now.
             self.write_batch(Vec::new(), false);
@@ -990,15 +1018,23 @@ impl Writer {
     }
 
     /// Whether the audit file system has less free space than the reserve
-    /// (then only admin writes' lines are written); logs each change.
+    /// (then only admin writes' lines are written); logs each change. While
+    /// there is room, a look at the free space serves for [`SPACE_EVERY`].
     fn below_reserve(&mut self) -> bool {
         let Some(path) = &self.cfg.file else { return false };
         if self.cfg.reserve_bytes == 0 || self.file.as_ref().is_some_and(|f| !f.regular) {
             return false;
         }
+        if let Some(last) = self.space.filter(|l| !self.low_space && l.at.elapsed() < SPACE_EVERY) {
+            // A recent look, less what the trail wrote since: no `statvfs` per batch while there is room.
+            if last.free.saturating_sub(self.appended - last.appended) >= self.cfg.reserve_bytes {
+                return false;
+            }
+        }
         let Ok(fs) = nix::sys::statvfs::statvfs(aegis_fs::parent_dir(path)) else { return false };
         #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
         let free = (fs.blocks_available() as u64).saturating_mul(fs.fragment_size() as u64);
+        self.space = Some(Space { at: Instant::now(), free, appended: self.appended });
         let low = free < self.cfg.reserve_bytes;
         if low != self.low_space {
             self.low_space = low;
