@@ -5,14 +5,12 @@
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use aegis_core::roles::{Role, RoleRules};
 use aegis_core::transform::Budget;
 use aegis_core::{SpiffeId, WorkloadName};
 use aegis_crypto::{Keyring, RootKey};
 use aegis_server::auth::Caller;
-use aegis_server::limits::ConnLimitSettings;
 use aegis_server::{Adapters, AppState, RootKeyMode, Settings};
 use aegis_store::DirBackend;
 use axum::body::Body;
@@ -59,19 +57,9 @@ fn root_key() -> Arc<RootKey> {
 }
 
 fn settings() -> Settings {
-    let any = "127.0.0.1:0".parse().expect("a socket address");
     Settings {
-        listen: any,
-        health_listen: any,
         max_body_bytes: MAX_BODY_BYTES,
-        max_versions: 4,
-        request_timeout: Duration::from_secs(10),
-        transfer_timeout: Duration::from_secs(10),
         max_restore_bytes: MAX_BODY_BYTES as u64,
-        handshake_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(10),
-        conn_limits: ConnLimitSettings::default(),
-        roles: RoleRules::vsecm_defaults(),
         template_budget: BUDGET,
         // No trail: millions of requests a run would fill the disk; the trail has its own tests.
         audit: aegis_audit::SinkConfig::new(None),
@@ -85,8 +73,7 @@ fn settings() -> Settings {
             )],
             ..Default::default()
         },
-        federation: std::sync::Arc::new(aegis_identity::Federation::none()),
-        replication: aegis_server::replication::ReplicationSettings::default(),
+        ..Settings::in_process()
     }
 }
 

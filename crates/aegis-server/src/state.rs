@@ -86,6 +86,35 @@ pub struct Settings {
     pub replication: crate::replication::ReplicationSettings,
 }
 
+impl Settings {
+    /// The settings of a Safe served in process, without sockets (unit tests,
+    /// the fuzz targets): loopback addresses, the default limits, role rules
+    /// and policies, no audit trail, no federation, no replication. Callers
+    /// change what they need with struct update syntax.
+    pub fn in_process() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let d = Duration::from_secs(10);
+        Self {
+            listen: any,
+            health_listen: any,
+            max_body_bytes: 64 * 1024,
+            max_versions: 4,
+            request_timeout: d,
+            transfer_timeout: d,
+            max_restore_bytes: 64 * 1024,
+            handshake_timeout: d,
+            idle_timeout: d,
+            conn_limits: ConnLimitSettings::default(),
+            roles: RoleRules::vsecm_defaults(),
+            template_budget: Budget::default(),
+            audit: aegis_audit::SinkConfig::new(None),
+            policies: crate::policies::PolicySettings::default(),
+            federation: Arc::new(aegis_identity::Federation::none()),
+            replication: crate::replication::ReplicationSettings::default(),
+        }
+    }
+}
+
 /// Refused requests get at most one INFO line per this interval (ten a second).
 pub const REFUSED_LOG_EVERY: Duration = Duration::from_millis(100);
 
@@ -427,29 +456,6 @@ impl aegis_store::CommitBarrier for Trail {
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
-        let d = Duration::from_secs(10);
-        Settings {
-            listen: any,
-            health_listen: any,
-            max_body_bytes: 64 * 1024,
-            max_versions: 4,
-            request_timeout: d,
-            transfer_timeout: d,
-            max_restore_bytes: 64 * 1024,
-            handshake_timeout: d,
-            idle_timeout: d,
-            conn_limits: ConnLimitSettings::default(),
-            roles: RoleRules::vsecm_defaults(),
-            template_budget: Budget::default(),
-            audit: aegis_audit::SinkConfig::new(None),
-            policies: crate::policies::PolicySettings::default(),
-            federation: Arc::new(aegis_identity::Federation::none()),
-            replication: crate::replication::ReplicationSettings::default(),
-        }
-    }
-
     /// A Safe dropped (in process, as the fuzz targets make thousands of
     /// them) stops its writer and closes its data directory: no task it
     /// started keeps the store, and with it open files, for the runtime's life.
@@ -458,7 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let backend = Arc::new(aegis_store::DirBackend::open(dir.path()).expect("the data directory"));
         let adapters = Adapters { backend: backend.clone(), root_key: RootKeyMode::Manual, sync: None };
-        let state = AppState::new(settings(), adapters).expect("the Safe's state");
+        let state = AppState::new(Settings::in_process(), adapters).expect("the Safe's state");
         state.unseal(Keyring::new(Arc::new(RootKey::generate()))).await.expect("unsealed");
         assert!(Arc::strong_count(&backend) > 2, "the store's writer holds the backend while the Safe runs");
         drop(state);
