@@ -15,7 +15,8 @@
 #
 # Settings (environment): AEGIS_BENCH_ROUNDS (3), AEGIS_BENCH_SECONDS (8 per
 # run), AEGIS_BENCH_MARGIN (10, percent), AEGIS_BENCH_LOADS (fetch fetch-new
-# write-native write-vsecm fill: 10,000 distinct 1 KiB secrets into an empty Safe),
+# write-native write-vsecm fill: 10,000 distinct 1 KiB secrets into an empty Safe;
+# watchers, not by default: AEGIS_BENCH_WATCHERS (3000) idle watch connections, memory per watcher),
 # AEGIS_BENCH_FSYNCS (1: the strace pass; 0: skip), AEGIS_BENCH_BASE_FLAGS and
 # AEGIS_BENCH_HEAD_FLAGS (extra flags of each side's `aegis dev`, split on spaces: the
 # same commit twice with different settings, e.g. the audit trail's own cost with
@@ -63,6 +64,8 @@ bench_run() {
     local side="$1" load="$2" trace="${3:-}" bin="$base_bin" flags="${AEGIS_BENCH_BASE_FLAGS:-}" dir
     [[ "$side" == head ]] && bin="$head_bin" flags="${AEGIS_BENCH_HEAD_FLAGS:-}"
     dir="$(mktemp -d)"
+    # Idle watchers wait longer than the default request deadline, all under one identity.
+    [[ "$load" == watchers ]] && flags="$flags $BENCH_WATCHERS_FLAGS --request-timeout-ms 600000"
     start_safe "$bin" "$dir" "$trace" "$flags"
     local admin workload who
     admin="$(sed -n 's/^export //p' "$dir/dev/env" | tr -d "'" | tr '\n' ' ')"
@@ -70,6 +73,11 @@ bench_run() {
     workload="$("$bin/aegis" dev svid --workload billing --data-dir "$dir/dev" | sed -n 's/^export //p' | tr -d "'" | tr '\n' ' ')"
     bench_load_args "$load"
     who="$admin"; [[ "$BENCH_ROLE" == workload ]] && who="$workload"
+    if [[ "$load" == watchers ]]; then
+        admin_file() { sed -n "s/^export AEGIS_SVID_$1=//p" "$dir/dev/env" | tr -d "'"; }
+        BENCH_ARGS+=(--safe-pid "$SAFE_PID" --idle-seconds "$BENCH_SECS" --admin-cert "$(admin_file CERT)"
+            --admin-key "$(admin_file KEY)" --admin-bundle "$(admin_file BUNDLE)")
+    fi
     bench_measure "$side" "$load" "$trace" env $who "$bench" "${BENCH_ARGS[@]}"
     rm -rf "$dir"
 }

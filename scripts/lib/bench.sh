@@ -134,9 +134,18 @@ bench_load_args() {
         write-vsecm) BENCH_ROLE=admin BENCH_ARGS=(write --writers 32 --size 1024 --seconds "$BENCH_SECS" --api vsecm) ;;
         # An empty Safe filled with 10,000 distinct 1 KiB secrets by 8 writers (no --seconds: it ends when full).
         fill) BENCH_ROLE=admin BENCH_ARGS=(fill --secrets 10000 --writers 8 --size 1024) ;;
-        *) bench_die "unknown load '$1' (fetch, fetch-new, write-native, write-vsecm, fill)" 2 ;;
+        # Idle watch connections of the workload (the Safe's memory per watcher; CPU per watcher is its
+        # handshake, its watch and telling it of one change). Needs the Safe started with
+        # BENCH_WATCHERS_FLAGS and the admin identity as files (bench_watchers_args).
+        watchers) BENCH_ROLE=workload BENCH_ARGS=(watchers --count "$BENCH_WATCHERS") ;;
+        *) bench_die "unknown load '$1' (fetch, fetch-new, write-native, write-vsecm, fill, watchers)" 2 ;;
     esac
 }
+
+# How many idle watchers the `watchers` load opens (AEGIS_BENCH_WATCHERS), and the flags a
+# Safe needs to hold them all for one identity.
+BENCH_WATCHERS="${AEGIS_BENCH_WATCHERS:-3000}"
+BENCH_WATCHERS_FLAGS="--max-connections-per-identity $((BENCH_WATCHERS + 100)) --max-watches $((BENCH_WATCHERS + 100)) --max-watches-per-identity $((BENCH_WATCHERS + 100))"
 
 # The value every run seeds for the workload `billing` before the load.
 BENCH_SEED_VALUE="bench-value-of-64-bytes-0123456789abcdef0123456789abcdef"
@@ -162,9 +171,15 @@ bench_measure() {
 import json, sys
 side, load, cpu, ticks, rss, fsyncs, report = sys.argv[1:]
 r = json.loads(report)
+if "per_watcher_kb" in r:
+    # The watchers load: one operation is one watcher; its memory is the figure to watch.
+    r = {"ok": r["notified"], "errors": r["watchers"] - r["notified"], "per_second": None, "p99_ms": None,
+         "kb_per_watcher": r["per_watcher_kb"]}
 ops = max(r["ok"], 1)
 row = {"side": side, "load": load, "ops": r["ok"], "errors": r["errors"], "per_second": r["per_second"],
        "p99_ms": r["p99_ms"], "rss_mb": int(rss) / 1024, "traced": fsyncs != ""}
+if "kb_per_watcher" in r:
+    row["kb_per_watcher"] = r["kb_per_watcher"]
 if fsyncs != "":
     row["fsyncs_per_op"] = int(fsyncs) / ops
 else:
@@ -212,13 +227,13 @@ margin = float(sys.argv[6]) if len(sys.argv) > 6 else None
 rows = [json.loads(l) for l in open(path) if l.strip()]
 def med(load, side, key):
     # Runs under strace count fsyncs only: their speed and memory are strace's too.
-    v = [r[key] for r in rows if r["load"] == load and r["side"] == side and key in r
+    v = [r[key] for r in rows if r["load"] == load and r["side"] == side and r.get(key) is not None
          and (key == "fsyncs_per_op" or not r["traced"])]
     return statistics.median(v) if v else None
 loads = list(dict.fromkeys(r["load"] for r in rows))
 print(f"| load | CPU µs/op {B} {bid} | {H} {hid} | {H}/{B} | fsyncs/write {B} | {H} | ops/s {B} | {H} "
-      f"| p99 ms {B} | {H} | RSS MB {B} | {H} |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+      f"| p99 ms {B} | {H} | RSS MB {B} | {H} | KB/watcher {B} | {H} |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 worse = []
 fmt = lambda v, d=1: "–" if v is None else f"{v:,.{d}f}"
 for load in loads:
@@ -231,7 +246,8 @@ for load in loads:
           f"| {fmt(med(load, 'base', 'fsyncs_per_op'), 2)} | {fmt(med(load, 'head', 'fsyncs_per_op'), 2)} "
           f"| {fmt(med(load, 'base', 'per_second'), 0)} | {fmt(med(load, 'head', 'per_second'), 0)} "
           f"| {fmt(med(load, 'base', 'p99_ms'), 2)} | {fmt(med(load, 'head', 'p99_ms'), 2)} "
-          f"| {fmt(med(load, 'base', 'rss_mb'))} | {fmt(med(load, 'head', 'rss_mb'))} |")
+          f"| {fmt(med(load, 'base', 'rss_mb'))} | {fmt(med(load, 'head', 'rss_mb'))} "
+          f"| {fmt(med(load, 'base', 'kb_per_watcher'))} | {fmt(med(load, 'head', 'kb_per_watcher'))} |")
 if margin is None:
     sys.exit(0)
 if worse:

@@ -273,7 +273,8 @@ async fn connection(
     let deadline = state.settings.handshake_timeout;
     // Boxed: the handshake state is freed once done instead of sizing the connection task.
     let failure = match tokio::time::timeout(deadline, Box::pin(acceptor.accept(tcp))).await {
-        Ok(Ok(t)) => Ok(t),
+        // On the heap from here: moved and borrowed below, it would otherwise take several slots of the task.
+        Ok(Ok(t)) => Ok(Box::new(t)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("TLS handshake timed out".to_owned()),
     };
@@ -330,7 +331,7 @@ async fn connection(
     hyper_phase(Prefixed::new(prefix, tls), peer, caller, app, state, expiry).await;
 }
 
-type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+type Tls = Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// The hyper phase of a connection, built on the heap by a plain function, so that hyper's
 /// state never sizes the connection's task (which an idle watcher keeps for minutes).

@@ -80,13 +80,15 @@ pub async fn next_event(s: &AppState, c: &Caller, q: WatchQuery) -> Result<Watch
         let changed = changes.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let (revision, secret) = workload_view(&store, &name)?;
-        if revision != q.revision {
-            return Ok(WatchEvent { revision, secret });
+        // Only the revision is held while waiting: no copy of the value per idle watcher.
+        if store.get(&name).map_or(0, |e| e.doc.revision) != q.revision {
+            break;
         }
         tokio::select! {
             () = changed => {}
-            () = tokio::time::sleep_until(deadline) => return Ok(WatchEvent { revision, secret }),
+            () = tokio::time::sleep_until(deadline) => break,
         }
     }
+    let (revision, secret) = workload_view(&store, &name)?;
+    Ok(WatchEvent { revision, secret })
 }
