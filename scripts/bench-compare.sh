@@ -10,8 +10,9 @@
 # Both commits are built in release mode from `git archive` copies into one
 # target directory outside the clone ($AEGIS_CACHE_DIR/bench). The load
 # generator is HEAD's `aegis-bench` for both, so only the Safe differs. Exits 1
-# when HEAD's median CPU per operation is worse than BASE's by more than the
-# margin on any load, 2 on bad usage. A benchmark, not part of the test command.
+# when HEAD's median CPU per operation (or memory per watcher) is worse than
+# BASE's by more than the margin on any load, 2 on bad usage. A benchmark, not
+# part of the test command.
 #
 # Settings (environment): AEGIS_BENCH_ROUNDS (3), AEGIS_BENCH_SECONDS (8 per
 # run), AEGIS_BENCH_MARGIN (10, percent), AEGIS_BENCH_LOADS (fetch fetch-new

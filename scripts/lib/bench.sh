@@ -135,8 +135,8 @@ bench_load_args() {
         # An empty Safe filled with 10,000 distinct 1 KiB secrets by 8 writers (no --seconds: it ends when full).
         fill) BENCH_ROLE=admin BENCH_ARGS=(fill --secrets 10000 --writers 8 --size 1024) ;;
         # Idle watch connections of the workload (the Safe's memory per watcher; CPU per watcher is its
-        # handshake, its watch and telling it of one change). Needs the Safe started with
-        # BENCH_WATCHERS_FLAGS and the admin identity as files (bench_watchers_args).
+        # handshake, its watch and telling it of one change). scripts/bench-compare.sh only: its
+        # bench_run starts the Safe with BENCH_WATCHERS_FLAGS and adds --safe-pid and the admin's files.
         watchers) BENCH_ROLE=workload BENCH_ARGS=(watchers --count "$BENCH_WATCHERS") ;;
         *) bench_die "unknown load '$1' (fetch, fetch-new, write-native, write-vsecm, fill, watchers)" 2 ;;
     esac
@@ -217,8 +217,8 @@ bench_rounds() {
 }
 
 # bench_table BASE_NAME BASE_ID HEAD_NAME HEAD_ID [MARGIN]: prints the table of medians
-# (Markdown); with MARGIN, exits 1 when head's CPU per operation is worse than base's
-# by more than MARGIN percent on any load.
+# (Markdown); with MARGIN, exits 1 when head's CPU per operation (or memory per
+# watcher) is worse than base's by more than MARGIN percent on any load.
 bench_table() {
     python3 - "$BENCH_RESULTS" "$@" <<'EOF'
 import json, statistics, sys
@@ -241,6 +241,9 @@ for load in loads:
     ratio = ch / cb if cb and ch else None
     if margin is not None and ratio is not None and ratio > 1 + margin / 100:
         worse.append(f"{load}: {H} uses {ratio:.2f}x {B}'s CPU per operation")
+    kb, kh = med(load, "base", "kb_per_watcher"), med(load, "head", "kb_per_watcher")
+    if margin is not None and kb and kh and kh / kb > 1 + margin / 100:
+        worse.append(f"{load}: {H} uses {kh / kb:.2f}x {B}'s memory per watcher")
     errors = sum(r["errors"] for r in rows if r["load"] == load)
     print(f"| {load}{' (' + str(errors) + ' errors)' if errors else ''} | {fmt(cb)} | {fmt(ch)} | {fmt(ratio, 2)} "
           f"| {fmt(med(load, 'base', 'fsyncs_per_op'), 2)} | {fmt(med(load, 'head', 'fsyncs_per_op'), 2)} "
@@ -251,8 +254,8 @@ for load in loads:
 if margin is None:
     sys.exit(0)
 if worse:
-    print(f"\n{H} is worse than {B} by more than {margin:g} % of CPU per operation:", *worse, sep="\n  ", file=sys.stderr)
+    print(f"\n{H} is worse than {B} by more than {margin:g} %:", *worse, sep="\n  ", file=sys.stderr)
     sys.exit(1)
-print(f"\nNo load uses more than {margin:g} % more CPU per operation on {H} (medians of the rounds).")
+print(f"\nNo load uses more than {margin:g} % more CPU per operation (or memory per watcher) on {H} (medians of the rounds).")
 EOF
 }
