@@ -10,14 +10,15 @@
 #   bench_skip SIDE LOAD          true when SIDE cannot run LOAD (a row shows "–")
 # shellcheck shell=bash
 
+# bench_die MESSAGE [EXIT_CODE (1)]
 bench_die() {
-    echo "$BENCH_NAME: error: $*" >&2
+    echo "$BENCH_NAME: error: $1" >&2
     exit "${2:-1}"
 }
 bench_log() { echo "$BENCH_NAME: $*" >&2; }
 
 # bench_settings DEFAULT_LOADS: reads AEGIS_BENCH_ROUNDS (3), AEGIS_BENCH_SECONDS (8),
-# AEGIS_BENCH_MARGIN (10), AEGIS_BENCH_LOADS and AEGIS_BENCH_FSYNCS (1) into BENCH_*,
+# AEGIS_BENCH_MARGIN (10), AEGIS_BENCH_LOADS, AEGIS_BENCH_FSYNCS (1) and AEGIS_BENCH_WATCHERS (3000) into BENCH_*,
 # checks the tools, and sets BENCH_CACHE, BENCH_RESULTS (removed on exit by
 # bench_cleanup) and BENCH_TICKS.
 bench_settings() {
@@ -28,10 +29,15 @@ bench_settings() {
     BENCH_MARGIN="${AEGIS_BENCH_MARGIN:-10}"
     BENCH_LOADS="${AEGIS_BENCH_LOADS:-$1}"
     BENCH_FSYNCS="${AEGIS_BENCH_FSYNCS:-1}"
+    # How many idle watchers the `watchers` load opens, and the flags a Safe needs to hold them all for one identity.
+    BENCH_WATCHERS="${AEGIS_BENCH_WATCHERS:-3000}"
     local n tool
-    for n in "$BENCH_ROUNDS" "$BENCH_SECS" "$BENCH_MARGIN"; do
-        [[ "$n" =~ ^[1-9][0-9]*$ ]] || bench_die "rounds, seconds and margin must be whole numbers above 0, not '$n'" 2
+    for n in "$BENCH_ROUNDS" "$BENCH_SECS" "$BENCH_MARGIN" "$BENCH_WATCHERS"; do
+        [[ "$n" =~ ^[1-9][0-9]*$ ]] ||
+            bench_die "rounds, seconds, margin and watchers must be whole numbers above 0, not '$n'" 2
     done
+    local room=$((BENCH_WATCHERS + 100))
+    BENCH_WATCHERS_FLAGS="--max-connections-per-identity $room --max-watches $room --max-watches-per-identity $room"
     for tool in curl python3; do
         command -v "$tool" >/dev/null || bench_die "$tool is needed"
     done
@@ -141,11 +147,6 @@ bench_load_args() {
         *) bench_die "unknown load '$1' (fetch, fetch-new, write-native, write-vsecm, fill, watchers)" 2 ;;
     esac
 }
-
-# How many idle watchers the `watchers` load opens (AEGIS_BENCH_WATCHERS), and the flags a
-# Safe needs to hold them all for one identity.
-BENCH_WATCHERS="${AEGIS_BENCH_WATCHERS:-3000}"
-BENCH_WATCHERS_FLAGS="--max-connections-per-identity $((BENCH_WATCHERS + 100)) --max-watches $((BENCH_WATCHERS + 100)) --max-watches-per-identity $((BENCH_WATCHERS + 100))"
 
 # The value every run seeds for the workload `billing` before the load.
 BENCH_SEED_VALUE="bench-value-of-64-bytes-0123456789abcdef0123456789abcdef"
