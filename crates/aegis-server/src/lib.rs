@@ -30,6 +30,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 mod sync;
+mod tlsconn;
 pub mod vsecm;
 pub mod watch;
 pub mod watchconn;

@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
@@ -233,7 +232,6 @@ impl Noisy {
 /// Accepts mTLS connections until the listener fails for good.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<AppState>) {
     let app = router(state.clone());
-    let acceptor = TlsAcceptor::from(tls);
     let noisy = Arc::new(Noisy::new());
     loop {
         let (tcp, peer) = accept(&listener, "api", &noisy.accept, || {
@@ -249,7 +247,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state:
             }
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(tcp, peer, slots, acceptor.clone(), app.clone(), state.clone(), noisy.clone()));
+        tokio::spawn(connection(tcp, peer, slots, tls.clone(), app.clone(), state.clone(), noisy.clone()));
     }
 }
 
@@ -265,14 +263,14 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     (_slot, handshake): (Slot, HandshakeSlot),
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     app: Router,
     state: Arc<AppState>,
     noisy: Arc<Noisy>,
 ) {
     let deadline = state.settings.handshake_timeout;
     // Boxed: the handshake state is freed once done instead of sizing the connection task.
-    let failure = match tokio::time::timeout(deadline, Box::pin(acceptor.accept(tcp))).await {
+    let failure = match tokio::time::timeout(deadline, Box::pin(crate::tlsconn::accept(tcp, tls))).await {
         // On the heap from here: moved and borrowed below, it would otherwise take several slots of the task.
         Ok(Ok(t)) => Ok(Box::new(t)),
         Ok(Err(e)) => Err(e.to_string()),
@@ -288,7 +286,7 @@ async fn connection(
             return;
         }
     };
-    let id = tls.get_ref().1.peer_certificates().and_then(|chain| peer_spiffe_id(chain).ok());
+    let id = tls.peer_certificates().and_then(|chain| peer_spiffe_id(chain).ok());
     let Some(id) = id else {
         state.metrics.handshake_failures.inc();
         if let Some(skipped) = noisy.handshake.hit() {
@@ -309,7 +307,7 @@ async fn connection(
         }
     };
     drop(handshake);
-    let not_after = tls.get_ref().1.peer_certificates().and_then(|c| aegis_identity::peer_not_after(c).ok());
+    let not_after = tls.peer_certificates().and_then(|c| aegis_identity::peer_not_after(c).ok());
     let left = not_after
         .map(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
         .unwrap_or(Duration::ZERO);
@@ -331,7 +329,7 @@ async fn connection(
     hyper_phase(Prefixed::new(prefix, tls), peer, caller, app, state, expiry).await;
 }
 
-type Tls = Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+type Tls = Box<crate::tlsconn::TlsStream>;
 
 /// The hyper phase of a connection, built on the heap by a plain function, so that hyper's
 /// state never sizes the connection's task (which an idle watcher keeps for minutes).
