@@ -320,6 +320,10 @@ impl AsyncRead for TlsStream {
         let this = self.get_mut();
         loop {
             if buf.remaining() == 0 || this.take_plain(buf) {
+                // A watch waits without reading: nothing left to process is not kept for it.
+                if this.incoming.is_empty() {
+                    this.incoming = Vec::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.read_closed {

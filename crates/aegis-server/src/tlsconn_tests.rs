@@ -141,7 +141,11 @@ async fn an_idle_connection_holds_no_buffer() {
     let mut answer = [0u8; 19];
     client.read_exact(&mut answer).await.unwrap();
 
-    // A read that waits for the peer, as a watcher's connection does.
+    // Between requests, as a watch waits for a change without reading.
+    let held = (server.incoming.capacity(), server.plain.capacity(), server.outgoing.capacity());
+    assert_eq!(held, (0, 0, 0), "buffers (incoming, plaintext, outgoing) kept after a request was read");
+
+    // A read that waits for the peer, as a connection between requests does.
     let mut buf = [0u8; 64];
     let mut read = Box::pin(server.read(&mut buf));
     assert!(read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
