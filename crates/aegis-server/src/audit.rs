@@ -64,9 +64,13 @@ impl Scope {
         })
     }
 
-    /// Runs `f` with this scope as the current request's.
-    pub(crate) async fn run<F: std::future::Future>(self: &Arc<Self>, f: F) -> F::Output {
-        SCOPE.scope(self.clone(), f).await
+    /// Runs `f` with this scope as the current request's. A plain function: as an `async fn`
+    /// it would keep `f` twice in its state (its argument and the future it awaits).
+    pub(crate) fn run<F: std::future::Future>(
+        self: &Arc<Self>,
+        f: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Arc<Self>, F> {
+        SCOPE.scope(self.clone(), f)
     }
 
     /// The event of this request; an intent keeps the notes for the `done` line that follows.

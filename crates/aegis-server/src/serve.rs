@@ -311,13 +311,13 @@ async fn connection(
     let left = not_after
         .map(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
         .unwrap_or(Duration::ZERO);
-    let expiry = tokio::time::sleep(left);
-    tokio::pin!(expiry);
+    // An instant, not a timer: each phase waits on it only while it reads (an idle watch holds no timer for it).
+    let expires = tokio::time::Instant::now() + left;
     let mut tls = tls;
     let mut prefix = Vec::new();
     // Workloads' long polls are served without hyper (see watchconn); anything else goes on below.
     if matches!(caller.role, Role::Workload(_)) {
-        match crate::watchconn::serve(&mut tls, &mut prefix, &state, &caller, expiry.as_mut()).await {
+        match crate::watchconn::serve(&mut tls, &mut prefix, &state, &caller, expires).await {
             Ok(crate::watchconn::Phase::Handoff) => {}
             Ok(crate::watchconn::Phase::Closed) => return,
             Err(e) => {
@@ -326,22 +326,22 @@ async fn connection(
             }
         }
     }
-    hyper_phase(Prefixed::new(prefix, tls), peer, caller, app, state, expiry).await;
+    hyper_phase(Prefixed::new(prefix, tls), peer, caller, app, state, expires).await;
 }
 
 type Tls = Box<crate::tlsconn::TlsStream>;
 
 /// The hyper phase of a connection, built on the heap by a plain function, so that hyper's
 /// state never sizes the connection's task (which an idle watcher keeps for minutes).
-fn hyper_phase<'a>(
+fn hyper_phase(
     io: Prefixed<Tls>,
     peer: SocketAddr,
     caller: Arc<Caller>,
     app: Router,
     state: Arc<AppState>,
-    expiry: Pin<&'a mut tokio::time::Sleep>,
-) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-    Box::pin(serve_hyper(io, peer, caller, app, state, expiry))
+    expires: tokio::time::Instant,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve_hyper(io, peer, caller, app, state, expires))
 }
 
 /// [`refuse_politely`] built on the heap, for the same reason as [`hyper_phase`]: built inline,
@@ -426,13 +426,15 @@ async fn serve_hyper<S>(
     caller: Arc<Caller>,
     app: Router,
     state: Arc<AppState>,
-    mut expiry: Pin<&mut tokio::time::Sleep>,
+    expires: tokio::time::Instant,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let deadline = state.settings.handshake_timeout;
     let (first, idle) = (deadline, state.settings.idle_timeout);
     let activity = Activity::new();
+    let expiry = tokio::time::sleep_until(expires);
+    tokio::pin!(expiry);
     let svc = {
         let (state, activity) = (state.clone(), activity.clone());
         hyper::service::service_fn(move |req| {

@@ -71,8 +71,8 @@ pub(crate) struct TlsStream {
     read_closed: bool,
     /// close_notify is queued.
     close_sent: bool,
-    /// A TLS failure: every later call fails with it.
-    failed: Option<rustls::Error>,
+    /// A TLS failure: every later call fails with it (boxed: rarely there, 64 bytes inline).
+    failed: Option<Box<rustls::Error>>,
 }
 
 /// Completes the server's side of a TLS handshake on `tcp` (no deadline: the caller sets one).
@@ -130,7 +130,7 @@ impl TlsStream {
 
     fn fail(&self) -> io::Error {
         match &self.failed {
-            Some(e) => tls_error(e.clone()),
+            Some(e) => tls_error(rustls::Error::clone(e)),
             None => io::Error::other("TLS connection failed"),
         }
     }
@@ -217,7 +217,7 @@ impl TlsStream {
             let _ = append(&mut self.outgoing, 0, |b| enc.encode(b), needs_encode);
         }
         self.incoming.drain(..discard);
-        self.failed = Some(e);
+        self.failed = Some(Box::new(e));
         self.fail()
     }
 

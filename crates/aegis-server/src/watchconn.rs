@@ -162,7 +162,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     state: &AppState,
     caller: &Caller,
-    mut expiry: Pin<&mut tokio::time::Sleep>,
+    expires: tokio::time::Instant,
 ) -> io::Result<Phase> {
     let mut wait = state.settings.handshake_timeout;
     loop {
@@ -171,7 +171,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         // as hyper's graceful shutdown does, so no client sees a cut-off answer.
         let head = tokio::select! {
             h = read_head(io, buf, state.settings.handshake_timeout, wait) => h?,
-            () = &mut expiry => {
+            () = tokio::time::sleep_until(expires) => {
                 tracing::info!(caller = %caller.id, "the client's SVID expired: closing its connection");
                 return Ok(Phase::Closed);
             }
@@ -201,7 +201,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let scope = crate::audit::Scope::new(caller.audit_name.clone(), axum::http::Method::GET, ROUTE, deadline);
         let (status, body) = scope.run(answer(state, caller, &req)).await;
         crate::audit::record(state, &scope, status.as_u16());
-        let close = req.close || expiry.is_elapsed();
+        let close = req.close || tokio::time::Instant::now() >= expires;
         let span = tracing::info_span!("request", caller = %caller.id, method = "GET", route = ROUTE);
         io.write_all(&response(status, &body, close)).await?;
         io.flush().await?;
