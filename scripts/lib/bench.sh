@@ -85,8 +85,28 @@ bench_build() {
 bench_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 bench_rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-# A port nothing listens on now (the kernel's choice).
-bench_free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A port nothing listens on now, below the kernel's range of ephemeral ports: a port the
+# kernel picked from that range could be taken by one of the load's own client connections
+# (3,000 of them for watchers) before the Safe binds it.
+bench_free_port() {
+    python3 - <<'EOF'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    port = random.randrange(10000, max(low, 10001))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+EOF
+}
 
 # bench_launch LOG TRACE CMD...: starts the Safe CMD in the background, output to LOG,
 # under `strace -f -c` counting the syscalls that flush to disk into TRACE when TRACE
