@@ -44,6 +44,43 @@ enum Then<'a> {
     CloseNotify,
 }
 
+/// Bytes waiting to be read, handed out in order and freed once all are: the plaintext a
+/// TLS stream received, or the bytes a watch connection read before handing over to hyper.
+#[derive(Default)]
+pub(crate) struct Unread {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Unread {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    /// How many bytes wait.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn extend(&mut self, more: &[u8]) {
+        self.bytes.extend_from_slice(more);
+    }
+
+    /// Copies what waits (as much as fits) into `buf`; false when nothing waited.
+    pub(crate) fn take(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.len() == 0 {
+            return false;
+        }
+        let n = buf.remaining().min(self.len());
+        buf.put_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        if self.len() == 0 {
+            *self = Self::default();
+        }
+        true
+    }
+}
+
 /// Where rustls stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -61,9 +98,8 @@ pub(crate) struct TlsStream {
     conn: UnbufferedServerConnection,
     /// Bytes received and not yet consumed by rustls.
     incoming: Vec<u8>,
-    /// Plaintext received and not yet read, from `plain_at`.
-    plain: Vec<u8>,
-    plain_at: usize,
+    /// Plaintext received and not yet read.
+    plain: Unread,
     /// Bytes for the peer not yet written to the socket, from `out_at`.
     outgoing: Vec<u8>,
     out_at: usize,
@@ -82,8 +118,7 @@ pub(crate) async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) ->
         tcp,
         conn,
         incoming: Vec::new(),
-        plain: Vec::new(),
-        plain_at: 0,
+        plain: Unread::default(),
         outgoing: Vec::new(),
         out_at: 0,
         read_closed: false,
@@ -152,7 +187,7 @@ impl TlsStream {
                         match record {
                             Ok(record) => {
                                 discard += record.discard;
-                                self.plain.extend_from_slice(record.payload);
+                                self.plain.extend(record.payload);
                             }
                             Err(e) => {
                                 read = Err(e);
@@ -284,21 +319,6 @@ impl TlsStream {
             }
         }
     }
-
-    /// Copies plaintext already received into `buf`; false when there was none.
-    fn take_plain(&mut self, buf: &mut ReadBuf<'_>) -> bool {
-        if self.plain_at == self.plain.len() {
-            return false;
-        }
-        let n = buf.remaining().min(self.plain.len() - self.plain_at);
-        buf.put_slice(&self.plain[self.plain_at..self.plain_at + n]);
-        self.plain_at += n;
-        if self.plain_at == self.plain.len() {
-            self.plain = Vec::new();
-            self.plain_at = 0;
-        }
-        true
-    }
 }
 
 fn needs_encode(e: &EncodeError) -> Option<usize> {
@@ -319,7 +339,7 @@ impl AsyncRead for TlsStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if buf.remaining() == 0 || this.take_plain(buf) {
+            if buf.remaining() == 0 || this.plain.take(buf) {
                 // A watch waits without reading: nothing left to process is not kept for it.
                 if this.incoming.is_empty() {
                     this.incoming = Vec::new();
@@ -330,7 +350,7 @@ impl AsyncRead for TlsStream {
                 return Poll::Ready(Ok(()));
             }
             this.advance(Then::Nothing)?;
-            if this.plain_at < this.plain.len() || this.read_closed {
+            if this.plain.len() > 0 || this.read_closed {
                 continue;
             }
             // What rustls answered (a key update) goes out now; a full socket does not stop reading.
@@ -355,13 +375,13 @@ impl AsyncWrite for TlsStream {
             ready!(this.poll_send(cx))?;
         }
         let data = &data[..data.len().min(MAX_WRITE)];
-        let had_plain = this.plain.len() - this.plain_at;
+        let had_plain = this.plain.len();
         match this.advance(Then::Encrypt(data))? {
             Stop::Open => {}
             Stop::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             Stop::Input => return Poll::Ready(Err(io::Error::other("TLS handshake not complete"))),
         }
-        if this.plain.len() - this.plain_at > had_plain {
+        if this.plain.len() > had_plain {
             // Plaintext found while writing: whoever reads is woken for it (the same task, in hyper).
             cx.waker().wake_by_ref();
         }

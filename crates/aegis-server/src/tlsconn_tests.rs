@@ -142,7 +142,7 @@ async fn an_idle_connection_holds_no_buffer() {
     client.read_exact(&mut answer).await.unwrap();
 
     // Between requests, as a watch waits for a change without reading.
-    let held = (server.incoming.capacity(), server.plain.capacity(), server.outgoing.capacity());
+    let held = (server.incoming.capacity(), server.plain.bytes.capacity(), server.outgoing.capacity());
     assert_eq!(held, (0, 0, 0), "buffers (incoming, plaintext, outgoing) kept after a request was read");
 
     // A read that waits for the peer, as a connection between requests does.
@@ -150,7 +150,7 @@ async fn an_idle_connection_holds_no_buffer() {
     let mut read = Box::pin(server.read(&mut buf));
     assert!(read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
     drop(read);
-    let held = (server.incoming.capacity(), server.plain.capacity(), server.outgoing.capacity());
+    let held = (server.incoming.capacity(), server.plain.bytes.capacity(), server.outgoing.capacity());
     assert_eq!(held, (0, 0, 0), "buffers (incoming, plaintext, outgoing) kept while idle");
 
     // And the connection still works afterwards.

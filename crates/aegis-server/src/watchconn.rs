@@ -21,6 +21,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
+use crate::tlsconn::Unread;
 use crate::watch::{next_event, parse_query};
 
 const ROUTE: &str = crate::routes::WORKLOAD_WATCH;
@@ -219,28 +220,20 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A stream with bytes already read put back in front.
 pub(crate) struct Prefixed<S> {
-    prefix: Vec<u8>,
-    pos: usize,
+    prefix: Unread,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
     pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Self { prefix, pos: 0, inner }
+        Self { prefix: Unread::new(prefix), inner }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pos < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.pos);
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
+        if this.prefix.take(buf) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
